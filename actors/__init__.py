@@ -1,0 +1,1 @@
+"""The gitsieve pipeline: one module per actor, each runnable as ``python -m actors.<name>``."""

@@ -1,0 +1,1 @@
+"""Shared core of gitsieve: configuration, protocol, actor base and git helpers."""

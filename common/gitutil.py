@@ -1,0 +1,106 @@
+"""Git access through the ``sh`` package, shared by every actor that reads or writes git.
+
+Read-only calls pass ``--no-optional-locks`` so that watching never contends with the
+user's own git commands for ``index.lock``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import sh
+
+log = logging.getLogger(__name__)
+
+# Every git child of gitsieve carries this, so process attribution recognises our own git.
+GITSIEVE_ENV_MARK = "GITSIEVE_GIT"
+
+
+class NotARepository(Exception):
+    pass
+
+
+class GitError(Exception):
+    """A git command failed; ``str()`` holds the command and git's own stderr."""
+
+    def __init__(self, args, exit_code: int, stderr: str):
+        self.args_, self.exit_code, self.stderr = list(args), exit_code, stderr
+        super().__init__(f"git {' '.join(map(str, args))} exited {exit_code}: {stderr.strip()}")
+
+
+def git_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({"LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", GITSIEVE_ENV_MARK: "1",
+                "GIT_LITERAL_PATHSPECS": "1"})
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(cwd: Path | str, *args, input: bytes | str | None = None,
+        env: dict | None = None, timeout: float | None = 120) -> bytes:
+    """Run git in ``cwd``; return stdout bytes or raise GitError."""
+    try:
+        result = sh.git(*args, _cwd=str(cwd), _env=git_env(env), _in=input,
+                        _return_cmd=True, _decode_errors="replace", _tty_out=False,
+                        _timeout=timeout)
+    except sh.ErrorReturnCode as exc:
+        raise GitError(args, exc.exit_code, exc.stderr.decode("utf-8", "replace")) from None
+    except sh.TimeoutException:
+        raise GitError(args, -1, f"timed out after {timeout}s") from None
+    return result.stdout
+
+
+def toplevel(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise NotARepository(f"not a directory: {path}")
+    try:
+        out = run(path, "rev-parse", "--show-toplevel")
+    except GitError:
+        raise NotARepository(f"not a git repository: {path}") from None
+    top = out.decode().strip()
+    if not top:
+        raise NotARepository(f"not a git work tree (bare repository?): {path}")
+    return Path(top)
+
+
+def git_dir(root: Path) -> Path:
+    return Path(run(root, "rev-parse", "--absolute-git-dir").decode().strip())
+
+
+def split_nul(data: bytes) -> list[str]:
+    return [item.decode("utf-8", "surrogateescape") for item in data.split(b"\0") if item]
+
+
+def dirty_paths(root: Path) -> list[str]:
+    """Workspace-relative paths that differ from HEAD or are untracked (not ignored)."""
+    out = run(root, "--no-optional-locks", "status", "--porcelain=v1", "-z",
+              "--untracked-files=all", "--no-renames")
+    paths = []
+    for entry in split_nul(out):
+        # "XY path"; with --no-renames there are no "orig" entries.
+        paths.append(entry[3:])
+    return paths
+
+
+def head_commit(root: Path) -> str | None:
+    try:
+        return run(root, "rev-parse", "--verify", "-q", "HEAD").decode().strip() or None
+    except GitError:
+        return None
+
+
+def ignored(root: Path, paths: list[str]) -> set[str]:
+    """The subset of ``paths`` that git ignores (tracked files are never reported)."""
+    if not paths:
+        return set()
+    data = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+    try:
+        out = run(root, "check-ignore", "-z", "--stdin", input=data)
+    except GitError as exc:
+        if exc.exit_code == 1:  # none ignored
+            return set()
+        raise
+    return set(split_nul(out))

@@ -1,0 +1,149 @@
+"""Fixtures shared by every test tier: a real workspace with a bare remote, config files,
+and actor processes started for real and always reaped."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common import config as config_mod  # noqa: E402
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "Test User", "GIT_AUTHOR_EMAIL": "user@example.com",
+           "GIT_COMMITTER_NAME": "Test User", "GIT_COMMITTER_EMAIL": "user@example.com"}
+
+
+def git(cwd, *args, check=True) -> str:
+    env = {**os.environ, **GIT_ENV}
+    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {result.stderr}")
+    return result.stdout
+
+
+class Workspace:
+    """A git work tree with a bare ``origin`` on branch main."""
+
+    def __init__(self, root: Path, remote: Path):
+        self.root, self.remote = root, remote
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def write(self, rel: str, text: str) -> Path:
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return target
+
+    def config(self, text: str = "", **_) -> Path:
+        """Write ``.gitsieve.toml``; the text is dedented TOML."""
+        target = self.root / config_mod.CONFIG_NAME
+        target.write_text(textwrap.dedent(text))
+        return target
+
+    def patterns(self, text: str, rel: str = ".claude/sync-filter/system-patterns.conf") -> Path:
+        return self.write(rel, textwrap.dedent(text))
+
+    def load(self):
+        return config_mod.load(self.root)
+
+    def git(self, *args, check=True) -> str:
+        return git(self.root, *args, check=check)
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD").strip()
+
+    def remote_head(self, branch: str = "main") -> str:
+        return git(self.remote, "rev-parse", branch).strip()
+
+    def commit_count(self) -> int:
+        return int(self.git("rev-list", "--count", "HEAD").strip())
+
+    def files_at(self, rev: str = "HEAD") -> set[str]:
+        out = git(self.root, "ls-tree", "-r", "-z", "--name-only", rev)
+        return {p for p in out.split("\0") if p}
+
+    def show(self, rev_path: str) -> str:
+        return self.git("show", rev_path)
+
+    def committed_paths_since(self, rev: str) -> set[str]:
+        out = self.git("log", "--format=", "--name-only", "-z", f"{rev}..HEAD")
+        return {p.strip("\n") for p in out.split("\0") if p.strip("\n")}
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    remote = tmp_path / "remote.git"
+    root = tmp_path / "ws"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    for key, value in (("user.name", "Test User"), ("user.email", "user@example.com")):
+        git(root, "config", key, value)
+    git(root, "remote", "add", "origin", str(remote))
+    (root / "README.md").write_text("workspace\n")
+    (root / ".gitignore").write_text("ignored/\n*.ignored\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial")
+    git(root, "push", "-q", "-u", "origin", "main")
+    return Workspace(root, remote)
+
+
+class ActorProcess:
+    """One real actor process (``python -m actors.NAME``), stopped and reaped on close."""
+
+    def __init__(self, name: str, workspace: Path, instance: int | None = None,
+                 env: dict | None = None):
+        args = [sys.executable, "-m", f"actors.{name}", "--workspace", str(workspace)]
+        if instance is not None:
+            args += ["--instance", str(instance)]
+        self.name = name
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
+                                     start_new_session=True)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def actors():
+    """Start actors with ``actors(name, workspace, ...)``; all are stopped at teardown."""
+    started: list[ActorProcess] = []
+
+    def start(name: str, workspace: Path, **kwargs) -> ActorProcess:
+        proc = ActorProcess(name, workspace, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = ""):
+    """Poll ``predicate`` until truthy; fail (not hang) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{message or getattr(predicate, '__name__', 'condition')}")
+        time.sleep(interval)
