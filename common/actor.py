@@ -203,6 +203,10 @@ class Actor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        # The handler only sets a flag; this pipe wakes the poll so stopping is prompt.
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        self.watch_fd(wake_read, lambda: os.read(wake_read, 512))
         config_mod.prepare_runtime_dir(self.config)
         self._control = self.bind(zmq.REP, self.config.endpoints.control(self.actor_id), hwm=10)
         self.poller.register(self._control, zmq.POLLIN)
@@ -242,6 +246,9 @@ class Actor:
                 for sock in self._sockets:
                     sock.close(linger=0)
                 self.context.term()
+                signal.set_wakeup_fd(-1)
+                os.close(wake_read)
+                os.close(wake_write)
                 self.log.info("%s stopped", self.actor_id)
         return 0
 
