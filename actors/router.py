@@ -46,11 +46,14 @@ class Router(Actor):
     def _take(self, stage: Stage) -> None:
         for _ in range(1000):
             try:
-                frame = stage.pull.recv(zmq.NOBLOCK)
+                frames = stage.pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             self.stats["messages_in"] += 1
             try:
+                if len(frames) != 1:
+                    raise BadMessage(f"{len(frames)} frames, expected 1")
+                frame = frames[0]
                 change = messages.decode(frame)
                 if not isinstance(change, Change):
                     raise BadMessage(f"unexpected {type(change).__name__}")

@@ -1,0 +1,189 @@
+"""``gitsieve bench``: edit-to-commit latency with churn running, and per-actor memory.
+
+Builds a throw-away workspace with a bare remote, starts ``gitsieve run`` on it and
+``scripts/churn.py`` beside it, then makes edits one at a time (alternating an ALLOW path
+and a path no rule matches, which goes through L2 and L3) and times each from the write to
+the moment the branch ref names a commit holding it.  Prints figures; asserts nothing.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from common import config as config_mod
+from common import control
+from common.runner import PROJECT_ROOT, actor_modules
+
+CHURN = PROJECT_ROOT / "scripts" / "churn.py"
+PATTERNS = """\
+BLOCK:\\.claude/autonomous/.*:Autonomous status
+BLOCK:\\.claude/memory/.*:Auto-saved context
+BLOCK:\\.claude/intelligence/.*\\.log:Intelligence logs
+BLOCK:logs/.*\\.log:System logs
+ALLOW:docs/.*\\.md:User documentation
+ANALYZE:\\.claude/contexts/.*:Context files
+"""
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def make_workspace(base: Path, debounce: float) -> Path:
+    remote, root = base / "remote.git", base / "ws"
+    _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
+    _git(base, "init", "-q", "-b", "main", str(root))
+    _git(root, "config", "user.name", "bench")
+    _git(root, "config", "user.email", "bench@localhost")
+    _git(root, "remote", "add", "origin", str(remote))
+    (root / "docs").mkdir()
+    (root / "notes").mkdir()
+    patterns = root / ".claude/sync-filter/system-patterns.conf"
+    patterns.parent.mkdir(parents=True)
+    patterns.write_text(PATTERNS)
+    (root / config_mod.CONFIG_NAME).write_text(f"""\
+[filter]
+autonomous_processes = ["claude-autonomous"]
+process_cache_ttl = 1
+[debounce]
+allow = {debounce}
+default = {debounce}
+rules = []
+[limits]
+max_commits_per_hour = 100000
+max_commits_per_day = 100000
+cooldown_seconds = 0
+[health]
+interval = 0.5
+""")
+    subprocess.run([sys.executable, str(CHURN), "--workspace", str(root), "--prepare"],
+                   check=True)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "bench start")
+    _git(root, "push", "-q", "-u", "origin", "main")
+    return root
+
+
+def wait_until_running(config, expected: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = 0
+        for actor_id in control.known_actors(config):
+            try:
+                if control.request(config, actor_id, "status", timeout=0.5).ok:
+                    running += 1
+            except control.Unreachable:
+                continue
+        if running >= expected:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"gitsieve did not start {expected} actors within {timeout}s")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def actor_memory(runner_pid: int) -> dict[str, float]:
+    memory = {}
+    for child in psutil.Process(runner_pid).children():
+        try:
+            cmdline = child.cmdline()
+            name = next(a.split(".", 1)[1] for a in cmdline if a.startswith("actors."))
+            if "--instance" in cmdline:
+                name += "-" + cmdline[cmdline.index("--instance") + 1]
+            memory[name] = child.memory_info().rss / 2 ** 20
+        except (psutil.Error, StopIteration):
+            continue
+    return memory
+
+
+def time_edit(root: Path, ref: Path, rel: str, content: str, timeout: float) -> float | None:
+    """Write ``rel`` and return seconds until a commit holding ``content`` is on the ref."""
+    before = ref.read_text() if ref.exists() else ""
+    start = time.monotonic()
+    (root / rel).write_text(content)
+    deadline = start + timeout
+    seen = before
+    while time.monotonic() < deadline:
+        current = ref.read_text() if ref.exists() else ""
+        if current != seen:
+            stamp = time.monotonic()
+            seen = current
+            shown = subprocess.run(["git", "show", f"{current.strip()}:{rel}"], cwd=root,
+                                   capture_output=True, text=True)
+            if shown.returncode == 0 and shown.stdout == content:
+                return stamp - start
+        time.sleep(0.002)
+    return None
+
+
+def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-"))
+    runner = churner = None
+    try:
+        root = make_workspace(base, debounce)
+        config = config_mod.load(root)
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        runner = subprocess.Popen([sys.executable, "-m", "common.cli", "run", "--workspace",
+                                   str(root)], env=env, cwd=PROJECT_ROOT,
+                                  stderr=subprocess.DEVNULL)
+        wait_until_running(config, len(actor_modules(config)))
+        if churn:
+            churner = subprocess.Popen([sys.executable, str(CHURN), "--workspace", str(root),
+                                        "--name", "claude-autonomous"])
+        time.sleep(1.0)
+        ref = config.git_dir / "refs" / "heads" / "main"
+        results: dict[str, list[float]] = {"ALLOW (docs/)": [], "ANALYZE (notes/)": []}
+        missed = 0
+        for number in range(edits):
+            kind, rel = (("ALLOW (docs/)", f"docs/page-{number % 5}.md") if number % 2 == 0
+                         else ("ANALYZE (notes/)", f"notes/note-{number % 5}.txt"))
+            latency = time_edit(root, ref, rel, f"edit {number} {random.random()}\n",
+                                timeout=debounce + 10)
+            if latency is None:
+                missed += 1
+            else:
+                results[kind].append(latency)
+            time.sleep(0.1 + random.random() * 0.2)
+        memory = actor_memory(runner.pid)
+        churn_commits = _git(root, "log", "--format=%H", "--", ".claude", "logs").split()
+    finally:
+        for proc in (churner, runner):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+    everything = [v for values in results.values() for v in values]
+    print(f"gitsieve bench: {edits} edits, debounce {debounce:.2f} s, "
+          f"churn {'every 0.3 s' if churn else 'off'}, {os.cpu_count()} cpus")
+    print(f"{'paths':<20}{'n':>5}{'p50':>9}{'p90':>9}{'max':>9}   (seconds, edit -> commit)")
+    for kind, values in (*results.items(), ("all", everything)):
+        if values:
+            print(f"{kind:<20}{len(values):>5}{percentile(values, .5):>9.3f}"
+                  f"{percentile(values, .9):>9.3f}{max(values):>9.3f}")
+    if everything:
+        print(f"over debounce: p50 +{percentile(everything, .5) - debounce:.3f} s "
+              f"(target +0.15), p90 +{percentile(everything, .9) - debounce:.3f} s "
+              f"(target +0.40); mean {statistics.mean(everything):.3f} s")
+    print(f"edits never committed: {missed}; commits touching churn files: "
+          f"{len(churn_commits) - 1} (the first is the setup commit)")
+    print("actor RSS (MiB): " + ", ".join(f"{name} {mb:.1f}" for name, mb in sorted(memory.items()))
+          + f"; total {sum(memory.values()):.1f}")
+    return 0 if not missed else 1
