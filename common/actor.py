@@ -38,7 +38,9 @@ class Actor:
         self.config = config
         self.instance = instance
         self.actor_id = self.name if instance is None else f"{self.name}-{instance:02d}"
-        self.log = logging.getLogger(f"{type(self).__module__}")
+        # Run as ``python -m actors.x`` the module is __main__; name the logger after the actor.
+        module = type(self).__module__
+        self.log = logging.getLogger(f"actors.{self.name}" if module == "__main__" else module)
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.stats: Counter = Counter()

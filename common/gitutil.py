@@ -96,11 +96,14 @@ def ignored(root: Path, paths: list[str]) -> set[str]:
     """The subset of ``paths`` that git ignores (tracked files are never reported)."""
     if not paths:
         return set()
-    data = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+    # check-ignore rejects every pathspec magic, the literal one included, so literal mode
+    # is off here; the "./" prefix keeps a name starting with ":" from reading as magic.
+    data = b"".join(b"./" + p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
     try:
-        out = run(root, "check-ignore", "-z", "--stdin", input=data)
+        out = run(root, "check-ignore", "-z", "--stdin", input=data,
+                  env={"GIT_LITERAL_PATHSPECS": "0"})
     except GitError as exc:
         if exc.exit_code == 1:  # none ignored
             return set()
         raise
-    return set(split_nul(out))
+    return {path[2:] if path.startswith("./") else path for path in split_nul(out)}

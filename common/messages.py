@@ -123,7 +123,9 @@ def encode(message) -> bytes:
     if type(message) not in _HINTS:
         raise TypeError(f"not a protocol message: {message!r}")
     body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
-    return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, body], use_bin_type=True)
+    # surrogateescape: file names need not be UTF-8 on Linux, and must survive the trip.
+    return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, body], use_bin_type=True,
+                         unicode_errors="surrogateescape")
 
 
 def _coerce(value, hint, name: str):
@@ -165,7 +167,8 @@ def decode(frame: bytes):
     if len(frame) > MAX_FRAME_BYTES:
         raise BadMessage(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
-        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                                   unicode_errors="surrogateescape", **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise BadMessage(f"undecodable frame: {type(exc).__name__}: {exc}") from None
     if not isinstance(envelope, list) or len(envelope) != 3:

@@ -81,12 +81,11 @@ class Workspace:
         return {p.strip("\n") for p in out.split("\0") if p.strip("\n")}
 
 
-@pytest.fixture
-def workspace(tmp_path) -> Workspace:
-    remote = tmp_path / "remote.git"
-    root = tmp_path / "ws"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
-    git(tmp_path, "init", "-q", "-b", "main", str(root))
+def create_workspace(base: Path) -> Workspace:
+    remote = base / "remote.git"
+    root = base / "ws"
+    git(base, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(base, "init", "-q", "-b", "main", str(root))
     for key, value in (("user.name", "Test User"), ("user.email", "user@example.com")):
         git(root, "config", key, value)
     git(root, "remote", "add", "origin", str(remote))
@@ -96,6 +95,11 @@ def workspace(tmp_path) -> Workspace:
     git(root, "commit", "-q", "-m", "initial")
     git(root, "push", "-q", "-u", "origin", "main")
     return Workspace(root, remote)
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    return create_workspace(tmp_path)
 
 
 class ActorProcess:
@@ -147,3 +151,65 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, message: 
             raise AssertionError(f"timed out after {timeout}s waiting for "
                                  f"{message or getattr(predicate, '__name__', 'condition')}")
         time.sleep(interval)
+
+
+class Gitsieve:
+    """``gitsieve run`` as a real process; its stderr goes to a log file shown on failure."""
+
+    def __init__(self, workspace: Workspace, log_path: Path, extra_args: tuple = ()):
+        self.workspace = workspace
+        self.log_path = log_path
+        self.log_file = open(log_path, "ab")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", "run", "--workspace", str(workspace.root),
+             *extra_args], cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_running(self, timeout: float = 30.0) -> None:
+        from common import control
+        from common.runner import actor_modules
+        cfg = self.workspace.load()
+        expected = {m.rsplit(".", 1)[1] + (f"-{i:02d}" if i else "")
+                    for m, i in actor_modules(cfg)}
+
+        def all_running():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gitsieve exited {self.proc.returncode}:\n{self.log()}")
+            running = set()
+            for actor_id in control.known_actors(cfg):
+                try:
+                    if control.request(cfg, actor_id, "status", timeout=0.5).data.get(
+                            "state") == "running":
+                        running.add(actor_id)
+                except control.Unreachable:
+                    continue
+            return expected <= running
+        wait_for(all_running, timeout, 0.2, "every actor running")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        return self.proc.returncode, time.monotonic() - started
+
+
+def processes_mentioning(text: str) -> list:
+    """Live processes (other than this one) whose command line mentions ``text``."""
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and text in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

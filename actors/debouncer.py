@@ -1,0 +1,186 @@
+"""Debouncer: holds each path until it has been quiet long enough, then batches it.
+
+Sockets:
+  - PULL  bind     endpoints.decisions  in:  Decision (from l1, l2, l3)
+  - PUSH  bind     endpoints.batches    out: Batch (to the executor)
+  - SUB   connect  endpoints.commits    in:  CommitReport (status only)
+
+Per path it keeps the newest ``(epoch, seq)`` seen, so stale Decisions are dropped.  A
+``commit=True`` Decision makes the path pending and restarts its quiet timer; a
+``commit=False`` one is recorded but never cancels a pending commit (a system rewrite of a
+file the user changed still leaves the user's change to commit).  A pending path is due at
+``min(last_event + quiet, first_pending + max(quiet, max_wait))`` so continuous writes
+cannot starve it.  Due paths leave in Batches of at most ``MAX_BATCH_PATHS``; with no
+executor connected, batches wait in a backlog instead of being dropped.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import zmq
+
+from common import messages
+from common.actor import Actor, main
+from common.messages import Batch, CommitReport, Decision
+
+MAX_BATCH_PATHS = 5000
+BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
+FORGET_AFTER = 3600.0  # a settled path's ordering state is dropped after this much silence
+_FORGET_EVERY = 60.0
+_PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
+
+
+@dataclass
+class PathState:
+    newest: tuple[float, int]  # (epoch, seq) of the newest decision seen
+    last_seen: float  # monotonic arrival of the newest decision (for forgetting)
+    pending: bool = False
+    first_pending: float = 0.0
+    last_event: float = 0.0  # monotonic arrival of the newest commit=True decision
+    action: str = ""
+    observed: float = 0.0  # earliest ``observed`` among the pending decisions
+    quiet: float = 0.0
+
+    def due(self, max_wait: float) -> float:
+        return min(self.last_event + self.quiet,
+                   self.first_pending + max(self.quiet, max_wait))
+
+
+class Debouncer(Actor):
+    name = "debouncer"
+    control_commands = {"pending": "pending_paths"}
+
+    def __init__(self, config, instance=None):
+        super().__init__(config, instance)
+        self.clock = time.monotonic
+        self.paths: dict[str, PathState] = {}
+        self.backlog: deque[bytes] = deque()  # encoded batches the executor has not taken
+        self.next_batch_id = 1
+        self.batches_out = None
+        self.last_commit: dict = {}
+        self._next_forget = 0.0
+
+    def setup(self) -> None:
+        decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
+        self.batches_out = self.bind(zmq.PUSH, self.config.endpoints.batches)
+        commits = self.connect(zmq.SUB, self.config.endpoints.commits)
+        self.add_input(decisions, {Decision: self.on_decision})
+        self.add_input(commits, {CommitReport: self.on_commit_report})
+
+    # ----- inputs ---------------------------------------------------------------------
+    def on_decision(self, decision: Decision) -> None:
+        now = self.clock()
+        order = (decision.epoch, decision.seq)
+        state = self.paths.get(decision.path)
+        if state is not None and order < state.newest:
+            self.stats["stale"] += 1
+            return
+        if state is None:
+            state = self.paths[decision.path] = PathState(newest=order, last_seen=now)
+        state.newest, state.last_seen = order, now
+        if not decision.commit:
+            # Recorded for ordering only: it neither cancels nor delays a pending commit.
+            self.stats["decisions_skip"] += 1
+            return
+        self.stats["decisions_commit"] += 1
+        if not state.pending:
+            state.pending, state.first_pending = True, now
+            state.observed = decision.observed
+        else:
+            state.observed = min(state.observed, decision.observed)
+        state.last_event = now
+        state.action = decision.action
+        state.quiet = self.config.debounce_for(decision.path, decision.action)
+
+    def on_commit_report(self, report: CommitReport) -> None:
+        self.last_commit = {"commit": report.commit, "paths": len(report.paths),
+                            "pushed": report.pushed, "error": report.error,
+                            "finished": report.finished}
+
+    # ----- output ---------------------------------------------------------------------
+    def due_paths(self, now: float) -> list[str]:
+        max_wait = self.config.debounce_max_wait
+        return sorted(path for path, state in self.paths.items()
+                      if state.pending and state.due(max_wait) <= now)
+
+    def flush_due(self, now: float) -> int:
+        """Batch every due path; return how many batches were made."""
+        due = self.due_paths(now)
+        made = 0
+        for start in range(0, len(due), MAX_BATCH_PATHS):
+            chunk = due[start:start + MAX_BATCH_PATHS]
+            observed = []
+            for path in chunk:
+                state = self.paths[path]
+                state.pending = False
+                observed.append(state.observed)
+            batch = Batch(batch_id=self.next_batch_id, paths=tuple(chunk),
+                          observed=tuple(observed), created=time.time())
+            self.next_batch_id += 1
+            self.backlog.append(messages.encode(batch))
+            self.stats["batches"] += 1
+            self.stats["paths_batched"] += len(chunk)
+            made += 1
+        self.send_backlog()
+        return made
+
+    def send_backlog(self) -> None:
+        while self.backlog:
+            try:
+                self.batches_out.send(self.backlog[0], zmq.NOBLOCK)
+            except zmq.Again:  # no executor connected yet, or it is full: keep and retry
+                self.stats["send_deferred"] += 1
+                return
+            self.backlog.popleft()
+            self.stats["messages_out"] += 1
+
+    def forget_settled(self, now: float) -> None:
+        """Drop ordering state of paths long settled, so memory does not grow forever."""
+        old = [path for path, state in self.paths.items()
+               if not state.pending and now - state.last_seen > FORGET_AFTER]
+        for path in old:
+            del self.paths[path]
+
+    # ----- actor hooks ----------------------------------------------------------------
+    def on_tick(self, now: float) -> None:
+        now = self.clock()  # the injectable clock, so handler tests control time
+        self.flush_due(now)
+        if self.backlog:
+            self.send_backlog()
+        if now >= self._next_forget:
+            self._next_forget = now + _FORGET_EVERY
+            self.forget_settled(now)
+
+    def wakeup_in(self) -> float | None:
+        if self.backlog:
+            return BACKLOG_RETRY
+        max_wait = self.config.debounce_max_wait
+        dues = [s.due(max_wait) for s in self.paths.values() if s.pending]
+        if not dues:
+            return None
+        return max(0.0, min(dues) - self.clock())
+
+    def pending_count(self) -> int:
+        return sum(1 for s in self.paths.values() if s.pending)
+
+    def pending_paths(self, limit: int = 1000) -> dict:
+        now = self.clock()
+        max_wait = self.config.debounce_max_wait
+        pending = sorted((s.due(max_wait) - now, path) for path, s in self.paths.items()
+                         if s.pending)
+        limit = max(0, min(int(limit), _PENDING_LIST_LIMIT))
+        return {"total": len(pending),
+                "pending": [{"path": path, "due_in": round(max(0.0, due_in), 3),
+                             "action": self.paths[path].action}
+                            for due_in, path in pending[:limit]]}
+
+    def extra_status(self) -> dict:
+        return {"pending": self.pending_count(), "tracked_paths": len(self.paths),
+                "backlog_batches": len(self.backlog), "batches": self.stats["batches"],
+                "stale": self.stats["stale"], "last_commit": self.last_commit}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(Debouncer))

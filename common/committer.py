@@ -1,0 +1,299 @@
+"""Git commit and push mechanics used by the executor.
+
+A sync commits exactly a given set of paths without disturbing the user's index: the tree
+is built in a temporary index (``runtime_dir/sync.index``) read from HEAD, the commit is
+made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
+the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD), and only
+then are the committed paths reset in the user's real index.  Pushes are never forced.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from common import gitutil
+from common.config import Config
+from common.gitutil import GitError
+
+log = logging.getLogger(__name__)
+
+TRAILER = "Synced-by: gitsieve"
+FALLBACK_NAME = "gitsieve"
+FALLBACK_EMAIL = "gitsieve@localhost"
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+# git's words for a lock someone else holds: worth waiting for, not a real failure.
+_TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot lock ref",
+                      "timed out")
+_CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
+_ARGS_CHUNK = 500  # paths per command line where git takes no pathspec file
+# Local plumbing runs without sh's timeout: sh polls a timed command in 0.1 s steps, which
+# would add ~1 s to every sync.  Only the push (network) keeps a deadline.
+_PUSH_TIMEOUT = 120.0
+
+
+class TransientError(Exception):
+    """A lock or race that is expected to clear; the operation is retried."""
+
+
+@dataclass
+class CommitResult:
+    commit: str | None = None
+    pushed: bool = False
+    error: str = ""
+    held: str = ""  # why nothing was attempted (branch rule); paths stay held
+    paths: tuple[str, ...] = ()  # the paths the commit contains
+    dropped: tuple[str, ...] = ()  # asked-for paths not committable (ignored, vanished)
+    retries: int = 0
+    statuses: dict = field(default_factory=dict)  # path -> status letter
+
+
+def _nul_joined(paths) -> bytes:
+    return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+
+
+def _is_transient(exc: GitError) -> bool:
+    return any(marker in exc.stderr for marker in _TRANSIENT_MARKERS)
+
+
+def _safe_relative(path: str) -> bool:
+    """A workspace-relative path that cannot reach outside the work tree or into .git."""
+    if not path or path.startswith("/") or "\0" in path:
+        return False
+    parts = path.split("/")
+    return not any(part in ("", ".", "..") for part in parts) and parts[0] != ".git"
+
+
+class Committer:
+    def __init__(self, config: Config, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.root = config.workspace
+        self.sleep = sleep
+        self.temp_index = config.runtime_dir / "sync.index"
+        self.retries = 0  # total over this object's life, for status
+
+    # ----- small git helpers ------------------------------------------------------------
+    def _git(self, *args, input: bytes | None = None, temp_index: bool = False,
+             env: dict | None = None, timeout: float | None = None) -> bytes:
+        extra = dict(env or {})
+        if temp_index:
+            extra["GIT_INDEX_FILE"] = str(self.temp_index)
+        return gitutil.run(self.root, *args, input=input, env=extra, timeout=timeout)
+
+    def _text(self, *args, **kwargs) -> str:
+        return self._git(*args, **kwargs).decode("utf-8", "surrogateescape").strip()
+
+    def head(self) -> str | None:
+        """HEAD's commit, None on an unborn branch."""
+        try:
+            return self._text("rev-parse", "--verify", "-q", "HEAD") or None
+        except GitError:
+            return None
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch name, or None when HEAD is detached."""
+        try:
+            ref = self._text("symbolic-ref", "-q", "HEAD")
+        except GitError:
+            return None
+        return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+
+    def branch_hold_reason(self) -> tuple[str | None, str]:
+        """(branch, '') when commits are allowed, else (branch, reason to hold)."""
+        branch = self.current_branch()
+        if branch is None:
+            return None, "HEAD is detached"
+        if self.config.branch and branch != self.config.branch:
+            return branch, f"on branch {branch!r}, configured for {self.config.branch!r}"
+        return branch, ""
+
+    def _identity_env(self) -> dict:
+        """Fallback identity, only for what the repository does not configure."""
+        env = {}
+        for key, names, value in (("user.name", ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"),
+                                   FALLBACK_NAME),
+                                  ("user.email", ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"),
+                                   FALLBACK_EMAIL)):
+            try:
+                configured = self._text("config", key)
+            except GitError:  # exit 1: unset
+                configured = ""
+            if not configured:
+                env.update({name: value for name in names})
+        return env
+
+    def _in_head(self, head: str | None, paths: list[str]) -> set[str]:
+        if head is None or not paths:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(paths), _ARGS_CHUNK):
+            out = self._git("ls-tree", "-z", "--name-only", head, "--",
+                            *paths[start:start + _ARGS_CHUNK])
+            found.update(gitutil.split_nul(out))
+        return found
+
+    def committable(self, paths, head: str | None) -> tuple[list[str], list[str]]:
+        """Split ``paths`` into (to commit, dropped): ignored, unsafe, directories, and
+        paths that neither exist nor are tracked (a temp file renamed away) are dropped."""
+        wanted, dropped = [], []
+        for path in dict.fromkeys(paths):
+            full = self.root / path
+            if not _safe_relative(path) or (full.is_dir() and not full.is_symlink()):
+                dropped.append(path)
+            else:
+                wanted.append(path)
+        ignored = gitutil.ignored(self.root, wanted)
+        wanted = [p for p in wanted if p not in ignored]
+        missing = [p for p in wanted if not os.path.lexists(self.root / p)]
+        tracked_missing = self._in_head(head, missing)
+        gone = {p for p in missing if p not in tracked_missing}
+        dropped += sorted(ignored) + sorted(gone)
+        return [p for p in wanted if p not in gone], dropped
+
+    # ----- the commit ---------------------------------------------------------------------
+    def commit(self, paths, push: bool = True) -> CommitResult:
+        """Commit exactly ``paths`` (then push when a remote is configured)."""
+        branch, reason = self.branch_hold_reason()
+        if reason:
+            return CommitResult(held=reason)
+        result = CommitResult()
+        attempt = 0
+        while True:
+            try:
+                self._commit_once(list(paths), result)
+                break
+            except (GitError, TransientError) as exc:
+                transient = isinstance(exc, TransientError) or _is_transient(exc)
+                if not transient or attempt >= self.config.retry_attempts:
+                    result.error = str(exc)
+                    log.warning("sync commit failed: %s", exc)
+                    return result
+                attempt += 1
+                result.retries += 1
+                self.retries += 1
+                delay = self.config.retry_backoff * attempt
+                log.info("sync commit: %s; retry %d in %.1fs", exc, attempt, delay)
+                self.sleep(delay)
+        if result.commit and push and self.config.remote:
+            result.pushed, result.error = self.push(branch)
+        return result
+
+    def _commit_once(self, paths: list[str], result: CommitResult) -> None:
+        if (self.config.git_dir / "index.lock").exists():
+            raise TransientError("index.lock exists: another git command is running")
+        self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.temp_index, Path(f"{self.temp_index}.lock")):
+            # Only this (single) executor uses the temp index, so any lock is a leftover.
+            stale.unlink(missing_ok=True)
+        for _ in range(_CAS_ROUNDS):
+            head = self.head()
+            wanted, dropped = self.committable(paths, head)
+            result.dropped = tuple(dropped)
+            if not wanted:
+                return
+            new = self._build_commit(head, wanted, result)
+            if new is None:
+                return
+            try:
+                self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, head or "")
+            except GitError as exc:
+                if self.head() != head:
+                    log.info("HEAD moved during sync; rebuilding on the new HEAD")
+                    continue
+                raise
+            result.commit = new
+            self._reset_user_index(result.paths)
+            return
+        raise TransientError("HEAD kept moving during the sync")
+
+    def _build_commit(self, head: str | None, wanted: list[str],
+                      result: CommitResult) -> str | None:
+        """Stage ``wanted`` on top of ``head`` in the temp index; the new commit or None."""
+        if head:
+            self._git("read-tree", head, temp_index=True)
+        else:
+            self._git("read-tree", "--empty", temp_index=True)
+        self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
+                  input=_nul_joined(wanted), temp_index=True)
+        tree = self._text("write-tree", temp_index=True)
+        base_tree = self._text("rev-parse", f"{head}^{{tree}}") if head else EMPTY_TREE
+        if tree == base_tree:
+            return None
+        out = self._git("diff-index", "--cached", "--name-status", "-z", head or EMPTY_TREE,
+                        temp_index=True)
+        fields = gitutil.split_nul(out)
+        statuses = dict(zip(fields[1::2], fields[0::2]))
+        result.statuses = statuses
+        result.paths = tuple(statuses)
+        message = self.message(statuses)
+        parents = ["-p", head] if head else []
+        return self._text("commit-tree", tree, *parents, "-F", "-",
+                          input=message.encode("utf-8", "surrogateescape"),
+                          env=self._identity_env())
+
+    @staticmethod
+    def message(statuses: dict) -> str:
+        lines = [f"gitsieve: sync {len(statuses)} file(s)", ""]
+        for path, status in statuses.items():
+            shown = path.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(f"{status}\t{shown}")
+        lines += ["", TRAILER, ""]
+        return "\n".join(lines)
+
+    def _reset_user_index(self, paths) -> None:
+        """Make the user's index match the new HEAD for the committed paths only."""
+        attempt = 0
+        while True:
+            try:
+                self._git("reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul",
+                          input=_nul_joined(paths))
+                return
+            except GitError as exc:
+                if not _is_transient(exc) or attempt >= self.config.retry_attempts:
+                    # The commit stands; the index only shows the paths as staged changes.
+                    log.warning("commit made but the index was not refreshed: %s", exc)
+                    return
+                attempt += 1
+                self.retries += 1
+                self.sleep(self.config.retry_backoff * attempt)
+
+    # ----- push and history ---------------------------------------------------------------
+    def push(self, branch: str | None = None) -> tuple[bool, str]:
+        """Push the branch to the configured remote, never forced; (pushed, error)."""
+        if not self.config.remote:
+            return False, ""
+        branch = branch or self.current_branch()
+        if branch is None:
+            return False, "push: HEAD is detached"
+        ref = f"refs/heads/{branch}"
+        try:
+            self._git("push", "-q", self.config.remote, f"{ref}:{ref}", timeout=_PUSH_TIMEOUT)
+        except GitError as exc:
+            log.warning("push failed; the commit stays local: %s", exc)
+            return False, f"push failed: {exc}"
+        return True, ""
+
+    def unpushed(self) -> bool:
+        """Whether the branch has commits its remote-tracking ref does not (a push failed
+        earlier, perhaps in a previous run).  False when unknown: no remote or no ref."""
+        branch = self.current_branch()
+        if not self.config.remote or branch is None:
+            return False
+        try:
+            out = self._text("rev-list", "--count",
+                             f"refs/remotes/{self.config.remote}/{branch}..HEAD")
+        except GitError:  # no tracking ref (never pushed or fetched): nothing to compare
+            return False
+        return out.isdigit() and int(out) > 0
+
+    def past_commit_times(self) -> list[float]:
+        """Commit times of gitsieve's own commits within the last 24 hours."""
+        try:
+            out = self._text("log", "--since=24.hours", "--format=%ct",
+                             f"--grep=^{TRAILER}")
+        except GitError:  # unborn branch: no history yet
+            return []
+        return [float(line) for line in out.split() if line.isdigit()]

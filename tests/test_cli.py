@@ -1,0 +1,148 @@
+"""The commands a person types: clear one-line errors with exit 2, ``init``, and
+``gitsieve run``'s lifecycle (single instance, restarts, clean stop, no orphans)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+
+import psutil
+import pytest
+
+from common import config as config_mod
+from common import control
+from conftest import ROOT, Gitsieve, processes_mentioning, wait_for
+
+
+def run_cli(*args, module="common.cli", cwd=ROOT, timeout=60):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_clear_line(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_outside_a_repository(tmp_path):
+    assert_one_clear_line(run_cli("run", "--workspace", str(tmp_path)), "not a git repository")
+
+
+def test_run_with_a_missing_workspace(tmp_path):
+    assert_one_clear_line(run_cli("run", "--workspace", str(tmp_path / "nope")),
+                          "not a directory")
+
+
+def test_run_with_invalid_config(workspace):
+    path = workspace.config("[debounce]\nallow = \"soon\"\n")
+    assert_one_clear_line(run_cli("run", "--workspace", str(workspace.root)),
+                          f"{path}:2: [debounce].allow must be int or float")
+
+
+def test_run_with_unreadable_config(workspace):
+    assert_one_clear_line(run_cli("run", "--workspace", str(workspace.root), "--config",
+                                  str(workspace.root / "missing.toml")), "cannot read config")
+
+
+def test_run_with_a_bad_regex_in_the_rules_file(workspace):
+    path = workspace.patterns("# rules\nALLOW:docs/.*\nBLOCK:logs/(unclosed:System logs\n")
+    result = run_cli("run", "--workspace", str(workspace.root))
+    assert_one_clear_line(result, f"{path}:3:")
+
+
+def test_actorctl_on_a_workspace_where_gitsieve_is_not_running(workspace):
+    result = run_cli("--workspace", str(workspace.root), "status", module="common.ctl")
+    assert result.returncode == 1
+    assert "gitsieve is not running" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("--workspace", str(workspace.root), "frobnicate",
+                   module="common.ctl").returncode == 2
+
+
+def test_init_writes_a_valid_commented_config_and_rules(workspace):
+    result = run_cli("init", str(workspace.root))
+    assert result.returncode == 0, result.stderr
+    config_text = (workspace.root / config_mod.CONFIG_NAME).read_text()
+    assert "#" in config_text
+    parsed = tomllib.loads(config_text)
+    assert parsed["limits"] == {"max_commits_per_hour": 10, "max_commits_per_day": 50,
+                                "cooldown_seconds": 300}
+    cfg = workspace.load()  # the written files load and validate
+    assert cfg.debounce_for(".claude/autonomous/x", "ANALYZE") == 300
+    from common import rules
+    ruleset = rules.RuleSet.load(cfg.patterns_file)
+    assert ruleset.match(".claude/autonomous/service-status.json").action == "BLOCK"
+    again = run_cli("init", str(workspace.root))
+    assert again.returncode == 0 and "kept existing" in again.stdout
+
+
+def test_init_outside_a_repository(tmp_path):
+    assert_one_clear_line(run_cli("init", str(tmp_path)), "not a git repository")
+
+
+@pytest.fixture
+def fast_config(workspace):
+    workspace.config("""
+        [debounce]
+        allow = 0.2
+        default = 0.3
+        rules = []
+        [limits]
+        cooldown_seconds = 0
+        [health]
+        interval = 0.5
+    """)
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "config")
+    return workspace
+
+
+def test_run_lifecycle_single_instance_restart_and_clean_stop(fast_config, tmp_path):
+    ws = fast_config
+    cfg = ws.load()
+    gitsieve = Gitsieve(ws, tmp_path / "run.log")
+    try:
+        gitsieve.wait_running()
+        # a second instance on the same workspace refuses
+        second = run_cli("run", "--workspace", str(ws.root))
+        assert_one_clear_line(second, "already running")
+        # status, human and JSON
+        human = run_cli("--workspace", str(ws.root), "status", module="common.ctl")
+        assert human.returncode == 0 and "debouncer" in human.stdout
+        data = json.loads(run_cli("--json", "--workspace", str(ws.root), "status",
+                                  module="common.ctl").stdout)
+        names = {actor["name"] for actor in data["actors"]}
+        assert {"watcher", "router", "l1", "l2-01", "l2-02", "l3-01", "l3-02", "debouncer",
+                "executor", "health"} <= names
+        # an actor killed with SIGKILL is restarted, and the pipeline still commits
+        old_pid = control.request(cfg, "debouncer", "status").data["pid"]
+        os.kill(old_pid, signal.SIGKILL)
+
+        def restarted():
+            try:
+                data = control.request(cfg, "debouncer", "status", timeout=0.5).data
+            except control.Unreachable:
+                return False
+            return data["pid"] != old_pid and data["state"] == "running"
+        wait_for(restarted, 20, 0.2, "the debouncer to be restarted")
+        ws.write("after-restart.txt", "still synced\n")
+        wait_for(lambda: "after-restart.txt" in ws.files_at("HEAD"), 20, 0.1,
+                 "an edit committed after the restart")
+    finally:
+        code, took = gitsieve.stop(signal.SIGINT)
+    assert code == 0, gitsieve.log()
+    assert took < 5.5
+    assert not processes_mentioning(str(ws.root))
+    assert not (ws.root / ".git/index.lock").exists()
+    # the lock is released: gitsieve can start again
+    again = Gitsieve(ws, tmp_path / "again.log")
+    try:
+        again.wait_running()
+    finally:
+        assert again.stop()[0] == 0

@@ -1,0 +1,237 @@
+"""Debouncer: handler tests with a fake socket and clock, and a real-process test."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from actors.debouncer import MAX_BATCH_PATHS, Debouncer
+from common import config as config_mod
+from common import control, messages
+from common.messages import Batch, Decision
+from tests.conftest import wait_for
+
+CONFIG = """\
+[debounce]
+allow = 2
+default = 30
+max_wait = 10
+rules = [ { pattern = "\\\\.claude/autonomous/.*", seconds = 300 },
+          { pattern = ".*\\\\.py", seconds = 5 } ]
+"""
+
+
+class FakeSocket:
+    """Records frames; ``refuse`` makes sends fail like a PUSH with no peer."""
+
+    def __init__(self):
+        self.frames: list[bytes] = []
+        self.refuse = False
+
+    def send(self, frame, flags=0):
+        if self.refuse:
+            raise zmq.Again()
+        self.frames.append(frame)
+
+    def batches(self) -> list[Batch]:
+        return [messages.decode(f) for f in self.frames]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def deb(workspace):
+    workspace.config(CONFIG)
+    debouncer = Debouncer(workspace.load())
+    debouncer.clock = Clock()
+    debouncer.batches_out = FakeSocket()
+    yield debouncer
+    debouncer.context.term()
+
+
+_seq = iter(range(1, 1_000_000))
+
+
+def decision(path, commit=True, action="ANALYZE", seq=None, epoch=1.0, observed=50.0):
+    return Decision(path=path, kind="write", seq=next(_seq) if seq is None else seq,
+                    epoch=epoch, observed=observed, commit=commit, action=action)
+
+
+def advance(deb, seconds):
+    deb.clock.now += seconds
+    deb.on_tick(deb.clock.now)
+
+
+def at(deb, offset):
+    """Tick at ``offset`` seconds after the fake clock's origin (no float drift)."""
+    deb.clock.now = 1000.0 + offset
+    deb.on_tick(deb.clock.now)
+
+
+def test_quiet_period_per_class(deb):
+    deb.on_decision(decision("docs/a.md", action="ALLOW"))         # allow: 2 s
+    deb.on_decision(decision("tool.py"))                           # rule: 5 s
+    deb.on_decision(decision("notes.txt"))                         # default: 30 s
+    deb.on_decision(decision(".claude/autonomous/x.json"))         # rule: 300 s, max_wait 10
+    assert deb.wakeup_in() == pytest.approx(2.0)
+    at(deb, 1.9)
+    assert deb.batches_out.frames == []
+    at(deb, 2.0)
+    assert [b.paths for b in deb.batches_out.batches()] == [("docs/a.md",)]
+    at(deb, 4.9)
+    assert len(deb.batches_out.frames) == 1
+    at(deb, 5.0)
+    assert deb.batches_out.batches()[-1].paths == ("tool.py",)
+    # Default 30 s, not cut short by max_wait (10 s): max_wait only bounds continuous writes.
+    at(deb, 29.9)
+    assert len(deb.batches_out.frames) == 2
+    at(deb, 30.0)
+    assert deb.batches_out.batches()[-1].paths == ("notes.txt",)
+    at(deb, 299.9)
+    assert len(deb.batches_out.frames) == 3
+    at(deb, 300.0)
+    assert deb.batches_out.batches()[-1].paths == (".claude/autonomous/x.json",)
+    assert deb.pending_count() == 0 and deb.wakeup_in() is None
+
+
+def test_max_wait_under_continuous_writes(deb):
+    # A .py file (quiet 5 s) rewritten every 3 s never goes quiet; max_wait is 10 s.
+    for _ in range(3):
+        deb.on_decision(decision("busy.py"))
+        advance(deb, 3.0)
+    assert deb.batches_out.frames == []  # 9 s in, still writing
+    deb.on_decision(decision("busy.py"))
+    advance(deb, 1.0)
+    assert [b.paths for b in deb.batches_out.batches()] == [("busy.py",)]
+
+
+def test_stale_decision_dropped(deb):
+    deb.on_decision(decision("a.txt", commit=False, seq=10, epoch=2.0))
+    deb.on_decision(decision("a.txt", commit=True, seq=9, epoch=2.0))   # older seq
+    deb.on_decision(decision("a.txt", commit=True, seq=99, epoch=1.0))  # older run
+    assert deb.stats["stale"] == 2
+    assert deb.pending_count() == 0
+    deb.on_decision(decision("a.txt", commit=True, seq=1, epoch=3.0))   # newer run
+    assert deb.pending_count() == 1
+
+
+def test_commit_false_does_not_cancel_or_delay_pending(deb):
+    deb.on_decision(decision("shared.json", commit=True, observed=40.0))
+    advance(deb, 20.0)
+    deb.on_decision(decision("shared.json", commit=False, observed=45.0))  # system rewrite
+    assert deb.pending_count() == 1
+    advance(deb, 9.9)
+    assert deb.batches_out.frames == []
+    advance(deb, 0.2)  # 30 s after the commit=True one, not after the commit=False one
+    (batch,) = deb.batches_out.batches()
+    assert batch.paths == ("shared.json",) and batch.observed == (40.0,)
+
+
+def test_coalescing_into_one_batch(deb):
+    # A burst arriving within one poll round, one path rewritten before it is due.
+    for index in range(5):
+        deb.on_decision(decision(f"f{index}.txt", action="ALLOW", observed=10.0 + index))
+    advance(deb, 1.0)
+    deb.on_decision(decision("f0.txt", action="ALLOW", observed=5.0))  # rewritten
+    deb.on_decision(decision("f1.txt", action="ALLOW", observed=20.0))
+    advance(deb, 1.0)
+    batches = deb.batches_out.batches()
+    assert [b.paths for b in batches] == [("f2.txt", "f3.txt", "f4.txt")]
+    advance(deb, 1.0)
+    batches = deb.batches_out.batches()
+    assert batches[1].paths == ("f0.txt", "f1.txt")
+    assert batches[1].observed == (5.0, 11.0)  # the earliest observation of each path
+    assert [b.batch_id for b in batches] == [1, 2]
+
+
+def test_large_sets_split_and_backlog_held_without_executor(deb):
+    deb.batches_out.refuse = True
+    count = MAX_BATCH_PATHS * 2 + 3
+    for index in range(count):
+        deb.on_decision(decision(f"many/{index:05d}", action="ALLOW"))
+    advance(deb, 2.0)
+    assert deb.batches_out.frames == [] and len(deb.backlog) == 3
+    assert deb.wakeup_in() > 0
+    deb.batches_out.refuse = False
+    advance(deb, 0.05)
+    batches = deb.batches_out.batches()
+    assert [len(b.paths) for b in batches] == [MAX_BATCH_PATHS, MAX_BATCH_PATHS, 3]
+    assert [b.batch_id for b in batches] == [1, 2, 3]
+    assert sum((b.paths for b in batches), ()) == tuple(f"many/{i:05d}" for i in range(count))
+
+
+def test_pending_control_listing(deb):
+    deb.on_decision(decision("a.py"))
+    deb.on_decision(decision("b.md", action="ALLOW"))
+    advance(deb, 1.0)
+    listing = deb.pending_paths()
+    assert listing["total"] == 2
+    assert listing["pending"] == [{"path": "b.md", "due_in": 1.0, "action": "ALLOW"},
+                                  {"path": "a.py", "due_in": 4.0, "action": "ANALYZE"}]
+    assert deb.extra_status()["pending"] == 2
+
+
+def test_real_process_batches_after_quiet_period(workspace, actors):
+    workspace.config("[debounce]\nallow = 0.2\ndefault = 0.5\n")
+    config = workspace.load()
+    config_mod.prepare_runtime_dir(config)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    pull = context.socket(zmq.PULL)
+    for sock in (push, pull):
+        sock.linger = 0
+    try:
+        # Start with no executor connected: the debouncer holds the batch until one is.
+        actors("debouncer", workspace.root)
+        wait_for(lambda: _status(config), timeout=15, message="debouncer control socket")
+        push.connect(config.endpoints.decisions)
+        push.send(messages.encode(decision("x.md", action="ALLOW", observed=1.5)))
+        push.send(messages.encode(decision("y.txt", observed=1.0)))
+        push.send(messages.encode(decision("x.md", commit=False, seq=1, epoch=0.5)))
+        push.send(b"garbage")
+        wait_for(lambda: _status(config).get("stale") == 1, timeout=10,
+                 message="stale decision counted")
+        wait_for(lambda: _status(config).get("backlog_batches", 0) >= 1, timeout=10,
+                 message="batch held without an executor")
+        pull.connect(config.endpoints.batches)
+        received: list[Batch] = []
+
+        def got_both():
+            while pull.poll(50):
+                received.append(messages.decode(pull.recv()))
+            return {p for b in received for p in b.paths} == {"x.md", "y.txt"}
+
+        wait_for(got_both, timeout=10, message="batches")
+        assert all(isinstance(b, Batch) for b in received)
+        assert received[0].paths == ("x.md",) and received[0].observed == (1.5,)
+        status = _status(config)
+        assert status["pending"] == 0 and status["bad_frames"] == 1
+        assert status["backlog_batches"] == 0
+    finally:
+        push.close()
+        pull.close()
+        context.term()
+
+
+def _status(config) -> dict:
+    try:
+        reply = control.request(config, "debouncer", "status", timeout=0.5)
+    except control.Unreachable:
+        return {}
+    return reply.data if reply.ok else {}
+
+
+def test_decision_timing_uses_arrival_not_message_clock(deb):
+    # observed far in the past must not make the path due early.
+    deb.on_decision(decision("old.md", action="ALLOW", observed=time.time() - 10_000))
+    advance(deb, 1.0)
+    assert deb.batches_out.frames == []
+    advance(deb, 1.0)
+    assert len(deb.batches_out.frames) == 1

@@ -1,0 +1,257 @@
+"""Executor with real executor and health processes, and the rate limiter it uses.
+
+The test plays the debouncer: it binds a PUSH at ``endpoints.batches`` to send Batches and
+SUB-connects ``endpoints.commits`` to read the CommitReports.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from actors.executor import Executor
+from common import config as config_mod
+from common import control, messages
+from common.messages import Batch, CommitReport, HealthStatus
+from common.ratelimit import RateLimiter
+from tests.conftest import wait_for
+
+BASE_CONFIG = """\
+[health]
+interval = 0.3
+[runtime]
+heartbeat_interval = 0.2
+[git]
+retry_backoff = 0.3
+"""
+
+
+class Harness:
+    def __init__(self, workspace, actors, extra: str = ""):
+        workspace.config(BASE_CONFIG + extra)
+        self.workspace, self.actors = workspace, actors
+        self.config = workspace.load()
+        config_mod.prepare_runtime_dir(self.config)
+        self.context = zmq.Context()
+        self.push = self.context.socket(zmq.PUSH)
+        self.push.linger = 0
+        self.push.bind(self.config.endpoints.batches)
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(self.config.endpoints.commits)
+        self.reports: list[CommitReport] = []
+        self.next_id = 1
+
+    def start(self, *names):
+        for name in names:
+            self.actors(name, self.workspace.root)
+        for name in names:
+            wait_for(lambda: self.status(name), timeout=15, message=f"{name} control")
+
+    def status(self, actor="executor") -> dict:
+        try:
+            reply = control.request(self.config, actor, "status", timeout=0.5)
+        except control.Unreachable:
+            return {}
+        return reply.data if reply.ok else {}
+
+    def send(self, *paths):
+        batch = Batch(batch_id=self.next_id, paths=paths,
+                      observed=tuple(time.time() for _ in paths), created=time.time())
+        self.next_id += 1
+        self.push.send(messages.encode(batch))
+        return batch.batch_id
+
+    def collect(self) -> list[CommitReport]:
+        while self.sub.poll(20):
+            self.reports.append(messages.decode(self.sub.recv()))
+        return self.reports
+
+    def wait_committed(self, path, timeout=20):
+        wait_for(lambda: path in self.workspace.files_at(), timeout=timeout,
+                 message=f"{path} committed")
+
+    def close(self):
+        self.push.close()
+        self.sub.close()
+        self.context.term()
+
+
+@pytest.fixture
+def harness(workspace, actors):
+    made = []
+
+    def make(extra=""):
+        made.append(Harness(workspace, actors, extra))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+def test_burst_coalesced_into_one_commit(harness, workspace):
+    h = harness()
+    names = [f"burst/file {i}.txt" for i in range(5)]
+    for name in names:
+        workspace.write(name, name)
+    before = workspace.head()
+    h.start("executor")  # no health monitor yet: everything is held
+    ids = [h.send(name) for name in names[:3]] + [h.send(*names[3:])]
+    wait_for(lambda: h.status().get("held") == 5, timeout=10, message="5 paths held")
+    status = h.status()
+    assert "health" in status["held_reason"] and status["commits"] == 0
+    assert workspace.head() == before
+
+    h.start("health")
+    h.wait_committed(names[-1])
+    wait_for(lambda: any(r.commit for r in h.collect()), timeout=10, message="report")
+    assert workspace.commit_count() == 2  # the initial commit and one sync
+    assert workspace.committed_paths_since(before) == set(names)
+    report = next(r for r in h.reports if r.commit)
+    assert report.commit == workspace.head()
+    assert list(report.batch_ids) == ids
+    assert set(report.paths) == set(names) and report.held == () and report.pushed
+    wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=10,
+             message="pushed")
+    status = h.status()
+    assert status["held"] == 0 and status["commits"] == 1 and status["pushes"] == 1
+
+
+def test_rate_limit_holds_then_commits_without_losing_paths(harness, workspace):
+    h = harness("[limits]\ncooldown_seconds = 3\n")
+    h.start("health", "executor")
+    workspace.write("first.txt", "1\n")
+    h.send("first.txt")
+    h.wait_committed("first.txt")
+    after_first = workspace.head()
+
+    workspace.write("second.txt", "2\n")
+    workspace.write("third.txt", "3\n")
+    h.send("second.txt")
+    h.send("third.txt")
+    wait_for(lambda: h.status().get("held") == 2, timeout=10, message="2 paths held")
+    status = h.status()
+    assert "cooldown" in status["held_reason"]
+    assert workspace.head() == after_first  # held, not committed, not dropped
+
+    h.wait_committed("third.txt")
+    assert workspace.committed_paths_since(after_first) == {"second.txt", "third.txt"}
+    assert workspace.commit_count() == 3
+    assert h.status()["held"] == 0
+
+
+def test_health_not_ok_holds_and_resumes(harness, workspace):
+    merge_head = workspace.path(".git") / "MERGE_HEAD"
+    merge_head.write_text(workspace.head() + "\n")
+    h = harness()
+    h.start("health", "executor")
+    workspace.write("during-merge.txt", "x\n")
+    before = workspace.head()
+    h.send("during-merge.txt")
+    wait_for(lambda: h.status().get("held") == 1 and "merge" in h.status()["held_reason"],
+             timeout=10, message="held because of the merge")
+    assert workspace.head() == before
+
+    merge_head.unlink()
+    h.wait_committed("during-merge.txt")
+    assert workspace.committed_paths_since(before) == {"during-merge.txt"}
+
+
+def test_push_failure_keeps_commit_and_push_is_retried(harness, workspace):
+    hidden = workspace.remote.with_name("remote-away.git")
+    h = harness()
+    h.start("health", "executor")
+    remote_before = workspace.remote_head()
+    workspace.remote.rename(hidden)  # the remote becomes unreachable
+    try:
+        workspace.write("offline.txt", "x\n")
+        h.send("offline.txt")
+        wait_for(lambda: any(r.commit and not r.pushed for r in h.collect()), timeout=15,
+                 message="a commit whose push failed")
+        report = next(r for r in h.reports if r.commit)
+        assert "push failed" in report.error
+        assert report.commit == workspace.head()
+        assert h.status()["push_pending"] is True
+    finally:
+        hidden.rename(workspace.remote)
+    assert workspace.remote_head() == remote_before
+    wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
+             message="push retried")
+    wait_for(lambda: h.status().get("push_pending") is False, timeout=10,
+             message="push no longer pending")
+
+
+# ----- the rate limiter --------------------------------------------------------------------
+def test_rate_limiter_cooldown_hour_and_day():
+    now = [100_000.0]
+    limiter = RateLimiter(per_hour=2, per_day=3, cooldown=60, clock=lambda: now[0])
+    assert limiter.wait_time() == 0
+    limiter.record()
+    assert limiter.wait_time() == 60 and "cooldown" in limiter.reason()
+    now[0] += 60
+    assert limiter.wait_time() == 0
+    limiter.record()
+    # Two in the last hour: wait until the first one is an hour old.
+    assert limiter.wait_time() == pytest.approx(3600 - 60)
+    assert "hourly" in limiter.reason()
+    now[0] += 3600
+    limiter.record()
+    assert "daily" in limiter.reason()
+    assert limiter.wait_time() == pytest.approx(86400 - 3660)
+    now[0] += 86400
+    assert limiter.wait_time() == 0 and limiter.reason() == ""
+
+
+def test_rate_limiter_seeded_from_past_and_zero_means_no_limit():
+    limiter = RateLimiter(per_hour=1, per_day=0, cooldown=0, clock=lambda: 5000.0,
+                          past=[4000.0])
+    assert limiter.wait_time() == pytest.approx(2600.0)
+    unlimited = RateLimiter(per_hour=0, per_day=0, cooldown=0, clock=lambda: 5000.0,
+                            past=[4999.0] * 100)
+    assert unlimited.wait_time() == 0
+
+
+# ----- handler level: the executor object with fake sockets ----------------------------------
+class FakeSocket:
+    def __init__(self):
+        self.frames = []
+
+    def send(self, frame, flags=0):
+        self.frames.append(frame)
+
+    def poll(self, timeout=0):
+        return 0
+
+
+def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
+    workspace.config(BASE_CONFIG + "[limits]\ncooldown_seconds = 0\n")
+    executor = Executor(workspace.load())
+    executor.batches_in, executor.reports_out = FakeSocket(), FakeSocket()
+    try:
+        workspace.git("checkout", "-q", "-b", "feature")
+        workspace.write("f.txt", "f\n")
+        before = workspace.head()
+        executor.on_batch(Batch(batch_id=7, paths=("f.txt",), observed=(1.0,), created=2.0))
+        executor.on_tick(0)
+        assert executor.held_reason == "waiting for the first health status"
+        executor.on_health(HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="",
+                                        checked=time.time()))
+        executor.on_tick(0)
+        (report,) = [messages.decode(f) for f in executor.reports_out.frames]
+        assert report.commit is None and "feature" in report.error
+        assert report.held == ("f.txt",) and report.batch_ids == (7,)
+        assert executor.held == {"f.txt": 1.0}
+        assert "back-off" in executor.held_reason
+        assert workspace.head() == before
+        # Back on the configured branch, once the back-off is over, the path is committed.
+        workspace.git("checkout", "-q", "main")
+        executor.retry_at = 0.0
+        executor.on_tick(0)
+        assert executor.held == {} and executor.stats["commits"] == 1
+        assert "f.txt" in workspace.files_at()
+        assert executor.extra_status()["pushes"] == 1
+    finally:
+        executor.context.term()

@@ -1,0 +1,239 @@
+"""Process layer (L2): handlers with fake sockets, then real router + l2 processes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import zmq
+
+from actors.process_layer import ProcessLayer
+from common import config as config_mod
+from common import control, messages
+from common.messages import Change, Decision
+from conftest import wait_for
+
+HOLDER_CODE = r"""
+import sys
+path = sys.argv[2]
+handle = open(path, "a")
+handle.write("system churn\n")
+handle.flush()
+print("holding", flush=True)
+sys.stdin.read()
+"""
+L1_STEP = {"layer": "L1", "verdict": "ANALYZE", "reason": "default", "rule": None}
+
+
+class FakeSocket:
+    def __init__(self):
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes, *_flags) -> None:
+        self.frames.append(frame)
+
+    def messages(self) -> list:
+        return [messages.decode(frame) for frame in self.frames]
+
+
+@pytest.fixture
+def tag():
+    return f"claude-autonomous-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def hold():
+    """``hold(path, tag)``: a real process whose command line carries ``tag`` keeps
+    ``path`` open for writing until the test ends."""
+    started = []
+
+    def start(path, tag: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER_CODE, tag, str(path)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "holding"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def configure(workspace, tag: str, ttl: float = 0.2):
+    workspace.config(f"""
+        [filter]
+        autonomous_processes = ["{tag}"]
+        process_cache_ttl = {ttl}
+        """)
+    return workspace.load()
+
+
+def change(path: str, kind: str = "write", seq: int = 1, trail=(L1_STEP,)) -> Change:
+    return Change(path=path, kind=kind, seq=seq, epoch=1000.0, observed=time.time(),
+                  trail=trail)
+
+
+@pytest.fixture
+def layer_for():
+    """A ProcessLayer set up for a workspace, its outputs replaced by fake sockets."""
+    made: list[ProcessLayer] = []
+
+    def make(cfg) -> ProcessLayer:
+        layer = ProcessLayer(cfg, instance=1)
+        layer.setup()
+        layer.to_content, layer.decisions = FakeSocket(), FakeSocket()
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        for sock in layer._sockets:
+            sock.close(linger=0)
+        layer.context.term()
+
+
+# ----- handlers --------------------------------------------------------------------------
+def test_write_by_autonomous_process_becomes_a_drop_decision(workspace, tag, hold, layer_for):
+    target = workspace.write(".claude/contexts/status.json", "{}\n")
+    holder = hold(target, tag)
+    layer = layer_for(configure(workspace, tag))
+    layer.on_change(change(".claude/contexts/status.json", seq=7))
+    assert layer.to_content.frames == []
+    [decision] = layer.decisions.messages()
+    assert isinstance(decision, Decision)
+    assert (decision.path, decision.seq, decision.commit, decision.action) == (
+        ".claude/contexts/status.json", 7, False, "ANALYZE")
+    assert decision.trail[0] == L1_STEP
+    step = decision.trail[-1]
+    assert (step["layer"], step["verdict"], step["technique"], step["pid"]) == (
+        "L2", "SYSTEM", "open-files", holder.pid)
+    assert tag in step["cmdline"] and step["confidence"] > 0 and step["reason"]
+    assert layer.extra_status()["verdicts"] == {"SYSTEM": 1}
+    assert holder.pid in layer.extra_status()["autonomous_pids"]
+
+
+def test_unknown_writer_passes_the_change_on_with_an_unknown_step(workspace, tag, hold,
+                                                                  layer_for):
+    target = workspace.write("notes.md", "user text\n")
+    hold(target, f"editor-{uuid.uuid4().hex[:8]}")  # a writer, but not an autonomous one
+    layer = layer_for(configure(workspace, tag))
+    layer.on_change(change("notes.md", seq=3))
+    assert layer.decisions.frames == []
+    [forwarded] = layer.to_content.messages()
+    assert isinstance(forwarded, Change)
+    assert (forwarded.path, forwarded.seq) == ("notes.md", 3)
+    assert forwarded.trail[0] == L1_STEP
+    step = forwarded.trail[-1]
+    assert (step["layer"], step["verdict"], step["pid"]) == ("L2", "UNKNOWN", None)
+    assert layer.extra_status()["verdicts"] == {"UNKNOWN": 1}
+
+
+def test_deletion_is_unknown_even_when_an_autonomous_process_runs(workspace, tag, hold,
+                                                                  layer_for):
+    hold(workspace.path("other.txt"), tag)
+    layer = layer_for(configure(workspace, tag))
+    layer.on_change(change("README.md", kind="delete"))
+    [forwarded] = layer.to_content.messages()
+    assert forwarded.kind == "delete"
+    assert forwarded.trail[-1]["verdict"] == "UNKNOWN"
+    assert "deleted" in forwarded.trail[-1]["reason"]
+
+
+@pytest.mark.parametrize("bad", [change("/etc/passwd"), change("../outside"),
+                                 change("a", kind="rename"), change("")])
+def test_bad_changes_are_counted_not_forwarded(workspace, tag, layer_for, bad):
+    layer = layer_for(configure(workspace, tag))
+    layer.on_change(bad)
+    assert layer.to_content.frames == [] and layer.decisions.frames == []
+    assert layer.stats["bad_changes"] == 1
+
+
+def test_sampler_runs_from_on_tick_while_autonomous_processes_exist(workspace, tag, hold,
+                                                                    layer_for):
+    layer = layer_for(configure(workspace, tag, ttl=60))
+    assert layer.wakeup_in() > 1  # nobody to sample: only the cache refresh is due
+    hold(workspace.path("a.json"), tag)
+    layer.attributor.cache.refresh()
+    assert layer.wakeup_in() <= 0.05
+    layer.on_tick(time.monotonic())
+    assert layer.extra_status()["samples"] == 1
+    assert layer.extra_status()["sampled_paths"] == 1
+
+
+# ----- real processes --------------------------------------------------------------------
+def recv(sock: zmq.Socket, timeout: float = 10.0):
+    assert sock.poll(int(timeout * 1000)), "no message within the timeout"
+    return messages.decode(sock.recv())
+
+
+@pytest.fixture
+def pipeline(workspace, tag, actors):
+    """router + one l2 worker; the test feeds stage_in(l2) and reads decisions and l3."""
+    cfg = configure(workspace, tag)
+    config_mod.prepare_runtime_dir(cfg)
+    context = zmq.Context()
+    decisions = context.socket(zmq.PULL)
+    decisions.linger = 0
+    decisions.bind(cfg.endpoints.decisions)
+    to_l3 = context.socket(zmq.PULL)
+    to_l3.linger = 0
+    to_l3.connect(cfg.endpoints.stage_out("l3"))
+    into_l2 = context.socket(zmq.PUSH)
+    into_l2.linger = 0
+    into_l2.connect(cfg.endpoints.stage_in("l2"))
+    actors("router", workspace.root)
+    actors("process_layer", workspace.root, instance=1)
+
+    def running() -> bool:
+        try:
+            return control.request(cfg, "l2-01", "status", timeout=0.5).data["state"] \
+                == "running"
+        except control.Unreachable:
+            return False
+    wait_for(running, 20, message="l2-01 running")
+    yield cfg, into_l2, decisions, to_l3
+    for sock in (decisions, to_l3, into_l2):
+        sock.close(linger=0)
+    context.term()
+
+
+def test_real_l2_drops_autonomous_writes_and_forwards_the_rest(workspace, tag, hold,
+                                                               pipeline):
+    cfg, into_l2, decisions, to_l3 = pipeline
+    target = workspace.write(".claude/contexts/status.json", "{}\n")
+    holder = hold(target, tag)
+    workspace.write("docs/user.md", "mine\n")
+
+    into_l2.send(messages.encode(change(".claude/contexts/status.json", seq=1)))
+    decision = recv(decisions)
+    assert isinstance(decision, Decision) and decision.commit is False
+    assert decision.trail[-1]["verdict"] == "SYSTEM"
+    assert decision.trail[-1]["pid"] == holder.pid
+
+    into_l2.send(messages.encode(change("docs/user.md", seq=2)))
+    forwarded = recv(to_l3)
+    assert isinstance(forwarded, Change) and forwarded.path == "docs/user.md"
+    assert [step["layer"] for step in forwarded.trail] == ["L1", "L2"]
+    assert forwarded.trail[-1]["verdict"] == "UNKNOWN"
+
+    into_l2.send(messages.encode(change("README.md", kind="delete", seq=3)))
+    assert recv(to_l3).kind == "delete"
+
+    status = control.request(cfg, "l2-01", "status").data
+    assert status["verdicts"] == {"SYSTEM": 1, "UNKNOWN": 2}
+    assert holder.pid in status["autonomous_pids"]
+
+
+def test_real_l2_survives_garbage_frames(workspace, pipeline):
+    cfg, into_l2, decisions, to_l3 = pipeline
+    into_l2.send(b"\x93not msgpack at all")  # the router drops it
+    into_l2.send(messages.encode(change("../escape", seq=1)))  # l2 counts it
+    into_l2.send(messages.encode(change("README.md", seq=2)))
+    assert recv(to_l3).path == "README.md"
+    status = control.request(cfg, "l2-01", "status").data
+    assert status["state"] == "running" and status["bad_changes"] == 1

@@ -1,0 +1,313 @@
+"""The watcher as a real process: real inotify, real router, real sockets, real git."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import zmq
+from inotify_simple import Event, flags
+
+from common import control, messages
+from actors.watcher import Watcher
+from common.messages import Change
+from tests.conftest import wait_for
+
+MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
+
+
+class Collector:
+    """PULLs every Change the router forwards to layer 1."""
+
+    def __init__(self, cfg):
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.PULL)
+        self.sock.linger = 0
+        self.sock.connect(cfg.endpoints.stage_out("l1"))
+        self.changes: list[Change] = []
+
+    def drain(self) -> list[Change]:
+        while self.sock.poll(0):
+            self.changes.append(messages.decode(self.sock.recv()))
+        return self.changes
+
+    def of(self, path: str, kind: str | None = None, source: str | None = None) -> list[Change]:
+        return [c for c in self.drain() if c.path == path
+                and (kind is None or c.kind == kind) and (source is None or c.source == source)]
+
+    def has(self, path: str, kind: str = "write", source: str | None = None) -> bool:
+        return bool(self.of(path, kind, source))
+
+    def paths(self, kind: str = "write") -> set[str]:
+        return {c.path for c in self.drain() if c.kind == kind}
+
+    def wait(self, path: str, kind: str = "write", source: str | None = None,
+             timeout: float = 10.0) -> Change:
+        return wait_for(lambda: self.of(path, kind, source), timeout,
+                        message=f"{kind} of {path!r}")[-1]
+
+    def close(self):
+        self.sock.close(0)
+        self.context.term()
+
+
+def status(cfg) -> dict:
+    reply = control.request(cfg, "watcher", "status")
+    assert reply.ok, reply.error
+    return reply.data
+
+
+def running(cfg) -> bool:
+    try:
+        return control.request(cfg, "watcher", "status", timeout=0.5).data["state"] == "running"
+    except control.Unreachable:
+        return False
+
+
+@pytest.fixture
+def start(workspace, actors):
+    """``start(config_text)`` -> (cfg, collector) with router and watcher running."""
+    collectors = []
+
+    def go(config_text: str = "[watcher]\nreconcile_interval = 0\n"):
+        workspace.config(config_text)
+        cfg = workspace.load()
+        actors("router", workspace.root)
+        collector = Collector(cfg)
+        collectors.append(collector)
+        actors("watcher", workspace.root)
+        wait_for(lambda: running(cfg), 15, message="watcher running")
+        return cfg, collector
+
+    yield go
+    for collector in collectors:
+        collector.close()
+
+
+def sentinel(workspace, collector, name: str = "sentinel.txt"):
+    """Write a file and wait for it: everything the watcher saw before has arrived too."""
+    workspace.write(name, str(time.time()))
+    collector.wait(name)
+
+
+def test_modify_create_delete_and_order(workspace, start):
+    cfg, col = start()
+    workspace.write("README.md", "changed\n")
+    first = col.wait("README.md")
+    assert first.source == "inotify" and first.priority is False
+    workspace.write("new.txt", "hello\n")
+    col.wait("new.txt")
+    workspace.path("new.txt").unlink()
+    gone = col.wait("new.txt", "delete")
+    assert gone.seq > col.of("new.txt", "write")[-1].seq
+    assert gone.epoch == first.epoch
+    assert gone.observed >= first.observed
+    assert all(not os.path.isabs(c.path) for c in col.drain())
+
+
+def test_mkdir_p_and_write_at_once(workspace, start):
+    cfg, col = start()
+    subprocess.run("mkdir -p a/b/c && echo hi > a/b/f && echo deep > a/b/c/g",
+                   shell=True, cwd=workspace.root, check=True)
+    col.wait("a/b/f")
+    col.wait("a/b/c/g")
+    # The new directories are watched: a later edit deep inside is seen.
+    workspace.write("a/b/c/g", "again\n")
+    wait_for(lambda: len(col.of("a/b/c/g")) >= 2, 10, message="second write of a/b/c/g")
+
+
+def test_temp_file_renamed_over_target_and_plain_rename(workspace, start):
+    cfg, col = start()
+    workspace.write("target.txt", "v1\n")
+    col.wait("target.txt")
+    before = len(col.of("target.txt"))
+    workspace.write("target.txt.partial", "v2\n")
+    os.rename(workspace.path("target.txt.partial"), workspace.path("target.txt"))
+    col.wait("target.txt.partial", "delete")
+    wait_for(lambda: len(col.of("target.txt")) > before, 10, message="target rewritten")
+    os.rename(workspace.path("target.txt"), workspace.path("renamed.txt"))
+    col.wait("target.txt", "delete")
+    col.wait("renamed.txt")
+
+
+def test_names_with_spaces_and_non_ascii(workspace, start):
+    cfg, col = start()
+    name = "dir with space/naïve файл ✓.txt"
+    workspace.write(name, "x\n")
+    col.wait(name)
+
+
+def test_non_utf8_name_is_reported(workspace, start):
+    cfg, col = start()
+    with open(os.path.join(os.fsencode(workspace.root), b"bad\xff.txt"), "wb") as handle:
+        handle.write(b"x")
+    col.wait(os.fsdecode(b"bad\xff.txt"))
+    assert running(cfg)
+
+
+def test_sed_in_place(workspace, start):
+    cfg, col = start()
+    before = len(col.of("README.md"))
+    subprocess.run(["sed", "-i", "s/workspace/edited/", "README.md"], cwd=workspace.root,
+                   check=True)
+    wait_for(lambda: len(col.of("README.md")) > before, 10, message="README.md written")
+    assert workspace.path("README.md").read_text() == "edited\n"
+
+
+def test_cp_r_of_200_files_all_arrive(workspace, start, tmp_path):
+    source = tmp_path / "src200"
+    for index in range(200):
+        (source / f"d{index % 7}").mkdir(parents=True, exist_ok=True)
+        (source / f"d{index % 7}" / f"f{index:03d}.txt").write_text(f"{index}\n")
+    cfg, col = start()
+    subprocess.run(["cp", "-r", str(source), str(workspace.root / "copy")], check=True)
+    expected = {f"copy/d{i % 7}/f{i:03d}.txt" for i in range(200)}
+    wait_for(lambda: expected <= col.paths(), 20, message="all 200 files")
+
+
+def test_directory_moved_in_then_edited(workspace, start, tmp_path):
+    outside = tmp_path / "incoming"
+    (outside / "sub").mkdir(parents=True)
+    for index in range(20):
+        (outside / ("sub" if index % 2 else "") / f"f{index}.txt").write_text("x\n")
+    cfg, col = start()
+    shutil.move(str(outside), str(workspace.root / "incoming"))
+    expected = {f"incoming/{'sub/' if i % 2 else ''}f{i}.txt" for i in range(20)}
+    wait_for(lambda: expected <= col.paths(), 10, message="20 moved-in files")
+    before = len(col.of("incoming/sub/f5.txt"))
+    workspace.write("incoming/sub/f5.txt", "edited\n")
+    wait_for(lambda: len(col.of("incoming/sub/f5.txt")) > before, 10, message="edit seen")
+
+
+def test_directory_moved_out_reports_tracked_deletes(workspace, start, tmp_path):
+    for name in ("old/a.txt", "old/deep/b.txt", "old/deep/c.txt"):
+        workspace.write(name, "tracked\n")
+    workspace.git("add", "old")
+    workspace.git("commit", "-q", "-m", "old dir")
+    workspace.write("old/untracked.txt", "u\n")
+    cfg, col = start()
+    shutil.move(str(workspace.root / "old"), str(tmp_path / "gone"))
+    for name in ("old/a.txt", "old/deep/b.txt", "old/deep/c.txt"):
+        col.wait(name, "delete")
+    assert not col.has("old/untracked.txt", "delete")  # never committed, nothing to delete
+    # Its watches are gone: writes in the moved-away tree are not ours any more.
+    (tmp_path / "gone" / "deep" / "later.txt").write_text("outside\n")
+    sentinel(workspace, col)
+    assert not any("later.txt" in c.path for c in col.drain())
+
+
+def test_directory_renamed_inside(workspace, start):
+    for name in ("src/a.txt", "src/inner/b.txt"):
+        workspace.write(name, "tracked\n")
+    workspace.git("add", "src")
+    workspace.git("commit", "-q", "-m", "src dir")
+    cfg, col = start()
+    os.rename(workspace.path("src"), workspace.path("lib"))
+    for name in ("a.txt", "inner/b.txt"):
+        col.wait(f"src/{name}", "delete")
+        col.wait(f"lib/{name}")
+    # The watches moved with the directory and now report the new names.
+    before = len(col.of("lib/inner/b.txt"))
+    workspace.write("lib/inner/b.txt", "edited\n")
+    wait_for(lambda: len(col.of("lib/inner/b.txt")) > before, 10, message="edit under new name")
+    assert not col.has("src/inner/b.txt", "write")
+
+
+def test_git_activity_is_never_reported(workspace, start):
+    cfg, col = start()
+    workspace.write("work.txt", "w\n")
+    col.wait("work.txt")
+    workspace.git("add", "work.txt")
+    workspace.git("commit", "-q", "-m", "work")
+    workspace.git("gc", "-q")
+    sentinel(workspace, col)
+    reported = {c.path for c in col.drain()}
+    assert not any(".git" in p.split("/") for p in reported), reported
+
+
+def test_startup_reconcile_reports_changes_made_while_down(workspace, start):
+    workspace.write("README.md", "edited while down\n")
+    workspace.path(".gitignore").unlink()
+    workspace.write("fresh/new.txt", "n\n")
+    cfg, col = start()
+    assert col.wait("README.md", source="reconcile").kind == "write"
+    col.wait(".gitignore", "delete", source="reconcile")
+    col.wait("fresh/new.txt", source="reconcile")
+
+
+def test_periodic_reconcile(workspace, start):
+    cfg, col = start("[watcher]\nreconcile_interval = 0.5\n")
+    workspace.write("README.md", "x\n")
+    wait_for(lambda: len(col.of("README.md", source="reconcile")) >= 2, 10,
+             message="two reconcile rounds")
+
+
+def test_priority_marks_allow_paths(workspace, start):
+    workspace.patterns("ALLOW:docs/.*\\.md:User docs\nBLOCK:logs/.*\n")
+    cfg, col = start()
+    workspace.write("docs/guide.md", "g\n")
+    workspace.write("logs/x.md", "l\n")
+    assert col.wait("docs/guide.md").priority is True
+    assert col.wait("logs/x.md").priority is False
+
+
+def test_file_appended_without_close_is_reported(workspace, start):
+    cfg, col = start("[watcher]\nreconcile_interval = 0\nmodify_interval = 0.2\n")
+    with open(workspace.path("growing.log"), "w") as handle:
+        col.wait("growing.log")  # CREATE
+        deadline = time.monotonic() + 10
+        while len(col.of("growing.log")) < 3 and time.monotonic() < deadline:
+            handle.write("line\n")
+            handle.flush()
+            time.sleep(0.05)
+        assert len(col.of("growing.log")) >= 3  # reported while never closed
+    assert status(cfg)["unsent"] == 0
+
+
+def test_queue_overflow_rescans_and_reports_everything(workspace, start):
+    with open(MAX_QUEUED_EVENTS) as handle:
+        original = handle.read().strip()
+    try:
+        with open(MAX_QUEUED_EVENTS, "w") as handle:
+            handle.write("16")
+        cfg, col = start()  # its inotify instance gets the tiny queue
+    finally:
+        with open(MAX_QUEUED_EVENTS, "w") as handle:
+            handle.write(original)
+    expected = set()
+    for round_ in range(5):
+        for index in range(300):
+            name = f"flood{round_}/d{index % 10}/f{index}.txt"
+            workspace.write(name, "x\n")
+            expected.add(name)
+        try:
+            wait_for(lambda: status(cfg)["overflows"] >= 1, 3, message="an overflow")
+            break
+        except AssertionError:
+            continue  # the watcher kept up this time; flood again
+    info = status(cfg)
+    assert info["overflows"] >= 1 and info["rescans"] >= 1
+    wait_for(lambda: expected <= col.paths(), 20, message="every flooded file")
+    # After the rescan, the watches still work.
+    workspace.write("flood0/d3/after.txt", "a\n")
+    col.wait("flood0/d3/after.txt")
+
+
+def test_events_a_later_close_write_covers_are_coalesced():
+    events = [
+        Event(1, flags.CREATE, 0, "a"),           # 0: covered by the close at 2
+        Event(1, flags.MODIFY, 0, "a"),           # 1: covered
+        Event(1, flags.CLOSE_WRITE, 0, "a"),      # 2
+        Event(1, flags.MODIFY, 0, "b"),           # 3: b is never closed in this batch
+        Event(2, flags.MODIFY, 0, "a"),           # 4: same name, other directory
+        Event(1, flags.CREATE, 0, "c"),           # 5: deleted before its close
+        Event(1, flags.DELETE, 0, "c"),           # 6
+        Event(1, flags.CREATE, 0, "c"),           # 7: covered by the close at 9
+        Event(1, flags.ATTRIB, 0, "c"),           # 8: covered
+        Event(1, flags.CLOSE_WRITE, 0, "c"),      # 9
+        Event(1, flags.CREATE | flags.ISDIR, 0, "d"),
+        Event(1, flags.CLOSE_WRITE, 0, "d"),
+    ]
+    assert Watcher._redundant_events(events) == {0, 1, 7, 8}
