@@ -13,7 +13,6 @@ the commit local and is retried with back-off; a limit only delays, nothing is d
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import zmq
@@ -53,8 +52,6 @@ class Executor(Actor):
         self.reports_out = None
 
     def setup(self) -> None:
-        # sh logs every git command it starts at INFO; a sync runs a dozen of them.
-        logging.getLogger("sh").setLevel(logging.WARNING)
         self.batches_in = self.connect(zmq.PULL, self.config.endpoints.batches)
         health = self.connect(zmq.SUB, self.config.endpoints.health, hwm=100)
         self.reports_out = self.bind(zmq.PUB, self.config.endpoints.commits, hwm=1000)

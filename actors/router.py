@@ -9,7 +9,6 @@ stage has no connected worker, so nothing is sent into the void at start-up.
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 
 import zmq

@@ -259,6 +259,7 @@ def setup_logging(level: str, actor_id: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO), stream=sys.stderr,
         format=f"%(asctime)s {actor_id} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sh").setLevel(logging.WARNING)  # sh logs every command at INFO
 
 
 def main(actor_class: type[Actor], argv: list[str] | None = None) -> int:

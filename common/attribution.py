@@ -37,6 +37,9 @@ SAMPLE_INTERVAL = 0.05
 SIGHTING_WINDOW = 5.0
 # Between full scans, new pids are looked at this often (and on every attribution miss).
 NEW_PROCESS_SCAN = 0.5
+# A process younger than this may still be between fork and exec (its command line still
+# its parent's), so a non-matching young process is looked at again by the next scan.
+EXEC_SETTLE = 2.0
 # A configured TTL of 0 would rescan every process on every poll round.
 MIN_CACHE_TTL = 0.1
 
@@ -98,7 +101,8 @@ class ProcessCache:
         self.processes: dict[int, AutonomousProcess] = {}
         self.refreshed_at: float | None = None
         self.refreshes = 0
-        self._examined: set[int] = set()  # every pid whose command line was read
+        # pids whose command line was read and will not change (barring a later exec)
+        self._examined: set[int] = set()
         self._own: set[int] = set()
 
     def age(self) -> float:
@@ -115,10 +119,9 @@ class ProcessCache:
         """Full scan: re-read every process (command lines can change through exec)."""
         self._own = _own_pid_tree()
         previous, self.processes = self.processes, {}
-        pids = set(psutil.pids())
-        for pid in pids:
+        self._examined = set()
+        for pid in psutil.pids():
             self._examine(pid, previous.get(pid))
-        self._examined = pids
         self.refreshed_at = self.clock()
         self.refreshes += 1
         if set(previous) != set(self.processes):
@@ -134,10 +137,10 @@ class ProcessCache:
         pids = set(psutil.pids())
         for gone in set(self.processes) - pids:
             self.forget(gone)
+        self._examined &= pids
         found = False
-        for pid in pids - self._examined:
+        for pid in pids - self._examined - set(self.processes):
             found |= self._examine(pid, None)
-        self._examined = pids
         if found:
             log.info("autonomous processes: %s", sorted(self.processes))
         return found
@@ -149,8 +152,14 @@ class ProcessCache:
             proc = known.process if known else psutil.Process(pid)
             cmdline = " ".join(proc.cmdline())
             name = proc.name()
-        except psutil.Error:  # exited meanwhile, a zombie, or not ours to read: skip it
+            settled = proc.create_time() < time.time() - EXEC_SETTLE
+        except psutil.AccessDenied:  # not ours to read (hidepid): do not retry every scan
+            self._examined.add(pid)
             return False
+        except psutil.Error:  # exited meanwhile or a zombie: it cannot write anything
+            return False
+        if settled:
+            self._examined.add(pid)
         if not self.matcher.matches(cmdline, name):
             return False
         # reuse the Process object so psutil keeps detecting pid reuse

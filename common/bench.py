@@ -22,7 +22,7 @@ import psutil
 
 from common import config as config_mod
 from common import control
-from common.runner import PROJECT_ROOT, actor_modules
+from common.runner import PROJECT_ROOT, actor_ids
 
 CHURN = PROJECT_ROOT / "scripts" / "churn.py"
 PATTERNS = """\
@@ -143,7 +143,7 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
         runner = subprocess.Popen([sys.executable, "-m", "common.cli", "run", "--workspace",
                                    str(root)], env=env, cwd=PROJECT_ROOT,
                                   stderr=subprocess.DEVNULL)
-        wait_until_running(config, len(actor_modules(config)))
+        wait_until_running(config, len(actor_ids(config)))
         if churn:
             churner = subprocess.Popen([sys.executable, str(CHURN), "--workspace", str(root),
                                         "--name", "claude-autonomous"])

@@ -30,8 +30,7 @@ _TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot l
                       "timed out")
 _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
 _ARGS_CHUNK = 500  # paths per command line where git takes no pathspec file
-# Local plumbing runs without sh's timeout: sh polls a timed command in 0.1 s steps, which
-# would add ~1 s to every sync.  Only the push (network) keeps a deadline.
+# Only the push (network) has a deadline; see gitutil.run on why local calls have none.
 _PUSH_TIMEOUT = 120.0
 
 
@@ -177,6 +176,8 @@ class Committer:
                 delay = self.config.retry_backoff * attempt
                 log.info("sync commit: %s; retry %d in %.1fs", exc, attempt, delay)
                 self.sleep(delay)
+        if result.held:
+            return result
         if result.commit and push and self.config.remote:
             result.pushed, result.error = self.push(branch)
         return result
@@ -188,7 +189,12 @@ class Committer:
         for stale in (self.temp_index, Path(f"{self.temp_index}.lock")):
             # Only this (single) executor uses the temp index, so any lock is a leftover.
             stale.unlink(missing_ok=True)
-        for _ in range(_CAS_ROUNDS):
+        for round_number in range(_CAS_ROUNDS):
+            if round_number:
+                # HEAD moved: the user may have switched branches, not only committed.
+                result.held = self.branch_hold_reason()[1]
+                if result.held:
+                    return
             head = self.head()
             wanted, dropped = self.committable(paths, head)
             result.dropped = tuple(dropped)
@@ -199,7 +205,7 @@ class Committer:
                 return
             try:
                 self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, head or "")
-            except GitError as exc:
+            except GitError:
                 if self.head() != head:
                     log.info("HEAD moved during sync; rebuilding on the new HEAD")
                     continue

@@ -39,12 +39,17 @@ def git_env(extra: dict | None = None) -> dict:
 
 
 def run(cwd: Path | str, *args, input: bytes | str | None = None,
-        env: dict | None = None, timeout: float | None = 120) -> bytes:
-    """Run git in ``cwd``; return stdout bytes or raise GitError."""
+        env: dict | None = None, timeout: float | None = None) -> bytes:
+    """Run git in ``cwd``; return stdout bytes or raise GitError.
+
+    ``timeout`` is for calls that may hang (network); sh polls every 0.1 s while one is
+    set, which would cost local calls ten times their run time.
+    """
+    options = {"_timeout": timeout} if timeout else {}
     try:
         result = sh.git(*args, _cwd=str(cwd), _env=git_env(env), _in=input,
                         _return_cmd=True, _decode_errors="replace", _tty_out=False,
-                        _timeout=timeout)
+                        **options)
     except sh.ErrorReturnCode as exc:
         raise GitError(args, exc.exit_code, exc.stderr.decode("utf-8", "replace")) from None
     except sh.TimeoutException:

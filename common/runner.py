@@ -34,6 +34,7 @@ class AlreadyRunning(Exception):
 @dataclass
 class Child:
     module: str
+    name: str
     instance: int | None
     proc: subprocess.Popen | None = None
     restarts: int = 0
@@ -43,20 +44,24 @@ class Child:
 
     @property
     def actor_id(self) -> str:
-        name = self.module.rsplit(".", 1)[-1]
-        return name if self.instance is None else f"{name}-{self.instance:02d}"
+        return self.name if self.instance is None else f"{self.name}-{self.instance:02d}"
 
 
-def actor_modules(config: Config) -> list[tuple[str, int | None]]:
-    """Every actor process of the pipeline, binders first (connect order does not matter
-    to ZeroMQ, but starting them first avoids a first second of back-pressure)."""
-    modules: list[tuple[str, int | None]] = [
-        ("actors.health", None), ("actors.router", None), ("actors.debouncer", None),
-        ("actors.executor", None), ("actors.pattern_layer", None)]
-    modules += [("actors.process_layer", i) for i in range(1, config.l2_workers + 1)]
-    modules += [("actors.content_layer", i) for i in range(1, config.l3_workers + 1)]
-    modules.append(("actors.watcher", None))
+def actor_modules(config: Config) -> list[tuple[str, str, int | None]]:
+    """(module, actor name, instance) of every actor process, binders first (ZeroMQ does not
+    mind the order, but it spares the first second of back-pressure)."""
+    modules: list[tuple[str, str, int | None]] = [
+        ("actors.health", "health", None), ("actors.router", "router", None),
+        ("actors.debouncer", "debouncer", None), ("actors.executor", "executor", None),
+        ("actors.pattern_layer", "l1", None)]
+    modules += [("actors.process_layer", "l2", i) for i in range(1, config.l2_workers + 1)]
+    modules += [("actors.content_layer", "l3", i) for i in range(1, config.l3_workers + 1)]
+    modules.append(("actors.watcher", "watcher", None))
     return modules
+
+
+def actor_ids(config: Config) -> list[str]:
+    return [Child(*spec).actor_id for spec in actor_modules(config)]
 
 
 class InstanceLock:
@@ -92,7 +97,7 @@ class Runner:
     def __init__(self, config: Config, config_file: str | None = None):
         self.config = config
         self.config_file = config_file
-        self.children = [Child(module, instance) for module, instance in actor_modules(config)]
+        self.children = [Child(*spec) for spec in actor_modules(config)]
         self.stopping = False
         self.lock = InstanceLock(config.lock_file)
 

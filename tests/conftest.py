@@ -170,10 +170,9 @@ class Gitsieve:
 
     def wait_running(self, timeout: float = 30.0) -> None:
         from common import control
-        from common.runner import actor_modules
+        from common.runner import actor_ids
         cfg = self.workspace.load()
-        expected = {m.rsplit(".", 1)[1] + (f"-{i:02d}" if i else "")
-                    for m, i in actor_modules(cfg)}
+        expected = set(actor_ids(cfg))
 
         def all_running():
             if self.proc.poll() is not None:

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from common import attribution
+from conftest import wait_for
 from common.attribution import (SYSTEM, TECHNIQUE_LIVE, TECHNIQUE_SAMPLED, Attributor,
                                 AutonomousMatcher, ProcessCache)
 
@@ -263,3 +264,26 @@ def test_wakeup_drives_sampling_only_while_autonomous_processes_exist(holders, t
     holders(tag)
     busy = attributor_for(tag, ttl=30)
     assert busy.wakeup_in(time.monotonic()) <= attribution.SAMPLE_INTERVAL
+
+
+def test_young_process_is_looked_at_again_in_case_it_had_not_exec_ed_yet(tag):
+    # A forked child keeps its parent's command line until exec: the scan that sees it
+    # then must not write it off. Here the child only gets the autonomous name by exec.
+    cache = ProcessCache(AutonomousMatcher([tag]), ttl=3600)
+    cache.refresh()
+    # the tag travels in two halves, so only the exec'd command line carries it whole
+    child = subprocess.Popen(["bash", "-c", 'read line; exec -a "$1$2" sleep 30', "bash",
+                              tag[:9], tag[9:]], stdin=subprocess.PIPE)
+    try:
+        wait_for(lambda: psutil.Process(child.pid).cmdline()[:1] == ["bash"], 10)
+        assert cache.refresh_new() is False  # still "bash -c ..."
+        assert child.pid not in cache.processes
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        wait_for(lambda: cache.refresh_new() or child.pid in cache.processes, 10,
+                 message="the exec'd child to be recognised")
+        assert tag in cache.processes[child.pid].cmdline
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tomllib
 
-import psutil
 import pytest
 
 from common import config as config_mod

@@ -11,9 +11,10 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from common import control
 
 from conftest import ROOT, Gitsieve, create_workspace, git, processes_mentioning, wait_for
 
@@ -237,4 +238,19 @@ def test_churn_never_committed_and_no_loop(env):
     committed = ws.committed_paths_since(setup_commit)
     leaked = [p for p in committed if p.startswith(CHURN_PATHS)]
     assert not leaked, f"autonomous churn was committed: {leaked}"
+    # ...and not because it was idle: its files differ from HEAD, it reacted to commits,
+    # and the content layer saw its ANALYZE-area rewrites and dropped them.
+    assert (ws.root / ".claude/contexts/session.json").read_text() != ws.show(
+        "HEAD:.claude/contexts/session.json")
+    assert "saw HEAD" in (ws.root / ".claude/contexts/reactions.log").read_text()
+    assert (ws.root / ".claude/autonomous/service-status.json").exists()
+    cfg = ws.load()
+    dropped_by_content = sum(
+        control.request(cfg, f"l3-{n:02d}", "status").data.get("verdict_SYSTEM", 0)
+        + control.request(cfg, f"l3-{n:02d}", "status").data.get("verdict_UNCHANGED", 0)
+        for n in (1, 2))
+    dropped_by_process = sum(
+        control.request(cfg, f"l2-{n:02d}", "status").data.get("verdict_SYSTEM", 0)
+        for n in (1, 2))
+    assert dropped_by_content + dropped_by_process > 0
     assert remote_content(ws, "docs/last.md") == "last user edit\n"
