@@ -18,7 +18,7 @@ import select
 import stat
 import subprocess
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,7 +246,6 @@ class ContentLayer(Actor):
         self.head_cache: OrderedDict[str, HeadBlob | None] = OrderedDict()
         self.head_cache_bytes = 0
         self.head_cache_token: tuple | None = None
-        self.verdicts: Counter = Counter()
         self.changes = self.connect(zmq.PULL, endpoints.stage_out("l3"))
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
         self.commits = self.connect(zmq.SUB, endpoints.commits)
@@ -303,6 +302,9 @@ class ContentLayer(Actor):
         if work.problem:
             return ContentVerdict(USER, work.problem)
         head = self.head_version(path)
+        if work.data is None and not work.large_path:
+            # deleted: the rules only ask whether HEAD had the file, not for its bytes
+            return classify(path, None if head is None else b"", None)
         if work.large_path or (head is not None and head.data is None):
             return large_file_verdict(head, work)
         return classify(path, head.data if head else None, work.data,
@@ -316,7 +318,7 @@ class ContentLayer(Actor):
             self.log.warning("%s: dropped change %r: %s", self.actor_id, change.path, problem)
             return
         verdict = self.judge(change.path)
-        self.verdicts[verdict.verdict] += 1
+        self.stats[f"verdict_{verdict.verdict}"] += 1
         step = {"layer": "L3", "verdict": verdict.verdict, "reason": verdict.reason}
         self.send(self.decisions, Decision(
             path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
@@ -324,7 +326,7 @@ class ContentLayer(Actor):
             trail=(*change.trail, step)))
 
     def extra_status(self) -> dict:
-        return {"verdicts": dict(self.verdicts),
+        return {**{key: count for key, count in self.stats.items() if key.startswith("verdict_")},
                 "head_cache_entries": len(self.head_cache),
                 "head_cache_hits": self.stats["head_cache_hits"],
                 "head_fallbacks": self.stats["head_fallbacks"],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 
 import zmq
 
@@ -34,7 +33,6 @@ class ProcessLayer(Actor):
         endpoints = self.config.endpoints
         self.attributor = Attributor(self.config.autonomous_processes,
                                      self.config.process_cache_ttl)
-        self.verdicts: Counter = Counter()
         self.changes = self.connect(zmq.PULL, endpoints.stage_out("l2"))
         self.to_content = self.connect(zmq.PUSH, endpoints.stage_in("l3"))
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
@@ -64,11 +62,11 @@ class ProcessLayer(Actor):
         self._drop(change, found)
 
     def _pass_on(self, change: Change, step: dict) -> None:
-        self.verdicts[UNKNOWN_VERDICT] += 1
+        self.stats[f"verdict_{UNKNOWN_VERDICT}"] += 1
         self.send(self.to_content, dataclasses.replace(change, trail=(*change.trail, step)))
 
     def _drop(self, change: Change, found: Attribution) -> None:
-        self.verdicts[SYSTEM_VERDICT] += 1
+        self.stats[f"verdict_{SYSTEM_VERDICT}"] += 1
         step = {"layer": "L2", "verdict": SYSTEM_VERDICT,
                 "reason": f"autonomous process {found.pid} holds it open for writing"
                           if found.technique == TECHNIQUE_LIVE else
@@ -90,7 +88,7 @@ class ProcessLayer(Actor):
     def extra_status(self) -> dict:
         cache = self.attributor.cache
         return {"autonomous_pids": sorted(cache.processes),
-                "verdicts": dict(self.verdicts),
+                **{key: count for key, count in self.stats.items() if key.startswith("verdict_")},
                 "sampled_paths": len(self.attributor.sampler.sightings),
                 "samples": self.attributor.sampler.samples,
                 "cache_refreshes": cache.refreshes,

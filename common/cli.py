@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
 def cmd_init(args) -> int:
     from common import rules
     try:
-        root = gitutil.toplevel(Path(args.directory or os.getcwd()))
+        root, _ = gitutil.discover(Path(args.directory or os.getcwd()))
     except gitutil.NotARepository as exc:
         raise UsageError(str(exc)) from None
     config_path = config_mod.default_config_path(root)

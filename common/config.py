@@ -213,10 +213,9 @@ def load(workspace: str | os.PathLike | None = None,
     A missing default file means built-in defaults; an explicitly named file must exist.
     """
     try:
-        root = gitutil.toplevel(Path(workspace or os.getcwd()))
+        root, git_dir = gitutil.discover(Path(workspace or os.getcwd()))
     except gitutil.NotARepository as exc:
         raise ConfigError(str(workspace or os.getcwd()), str(exc)) from None
-    git_dir = gitutil.git_dir(root)
     explicit = config_file is not None
     path = Path(config_file) if explicit else default_config_path(root)
     source = str(path)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from pathlib import Path
-
-import sh
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,7 @@ def run(cwd: Path | str, *args, input: bytes | str | None = None,
     ``timeout`` is for calls that may hang (network); sh polls every 0.1 s while one is
     set, which would cost local calls ten times their run time.
     """
+    import sh  # imported on first use: it costs ~10 MiB, and actors that never run git skip it
     options = {"_timeout": timeout} if timeout else {}
     try:
         result = sh.git(*args, _cwd=str(cwd), _env=git_env(env), _in=input,
@@ -57,22 +57,23 @@ def run(cwd: Path | str, *args, input: bytes | str | None = None,
     return result.stdout
 
 
-def toplevel(path: Path) -> Path:
+def discover(path: Path) -> tuple[Path, Path]:
+    """(work tree root, absolute git dir) of the repository holding ``path``.
+
+    Every actor calls this once at start; plain subprocess keeps ``sh`` unimported in
+    actors that never run git otherwise.
+    """
     path = Path(path)
     if not path.is_dir():
         raise NotARepository(f"not a directory: {path}")
-    try:
-        out = run(path, "rev-parse", "--show-toplevel")
-    except GitError:
-        raise NotARepository(f"not a git repository: {path}") from None
-    top = out.decode().strip()
-    if not top:
+    result = subprocess.run(["git", "rev-parse", "--show-toplevel", "--absolute-git-dir"],
+                            cwd=path, env=git_env(), capture_output=True)
+    lines = result.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if result.returncode != 0:
+        raise NotARepository(f"not a git repository: {path}")
+    if len(lines) != 2:
         raise NotARepository(f"not a git work tree (bare repository?): {path}")
-    return Path(top)
-
-
-def git_dir(root: Path) -> Path:
-    return Path(run(root, "rev-parse", "--absolute-git-dir").decode().strip())
+    return Path(lines[0]), Path(lines[1])
 
 
 def split_nul(data: bytes) -> list[str]:

@@ -19,6 +19,10 @@ L2_STEP = {"layer": "L2", "verdict": "UNKNOWN", "reason": "no autonomous writer 
            "technique": None, "pid": None, "cmdline": None, "confidence": 0.0}
 
 
+def verdicts(status: dict) -> dict:
+    return {key: count for key, count in status.items() if key.startswith("verdict_")}
+
+
 class FakeSocket:
     def __init__(self):
         self.frames: list[bytes] = []
@@ -189,6 +193,8 @@ def test_large_files_are_compared_by_object_id(workspace, layer):
         "USER", "content changed (large file, object id differs)")
     workspace.write("big.json", "small now")
     assert verdict_of(decide(layer, "big.json"))[0] == "USER"
+    os.unlink(workspace.path("big.json"))
+    assert verdict_of(decide(layer, "big.json", kind="delete")) == ("USER", "deleted")
 
 
 def test_bad_changes_are_counted(workspace, layer):
@@ -260,7 +266,7 @@ def test_real_l3_decides_by_content(workspace, actors):
             return control.request(cfg, "l3-01", "status").data["commit_reports"] > 0
         wait_for(report_seen, 20, 0.1, "l3 to hear a CommitReport")
         status = control.request(cfg, "l3-01", "status").data
-        assert status["verdicts"] == {"SYSTEM": 1, "USER": 1}
+        assert verdicts(status) == {"verdict_SYSTEM": 1, "verdict_USER": 1}
         assert status["head_cache_entries"] == 0
         assert status["cat_file_starts"] == 1
     finally:

@@ -27,6 +27,10 @@ sys.stdin.read()
 L1_STEP = {"layer": "L1", "verdict": "ANALYZE", "reason": "default", "rule": None}
 
 
+def verdicts(status: dict) -> dict:
+    return {key: count for key, count in status.items() if key.startswith("verdict_")}
+
+
 class FakeSocket:
     def __init__(self):
         self.frames: list[bytes] = []
@@ -113,7 +117,7 @@ def test_write_by_autonomous_process_becomes_a_drop_decision(workspace, tag, hol
     assert (step["layer"], step["verdict"], step["technique"], step["pid"]) == (
         "L2", "SYSTEM", "open-files", holder.pid)
     assert tag in step["cmdline"] and step["confidence"] > 0 and step["reason"]
-    assert layer.extra_status()["verdicts"] == {"SYSTEM": 1}
+    assert verdicts(layer.extra_status()) == {"verdict_SYSTEM": 1}
     assert holder.pid in layer.extra_status()["autonomous_pids"]
 
 
@@ -130,7 +134,7 @@ def test_unknown_writer_passes_the_change_on_with_an_unknown_step(workspace, tag
     assert forwarded.trail[0] == L1_STEP
     step = forwarded.trail[-1]
     assert (step["layer"], step["verdict"], step["pid"]) == ("L2", "UNKNOWN", None)
-    assert layer.extra_status()["verdicts"] == {"UNKNOWN": 1}
+    assert verdicts(layer.extra_status()) == {"verdict_UNKNOWN": 1}
 
 
 def test_deletion_is_unknown_even_when_an_autonomous_process_runs(workspace, tag, hold,
@@ -225,7 +229,7 @@ def test_real_l2_drops_autonomous_writes_and_forwards_the_rest(workspace, tag, h
     assert recv(to_l3).kind == "delete"
 
     status = control.request(cfg, "l2-01", "status").data
-    assert status["verdicts"] == {"SYSTEM": 1, "UNKNOWN": 2}
+    assert verdicts(status) == {"verdict_SYSTEM": 1, "verdict_UNKNOWN": 2}
     assert holder.pid in status["autonomous_pids"]
 
 
