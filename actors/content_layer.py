@@ -26,9 +26,9 @@ import zmq
 
 from common import gitutil
 from common.actor import Actor, main
-from common.content import (SIZE_CAP, UNCHANGED, USER, ContentVerdict, bad_path_reason,
+from common.content import (SIZE_CAP, UNCHANGED, USER, ContentVerdict,
                             classify, git_blob_id, l1_action)
-from common.messages import DELETE, WRITE, Change, CommitReport, Decision
+from common.messages import Change, CommitReport, Decision
 
 # A cat-file answer taking longer than this means git is stuck: kill it, use the fallback.
 CAT_FILE_TIMEOUT = 10.0
@@ -311,12 +311,6 @@ class ContentLayer(Actor):
                         self.config.volatile_keys, self.size_cap)
 
     def on_change(self, change: Change) -> None:
-        problem = (f"unknown kind {change.kind!r}" if change.kind not in (WRITE, DELETE)
-                   else bad_path_reason(change.path))
-        if problem:
-            self.stats["bad_changes"] += 1
-            self.log.warning("%s: dropped change %r: %s", self.actor_id, change.path, problem)
-            return
         verdict = self.judge(change.path)
         self.stats[f"verdict_{verdict.verdict}"] += 1
         step = {"layer": "L3", "verdict": verdict.verdict, "reason": verdict.reason}
@@ -331,8 +325,7 @@ class ContentLayer(Actor):
                 "head_cache_hits": self.stats["head_cache_hits"],
                 "head_fallbacks": self.stats["head_fallbacks"],
                 "cat_file_starts": self.head_reader.starts,
-                "commit_reports": self.stats["commit_reports"],
-                "bad_changes": self.stats["bad_changes"]}
+                "commit_reports": self.stats["commit_reports"]}
 
     def shutdown(self) -> None:
         self.head_reader.close()

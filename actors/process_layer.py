@@ -20,8 +20,8 @@ import zmq
 
 from common.actor import Actor, main
 from common.attribution import TECHNIQUE_LIVE, Attribution, Attributor
-from common.content import bad_path_reason, l1_action
-from common.messages import DELETE, WRITE, Change, Decision
+from common.content import l1_action
+from common.messages import DELETE, Change, Decision
 
 SYSTEM_VERDICT, UNKNOWN_VERDICT = "SYSTEM", "UNKNOWN"
 
@@ -40,12 +40,6 @@ class ProcessLayer(Actor):
         self.attributor.cache.refresh()
 
     def on_change(self, change: Change) -> None:
-        problem = (f"unknown kind {change.kind!r}" if change.kind not in (WRITE, DELETE)
-                   else bad_path_reason(change.path))
-        if problem:
-            self.stats["bad_changes"] += 1
-            self.log.warning("%s: dropped change %r: %s", self.actor_id, change.path, problem)
-            return
         if change.kind == DELETE:
             self._pass_on(change, {"layer": "L2", "verdict": UNKNOWN_VERDICT,
                                    "reason": "deleted: no writer to observe",
@@ -92,7 +86,6 @@ class ProcessLayer(Actor):
                 "sampled_paths": len(self.attributor.sampler.sightings),
                 "samples": self.attributor.sampler.samples,
                 "cache_refreshes": cache.refreshes,
-                "bad_changes": self.stats["bad_changes"],
                 "access_denied": self.attributor.errors["access_denied"]}
 
 

@@ -121,13 +121,3 @@ def l1_action(change: Change) -> str:
                 return verdict
     return "ANALYZE"
 
-
-def bad_path_reason(path: str) -> str | None:
-    """Why ``path`` is not a workspace-relative path we may look at, or None if it is."""
-    if not path or "\0" in path:
-        return "empty or NUL in path"
-    if path.startswith("/"):
-        return "absolute path"
-    if ".." in path.split("/"):
-        return "path leaves the workspace"
-    return None

@@ -113,6 +113,28 @@ class ControlReply:
     error: str = ""
 
 
+def bad_path_reason(path: str) -> str | None:
+    """Why ``path`` is not a workspace-relative path an actor may touch, or None if it is."""
+    if not path or "\0" in path:
+        return "empty or NUL in path"
+    if path.startswith("/"):
+        return "absolute path"
+    if ".." in path.split("/"):
+        return "path leaves the workspace"
+    return None
+
+
+def _check_change(message) -> None:
+    if message.kind not in (WRITE, DELETE):
+        raise BadMessage(f"{type(message).__name__}: unknown kind {message.kind!r}")
+    reason = bad_path_reason(message.path)
+    if reason:
+        raise BadMessage(f"{type(message).__name__}: {reason}: {message.path!r}")
+
+
+# Checks beyond field types, applied to every decoded message of the type.
+_VALIDATORS = {Change: _check_change, Decision: _check_change}
+
 MESSAGE_TYPES = {cls.__name__: cls for cls in (
     Change, Decision, Batch, CommitReport, HealthStatus, Heartbeat, ControlRequest,
     ControlReply)}
@@ -191,4 +213,8 @@ def decode(frame: bytes):
             values[f.name] = _coerce(body[f.name], hints[f.name], f"{name}.{f.name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise BadMessage(f"{name}: missing field {f.name!r}")
-    return cls(**values)
+    message = cls(**values)
+    validate = _VALIDATORS.get(cls)
+    if validate:
+        validate(message)
+    return message

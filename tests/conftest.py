@@ -102,6 +102,28 @@ def workspace(tmp_path) -> Workspace:
     return create_workspace(tmp_path)
 
 
+class FakeSocket:
+    """Stands in for a sending ZeroMQ socket in handler tests: records every frame.
+    ``refuse`` makes sends fail like a PUSH with no peer."""
+
+    def __init__(self):
+        self.frames: list[bytes] = []
+        self.refuse = False
+
+    def send(self, frame: bytes, flags: int = 0) -> None:
+        if self.refuse:
+            import zmq
+            raise zmq.Again()
+        self.frames.append(frame)
+
+    def poll(self, timeout: int = 0) -> int:
+        return 0
+
+    def messages(self) -> list:
+        from common import messages
+        return [messages.decode(frame) for frame in self.frames]
+
+
 class ActorProcess:
     """One real actor process (``python -m actors.NAME``), stopped and reaped on close."""
 

@@ -11,6 +11,7 @@ from common import config as config_mod
 from common import control, messages
 from common.messages import Batch, Decision
 from tests.conftest import wait_for
+from conftest import FakeSocket
 
 CONFIG = """\
 [debounce]
@@ -20,22 +21,6 @@ max_wait = 10
 rules = [ { pattern = "\\\\.claude/autonomous/.*", seconds = 300 },
           { pattern = ".*\\\\.py", seconds = 5 } ]
 """
-
-
-class FakeSocket:
-    """Records frames; ``refuse`` makes sends fail like a PUSH with no peer."""
-
-    def __init__(self):
-        self.frames: list[bytes] = []
-        self.refuse = False
-
-    def send(self, frame, flags=0):
-        if self.refuse:
-            raise zmq.Again()
-        self.frames.append(frame)
-
-    def batches(self) -> list[Batch]:
-        return [messages.decode(f) for f in self.frames]
 
 
 class Clock:
@@ -84,20 +69,20 @@ def test_quiet_period_per_class(deb):
     at(deb, 1.9)
     assert deb.batches_out.frames == []
     at(deb, 2.0)
-    assert [b.paths for b in deb.batches_out.batches()] == [("docs/a.md",)]
+    assert [b.paths for b in deb.batches_out.messages()] == [("docs/a.md",)]
     at(deb, 4.9)
     assert len(deb.batches_out.frames) == 1
     at(deb, 5.0)
-    assert deb.batches_out.batches()[-1].paths == ("tool.py",)
+    assert deb.batches_out.messages()[-1].paths == ("tool.py",)
     # Default 30 s, not cut short by max_wait (10 s): max_wait only bounds continuous writes.
     at(deb, 29.9)
     assert len(deb.batches_out.frames) == 2
     at(deb, 30.0)
-    assert deb.batches_out.batches()[-1].paths == ("notes.txt",)
+    assert deb.batches_out.messages()[-1].paths == ("notes.txt",)
     at(deb, 299.9)
     assert len(deb.batches_out.frames) == 3
     at(deb, 300.0)
-    assert deb.batches_out.batches()[-1].paths == (".claude/autonomous/x.json",)
+    assert deb.batches_out.messages()[-1].paths == (".claude/autonomous/x.json",)
     assert deb.pending_count() == 0 and deb.wakeup_in() is None
 
 
@@ -109,7 +94,7 @@ def test_max_wait_under_continuous_writes(deb):
     assert deb.batches_out.frames == []  # 9 s in, still writing
     deb.on_decision(decision("busy.py"))
     advance(deb, 1.0)
-    assert [b.paths for b in deb.batches_out.batches()] == [("busy.py",)]
+    assert [b.paths for b in deb.batches_out.messages()] == [("busy.py",)]
 
 
 def test_stale_decision_dropped(deb):
@@ -130,7 +115,7 @@ def test_commit_false_does_not_cancel_or_delay_pending(deb):
     advance(deb, 9.9)
     assert deb.batches_out.frames == []
     advance(deb, 0.2)  # 30 s after the commit=True one, not after the commit=False one
-    (batch,) = deb.batches_out.batches()
+    (batch,) = deb.batches_out.messages()
     assert batch.paths == ("shared.json",) and batch.observed == (40.0,)
 
 
@@ -142,10 +127,10 @@ def test_coalescing_into_one_batch(deb):
     deb.on_decision(decision("f0.txt", action="ALLOW", observed=5.0))  # rewritten
     deb.on_decision(decision("f1.txt", action="ALLOW", observed=20.0))
     advance(deb, 1.0)
-    batches = deb.batches_out.batches()
+    batches = deb.batches_out.messages()
     assert [b.paths for b in batches] == [("f2.txt", "f3.txt", "f4.txt")]
     advance(deb, 1.0)
-    batches = deb.batches_out.batches()
+    batches = deb.batches_out.messages()
     assert batches[1].paths == ("f0.txt", "f1.txt")
     assert batches[1].observed == (5.0, 11.0)  # the earliest observation of each path
     assert [b.batch_id for b in batches] == [1, 2]
@@ -161,7 +146,7 @@ def test_large_sets_split_and_backlog_held_without_executor(deb):
     assert deb.wakeup_in() > 0
     deb.batches_out.refuse = False
     advance(deb, 0.05)
-    batches = deb.batches_out.batches()
+    batches = deb.batches_out.messages()
     assert [len(b.paths) for b in batches] == [MAX_BATCH_PATHS, MAX_BATCH_PATHS, 3]
     assert [b.batch_id for b in batches] == [1, 2, 3]
     assert sum((b.paths for b in batches), ()) == tuple(f"many/{i:05d}" for i in range(count))

@@ -16,6 +16,7 @@ from common import control, messages
 from common.messages import Batch, CommitReport, HealthStatus
 from common.ratelimit import RateLimiter
 from tests.conftest import wait_for
+from conftest import FakeSocket
 
 BASE_CONFIG = """\
 [health]
@@ -215,17 +216,6 @@ def test_rate_limiter_seeded_from_past_and_zero_means_no_limit():
 
 
 # ----- handler level: the executor object with fake sockets ----------------------------------
-class FakeSocket:
-    def __init__(self):
-        self.frames = []
-
-    def send(self, frame, flags=0):
-        self.frames.append(frame)
-
-    def poll(self, timeout=0):
-        return 0
-
-
 def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
     workspace.config(BASE_CONFIG + "[limits]\ncooldown_seconds = 0\n")
     executor = Executor(workspace.load())

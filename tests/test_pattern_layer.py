@@ -11,6 +11,7 @@ from common import config as config_mod
 from common import messages
 from common.messages import Change, Decision
 from tests.conftest import wait_for
+from conftest import FakeSocket
 
 RULES = """\
 # test rules
@@ -21,24 +22,13 @@ ALLOW:.*\\.ignored:Would allow, but git ignores it first
 """
 
 
-class RecordingSocket:
-    def __init__(self):
-        self.frames: list[bytes] = []
-
-    def send(self, frame, *_flags):
-        self.frames.append(frame)
-
-    def messages(self) -> list:
-        return [messages.decode(frame) for frame in self.frames]
-
-
 @pytest.fixture
 def layer(workspace):
     workspace.patterns(RULES)
     actor = PatternLayer(workspace.load())
     actor.prepare()
-    actor.to_l2 = RecordingSocket()
-    actor.to_decisions = RecordingSocket()
+    actor.to_l2 = FakeSocket()
+    actor.to_decisions = FakeSocket()
     yield actor
     actor.context.term()
 
@@ -125,7 +115,7 @@ def test_configured_default_action(workspace, default, commit):
     workspace.config(f'[filter]\ndefault = "{default}"\n')
     actor = PatternLayer(workspace.load())
     actor.prepare()
-    actor.to_l2, actor.to_decisions = RecordingSocket(), RecordingSocket()
+    actor.to_l2, actor.to_decisions = FakeSocket(), FakeSocket()
     try:
         decisions, analyzed = decide(actor, change("src/main.py"))
     finally:

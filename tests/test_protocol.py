@@ -1,5 +1,7 @@
 """Every message type round-trips through msgpack; malformed frames are rejected cleanly,
 and an actor counts and survives them."""
+import dataclasses
+
 import msgpack
 import pytest
 import zmq
@@ -54,6 +56,26 @@ def test_every_message_type_has_a_sample():
 def test_malformed_frames_raise_bad_message(frame, reason):
     with pytest.raises(BadMessage, match=reason):
         messages.decode(frame)
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "../x", "a/../../b", "a\0b"])
+@pytest.mark.parametrize("kind", [Change, Decision])
+def test_unsafe_paths_are_bad_messages(kind, path):
+    sample = next(m for m in SAMPLES if type(m) is kind)
+    frame = messages.encode(dataclasses.replace(sample, path=path))
+    with pytest.raises(BadMessage):
+        messages.decode(frame)
+
+
+@pytest.mark.parametrize("path", ["a", "dir/a b.json", "..hidden", "a/..b", "weird\nname"])
+def test_safe_odd_paths_pass(path):
+    change = dataclasses.replace(SAMPLES[0], path=path)
+    assert messages.decode(messages.encode(change)) == change
+
+
+def test_unknown_change_kind_is_a_bad_message():
+    with pytest.raises(BadMessage, match="unknown kind"):
+        messages.decode(messages.encode(dataclasses.replace(SAMPLES[0], kind="chmod")))
 
 
 def test_size_limits_are_enforced():
