@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 import zmq
@@ -27,6 +27,28 @@ from common.messages import BadMessage, ControlReply, ControlRequest, Heartbeat
 log = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 500  # messages taken from one socket per poll round, so no input starves
+
+
+class LatencyWindow:
+    """The last ``size`` handling times of one message type, for percentiles in status."""
+
+    def __init__(self, size: int = 1000):
+        self.samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+        self.count += 1
+
+    def summary(self) -> dict:
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"count": 0}
+
+        def at(fraction: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 3)
+        return {"count": self.count, "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99),
+                "max_ms": round(ordered[-1] * 1000, 3)}
 
 
 class Actor:
@@ -44,6 +66,7 @@ class Actor:
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.stats: Counter = Counter()
+        self.latency: dict[str, LatencyWindow] = {}
         self.last_error = ""
         self.started = time.time()
         self.state = "starting"
@@ -128,7 +151,9 @@ class Actor:
                 "messages_in": self.stats["messages_in"],
                 "messages_out": self.stats["messages_out"],
                 "bad_frames": self.stats["bad_frames"], "errors": self.stats["errors"],
-                "last_error": self.last_error, **self.extra_status()}
+                "last_error": self.last_error,
+                "latency": {name: window.summary() for name, window in self.latency.items()},
+                **self.extra_status()}
 
     def record_error(self, what: str) -> None:
         self.stats["errors"] += 1
@@ -152,12 +177,18 @@ class Actor:
                 self.stats["bad_frames"] += 1
                 self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
                 continue
+            started = time.perf_counter()
             try:
                 handler(message)
             except Exception as exc:  # one bad message must not take the actor down
                 self.record_error(f"{type(message).__name__}: {exc}")
                 self.log.exception("%s: handler for %s failed", self.actor_id,
                                    type(message).__name__)
+            name = type(message).__name__
+            window = self.latency.get(name)
+            if window is None:
+                window = self.latency[name] = LatencyWindow()
+            window.add(time.perf_counter() - started)
 
     def _serve_control(self) -> None:
         try:

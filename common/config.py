@@ -72,6 +72,11 @@ class Endpoints:
     def heartbeat(self) -> str:
         return self._ipc("heartbeat")
 
+    @property
+    def feed(self) -> str:
+        """Live decision stream (``actorctl tail``): PUB bound by the debouncer."""
+        return self._ipc("feed")
+
     def control(self, actor_id: str) -> str:
         return self._ipc(f"ctl-{actor_id}")
 
@@ -90,6 +95,15 @@ class Config:
     autonomous_processes: tuple[str, ...]
     volatile_keys: tuple[str, ...]
     process_cache_ttl: float
+    attribution: str
+    autonomous_uids: tuple[int, ...]
+    autonomous_cgroups: tuple[str, ...]
+    autonomous_units: tuple[str, ...]
+    text_volatile_patterns: tuple[str, ...]
+    max_analyze_bytes: int
+    learning: bool
+    learn_after: int
+    learn_window: float
     # [debounce]
     debounce_allow: float
     debounce_default: float
@@ -104,9 +118,16 @@ class Config:
     branch: str
     retry_attempts: int
     retry_backoff: float
+    pull_strategy: str
+    push_backoff_max: float
+    stale_lock_age: float
+    remove_stale_locks: bool
     # [health]
     min_free_mb: float
     health_interval: float
+    fsck_interval: float
+    autonomous_restart_limit: int
+    autonomous_restart_window: float
     # [watcher]
     reconcile_interval: float
     modify_interval: float
@@ -116,6 +137,7 @@ class Config:
     # [runtime]
     runtime_dir: Path
     heartbeat_interval: float
+    metrics_interval: float
     log_level: str
     endpoints: Endpoints = field(repr=False)
 
@@ -126,6 +148,14 @@ class Config:
     @property
     def log_dir(self) -> Path:
         return self.runtime_dir / "logs"
+
+    @property
+    def learned_file(self) -> Path:
+        return self.runtime_dir / "learned.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.runtime_dir / "performance-metrics.json"
 
     def debounce_for(self, path: str, action: str) -> float:
         if action == "ALLOW":
@@ -143,6 +173,22 @@ _SCHEMA: dict[tuple[str, str], tuple[tuple[type, ...], object]] = {
     ("filter", "autonomous_processes"): ((list,), ["claude-autonomous", "claude-.*-monitor"]),
     ("filter", "volatile_keys"): ((list,), ["last_update", "timestamp", "session_id"]),
     ("filter", "process_cache_ttl"): ((int, float), 30),
+    # "auto": fanotify + proc connector when permitted, else the psutil techniques.
+    ("filter", "attribution"): ((str,), "auto"),
+    ("filter", "autonomous_uids"): ((list,), []),
+    ("filter", "autonomous_cgroups"): ((list,), []),   # regexes on /proc/PID/cgroup lines
+    ("filter", "autonomous_units"): ((list,), []),     # systemd unit names, e.g. "agent.service"
+    # Tokens that make a text change "timestamp-only" when they are all that differ.
+    ("filter", "text_volatile_patterns"): ((list,), [
+        r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?",
+        r"\d{2}:\d{2}:\d{2}(\.\d+)?",
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        r"\b1[5-9]\d{8}(\.\d+)?\b",
+    ]),
+    ("filter", "max_analyze_bytes"): ((int,), 5 * 1024 * 1024),
+    ("filter", "learning"): ((bool,), True),
+    ("filter", "learn_after"): ((int,), 5),            # K system-only changes...
+    ("filter", "learn_window_minutes"): ((int, float), 10),  # ...within M minutes
     ("debounce", "allow"): ((int, float), 2),
     ("debounce", "default"): ((int, float), 30),
     ("debounce", "rules"): ((list,), [
@@ -157,14 +203,22 @@ _SCHEMA: dict[tuple[str, str], tuple[tuple[type, ...], object]] = {
     ("git", "branch"): ((str,), "main"),
     ("git", "retry_attempts"): ((int,), 3),
     ("git", "retry_backoff"): ((int, float), 2),
+    ("git", "pull_strategy"): ((str,), "rebase"),       # when a push is rejected: rebase|merge
+    ("git", "push_backoff_max"): ((int, float), 300),
+    ("git", "stale_lock_age"): ((int, float), 60),
+    ("git", "remove_stale_locks"): ((bool,), False),
     ("health", "min_free_mb"): ((int, float), 100),
     ("health", "interval"): ((int, float), 2),
+    ("health", "fsck_interval"): ((int, float), 3600),  # 0: never
+    ("health", "autonomous_restart_limit"): ((int,), 5),
+    ("health", "autonomous_restart_window"): ((int, float), 300),
     ("watcher", "reconcile_interval"): ((int, float), 60),
     ("watcher", "modify_interval"): ((int, float), 1),
     ("workers", "l2"): ((int,), 2),
     ("workers", "l3"): ((int,), 2),
     ("runtime", "dir"): ((str,), ""),
     ("runtime", "heartbeat_interval"): ((int, float), 1),
+    ("runtime", "metrics_interval"): ((int, float), 10),
     ("runtime", "log_level"): ((str,), "INFO"),
 }
 
@@ -246,7 +300,7 @@ def load(workspace: str | os.PathLike | None = None,
     for (section, key), (types, default) in _SCHEMA.items():
         value = data.get(section, {}).get(key, default)
         line = _key_line(text, section, key)
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise ConfigError(source, f"[{section}].{key} must be {names}, got {value!r}", line)
         if isinstance(value, (int, float)) and value < 0:
@@ -268,9 +322,21 @@ def load(workspace: str | os.PathLike | None = None,
         raise ConfigError(source, f"[filter].default must be one of {', '.join(ACTIONS)}",
                           _key_line(text, "filter", "default"))
     autonomous = str_list("filter", "autonomous_processes")
-    for pattern in autonomous:
-        _compile(pattern, source, _key_line(text, "filter", "autonomous_processes"),
-                 "[filter].autonomous_processes")
+    for key in ("autonomous_processes", "autonomous_cgroups", "text_volatile_patterns"):
+        for pattern in str_list("filter", key):
+            _compile(pattern, source, _key_line(text, "filter", key), f"[filter].{key}")
+    uids = get("filter", "autonomous_uids")
+    if not all(isinstance(uid, int) and not isinstance(uid, bool) for uid in uids):
+        raise ConfigError(source, "[filter].autonomous_uids must be a list of integers",
+                          _key_line(text, "filter", "autonomous_uids"))
+    attribution = str(get("filter", "attribution")).lower()
+    if attribution not in ("auto", "fanotify", "psutil"):
+        raise ConfigError(source, "[filter].attribution must be auto, fanotify or psutil",
+                          _key_line(text, "filter", "attribution"))
+    pull_strategy = str(get("git", "pull_strategy")).lower()
+    if pull_strategy not in ("rebase", "merge"):
+        raise ConfigError(source, "[git].pull_strategy must be rebase or merge",
+                          _key_line(text, "git", "pull_strategy"))
 
     rules = []
     rules_line = _key_line(text, "debounce", "rules")
@@ -305,6 +371,13 @@ def load(workspace: str | os.PathLike | None = None,
         patterns_file=patterns_file, default_action=default_action,
         autonomous_processes=autonomous, volatile_keys=str_list("filter", "volatile_keys"),
         process_cache_ttl=float(get("filter", "process_cache_ttl")),
+        attribution=attribution, autonomous_uids=tuple(uids),
+        autonomous_cgroups=str_list("filter", "autonomous_cgroups"),
+        autonomous_units=str_list("filter", "autonomous_units"),
+        text_volatile_patterns=str_list("filter", "text_volatile_patterns"),
+        max_analyze_bytes=get("filter", "max_analyze_bytes"),
+        learning=get("filter", "learning"), learn_after=get("filter", "learn_after"),
+        learn_window=float(get("filter", "learn_window_minutes")) * 60,
         debounce_allow=float(get("debounce", "allow")),
         debounce_default=float(get("debounce", "default")),
         debounce_rules=tuple(rules),
@@ -315,13 +388,21 @@ def load(workspace: str | os.PathLike | None = None,
         remote=get("git", "remote"), branch=get("git", "branch"),
         retry_attempts=get("git", "retry_attempts"),
         retry_backoff=float(get("git", "retry_backoff")),
+        pull_strategy=pull_strategy,
+        push_backoff_max=float(get("git", "push_backoff_max")),
+        stale_lock_age=float(get("git", "stale_lock_age")),
+        remove_stale_locks=get("git", "remove_stale_locks"),
         min_free_mb=float(get("health", "min_free_mb")),
         health_interval=float(get("health", "interval")),
+        fsck_interval=float(get("health", "fsck_interval")),
+        autonomous_restart_limit=get("health", "autonomous_restart_limit"),
+        autonomous_restart_window=float(get("health", "autonomous_restart_window")),
         reconcile_interval=float(get("watcher", "reconcile_interval")),
         modify_interval=float(get("watcher", "modify_interval")),
         l2_workers=get("workers", "l2"), l3_workers=get("workers", "l3"),
         runtime_dir=runtime_dir,
         heartbeat_interval=float(get("runtime", "heartbeat_interval")),
+        metrics_interval=float(get("runtime", "metrics_interval")),
         log_level=level,
         endpoints=Endpoints(_ipc_dir_for(runtime_dir)),
     )
