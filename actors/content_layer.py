@@ -4,8 +4,17 @@ Sockets:
   - PULL  connect  endpoints.stage_out("l3")  Changes from the router (passed on by L2)
   - PUSH  connect  endpoints.decisions        one Decision per Change
   - SUB   connect  endpoints.commits          CommitReport: HEAD moved, drop the HEAD cache
-Messages in: Change, CommitReport.  Out: Decision with ``commit = verdict == "USER"`` and an
+  - SUB   connect  endpoints.feed             Decision (debouncer's live feed): the versions
+                                              other workers judged USER
+Messages in: Change, CommitReport, Decision (feed).  Out: Decision with ``commit = verdict == "USER"`` and an
 L3 trail step ``{"layer": "L3", "verdict": "USER"|"SYSTEM"|"UNCHANGED", "reason"}``.
+Editor/backup junk is refused whatever L1 said; a change L2 attributed to a user process is
+only refused when identical to HEAD; otherwise :func:`common.content.classify` rules apply
+(volatile JSON keys, timestamp-only text, append-only logs, binary by hash, size cap
+``[filter] max_analyze_bytes``).  A version that differs from the last version judged USER
+(by any worker; USER steps carry its ``masked`` digest) only in volatile tokens is SYSTEM:
+that user change is already being committed, and a timestamp rewrite judged while its
+commit is in flight (HEAD not yet moved) must not make a second commit.
 Runs scaled: ``python -m actors.content_layer --instance N``.
 
 HEAD's bytes come from one persistent ``git cat-file --batch`` child per worker (restarted
@@ -26,9 +35,11 @@ import zmq
 
 from common import gitutil
 from common.actor import Actor, main
-from common.content import (SIZE_CAP, UNCHANGED, USER, ContentVerdict,
-                            classify, git_blob_id, l1_action)
+from common.content import (SIZE_CAP, SYSTEM, UNCHANGED, USER, ContentVerdict,
+                            classify, compile_volatile, git_blob_id, l1_action,
+                            masked_digest)
 from common.messages import Change, CommitReport, Decision
+from common.rules import editor_junk
 
 # A cat-file answer taking longer than this means git is stuck: kill it, use the fallback.
 CAT_FILE_TIMEOUT = 10.0
@@ -36,6 +47,10 @@ _READ_CHUNK = 256 * 1024
 # HEAD versions kept between changes (system churn hits the same few paths over and over).
 CACHE_MAX_ENTRIES = 2048
 CACHE_MAX_BYTES = 64 * 1024 * 1024
+
+
+# Last USER versions remembered (masked digests), for paths written by both sides.
+USER_VERSIONS_KEPT = 10_000
 
 
 class HeadReadError(Exception):
@@ -236,12 +251,21 @@ def large_file_verdict(head: HeadBlob | None, work: WorkFile) -> ContentVerdict:
     return ContentVerdict(USER, "content changed (large file, object id differs)")
 
 
+def written_by_user(change: Change) -> bool:
+    """True when L2's step positively named a user process as the writer."""
+    return any(isinstance(step, dict) and step.get("layer") == "L2"
+               and step.get("verdict") == "USER" for step in change.trail)
+
+
 class ContentLayer(Actor):
     name = "l3"
 
     def setup(self) -> None:
         endpoints = self.config.endpoints
-        self.size_cap = SIZE_CAP
+        self.size_cap = self.config.max_analyze_bytes
+        self.volatile = compile_volatile(self.config.text_volatile_patterns)
+        self.user_versions: OrderedDict[str, str] = OrderedDict()  # path -> masked digest
+        self.last_work = WorkFile(None)  # the work-tree side of the latest judgement
         self.head_reader = CatFileBatch(self.config.workspace, self.size_cap)
         self.head_cache: OrderedDict[str, HeadBlob | None] = OrderedDict()
         self.head_cache_bytes = 0
@@ -251,6 +275,8 @@ class ContentLayer(Actor):
         self.commits = self.connect(zmq.SUB, endpoints.commits)
         self.add_input(self.changes, {Change: self.on_change})
         self.add_input(self.commits, {CommitReport: self.on_commit})
+        self.feed = self.connect(zmq.SUB, endpoints.feed, hwm=10_000)
+        self.add_input(self.feed, {Decision: self.on_feed})
 
     # ----- HEAD side --------------------------------------------------------------------
     def drop_head_cache(self) -> None:
@@ -297,8 +323,13 @@ class ContentLayer(Actor):
         return HeadBlob(None, len(data), data if len(data) <= self.size_cap else None)
 
     # ----- changes ----------------------------------------------------------------------
-    def judge(self, path: str) -> ContentVerdict:
-        work = read_work(self.config.workspace / path, self.size_cap)
+    def judge(self, path: str, user_writer: bool = False) -> ContentVerdict:
+        """``user_writer``: L2 named a user process as the writer (only junk and
+        identical-to-HEAD are refused then)."""
+        junk = editor_junk(path)
+        if junk:
+            return ContentVerdict(SYSTEM, f"never committed: {junk}")
+        work = self.last_work = read_work(self.config.workspace / path, self.size_cap)
         if work.problem:
             return ContentVerdict(USER, work.problem)
         head = self.head_version(path)
@@ -308,12 +339,38 @@ class ContentLayer(Actor):
         if work.large_path or (head is not None and head.data is None):
             return large_file_verdict(head, work)
         return classify(path, head.data if head else None, work.data,
-                        self.config.volatile_keys, self.size_cap)
+                        self.config.volatile_keys, self.size_cap, self.volatile,
+                        user_writer)
+
+    def on_feed(self, decision: Decision) -> None:
+        for step in decision.trail:
+            if (isinstance(step, dict) and step.get("layer") == "L3"
+                    and step.get("verdict") == USER and isinstance(step.get("masked"), str)):
+                self.note_user_version(decision.path, step["masked"])
+
+    def note_user_version(self, path: str, digest: str) -> None:
+        self.user_versions[path] = digest
+        self.user_versions.move_to_end(path)
+        while len(self.user_versions) > USER_VERSIONS_KEPT:
+            self.user_versions.popitem(last=False)
 
     def on_change(self, change: Change) -> None:
-        verdict = self.judge(change.path)
+        user_writer = written_by_user(change)
+        verdict = self.judge(change.path, user_writer)
+        digest = None
+        if verdict.verdict == USER and change.kind != "delete":
+            digest = masked_digest(change.path, self.last_work.data, self.config.volatile_keys,
+                                   self.volatile, self.size_cap)
+            if (digest is not None and not user_writer
+                    and self.user_versions.get(change.path) == digest):
+                verdict = ContentVerdict(SYSTEM, "only volatile tokens changed since the "
+                                         "version already judged the user's")
+            elif digest is not None:
+                self.note_user_version(change.path, digest)
         self.stats[f"verdict_{verdict.verdict}"] += 1
         step = {"layer": "L3", "verdict": verdict.verdict, "reason": verdict.reason}
+        if verdict.verdict == USER and digest is not None:
+            step["masked"] = digest
         self.send(self.decisions, Decision(
             path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
             observed=change.observed, commit=verdict.commit, action=l1_action(change),

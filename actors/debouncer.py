@@ -4,6 +4,7 @@ Sockets:
   - PULL  bind     endpoints.decisions  in:  Decision (from l1, l2, l3)
   - PUSH  bind     endpoints.batches    out: Batch (to the executor)
   - SUB   connect  endpoints.commits    in:  CommitReport (status only)
+  - PUB   bind     endpoints.feed       out: Decision (every one received, for `actorctl tail`)
 
 Per path it keeps the newest ``(epoch, seq)`` seen, so stale Decisions are dropped.  A
 ``commit=True`` Decision makes the path pending and restarts its quiet timer; a
@@ -15,14 +16,16 @@ executor connected, batches wait in a backlog instead of being dropped.
 """
 from __future__ import annotations
 
+import functools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import zmq
 
 from common import messages
 from common.actor import Actor, main
+from common.learning import Learner
 from common.messages import Batch, CommitReport, Decision
 
 MAX_BATCH_PATHS = 5000
@@ -30,6 +33,7 @@ BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the execut
 FORGET_AFTER = 3600.0  # a settled path's ordering state is dropped after this much silence
 _FORGET_EVERY = 60.0
 _PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
+EXPLAIN_PATHS = 10_000  # latest decisions kept for `actorctl explain` (least recent dropped)
 
 
 @dataclass
@@ -50,7 +54,9 @@ class PathState:
 
 class Debouncer(Actor):
     name = "debouncer"
-    control_commands = {"pending": "pending_paths"}
+    control_commands = {"pending": "pending_paths", "explain": "explain_paths",
+                        "flush": "flush_now", "learned": "learned_listing",
+                        "forget": "forget_learned"}
 
     def __init__(self, config, instance=None):
         super().__init__(config, instance)
@@ -61,6 +67,8 @@ class Debouncer(Actor):
         self.batches_out = None
         self.last_commit: dict = {}
         self._next_forget = 0.0
+        self.feed = None
+        self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -68,12 +76,15 @@ class Debouncer(Actor):
         commits = self.connect(zmq.SUB, self.config.endpoints.commits)
         self.add_input(decisions, {Decision: self.on_decision})
         self.add_input(commits, {CommitReport: self.on_commit_report})
+        self.feed = self.bind(zmq.PUB, self.config.endpoints.feed, hwm=1000)
 
     # ----- inputs ---------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
         now = self.clock()
         order = (decision.epoch, decision.seq)
         state = self.paths.get(decision.path)
+        self.note_decision(decision, state is not None and order < state.newest)
+        self.learn_from(decision)
         if state is not None and order < state.newest:
             self.stats["stale"] += 1
             return
@@ -116,6 +127,7 @@ class Debouncer(Actor):
                 state = self.paths[path]
                 state.pending = False
                 observed.append(state.observed)
+                self.note_batched(path, self.next_batch_id)
             batch = Batch(batch_id=self.next_batch_id, paths=tuple(chunk),
                           observed=tuple(observed), created=time.time())
             self.next_batch_id += 1
@@ -162,6 +174,72 @@ class Debouncer(Actor):
             return None
         return max(0.0, min(dues) - self.clock())
 
+    # ----- introspection (actorctl explain / tail / flush) -----------------------------
+    def note_decision(self, decision: Decision, stale: bool) -> None:
+        """Publish the decision on the live feed and remember it as the path's latest."""
+        if self.feed is not None:
+            try:
+                self.feed.send(messages.encode(decision), zmq.NOBLOCK)
+                self.stats["feed_published"] += 1
+            except zmq.Again:  # a PUB only refuses when its queue is full: a slow tail
+                self.stats["feed_dropped"] += 1
+        record = self.trails.get(decision.path)
+        if stale:
+            if record is not None:
+                record["stale_dropped"] = record.get("stale_dropped", 0) + 1
+            return
+        self.trails[decision.path] = {
+            "path": decision.path, "kind": decision.kind, "seq": decision.seq,
+            "epoch": decision.epoch, "observed": decision.observed,
+            "commit": decision.commit, "action": decision.action,
+            "trail": [dict(step) for step in decision.trail if isinstance(step, dict)],
+            "received": time.time(),
+            "quiet": self.config.debounce_for(decision.path, decision.action)
+            if decision.commit else None,
+            "batched": None, "batch_id": None, "stale_dropped": 0}
+        self.trails.move_to_end(decision.path)
+        while len(self.trails) > EXPLAIN_PATHS:
+            self.trails.popitem(last=False)
+
+    def note_batched(self, path: str, batch_id: int) -> None:
+        record = self.trails.get(path)
+        if record is not None:
+            record["batched"], record["batch_id"] = time.time(), batch_id
+
+    def explain_paths(self, paths: list | None = None) -> dict:
+        """The latest decision of each path with its debounce timing (None: never seen
+        since start, or forgotten)."""
+        if not isinstance(paths, (list, tuple)) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("explain needs paths: a list of strings")
+        now = self.clock()
+        max_wait = self.config.debounce_max_wait
+        found = {}
+        for path in paths[:_PENDING_LIST_LIMIT]:
+            record = self.trails.get(path)
+            state = self.paths.get(path)
+            if record is None:
+                found[path] = None
+                continue
+            record = dict(record)
+            record["pending"] = bool(state and state.pending)
+            record["due_in"] = (round(max(0.0, state.due(max_wait) - now), 3)
+                                if state and state.pending else None)
+            found[path] = record
+        return {"paths": found}
+
+    def flush_now(self) -> dict:
+        """Make every pending path due at once and batch it (the `actorctl flush` barrier)."""
+        now = self.clock()
+        flushed = 0
+        for state in self.paths.values():
+            if state.pending:
+                state.quiet = 0.0
+                state.last_event = min(state.last_event, now)
+                flushed += 1
+        self.flush_due(now)
+        self.stats["flushes"] += 1
+        return {"flushed": flushed, "backlog_batches": len(self.backlog)}
+
     def pending_count(self) -> int:
         return sum(1 for s in self.paths.values() if s.pending)
 
@@ -176,10 +254,35 @@ class Debouncer(Actor):
                              "action": self.paths[path].action}
                             for due_in, path in pending[:limit]]}
 
+    # ----- learning (common.learning): this actor is the learned file's only writer ---
+    @functools.cached_property
+    def learner(self) -> Learner:
+        return Learner(self.config)
+
+    def learn_from(self, decision: Decision) -> None:
+        try:
+            change = self.learner.observe(decision)
+        except OSError as exc:  # the learned file cannot be written: keep debouncing
+            self.record_error(f"learned file: {exc}")
+            self.log.error("%s: cannot save learned paths: %s", self.actor_id, exc)
+            return
+        if change:
+            self.stats[f"paths_{change}"] += 1
+
+    def learned_listing(self) -> dict:
+        return self.learner.listing()
+
+    def forget_learned(self, path: str | None = None) -> dict:
+        if path is not None and not isinstance(path, str):
+            raise ValueError("forget needs a path (a string) or none for every path")
+        return {"forgotten": self.learner.forget(path) is not None}
+
     def extra_status(self) -> dict:
         return {"pending": self.pending_count(), "tracked_paths": len(self.paths),
                 "backlog_batches": len(self.backlog), "batches": self.stats["batches"],
-                "stale": self.stats["stale"], "last_commit": self.last_commit}
+                "stale": self.stats["stale"], "last_commit": self.last_commit,
+                "decisions_commit": self.stats["decisions_commit"],
+                "decisions_skip": self.stats["decisions_skip"]}
 
 
 if __name__ == "__main__":

@@ -10,27 +10,40 @@ when a fresh HealthStatus says ok, the rate limiter allows it, and no commit/pus
 is pending; until then the paths stay held and ``held_reason`` says why.  All queued
 Batches are drained before committing, so a burst becomes one commit.  A failed push keeps
 the commit local and is retried with back-off; a limit only delays, nothing is dropped.
+Waiting never blocks the loop: a failed commit (a busy index.lock, say) is retried after a
+jittered exponential back-off and a failed push after 2/4/6... s (capped by
+``push_backoff_max``), both scheduled through ``wakeup_in``/``on_tick``; commits go on
+locally while pushes back off or stay stopped by a conflict with the remote.
 """
 from __future__ import annotations
 
+import random
 import time
+from collections import OrderedDict
 
 import zmq
 
 from common.actor import Actor, main
 from common.committer import Committer, CommitResult
 from common.messages import Batch, CommitReport, HealthStatus
-from common.ratelimit import RateLimiter
+from common.ratelimit import RateLimiter, RunawayGuard
 
-MAX_BACKOFF = 60.0  # seconds; the longest wait between two retries of a failing commit/push
+MAX_BACKOFF = 60.0  # seconds; the longest wait between two retries of a failing commit
+PUSH_BACKOFF_STEP = 2.0  # seconds: pushes retry after 2, 4, 6... s (capped by the config)
 _DRAIN_ROUNDS = 100  # rounds of the base dispatcher (500 messages each) before committing
 # Paths listed in one CommitReport: keeps the frame inside the protocol's array limit.
 _REPORT_PATHS_LIMIT = 100_000
+EXPLAIN_PATHS = 10_000  # paths whose last commit is remembered for `actorctl explain`
 
 
 class Executor(Actor):
     name = "executor"
-    control_commands = {"held": "held_paths"}
+    control_commands = {"held": "held_paths", "pause": "pause", "resume": "resume",
+                        "explain": "explain_paths"}
+    # A path committed this many times within the window is a runaway (something rewrites
+    # it forever past the filters): it stays held until the window lets it in again.
+    runaway_limit = 30
+    runaway_window = 3600.0
 
     def __init__(self, config, instance=None):
         super().__init__(config, instance)
@@ -43,11 +56,17 @@ class Executor(Actor):
         self.held_reason = "nothing held"
         self.health: HealthStatus | None = None
         self.health_received = 0.0  # monotonic arrival of the last HealthStatus
-        self.retry_at = 0.0  # monotonic: no commit or push before this (back-off)
-        self.failures = 0  # consecutive failed attempts, for the back-off length
+        self.retry_at = 0.0  # monotonic: no commit before this (back-off)
+        self.failures = 0  # consecutive failed commit attempts, for the back-off length
+        self.push_retry_at = 0.0  # monotonic: no push before this (commits go on locally)
+        self.push_failures = 0
+        self.last_push_failure = ""
+        self.runaway = RunawayGuard(self.runaway_limit, self.runaway_window, clock=time.time)
         self.last_failure = ""
         self.push_pending = False
         self.last_commit: dict = {}
+        self.paused = False  # set by `actorctl pause`: nothing is committed or pushed
+        self.committed: OrderedDict[str, dict] = OrderedDict()  # path -> last commit (LRU)
         self.batches_in = None
         self.reports_out = None
 
@@ -84,17 +103,40 @@ class Executor(Actor):
     def blocker(self, now: float) -> tuple[str, float | None]:
         """Why neither a commit nor a push may run now, and in how many seconds that may
         change (None: when a message arrives); ('', 0.0) when both may run."""
+        if self.paused:
+            return "paused (`actorctl resume` continues)", None
         if self.health is None:
             return "waiting for the first health status", None
         if now - self.health_received > self.health_fresh_for():
             return "health status is stale (is the health monitor running?)", None
         if not self.health.ok:
             return "health: " + "; ".join(self.health.reasons), None
-        if now < self.retry_at:
-            what = "push" if self.push_pending and not self.held else "commit"
-            return (f"{what} back-off ({self.retry_at - now:.1f}s) after: "
-                    f"{self.last_failure}"), self.retry_at - now
         return "", 0.0
+
+    def commit_wait(self, now: float) -> tuple[str, float]:
+        """Why held paths may not be committed now (commit back-off, rate limit, every
+        held path capped as a runaway) and for how long; ('', 0.0) when they may."""
+        if now < self.retry_at:
+            return (f"commit back-off ({self.retry_at - now:.1f}s) after: "
+                    f"{self.last_failure}"), self.retry_at - now
+        reason, wait = self.rate_wait()
+        if reason:
+            return reason, wait
+        caps = [self.runaway.wait_time(path) for path in self.held]
+        if caps and min(caps) > 0:
+            return (f"runaway cap: {len(caps)} path(s) committed "
+                    f"{self.runaway.limit} times within {self.runaway.window:g}s"), min(caps)
+        return "", 0.0
+
+    def push_wait(self, now: float) -> tuple[str, float]:
+        """Why a pending push may not run now, and for how long ('' when it may)."""
+        if now >= self.push_retry_at:
+            return "", 0.0
+        if self.committer.push_conflict:
+            what = f"push stopped: {self.committer.push_conflict}; next check"
+        else:
+            what = f"push back-off after: {self.last_push_failure};"
+        return f"{what} in {self.push_retry_at - now:.1f}s", self.push_retry_at - now
 
     def rate_wait(self) -> tuple[str, float]:
         """The rate limit only paces commits; a pending push is never held by it."""
@@ -116,14 +158,16 @@ class Executor(Actor):
         if not self.held and not self.push_pending:
             self.held_reason = "nothing held"
             return
-        if not self.current_reason(now):
+        if not self.blocker(now)[0]:
             self.drain_batches()
-            if self.held and not self.rate_wait()[0]:
-                self.commit_held()
-            elif self.push_pending:
+            if self.committer.index_refresh_pending:
+                self.committer.refresh_user_index(attempts=0)  # one try; the rest later
+            if self.held and not self.commit_wait(now)[0]:
+                self.commit_held(push=not self.push_wait(now)[0])
+            elif self.push_pending and not self.push_wait(now)[0]:
                 self.retry_push()
             now = self.clock()
-        self.held_reason = self.current_reason(now)
+        self.note_held_reason(self.current_reason(now))
 
     def current_reason(self, now: float) -> str:
         """Why held paths are not committed now ('' when they may be)."""
@@ -131,30 +175,48 @@ class Executor(Actor):
             return "nothing held"
         reason, _ = self.blocker(now)
         if not reason and self.held:
-            reason, _ = self.rate_wait()
+            reason, _ = self.commit_wait(now)
+        if not reason and not self.held:
+            reason, _ = self.push_wait(now)
         return reason
 
-    def commit_held(self) -> None:
-        paths = sorted(self.held)
+    def commit_held(self, push: bool = True) -> None:
+        # A path capped as a runaway stays held (its latest content goes in later).
+        paths = sorted(path for path in self.held if not self.runaway.wait_time(path))
         batch_ids = tuple(self.held_batches)
         self.stats["attempts"] += 1
-        result = self.committer.commit(paths)
+        # attempts=0: a lock or race returns at once; the retry is scheduled below (the
+        # loop keeps serving control requests and heartbeats meanwhile).
+        result = self.committer.commit(paths, push=push, attempts=0)
         self.stats["retries"] += result.retries
         if result.held or (result.error and not result.commit):
             # Nothing committed: keep every path held and try again after a back-off.
+            self.stats["commit_failures_transient" if result.transient
+                       else "commit_failures"] += 1
             self._back_off(result.held or result.error)
         else:
+            if result.commit:
+                self.runaway.record(result.paths)
+                if not push:
+                    self.push_pending = True  # pushed when the push back-off is over
+            remaining = set(self.held) - set(paths)
+            batch_ids = batch_ids if not remaining else ()
             for path in paths:
                 self.held.pop(path, None)
             self.held_batches = [b for b in self.held_batches if b not in batch_ids]
+            self.note_committed(paths, result)
+            self.failures = 0
             if result.commit:
                 self.limiter.record()
                 self.stats["commits"] += 1
                 self.last_commit = {"commit": result.commit, "paths": len(result.paths),
                                     "finished": time.time(), "pushed": result.pushed}
-                self._after_push(result.pushed, result.error)
-            else:
-                self.failures = 0
+                shown = ", ".join(result.paths[:5]) + (
+                    f" and {len(result.paths) - 5} more" if len(result.paths) > 5 else "")
+                self.log.info("committed %s: %s%s", result.commit[:10], shown,
+                              " (pushed)" if result.pushed else "")
+                if push:
+                    self._after_push(result.pushed, result.error)
         self._report(batch_ids, result)
 
     def retry_push(self) -> None:
@@ -166,21 +228,37 @@ class Executor(Actor):
     def _after_push(self, pushed: bool, error: str) -> None:
         if pushed:
             self.stats["pushes"] += 1
-            self.push_pending, self.failures = False, 0
+            self.push_pending, self.push_failures = False, 0
+            self.push_retry_at = 0.0
         elif self.config.remote:
             self.push_pending = True
-            self._back_off(error)
-        else:
-            self.failures = 0
+            self._push_back_off(error)
 
     def _back_off(self, why: str) -> None:
+        """Commit back-off: jittered exponential, so a lock holder is not hammered in step."""
         self.failures += 1
-        delay = min(MAX_BACKOFF, max(self.config.retry_backoff, 0.1) * self.failures)
+        base = max(self.config.retry_backoff, 0.05) * 2 ** min(self.failures - 1, 10)
+        delay = min(MAX_BACKOFF, base) * random.uniform(0.5, 1.5)
         self.retry_at = self.clock() + delay
         self.last_failure = why[:300]
         self.record_error(why)
         self.stats["backoffs"] += 1
         self.log.warning("executor: %s; next try in %.1fs", why, delay)
+
+    def _push_back_off(self, why: str) -> None:
+        """Push back-off: 2, 4, 6... s (the seed's minimum) capped by push_backoff_max; a
+        conflict with the remote waits the whole cap (pushing stops until it clears)."""
+        self.push_failures += 1
+        if self.committer.push_conflict:
+            self.stats["push_conflicts"] += 1
+            delay = self.config.push_backoff_max
+        else:
+            delay = min(self.config.push_backoff_max, PUSH_BACKOFF_STEP * self.push_failures)
+        self.push_retry_at = self.clock() + delay
+        self.last_push_failure = why[:300]
+        self.record_error(why)
+        self.stats["push_backoffs"] += 1
+        self.log.warning("executor: %s; next push in %.1fs", why, delay)
 
     def _report(self, batch_ids, result: CommitResult) -> None:
         report = CommitReport(batch_ids=tuple(batch_ids)[-_REPORT_PATHS_LIMIT:],
@@ -197,11 +275,62 @@ class Executor(Actor):
         if reason:
             # Waiting on health: a message wakes us; staleness is seen on the next beat.
             return 1.0 if wait is None else wait
-        if self.held and not self.push_pending:
-            return self.rate_wait()[1]
-        return 0.0
+        now = self.clock()
+        waits = []
+        if self.held:
+            waits.append(self.commit_wait(now)[1])
+        if self.push_pending:
+            waits.append(self.push_wait(now)[1])
+        return min(waits)
 
     # ----- status ---------------------------------------------------------------------
+    # ----- operations (actorctl pause / resume / explain) ------------------------------
+    def pause(self) -> dict:
+        self.paused = True
+        self.held_reason = self.current_reason(self.clock())
+        self.log.info("executor: paused by actorctl; %d paths held", len(self.held))
+        return {"paused": True, "held": len(self.held)}
+
+    def resume(self) -> dict:
+        self.paused = False
+        self.log.info("executor: resumed by actorctl; %d paths held", len(self.held))
+        return {"paused": False, "held": len(self.held)}
+
+    def note_held_reason(self, reason: str) -> None:
+        """Keep the reason, counting each time the rate limit starts holding commits."""
+        if reason.startswith("rate limit") and not self.held_reason.startswith("rate limit"):
+            self.stats["rate_limit_waits"] += 1
+        self.held_reason = reason
+
+    def note_committed(self, paths: list[str], result: CommitResult) -> None:
+        committed = set(result.paths)
+        finished = time.time()
+        for path in paths:
+            if path not in committed and (self.committed.get(path) or {}).get("commit"):
+                continue  # unchanged since its last commit: that commit still holds it
+            self.committed[path] = {
+                "commit": result.commit if path in committed else None,
+                "finished": finished,
+                "note": "" if path in committed else "no difference from HEAD: nothing to commit"}
+            self.committed.move_to_end(path)
+        while len(self.committed) > EXPLAIN_PATHS:
+            self.committed.popitem(last=False)
+
+    def explain_paths(self, paths: list | None = None) -> dict:
+        """Per path: held (and why) or the commit that holds it, and whether it is pushed."""
+        if not isinstance(paths, (list, tuple)) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("explain needs paths: a list of strings")
+        found = {}
+        for path in paths[:EXPLAIN_PATHS]:
+            record = dict(self.committed.get(path) or {})
+            held = path in self.held
+            if record.get("commit"):
+                # Pushes carry every earlier commit, so no pending push means it is pushed.
+                record["pushed"] = (not self.push_pending) if self.config.remote else None
+            found[path] = {**record, "held": held,
+                           "held_reason": self.held_reason if held else ""}
+        return {"paths": found, "push_pending": self.push_pending, "paused": self.paused}
+
     def held_paths(self, limit: int = 1000) -> dict:
         paths = sorted(self.held)
         return {"total": len(paths), "paths": paths[:max(0, int(limit))],
@@ -212,7 +341,22 @@ class Executor(Actor):
                 "commits": self.stats["commits"], "pushes": self.stats["pushes"],
                 "retries": self.stats["retries"], "push_pending": self.push_pending,
                 "attempts": self.stats["attempts"], "last_commit": self.last_commit,
-                "health_ok": bool(self.health and self.health.ok)}
+                "health_ok": bool(self.health and self.health.ok),
+                "paused": self.paused, "rate_limit_waits": self.stats["rate_limit_waits"],
+                "push_retries": self.stats["push_retries"], "backoffs": self.stats["backoffs"],
+                **self.recovery_status()}
+
+    def recovery_status(self) -> dict:
+        """Push and commit recovery state: back-offs, a conflict with the remote, runaways."""
+        now = self.clock()
+        return {"push_conflict": self.committer.push_conflict,
+                "push_backoff": round(max(0.0, self.push_retry_at - now), 1),
+                "last_push_failure": self.last_push_failure,
+                "commit_backoff": round(max(0.0, self.retry_at - now), 1),
+                "last_commit_failure": self.last_failure,
+                "integrations": self.committer.integrations,
+                "index_refresh_pending": len(self.committer.index_refresh_pending),
+                "runaways": self.runaway.runaways()}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ publishes a HealthStatus.  Not ok when free disk on the workspace's file system 
 ``config.min_free_mb``, when a git operation is in progress in ``config.git_dir`` (merge,
 rebase, am, cherry-pick, revert, bisect) or HEAD is detached.  The checks are plain stat
 calls, so they run every ``CHECK_EVERY`` seconds to catch a verdict change promptly.
+Every ``config.metrics_interval`` seconds it writes ``config.metrics_file`` (common.metrics)
+from the heartbeats plus psutil, and it counts restarts (an actor beating with a new pid).
+Also (common.integrity): ``git fsck --connectivity-only`` every ``fsck_interval`` in a
+background thread (failure: not ok until a run passes), a stale ``.git/index.lock``
+(not ok; removed only if ``remove_stale_locks``), and autonomous processes restarting in a
+loop (status only).  The ``actors`` map (actor -> pid) it publishes lets the watcher
+reconcile whenever any actor restarts.
 """
 from __future__ import annotations
 
@@ -17,10 +24,12 @@ import time
 
 import zmq
 
+from common import integrity, metrics
 from common.actor import Actor, main
 from common.messages import HealthStatus, Heartbeat
 
 CHECK_EVERY = 0.25  # seconds between (cheap) checks; publishing follows the interval
+STALE_LOCK_CHECK_EVERY = 1.0  # seconds; the check lists processes when a lock is old
 ACTOR_SILENT_AFTER = 5  # heartbeat intervals without a beat before an actor counts as silent
 _FORGET_ACTOR_AFTER = 300.0  # seconds; a long-gone actor (e.g. a scaled-down worker)
 
@@ -44,6 +53,10 @@ class Health(Actor):
         self.publisher = None
         self._next_check = 0.0
         self._next_publish = 0.0
+        self.restarts: dict[str, int] = {}  # actor id -> times its pid changed (restarted)
+        self.resources = metrics.ResourceSampler()
+        self._next_metrics = 0.0
+        self.init_recovery_checks()
 
     def setup(self) -> None:
         self.publisher = self.bind(zmq.PUB, self.config.endpoints.health, hwm=100)
@@ -52,6 +65,7 @@ class Health(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_heartbeat(self, beat: Heartbeat) -> None:
+        self.note_restart(beat)
         self.actors[beat.actor] = {"pid": beat.pid, "state": beat.state,
                                    "last_seen": beat.sent, "received": time.time(),
                                    "stats": beat.stats}
@@ -104,12 +118,41 @@ class Health(Actor):
         if self.head_detached():
             reasons.append("HEAD is detached")
             operation = operation or "detached HEAD"
+        reasons += self.recovery_reasons()
         return HealthStatus(ok=not reasons, reasons=tuple(reasons), free_mb=round(free, 1),
                             operation=operation, checked=time.time(),
                             actors=self.actor_table())
 
+    # ----- operations: restarts and the metrics file ---------------------------------
+    def note_restart(self, beat: Heartbeat) -> None:
+        """A known actor beating with a new pid was restarted (by the runner or
+        supervisord): count it, whichever process manager did it."""
+        known = self.actors.get(beat.actor)
+        if known is not None and known["pid"] != beat.pid:
+            self.restarts[beat.actor] = self.restarts.get(beat.actor, 0) + 1
+            self.log.info("%s restarted (pid %s -> %s)", beat.actor, known["pid"], beat.pid)
+
+    def maybe_write_metrics(self, now: float) -> None:
+        interval = self.config.metrics_interval
+        if interval <= 0 or now < self._next_metrics:
+            return
+        self._next_metrics = now + interval
+        table = {actor_id: {**info, "restarts": self.restarts.get(actor_id, 0)}
+                 for actor_id, info in self.actor_table().items()}
+        try:
+            metrics.write_atomic(self.config.metrics_file,
+                                 metrics.build(str(self.config.workspace), table,
+                                               self.resources))
+        except OSError as exc:
+            self.record_error(f"metrics file: {exc}")
+            self.log.error("cannot write %s: %s", self.config.metrics_file, exc)
+            return
+        self.stats["metrics_written"] += 1
+
     # ----- actor hooks ----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
+        self.maybe_write_metrics(now)
+        self.run_recovery_checks(now)
         if now < self._next_check:
             return
         self._next_check = now + min(CHECK_EVERY, self.config.health_interval)
@@ -135,7 +178,46 @@ class Health(Actor):
         return {"health": {"ok": verdict.ok, "reasons": list(verdict.reasons),
                            "free_mb": verdict.free_mb, "operation": verdict.operation,
                            "checked": verdict.checked},
-                "actors_seen": sorted(self.actors)}
+                "actors_seen": sorted(self.actors), "restarts": dict(self.restarts),
+                **self.recovery_status()}
+
+    # ----- recovery checks: fsck, stale index.lock, autonomous restart loops ----------
+    def init_recovery_checks(self) -> None:
+        self.fsck = integrity.FsckRunner(self.config.workspace, self.config.fsck_interval)
+        self.autonomous = integrity.RestartLoopDetector(
+            self.config.autonomous_processes, self.config.autonomous_restart_limit,
+            self.config.autonomous_restart_window)
+        self.stale_lock = ""
+        self._next_lock_check = 0.0
+        self._looping_logged = ""
+
+    def run_recovery_checks(self, now: float) -> None:
+        self.fsck.maybe_start(now)
+        self.autonomous.sample(now)
+        looping = self.autonomous.looping()
+        if looping and not self._looping_logged:
+            self.log.warning("%s", looping)
+        self._looping_logged = looping
+        if now >= self._next_lock_check:
+            self._next_lock_check = now + STALE_LOCK_CHECK_EVERY
+            self.stale_lock, removed = integrity.stale_index_lock(
+                self.config.workspace, self.config.git_dir, self.config.stale_lock_age,
+                self.config.remove_stale_locks)
+            if removed:
+                self.stats["stale_locks_removed"] += 1
+
+    def recovery_reasons(self) -> list[str]:
+        """Reasons to hold commits: a failed fsck, a stale index.lock.  An autonomous
+        restart loop is reported in status only: it never gates the user's commits."""
+        return [reason for reason in (self.fsck.failure(), self.stale_lock) if reason]
+
+    def recovery_status(self) -> dict:
+        return {"fsck": self.fsck.status(), "stale_index_lock": self.stale_lock,
+                "stale_locks_removed": self.stats["stale_locks_removed"],
+                "autonomous": self.autonomous.status()}
+
+    def shutdown(self) -> None:
+        self.fsck.stop()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ Sockets:
 Messages in: Change.  Messages out: Change, Decision.
 
 Order of checks per Change: editor junk (BLOCK), ignored by git (BLOCK), the first matching
-rule of ``config.patterns_file``, else ``config.default_action``.  Changes are buffered by
+rule of ``config.patterns_file``, else ``config.default_action``.  An ANALYZE path the
+debouncer learned as system-only (``config.learned_file``) goes to L2 with
+``"learned": True`` in its step.  Changes are buffered by
 the handler and decided in ``on_tick``, so one ``git check-ignore`` serves a whole poll
 round instead of one git process per event.
 """
@@ -19,6 +21,7 @@ import zmq
 
 from common import gitutil
 from common.actor import Actor, main
+from common.learning import LearnedSet
 from common.messages import Change, Decision
 from common.rules import RuleCache, editor_junk
 
@@ -96,7 +99,21 @@ class PatternLayer(Actor):
             observed=change.observed, commit=action == "ALLOW", action=action, trail=trail))
 
     def _analyze(self, change: Change, action: str, trail: tuple) -> None:
+        trail = self._mark_learned(change.path, trail)
         self.send(self.to_l2, dataclasses.replace(change, trail=trail))
+
+    def _mark_learned(self, path: str, trail: tuple) -> tuple:
+        """A learned path (common.learning) still goes to L2, flagged, so that a write the
+        user is positively known to have made can unlearn it; L2 drops the rest."""
+        if not hasattr(self, "learned"):
+            self.learned = LearnedSet(self.config.learned_file)
+        self.learned.refresh()
+        if path not in self.learned:
+            return trail
+        self.stats["learned_paths"] += 1
+        step = {**trail[-1], "learned": True,
+                "reason": f"learned BLOCK (system-only writes); {trail[-1]['reason']}"}
+        return (*trail[:-1], step)
 
     def extra_status(self) -> dict:
         if not hasattr(self, "rules"):

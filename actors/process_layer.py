@@ -1,15 +1,32 @@
-"""Process layer (L2): drops a change an autonomous process was seen writing.
+"""Process layer (L2): who wrote the file.  Drops autonomous (and gitsieve's own) writes.
 
 Sockets:
   - PULL  connect  endpoints.stage_out("l2")  Changes from the router (L1's ANALYZE verdicts)
-  - PUSH  connect  endpoints.stage_in("l3")   Changes L2 cannot attribute, on to the content layer
-  - PUSH  connect  endpoints.decisions        Decision(commit=False) for SYSTEM writes
-Messages in: Change.  Out: Decision (writer attributed SYSTEM) or Change with an L2 trail step
-``{"layer": "L2", "verdict": "SYSTEM"|"UNKNOWN", "reason", "technique", "pid", "cmdline",
-"confidence"}``.  Runs scaled: ``python -m actors.process_layer --instance N``.
+  - PUSH  connect  endpoints.stage_in("l3")   Changes with a USER or UNKNOWN writer, to L3
+  - PUSH  connect  endpoints.decisions        Decision(commit=False) for SYSTEM/SELF writers
+                                              and for learned paths without a user writer
+  - SUB   connect  endpoints.feed             Decision (the debouncer's live feed): which
+                                              writes other workers already accounted for
+  - (privileged mode: the fanotify and proc-connector descriptors, watched in the poll loop)
+Messages in: Change, Decision (feed).  Out: Decision or Change, each with an L2 trail step
+``{"layer": "L2", "verdict": "SYSTEM"|"SELF"|"USER"|"UNKNOWN", "reason", "technique",
+"pid", "cmdline", "confidence", "ancestor_pid", "ancestor_cmdline", "matched_by", ...}``.
+Runs scaled: ``python -m actors.process_layer --instance N``.
 
-Attribution uses the psutil techniques of :mod:`common.attribution`; an unknown writer is
-never SYSTEM, it goes on to L3.  Deleted files have no writer to observe: UNKNOWN.
+``[filter] attribution`` picks the technique (:func:`common.attribution.make_attributor`):
+exact (fanotify + lineage; each worker owns its own fanotify group, drained before every
+judgement, so the writer of a change is always already known) or the psutil fallback.
+A USER writer still goes to L3, which then only refuses junk and changes identical to HEAD
+(a user's timestamp-only edit is committed).  An unknown writer goes to L3 for a full
+content analysis, never to SYSTEM.  A path L1 marks as learned is dropped ("learned")
+unless the writer is positively the user, whose Decision then lets the debouncer unlearn it.
+
+Exact mode weighs, for a change, only the writes no earlier change of the path accounted
+for: each L2 step carries ``writes_until`` (newest write considered) and every worker learns
+it from its own verdicts and from the feed, so an autonomous rewrite after the user's
+change was judged (and committed) is SYSTEM, not "mixed with the user's earlier write".
+A second report of writes already judged (the watcher reports a new file's MODIFY and
+CLOSE_WRITE; workers stamp the same write a little apart) repeats the earlier verdict.
 """
 from __future__ import annotations
 
@@ -19,11 +36,17 @@ import time
 import zmq
 
 from common.actor import Actor, main
-from common.attribution import TECHNIQUE_LIVE, Attribution, Attributor
+from common.attribution import SELF, SYSTEM, USER, Attribution, make_attributor
 from common.content import l1_action
+from common.learning import is_learned
+from common.attribution import WRITE_LOOKBACK
 from common.messages import DELETE, Change, Decision
 
-SYSTEM_VERDICT, UNKNOWN_VERDICT = "SYSTEM", "UNKNOWN"
+SYSTEM_VERDICT, SELF_VERDICT, USER_VERDICT, UNKNOWN_VERDICT = (
+    "SYSTEM", "SELF", "USER", "UNKNOWN")
+_VERDICT_OF = {SYSTEM: SYSTEM_VERDICT, SELF: SELF_VERDICT, USER: USER_VERDICT}
+_REPEATABLE = (SYSTEM_VERDICT, SELF_VERDICT, USER_VERDICT)
+_NO_EVIDENCE = {"technique": None, "pid": None, "cmdline": None, "confidence": 0.0}
 
 
 class ProcessLayer(Actor):
@@ -31,62 +54,133 @@ class ProcessLayer(Actor):
 
     def setup(self) -> None:
         endpoints = self.config.endpoints
-        self.attributor = Attributor(self.config.autonomous_processes,
-                                     self.config.process_cache_ttl)
+        self.prepare()
         self.changes = self.connect(zmq.PULL, endpoints.stage_out("l2"))
         self.to_content = self.connect(zmq.PUSH, endpoints.stage_in("l3"))
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
+        self.feed = self.connect(zmq.SUB, endpoints.feed, hwm=10_000)
         self.add_input(self.changes, {Change: self.on_change})
-        self.attributor.cache.refresh()
+        self.add_input(self.feed, {Decision: self.on_feed})
+
+    def prepare(self) -> None:
+        """The attributor, its descriptors registered; handler tests call this alone."""
+        self.attributor = make_attributor(self.config)
+        self.mode = self.attributor.mode
+        for fd, callback in self.attributor.fds():
+            self.watch_fd(fd, callback)
+        if self.mode == "psutil":
+            self.attributor.cache.refresh()
+        # path -> (newest write already judged, the L2 step that judged it)
+        self.accounted: dict[str, tuple[float, dict]] = {}
+        self._next_forget = 0.0
+        self.outcomes = {SYSTEM_VERDICT: self._drop, SELF_VERDICT: self._drop,
+                         USER_VERDICT: self._pass_on, UNKNOWN_VERDICT: self._pass_on}
+        self.log.info("%s: attribution by %s", self.actor_id, self.mode)
+
+    # ----- judging ----------------------------------------------------------------------
+    def on_feed(self, decision: Decision) -> None:
+        for step in decision.trail:
+            if isinstance(step, dict) and step.get("layer") == "L2":
+                self.note_accounted(decision.path, step)
+
+    def note_accounted(self, path: str, step: dict) -> None:
+        until = step.get("writes_until")
+        if (isinstance(until, (int, float)) and not isinstance(until, bool)
+                and step.get("verdict") in _REPEATABLE
+                and until > self.accounted.get(path, (0.0, None))[0]):
+            self.accounted[path] = (float(until), step)
+
+    def forget_accounted(self, wall: float) -> None:
+        """Entries older than the lookback no longer narrow any window."""
+        stale = [path for path, (until, _) in self.accounted.items()
+                 if until < wall - WRITE_LOOKBACK]
+        for path in stale:
+            del self.accounted[path]
 
     def on_change(self, change: Change) -> None:
-        if change.kind == DELETE:
-            self._pass_on(change, {"layer": "L2", "verdict": UNKNOWN_VERDICT,
-                                   "reason": "deleted: no writer to observe",
-                                   "technique": None, "pid": None, "cmdline": None,
-                                   "confidence": 0.0})
+        verdict, step = self.judge(change)
+        self.note_accounted(change.path, step)
+        learned = is_learned(change)
+        if learned and verdict != USER_VERDICT:
+            # A learned path is blocked unless the user is positively its writer.
+            step = {**step, "reason": f"learned: {step['reason']}", "learned": True}
+            self.stats["learned_drops"] += 1
+            self._drop(change, verdict, step)
             return
-        found = self.attributor.attribute(self.config.workspace / change.path, change.observed)
-        if found is None:
-            self._pass_on(change, {"layer": "L2", "verdict": UNKNOWN_VERDICT,
-                                   "reason": "no autonomous writer seen",
-                                   "technique": None, "pid": None, "cmdline": None,
-                                   "confidence": 0.0})
-            return
-        self._drop(change, found)
+        self.outcomes[verdict](change, verdict, step)
 
-    def _pass_on(self, change: Change, step: dict) -> None:
-        self.stats[f"verdict_{UNKNOWN_VERDICT}"] += 1
+    def judge(self, change: Change) -> tuple[str, dict]:
+        if change.kind == DELETE:
+            return UNKNOWN_VERDICT, {"layer": "L2", "verdict": UNKNOWN_VERDICT,
+                                     "reason": "deleted: no writer to observe",
+                                     "mode": self.mode, **_NO_EVIDENCE}
+        until, prior = self.accounted.get(change.path, (0.0, None))
+        found = self.attributor.attribute(self.config.workspace / change.path,
+                                          change.observed, until)
+        if found is None and prior is not None and until >= change.observed - WRITE_LOOKBACK:
+            self.stats["repeated"] += 1
+            return prior["verdict"], {**prior, "repeated": True,
+                                      "reason": f"same writes as an earlier change: "
+                                                f"{prior['reason']}"}
+        if found is None:
+            step = {"layer": "L2", "verdict": UNKNOWN_VERDICT, "mode": self.mode,
+                    "reason": "no write by a known process seen" if self.mode != "psutil"
+                    else "no autonomous writer seen", **_NO_EVIDENCE}
+            suspects = self.attributor.suspects(change.observed)
+            if suspects:  # evidence only: see common.attribution.IO_WINDOW
+                step["io_suspects"] = [{"pid": pid, "cmdline": cmd} for pid, cmd in suspects]
+            return UNKNOWN_VERDICT, step
+        verdict = _VERDICT_OF[found.writer]
+        return verdict, {"layer": "L2", "verdict": verdict, "mode": self.mode,
+                         "reason": self._reason(found), **found.evidence()}
+
+    @staticmethod
+    def _reason(found: Attribution) -> str:
+        who = f"process {found.pid}"
+        if found.ancestor_pid not in (None, found.pid):
+            who += f" (descendant of {found.ancestor_pid})"
+        if found.writer == USER:
+            return f"written by non-autonomous {who}"
+        if found.writer == SELF:
+            return f"written by gitsieve's own {who}"
+        if found.technique == "open-files":
+            return f"autonomous process {found.pid} holds it open for writing"
+        if found.technique == "open-files-sampled":
+            return f"autonomous process {found.pid} was seen writing it"
+        return f"written by autonomous {who}: {found.matched_by}"
+
+    def _pass_on(self, change: Change, verdict: str, step: dict) -> None:
+        self.stats[f"verdict_{verdict}"] += 1
         self.send(self.to_content, dataclasses.replace(change, trail=(*change.trail, step)))
 
-    def _drop(self, change: Change, found: Attribution) -> None:
-        self.stats[f"verdict_{SYSTEM_VERDICT}"] += 1
-        step = {"layer": "L2", "verdict": SYSTEM_VERDICT,
-                "reason": f"autonomous process {found.pid} holds it open for writing"
-                          if found.technique == TECHNIQUE_LIVE else
-                          f"autonomous process {found.pid} was seen writing it",
-                "technique": found.technique, "pid": found.pid, "cmdline": found.cmdline,
-                "confidence": found.confidence}
-        self.log.debug("%s: %s is SYSTEM (%s)", self.actor_id, change.path, step["reason"])
+    def _drop(self, change: Change, verdict: str, step: dict) -> None:
+        self.stats[f"verdict_{verdict}"] += 1
+        self.log.debug("%s: %s dropped (%s)", self.actor_id, change.path, step["reason"])
         self.send(self.decisions, Decision(
             path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
             observed=change.observed, commit=False, action=l1_action(change),
             trail=(*change.trail, step)))
 
+    # ----- actor hooks --------------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         self.attributor.tick(now)
+        if now >= self._next_forget:
+            self._next_forget = now + WRITE_LOOKBACK
+            self.forget_accounted(time.time())
 
     def wakeup_in(self) -> float | None:
         return self.attributor.wakeup_in(time.monotonic())
 
     def extra_status(self) -> dict:
-        cache = self.attributor.cache
-        return {"autonomous_pids": sorted(cache.processes),
-                **{key: count for key, count in self.stats.items() if key.startswith("verdict_")},
-                "sampled_paths": len(self.attributor.sampler.sightings),
-                "samples": self.attributor.sampler.samples,
-                "cache_refreshes": cache.refreshes,
-                "access_denied": self.attributor.errors["access_denied"]}
+        if not hasattr(self, "attributor"):
+            return {}
+        return {"attribution": self.mode, **self.attributor.status(),
+                "learned_drops": self.stats["learned_drops"],
+                **{key: count for key, count in self.stats.items() if key.startswith("verdict_")}}
+
+    def shutdown(self) -> None:
+        if hasattr(self, "attributor"):
+            self.attributor.close()
 
 
 if __name__ == "__main__":

@@ -2,15 +2,19 @@
 
 Sockets:
   - PUSH  connect  endpoints.stage_in("l1")   Change out (to the router's l1 stage)
+  - SUB   connect  endpoints.health           HealthStatus in (its actors map: id -> pid)
   - (plus the inotify file descriptor, watched in the poll loop)
-Messages in: none.  Messages out: Change (source "inotify" or "reconcile").
+Messages in: HealthStatus.  Messages out: Change (source "inotify" or "reconcile").
 
 Every directory of the workspace is watched except ``.git`` (at any depth) and the runtime
 directory.  Close-write is the main signal; MODIFY/ATTRIB are reported at most once per
 path per ``config.modify_interval`` (with a trailing report), so a file appended forever
 without being closed is still seen.  Renames are paired by cookie within one read.  A
 periodic reconcile against ``git status`` (and a full rescan after a queue overflow)
-catches whatever inotify missed.
+catches whatever inotify missed.  ZeroMQ drops what was in flight to a process that dies,
+so whenever the health monitor's actors map shows an actor restarted (new pid) or newly
+appeared, the watcher reconciles again (``RESTART_RECONCILE_DELAY`` later, coalescing a
+burst of restarts into one): the file system and ``git status`` are the source of truth.
 """
 from __future__ import annotations
 
@@ -25,17 +29,22 @@ from inotify_simple import flags
 
 from common import gitutil, messages
 from common.actor import Actor, main
-from common.messages import DELETE, WRITE, Change
+from common.messages import DELETE, WRITE, Change, HealthStatus
 from common.rules import RuleCache, editor_junk
 
 DIR_MASK = (flags.CLOSE_WRITE | flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE
             | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF
             | flags.DONT_FOLLOW | flags.EXCL_UNLINK)
 _UNSENT_RETRY = 0.02  # seconds between attempts to flush Changes the socket refused
+# Seconds between seeing an actor restart and reconciling: restarts in a burst (a runner
+# restarting several actors) coalesce into one reconcile.
+RESTART_RECONCILE_DELAY = 0.5
 
 
 class Watcher(Actor):
     name = "watcher"
+    control_commands = {"reconcile": "reconcile_now"}
+    progress_every = 1.0  # seconds between progress lines while watching a large tree
 
     def setup(self) -> None:
         self.root = str(self.config.workspace)
@@ -57,6 +66,7 @@ class Watcher(Actor):
         self.reconcile()
         interval = self.config.reconcile_interval
         self.next_reconcile = time.monotonic() + interval if interval > 0 else None
+        self.setup_restart_reconcile()
 
     def _runtime_prefix(self) -> str | None:
         """The runtime dir relative to the workspace, if it lies inside (and outside .git)."""
@@ -106,10 +116,12 @@ class Watcher(Actor):
         if self.excluded(rel):
             return files
         pending = [rel]
+        next_progress = time.monotonic() + self.progress_every
         while pending:
             current = pending.pop()
             if not self._add_watch(current):
                 continue
+            next_progress = self._log_scan_progress(next_progress, len(pending))
             try:
                 entries = list(os.scandir(self._abs(current)))
             except OSError as exc:  # vanished or unreadable: nothing to report there
@@ -158,6 +170,26 @@ class Watcher(Actor):
         for table in (self.last_report, self.trailing):
             for path in [p for p in table if p.startswith(old_prefix)]:
                 del table[path]
+
+    def _log_scan_progress(self, next_progress: float, queued: int) -> float:
+        """Log how far a long scan got, at most once per ``progress_every``; return when
+        the next line is due."""
+        now = time.monotonic()
+        if now < next_progress:
+            return next_progress
+        self.stats["scan_progress_lines"] += 1
+        self.log.info("adding watches: %d directories so far, %d queued",
+                      len(self.wd_to_path), queued)
+        return now + self.progress_every
+
+    def reconcile_now(self) -> dict:
+        """Control command (`actorctl flush`): report every dirty path now.  Every Change
+        this sends is ordered after ``(epoch, seq_before)``."""
+        seq_before = self.seq
+        self.reconcile()
+        self._flush()
+        return {"epoch": self.epoch, "seq_before": seq_before, "seq_after": self.seq,
+                "unsent": len(self.unsent)}
 
     def rescan(self) -> None:
         """Rebuild every watch from a fresh walk (after a queue overflow)."""
@@ -362,6 +394,10 @@ class Watcher(Actor):
         if self.next_reconcile is not None and now >= self.next_reconcile:
             self.next_reconcile = now + self.config.reconcile_interval
             self.reconcile()
+        if self.restart_reconcile_at is not None and now >= self.restart_reconcile_at:
+            self.restart_reconcile_at = None
+            self.stats["restart_reconciles"] += 1
+            self.reconcile()
         if len(self.last_report) > 10_000:
             # Bound memory: entries older than the throttle interval no longer matter.
             horizon = now - self.config.modify_interval
@@ -376,6 +412,8 @@ class Watcher(Actor):
             waits.append(min(self.trailing.values()) - now)
         if self.next_reconcile is not None:
             waits.append(self.next_reconcile - now)
+        if getattr(self, "restart_reconcile_at", None) is not None:
+            waits.append(self.restart_reconcile_at - now)
         return max(0.0, min(waits)) if waits else None
 
     def extra_status(self) -> dict:
@@ -385,7 +423,45 @@ class Watcher(Actor):
                 "overflows": self.stats["overflows"], "rescans": self.stats["rescans"],
                 "changes_sent": self.stats["changes_sent"],
                 "reconciles": self.stats["reconciles"],
+                "restart_reconciles": self.stats["restart_reconciles"],
+                "restarts_seen": list(self.restarts_seen),
                 "rules_error": self.rules.error}
+
+    # ----- reconcile after any actor restarts -------------------------------------------
+    def setup_restart_reconcile(self) -> None:
+        health = self.connect(zmq.SUB, self.config.endpoints.health, hwm=100)
+        self.add_input(health, {HealthStatus: self.on_health})
+        self.actor_pids: dict[str, int] = {}
+        self.actor_alive: dict[str, bool] = {}
+        self.health_seen = False
+        self.restart_reconcile_at: float | None = None
+        self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
+
+    def on_health(self, status: HealthStatus) -> None:
+        """Schedule a reconcile when an actor has a new pid, came back after being silent,
+        or appears for the first time (not counting the first status this watcher sees)."""
+        changed = []
+        for actor_id, info in status.actors.items():
+            if actor_id == self.actor_id:
+                continue
+            pid = info.get("pid") if isinstance(info, dict) else None
+            if not isinstance(pid, int) or isinstance(pid, bool):
+                self.stats["bad_actor_entries"] += 1
+                continue
+            alive = info.get("alive") is not False
+            known_pid = self.actor_pids.get(actor_id)
+            if self.health_seen and (known_pid != pid or
+                                     (alive and not self.actor_alive.get(actor_id, True))):
+                changed.append(f"{actor_id} (pid {known_pid} -> {pid})")
+            self.actor_pids[actor_id] = pid
+            self.actor_alive[actor_id] = alive
+        self.health_seen = True
+        if changed:
+            self.restarts_seen.extend(changed)
+            self.log.info("actor restart seen: %s; reconciling with git status",
+                          ", ".join(changed))
+            if self.restart_reconcile_at is None:
+                self.restart_reconcile_at = time.monotonic() + RESTART_RECONCILE_DELAY
 
     def shutdown(self) -> None:
         if hasattr(self, "inotify"):

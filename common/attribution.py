@@ -1,7 +1,7 @@
 """Who wrote a file: process attribution for the process layer (L2), without privileges.
 
-Techniques, tried in order by :class:`Attributor` (each returns an :class:`Attribution` or
-None; an exact kernel-level technique such as fanotify can be added to the list later):
+Unprivileged techniques, tried in order by :class:`Attributor` (each returns an
+:class:`Attribution` or None):
 
 - ``open-files``: an autonomous process holds the file open for writing right now
   (``psutil.Process.open_files()``, checked live when the change is analysed);
@@ -12,6 +12,13 @@ Only processes whose command line matches ``config.autonomous_processes`` are ex
 (:class:`ProcessCache`), so an unknown writer is never SYSTEM: it yields None and the change
 falls through to the content layer.  Times in sightings and ``observed`` are wall-clock
 (``time.time()``), because ``Change.observed`` is stamped in another process.
+
+The privileged, exact path is :class:`ExactAttributor`: fanotify (:mod:`common.fanotify`)
+names the pid of every write, the proc connector lineage (:mod:`common.proc_connector`)
+names its ancestors even after they exit, and :class:`WriterRules` classifies the chain as
+SYSTEM (an autonomous process by command line, uid, cgroup or systemd unit), SELF (gitsieve's
+own git) or USER (any other process: a positively identified non-autonomous writer).
+:func:`make_attributor` picks it or the psutil fallback from ``[filter] attribution``.
 """
 from __future__ import annotations
 
@@ -27,8 +34,9 @@ import psutil
 
 log = logging.getLogger(__name__)
 
-SYSTEM = "system"
+SYSTEM, USER, SELF, UNKNOWN = "system", "user", "self", "unknown"
 TECHNIQUE_LIVE = "open-files"
+TECHNIQUE_EXACT = "fanotify"
 TECHNIQUE_SAMPLED = "open-files-sampled"
 # A sighting counts for a change observed up to this long after it (the write happens
 # before the watcher sees the event, and the writer may close the file in between).
@@ -43,7 +51,10 @@ EXEC_SETTLE = 2.0
 # A configured TTL of 0 would rescan every process on every poll round.
 MIN_CACHE_TTL = 0.1
 
-_CONFIDENCE = {TECHNIQUE_LIVE: 0.9, TECHNIQUE_SAMPLED: 0.7}
+_CONFIDENCE = {TECHNIQUE_LIVE: 0.9, TECHNIQUE_SAMPLED: 0.7, TECHNIQUE_EXACT: 1.0}
+# Temporal correlation (I/O counters moved near the change) names suspects, never a verdict:
+# a user writing at the same moment as a busy autonomous process would be held back.
+IO_WINDOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,20 @@ class Attribution:
     pid: int
     cmdline: str
     confidence: float
+    # the process of the writer's lineage that decided (the writer itself or an ancestor)
+    ancestor_pid: int | None = None
+    ancestor_cmdline: str = ""
+    matched_by: str = ""
+    writes: int = 1
+    # wall time of the newest write considered (exact mode): later changes of the same
+    # path only weigh writes after it
+    writes_until: float | None = None
+
+    def evidence(self) -> dict:
+        return {"technique": self.technique, "pid": self.pid, "cmdline": self.cmdline,
+                "confidence": self.confidence, "ancestor_pid": self.ancestor_pid,
+                "ancestor_cmdline": self.ancestor_cmdline, "matched_by": self.matched_by,
+                "writes": self.writes, "writes_until": self.writes_until}
 
 
 def is_write_mode(mode: str) -> bool:
@@ -200,6 +225,7 @@ class OpenFileSampler:
                  window: float = SIGHTING_WINDOW):
         self.cache, self.interval, self.window = cache, interval, window
         self.sightings: dict[str, Sighting] = {}
+        self.io_history: dict[int, list[tuple[float, int]]] = {}
         self.errors: Counter = Counter()
         self.samples = 0
         self._next_sample = 0.0
@@ -225,13 +251,38 @@ class OpenFileSampler:
             for opened in writable_open_files(entry, self.cache, self.errors):
                 self.sightings[opened.path] = Sighting(entry.process.pid, entry.cmdline,
                                                        wall, opened.mode)
+            self._sample_io(entry, wall)
         self.samples += 1
+
+    def _sample_io(self, entry: AutonomousProcess, wall: float) -> None:
+        """Keep (time, bytes written so far) of ``entry`` for temporal correlation."""
+        try:
+            written = entry.process.io_counters().write_chars
+        except (psutil.Error, AttributeError):  # gone, not ours, or no /proc/PID/io
+            return
+        history = self.io_history.setdefault(entry.process.pid, [])
+        if not history or history[-1][1] != written or wall - history[-1][0] > self.window:
+            history.append((wall, written))
+            del history[:-64]
+
+    def io_suspects(self, observed: float) -> list[tuple[int, str]]:
+        """Autonomous processes whose write counters moved within IO_WINDOW of ``observed``."""
+        found = []
+        for pid, history in self.io_history.items():
+            before = [count for stamp, count in history if stamp <= observed - IO_WINDOW]
+            after = [count for stamp, count in history if stamp <= observed + IO_WINDOW]
+            if before and after and after[-1] > before[-1]:
+                entry = self.cache.processes.get(pid)
+                found.append((pid, entry.cmdline if entry else ""))
+        return found
 
     def expire(self, wall: float | None = None) -> None:
         horizon = (time.time() if wall is None else wall) - self.window
         stale = [path for path, seen in self.sightings.items() if seen.last_seen < horizon]
         for path in stale:
             del self.sightings[path]
+        for pid in [pid for pid in self.io_history if pid not in self.cache.processes]:
+            del self.io_history[pid]
 
     def seen(self, real_path: str, observed: float) -> Sighting | None:
         sighting = self.sightings.get(real_path)
@@ -241,7 +292,10 @@ class OpenFileSampler:
 
 
 class Attributor:
-    """The L2 techniques behind one call, :meth:`attribute`; None means writer unknown."""
+    """The unprivileged L2 techniques behind one call, :meth:`attribute`; None means
+    writer unknown.  (:class:`ExactAttributor` offers the same interface.)"""
+
+    mode = "psutil"
 
     def __init__(self, patterns: Iterable[str | re.Pattern], ttl: float,
                  sample_interval: float = SAMPLE_INTERVAL, window: float = SIGHTING_WINDOW):
@@ -266,7 +320,24 @@ class Attributor:
         refresh = self.cache.due_in()
         return refresh if sample is None else min(sample, refresh)
 
-    def attribute(self, abs_path: str | os.PathLike, observed: float) -> Attribution | None:
+    def fds(self) -> list[tuple[int, Callable[[], None]]]:
+        return []
+
+    def suspects(self, observed: float) -> list[tuple[int, str]]:
+        return self.sampler.io_suspects(observed)
+
+    def close(self) -> None:
+        """Nothing to release: psutil keeps no descriptors open."""
+
+    def status(self) -> dict:
+        return {"autonomous_pids": sorted(self.cache.processes),
+                "sampled_paths": len(self.sampler.sightings),
+                "samples": self.sampler.samples, "cache_refreshes": self.cache.refreshes,
+                "access_denied": self.errors["access_denied"]}
+
+    def attribute(self, abs_path: str | os.PathLike, observed: float,
+                  since: float = 0.0) -> Attribution | None:
+        """``since`` is the exact mode's; sightings have their own window."""
         real_path = os.path.realpath(abs_path)
         self.cache.refresh_if_stale()
         found = self._try_all(real_path, observed)
@@ -296,3 +367,203 @@ class Attributor:
                     return Attribution(SYSTEM, TECHNIQUE_LIVE, entry.process.pid,
                                        entry.cmdline, _CONFIDENCE[TECHNIQUE_LIVE])
         return None
+
+
+# ----- the exact, privileged path ------------------------------------------------------
+# A gitsieve actor (``python -m actors.x``): its git children are gitsieve's own.
+_GITSIEVE_ACTOR = re.compile(r"(^|\s)-m actors\.[a-z_]+(\s|$)")
+# Writes read this long before a change's observation still belong to it (the watcher may
+# lag behind the kernel), unless HEAD moved in between (those writes were committed).
+WRITE_LOOKBACK = 2.0
+
+
+@dataclass(frozen=True)
+class WriterEvidence:
+    """One writer classified while its lineage was fresh."""
+
+    writer: str
+    pid: int
+    cmdline: str
+    ancestor_pid: int | None
+    ancestor_cmdline: str
+    matched_by: str
+
+
+class WriterRules:
+    """Classifies a process lineage: SYSTEM, SELF or USER, and which process decided."""
+
+    def __init__(self, processes: Iterable[str] = (), uids: Iterable[int] = (),
+                 cgroups: Iterable[str] = (), units: Iterable[str] = ()):
+        self.matcher = AutonomousMatcher(processes)
+        self.uids = frozenset(uids)
+        self.cgroups = tuple(re.compile(p) for p in cgroups)
+        self.units = tuple(units)
+
+    @classmethod
+    def from_config(cls, config) -> "WriterRules":
+        return cls(config.autonomous_processes, config.autonomous_uids,
+                   config.autonomous_cgroups, config.autonomous_units)
+
+    def _unit_of(self, cgroup: str) -> str:
+        for line in cgroup.splitlines():
+            parts = line.rsplit(":", 1)[-1].split("/")
+            for unit in self.units:
+                if unit in parts:
+                    return unit
+        return ""
+
+    def autonomous_reason(self, info) -> str:
+        """Why ``info`` (a ProcInfo) is autonomous, or "" when it is not."""
+        if self.matcher.matches(info.cmdline):
+            return "autonomous_processes"
+        if info.uid in self.uids:
+            return f"autonomous_uids ({info.uid})"
+        if any(pattern.search(info.cgroup) for pattern in self.cgroups):
+            return "autonomous_cgroups"
+        unit = self._unit_of(info.cgroup) if self.units else ""
+        return f"autonomous_units ({unit})" if unit else ""
+
+    def classify(self, chain: list) -> WriterEvidence:
+        """``chain``: the writer's ProcInfo first, then its ancestors."""
+        if not chain:
+            return WriterEvidence(USER, 0, "", None, "", "unknown lineage")
+        writer = chain[0]
+        for info in chain:
+            if info.inherited and len(chain) > 1:
+                continue  # its parent, next in the chain, carries the same evidence
+            if info.gitsieve_mark or _GITSIEVE_ACTOR.search(info.cmdline):
+                return WriterEvidence(SELF, writer.pid, writer.cmdline, info.pid, info.cmdline,
+                                      "gitsieve's own process")
+        for info in chain:
+            if info.inherited and len(chain) > 1:
+                continue  # its parent, next in the chain, carries the same evidence
+            reason = self.autonomous_reason(info)
+            if reason:
+                return WriterEvidence(SYSTEM, writer.pid, writer.cmdline, info.pid,
+                                      info.cmdline, reason)
+        lost = next((info for info in chain if info.exec_lost), None)
+        if lost is not None:
+            # It ran a program we never saw (gone before /proc was read): not provably
+            # the user's, so the change falls through to the content layer.
+            return WriterEvidence(UNKNOWN, writer.pid, writer.cmdline, lost.pid, "",
+                                  "exec'd program unknown (exited before it was read)")
+        return WriterEvidence(USER, writer.pid, writer.cmdline, None, "",
+                              "no autonomous process in its lineage")
+
+
+def combine(events: list) -> Attribution | None:
+    """One verdict for the writes of one change: any USER write makes it the user's (the
+    commit carries the user's bytes); else any SYSTEM; else SELF."""
+    if not events:
+        return None
+    by_writer: dict[str, WriterEvidence] = {}
+    for event in events:
+        evidence = event.evidence
+        if isinstance(evidence, WriterEvidence):
+            by_writer.setdefault(evidence.writer, evidence)
+    for writer in (USER, SYSTEM, SELF):
+        chosen = by_writer.get(writer)
+        if chosen is not None:
+            return Attribution(writer, TECHNIQUE_EXACT, chosen.pid, chosen.cmdline,
+                               _CONFIDENCE[TECHNIQUE_EXACT], chosen.ancestor_pid,
+                               chosen.ancestor_cmdline, chosen.matched_by, len(events),
+                               max(event.stamp for event in events))
+    return None
+
+
+class ExactAttributor:
+    """fanotify + proc connector: every writer by pid and lineage (needs root)."""
+
+    mode = "fanotify"
+
+    def __init__(self, config, rules: WriterRules | None = None):
+        from common.fanotify import WriteRecorder
+        from common.proc_connector import LineageTracker
+        self.rules = rules or WriterRules.from_config(config)
+        self.git_dir = config.git_dir
+        self.lineage = LineageTracker()
+        try:
+            self.recorder = WriteRecorder(config.workspace, (str(config.runtime_dir),),
+                                          resolve=self._resolve)
+        except OSError:
+            self.lineage.close()
+            raise
+        self.errors: Counter = Counter()
+
+    def _resolve(self, pid: int) -> WriterEvidence:
+        return self.rules.classify(self.lineage.chain(pid))
+
+    def fds(self) -> list[tuple[int, Callable[[], None]]]:
+        return [(self.lineage.fileno(), self.lineage.drain),
+                (self.recorder.fileno(), self.drain)]
+
+    def drain(self) -> None:
+        """Lineage first: a writer's fork/exec precede its write, so they are known."""
+        self.lineage.drain()
+        self.recorder.drain()
+
+    def head_moved(self) -> float:
+        """Wall time HEAD last moved (its reflog or branch ref was rewritten)."""
+        latest = 0.0
+        candidates = [self.git_dir / "logs" / "HEAD", self.git_dir / "HEAD"]
+        try:
+            head = (self.git_dir / "HEAD").read_text()
+        except OSError:  # mid-rewrite: the reflog still tells
+            head = ""
+        if head.startswith("ref: "):
+            candidates.append(self.git_dir / head[5:].strip())
+        for candidate in candidates:
+            try:
+                latest = max(latest, candidate.stat().st_mtime)
+            except OSError:  # no reflog / packed ref: other candidates tell
+                continue
+        return latest
+
+    def attribute(self, abs_path: str | os.PathLike, observed: float,
+                  since: float = 0.0) -> Attribution | None:
+        """The writers of the file at ``abs_path`` for a change observed at ``observed``:
+        writes read after ``observed - WRITE_LOOKBACK``, after the last HEAD move before
+        the observation (earlier writes were committed) and after ``since`` (the newest
+        write an earlier change of this path already accounted for)."""
+        self.drain()
+        since = max(since, observed - WRITE_LOOKBACK)
+        moved = self.head_moved()
+        if since < moved < observed:
+            since = moved
+        return combine(self.recorder.writes_to(abs_path, since, time.time()))
+
+    def suspects(self, observed: float) -> list[tuple[int, str]]:
+        return []
+
+    def tick(self, now: float) -> None:
+        self.drain()
+
+    def wakeup_in(self, now: float) -> float | None:
+        return None
+
+    def status(self) -> dict:
+        return {"fanotify_events": self.recorder.events,
+                "fanotify_kept": self.recorder.kept,
+                "fanotify_overflows": self.recorder.overflows,
+                "fanotify_mark": self.recorder.mark_kind,
+                "lineage_events": self.lineage.events,
+                "lineage_processes": len(self.lineage.processes),
+                "lineage_overflows": self.lineage.overflows}
+
+    def close(self) -> None:
+        self.recorder.close()
+        self.lineage.close()
+
+
+def make_attributor(config):
+    """The attributor ``[filter] attribution`` asks for: "psutil", "fanotify" (exact; falls
+    back with an error line if the kernel refuses) or "auto" (exact when permitted, else one
+    info line and the psutil techniques)."""
+    if config.attribution != "psutil":
+        try:
+            return ExactAttributor(config)
+        except OSError as exc:
+            level = logging.ERROR if config.attribution == "fanotify" else logging.INFO
+            log.log(level, "exact attribution unavailable (%s): using psutil open-files, "
+                    "sampling and I/O correlation", exc)
+    return Attributor(config.autonomous_processes, config.process_cache_ttl)

@@ -134,6 +134,29 @@ def cmd_bench(args) -> int:
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
 
 
+def _debug(argv: list[str]) -> int:
+    from common import ctl
+    return ctl.debug_main(argv)
+
+
+def _learned(argv: list[str]) -> int:
+    from common import learning
+    return learning.learned_main(argv)
+
+
+def _accuracy(argv: list[str]) -> int:
+    from common import accuracy
+    return accuracy.accuracy_main(argv)
+
+
+# Subcommands whose own modules parse their arguments: {name: (entry point, help)}.
+DELEGATED = {
+    "debug": (_debug, "live stream of decisions (actorctl tail)"),
+    "learned": (_learned, "list or forget learned BLOCK paths"),
+    "test": (_accuracy, "measure L1-L3 accuracy on the labelled corpus"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitsieve",
@@ -163,10 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-churn", action="store_true",
                        help="without the simulated autonomous process")
     bench.set_defaults(func=cmd_bench)
+
+    for name, (_entry, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (see gitsieve {name} --help)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]][0](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -5,11 +5,22 @@ is built in a temporary index (``runtime_dir/sync.index``) read from HEAD, the c
 made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
 the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD), and only
 then are the committed paths reset in the user's real index.  Pushes are never forced.
+
+When a push is rejected because the remote moved, the remote branch is fetched and the
+local commits are replayed on it (``pull_strategy = "rebase"``) or merged with it
+(``"merge"``) without touching unrelated working files, since the work tree is nearly
+always dirty: trees come from ``git merge-tree --write-tree`` and ``commit-tree``, the
+index and work tree move from the old HEAD to the new one with ``git read-tree -m -u``
+(a two-way merge that keeps local modifications and changes nothing when one would be
+overwritten), and HEAD moves with a compare-and-swap ``update-ref``.  A conflict changes
+nothing at all: the local commits stay, :attr:`Committer.push_conflict` says why, and the
+caller stops pushing until a later attempt integrates cleanly.
 """
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +49,14 @@ class TransientError(Exception):
     """A lock or race that is expected to clear; the operation is retried."""
 
 
+class PushConflict(Exception):
+    """The remote's changes cannot be integrated without a person: nothing was changed."""
+
+
+# git's words when a push is refused because the remote has commits we lack.
+_REJECTED_MARKERS = ("[rejected]", "non-fast-forward", "fetch first", "Updates were rejected")
+
+
 @dataclass
 class CommitResult:
     commit: str | None = None
@@ -48,6 +67,7 @@ class CommitResult:
     dropped: tuple[str, ...] = ()  # asked-for paths not committable (ignored, vanished)
     retries: int = 0
     statuses: dict = field(default_factory=dict)  # path -> status letter
+    transient: bool = False  # the error is a lock or race: retry after a back-off
 
 
 def _nul_joined(paths) -> bytes:
@@ -73,6 +93,11 @@ class Committer:
         self.sleep = sleep
         self.temp_index = config.runtime_dir / "sync.index"
         self.retries = 0  # total over this object's life, for status
+        self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
+        self.integrations = 0  # times the remote's commits were integrated before a push
+        # Committed paths whose entries in the user's index still show the old content
+        # (index.lock was busy): refreshed on a later call of refresh_user_index().
+        self.index_refresh_pending: set[str] = set()
 
     # ----- small git helpers ------------------------------------------------------------
     def _git(self, *args, input: bytes | None = None, temp_index: bool = False,
@@ -153,8 +178,14 @@ class Committer:
         return [p for p in wanted if p not in gone], dropped
 
     # ----- the commit ---------------------------------------------------------------------
-    def commit(self, paths, push: bool = True) -> CommitResult:
-        """Commit exactly ``paths`` (then push when a remote is configured)."""
+    def commit(self, paths, push: bool = True, attempts: int | None = None) -> CommitResult:
+        """Commit exactly ``paths`` (then push when a remote is configured).
+
+        A lock or race is retried ``attempts`` times (default ``config.retry_attempts``)
+        with ``self.sleep`` between tries; ``attempts=0`` returns at once with
+        ``result.transient`` set, so a caller with its own loop schedules the retry.
+        """
+        attempts = self.config.retry_attempts if attempts is None else attempts
         branch, reason = self.branch_hold_reason()
         if reason:
             return CommitResult(held=reason)
@@ -162,12 +193,13 @@ class Committer:
         attempt = 0
         while True:
             try:
-                self._commit_once(list(paths), result)
+                self._commit_once(list(paths), result, attempts)
                 break
             except (GitError, TransientError) as exc:
                 transient = isinstance(exc, TransientError) or _is_transient(exc)
-                if not transient or attempt >= self.config.retry_attempts:
+                if not transient or attempt >= attempts:
                     result.error = str(exc)
+                    result.transient = transient
                     log.warning("sync commit failed: %s", exc)
                     return result
                 attempt += 1
@@ -182,7 +214,7 @@ class Committer:
             result.pushed, result.error = self.push(branch)
         return result
 
-    def _commit_once(self, paths: list[str], result: CommitResult) -> None:
+    def _commit_once(self, paths: list[str], result: CommitResult, attempts: int) -> None:
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
         self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -206,12 +238,18 @@ class Committer:
             try:
                 self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, head or "")
             except GitError:
-                if self.head() != head:
+                current = self.head()
+                if current == new:
+                    # update-ref did its work but died before saying so (killed, say).
+                    log.info("update-ref reported failure but HEAD is the new commit")
+                elif current != head:
                     log.info("HEAD moved during sync; rebuilding on the new HEAD")
                     continue
-                raise
+                else:
+                    raise
             result.commit = new
-            self._reset_user_index(result.paths)
+            self.index_refresh_pending.update(result.paths)
+            self.refresh_user_index(attempts)
             return
         raise TransientError("HEAD kept moving during the sync")
 
@@ -249,19 +287,26 @@ class Committer:
         lines += ["", TRAILER, ""]
         return "\n".join(lines)
 
-    def _reset_user_index(self, paths) -> None:
-        """Make the user's index match the new HEAD for the committed paths only."""
+    def refresh_user_index(self, attempts: int | None = None) -> bool:
+        """Make the user's index match HEAD for the committed paths only; True when no
+        refresh is left pending.  ``attempts=0``: one try, the rest kept for later."""
+        if not self.index_refresh_pending:
+            return True
+        attempts = self.config.retry_attempts if attempts is None else attempts
+        paths = sorted(self.index_refresh_pending)
         attempt = 0
         while True:
             try:
                 self._git("reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul",
                           input=_nul_joined(paths))
-                return
+                self.index_refresh_pending.difference_update(paths)
+                return True
             except GitError as exc:
-                if not _is_transient(exc) or attempt >= self.config.retry_attempts:
-                    # The commit stands; the index only shows the paths as staged changes.
-                    log.warning("commit made but the index was not refreshed: %s", exc)
-                    return
+                if not _is_transient(exc) or attempt >= attempts:
+                    # The commit stands; until refreshed the index shows the paths as staged
+                    # changes, so the paths stay pending and a later call tries again.
+                    log.warning("commit made but the index was not refreshed yet: %s", exc)
+                    return False
                 attempt += 1
                 self.retries += 1
                 self.sleep(self.config.retry_backoff * attempt)
@@ -276,11 +321,137 @@ class Committer:
             return False, "push: HEAD is detached"
         ref = f"refs/heads/{branch}"
         try:
-            self._git("push", "-q", self.config.remote, f"{ref}:{ref}", timeout=_PUSH_TIMEOUT)
+            self._push_ref(ref)
         except GitError as exc:
-            log.warning("push failed; the commit stays local: %s", exc)
-            return False, f"push failed: {exc}"
+            if not any(marker in exc.stderr for marker in _REJECTED_MARKERS):
+                log.warning("push failed; the commit stays local: %s", exc)
+                return False, f"push failed: {exc}"
+            log.info("push rejected: the remote moved; integrating its commits (%s)",
+                     self.config.pull_strategy)
+            try:
+                self.integrate_remote(branch)
+                self._push_ref(ref)
+            except PushConflict as conflict:
+                self.push_conflict = str(conflict)
+                log.warning("push stopped: %s; commits continue locally", conflict)
+                return False, f"push stopped: {conflict}"
+            except (GitError, TransientError) as exc:
+                log.warning("push failed after integrating the remote: %s", exc)
+                return False, f"push failed: {exc}"
+        self.push_conflict = ""
         return True, ""
+
+    def _push_ref(self, ref: str) -> None:
+        # Not --porcelain: the ref table, "[rejected]" included, then goes to stderr, which
+        # GitError keeps (advice hints may be switched off, the table may not).
+        self._git("push", "-q", self.config.remote, f"{ref}:{ref}", timeout=_PUSH_TIMEOUT)
+
+    # ----- integrating a remote that moved --------------------------------------------------
+    def _is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        try:
+            self._git("merge-base", "--is-ancestor", ancestor, descendant)
+        except GitError as exc:
+            if exc.exit_code == 1:
+                return False
+            raise
+        return True
+
+    def integrate_remote(self, branch: str) -> str:
+        """Fetch the remote branch and put the local commits on top of it (or merge);
+        return the new HEAD.  Raises PushConflict (nothing changed) when it needs a
+        person, TransientError on a lock or race, GitError otherwise."""
+        remote, ref = self.config.remote, f"refs/heads/{branch}"
+        tracking = f"refs/remotes/{remote}/{branch}"
+        self._git("fetch", "-q", "--no-tags", remote, f"+{ref}:{tracking}",
+                  timeout=_PUSH_TIMEOUT)
+        upstream = self._text("rev-parse", "--verify", "-q", f"{tracking}^{{commit}}")
+        old = self.head()
+        if old is None or self._is_ancestor(upstream, old):
+            return old or upstream  # nothing to integrate: the push can go again
+        try:
+            self._text("merge-base", old, upstream)
+        except GitError:
+            raise PushConflict("the remote branch shares no history with the local one") \
+                from None
+        if self._is_ancestor(old, upstream):
+            new = upstream  # nothing local to keep: a fast-forward
+        elif self.config.pull_strategy == "merge" or self._text(
+                "rev-list", "--min-parents=2", old, f"^{upstream}"):
+            new = self._merge_commit(old, upstream, tracking)  # merges replay badly
+        else:
+            new = self._replay(old, upstream)
+        self._move_head(old, new)
+        self.integrations += 1
+        return new
+
+    def _merged_tree(self, ours: str, theirs: str) -> str:
+        """Tree of the three-way merge of two commits (base: their merge base)."""
+        # subprocess rather than gitutil.run: on a conflict (exit 1) the conflicted paths
+        # are on stdout, which GitError does not keep.
+        result = subprocess.run(
+            ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", ours,
+             theirs], cwd=self.root, env=gitutil.git_env(), capture_output=True)
+        lines = result.stdout.decode("utf-8", "surrogateescape").splitlines()
+        if result.returncode == 1 and lines:
+            shown = ", ".join(sorted(set(line for line in lines[1:] if line))[:10])
+            raise PushConflict(f"conflict with the remote on {shown or 'unknown paths'}")
+        if result.returncode != 0 or not lines:
+            raise GitError(["merge-tree", "--write-tree", ours, theirs], result.returncode,
+                           result.stderr.decode("utf-8", "replace"))
+        return lines[0]
+
+    def _replay(self, old: str, upstream: str) -> str:
+        """Cherry-pick each local commit (old ^upstream) onto upstream, keeping authors."""
+        commits = self._text("rev-list", "--reverse", "--topo-order", old,
+                             f"^{upstream}").split()
+        current = upstream
+        identity = self._identity_env()
+        for commit in commits:
+            parent = self._text("rev-parse", f"{commit}^")
+            # A throwaway commit with current's tree whose only parent is the picked
+            # commit's parent: its merge base with the picked commit is exactly that
+            # parent, which makes merge-tree (no --merge-base before git 2.40) a cherry-pick.
+            base = self._text("commit-tree", f"{current}^{{tree}}", "-p", parent, "-m",
+                              "gitsieve: replay base", env=identity)
+            tree = self._merged_tree(base, commit)
+            name, email, date = self._text(
+                "log", "-1", "--format=%an%x00%ae%x00%at %ad", "--date=format:%z",
+                commit).split("\0")
+            seconds, zone = date.split()
+            message = self._git("log", "-1", "--format=%B", commit)
+            env = {**identity, "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+                   "GIT_AUTHOR_DATE": f"@{seconds} {zone}"}
+            current = self._text("commit-tree", tree, "-p", current, "-F", "-",
+                                 input=message, env=env)
+        return current
+
+    def _merge_commit(self, old: str, upstream: str, tracking: str) -> str:
+        tree = self._merged_tree(old, upstream)
+        message = f"gitsieve: merge {tracking}\n\n{TRAILER}\n"
+        return self._text("commit-tree", tree, "-p", old, "-p", upstream, "-F", "-",
+                          input=message.encode(), env=self._identity_env())
+
+    def _move_head(self, old: str, new: str) -> None:
+        """Move index, work tree and HEAD from ``old`` to ``new``; all or nothing."""
+        if (self.config.git_dir / "index.lock").exists():
+            raise TransientError("index.lock exists: another git command is running")
+        try:
+            self._git("read-tree", "-m", "-u", old, new)
+        except GitError as exc:
+            if _is_transient(exc):
+                raise TransientError(str(exc)) from None
+            # Two-way merge refused (a local modification would be overwritten): it
+            # changed nothing.
+            detail = " ".join(exc.stderr.split())[:300]
+            raise PushConflict(f"the remote changes files modified here: {detail}") from None
+        try:
+            self._git("update-ref", "-m", "gitsieve: integrate remote", "HEAD", new, old)
+        except GitError:
+            if self.head() == new:
+                return  # done, though update-ref died before saying so
+            # HEAD moved meanwhile (a user commit): put index and work tree back.
+            self._git("read-tree", "-m", "-u", new, old)
+            raise TransientError("HEAD moved while integrating the remote") from None
 
     def unpushed(self) -> bool:
         """Whether the branch has commits its remote-tracking ref does not (a push failed

@@ -6,18 +6,24 @@ here touches git or the file system except :func:`git_blob_id`, which hashes a f
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
 from common.messages import Change
+from common.rules import editor_junk
 
 USER, SYSTEM, UNCHANGED = "USER", "SYSTEM", "UNCHANGED"
 # Bigger files are compared as bytes only: parsing them would stall a worker.
 SIZE_CAP = 5 * 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
+# Like git: a NUL in the first 8000 bytes makes a file binary (compared by hash only).
+_BINARY_SNIFF = 8000
+_TOKEN = "\0volatile\0"
 
 
 @dataclass(frozen=True)
@@ -52,23 +58,130 @@ def _parse_json(data: bytes):
         return _NOT_JSON
 
 
+_MISSING = object()
+
+
+def _equal_except(head, work, drop: frozenset, changed: set) -> bool:
+    """True when ``head`` and ``work`` are equal outside the keys in ``drop`` (at any
+    depth); the dropped keys whose values differ are added to ``changed``.  Equal subtrees
+    are skipped at C speed (``==``), so only the way to a difference is walked."""
+    if head == work:
+        return True
+    if isinstance(head, dict) and isinstance(work, dict):
+        for key in head.keys() | work.keys():
+            old, new = head.get(key, _MISSING), work.get(key, _MISSING)
+            if key in drop:
+                if old != new:
+                    changed.add(key)
+            elif old is _MISSING or new is _MISSING or not _equal_except(old, new, drop,
+                                                                          changed):
+                return False
+        return True
+    if isinstance(head, list) and isinstance(work, list) and len(head) == len(work):
+        return all(_equal_except(old, new, drop, changed) for old, new in zip(head, work))
+    return False
+
+
+# HEAD's side is the same bytes object change after change (the layer caches it), so its
+# parsed form is kept too; bytes cache their hash, a hit costs one memcmp.
+_PARSED_CACHE_MAX_BYTES = 1024 * 1024
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_cached(data: bytes):
+    return _parse_json(data)
+
+
+def _parse_head_json(data: bytes):
+    """The parsed HEAD version; callers never mutate it (strip/compare build new values)."""
+    if len(data) > _PARSED_CACHE_MAX_BYTES:
+        return _parse_json(data)
+    return _parse_cached(data)
+
+
 def _json_verdict(head, work, volatile_keys: tuple[str, ...]) -> ContentVerdict | None:
     """SYSTEM when the documents match once volatile keys are gone; None when they differ."""
-    if strip_volatile(head, volatile_keys) != strip_volatile(work, volatile_keys):
+    changed: set[str] = set()
+    if not _equal_except(head, work, frozenset(volatile_keys), changed):
         return None
-    # Name the volatile keys that actually differ: those whose removal was needed.
-    changed = [key for key in volatile_keys
-               if strip_volatile(head, set(volatile_keys) - {key})
-               != strip_volatile(work, set(volatile_keys) - {key})]
     if not changed:
         return ContentVerdict(SYSTEM, "same JSON data, only formatting changed")
-    return ContentVerdict(SYSTEM, f"only volatile keys changed: {', '.join(changed)}")
+    named = [key for key in volatile_keys if key in changed]
+    return ContentVerdict(SYSTEM, f"only volatile keys changed: {', '.join(named)}")
+
+
+def compile_volatile(patterns: Iterable[str]) -> re.Pattern | None:
+    """One regex matching any of ``config.text_volatile_patterns`` (None: no patterns)."""
+    patterns = tuple(patterns)
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+
+
+def is_binary(data: bytes) -> bool:
+    return b"\0" in data[:_BINARY_SNIFF]
+
+
+# Volatile tokens are far shorter than this; the windows compared around the differing
+# region extend this far into the common text so a token cut at an edge is cut alike.
+_TOKEN_MARGIN = 96
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix, by bisection over slice comparisons (memcmp)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    low, high = 0, limit
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[len(a) - middle:] == b[len(b) - middle:]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _volatile_only(head: bytes, work: bytes, volatile: re.Pattern | None) -> bool:
+    """True when the texts are equal once every volatile token is masked.  Only the region
+    between the common prefix and suffix (plus a margin) is masked: a regex pass over a
+    whole large file costs tens of milliseconds."""
+    if volatile is None:
+        return False
+    prefix = _common_prefix(head, work)
+    suffix = _common_suffix(head, work, min(len(head), len(work)) - prefix)
+    start = max(0, prefix - _TOKEN_MARGIN)
+    head_window = head[start:len(head) - max(0, suffix - _TOKEN_MARGIN)]
+    work_window = work[start:len(work) - max(0, suffix - _TOKEN_MARGIN)]
+    try:
+        head_text, work_text = head_window.decode("utf-8"), work_window.decode("utf-8")
+    except UnicodeDecodeError:  # a window may cut a multi-byte character: whole texts then
+        try:
+            head_text, work_text = head.decode("utf-8"), work.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return volatile.sub(_TOKEN, head_text) == volatile.sub(_TOKEN, work_text)
 
 
 def classify(path: str, head: bytes | None, work: bytes | None,
-             volatile_keys: Iterable[str] = (), size_cap: int = SIZE_CAP) -> ContentVerdict:
+             volatile_keys: Iterable[str] = (), size_cap: int = SIZE_CAP,
+             volatile: re.Pattern | None = None,
+             user_writer: bool = False) -> ContentVerdict:
     """Decide a change from HEAD's bytes (None: not in HEAD) and the work tree's
-    (None: deleted)."""
+    (None: deleted).  ``volatile``: :func:`compile_volatile` of the text patterns.
+    ``user_writer``: L2 positively named a user process as the writer, so only junk and
+    "no change at all" are refused (the user's timestamp-only edit is still theirs)."""
+    junk = editor_junk(path)
+    if junk:
+        return ContentVerdict(SYSTEM, f"never committed: {junk}")
     if work is None:
         if head is None:
             return ContentVerdict(UNCHANGED, "never committed")
@@ -77,11 +190,22 @@ def classify(path: str, head: bytes | None, work: bytes | None,
         return ContentVerdict(USER, "new file")
     if head == work:
         return ContentVerdict(UNCHANGED, "identical to HEAD")
+    if user_writer:
+        return ContentVerdict(USER, "changed by a user process")
     if len(head) > size_cap or len(work) > size_cap:
         return ContentVerdict(USER, f"content changed (over {size_cap} bytes: "
                               "compared as bytes only)")
+    if path.endswith(".log") and work.startswith(head):
+        return ContentVerdict(SYSTEM, f"log grew by {len(work) - len(head)} bytes "
+                              "(append-only)")
+    if is_binary(head) or is_binary(work):
+        return ContentVerdict(USER, "binary content changed (sha256 "
+                              f"{hashlib.sha256(head).hexdigest()[:12]} -> "
+                              f"{hashlib.sha256(work).hexdigest()[:12]})")
+    if _volatile_only(head, work, volatile):  # cheap: masks only the differing region
+        return ContentVerdict(SYSTEM, "only timestamp/uuid-like tokens changed")
     keys = tuple(volatile_keys)
-    head_doc = _parse_json(head)
+    head_doc = _parse_head_json(head)
     work_doc = _parse_json(work) if head_doc is not _NOT_JSON else _NOT_JSON
     # Not JSON on one side or both: the text rules below decide.
     if head_doc is not _NOT_JSON and work_doc is not _NOT_JSON:
@@ -92,9 +216,6 @@ def classify(path: str, head: bytes | None, work: bytes | None,
             except RecursionError:  # too deep to compare (json.loads allows more): as text
                 found = ContentVerdict(USER, "content changed (JSON too deep to compare)")
             return found or ContentVerdict(USER, "JSON data changed")
-    if path.endswith(".log") and work.startswith(head):
-        return ContentVerdict(SYSTEM, f"log grew by {len(work) - len(head)} bytes "
-                              "(append-only)")
     return ContentVerdict(USER, "content changed")
 
 
@@ -121,3 +242,26 @@ def l1_action(change: Change) -> str:
                 return verdict
     return "ANALYZE"
 
+
+
+def masked_digest(path: str, data: bytes | None, volatile_keys: Iterable[str] = (),
+                  volatile: re.Pattern | None = None, size_cap: int = SIZE_CAP) -> str | None:
+    """A digest of ``data`` blind to what the rules call volatile (JSON ``volatile_keys``,
+    timestamp/uuid-like tokens), so two versions that differ only there share it.  None for
+    binary, oversized, undecodable or absent data."""
+    if data is None or len(data) > size_cap or is_binary(data):
+        return None
+    doc = _parse_json(data) if path.endswith(".json") or data[:1] in (b"{", b"[") else _NOT_JSON
+    if doc is not _NOT_JSON and isinstance(doc, (dict, list)):
+        try:
+            text = json.dumps(strip_volatile(doc, tuple(volatile_keys)), sort_keys=True)
+        except (RecursionError, ValueError):  # too deep for a canonical form: no digest
+            return None
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if volatile is not None:
+        text = volatile.sub(_TOKEN, text)
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()

@@ -71,3 +71,56 @@ class RateLimiter:
     def recent_count(self, now: float | None = None, window: float = HOUR) -> int:
         now = self.clock() if now is None else now
         return len(self._times) - bisect.bisect_right(self._times, now - window)
+
+
+class RunawayGuard:
+    """Caps how often one path may be committed: something rewriting a path forever past
+    the filters gets at most ``limit`` commits of it per ``window`` seconds.
+
+    Like :class:`RateLimiter` it only delays: a capped path stays held (its latest content
+    is committed once the cap allows), and :meth:`runaways` names the capped paths for
+    status.  ``limit`` 0 disables the cap.
+    """
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.time):
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._times: dict[str, list[float]] = {}  # path -> sorted commit times in the window
+
+    def record(self, paths: Iterable[str], moment: float | None = None) -> None:
+        moment = self.clock() if moment is None else moment
+        if self.limit <= 0:
+            return
+        for path in paths:
+            bisect.insort(self._times.setdefault(path, []), moment)
+        self._forget(moment)
+
+    def _forget(self, now: float) -> None:
+        for path in list(self._times):
+            times = self._times[path]
+            cut = bisect.bisect_right(times, now - self.window)
+            if cut:
+                del times[:cut]
+            if not times:
+                del self._times[path]
+
+    def wait_time(self, path: str, now: float | None = None) -> float:
+        """Seconds until ``path`` may be committed again (0: now)."""
+        if self.limit <= 0:
+            return 0.0
+        now = self.clock() if now is None else now
+        times = self._times.get(path)
+        if not times:
+            return 0.0
+        start = bisect.bisect_right(times, now - self.window)
+        recent = times[start:]
+        if len(recent) < self.limit:
+            return 0.0
+        return max(0.0, recent[len(recent) - self.limit] + self.window - now)
+
+    def runaways(self, now: float | None = None) -> dict[str, int]:
+        """Capped paths -> commits of each in the window."""
+        now = self.clock() if now is None else now
+        return {path: len(times) for path, times in self._times.items()
+                if self.wait_time(path, now) > 0}

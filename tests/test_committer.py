@@ -115,25 +115,112 @@ def test_temp_file_renamed_away_is_dropped_without_error(workspace):
     assert result.error == "" and result.commit is None
 
 
-def test_never_force_push_keeps_local_commit(workspace, tmp_path):
-    other = tmp_path / "other"
-    git(tmp_path, "clone", "-q", str(workspace.remote), str(other))
-    (other / "theirs.txt").write_text("moved the remote\n")
+def other_clone_pushes(workspace, tmp_path, files: dict, name="other") -> str:
+    """A second clone commits ``files`` and pushes first; returns its commit."""
+    other = tmp_path / name
+    if not other.exists():
+        git(tmp_path, "clone", "-q", str(workspace.remote), str(other))
+    git(other, "pull", "-q", "--ff-only")
+    for rel, text in files.items():
+        (other / rel).parent.mkdir(parents=True, exist_ok=True)
+        (other / rel).write_text(text)
     git(other, "add", "-A")
-    git(other, "commit", "-q", "-m", "remote moves")
+    git(other, "commit", "-q", "-m", f"remote moves: {', '.join(files)}")
     git(other, "push", "-q", "origin", "main")
-    remote_before = workspace.remote_head()
+    return git(other, "rev-parse", "HEAD").strip()
+
+
+def test_second_clone_pushed_first_rebase_then_push(workspace, tmp_path):
+    theirs = other_clone_pushes(workspace, tmp_path, {"theirs.txt": "moved the remote\n"})
     workspace.write("mine.txt", "local\n")
+    workspace.write("churn.json", '{"dirty": "never committed"}\n')  # unrelated, dirty
+    workspace.write("staged.txt", "staged by the user\n")
+    workspace.git("add", "staged.txt")
+    before = workspace.head()
+    workspace.git("config", "advice.pushUpdateRejected", "false")  # no hint to rely on
 
     committer = make(workspace)
     result = committer.commit(["mine.txt"])
 
-    assert result.commit == workspace.head()
-    assert not result.pushed
+    assert result.pushed and result.error == "", result.error
+    assert committer.integrations == 1 and committer.push_conflict == ""
+    head = workspace.head()
+    assert workspace.remote_head() == head  # both histories on the remote, never forced
+    assert workspace.git("rev-parse", "HEAD^").strip() == theirs  # linear: replayed on top
+    assert workspace.git("merge-base", "--is-ancestor", before, "HEAD", check=False) == ""
+    assert {"theirs.txt", "mine.txt"} <= workspace.files_at()
+    assert "Synced-by: gitsieve" in workspace.git("log", "-1", "--format=%B")
+    # The work tree got the remote's file; the user's dirty and staged files are untouched.
+    assert workspace.path("theirs.txt").read_text() == "moved the remote\n"
+    assert workspace.path("churn.json").read_text() == '{"dirty": "never committed"}\n'
+    status = workspace.git("status", "--porcelain=v1")
+    assert "A  staged.txt" in status and "?? churn.json" in status
+    assert "theirs.txt" not in status and "mine.txt" not in status
+
+
+def test_merge_strategy_makes_a_merge_commit(workspace, tmp_path):
+    theirs = other_clone_pushes(workspace, tmp_path, {"theirs.txt": "t\n"})
+    workspace.write("mine.txt", "m\n")
+    committer = make(workspace, 'pull_strategy = "merge"\n')
+    result = committer.commit(["mine.txt"])
+    assert result.pushed, result.error
+    parents = workspace.git("log", "-1", "--format=%P").split()
+    assert parents == [result.commit, theirs]
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_conflict_with_remote_changes_nothing_and_stops_pushing(workspace, tmp_path):
+    workspace.write("shared.txt", "base\n")
+    first = make(workspace).commit(["shared.txt"])
+    assert first.pushed
+    remote_commit = other_clone_pushes(workspace, tmp_path, {"shared.txt": "theirs\n"})
+    workspace.write("shared.txt", "mine\n")
+    committer = make(workspace)
+    result = committer.commit(["shared.txt"])
+    assert result.commit == workspace.head()  # the local commit stays
+    assert not result.pushed and "conflict" in result.error and "shared.txt" in result.error
+    assert "shared.txt" in committer.push_conflict
+    assert workspace.remote_head() == remote_commit  # nothing overwritten remotely
+    assert workspace.path("shared.txt").read_text() == "mine\n"
+    assert workspace.git("status", "--porcelain=v1") == "?? .gitsieve.toml\n"
+    assert not (workspace.path(".git") / "index.lock").exists()
+    # Commits continue locally meanwhile.
+    workspace.write("later.txt", "l\n")
+    later = committer.commit(["later.txt"])
+    assert later.commit == workspace.head() and not later.pushed
+
+
+def test_remote_change_to_a_locally_modified_file_is_a_conflict(workspace, tmp_path):
+    """read-tree -m -u refuses to overwrite a dirty work tree file: nothing changes."""
+    workspace.write("status.json", "v1\n")
+    assert make(workspace).commit(["status.json"]).pushed
+    other_clone_pushes(workspace, tmp_path, {"status.json": "remote v2\n"})
+    workspace.write("status.json", "local edit, not committed\n")
+    workspace.write("mine.txt", "m\n")
+    before = workspace.head()
+    committer = make(workspace)
+    result = committer.commit(["mine.txt"])
+    assert not result.pushed and "push stopped" in result.error
+    assert workspace.git("rev-parse", "HEAD^").strip() == before  # only the local commit
+    assert workspace.path("status.json").read_text() == "local edit, not committed\n"
+    # Once the local modification is gone, integration succeeds and the push goes through.
+    workspace.git("checkout", "--", "status.json")
+    pushed, error = committer.push()
+    assert pushed, error
+    assert committer.push_conflict == ""
+    assert workspace.remote_head() == workspace.head()
+    assert workspace.path("status.json").read_text() == "remote v2\n"
+
+
+def test_push_is_never_forced_when_remote_rejects_for_other_reasons(workspace):
+    hook = workspace.remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho refusing >&2\nexit 1\n")
+    hook.chmod(0o755)
+    remote_before = workspace.remote_head()
+    workspace.write("mine.txt", "local\n")
+    result = make(workspace).commit(["mine.txt"])
+    assert result.commit == workspace.head() and not result.pushed
     assert "push failed" in result.error
-    assert workspace.remote_head() == remote_before  # nothing overwritten
-    pushed, error = committer.push()  # a later retry fails the same way, still unforced
-    assert not pushed and "push failed" in error
     assert workspace.remote_head() == remote_before
 
 
@@ -261,3 +348,40 @@ def test_unborn_branch_first_commit(tmp_path):
     assert git(root, "ls-tree", "-r", "--name-only", "HEAD").split() == ["first.txt"]
     assert git(root, "rev-list", "--count", "HEAD").strip() == "1"
     assert result.statuses == {"first.txt": "A"}
+
+
+def test_attempts_zero_returns_at_once_marked_transient(workspace):
+    workspace.write("a.txt", "a\n")
+    workspace.path(".git/index.lock").write_text("")
+    committer = make(workspace)
+    committer.sleep = lambda seconds: (_ for _ in ()).throw(AssertionError("slept"))
+    result = committer.commit(["a.txt"], attempts=0)
+    assert result.commit is None and result.transient and "index.lock" in result.error
+    workspace.path(".git/index.lock").unlink()
+    result = committer.commit(["a.txt"], attempts=0)
+    assert result.commit == workspace.head() and not result.transient
+
+
+def test_index_refresh_left_pending_when_the_lock_is_taken_then_done(workspace):
+    """The commit stands even when the user's index cannot be refreshed right away."""
+    workspace.write("a.txt", "a\n")
+    committer = make(workspace, 'remote = ""\n')
+    original = committer._git
+
+    locked = []
+
+    def lock_before_reset(*args, **kwargs):
+        # The user's git takes index.lock just before the committer resets the index.
+        if args and args[0] == "reset" and not locked:
+            locked.append(True)
+            workspace.path(".git/index.lock").write_text("")
+        return original(*args, **kwargs)
+
+    committer._git = lock_before_reset
+    result = committer.commit(["a.txt"], attempts=0)
+    assert result.commit == workspace.head() and result.error == ""
+    assert committer.index_refresh_pending == {"a.txt"}
+    workspace.path(".git/index.lock").unlink()
+    assert committer.refresh_user_index(attempts=0)
+    assert committer.index_refresh_pending == set()
+    assert workspace.git("status", "--porcelain=v1", "a.txt") == ""

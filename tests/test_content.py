@@ -143,11 +143,14 @@ def test_deep_volatile_key_is_found():
     assert classify("deep.json", nested(50, 1), nested(50, 2), VOLATILE).verdict == SYSTEM
 
 
-def test_json_too_deep_to_compare_is_user_not_a_crash():
-    # parses, but comparing it would exceed Python's recursion limit
+def test_very_deep_json_is_compared_without_a_crash():
+    # near the parser's own depth limit: compared (equal subtrees are skipped at C speed);
+    # a RecursionError would still give USER "JSON too deep to compare", never a crash
     verdict = classify("deep.json", nested(900, 1), nested(900, 2), VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (USER, "content changed (JSON too deep to "
-                                                       "compare)")
+    assert (verdict.verdict, verdict.reason) == (SYSTEM, "only volatile keys changed: "
+                                                         "timestamp")
+    changed = nested(900, 1).replace(b'"a":{"timestamp"', b'"b":{"timestamp"')
+    assert classify("deep.json", nested(900, 1), changed, VOLATILE).verdict == USER
 
 
 def test_non_utf8_json_file_is_text():
@@ -228,3 +231,68 @@ def test_l1_action_reads_the_trail():
         == "ANALYZE"
 
 
+
+
+# ----- issue 3: volatile text, junk, the user's own writes, masked digests ------------------
+from common.content import compile_volatile, masked_digest  # noqa: E402
+from common.config import _SCHEMA  # noqa: E402
+
+VOLATILE_TEXT = compile_volatile(_SCHEMA[("filter", "text_volatile_patterns")][1])
+T1, T2 = "2024-05-01T10:00:00.123+00:00", "2024-05-02T11:30:59.9Z"
+U1, U2 = "0b8f6c1e-3d2a-4f5b-9c8d-7e6f5a4b3c2d", "9a1b2c3d-4e5f-4a6b-8c7d-6e5f4a3b2c1d"
+
+
+@pytest.mark.parametrize("head, work", [
+    (f"built {T1}\n", f"built {T2}\n"),
+    (f"run {U1} ok\n", f"run {U2} ok\n"),
+    ("epoch 1714557600\n", "epoch 1714557999.25\n"),
+    ("at 10:00:01\n", "at 23:59:59.5\n"),
+])
+def test_text_differing_only_in_volatile_tokens_is_system(head, work):
+    found = classify("status.txt", head.encode(), work.encode(), VOLATILE, volatile=VOLATILE_TEXT)
+    assert (found.verdict, found.reason) == (SYSTEM, "only timestamp/uuid-like tokens changed")
+
+
+def test_text_with_a_real_change_beside_a_timestamp_is_user():
+    found = classify("s.txt", f"a {T1}\n".encode(), f"b {T2}\n".encode(), VOLATILE,
+                     volatile=VOLATILE_TEXT)
+    assert found.verdict == USER
+    assert classify("s.txt", f"a {T1}".encode(), f"a {T2}".encode()).verdict == USER  # no patterns
+
+
+def test_json_timestamp_value_under_a_non_volatile_key_is_system():
+    head, work = as_json({"updated": T1, "n": 1}), as_json({"updated": T2, "n": 1})
+    assert classify("a.json", head, work, VOLATILE, volatile=VOLATILE_TEXT).verdict == SYSTEM
+    assert classify("a.json", head, as_json({"updated": T2, "n": 2}), VOLATILE,
+                    volatile=VOLATILE_TEXT).verdict == USER
+
+
+@pytest.mark.parametrize("name", [".a.swp", ".a.swx", "a~", "4913", ".#a", ".goutputstream-Q",
+                                  "a.tmp", "a.bak", "a.orig"])
+def test_editor_and_backup_junk_is_never_committed_even_new_or_by_the_user(name):
+    for head in (None, b"old"):
+        found = classify(f"dir/{name}", head, b"new", VOLATILE, user_writer=True)
+        assert found.verdict == SYSTEM and "never committed" in found.reason
+
+
+def test_a_user_writer_is_committed_even_for_timestamp_only_changes():
+    head, work = f"at {T1}\n".encode(), f"at {T2}\n".encode()
+    assert classify("m.md", head, work, VOLATILE, volatile=VOLATILE_TEXT,
+                    user_writer=True).verdict == USER
+    assert classify("m.md", head, head, VOLATILE, user_writer=True).verdict == UNCHANGED
+
+
+def test_binary_changes_are_user_and_named_by_hash():
+    found = classify("x.bin", b"\0a", b"\0b", VOLATILE, volatile=VOLATILE_TEXT)
+    assert found.verdict == USER and "sha256" in found.reason
+
+
+def test_masked_digest_ignores_volatile_tokens_and_keys_only():
+    same = [masked_digest("s.md", f"x {T1}\n".encode(), VOLATILE, VOLATILE_TEXT),
+            masked_digest("s.md", f"x {T2}\n".encode(), VOLATILE, VOLATILE_TEXT)]
+    assert same[0] == same[1] and same[0] is not None
+    assert masked_digest("s.md", b"y\n", VOLATILE, VOLATILE_TEXT) != same[0]
+    assert masked_digest("a.json", as_json({"timestamp": 1, "k": 1}), VOLATILE) == \
+        masked_digest("a.json", as_json({"k": 1, "timestamp": 2}), VOLATILE)
+    assert masked_digest("b.bin", b"\0\1", VOLATILE) is None
+    assert masked_digest("big.txt", b"x" * 10, VOLATILE, size_cap=5) is None

@@ -237,8 +237,10 @@ def test_real_l3_decides_by_content(workspace, actors):
         into_l3.send(messages.encode(change("docs/plan.md", seq=2)))
         user = recv(decisions)
         assert (user.path, user.commit) == ("docs/plan.md", True)
-        assert user.trail[-1] == {"layer": "L3", "verdict": "USER",
-                                  "reason": "content changed"}
+        step = user.trail[-1]
+        assert {key: step[key] for key in ("layer", "verdict", "reason")} == {
+            "layer": "L3", "verdict": "USER", "reason": "content changed"}
+        assert len(step["masked"]) == 40  # the version's digest blind to volatile tokens
 
         report = CommitReport(batch_ids=(1,), paths=("docs/plan.md",), commit="0" * 40,
                               pushed=True, error="", finished=time.time())

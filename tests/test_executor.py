@@ -245,3 +245,119 @@ def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
         assert executor.extra_status()["pushes"] == 1
     finally:
         executor.context.term()
+
+
+# ----- recovery (issue 4): push back-off, commits going on, runaway cap, non-blocking retry --
+def ok_health() -> HealthStatus:
+    return HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="", checked=time.time())
+
+
+def handler_executor(workspace, extra: str = "", cls=Executor) -> Executor:
+    workspace.config(BASE_CONFIG + extra)
+    executor = cls(workspace.load())
+    executor.batches_in, executor.reports_out = FakeSocket(), FakeSocket()
+    executor.on_health(ok_health())
+    return executor
+
+
+def test_handler_push_backoff_2_4_6_capped_and_commits_continue(workspace):
+    executor = handler_executor(workspace, "push_backoff_max = 5\n[limits]\n"
+                                "cooldown_seconds = 0\n")
+    now = [1000.0]
+    executor.clock = lambda: now[0]
+    hidden = workspace.remote.with_name("away.git")
+    workspace.remote.rename(hidden)
+    try:
+        executor.on_health(ok_health())
+        delays = []
+        for index in range(4):
+            workspace.write(f"f{index}.txt", f"{index}\n")
+            executor.on_batch(Batch(batch_id=index, paths=(f"f{index}.txt",),
+                                    observed=(1.0,), created=1.0))
+            executor.on_tick(0)
+            assert executor.held == {}, executor.held_reason  # committed locally
+            if index == 0:
+                assert executor.push_failures == 1
+            delays.append(round(executor.push_retry_at - now[0], 3))
+            # The push back-off has not expired: the next commit makes no push attempt.
+            now[0] += 0.5
+            executor.on_health(ok_health())
+        assert executor.stats["commits"] == 4 and executor.push_failures == 1
+        assert executor.push_pending
+        # Now let each back-off expire: the retries wait 2, 4, then the cap of 5 s.
+        waits = [delays[0]]
+        for _ in range(3):
+            now[0] = executor.push_retry_at
+            executor.on_health(ok_health())
+            executor.on_tick(0)
+            waits.append(round(executor.push_retry_at - now[0], 3))
+        assert waits == [2.0, 4.0, 5.0, 5.0]
+        assert "push back-off" in executor.current_reason(now[0])
+    finally:
+        hidden.rename(workspace.remote)
+    now[0] = executor.push_retry_at
+    executor.on_health(ok_health())
+    executor.on_tick(0)
+    assert not executor.push_pending and workspace.remote_head() == workspace.head()
+    executor.context.term()
+
+
+class TinyRunawayExecutor(Executor):
+    runaway_limit = 2
+    runaway_window = 3600.0
+
+
+def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n"
+                                "max_commits_per_hour = 0\nmax_commits_per_day = 0\n",
+                                cls=TinyRunawayExecutor)
+    try:
+        for round_number in range(3):
+            workspace.write("status.log", f"rewrite {round_number}\n")
+            executor.on_batch(Batch(batch_id=round_number, paths=("status.log",),
+                                    observed=(1.0,), created=1.0))
+            executor.on_tick(0)
+        assert executor.stats["commits"] == 2
+        assert executor.held == {"status.log": 1.0}  # held, not dropped
+        assert "runaway cap" in executor.held_reason
+        assert executor.recovery_status()["runaways"] == {"status.log": 2}
+        # Other paths still commit while the runaway waits.
+        workspace.write("user.txt", "mine\n")
+        executor.on_batch(Batch(batch_id=9, paths=("user.txt",), observed=(1.0,),
+                                created=1.0))
+        executor.on_tick(0)
+        assert "user.txt" in workspace.files_at() and "status.log" in executor.held
+        assert workspace.show("HEAD:status.log") == "rewrite 1\n"
+        # When the window lets it in again, its latest content is committed.
+        executor.runaway.clock = lambda: time.time() + 3601
+        executor.on_tick(0)
+        assert executor.held == {}
+        assert workspace.show("HEAD:status.log") == "rewrite 2\n"
+    finally:
+        executor.context.term()
+
+
+def test_handler_lock_retry_is_scheduled_not_slept(workspace):
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
+    slept = []
+    executor.committer.sleep = slept.append
+    lock = workspace.path(".git/index.lock")
+    try:
+        lock.write_text("")
+        workspace.write("a.txt", "a\n")
+        executor.on_batch(Batch(batch_id=1, paths=("a.txt",), observed=(1.0,), created=1.0))
+        executor.on_tick(0)
+        assert slept == []  # the loop never slept inside the commit
+        assert executor.held == {"a.txt": 1.0}
+        assert "commit back-off" in executor.held_reason
+        assert 0 < executor.wakeup_in() <= 1.5 * 0.3  # jittered first back-off
+        first = executor.retry_at
+        executor.retry_at = 0.0
+        executor.on_tick(0)
+        assert executor.failures == 2 and executor.retry_at > first - 1  # backing off more
+        lock.unlink()
+        executor.retry_at = 0.0
+        executor.on_tick(0)
+        assert executor.held == {} and "a.txt" in workspace.files_at()
+    finally:
+        executor.context.term()

@@ -144,3 +144,160 @@ def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors):
         sub.close()
         push.close()
         context.term()
+
+
+# ----- recovery checks: fsck, stale index.lock, autonomous restart loops (issue 4) ----------
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from common import integrity  # noqa: E402
+
+
+def run_fsck(runner: integrity.FsckRunner) -> None:
+    runner.next_run = 0.0
+    runner.maybe_start(time.monotonic())
+    runner._thread.join(30)
+
+
+def hide_blob(workspace, rel: str):
+    """Move the loose object of ``rel``'s committed blob away; return a function that
+    puts it back."""
+    blob = workspace.git("rev-parse", f"HEAD:{rel}").strip()
+    path = workspace.path(".git/objects") / blob[:2] / blob[2:]
+    hidden = path.with_name(path.name + ".hidden")
+    path.rename(hidden)
+    return lambda: hidden.rename(path)
+
+
+def test_fsck_detects_a_missing_object_and_recovers(workspace):
+    workspace.write("precious.txt", "data\n")
+    workspace.git("add", "precious.txt")
+    workspace.git("commit", "-q", "-m", "precious")
+    workspace.config("[health]\nfsck_interval = 3600\n")
+    actor = Health(workspace.load())
+    try:
+        run_fsck(actor.fsck)
+        assert actor.fsck.ok is True and actor.evaluate().ok
+        restore = hide_blob(workspace, "precious.txt")
+        run_fsck(actor.fsck)
+        status = actor.evaluate()
+        assert actor.fsck.ok is False and not status.ok
+        assert any(reason.startswith("git fsck failed") for reason in status.reasons)
+        # A failure is re-checked sooner than the interval.
+        assert actor.fsck.next_run - time.monotonic() <= integrity.FSCK_RETRY_AFTER_FAILURE
+        restore()
+        run_fsck(actor.fsck)
+        assert actor.fsck.ok is True and actor.evaluate().ok
+        assert actor.recovery_status()["fsck"]["runs"] == 3
+    finally:
+        actor.fsck.stop()
+        actor.context.term()
+
+
+def test_fsck_failure_in_a_real_process_pauses_and_resumes(workspace, actors):
+    workspace.write("precious.txt", "data\n")
+    workspace.git("add", "precious.txt")
+    workspace.git("commit", "-q", "-m", "precious")
+    workspace.config("[health]\ninterval = 0.3\nfsck_interval = 0.5\n"
+                     "[runtime]\nheartbeat_interval = 0.2\n")
+    config = workspace.load()
+
+    def health_status():
+        try:
+            return control.request(config, "health", "status", timeout=0.5).data
+        except control.Unreachable:
+            return {}
+
+    actors("health", workspace.root)
+    wait_for(lambda: (health_status().get("fsck") or {}).get("ok") is True, 15,
+             message="a passing fsck")
+    restore = hide_blob(workspace, "precious.txt")
+    try:
+        wait_for(lambda: not (health_status().get("health") or {"ok": True})["ok"], 15,
+                 message="fsck failure noticed")
+        assert "fsck" in " ".join(health_status()["health"]["reasons"])
+    finally:
+        restore()
+    wait_for(lambda: (health_status().get("health") or {}).get("ok") is True, 15,
+             message="ok again after a passing fsck")
+
+
+def test_stale_index_lock_is_reported_not_removed_by_default(workspace):
+    workspace.config("[git]\nstale_lock_age = 60\n")
+    actor = Health(workspace.load())
+    lock = workspace.path(".git/index.lock")
+    try:
+        lock.write_text("")
+        actor.run_recovery_checks(time.monotonic())
+        assert actor.evaluate().ok  # young: another git may be about to remove it
+        old = time.time() - 120
+        os.utime(lock, (old, old))
+        actor._next_lock_check = 0.0
+        actor.run_recovery_checks(time.monotonic())
+        status = actor.evaluate()
+        assert not status.ok and any("stale .git/index.lock" in r for r in status.reasons)
+        assert lock.exists()
+    finally:
+        actor.context.term()
+
+
+def test_stale_index_lock_removed_only_when_configured_and_no_live_git(workspace):
+    workspace.config("[git]\nstale_lock_age = 60\nremove_stale_locks = true\n")
+    actor = Health(workspace.load())
+    lock = workspace.path(".git/index.lock")
+    old = time.time() - 120
+    lock.write_text("")
+    os.utime(lock, (old, old))
+    # A live git working in the workspace: the lock may be its own, so it stays.
+    live_git = subprocess.Popen(["git", "cat-file", "--batch"], cwd=workspace.root,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: integrity.git_processes_in(workspace.root), 10,
+                 message="the live git seen")
+        actor.run_recovery_checks(time.monotonic())
+        assert lock.exists() and actor.stale_lock == ""
+        live_git.stdin.close()
+        live_git.wait(10)
+        actor._next_lock_check = 0.0
+        actor.run_recovery_checks(time.monotonic())
+        assert not lock.exists()
+        assert actor.recovery_status()["stale_locks_removed"] == 1
+        assert actor.evaluate().ok
+    finally:
+        if live_git.poll() is None:
+            live_git.kill()
+            live_git.wait()
+        actor.context.term()
+
+
+def test_autonomous_restart_loop_is_reported_and_never_gates(workspace):
+    tag = f"gitsieve-test-agent-{os.getpid()}"
+    workspace.config(f'[filter]\nautonomous_processes = ["{tag}"]\n'
+                     "[health]\nautonomous_restart_limit = 2\nautonomous_restart_window = 60\n")
+    actor = Health(workspace.load())
+    actor.autonomous.sample_every = 0.0
+    started = []
+    try:
+        actor.run_recovery_checks(time.monotonic())  # baseline
+        assert actor.recovery_status()["autonomous"]["looping"] == ""
+        for _ in range(3):  # an agent that dies and is restarted, three times
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                                     tag])
+            started.append(proc)
+            wait_for(lambda: proc.pid in {p.pid for p in integrity.psutil.process_iter()},
+                     5, message="agent listed")
+            actor.run_recovery_checks(time.monotonic())
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        info = actor.recovery_status()["autonomous"]
+        assert info["new_in_window"] == 3
+        assert "restarting in a loop" in info["looping"]
+        assert actor.evaluate().ok  # reported only: the user's commits go on
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        actor.context.term()

@@ -57,11 +57,14 @@ def hold():
         proc.stdout.close()
 
 
-def configure(workspace, tag: str, ttl: float = 0.2):
+def configure(workspace, tag: str, ttl: float = 0.2, attribution: str = "psutil"):
+    """These tests cover the unprivileged techniques (forced even as root);
+    tests/test_attribution_e2e.py and the exact tests below cover fanotify."""
     workspace.config(f"""
         [filter]
         autonomous_processes = ["{tag}"]
         process_cache_ttl = {ttl}
+        attribution = "{attribution}"
         """)
     return workspace.load()
 
@@ -221,3 +224,148 @@ def test_real_l2_survives_garbage_frames(workspace, pipeline):
     assert recv(to_l3).path == "README.md"
     assert control.request(cfg, "router", "status").data["bad_frames"] == 2
     assert control.request(cfg, "l2-01", "status").data["state"] == "running"
+
+
+# ----- exact attribution (fanotify + lineage; root) --------------------------------------
+import os  # noqa: E402
+import shutil  # noqa: E402
+
+exact_only = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+SHORT_LIVED_PARENT = r"""
+import subprocess, sys
+print("ready", flush=True)
+for line in sys.stdin:
+    subprocess.run(["sh", "-c", 'date > "$1"', "sh", line.strip()], check=True)
+    print("done", flush=True)
+"""
+
+
+@pytest.fixture
+def agent(tag):
+    """A long-lived autonomous process spawning a short-lived ``sh -c 'date > f'`` child."""
+    proc = subprocess.Popen([sys.executable, "-c", SHORT_LIVED_PARENT, tag],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+
+    def child_writes(path) -> None:
+        proc.stdin.write(f"{path}\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
+    yield proc, child_writes
+    proc.stdin.close()
+    proc.wait(5)
+    proc.stdout.close()
+
+
+def user_writes(path, text="mine\n", layer=None) -> int:
+    """A user's editor: alive while L2 reads its exec (as the actor's poll loop does)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(sys.argv[2]);"
+         "print('done', flush=True); sys.stdin.read()", str(path), text],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "done"
+    if layer is not None:
+        layer.attributor.drain()
+    proc.communicate("")
+    return proc.pid
+
+
+@exact_only
+def test_exact_short_lived_child_of_an_agent_is_system(workspace, tag, agent, layer_for):
+    proc, child_writes = agent
+    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    assert layer.mode == "fanotify"
+    child_writes(workspace.path("status.txt"))
+    layer.on_change(change("status.txt", seq=4))
+    [decision] = layer.decisions.messages()
+    step = decision.trail[-1]
+    assert (decision.commit, step["verdict"], step["technique"], step["confidence"]) == (
+        False, "SYSTEM", "fanotify", 1.0)
+    assert step["ancestor_pid"] == proc.pid and tag in step["ancestor_cmdline"]
+    assert step["pid"] != proc.pid  # the writer was the child, gone by now
+    # The watcher's second report of the same writes repeats the verdict.
+    layer.on_change(change("status.txt", seq=5))
+    assert layer.decisions.messages()[-1].trail[-1]["repeated"] is True
+
+
+@exact_only
+def test_exact_user_writer_goes_to_l3_marked_user(workspace, tag, agent, layer_for):
+    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    pid = user_writes(workspace.path("notes.md"), layer=layer)
+    layer.on_change(change("notes.md", seq=2))
+    assert layer.decisions.frames == []
+    [forwarded] = layer.to_content.messages()
+    step = forwarded.trail[-1]
+    assert (step["verdict"], step["pid"], step["technique"]) == ("USER", pid, "fanotify")
+
+
+@exact_only
+def test_exact_agent_rewrite_after_the_users_change_was_judged_is_system(
+        workspace, tag, agent, layer_for):
+    """A file both write: the user's change is USER; the agent's later rewrite of the same
+    file is SYSTEM, not "mixed with the user's earlier write"."""
+    _, child_writes = agent
+    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    user_writes(workspace.path("shared.md"), layer=layer)
+    layer.on_change(change("shared.md", seq=1))
+    assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "USER"
+    child_writes(workspace.path("shared.md"))
+    layer.on_change(change("shared.md", seq=2))
+    assert layer.decisions.messages()[-1].trail[-1]["verdict"] == "SYSTEM"
+
+
+@exact_only
+def test_exact_unseen_writer_is_unknown_not_system(workspace, tag, layer_for):
+    workspace.write("before.txt", "written before L2 started\n")
+    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    layer.on_change(change("before.txt"))
+    assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "UNKNOWN"
+
+
+def learned_change(path: str, seq: int = 1) -> Change:
+    step = {**L1_STEP, "learned": True}
+    return change(path, seq=seq, trail=(step,))
+
+
+@exact_only
+def test_learned_path_is_dropped_unless_the_user_wrote_it(workspace, tag, agent, layer_for):
+    _, child_writes = agent
+    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    child_writes(workspace.path("learned.json"))
+    layer.on_change(learned_change("learned.json"))
+    dropped = layer.decisions.messages()[-1]
+    assert dropped.commit is False and dropped.trail[-1]["reason"].startswith("learned:")
+    layer.on_change(learned_change("never-written.json"))  # unknown writer: dropped too
+    assert layer.decisions.messages()[-1].trail[-1]["verdict"] == "UNKNOWN"
+    user_writes(workspace.path("learned.json"), layer=layer)
+    layer.on_change(learned_change("learned.json", seq=3))
+    assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "USER"
+    assert layer.extra_status()["learned_drops"] == 2
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to drop CAP_SYS_ADMIN")
+def test_auto_falls_back_to_psutil_with_one_log_line_without_privilege(workspace, tag):
+    """A real L2 process without CAP_SYS_ADMIN, attribution = "auto"."""
+    cfg = configure(workspace, tag, attribution="auto")
+    config_mod.prepare_runtime_dir(cfg)
+    proc = subprocess.Popen(
+        ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
+         sys.executable, "-m", "actors.process_layer", "--workspace", str(workspace.root),
+         "--instance", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        def status():
+            try:
+                return control.request(cfg, "l2-01", "status", timeout=0.5).data
+            except control.Unreachable:
+                return None
+        data = wait_for(status, 20, message="l2-01 answering")
+        assert data["attribution"] == "psutil"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    fallback = [line for line in err.splitlines() if "exact attribution unavailable" in line]
+    assert len(fallback) == 1 and "not permitted" in fallback[0]
+
+
+from conftest import ROOT  # noqa: E402

@@ -1,0 +1,202 @@
+"""Slow or process-table checks the health monitor runs beside its cheap stat checks.
+
+- :class:`FsckRunner`: ``git fsck --connectivity-only`` every ``fsck_interval`` seconds in
+  a background thread (the health loop stays responsive); a failure pauses commits until a
+  later run passes.
+- :class:`RestartLoopDetector`: counts new pids of processes matching
+  ``autonomous_processes``; more than ``autonomous_restart_limit`` within
+  ``autonomous_restart_window`` means the autonomous system restarts in a loop (reported,
+  never gating commits).
+- :func:`stale_index_lock`: a ``.git/index.lock`` older than ``stale_lock_age`` with no live
+  git process in the workspace; removed only when ``remove_stale_locks`` says so.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import psutil
+
+from common import gitutil
+from common.attribution import AutonomousMatcher
+
+log = logging.getLogger(__name__)
+
+FSCK_RETRY_AFTER_FAILURE = 30.0  # seconds: a failed fsck is re-run sooner than the interval
+_FSCK_TIMEOUT = 3600.0
+
+
+class FsckRunner:
+    """Runs ``git fsck --connectivity-only`` on a schedule, one run at a time, off-thread."""
+
+    def __init__(self, root: Path, interval: float):
+        self.root = root
+        self.interval = interval
+        self.next_run = 0.0  # monotonic; the first run starts at once
+        self.ok: bool | None = None  # None: no run has finished yet
+        self.message = ""
+        self.last_finished = 0.0  # wall clock
+        self.last_duration = 0.0
+        self.runs = 0
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def failure(self) -> str:
+        """The reason commits must pause ('' while fsck passes or has not run yet)."""
+        with self._lock:
+            return f"git fsck failed: {self.message}" if self.ok is False else ""
+
+    def maybe_start(self, now: float) -> None:
+        if self.interval <= 0 or self._stopping or self.running or now < self.next_run:
+            return
+        self._thread = threading.Thread(target=self._run, name="fsck", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                ["git", "fsck", "--connectivity-only", "--no-progress", "--no-dangling"],
+                cwd=self.root, env=gitutil.git_env(), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            output, _ = self._proc.communicate(timeout=_FSCK_TIMEOUT)
+            code = self._proc.returncode
+            text = " ".join(output.decode("utf-8", "replace").split())[:500]
+        except (OSError, subprocess.SubprocessError) as exc:
+            code, text = -1, f"cannot run git fsck: {exc}"
+            if self._proc is not None:
+                self._proc.kill()
+        finally:
+            self._proc = None
+        duration = time.monotonic() - started
+        if self._stopping:
+            return  # killed by stop(): not a verdict on the repository
+        ok = code == 0
+        with self._lock:
+            self.ok, self.runs = ok, self.runs + 1
+            self.message = "" if ok else (text or f"exit {code}")
+            self.last_finished, self.last_duration = time.time(), duration
+        delay = self.interval if ok else min(self.interval, FSCK_RETRY_AFTER_FAILURE)
+        self.next_run = time.monotonic() + delay
+        if ok:
+            log.info("git fsck passed in %.2fs", duration)
+        else:
+            log.error("git fsck failed (exit %s): %s", code, self.message)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"ok": self.ok, "message": self.message, "runs": self.runs,
+                    "last_finished": self.last_finished,
+                    "last_duration": round(self.last_duration, 3), "running": self.running,
+                    "interval": self.interval}
+
+    def stop(self) -> None:
+        """Kill a run in progress (stopping must stay prompt) and wait for the thread."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                log.debug("fsck already exited")  # raced with its normal end
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+class RestartLoopDetector:
+    """New pids of autonomous processes within a trailing window."""
+
+    def __init__(self, patterns, limit: int, window: float, sample_every: float = 1.0):
+        self.matcher = AutonomousMatcher(patterns)
+        self.limit = limit
+        self.window = window
+        self.sample_every = sample_every
+        self.known: set[int] = set()
+        self.starts: deque[tuple[float, int, str]] = deque()  # (monotonic, pid, cmdline)
+        self.baseline_taken = False
+        self.next_sample = 0.0
+        self.own_pid = os.getpid()
+
+    def sample(self, now: float) -> None:
+        if not self.matcher.patterns or now < self.next_sample:
+            return
+        self.next_sample = now + self.sample_every
+        current: dict[int, str] = {}
+        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                name = proc.info["name"] or ""
+            except psutil.Error:
+                continue  # exited while listed: nothing to count
+            if proc.info["pid"] != self.own_pid and self.matcher.matches(cmdline, name):
+                current[proc.info["pid"]] = cmdline
+        if self.baseline_taken:
+            for pid in set(current) - self.known:
+                self.starts.append((now, pid, current[pid][:200]))
+        self.baseline_taken = True
+        self.known = set(current)
+        while self.starts and self.starts[0][0] < now - self.window:
+            self.starts.popleft()
+
+    def looping(self) -> str:
+        """'' or a sentence saying the autonomous system restarts in a loop."""
+        if self.limit <= 0 or len(self.starts) <= self.limit:
+            return ""
+        return (f"autonomous processes restarting in a loop: {len(self.starts)} new "
+                f"processes within {self.window:g}s (limit {self.limit})")
+
+    def status(self) -> dict:
+        return {"running": len(self.known), "new_in_window": len(self.starts),
+                "window": self.window, "limit": self.limit, "looping": self.looping(),
+                "recent": [{"pid": pid, "cmdline": cmd} for _, pid, cmd in
+                           list(self.starts)[-5:]]}
+
+
+def git_processes_in(root: Path) -> list[int]:
+    """Pids of live git processes working in ``root`` (their cwd lies inside it)."""
+    prefix = str(root)
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "cwd"]):
+        try:
+            if proc.info["name"] != "git" and not (proc.info["name"] or "").startswith("git-"):
+                continue
+            cwd = proc.info["cwd"] or ""
+        except psutil.Error:
+            continue  # gone, or not ours to inspect
+        if cwd == prefix or cwd.startswith(prefix + os.sep):
+            found.append(proc.info["pid"])
+    return found
+
+
+def stale_index_lock(root: Path, git_dir: Path, max_age: float,
+                     remove: bool) -> tuple[str, bool]:
+    """(reason, removed): reason is '' when there is no stale index.lock, else a sentence
+    for status; the lock is removed (removed=True, reason '') only when ``remove``.
+    A lock that a live git process in the workspace may hold is never touched."""
+    lock = git_dir / "index.lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return "", False
+    if age < max_age or git_processes_in(root):
+        return "", False  # young, or a git command is running: probably its own lock
+    if remove:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            return "", False  # its owner finished meanwhile
+        log.warning("removed stale %s (%.0fs old, no git process alive)", lock, age)
+        return "", True
+    return (f"stale .git/index.lock ({age:.0f}s old, no git process alive); remove it, "
+            f"or set [git] remove_stale_locks = true"), False

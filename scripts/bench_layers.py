@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Per-layer throughput and latency of the decision layers, printed (no thresholds here).
+
+- L1: paths/s of one pattern-layer worker: the rules alone (junk check + first matching
+  rule), and whole poll rounds of 500 Changes (one ``git check-ignore`` per round).
+- L2: ms per judged change in the privileged path (fanotify + lineage), for files just
+  written by another process (drain, lineage walk, window, verdict, Decision encoded).
+- L3: ms to judge a 100 KB JSON whose only change is a volatile key, HEAD version cached
+  (file read, JSON parse of both sides, comparison), and the pure comparison alone.
+
+Usage: python scripts/bench_layers.py [--paths 200000] [--events 2000] [--rounds 200]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import config as config_mod  # noqa: E402
+from common.accuracy import Capture  # noqa: E402
+from common.messages import Change  # noqa: E402
+
+RULES = r"""
+BLOCK:\.claude/autonomous/.*:status
+BLOCK:logs/.*\.log:logs
+ALLOW:docs/.*\.md:docs
+ALLOW:scripts/.*\.sh:scripts
+ANALYZE:\.claude/contexts/.*:contexts
+"""
+
+
+def make_workspace(base: Path, extra_config: str = "") -> Path:
+    root = base / "ws"
+    root.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    (root / ".gitignore").write_text("*.ignored\n")
+    (root / ".rules.conf").write_text(RULES)
+    (root / ".gitsieve.toml").write_text(
+        f'[filter]\npatterns_file = ".rules.conf"\n{extra_config}')
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=root, check=True, env=env)
+    return root
+
+
+def bench_l1(base: Path, count: int) -> None:
+    from actors.pattern_layer import PatternLayer
+    from common.rules import editor_junk
+    root = make_workspace(base / "l1")
+    layer = PatternLayer(config_mod.load(root))
+    layer.prepare()
+    layer.to_l2, layer.to_decisions = Capture(), Capture()
+    kinds = ("docs/a{}.md", ".claude/contexts/c{}.json", "src/m{}.py", ".claude/autonomous/s{}",
+             "logs/x{}.log", "notes/.n{}.swp")
+    paths = [kinds[i % len(kinds)].format(i) for i in range(count)]
+    started = time.perf_counter()
+    for path in paths:
+        if editor_junk(path) is None:
+            layer.rules.match(path)
+    rules_rate = count / (time.perf_counter() - started)
+    rounds = [paths[i:i + 500] for i in range(0, min(count, 50_000), 500)]
+    started = time.perf_counter()
+    for seq, chunk in enumerate(rounds):
+        for path in chunk:
+            layer.on_change(Change(path=path, kind="write", seq=seq, epoch=1.0, observed=1.0))
+        layer.process_buffer()
+        layer.to_l2.take()
+        layer.to_decisions.take()
+    round_rate = sum(map(len, rounds)) / (time.perf_counter() - started)
+    print(f"L1  rules only:                 {rules_rate:12,.0f} paths/s per worker")
+    print(f"L1  poll rounds of 500 Changes: {round_rate:12,.0f} paths/s per worker "
+          "(decode-free; includes one git check-ignore per round and the Decision/Change "
+          "encoding)")
+
+
+def bench_l2(base: Path, events: int) -> None:
+    if os.geteuid() != 0:
+        print("L2  privileged path: skipped (needs root)")
+        return
+    from actors.process_layer import ProcessLayer
+    tag = f"bench-agent-{os.getpid()}"
+    root = make_workspace(base / "l2", f'autonomous_processes = ["{tag}"]\n'
+                                       'attribution = "fanotify"\n')
+    layer = ProcessLayer(config_mod.load(root), 1)
+    layer.prepare()
+    layer.to_content, layer.decisions = Capture(), Capture()
+    # A long-lived autonomous process (as agents are) writing ``events`` files.
+    writer = ("import sys, pathlib\nroot = pathlib.Path(sys.argv[1])\n"
+              "sys.stdin.readline()\n"
+              "for i in range(int(sys.argv[2])):\n"
+              "    (root / f'.claude/contexts/f{i}.json').write_text('{}')\n"
+              "print('done', flush=True)\nsys.stdin.read()\n")
+    (root / ".claude/contexts").mkdir(parents=True)
+    agent = subprocess.Popen([sys.executable, "-c", writer, str(root), str(events), tag],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    layer.attributor.drain()  # its exec, read while it runs (the actor's poll loop does this)
+    agent.stdin.write("go\n")
+    agent.stdin.flush()
+    agent.stdout.readline()
+    observed = time.time()
+    timings = []
+    for i in range(events):
+        change = Change(path=f".claude/contexts/f{i}.json", kind="write", seq=i, epoch=1.0,
+                        observed=observed)
+        started = time.perf_counter()
+        layer.on_change(change)
+        timings.append(time.perf_counter() - started)
+    verdicts = {message.trail[-1]["verdict"] for message in
+                layer.decisions.take() + layer.to_content.take()}
+    agent.communicate("")
+    layer.attributor.close()
+    timings.sort()
+    print(f"L2  fanotify+lineage, {events} changes: p50 {timings[len(timings) // 2] * 1000:.3f}"
+          f" ms, p99 {timings[int(len(timings) * 0.99)] * 1000:.3f} ms, mean "
+          f"{sum(timings) / len(timings) * 1000:.3f} ms per change (verdicts: "
+          f"{', '.join(sorted(verdicts))}; first change includes draining all {events} "
+          "writes)")
+
+
+def bench_l3(base: Path, rounds: int) -> None:
+    from actors.content_layer import ContentLayer
+    from common.content import classify, compile_volatile
+    root = make_workspace(base / "l3")
+    doc = {"timestamp": "2024-01-01T00:00:00Z", "session_id": "alpha",
+           "items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"], "score": i * 0.5}
+                     for i in range(1050)]}
+    head = json.dumps(doc, indent=1).encode()
+    (root / "big.json").write_bytes(head)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    subprocess.run(["git", "add", "big.json"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "big"], cwd=root, check=True, env=env)
+    cfg = config_mod.load(root)
+    layer = ContentLayer(cfg, 1)
+    layer.setup()
+    layer.decisions = Capture()
+    volatile = compile_volatile(cfg.text_volatile_patterns)
+    change = Change(path="big.json", kind="write", seq=1, epoch=1.0, observed=1.0)
+    variants = (("timestamp", "2024-01-02T00:00:00Z", "token fast path"),
+                ("session_id", "beta", "JSON parse + compare, HEAD parse cached"))
+    for key, value, how in variants:
+        work = json.dumps({**doc, key: value}, indent=1).encode()
+        (root / "big.json").write_bytes(work)
+        layer.on_change(change)  # fills the HEAD cache, as repeated churn on one path does
+        timings, pure = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            layer.on_change(change)
+            timings.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            classify("big.json", head, work, cfg.volatile_keys, volatile=volatile)
+            pure.append(time.perf_counter() - started)
+        verdict = layer.decisions.take()[-1].trail[-1]["verdict"]
+        timings.sort()
+        pure.sort()
+        print(f"L3  {len(work) / 1024:.0f} KB JSON, only {key} changed ({verdict}, {how}): "
+              f"whole judgement p50 {timings[len(timings) // 2] * 1000:.3f} ms, p99 "
+              f"{timings[int(len(timings) * 0.99)] * 1000:.3f} ms; comparison alone p50 "
+              f"{pure[len(pure) // 2] * 1000:.3f} ms")
+    layer.shutdown()
+    for sock in layer._sockets:
+        sock.close(linger=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="gitsieve-bench-") as base:
+        for name in ("l1", "l2", "l3"):
+            (Path(base) / name).mkdir()
+        bench_l1(Path(base), args.paths)
+        bench_l2(Path(base), args.events)
+        bench_l3(Path(base), args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

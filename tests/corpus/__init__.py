@@ -1,0 +1,1 @@
+"""Labelled change cases for ``gitsieve test`` (common.accuracy); see cases.py."""

@@ -1,0 +1,141 @@
+"""The shipped supervisor.conf under a real supervisord, and per-path order with scaled
+workers (a slower worker's older verdict never wins)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import zmq
+
+from common import control, messages
+from common.messages import Decision
+from common.runner import actor_ids
+from conftest import ROOT, wait_for
+
+SUPERVISOR_CONF = ROOT / "supervisor.conf"
+
+
+def supervisor_env(ws) -> dict:
+    return {**os.environ, "GITSIEVE_WORKSPACE": str(ws.root), "GITSIEVE_CONFIG": ""}
+
+
+def statuses(cfg) -> dict:
+    found = {}
+    for actor_id in control.known_actors(cfg):
+        try:
+            data = control.request(cfg, actor_id, "status", timeout=0.5).data
+        except control.Unreachable:
+            continue
+        if data.get("state") == "running":
+            found[actor_id] = data["pid"]
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.mark.skipif(shutil.which("supervisord") is None, reason="supervisord not installed")
+def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worker(workspace):
+    ws = workspace
+    ws.config("""
+        [debounce]
+        allow = 0.2
+        default = 0.3
+        rules = []
+        [limits]
+        cooldown_seconds = 0
+        [health]
+        interval = 0.5
+    """)
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "config")
+    cfg = ws.load()
+    expected = set(actor_ids(cfg))
+    assert {"l2-01", "l2-02", "l3-01", "l3-02"} <= expected  # numprocs = 2 for L2 and L3
+    env = supervisor_env(ws)
+    supervisord = subprocess.Popen(["supervisord", "-c", str(SUPERVISOR_CONF)], cwd=ROOT,
+                                   env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    seen_pids: set[int] = set()
+    try:
+        wait_for(lambda: expected <= set(statuses(cfg)), 40, 0.2, "every actor running")
+        ws.write("first.txt", "one\n")
+        wait_for(lambda: "first.txt" in ws.files_at("HEAD"), 30, 0.1, "the first edit")
+        wait_for(lambda: ws.remote_head() == ws.head(), 30, 0.1, "the first push")
+
+        # kill a layer worker outright; supervisord restarts it, nothing is lost
+        pids = statuses(cfg)
+        seen_pids |= set(pids.values()) | descendants(supervisord.pid)
+        os.kill(pids["l2-01"], signal.SIGKILL)
+        wait_for(lambda: statuses(cfg).get("l2-01") not in (None, pids["l2-01"]), 30, 0.2,
+                 "the killed worker restarted")
+        ws.write("second.txt", "two\n")
+        wait_for(lambda: "second.txt" in ws.files_at("HEAD"), 30, 0.1, "the second edit")
+        wait_for(lambda: ws.remote_head() == ws.head(), 30, 0.1, "the second push")
+        seen_pids |= set(statuses(cfg).values()) | descendants(supervisord.pid)
+    finally:
+        # supervisorctl shutdown is the documented clean stop; SIGTERM if it cannot talk
+        stop = subprocess.run(["supervisorctl", "-c", str(SUPERVISOR_CONF), "shutdown"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        if stop.returncode != 0:
+            supervisord.send_signal(signal.SIGTERM)
+        try:
+            code = supervisord.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(os.getpgid(supervisord.pid), signal.SIGKILL)
+            supervisord.wait()
+            raise
+    assert code == 0
+    assert len(seen_pids) >= len(expected)
+    assert [pid for pid in seen_pids if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
+    assert not (ws.root / ".git/index.lock").exists()
+
+
+def test_a_slower_workers_older_verdict_never_wins(workspace, actors):
+    """Two scaled workers decide the same path; the older verdict arrives last."""
+    workspace.config("[debounce]\nallow = 30\ndefault = 30\nrules = []\n")
+    cfg = workspace.load()
+    actors("debouncer", workspace.root)
+    wait_for(lambda: "debouncer" in statuses(cfg), 20, 0.1, "the debouncer")
+    context = zmq.Context.instance()
+    push = context.socket(zmq.PUSH)
+    push.linger = 0
+    push.connect(cfg.endpoints.decisions)
+    try:
+        def send(path, seq, commit, action):
+            push.send(messages.encode(Decision(
+                path=path, kind="write", seq=seq, epoch=100.0, observed=time.time(),
+                commit=commit, action=action,
+                trail=({"layer": "L3", "verdict": action, "reason": f"seq {seq}"},))))
+
+        # newer "commit" first, the slow worker's older "skip" after it
+        send("user.txt", 7, True, "ANALYZE")
+        send("user.txt", 6, False, "SYSTEM")
+        # newer "skip" first, an older "commit" after it
+        send("agent.json", 9, False, "SYSTEM")
+        send("agent.json", 8, True, "ANALYZE")
+
+        def explained():
+            data = control.request(cfg, "debouncer", "explain",
+                                   {"paths": ["user.txt", "agent.json"]}).data["paths"]
+            done = all(data[p] and data[p]["stale_dropped"] for p in data)
+            return data if done else None
+        data = wait_for(explained, 20, 0.1, "both late verdicts to arrive")
+    finally:
+        push.close(linger=0)
+    assert data["user.txt"]["seq"] == 7 and data["user.txt"]["commit"] is True
+    assert data["user.txt"]["pending"] is True
+    assert data["agent.json"]["seq"] == 9 and data["agent.json"]["commit"] is False
+    assert data["agent.json"]["pending"] is False
+    status = control.request(cfg, "debouncer", "status").data
+    assert status["stale"] == 2 and status["pending"] == 1
