@@ -30,6 +30,21 @@ def git(cwd, *args, check=True) -> str:
     return result.stdout
 
 
+# Sync within a fraction of a second and never wait on limits: what pipeline tests want.
+FAST_CONFIG = """
+[debounce]
+allow = 0.2
+default = 0.3
+rules = []
+[limits]
+cooldown_seconds = 0
+max_commits_per_hour = 100000
+max_commits_per_day = 100000
+[health]
+interval = 0.5
+"""
+
+
 class Workspace:
     """A git work tree with a bare ``origin`` on branch main."""
 
@@ -50,6 +65,12 @@ class Workspace:
         target = self.root / config_mod.CONFIG_NAME
         target.write_text(textwrap.dedent(text))
         return target
+
+    def fast_config(self, extra: str = "") -> None:
+        """FAST_CONFIG plus ``extra`` sections, committed (so the config is no edit)."""
+        self.config(FAST_CONFIG + textwrap.dedent(extra))
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", "config")
 
     def patterns(self, text: str, rel: str = ".claude/sync-filter/system-patterns.conf") -> Path:
         return self.write(rel, textwrap.dedent(text))

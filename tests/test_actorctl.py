@@ -124,23 +124,11 @@ def test_usage_errors_exit_2(workspace):
 # ----- a real gitsieve -----------------------------------------------------------------
 @pytest.fixture
 def running(workspace, tmp_path):
-    workspace.config("""
-        [debounce]
-        allow = 0.2
-        default = 0.3
-        rules = []
-        [limits]
-        cooldown_seconds = 0
-        max_commits_per_hour = 1000
-        max_commits_per_day = 1000
-        [health]
-        interval = 0.5
+    workspace.patterns("BLOCK:status/.*\\.json:agent status files\n")
+    workspace.fast_config("""
         [runtime]
         metrics_interval = 0.5
     """)
-    workspace.patterns("BLOCK:status/.*\\.json:agent status files\n")
-    workspace.git("add", "-A")
-    workspace.git("commit", "-q", "-m", "config")
     workspace.git("push", "-q", "origin", "main")
     gitsieve = Gitsieve(workspace, tmp_path / "run.log")
     try:

@@ -87,18 +87,7 @@ def test_init_outside_a_repository(tmp_path):
 
 @pytest.fixture
 def fast_config(workspace):
-    workspace.config("""
-        [debounce]
-        allow = 0.2
-        default = 0.3
-        rules = []
-        [limits]
-        cooldown_seconds = 0
-        [health]
-        interval = 0.5
-    """)
-    workspace.git("add", "-A")
-    workspace.git("commit", "-q", "-m", "config")
+    workspace.fast_config()
     return workspace
 
 

@@ -46,18 +46,7 @@ def descendants(pid: int) -> set[int]:
 @pytest.mark.skipif(shutil.which("supervisord") is None, reason="supervisord not installed")
 def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worker(workspace):
     ws = workspace
-    ws.config("""
-        [debounce]
-        allow = 0.2
-        default = 0.3
-        rules = []
-        [limits]
-        cooldown_seconds = 0
-        [health]
-        interval = 0.5
-    """)
-    ws.git("add", "-A")
-    ws.git("commit", "-q", "-m", "config")
+    ws.fast_config()
     cfg = ws.load()
     expected = set(actor_ids(cfg))
     assert {"l2-01", "l2-02", "l3-01", "l3-02"} <= expected  # numprocs = 2 for L2 and L3
