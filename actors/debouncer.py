@@ -36,6 +36,22 @@ _PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
 EXPLAIN_PATHS = 10_000  # latest decisions kept for `actorctl explain` (least recent dropped)
 
 
+def judged_by_content_alone(decision: Decision) -> bool:
+    """True when a commit decision rests only on L3 seeing a change by an unknown writer.
+
+    Such a verdict was taken on the file as it was then, against HEAD as it was then; the
+    commit takes the file as it is later, against a HEAD that may have moved (the user's own
+    commit of the same file just landed) -- or the layer read a half-written file.  Those
+    paths are re-checked at commit time.  An ALLOW rule or a writer positively identified as
+    the user is never second-guessed.
+    """
+    steps = [step for step in decision.trail if isinstance(step, dict)]
+    if not steps or steps[-1].get("layer") != "L3":
+        return False
+    return not any(step.get("layer") == "L2" and step.get("verdict") == "USER"
+                   for step in steps)
+
+
 @dataclass
 class PathState:
     newest: tuple[float, int]  # (epoch, seq) of the newest decision seen
@@ -46,6 +62,7 @@ class PathState:
     action: str = ""
     observed: float = 0.0  # earliest ``observed`` among the pending decisions
     quiet: float = 0.0
+    recheck: bool = False  # every pending commit decision came from content alone
 
     def due(self, max_wait: float) -> float:
         return min(self.last_event + self.quiet,
@@ -96,11 +113,14 @@ class Debouncer(Actor):
             self.stats["decisions_skip"] += 1
             return
         self.stats["decisions_commit"] += 1
+        content_only = judged_by_content_alone(decision)
         if not state.pending:
             state.pending, state.first_pending = True, now
             state.observed = decision.observed
+            state.recheck = content_only
         else:
             state.observed = min(state.observed, decision.observed)
+            state.recheck = state.recheck and content_only
         state.last_event = now
         state.action = decision.action
         state.quiet = self.config.debounce_for(decision.path, decision.action)
@@ -122,14 +142,17 @@ class Debouncer(Actor):
         made = 0
         for start in range(0, len(due), MAX_BATCH_PATHS):
             chunk = due[start:start + MAX_BATCH_PATHS]
-            observed = []
+            observed, recheck = [], []
             for path in chunk:
                 state = self.paths[path]
                 state.pending = False
                 observed.append(state.observed)
+                if state.recheck:
+                    recheck.append(path)
                 self.note_batched(path, self.next_batch_id)
             batch = Batch(batch_id=self.next_batch_id, paths=tuple(chunk),
-                          observed=tuple(observed), created=time.time())
+                          observed=tuple(observed), created=time.time(),
+                          recheck=tuple(recheck))
             self.next_batch_id += 1
             self.backlog.append(messages.encode(batch))
             self.stats["batches"] += 1

@@ -52,6 +52,7 @@ class Executor(Actor):
         self.limiter = RateLimiter(config.max_commits_per_hour, config.max_commits_per_day,
                                    config.cooldown_seconds, clock=time.time)
         self.held: dict[str, float] = {}  # path -> earliest observed
+        self.recheck: set[str] = set()  # held paths to re-check against HEAD (Batch.recheck)
         self.held_batches: list[int] = []
         self.held_reason = "nothing held"
         self.health: HealthStatus | None = None
@@ -89,7 +90,13 @@ class Executor(Actor):
             if not isinstance(path, str) or not path:
                 self.stats["bad_paths"] += 1
                 continue
+            newly_held = path not in self.held
             self.held[path] = min(seen, self.held.get(path, seen))
+            # Re-check only if every batch that brought the path asked for it.
+            if path in batch.recheck and (newly_held or path in self.recheck):
+                self.recheck.add(path)
+            else:
+                self.recheck.discard(path)
         self.held_batches.append(batch.batch_id)
 
     def on_health(self, status: HealthStatus) -> None:
@@ -187,7 +194,8 @@ class Executor(Actor):
         self.stats["attempts"] += 1
         # attempts=0: a lock or race returns at once; the retry is scheduled below (the
         # loop keeps serving control requests and heartbeats meanwhile).
-        result = self.committer.commit(paths, push=push, attempts=0)
+        result = self.committer.commit(paths, push=push, attempts=0,
+                                       recheck=self.recheck.intersection(paths))
         self.stats["retries"] += result.retries
         if result.held or (result.error and not result.commit):
             # Nothing committed: keep every path held and try again after a back-off.
@@ -203,6 +211,7 @@ class Executor(Actor):
             batch_ids = batch_ids if not remaining else ()
             for path in paths:
                 self.held.pop(path, None)
+                self.recheck.discard(path)
             self.held_batches = [b for b in self.held_batches if b not in batch_ids]
             self.note_committed(paths, result)
             self.failures = 0
@@ -344,6 +353,7 @@ class Executor(Actor):
                 "health_ok": bool(self.health and self.health.ok),
                 "paused": self.paused, "rate_limit_waits": self.stats["rate_limit_waits"],
                 "push_retries": self.stats["push_retries"], "backoffs": self.stats["backoffs"],
+                "rechecked_dropped": self.committer.rechecked_dropped,
                 **self.recovery_status()}
 
     def recovery_status(self) -> dict:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import gitutil
+from common import content, gitutil
 from common.config import Config
 from common.gitutil import GitError
 
@@ -93,6 +93,8 @@ class Committer:
         self.sleep = sleep
         self.temp_index = config.runtime_dir / "sync.index"
         self.retries = 0  # total over this object's life, for status
+        self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
+        self._volatile = content.compile_volatile(config.text_volatile_patterns)
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
         self.integrations = 0  # times the remote's commits were integrated before a push
         # Committed paths whose entries in the user's index still show the old content
@@ -159,9 +161,11 @@ class Committer:
             found.update(gitutil.split_nul(out))
         return found
 
-    def committable(self, paths, head: str | None) -> tuple[list[str], list[str]]:
+    def committable(self, paths, head: str | None,
+                    recheck: set[str] | frozenset = frozenset()) -> tuple[list[str], list[str]]:
         """Split ``paths`` into (to commit, dropped): ignored, unsafe, directories, and
-        paths that neither exist nor are tracked (a temp file renamed away) are dropped."""
+        paths that neither exist nor are tracked (a temp file renamed away) are dropped, and
+        so are ``recheck`` paths whose content now differs from HEAD only in volatile data."""
         wanted, dropped = [], []
         for path in dict.fromkeys(paths):
             full = self.root / path
@@ -175,10 +179,34 @@ class Committer:
         tracked_missing = self._in_head(head, missing)
         gone = {p for p in missing if p not in tracked_missing}
         dropped += sorted(ignored) + sorted(gone)
-        return [p for p in wanted if p not in gone], dropped
+        wanted = [p for p in wanted if p not in gone]
+        stale = {p for p in wanted if p in recheck and not self._still_a_change(head, p)}
+        dropped += sorted(stale)
+        return [p for p in wanted if p not in stale], dropped
+
+    def _still_a_change(self, head: str | None, path: str) -> bool:
+        """Whether the content rules still call ``path`` a change worth committing."""
+        try:
+            work = None if not os.path.lexists(self.root / path) else (
+                (self.root / path).read_bytes())
+        except OSError:
+            return True  # unreadable now: let git decide, as without the re-check
+        head_bytes = None
+        if head is not None:
+            try:
+                head_bytes = self._git("cat-file", "blob", f"{head}:{path}")
+            except GitError:
+                head_bytes = None  # not in HEAD
+        verdict = content.classify(path, head_bytes, work, self.config.volatile_keys,
+                                   self.config.max_analyze_bytes, self._volatile)
+        if not verdict.commit:
+            self.rechecked_dropped += 1
+            log.info("not committing %s: %s (re-checked against HEAD)", path, verdict.reason)
+        return verdict.commit
 
     # ----- the commit ---------------------------------------------------------------------
-    def commit(self, paths, push: bool = True, attempts: int | None = None) -> CommitResult:
+    def commit(self, paths, push: bool = True, attempts: int | None = None,
+               recheck: set[str] | frozenset = frozenset()) -> CommitResult:
         """Commit exactly ``paths`` (then push when a remote is configured).
 
         A lock or race is retried ``attempts`` times (default ``config.retry_attempts``)
@@ -193,7 +221,7 @@ class Committer:
         attempt = 0
         while True:
             try:
-                self._commit_once(list(paths), result, attempts)
+                self._commit_once(list(paths), result, attempts, recheck)
                 break
             except (GitError, TransientError) as exc:
                 transient = isinstance(exc, TransientError) or _is_transient(exc)
@@ -214,7 +242,8 @@ class Committer:
             result.pushed, result.error = self.push(branch)
         return result
 
-    def _commit_once(self, paths: list[str], result: CommitResult, attempts: int) -> None:
+    def _commit_once(self, paths: list[str], result: CommitResult, attempts: int,
+                     recheck: set[str] | frozenset = frozenset()) -> None:
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
         self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +257,7 @@ class Committer:
                 if result.held:
                     return
             head = self.head()
-            wanted, dropped = self.committable(paths, head)
+            wanted, dropped = self.committable(paths, head, recheck)
             result.dropped = tuple(dropped)
             if not wanted:
                 return

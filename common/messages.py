@@ -66,6 +66,9 @@ class Batch:
     paths: tuple[str, ...]
     observed: tuple[float, ...]
     created: float
+    # Paths committed only because the content layer saw a change by an unknown writer:
+    # the executor re-checks them against HEAD right before committing (see Debouncer).
+    recheck: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 
 from common import config as config_mod
 from common.committer import TRAILER, Committer
-from tests.conftest import git
+from conftest import git
 
 
 def make(workspace, extra: str = "") -> Committer:
@@ -385,3 +385,26 @@ def test_index_refresh_left_pending_when_the_lock_is_taken_then_done(workspace):
     assert committer.refresh_user_index(attempts=0)
     assert committer.index_refresh_pending == set()
     assert workspace.git("status", "--porcelain=v1", "a.txt") == ""
+
+
+def test_recheck_drops_paths_that_now_differ_from_head_only_in_volatile_data(workspace):
+    """A content-only verdict taken against an older HEAD (or a half-written file) is
+    re-checked at commit time: volatile-only differences are not committed."""
+    workspace.write("state.json", '{"name": "x", "last_update": 1}\n')
+    workspace.write("notes.txt", "started at 2026-01-01T10:00:00Z\n")
+    workspace.write("real.json", '{"name": "x", "last_update": 1}\n')
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    workspace.write("state.json", '{"name": "x", "last_update": 2}\n')
+    workspace.write("notes.txt", "started at 2026-11-24T20:51:07Z\n")
+    workspace.write("real.json", '{"name": "y", "last_update": 2}\n')
+    committer = make(workspace)
+    result = committer.commit(["state.json", "notes.txt", "real.json"], push=False,
+                              recheck={"state.json", "notes.txt", "real.json"})
+    assert result.commit
+    assert workspace.committed_paths_since("HEAD~1") == {"real.json"}
+    assert {"state.json", "notes.txt"} <= set(result.dropped)
+    assert committer.rechecked_dropped == 2
+    # without the re-check flag the same volatile-only change is committed as asked
+    result = committer.commit(["state.json"], push=False)
+    assert result.commit and workspace.committed_paths_since("HEAD~1") == {"state.json"}

@@ -10,8 +10,7 @@ from actors.debouncer import MAX_BATCH_PATHS, Debouncer
 from common import config as config_mod
 from common import control, messages
 from common.messages import Batch, Decision
-from tests.conftest import wait_for
-from conftest import FakeSocket
+from conftest import FakeSocket, wait_for
 
 CONFIG = """\
 [debounce]
@@ -220,3 +219,42 @@ def test_decision_timing_uses_arrival_not_message_clock(deb):
     assert deb.batches_out.frames == []
     advance(deb, 1.0)
     assert len(deb.batches_out.frames) == 1
+
+
+L1_ANALYZE = {"layer": "L1", "verdict": "ANALYZE", "reason": "[filter] default"}
+
+
+def with_trail(base: Decision, *steps) -> Decision:
+    return Decision(path=base.path, kind=base.kind, seq=base.seq, epoch=base.epoch,
+                    observed=base.observed, commit=base.commit, action=base.action,
+                    trail=steps)
+
+
+@pytest.mark.parametrize("steps, recheck", [
+    # only the content layer vouched for it, the writer unknown: re-check at commit time
+    ((L1_ANALYZE, {"layer": "L2", "verdict": "UNKNOWN"}, {"layer": "L3", "verdict": "USER"}),
+     True),
+    # the writer was positively identified as the user: never second-guessed
+    ((L1_ANALYZE, {"layer": "L2", "verdict": "USER"}, {"layer": "L3", "verdict": "USER"}),
+     False),
+    # an ALLOW rule decided
+    (({"layer": "L1", "verdict": "ALLOW"},), False),
+])
+def test_batches_flag_paths_decided_by_content_alone(deb, steps, recheck):
+    deb.on_decision(with_trail(decision("notes/a.json"), *steps))
+    advance(deb, 100)
+    deb.on_tick(0)
+    [batch] = deb.batches_out.messages()
+    assert batch.recheck == (("notes/a.json",) if recheck else ())
+
+
+def test_one_user_decision_among_pending_ones_clears_the_recheck(deb):
+    content_only = (L1_ANALYZE, {"layer": "L2", "verdict": "UNKNOWN"},
+                    {"layer": "L3", "verdict": "USER"})
+    deb.on_decision(with_trail(decision("a.json"), *content_only))
+    deb.on_decision(with_trail(decision("a.json"), {"layer": "L1", "verdict": "ALLOW"}))
+    deb.on_decision(with_trail(decision("a.json"), *content_only))
+    advance(deb, 100)
+    deb.on_tick(0)
+    [batch] = deb.batches_out.messages()
+    assert batch.paths == ("a.json",) and batch.recheck == ()

@@ -15,8 +15,7 @@ from common import config as config_mod
 from common import control, messages
 from common.messages import Batch, CommitReport, HealthStatus
 from common.ratelimit import RateLimiter
-from tests.conftest import wait_for
-from conftest import FakeSocket
+from conftest import FakeSocket, wait_for
 
 BASE_CONFIG = """\
 [health]

@@ -10,7 +10,7 @@ from actors.health import Health
 from common import config as config_mod
 from common import control, messages
 from common.messages import HealthStatus, Heartbeat
-from tests.conftest import wait_for
+from conftest import wait_for
 
 
 @pytest.fixture

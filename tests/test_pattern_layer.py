@@ -10,8 +10,7 @@ from actors.pattern_layer import PatternLayer
 from common import config as config_mod
 from common import messages
 from common.messages import Change, Decision
-from tests.conftest import wait_for
-from conftest import FakeSocket
+from conftest import FakeSocket, wait_for
 
 RULES = """\
 # test rules

@@ -13,7 +13,7 @@ from actors.process_layer import ProcessLayer
 from common import config as config_mod
 from common import control, messages
 from common.messages import Change, Decision
-from conftest import FakeSocket, wait_for
+from conftest import ROOT, FakeSocket, wait_for  # noqa: E402
 
 HOLDER_CODE = r"""
 import sys
@@ -368,4 +368,3 @@ def test_auto_falls_back_to_psutil_with_one_log_line_without_privilege(workspace
     assert len(fallback) == 1 and "not permitted" in fallback[0]
 
 
-from conftest import ROOT  # noqa: E402

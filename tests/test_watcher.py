@@ -13,7 +13,7 @@ from inotify_simple import Event, flags
 from common import control, messages
 from actors.watcher import Watcher
 from common.messages import Change
-from tests.conftest import wait_for
+from conftest import wait_for
 
 MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
 
