@@ -42,6 +42,7 @@ _TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot l
 _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
 _ARGS_CHUNK = 500  # paths per command line where git takes no pathspec file
 # Only the push (network) has a deadline; see gitutil.run on why local calls have none.
+_IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
 
 
@@ -94,6 +95,7 @@ class Committer:
         self.temp_index = config.runtime_dir / "sync.index"
         self.retries = 0  # total over this object's life, for status
         self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
+        self._identity: tuple[float, dict] | None = None  # (when read, fallback env)
         self._volatile = content.compile_volatile(config.text_volatile_patterns)
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
         self.integrations = 0  # times the remote's commits were integrated before a push
@@ -137,7 +139,13 @@ class Committer:
         return branch, ""
 
     def _identity_env(self) -> dict:
-        """Fallback identity, only for what the repository does not configure."""
+        """Fallback identity, only for what the repository does not configure.
+
+        Cached for ``_IDENTITY_TTL`` s: two git calls per commit cost ~20 ms through sh,
+        and the user's identity changes rarely."""
+        now = time.monotonic()
+        if self._identity is not None and now - self._identity[0] < _IDENTITY_TTL:
+            return self._identity[1]
         env = {}
         for key, names, value in (("user.name", ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"),
                                    FALLBACK_NAME),
@@ -149,6 +157,7 @@ class Committer:
                 configured = ""
             if not configured:
                 env.update({name: value for name in names})
+        self._identity = (now, env)
         return env
 
     def _in_head(self, head: str | None, paths: list[str]) -> set[str]:
