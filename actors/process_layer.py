@@ -7,7 +7,8 @@ Sockets:
                                               and for learned paths without a user writer
   - SUB   connect  endpoints.feed             Decision (the debouncer's live feed): which
                                               writes other workers already accounted for
-  - (privileged mode: the fanotify and proc-connector descriptors, watched in the poll loop)
+  - (privileged mode: the fanotify (fd and FID groups) and proc-connector descriptors,
+     watched in the poll loop)
 Messages in: Change, Decision (feed).  Out: Decision or Change, each with an L2 trail step
 ``{"layer": "L2", "verdict": "SYSTEM"|"SELF"|"USER"|"UNKNOWN", "reason", "technique",
 "pid", "cmdline", "confidence", "ancestor_pid", "ancestor_cmdline", "matched_by", ...}``.
@@ -16,8 +17,10 @@ Runs scaled: ``python -m actors.process_layer --instance N``.
 ``[filter] attribution`` picks the technique (:func:`common.attribution.make_attributor`):
 exact (fanotify + lineage; each worker owns its own fanotify group, drained before every
 judgement, so the writer of a change is always already known) or the psutil fallback.
-A USER writer still goes to L3, which then only refuses junk and changes identical to HEAD
-(a user's timestamp-only edit is committed).  An unknown writer goes to L3 for a full
+Deletions (and renames away) are judged the same way by who removed the name (exact mode:
+fanotify FID events); unprivileged, a deletion's remover is unknown.  A USER writer still
+goes to L3, which then only refuses junk and changes identical to HEAD (a user's
+timestamp-only edit is committed).  An unknown writer goes to L3 for a full
 content analysis, never to SYSTEM.  A path L1 marks as learned is dropped ("learned")
 unless the writer is positively the user, whose Decision then lets the debouncer unlearn it.
 
@@ -111,9 +114,7 @@ class ProcessLayer(Actor):
 
     def judge(self, change: Change) -> tuple[str, dict]:
         if change.kind == DELETE:
-            return UNKNOWN_VERDICT, {"layer": "L2", "verdict": UNKNOWN_VERDICT,
-                                     "reason": "deleted: no writer to observe",
-                                     "mode": self.mode, **_NO_EVIDENCE}
+            return self.judge_removal(change)
         until, prior = self.accounted.get(change.path, (0.0, None))
         found = self.attributor.attribute(self.config.workspace / change.path,
                                           change.observed, until)
@@ -134,20 +135,34 @@ class ProcessLayer(Actor):
         return verdict, {"layer": "L2", "verdict": verdict, "mode": self.mode,
                          "reason": self._reason(found), **found.evidence()}
 
+    def judge_removal(self, change: Change) -> tuple[str, dict]:
+        """A deletion: its remover (exact mode with fanotify FID) judged like a writer."""
+        found = self.attributor.attribute_removal(self.config.workspace / change.path,
+                                                  change.observed)
+        if found is None:
+            reason = ("deleted: no writer to observe" if self.mode == "psutil"
+                      else "deleted: no removal by a known process seen")
+            return UNKNOWN_VERDICT, {"layer": "L2", "verdict": UNKNOWN_VERDICT,
+                                     "reason": reason, "mode": self.mode, **_NO_EVIDENCE}
+        verdict = _VERDICT_OF[found.writer]
+        return verdict, {"layer": "L2", "verdict": verdict, "mode": self.mode,
+                         "reason": f"deleted: {self._reason(found, 'removed')}",
+                         **found.evidence()}
+
     @staticmethod
-    def _reason(found: Attribution) -> str:
+    def _reason(found: Attribution, action: str = "written") -> str:
         who = f"process {found.pid}"
         if found.ancestor_pid not in (None, found.pid):
             who += f" (descendant of {found.ancestor_pid})"
         if found.writer == USER:
-            return f"written by non-autonomous {who}"
+            return f"{action} by non-autonomous {who}"
         if found.writer == SELF:
-            return f"written by gitsieve's own {who}"
+            return f"{action} by gitsieve's own {who}"
         if found.technique == "open-files":
             return f"autonomous process {found.pid} holds it open for writing"
         if found.technique == "open-files-sampled":
             return f"autonomous process {found.pid} was seen writing it"
-        return f"written by autonomous {who}: {found.matched_by}"
+        return f"{action} by autonomous {who}: {found.matched_by}"
 
     def _pass_on(self, change: Change, verdict: str, step: dict) -> None:
         self.stats[f"verdict_{verdict}"] += 1

@@ -18,6 +18,9 @@ names the pid of every write, the proc connector lineage (:mod:`common.proc_conn
 names its ancestors even after they exit, and :class:`WriterRules` classifies the chain as
 SYSTEM (an autonomous process by command line, uid, cgroup or systemd unit), SELF (gitsieve's
 own git) or USER (any other process: a positively identified non-autonomous writer).
+A second fanotify group in FID mode (:class:`common.fanotify.NameRecorder`) names who
+deleted or renamed a path, judged by the same rules; where the kernel refuses it, one log
+line, and deletions stay unattributed.
 :func:`make_attributor` picks it or the psutil fallback from ``[filter] attribution``.
 """
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import psutil
+
+from common.fanotify import ARRIVALS, REMOVALS
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +331,11 @@ class Attributor:
     def suspects(self, observed: float) -> list[tuple[int, str]]:
         return self.sampler.io_suspects(observed)
 
+    def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
+                          since: float = 0.0) -> Attribution | None:
+        """A deleted file has no open files to look at: its remover is never known here."""
+        return None
+
     def close(self) -> None:
         """Nothing to release: psutil keeps no descriptors open."""
 
@@ -488,19 +498,43 @@ class ExactAttributor:
         except OSError:
             self.lineage.close()
             raise
+        self.names = self._name_recorder(config)
         self.errors: Counter = Counter()
+
+    def _name_recorder(self, config):
+        """The FID-mode group for deletions and renames, or None where it is refused."""
+        from common.fanotify import NameRecorder
+        try:
+            return NameRecorder(config.workspace, (str(config.runtime_dir),),
+                                resolve=self._resolve)
+        except OSError as exc:
+            log.warning("fanotify FID mode unavailable (%s): deletions and renames without a "
+                        "write are left to the content layer", exc)
+            return None
+
+    def _relative(self, abs_path: str | os.PathLike) -> str:
+        """``abs_path`` relative to the workspace as the name recorder keys it (the parent
+        resolved, the file itself possibly gone)."""
+        parent, name = os.path.split(os.fspath(abs_path))
+        return os.path.relpath(os.path.join(os.path.realpath(parent), name),
+                               self.names.root)
 
     def _resolve(self, pid: int) -> WriterEvidence:
         return self.rules.classify(self.lineage.chain(pid))
 
     def fds(self) -> list[tuple[int, Callable[[], None]]]:
-        return [(self.lineage.fileno(), self.lineage.drain),
-                (self.recorder.fileno(), self.drain)]
+        fds = [(self.lineage.fileno(), self.lineage.drain),
+               (self.recorder.fileno(), self.drain)]
+        if self.names is not None:
+            fds.append((self.names.fileno(), self.drain))
+        return fds
 
     def drain(self) -> None:
         """Lineage first: a writer's fork/exec precede its write, so they are known."""
         self.lineage.drain()
         self.recorder.drain()
+        if self.names is not None:
+            self.names.drain()
 
     def head_moved(self) -> float:
         """Wall time HEAD last moved (its reflog or branch ref was rewritten)."""
@@ -525,12 +559,34 @@ class ExactAttributor:
         writes read after ``observed - WRITE_LOOKBACK``, after the last HEAD move before
         the observation (earlier writes were committed) and after ``since`` (the newest
         write an earlier change of this path already accounted for)."""
+        since = self._window_start(observed, since)
+        events = self.recorder.writes_to(abs_path, since, time.time())
+        if self.names is not None:
+            # a file renamed (or created) into place without a write is its mover's
+            events += self.names.operations_on(self._relative(abs_path), ARRIVALS, since,
+                                               time.time())
+        return combine(events)
+
+    def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
+                          since: float = 0.0) -> Attribution | None:
+        """Who deleted (or renamed away) the file that was at ``abs_path``.  ``since`` is
+        not weighed: it counts writes, and a removal read in the same batch as the last
+        write would carry the same stamp."""
+        if self.names is None:
+            return None
+        since = self._window_start(observed, 0.0)
+        return combine(self.names.operations_on(self._relative(abs_path), REMOVALS, since,
+                                                time.time()))
+
+    def _window_start(self, observed: float, since: float) -> float:
+        """Drain, then the earliest read time that still belongs to a change observed at
+        ``observed``."""
         self.drain()
         since = max(since, observed - WRITE_LOOKBACK)
         moved = self.head_moved()
         if since < moved < observed:
             since = moved
-        return combine(self.recorder.writes_to(abs_path, since, time.time()))
+        return since
 
     def suspects(self, observed: float) -> list[tuple[int, str]]:
         return []
@@ -546,12 +602,18 @@ class ExactAttributor:
                 "fanotify_kept": self.recorder.kept,
                 "fanotify_overflows": self.recorder.overflows,
                 "fanotify_mark": self.recorder.mark_kind,
+                "fanotify_names": None if self.names is None else {
+                    "events": self.names.events, "kept": self.names.kept,
+                    "unresolved": self.names.unresolved,
+                    "overflows": self.names.overflows},
                 "lineage_events": self.lineage.events,
                 "lineage_processes": len(self.lineage.processes),
                 "lineage_overflows": self.lineage.overflows}
 
     def close(self) -> None:
         self.recorder.close()
+        if self.names is not None:
+            self.names.close()
         self.lineage.close()
 
 

@@ -14,6 +14,14 @@ The kernel queues a fanotify event inside the write system call, before the inot
 the watcher reads for the same write, so draining the group before judging a change is
 enough to know every writer of it.  Needs CAP_SYS_ADMIN; without it the constructor
 raises :class:`FanotifyUnavailable`.
+
+Classic (fd) events carry no deletions or renames.  A :class:`NameRecorder` owns a second
+group in FID mode (``FAN_REPORT_DFID_NAME``) marking the same filesystem for
+``FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_CREATE``: each event names the directory
+by file handle plus the entry's name; the handle is opened with ``open_by_handle_at`` (on a
+descriptor of the workspace) and its path read back from ``/proc/self/fd``.  Name operations
+are kept per workspace-relative path.  Kernels or filesystems without FID support refuse
+it with :class:`FanotifyUnavailable` (the owner then attributes writes only).
 """
 from __future__ import annotations
 
@@ -38,6 +46,13 @@ FAN_MARK_MOUNT = 0x10
 FAN_MARK_FILESYSTEM = 0x100
 FAN_MODIFY = 0x02
 FAN_CLOSE_WRITE = 0x08
+FAN_MOVED_FROM = 0x40
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_DELETE = 0x200
+FAN_ONDIR = 0x40000000
+FAN_REPORT_DFID_NAME = 0x400 | 0x800  # FAN_REPORT_DIR_FID | FAN_REPORT_NAME
+FAN_EVENT_INFO_TYPE_DFID_NAME = 2
 FAN_Q_OVERFLOW = 0x4000
 FAN_NOFD = -1
 AT_FDCWD = -100
@@ -46,6 +61,11 @@ FANOTIFY_METADATA_VERSION = 3
 # struct fanotify_event_metadata: u32 event_len, u8 vers, u8 reserved, u16 metadata_len,
 # u64 mask (aligned), s32 fd, s32 pid
 _METADATA = struct.Struct("=IBBHQii")
+# struct fanotify_event_info_header: u8 info_type, u8 pad, u16 len; then (fid records)
+# __kernel_fsid_t (8 bytes) and struct file_handle: u32 handle_bytes, s32 handle_type, bytes.
+_INFO_HEADER = struct.Struct("=BBH")
+_FSID_SIZE = 8
+_HANDLE_HEADER = struct.Struct("=Ii")
 _READ_SIZE = 64 * 1024
 # Writes kept per inode, and for how long (seconds).
 HISTORY_SECONDS = 30.0
@@ -77,6 +97,8 @@ def _libc():
         lib.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64,
                                       ctypes.c_int, ctypes.c_char_p]
         lib.fanotify_mark.restype = ctypes.c_int
+        lib.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.open_by_handle_at.restype = ctypes.c_int
     except AttributeError as exc:
         raise FanotifyUnavailable(errno.ENOSYS, f"libc has no fanotify: {exc}") from None
     return lib
@@ -216,3 +238,188 @@ class WriteRecorder:
         history = self.writes.get(file_key(info), ())
         return [event for event in history if since < event.stamp <= until]
 
+
+
+# ----- name operations (FID mode) ----------------------------------------------------------
+NAME_OPS = {FAN_DELETE: "delete", FAN_MOVED_FROM: "moved-from", FAN_MOVED_TO: "moved-to",
+            FAN_CREATE: "create"}
+# A path's name operations that end its file there, and those that put a file there.
+REMOVALS = ("delete", "moved-from")
+ARRIVALS = ("moved-to", "create")
+_DELETED_SUFFIX = " (deleted)"
+
+
+@dataclass(frozen=True)
+class NameEvent:
+    """One name operation the kernel reported: who (pid), when (wall clock), which."""
+
+    pid: int
+    stamp: float
+    op: str
+    path: str
+    evidence: object = None  # what the process was at read time (the owner's resolver)
+
+
+class NameRecorder:
+    """A FID-mode fanotify group recording who deleted, renamed or created names under
+    ``root`` (``.git`` and ``excluded`` directories left out), per relative path."""
+
+    def __init__(self, root: str | os.PathLike, excluded: tuple[str, ...] = (),
+                 resolve: Callable[[int], object] | None = None,
+                 history: float = HISTORY_SECONDS, clock: Callable[[], float] = time.time):
+        self.root = os.path.realpath(root)
+        self.prefix = self.root.rstrip("/") + "/"
+        self.excluded = tuple(os.path.realpath(p).rstrip("/") + "/" for p in
+                              (os.path.join(self.root, ".git"), *excluded))
+        self.resolve = resolve
+        self.history, self.clock = history, clock
+        self.names: dict[str, deque[NameEvent]] = {}
+        self.events = 0
+        self.kept = 0
+        self.overflows = 0
+        self.unresolved = 0
+        self._own_pid = os.getpid()
+        self._next_prune = 0.0
+        self._libc = _libc()
+        self.mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.fd = self._open()
+        except OSError:
+            os.close(self.mount_fd)
+            raise
+
+    def _open(self) -> int:
+        fd = self._libc.fanotify_init(
+            FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME,
+            os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise FanotifyUnavailable(err, f"fanotify_init(FID): {os.strerror(err)}")
+        mask = FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_CREATE
+        path = self.root.encode("utf-8", "surrogateescape")
+        # Directory-entry events need a filesystem (or inode) mark: a mount mark is refused.
+        if self._libc.fanotify_mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, AT_FDCWD,
+                                    path) != 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise FanotifyUnavailable(err, f"fanotify_mark(FID) on {self.root}: "
+                                           f"{os.strerror(err)}")
+        return fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.mount_fd >= 0:
+            os.close(self.mount_fd)
+            self.mount_fd = -1
+
+    # ----- reading ---------------------------------------------------------------------
+    def drain(self) -> int:
+        """Read every queued event; return how many were read."""
+        count = 0
+        while True:
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            if not data:
+                break
+            count += self._parse(data)
+        now = self.clock()
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY
+            self.prune(now)
+        return count
+
+    def _parse(self, data: bytes) -> int:
+        offset, count, stamp = 0, 0, self.clock()
+        while offset + _METADATA.size <= len(data):
+            event_len, _, _, metadata_len, mask, _, pid = _METADATA.unpack_from(data, offset)
+            if event_len < _METADATA.size or offset + event_len > len(data):
+                log.error("fanotify(FID): event of %d bytes; rest of the read dropped",
+                          event_len)
+                break
+            record = data[offset + metadata_len:offset + event_len]
+            offset += event_len
+            count += 1
+            self.events += 1
+            if mask & FAN_Q_OVERFLOW:
+                self.overflows += 1
+                log.warning("fanotify (FID) queue overflowed: some deleters are unknown")
+                continue
+            op = next((name for bit, name in NAME_OPS.items() if mask & bit), None)
+            if op is None or mask & FAN_ONDIR or pid == self._own_pid:
+                continue
+            self._record(record, pid, op, stamp)
+        return count
+
+    def _record(self, record: bytes, pid: int, op: str, stamp: float) -> None:
+        path = self._path_of(record)
+        if path is None:
+            self.unresolved += 1
+            return
+        if not path.startswith(self.prefix) or path.startswith(self.excluded):
+            return
+        rel = path[len(self.prefix):]
+        evidence = self.resolve(pid) if self.resolve else None
+        history = self.names.get(rel)
+        if history is None:
+            history = self.names[rel] = deque(maxlen=HISTORY_PER_FILE)
+        history.append(NameEvent(pid, stamp, op, rel, evidence))
+        self.kept += 1
+
+    def _path_of(self, record: bytes) -> str | None:
+        """The absolute path a DFID_NAME info record names, or None if unresolvable."""
+        if len(record) < _INFO_HEADER.size + _FSID_SIZE + _HANDLE_HEADER.size:
+            return None
+        info_type, _, length = _INFO_HEADER.unpack_from(record, 0)
+        if info_type != FAN_EVENT_INFO_TYPE_DFID_NAME or length > len(record):
+            log.debug("fanotify(FID): info record of type %d ignored", info_type)
+            return None
+        start = _INFO_HEADER.size + _FSID_SIZE
+        handle_bytes, _ = _HANDLE_HEADER.unpack_from(record, start)
+        name_at = start + _HANDLE_HEADER.size + handle_bytes
+        if name_at > length:
+            return None
+        handle = record[start:name_at]
+        name = record[name_at:length].split(b"\0", 1)[0]
+        directory = self._directory(handle)
+        if directory is None or not name or name == b".":
+            return None
+        return os.path.join(directory, os.fsdecode(name))
+
+    def _directory(self, handle: bytes) -> str | None:
+        fd = self._libc.open_by_handle_at(self.mount_fd, handle,
+                                          os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        if fd < 0:  # the directory is gone (rm -r) or lies on another filesystem's handle
+            log.debug("fanotify(FID): open_by_handle_at: %s",
+                      os.strerror(ctypes.get_errno()))
+            return None
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError as exc:  # vanished between open and readlink
+            log.debug("fanotify(FID): cannot read directory path: %s", exc)
+            return None
+        finally:
+            os.close(fd)
+        # A directory removed after the event still names where the entry was.
+        return path[:-len(_DELETED_SUFFIX)] if path.endswith(_DELETED_SUFFIX) else path
+
+    def prune(self, now: float | None = None) -> None:
+        horizon = (self.clock() if now is None else now) - self.history
+        stale = [rel for rel, history in self.names.items() if history[-1].stamp < horizon]
+        for rel in stale:
+            del self.names[rel]
+
+    # ----- queries ---------------------------------------------------------------------
+    def operations_on(self, rel_path: str, ops: tuple[str, ...], since: float,
+                      until: float) -> list[NameEvent]:
+        """Name operations ``ops`` on ``rel_path`` read between ``since`` and ``until``."""
+        return [event for event in self.names.get(rel_path, ())
+                if event.op in ops and since < event.stamp <= until]

@@ -322,6 +322,40 @@ def test_exact_unseen_writer_is_unknown_not_system(workspace, tag, layer_for):
     assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "UNKNOWN"
 
 
+@exact_only
+def test_exact_deletion_by_an_agent_child_is_dropped_and_the_users_is_passed_on(
+        workspace, tag, layer_for):
+    """FID-mode events: an autonomous process's ``rm`` (a short-lived child) is SYSTEM;
+    the user's deletion goes to L3 marked USER."""
+    workspace.write("ctx/agent.json", "{}\n")
+    workspace.write("ctx/mine.md", "mine\n")
+    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['rm', sys.argv[2]]);"
+         "print('done', flush=True); sys.stdin.read()", tag,
+         str(workspace.path("ctx/agent.json"))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout.readline().strip() == "done"
+    layer.on_change(change("ctx/agent.json", kind="delete", seq=1))
+    parent.communicate("")
+    [dropped] = layer.decisions.messages()
+    step = dropped.trail[-1]
+    assert (dropped.kind, dropped.commit, step["verdict"], step["ancestor_pid"]) == (
+        "delete", False, "SYSTEM", parent.pid)
+    assert step["reason"].startswith("deleted: removed by autonomous")
+    remover = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.remove(sys.argv[1]);"
+         "print('done', flush=True); sys.stdin.read()", str(workspace.path("ctx/mine.md"))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert remover.stdout.readline().strip() == "done"
+    layer.attributor.drain()
+    remover.communicate("")
+    layer.on_change(change("ctx/mine.md", kind="delete", seq=2))
+    [forwarded] = layer.to_content.messages()
+    assert (forwarded.kind, forwarded.trail[-1]["verdict"], forwarded.trail[-1]["pid"]) == (
+        "delete", "USER", remover.pid)
+
+
 def learned_change(path: str, seq: int = 1) -> Change:
     step = {**L1_STEP, "learned": True}
     return change(path, seq=seq, trail=(step,))

@@ -21,7 +21,6 @@ import json
 
 BOTH = ("fanotify", "psutil")
 EXACT = ("fanotify",)
-NONE = ()
 
 RULES = r"""
 BLOCK:c\d+/\.claude/autonomous/.*:autonomous status
@@ -260,8 +259,13 @@ for area in AREAS:
     case("deletion by an autonomous process",
          [("agent", "delete", area + "agent-owned.json"),
           ("judge", area + "agent-owned.json", "delete", "drop")],
-         setup={area + "agent-owned.json": _doc(x=1)}, modes=NONE,
-         why="fanotify fd events (FAN_MODIFY/CLOSE_WRITE) carry no deletions; FID mode "
-             "would be needed")
+         setup={area + "agent-owned.json": _doc(x=1)}, modes=EXACT,
+         why="unprivileged, a deleted file has no writer to observe")
+    case("an autonomous process renames a committed file (no write)",
+         [("agent", "rename", area + "agent-old.json", area + "agent-new.json"),
+          ("judge", area + "agent-new.json", "write", "drop"),
+          ("judge", area + "agent-old.json", "delete", "drop")],
+         setup={area + "agent-old.json": _doc(kept=True)}, modes=EXACT,
+         why="unprivileged, a rename without a write has no writer to observe")
 
 CASES = _cases
