@@ -108,7 +108,42 @@ def file_key(info: os.stat_result) -> tuple[int, int]:
     return (info.st_dev, info.st_ino)
 
 
-class WriteRecorder:
+class _FanotifyGroup:
+    """What both recorders share: a non-blocking fanotify fd, drained whole, with the
+    recorder's history pruned on a schedule.  Subclasses set ``fd``, ``clock`` and
+    ``_next_prune`` and implement ``_parse(data) -> events`` and ``prune(now)``."""
+
+    fd: int
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def drain(self) -> int:
+        """Read every queued event; return how many were read."""
+        count = 0
+        while True:
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            if not data:
+                break
+            count += self._parse(data)
+        now = self.clock()
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY
+            self.prune(now)
+        return count
+
+
+class WriteRecorder(_FanotifyGroup):
     """One fanotify group recording the writers of files under ``root``.
 
     ``resolve(pid)`` (optional) is called once per event while it is read, so whatever it
@@ -151,34 +186,7 @@ class WriteRecorder:
         os.close(fd)
         raise FanotifyUnavailable(err, f"fanotify_mark on {self.root}: {os.strerror(err)}")
 
-    def fileno(self) -> int:
-        return self.fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
     # ----- reading ---------------------------------------------------------------------
-    def drain(self) -> int:
-        """Read every queued event; return how many were read."""
-        count = 0
-        while True:
-            try:
-                data = os.read(self.fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            if not data:
-                break
-            count += self._parse(data)
-        now = self.clock()
-        if now >= self._next_prune:
-            self._next_prune = now + _PRUNE_EVERY
-            self.prune(now)
-        return count
-
     def _parse(self, data: bytes) -> int:
         offset, count, stamp = 0, 0, self.clock()
         while offset + _METADATA.size <= len(data):
@@ -260,7 +268,7 @@ class NameEvent:
     evidence: object = None  # what the process was at read time (the owner's resolver)
 
 
-class NameRecorder:
+class NameRecorder(_FanotifyGroup):
     """A FID-mode fanotify group recording who deleted, renamed or created names under
     ``root`` (``.git`` and ``excluded`` directories left out), per relative path."""
 
@@ -306,37 +314,13 @@ class NameRecorder:
                                            f"{os.strerror(err)}")
         return fd
 
-    def fileno(self) -> int:
-        return self.fd
-
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        super().close()
         if self.mount_fd >= 0:
             os.close(self.mount_fd)
             self.mount_fd = -1
 
     # ----- reading ---------------------------------------------------------------------
-    def drain(self) -> int:
-        """Read every queued event; return how many were read."""
-        count = 0
-        while True:
-            try:
-                data = os.read(self.fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            if not data:
-                break
-            count += self._parse(data)
-        now = self.clock()
-        if now >= self._next_prune:
-            self._next_prune = now + _PRUNE_EVERY
-            self.prune(now)
-        return count
-
     def _parse(self, data: bytes) -> int:
         offset, count, stamp = 0, 0, self.clock()
         while offset + _METADATA.size <= len(data):
