@@ -56,7 +56,6 @@ def judged_by_content_alone(decision: Decision) -> bool:
 class PathState:
     newest: tuple[float, int]  # (epoch, seq) of the newest decision seen
     last_seen: float  # monotonic arrival of the newest decision (for forgetting)
-    pending: bool = False
     first_pending: float = 0.0
     last_event: float = 0.0  # monotonic arrival of the newest commit=True decision
     action: str = ""
@@ -79,6 +78,9 @@ class Debouncer(Actor):
         super().__init__(config, instance)
         self.clock = time.monotonic
         self.paths: dict[str, PathState] = {}
+        # Paths with a commit waiting for their quiet period: the only ones the per-round
+        # due checks look at (``paths`` also holds every settled path for an hour).
+        self.pending: set[str] = set()
         self.backlog: deque[bytes] = deque()  # encoded batches the executor has not taken
         self.next_batch_id = 1
         self.batches_out = None
@@ -114,8 +116,9 @@ class Debouncer(Actor):
             return
         self.stats["decisions_commit"] += 1
         content_only = judged_by_content_alone(decision)
-        if not state.pending:
-            state.pending, state.first_pending = True, now
+        if decision.path not in self.pending:
+            self.pending.add(decision.path)
+            state.first_pending = now
             state.observed = decision.observed
             state.recheck = content_only
         else:
@@ -133,8 +136,8 @@ class Debouncer(Actor):
     # ----- output ---------------------------------------------------------------------
     def due_paths(self, now: float) -> list[str]:
         max_wait = self.config.debounce_max_wait
-        return sorted(path for path, state in self.paths.items()
-                      if state.pending and state.due(max_wait) <= now)
+        return sorted(path for path in self.pending
+                      if self.paths[path].due(max_wait) <= now)
 
     def flush_due(self, now: float) -> int:
         """Batch every due path; return how many batches were made."""
@@ -145,7 +148,7 @@ class Debouncer(Actor):
             observed, recheck = [], []
             for path in chunk:
                 state = self.paths[path]
-                state.pending = False
+                self.pending.discard(path)
                 observed.append(state.observed)
                 if state.recheck:
                     recheck.append(path)
@@ -174,7 +177,7 @@ class Debouncer(Actor):
     def forget_settled(self, now: float) -> None:
         """Drop ordering state of paths long settled, so memory does not grow forever."""
         old = [path for path, state in self.paths.items()
-               if not state.pending and now - state.last_seen > FORGET_AFTER]
+               if path not in self.pending and now - state.last_seen > FORGET_AFTER]
         for path in old:
             del self.paths[path]
 
@@ -192,7 +195,7 @@ class Debouncer(Actor):
         if self.backlog:
             return BACKLOG_RETRY
         max_wait = self.config.debounce_max_wait
-        dues = [s.due(max_wait) for s in self.paths.values() if s.pending]
+        dues = [self.paths[path].due(max_wait) for path in self.pending]
         if not dues:
             return None
         return max(0.0, min(dues) - self.clock())
@@ -244,9 +247,10 @@ class Debouncer(Actor):
                 found[path] = None
                 continue
             record = dict(record)
-            record["pending"] = bool(state and state.pending)
+            pending = path in self.pending
+            record["pending"] = pending
             record["due_in"] = (round(max(0.0, state.due(max_wait) - now), 3)
-                                if state and state.pending else None)
+                                if pending else None)
             found[path] = record
         return {"paths": found}
 
@@ -254,23 +258,22 @@ class Debouncer(Actor):
         """Make every pending path due at once and batch it (the `actorctl flush` barrier)."""
         now = self.clock()
         flushed = 0
-        for state in self.paths.values():
-            if state.pending:
-                state.quiet = 0.0
-                state.last_event = min(state.last_event, now)
-                flushed += 1
+        for path in self.pending:
+            state = self.paths[path]
+            state.quiet = 0.0
+            state.last_event = min(state.last_event, now)
+            flushed += 1
         self.flush_due(now)
         self.stats["flushes"] += 1
         return {"flushed": flushed, "backlog_batches": len(self.backlog)}
 
     def pending_count(self) -> int:
-        return sum(1 for s in self.paths.values() if s.pending)
+        return len(self.pending)
 
     def pending_paths(self, limit: int = 1000) -> dict:
         now = self.clock()
         max_wait = self.config.debounce_max_wait
-        pending = sorted((s.due(max_wait) - now, path) for path, s in self.paths.items()
-                         if s.pending)
+        pending = sorted((self.paths[path].due(max_wait) - now, path) for path in self.pending)
         limit = max(0, min(int(limit), _PENDING_LIST_LIMIT))
         return {"total": len(pending),
                 "pending": [{"path": path, "due_in": round(max(0.0, due_in), 3),

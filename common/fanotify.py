@@ -110,10 +110,26 @@ def file_key(info: os.stat_result) -> tuple[int, int]:
 
 class _FanotifyGroup:
     """What both recorders share: a non-blocking fanotify fd, drained whole, with the
-    recorder's history pruned on a schedule.  Subclasses set ``fd``, ``clock`` and
-    ``_next_prune`` and implement ``_parse(data) -> events`` and ``prune(now)``."""
+    recorder's history pruned on a schedule.  Subclasses open ``fd`` and implement
+    ``_parse(data) -> events`` and ``prune(now)``."""
 
-    fd: int
+    fd = -1
+
+    def __init__(self, root: str | os.PathLike, excluded: tuple[str, ...] = (),
+                 resolve: Callable[[int], object] | None = None,
+                 history: float = HISTORY_SECONDS, clock: Callable[[], float] = time.time):
+        self.root = os.path.realpath(root)
+        self.prefix = self.root.rstrip("/") + "/"
+        # .git and the excluded directories (the runtime dir) are never the user's edits.
+        self.excluded = tuple(os.path.realpath(p).rstrip("/") + "/" for p in
+                              (os.path.join(self.root, ".git"), *excluded))
+        self.resolve = resolve  # pid -> what the writer was, captured while it is read
+        self.history, self.clock = history, clock
+        self.events = 0
+        self.kept = 0
+        self.overflows = 0
+        self._own_pid = os.getpid()
+        self._next_prune = 0.0
 
     def fileno(self) -> int:
         return self.fd
@@ -153,19 +169,9 @@ class WriteRecorder(_FanotifyGroup):
     def __init__(self, root: str | os.PathLike, excluded: tuple[str, ...] = (),
                  resolve: Callable[[int], object] | None = None,
                  history: float = HISTORY_SECONDS, clock: Callable[[], float] = time.time):
-        self.root = os.path.realpath(root)
-        self.prefix = self.root.rstrip("/") + "/"
-        self.excluded = tuple(os.path.realpath(p).rstrip("/") + "/" for p in
-                              (os.path.join(self.root, ".git"), *excluded))
-        self.resolve = resolve
-        self.history, self.clock = history, clock
+        super().__init__(root, excluded, resolve, history, clock)
         self.writes: dict[tuple[int, int], deque[WriteEvent]] = {}
-        self.events = 0
-        self.kept = 0
-        self.overflows = 0
         self.mark_kind = ""
-        self._own_pid = os.getpid()
-        self._next_prune = 0.0
         self.fd = self._open()
 
     def _open(self) -> int:
@@ -275,19 +281,9 @@ class NameRecorder(_FanotifyGroup):
     def __init__(self, root: str | os.PathLike, excluded: tuple[str, ...] = (),
                  resolve: Callable[[int], object] | None = None,
                  history: float = HISTORY_SECONDS, clock: Callable[[], float] = time.time):
-        self.root = os.path.realpath(root)
-        self.prefix = self.root.rstrip("/") + "/"
-        self.excluded = tuple(os.path.realpath(p).rstrip("/") + "/" for p in
-                              (os.path.join(self.root, ".git"), *excluded))
-        self.resolve = resolve
-        self.history, self.clock = history, clock
+        super().__init__(root, excluded, resolve, history, clock)
         self.names: dict[str, deque[NameEvent]] = {}
-        self.events = 0
-        self.kept = 0
-        self.overflows = 0
         self.unresolved = 0
-        self._own_pid = os.getpid()
-        self._next_prune = 0.0
         self._libc = _libc()
         self.mount_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
