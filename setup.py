@@ -6,6 +6,9 @@ setup(
     description="Auto-commit a person's edits to a git workspace, never an autonomous "
                 "process's churn: decides by path, by writer and by content.",
     packages=["actors", "common"],
+    # What `gitsieve bench` and `gitsieve test` run beside the packages (common/resources.py).
+    data_files=[("share/gitsieve/scripts", ["scripts/churn.py", "scripts/agent_sim.py"]),
+                ("share/gitsieve/tests/corpus", ["tests/corpus/cases.py"])],
     python_requires=">=3.11",
     install_requires=["pyzmq>=25", "inotify_simple>=1.3", "psutil>=5.9", "msgpack>=1.0",
                       "sh>=2.0"],

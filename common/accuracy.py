@@ -26,18 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import messages
+from common.resources import resource
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CORPUS = PROJECT_ROOT / "tests" / "corpus" / "cases.py"
-AGENT_SIM = PROJECT_ROOT / "scripts" / "agent_sim.py"
+CORPUS = ("tests", "corpus", "cases.py")
+AGENT_SIM = ("scripts", "agent_sim.py")
 LAYERS = ("L1", "L2", "L3")
 _GIT_IDENTITY = {"GIT_AUTHOR_NAME": "gitsieve test", "GIT_AUTHOR_EMAIL": "test@gitsieve",
                  "GIT_COMMITTER_NAME": "gitsieve test", "GIT_COMMITTER_EMAIL": "test@gitsieve"}
 
 
-def load_corpus(path: Path = CORPUS):
+def load_corpus(path: Path | None = None):
+    path = path or resource(*CORPUS)
     spec = importlib.util.spec_from_file_location("gitsieve_corpus", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -63,7 +64,7 @@ class Helper:
 
     def __init__(self, workspace: Path, name: str):
         self.proc = subprocess.Popen(
-            [sys.executable, str(AGENT_SIM), "serve", "--name", name, "--workspace",
+            [sys.executable, str(resource(*AGENT_SIM)), "serve", "--name", name, "--workspace",
              str(workspace)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"agent_sim {name} did not start")

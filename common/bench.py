@@ -22,9 +22,10 @@ import psutil
 
 from common import config as config_mod
 from common import control
+from common.resources import resource
 from common.runner import PROJECT_ROOT, actor_ids
 
-CHURN = PROJECT_ROOT / "scripts" / "churn.py"
+CHURN = ("scripts", "churn.py")
 PATTERNS = """\
 BLOCK:\\.claude/autonomous/.*:Autonomous status
 BLOCK:\\.claude/memory/.*:Auto-saved context
@@ -69,7 +70,7 @@ cooldown_seconds = 0
 [health]
 interval = 0.5
 """)
-    subprocess.run([sys.executable, str(CHURN), "--workspace", str(root), "--prepare"],
+    subprocess.run([sys.executable, str(resource(*CHURN)), "--workspace", str(root), "--prepare"],
                    check=True)
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "bench start")
@@ -145,7 +146,7 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
                                   stderr=subprocess.DEVNULL)
         wait_until_running(config, len(actor_ids(config)))
         if churn:
-            churner = subprocess.Popen([sys.executable, str(CHURN), "--workspace", str(root),
+            churner = subprocess.Popen([sys.executable, str(resource(*CHURN)), "--workspace", str(root),
                                         "--name", "claude-autonomous"])
         time.sleep(1.0)
         ref = config.git_dir / "refs" / "heads" / "main"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common import config as config_mod
 from common import gitutil
+from common.resources import ResourceMissing
 
 DEFAULT_CONFIG = '''\
 # gitsieve configuration (TOML).  Every key is optional; shown are the defaults.
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"gitsieve: {exc}", file=sys.stderr)
         return 2
+    except ResourceMissing as exc:
+        print(f"gitsieve: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
