@@ -435,8 +435,8 @@ class WriterRules:
 
     def classify(self, chain: list) -> WriterEvidence:
         """``chain``: the writer's ProcInfo first, then its ancestors."""
-        if not chain:
-            return WriterEvidence(USER, 0, "", None, "", "unknown lineage")
+        if not chain:  # gone before anything about it was read: never assumed the user's
+            return WriterEvidence(UNKNOWN, 0, "", None, "", "unknown lineage")
         writer = chain[0]
         for info in chain:
             if info.inherited and len(chain) > 1:
@@ -520,6 +520,9 @@ class ExactAttributor:
                                self.names.root)
 
     def _resolve(self, pid: int) -> WriterEvidence:
+        # The writer's fork and exec were queued before its write: apply them first, or a
+        # child forked after the last lineage read (and gone already) has no lineage.
+        self.lineage.drain()
         return self.rules.classify(self.lineage.chain(pid))
 
     def fds(self) -> list[tuple[int, Callable[[], None]]]:

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from common.attribution import (SELF, SYSTEM, USER, ExactAttributor, WriterRules,
+from common.attribution import (SELF, SYSTEM, UNKNOWN, USER, ExactAttributor, WriterRules,
                                 make_attributor)
 from common.proc_connector import LineageTracker, ProcInfo, read_proc
 from conftest import wait_for
@@ -148,6 +148,34 @@ def test_exact_attributor_names_user_system_and_self_writers(workspace, parent):
         assert attributor.attribute(workspace.path("never.txt"), now) is None
     finally:
         attributor.close()
+
+
+def test_a_writer_forked_after_the_last_lineage_read_is_still_traced(workspace, parent):
+    """The race CI hit: the fanotify group is read after the lineage socket, and a child
+    forked, wrote and exited in between.  Its fork is queued but unread when its write is
+    resolved; it must still be traced to its autonomous parent, never taken for the user."""
+    proc, tag, spawn = parent
+    workspace.config(f'[filter]\nautonomous_processes = ["{tag}"]\nattribution = "fanotify"\n')
+    attributor = make_attributor(workspace.load())
+    try:
+        attributor.lineage.drain()
+        target = workspace.path("late.txt")
+        child = spawn(target)  # fork, exec, write, exit: all queued, none read yet
+        assert read_proc(child) is None
+        attributor.recorder.drain()  # the write is read first, as in the race
+        events = attributor.recorder.writes_to(target, 0.0, time.time())
+        assert events, "the child's write was not recorded"
+        evidence = events[0].evidence
+        # the writer is the child or its own child (sh may fork date), all gone now
+        chain = [info.pid for info in attributor.lineage.chain(evidence.pid)]
+        assert child in chain and read_proc(evidence.pid) is None
+        assert (evidence.writer, evidence.ancestor_pid) == (SYSTEM, proc.pid)
+    finally:
+        attributor.close()
+
+
+def test_an_empty_lineage_is_unknown_not_the_user():
+    assert WriterRules(["claude-autonomous"]).classify([]).writer == UNKNOWN
 
 
 def test_psutil_is_used_when_configured_even_as_root(workspace):
