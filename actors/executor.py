@@ -40,9 +40,9 @@ class Executor(Actor):
     name = "executor"
     control_commands = {"held": "held_paths", "pause": "pause", "resume": "resume",
                         "explain": "explain_paths"}
-    # A path committed this many times within the window is a runaway (something rewrites
-    # it forever past the filters): it stays held until the window lets it in again.
-    runaway_limit = 30
+    # A path committed [limits] runaway_commits_per_hour times within the window is a
+    # runaway (something rewrites it forever past the filters): it stays held until the
+    # window lets it in again.
     runaway_window = 3600.0
 
     def __init__(self, config, instance=None):
@@ -62,7 +62,8 @@ class Executor(Actor):
         self.push_retry_at = 0.0  # monotonic: no push before this (commits go on locally)
         self.push_failures = 0
         self.last_push_failure = ""
-        self.runaway = RunawayGuard(self.runaway_limit, self.runaway_window, clock=time.time)
+        self.runaway = RunawayGuard(config.runaway_commits_per_hour, self.runaway_window,
+                                    clock=time.time)
         self.last_failure = ""
         self.push_pending = False
         self.last_commit: dict = {}

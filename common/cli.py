@@ -39,6 +39,7 @@ max_wait = 10                   # a path written continuously is still committed
 max_commits_per_hour = 10
 max_commits_per_day = 50
 cooldown_seconds = 300          # minimum time between two commits
+runaway_commits_per_hour = 30  # one path committed this often in an hour is held; 0: off
 
 [git]
 remote = "origin"               # empty: commit only, never push

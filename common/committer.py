@@ -358,20 +358,27 @@ class Committer:
         if branch is None:
             return False, "push: HEAD is detached"
         ref = f"refs/heads/{branch}"
-        try:
-            self._push_ref(ref)
-        except GitError as exc:
-            if not any(marker in exc.stderr for marker in _REJECTED_MARKERS):
-                log.warning("push failed; the commit stays local: %s", exc)
-                return False, f"push failed: {exc}"
-            log.info("push rejected: the remote moved; integrating its commits (%s)",
-                     self.config.pull_strategy)
+        # Stopped by a conflict, no push is tried until the remote's commits integrate (the
+        # user resolved it, dropped a blocking edit, or the remote moved again).
+        rejected = bool(self.push_conflict)
+        if not rejected:
+            try:
+                self._push_ref(ref)
+            except GitError as exc:
+                if not any(marker in exc.stderr for marker in _REJECTED_MARKERS):
+                    log.warning("push failed; the commit stays local: %s", exc)
+                    return False, f"push failed: {exc}"
+                log.info("push rejected: the remote moved; integrating its commits (%s)",
+                         self.config.pull_strategy)
+                rejected = True
+        if rejected:
             try:
                 self.integrate_remote(branch)
                 self._push_ref(ref)
             except PushConflict as conflict:
+                if str(conflict) != self.push_conflict:  # once, not at every re-check
+                    log.warning("push stopped: %s; commits continue locally", conflict)
                 self.push_conflict = str(conflict)
-                log.warning("push stopped: %s; commits continue locally", conflict)
                 return False, f"push stopped: {conflict}"
             except (GitError, TransientError) as exc:
                 log.warning("push failed after integrating the remote: %s", exc)

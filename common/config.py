@@ -113,6 +113,7 @@ class Config:
     max_commits_per_hour: int
     max_commits_per_day: int
     cooldown_seconds: float
+    runaway_commits_per_hour: int
     # [git]
     remote: str
     branch: str
@@ -199,6 +200,7 @@ _SCHEMA: dict[tuple[str, str], tuple[tuple[type, ...], object]] = {
     ("limits", "max_commits_per_hour"): ((int,), 10),
     ("limits", "max_commits_per_day"): ((int,), 50),
     ("limits", "cooldown_seconds"): ((int, float), 300),
+    ("limits", "runaway_commits_per_hour"): ((int,), 30),  # one path; 0: no cap
     ("git", "remote"): ((str,), "origin"),
     ("git", "branch"): ((str,), "main"),
     ("git", "retry_attempts"): ((int,), 3),
@@ -385,6 +387,7 @@ def load(workspace: str | os.PathLike | None = None,
         max_commits_per_hour=get("limits", "max_commits_per_hour"),
         max_commits_per_day=get("limits", "max_commits_per_day"),
         cooldown_seconds=float(get("limits", "cooldown_seconds")),
+        runaway_commits_per_hour=get("limits", "runaway_commits_per_hour"),
         remote=get("git", "remote"), branch=get("git", "branch"),
         retry_attempts=get("git", "retry_attempts"),
         retry_backoff=float(get("git", "retry_backoff")),

@@ -71,7 +71,7 @@ def test_init_writes_a_valid_commented_config_and_rules(workspace):
     assert "#" in config_text
     parsed = tomllib.loads(config_text)
     assert parsed["limits"] == {"max_commits_per_hour": 10, "max_commits_per_day": 50,
-                                "cooldown_seconds": 300}
+                                "cooldown_seconds": 300, "runaway_commits_per_hour": 30}
     cfg = workspace.load()  # the written files load and validate
     assert cfg.debounce_for(".claude/autonomous/x", "ANALYZE") == 300
     from common import rules

@@ -7,7 +7,7 @@ import time
 
 from common import config as config_mod
 from common.committer import TRAILER, Committer
-from conftest import git
+from conftest import ROOT, git
 
 
 def make(workspace, extra: str = "") -> Committer:
@@ -188,6 +188,34 @@ def test_conflict_with_remote_changes_nothing_and_stops_pushing(workspace, tmp_p
     workspace.write("later.txt", "l\n")
     later = committer.commit(["later.txt"])
     assert later.commit == workspace.head() and not later.pushed
+
+
+def test_a_stopped_push_is_not_tried_until_the_conflict_clears(workspace, tmp_path,
+                                                               monkeypatch):
+    workspace.write("shared.txt", "base\n")
+    assert make(workspace).commit(["shared.txt"]).pushed
+    other_clone_pushes(workspace, tmp_path, {"shared.txt": "theirs\n"})
+    workspace.write("shared.txt", "mine\n")
+    committer = make(workspace)
+    assert "push stopped" in committer.commit(["shared.txt"]).error
+    # Every later git call goes through faulty-git, which logs each push it sees.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(ROOT / "scripts" / "faulty-git")
+    rules = tmp_path / "rules"
+    rules.write_text("^push sleep-before:0\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAULTY_GIT_RULES", str(rules))
+    pushed, error = committer.push()
+    assert not pushed and "conflict" in error
+    log = rules.with_name("rules.log")
+    assert not log.exists(), "a push was tried while stopped by the conflict"
+    # The user resolves it (merges the remote, keeping theirs): the push goes at once.
+    workspace.git("pull", "-q", "--no-rebase", "-X", "theirs", "origin", "main")
+    pushed, error = committer.push()
+    assert pushed, error
+    assert committer.push_conflict == "" and workspace.remote_head() == workspace.head()
+    assert len(log.read_text().splitlines()) == 1
 
 
 def test_remote_change_to_a_locally_modified_file_is_a_conflict(workspace, tmp_path):

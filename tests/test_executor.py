@@ -251,9 +251,9 @@ def ok_health() -> HealthStatus:
     return HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="", checked=time.time())
 
 
-def handler_executor(workspace, extra: str = "", cls=Executor) -> Executor:
+def handler_executor(workspace, extra: str = "") -> Executor:
     workspace.config(BASE_CONFIG + extra)
-    executor = cls(workspace.load())
+    executor = Executor(workspace.load())
     executor.batches_in, executor.reports_out = FakeSocket(), FakeSocket()
     executor.on_health(ok_health())
     return executor
@@ -301,15 +301,10 @@ def test_handler_push_backoff_2_4_6_capped_and_commits_continue(workspace):
     executor.context.term()
 
 
-class TinyRunawayExecutor(Executor):
-    runaway_limit = 2
-    runaway_window = 3600.0
-
-
 def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):
     executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n"
-                                "max_commits_per_hour = 0\nmax_commits_per_day = 0\n",
-                                cls=TinyRunawayExecutor)
+                                "max_commits_per_hour = 0\nmax_commits_per_day = 0\n"
+                                "runaway_commits_per_hour = 2\n")
     try:
         for round_number in range(3):
             workspace.write("status.log", f"rewrite {round_number}\n")
