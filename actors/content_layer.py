@@ -1,7 +1,8 @@
 """Content layer (L3): decides a change by what differs from HEAD.
 
 Sockets:
-  - PULL  connect  endpoints.stage_out("l3")  Changes from the router (passed on by L2)
+  - DEALER connect endpoints.stage_out("l3")  Changes from the router (passed on by L2);
+                                              Ready (credit) out, see common.actor
   - PUSH  connect  endpoints.decisions        one Decision per Change
   - SUB   connect  endpoints.commits          CommitReport: HEAD moved, drop the HEAD cache
   - SUB   connect  endpoints.feed             Decision (debouncer's live feed): the versions
@@ -270,10 +271,9 @@ class ContentLayer(Actor):
         self.head_cache: OrderedDict[str, HeadBlob | None] = OrderedDict()
         self.head_cache_bytes = 0
         self.head_cache_token: tuple | None = None
-        self.changes = self.connect(zmq.PULL, endpoints.stage_out("l3"))
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
         self.commits = self.connect(zmq.SUB, endpoints.commits)
-        self.add_input(self.changes, {Change: self.on_change})
+        self.changes = self.take_stage("l3", {Change: self.on_change})
         self.add_input(self.commits, {CommitReport: self.on_commit})
         self.feed = self.connect(zmq.SUB, endpoints.feed, hwm=10_000)
         self.add_input(self.feed, {Decision: self.on_feed})

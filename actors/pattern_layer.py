@@ -1,7 +1,8 @@
 """Pattern layer (L1): decides a Change by its path alone, or passes it on for analysis.
 
 Sockets:
-  - PULL  connect  endpoints.stage_out("l1")  Change in (from the router)
+  - DEALER connect endpoints.stage_out("l1")  Change in (from the router);
+                                              Ready (credit) out, see common.actor
   - PUSH  connect  endpoints.stage_in("l2")   Change out: ANALYZE verdicts, trail extended
   - PUSH  connect  endpoints.decisions        Decision out: BLOCK / ALLOW verdicts
 Messages in: Change.  Messages out: Change, Decision.
@@ -33,11 +34,10 @@ class PatternLayer(Actor):
 
     def setup(self) -> None:
         endpoints = self.config.endpoints
-        self.inbox = self.connect(zmq.PULL, endpoints.stage_out("l1"))
         self.to_l2 = self.connect(zmq.PUSH, endpoints.stage_in("l2"))
         self.to_decisions = self.connect(zmq.PUSH, endpoints.decisions)
         self.prepare()
-        self.add_input(self.inbox, {Change: self.on_change})
+        self.inbox = self.take_stage("l1", {Change: self.on_change})
 
     def prepare(self) -> None:
         """State that handler-level tests need without sockets or a running loop."""

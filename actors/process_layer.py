@@ -1,7 +1,8 @@
 """Process layer (L2): who wrote the file.  Drops autonomous (and gitsieve's own) writes.
 
 Sockets:
-  - PULL  connect  endpoints.stage_out("l2")  Changes from the router (L1's ANALYZE verdicts)
+  - DEALER connect endpoints.stage_out("l2")  Changes from the router (L1's ANALYZE verdicts);
+                                              Ready (credit) out, see common.actor
   - PUSH  connect  endpoints.stage_in("l3")   Changes with a USER or UNKNOWN writer, to L3
   - PUSH  connect  endpoints.decisions        Decision(commit=False) for SYSTEM/SELF writers
                                               and for learned paths without a user writer
@@ -58,11 +59,10 @@ class ProcessLayer(Actor):
     def setup(self) -> None:
         endpoints = self.config.endpoints
         self.prepare()
-        self.changes = self.connect(zmq.PULL, endpoints.stage_out("l2"))
         self.to_content = self.connect(zmq.PUSH, endpoints.stage_in("l3"))
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
         self.feed = self.connect(zmq.SUB, endpoints.feed, hwm=10_000)
-        self.add_input(self.changes, {Change: self.on_change})
+        self.changes = self.take_stage("l2", {Change: self.on_change})
         self.add_input(self.feed, {Decision: self.on_feed})
 
     def prepare(self) -> None:

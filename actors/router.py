@@ -1,34 +1,73 @@
-"""Router: the switchboard between pipeline stages, so scaled layer workers only connect.
+"""Router: the stage queues between pipeline stages, so scaled layer workers only connect.
 
 Sockets, per stage S in (l1, l2, l3):
-  - PULL  bind     endpoints.stage_in(S)   producers of S's input PUSH-connect here
-  - PUSH  bind     endpoints.stage_out(S)  S's workers PULL-connect here (round robin)
-Messages in/out: Change (forwarded unchanged).  Changes marked ``priority`` (ALLOW areas)
-are queued ahead of the rest, the seed's high-priority stream.  A backlog is held while a
-stage has no connected worker, so nothing is sent into the void at start-up.
+  - PULL    bind  endpoints.stage_in(S)   producers of S's input PUSH-connect here
+  - ROUTER  bind  endpoints.stage_out(S)  S's workers DEALER-connect here
+Messages in: Change (stage_in), Ready (stage_out, a worker's credit).
+Messages out: Change (stage_out, to one worker, forwarded unchanged).
+
+Each stage's changes wait here, in one queue, and go to the worker with the most credit:
+a worker announces (``Ready``) how many changes it has taken in all and how many it may hold
+(``[workers] stage_window``), so no worker holds more than its window, a slow worker is
+not given more than it can take, and the queue depth is known: the backlog here plus each
+worker's changes in flight.  Changes marked ``priority`` (ALLOW areas) go ahead of the rest,
+the seed's high-priority stream.  A worker that disconnects (``ROUTER_MANDATORY`` reports
+it) or stays silent past ``SILENT_HEARTBEATS`` heartbeat intervals is forgotten; the few
+changes it held are lost with it, and the watcher's reconcile finds those paths again.
 """
 from __future__ import annotations
 
+import errno
+import time
 from collections import deque
+from dataclasses import dataclass
 
 import zmq
 
 from common import messages
 from common.actor import Actor, main
-from common.messages import BadMessage, Change
+from common.messages import BadMessage, Change, Ready
 
 STAGES = ("l1", "l2", "l3")
+# A live worker announces itself every heartbeat interval, even when idle.
+SILENT_HEARTBEATS = 5
+
+
+@dataclass
+class Worker:
+    identity: bytes
+    name: str
+    window: int
+    received: int  # as last announced by the worker
+    sent: int  # changes this router sent it (counted from its first announcement)
+    last_seen: float
+
+    def in_flight(self) -> int:
+        return max(0, self.sent - self.received)
+
+    def credit(self) -> int:
+        return self.window - self.in_flight()
 
 
 class Stage:
-    def __init__(self, name: str, pull: zmq.Socket, push: zmq.Socket):
-        self.name, self.pull, self.push = name, pull, push
+    def __init__(self, name: str, pull: zmq.Socket, out: zmq.Socket):
+        self.name, self.pull, self.out = name, pull, out
         self.urgent: deque[bytes] = deque()
         self.normal: deque[bytes] = deque()
+        self.workers: dict[bytes, Worker] = {}
         self.forwarded = 0
+        self.lost = 0  # changes in flight at workers that disappeared
 
     def backlog(self) -> int:
         return len(self.urgent) + len(self.normal)
+
+    def best_worker(self) -> Worker | None:
+        worker = max(self.workers.values(), key=Worker.credit, default=None)
+        return worker if worker is not None and worker.credit() > 0 else None
+
+    def forget(self, worker: Worker) -> None:
+        self.lost += worker.in_flight()
+        self.workers.pop(worker.identity, None)
 
 
 class Router(Actor):
@@ -36,13 +75,16 @@ class Router(Actor):
 
     def setup(self) -> None:
         self.stages: dict[str, Stage] = {}
-        for stage in STAGES:
-            pull = self.bind(zmq.PULL, self.config.endpoints.stage_in(stage))
-            push = self.bind(zmq.PUSH, self.config.endpoints.stage_out(stage))
-            self.stages[stage] = Stage(stage, pull, push)
-            self.watch_fd(pull, lambda s=self.stages[stage]: self._take(s))
+        for name in STAGES:
+            pull = self.bind(zmq.PULL, self.config.endpoints.stage_in(name))
+            out = self.bind(zmq.ROUTER, self.config.endpoints.stage_out(name))
+            out.router_mandatory = True  # a send to a departed worker fails, not vanishes
+            stage = self.stages[name] = Stage(name, pull, out)
+            self.watch_fd(pull, lambda s=stage: self._take_changes(s))
+            self.watch_fd(out, lambda s=stage: self._take_credit(s))
 
-    def _take(self, stage: Stage) -> None:
+    # ----- inputs ---------------------------------------------------------------------
+    def _take_changes(self, stage: Stage) -> None:
         for _ in range(1000):
             try:
                 frames = stage.pull.recv_multipart(zmq.NOBLOCK)
@@ -57,35 +99,86 @@ class Router(Actor):
                 if not isinstance(change, Change):
                     raise BadMessage(f"unexpected {type(change).__name__}")
             except BadMessage as exc:
-                self.stats["bad_frames"] += 1
-                self.log.warning("router: dropped bad frame for %s: %s", stage.name, exc)
+                self._bad_frame(stage, exc)
                 continue
             (stage.urgent if change.priority else stage.normal).append(frame)
         self._forward(stage)
 
+    def _take_credit(self, stage: Stage) -> None:
+        for _ in range(1000):
+            try:
+                frames = stage.out.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.stats["messages_in"] += 1
+            try:
+                if len(frames) != 2:
+                    raise BadMessage(f"{len(frames)} frames, expected identity and Ready")
+                identity, frame = frames
+                ready = messages.decode(frame)
+                if not isinstance(ready, Ready):
+                    raise BadMessage(f"unexpected {type(ready).__name__}")
+            except BadMessage as exc:
+                self._bad_frame(stage, exc)
+                continue
+            self._credit(stage, identity, ready)
+        self._forward(stage)
+
+    def _credit(self, stage: Stage, identity: bytes, ready: Ready) -> None:
+        worker = stage.workers.get(identity)
+        if worker is None:
+            # New, or known before this router started: nothing of ours is in flight there.
+            worker = stage.workers[identity] = Worker(identity, ready.worker, ready.window,
+                                                      ready.received, ready.received, 0.0)
+            self.log.info("router: %s worker %s ready (window %d)", stage.name, ready.worker,
+                          ready.window)
+        worker.received = max(worker.received, ready.received)
+        worker.sent = max(worker.sent, worker.received)
+        worker.window, worker.name = ready.window, ready.worker
+        worker.last_seen = time.monotonic()
+
+    def _bad_frame(self, stage: Stage, exc: BadMessage) -> None:
+        self.stats["bad_frames"] += 1
+        self.log.warning("router: dropped bad frame for %s: %s", stage.name, exc)
+
+    # ----- forwarding -------------------------------------------------------------------
     def _forward(self, stage: Stage) -> None:
         for queue in (stage.urgent, stage.normal):
             while queue:
+                worker = stage.best_worker()
+                if worker is None:
+                    return  # every worker's window is full, or none is connected
                 try:
-                    stage.push.send(queue[0], zmq.NOBLOCK)
-                except zmq.Again:  # no worker connected, or all are full
-                    return
+                    stage.out.send_multipart([worker.identity, queue[0]], zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                        raise
+                    self.log.info("router: %s worker %s is gone", stage.name, worker.name)
+                    stage.forget(worker)
+                    continue
                 queue.popleft()
+                worker.sent += 1
                 stage.forwarded += 1
                 self.stats["messages_out"] += 1
 
     def on_tick(self, now: float) -> None:
+        silent_for = SILENT_HEARTBEATS * self.config.heartbeat_interval
         for stage in self.stages.values():
-            if stage.backlog():
-                self._forward(stage)
-
-    def wakeup_in(self) -> float | None:
-        return 0.02 if any(s.backlog() for s in self.stages.values()) else None
+            for worker in list(stage.workers.values()):
+                if now - worker.last_seen > silent_for:
+                    self.log.warning("router: %s worker %s silent for %.0fs; forgotten",
+                                     stage.name, worker.name, now - worker.last_seen)
+                    stage.forget(worker)
 
     def extra_status(self) -> dict:
+        if not hasattr(self, "stages"):
+            return {}
         return {"queue_depth": sum(s.backlog() for s in self.stages.values()),
-                "stages": {s.name: {"backlog": s.backlog(), "forwarded": s.forwarded}
-                           for s in self.stages.values()}}
+                "stages": {s.name: {
+                    "backlog": s.backlog(), "forwarded": s.forwarded, "lost": s.lost,
+                    "workers": {w.name: {"in_flight": w.in_flight(), "credit": w.credit()}
+                                for w in s.workers.values()}}
+                    for s in self.stages.values()}}
 
 
 if __name__ == "__main__":

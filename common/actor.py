@@ -6,6 +6,12 @@ It owns the process's ZeroMQ context and the poll loop, the control socket (REP,
 sockets in :meth:`setup` through :meth:`bind`/:meth:`connect`, register inputs with a
 dispatch table ``{MessageType: handler}``, and may override :meth:`on_tick`,
 :meth:`wakeup_in`, :meth:`extra_status` and :meth:`shutdown`.
+
+A layer worker takes its stage's changes with :meth:`take_stage`: a DEALER connected to
+the router's ``endpoints.stage_out(stage)``, fed by credit.  After every poll round (its
+changes handled, ``on_tick`` run) and at least every heartbeat interval (so a restarted
+router learns of it), the base sends ``Ready(received, window)``; the router never lets
+more than ``[workers] stage_window`` changes wait in the worker.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import zmq
 
 from common import config as config_mod
 from common import messages
-from common.messages import BadMessage, ControlReply, ControlRequest, Heartbeat
+from common.messages import BadMessage, ControlReply, ControlRequest, Heartbeat, Ready
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,16 @@ class LatencyWindow:
                 "max_ms": round(ordered[-1] * 1000, 3)}
 
 
+class StageFeed:
+    """The worker's end of a stage queue: what it took, what it last told the router."""
+
+    def __init__(self, sock: zmq.Socket):
+        self.sock = sock
+        self.received = 0
+        self.announced = -1
+        self.next_announce = 0.0
+
+
 class Actor:
     name = "actor"
     #: control commands beyond the built-in ones: {command: method name}
@@ -76,6 +92,7 @@ class Actor:
         self._fd_handlers: dict[int, Callable[[], None]] = {}
         self._control = None
         self._heartbeat = None
+        self._feed: StageFeed | None = None
         self._next_heartbeat = 0.0
 
     # ----- sockets -------------------------------------------------------------------
@@ -107,6 +124,28 @@ class Actor:
     def add_input(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> None:
         self._inputs[sock] = handlers
         self.poller.register(sock, zmq.POLLIN)
+
+    def take_stage(self, stage: str, handlers: dict[type, Callable]) -> zmq.Socket:
+        """Become one of ``stage``'s workers (see the module docstring)."""
+        sock = self.connect(zmq.DEALER, self.config.endpoints.stage_out(stage))
+        self.add_input(sock, handlers)
+        self._feed = StageFeed(sock)
+        return sock
+
+    def _announce(self, now: float) -> None:
+        """Tell the router how many changes this worker took, when that changed or a
+        heartbeat interval passed."""
+        feed = self._feed
+        if feed is None or (feed.received == feed.announced and now < feed.next_announce):
+            return
+        ready = Ready(worker=self.actor_id, received=feed.received,
+                      window=self.config.stage_window)
+        try:
+            feed.sock.send(messages.encode(ready), zmq.NOBLOCK)
+        except zmq.Again:  # nothing to send to yet: the next round tries again
+            return
+        feed.announced = feed.received
+        feed.next_announce = now + self.config.heartbeat_interval
 
     def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
         self._fd_handlers[fd] = callback
@@ -159,12 +198,15 @@ class Actor:
         self.stats["errors"] += 1
         self.last_error = what[:500]
 
-    def _dispatch(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> None:
-        for _ in range(_DRAIN_LIMIT):
+    def _dispatch(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> int:
+        """Handle what ``sock`` holds (up to _DRAIN_LIMIT frames); return how many."""
+        taken = 0
+        while taken < _DRAIN_LIMIT:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
+            taken += 1
             self.stats["messages_in"] += 1
             try:
                 if len(frames) != 1:
@@ -189,6 +231,7 @@ class Actor:
             if window is None:
                 window = self.latency[name] = LatencyWindow()
             window.add(time.perf_counter() - started)
+        return taken
 
     def _serve_control(self) -> None:
         try:
@@ -265,11 +308,14 @@ class Actor:
                     if sock is self._control:
                         self._serve_control()
                     elif sock in self._inputs:
-                        self._dispatch(sock, self._inputs[sock])
+                        taken = self._dispatch(sock, self._inputs[sock])
+                        if self._feed is not None and sock is self._feed.sock:
+                            self._feed.received += taken
                     elif sock in self._fd_handlers:
                         self._fd_handlers[sock]()
                 now = time.monotonic()
                 self.on_tick(now)
+                self._announce(now)
                 self._beat(now)
         finally:
             self.state = "stopping"

@@ -135,6 +135,8 @@ class Config:
     # [workers]
     l2_workers: int
     l3_workers: int
+    # changes a layer worker may hold (taken from the router, not yet passed on)
+    stage_window: int
     # [runtime]
     runtime_dir: Path
     heartbeat_interval: float
@@ -218,6 +220,7 @@ _SCHEMA: dict[tuple[str, str], tuple[tuple[type, ...], object]] = {
     ("watcher", "modify_interval"): ((int, float), 1),
     ("workers", "l2"): ((int,), 2),
     ("workers", "l3"): ((int,), 2),
+    ("workers", "stage_window"): ((int,), 256),
     ("runtime", "dir"): ((str,), ""),
     ("runtime", "heartbeat_interval"): ((int, float), 1),
     ("runtime", "metrics_interval"): ((int, float), 10),
@@ -356,7 +359,7 @@ def load(workspace: str | os.PathLike | None = None,
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(source, "[runtime].log_level must be DEBUG, INFO, WARNING or ERROR",
                           _key_line(text, "runtime", "log_level"))
-    for key in ("l2", "l3"):
+    for key in ("l2", "l3", "stage_window"):
         if get("workers", key) < 1:
             raise ConfigError(source, f"[workers].{key} must be at least 1",
                               _key_line(text, "workers", key))
@@ -403,6 +406,7 @@ def load(workspace: str | os.PathLike | None = None,
         reconcile_interval=float(get("watcher", "reconcile_interval")),
         modify_interval=float(get("watcher", "modify_interval")),
         l2_workers=get("workers", "l2"), l3_workers=get("workers", "l3"),
+        stage_window=get("workers", "stage_window"),
         runtime_dir=runtime_dir,
         heartbeat_interval=float(get("runtime", "heartbeat_interval")),
         metrics_interval=float(get("runtime", "metrics_interval")),

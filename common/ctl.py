@@ -79,6 +79,16 @@ def queue_depth(status: dict) -> int | None:
     return None
 
 
+def worker_queues(router: dict) -> dict[str, int]:
+    """Layer worker -> changes it holds (taken from its stage queue, not yet done), as the
+    router counts them from the workers' credit announcements."""
+    found = {}
+    for stage in (router.get("stages") or {}).values():
+        for name, worker in (stage.get("workers") or {}).items():
+            found[name] = worker.get("in_flight")
+    return found
+
+
 def workspace_path(config, text: str) -> str:
     """A path given on the command line, as the workspace-relative POSIX path actors use."""
     absolute = os.path.abspath(text)
@@ -149,9 +159,10 @@ class Status(Command):
         actors = all_statuses(config)
         health_actor = next((a for a in actors if a["name"] == "health"), {})
         restarts = health_actor.get("restarts") or {}
+        in_flight = worker_queues(next((a for a in actors if a["name"] == "router"), {}))
         for actor in actors:
             if actor["state"] != "unreachable":
-                actor["queue"] = queue_depth(actor)
+                actor["queue"] = in_flight.get(actor["name"], queue_depth(actor))
                 actor["restarts"] = restarts.get(actor["name"], 0)
         return {"workspace": str(config.workspace), "actors": actors,
                 "health": health_actor.get("health")}

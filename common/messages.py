@@ -85,6 +85,17 @@ class CommitReport:
 
 
 @dataclass(frozen=True)
+class Ready:
+    """A layer worker's credit, worker -> router (the Paranoid Pirate's READY, with flow
+    control): it has taken ``received`` changes since it started and may hold ``window``
+    not yet taken, so the router sends it at most ``window - (sent - received)`` more."""
+
+    worker: str
+    received: int
+    window: int
+
+
+@dataclass(frozen=True)
 class HealthStatus:
     ok: bool
     reasons: tuple[str, ...]
@@ -135,11 +146,16 @@ def _check_change(message) -> None:
         raise BadMessage(f"{type(message).__name__}: {reason}: {message.path!r}")
 
 
+def _check_ready(message: Ready) -> None:
+    if message.received < 0 or message.window < 0:
+        raise BadMessage(f"Ready: negative count ({message.received}, {message.window})")
+
+
 # Checks beyond field types, applied to every decoded message of the type.
-_VALIDATORS = {Change: _check_change, Decision: _check_change}
+_VALIDATORS = {Change: _check_change, Decision: _check_change, Ready: _check_ready}
 
 MESSAGE_TYPES = {cls.__name__: cls for cls in (
-    Change, Decision, Batch, CommitReport, HealthStatus, Heartbeat, ControlRequest,
+    Change, Decision, Batch, CommitReport, Ready, HealthStatus, Heartbeat, ControlRequest,
     ControlReply)}
 _HINTS = {cls: typing.get_type_hints(cls) for cls in MESSAGE_TYPES.values()}
 

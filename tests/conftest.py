@@ -145,6 +145,45 @@ class FakeSocket:
         return [messages.decode(frame) for frame in self.frames]
 
 
+class StageReader:
+    """A test's stand-in for a stage's workers: a DEALER on the router's stage queue, read
+    like a PULL.  Its window defaults to wide enough for every change; it announces itself
+    again while it is polled, as a live worker does every heartbeat interval."""
+
+    def __init__(self, context, cfg, stage: str, window: int = 1_000_000, name: str = ""):
+        import zmq
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(cfg.endpoints.stage_out(stage))
+        self.name, self.window = name or f"test-{stage}", window
+        self.received = 0
+        self.announced_at = 0.0
+        self.announce()
+
+    def announce(self, received: int | None = None) -> None:
+        from common import messages
+        self.received = self.received if received is None else received
+        self.sock.send(messages.encode(messages.Ready(
+            worker=self.name, received=self.received, window=self.window)))
+        self.announced_at = time.monotonic()
+
+    def poll(self, timeout: int = 0) -> int:
+        if time.monotonic() - self.announced_at > 1.0:
+            self.announce()
+        return self.sock.poll(timeout)
+
+    def recv(self) -> bytes:
+        return self.sock.recv()
+
+    def close(self, linger: int = 0) -> None:
+        self.sock.close(linger)
+
+
+def stage_reader(context, cfg, stage: str, window: int = 1_000_000,
+                 name: str = "") -> StageReader:
+    return StageReader(context, cfg, stage, window, name)
+
+
 class ActorProcess:
     """One real actor process (``python -m actors.NAME``), stopped and reaped on close."""
 

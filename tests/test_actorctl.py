@@ -207,6 +207,9 @@ def test_operations_on_a_running_gitsieve(running):
     assert code == 0
     by_name = {actor["name"]: actor for actor in status["actors"]}
     assert by_name["router"]["queue"] == 0 and by_name["executor"]["restarts"] == 0
+    # every layer worker's queue: what it holds, as the router counts it (idle: nothing)
+    for worker in ("l1", "l2-01", "l2-02", "l3-01", "l3-02"):
+        assert by_name[worker]["queue"] == 0, by_name[worker]
 
     # the metrics file: per-actor latency, counts and resource usage
     cfg = ws.load()

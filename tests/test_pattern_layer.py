@@ -10,7 +10,7 @@ from actors.pattern_layer import PatternLayer
 from common import config as config_mod
 from common import messages
 from common.messages import Change, Decision
-from conftest import FakeSocket, wait_for
+from conftest import FakeSocket, stage_reader, wait_for
 
 RULES = """\
 # test rules
@@ -161,8 +161,8 @@ def test_real_processes(workspace, actors):
     try:
         decisions = sock(zmq.PULL)
         decisions.bind(cfg.endpoints.decisions)
-        analyzed = sock(zmq.PULL)
-        analyzed.connect(cfg.endpoints.stage_out("l2"))
+        analyzed = stage_reader(context, cfg, "l2")
+        socks.append(analyzed)
         producer = sock(zmq.PUSH)
         producer.connect(cfg.endpoints.stage_in("l1"))
         actors("router", workspace.root)

@@ -13,7 +13,7 @@ from actors.process_layer import ProcessLayer
 from common import config as config_mod
 from common import control, messages
 from common.messages import Change, Decision
-from conftest import ROOT, FakeSocket, wait_for  # noqa: E402
+from conftest import ROOT, FakeSocket, stage_reader, wait_for  # noqa: E402
 
 HOLDER_CODE = r"""
 import sys
@@ -167,9 +167,7 @@ def pipeline(workspace, tag, actors):
     decisions = context.socket(zmq.PULL)
     decisions.linger = 0
     decisions.bind(cfg.endpoints.decisions)
-    to_l3 = context.socket(zmq.PULL)
-    to_l3.linger = 0
-    to_l3.connect(cfg.endpoints.stage_out("l3"))
+    to_l3 = stage_reader(context, cfg, "l3")
     into_l2 = context.socket(zmq.PUSH)
     into_l2.linger = 0
     into_l2.connect(cfg.endpoints.stage_in("l2"))

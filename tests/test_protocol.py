@@ -8,7 +8,8 @@ import zmq
 
 from common import control, messages
 from common.messages import (Batch, BadMessage, Change, CommitReport, ControlReply,
-                             ControlRequest, Decision, HealthStatus, Heartbeat)
+                             ControlRequest, Decision, HealthStatus, Heartbeat, Ready)
+from conftest import stage_reader
 
 SAMPLES = [
     Change(path="dir with space/é.txt", kind="write", seq=7, epoch=1.5, observed=2.5,
@@ -22,6 +23,7 @@ SAMPLES = [
     CommitReport(batch_ids=(), paths=(), commit=None, pushed=False, error="boom", finished=1.0),
     HealthStatus(ok=False, reasons=("merge in progress",), free_mb=12.5, operation="merge",
                  checked=9.0, actors={"watcher": {"pid": 1}}),
+    Ready(worker="l2-01", received=12, window=256),
     Heartbeat(actor="l2-01", pid=42, sent=1.0, state="running", stats={"messages_in": 3}),
     ControlRequest(command="status", args={"path": "a"}),
     ControlReply(ok=False, data={}, error="nope"),
@@ -73,6 +75,13 @@ def test_safe_odd_paths_pass(path):
     assert messages.decode(messages.encode(change)) == change
 
 
+def test_negative_credit_is_a_bad_message():
+    frame = msgpack.packb([messages.PROTOCOL_VERSION, "Ready",
+                           {"worker": "l2-01", "received": -1, "window": 8}])
+    with pytest.raises(BadMessage, match="negative"):
+        messages.decode(frame)
+
+
 def test_unknown_change_kind_is_a_bad_message():
     with pytest.raises(BadMessage, match="unknown kind"):
         messages.decode(messages.encode(dataclasses.replace(SAMPLES[0], kind="chmod")))
@@ -99,9 +108,7 @@ def test_actor_counts_bad_frames_and_keeps_working(workspace, actors):
     push = context.socket(zmq.PUSH)
     push.linger = 0
     push.connect(cfg.endpoints.stage_in("l1"))
-    pull = context.socket(zmq.PULL)
-    pull.linger = 0
-    pull.connect(cfg.endpoints.stage_out("l1"))
+    pull = stage_reader(context, cfg, "l1")
     try:
         for frame in (b"garbage", msgpack.packb([1, "Nope", {}]),
                       messages.encode(SAMPLES[2])):  # a valid message of the wrong type

@@ -13,7 +13,7 @@ from inotify_simple import Event, flags
 from common import control, messages
 from actors.watcher import Watcher
 from common.messages import Change
-from conftest import wait_for
+from conftest import stage_reader, wait_for
 
 MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
 
@@ -23,9 +23,7 @@ class Collector:
 
     def __init__(self, cfg):
         self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.PULL)
-        self.sock.linger = 0
-        self.sock.connect(cfg.endpoints.stage_out("l1"))
+        self.sock = stage_reader(self.context, cfg, "l1")
         self.changes: list[Change] = []
 
     def drain(self) -> list[Change]:
