@@ -220,7 +220,7 @@ _SCHEMA: dict[tuple[str, str], tuple[tuple[type, ...], object]] = {
     ("watcher", "modify_interval"): ((int, float), 1),
     ("workers", "l2"): ((int,), 2),
     ("workers", "l3"): ((int,), 2),
-    ("workers", "stage_window"): ((int,), 256),
+    ("workers", "stage_window"): ((int,), 1000),
     ("runtime", "dir"): ((str,), ""),
     ("runtime", "heartbeat_interval"): ((int, float), 1),
     ("runtime", "metrics_interval"): ((int, float), 10),

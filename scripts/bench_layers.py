@@ -7,8 +7,11 @@
   written by another process (drain, lineage walk, window, verdict, Decision encoded).
 - L3: ms to judge a 100 KB JSON whose only change is a volatile key, HEAD version cached
   (file read, JSON parse of both sides, comparison), and the pure comparison alone.
+- Stage: Changes/s through real processes and sockets: watcher-side PUSH -> router ->
+  the L1 process -> router's l2 queue, with the configured ``[workers] stage_window``.
 
 Usage: python scripts/bench_layers.py [--paths 200000] [--events 2000] [--rounds 200]
+                                      [--stage 20000]
 """
 from __future__ import annotations
 
@@ -172,18 +175,67 @@ def bench_l3(base: Path, rounds: int) -> None:
         sock.close(linger=0)
 
 
+def bench_stage(base: Path, count: int) -> None:
+    import zmq
+    from common import messages
+    root = make_workspace(base / "stage", '[runtime]\nlog_level = "WARNING"\n')
+    cfg = config_mod.load(root)
+    config_mod.prepare_runtime_dir(cfg)
+    context = zmq.Context()
+    decisions = context.socket(zmq.PULL)
+    decisions.bind(cfg.endpoints.decisions)
+    # Stands in for the L2 workers: announces a window that takes everything.
+    analyzed = context.socket(zmq.DEALER)
+    analyzed.connect(cfg.endpoints.stage_out("l2"))
+    analyzed.send(messages.encode(messages.Ready(worker="bench", received=0,
+                                                 window=count)))
+    producer = context.socket(zmq.PUSH)
+    producer.connect(cfg.endpoints.stage_in("l1"))
+    procs = [subprocess.Popen([sys.executable, "-m", f"actors.{name}", "--workspace",
+                               str(root)], cwd=ROOT) for name in ("router", "pattern_layer")]
+    try:
+        time.sleep(1.5)  # both bound and connected
+        kinds = ("docs/a{}.md", ".claude/contexts/c{}.json", "src/m{}.py")
+        started = time.perf_counter()
+        for seq in range(count):
+            producer.send(messages.encode(Change(path=kinds[seq % 3].format(seq), kind="write",
+                                                 seq=seq, epoch=1.0, observed=time.time())))
+        got = 0
+        poller = zmq.Poller()
+        poller.register(decisions, zmq.POLLIN)
+        poller.register(analyzed, zmq.POLLIN)
+        while got < count:
+            ready = dict(poller.poll(10_000))
+            if not ready:
+                break
+            for sock in ready:
+                while sock.poll(0):
+                    sock.recv()
+                    got += 1
+        elapsed = time.perf_counter() - started
+        print(f"Stage router -> L1 process -> out, {count} Changes: {got / elapsed:12,.0f} "
+              f"changes/s ({got} arrived; window {cfg.stage_window})")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+        context.destroy(linger=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=200_000)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--stage", type=int, default=20_000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gitsieve-bench-") as base:
-        for name in ("l1", "l2", "l3"):
+        for name in ("l1", "l2", "l3", "stage"):
             (Path(base) / name).mkdir()
         bench_l1(Path(base), args.paths)
         bench_l2(Path(base), args.events)
         bench_l3(Path(base), args.rounds)
+        bench_stage(Path(base), args.stage)
     return 0
 
 
