@@ -11,7 +11,7 @@ setup(
                 ("share/gitsieve/tests/corpus", ["tests/corpus/cases.py"])],
     python_requires=">=3.11",
     install_requires=["pyzmq>=25", "inotify_simple>=1.3", "psutil>=5.9", "msgpack>=1.0",
-                      "sh>=2.0"],
+                      "sh>=2.0", "orjson>=3.9"],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "supervisor>=4.2"]},
     entry_points={"console_scripts": ["gitsieve=common.cli:main",
                                       "actorctl=common.ctl:main"]},

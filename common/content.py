@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+import orjson
+
 from common.messages import Change
 from common.rules import editor_junk
 
@@ -50,8 +52,28 @@ def strip_volatile(obj, keys: Iterable[str]):
 _NOT_JSON = object()
 
 
+# Every digit to "0", everything else to " ": a 19-digit run is then a plain substring
+# search (a regex scan costs more than the parse it guards).
+_DIGITS_ONLY = bytes(b"0"[0] if b"0"[0] <= byte <= b"9"[0] else b" "[0] for byte in range(256))
+_LONG_DIGITS = b"0" * 19
+
+
 def _parse_json(data: bytes):
-    """The parsed document, or ``_NOT_JSON`` (invalid, badly encoded or too deep)."""
+    """The parsed document, or ``_NOT_JSON`` (invalid, badly encoded or too deep).
+
+    orjson parses a 100 KB document about four times faster than the standard library.  It
+    refuses some documents the standard parser takes (not UTF-8, lone surrogates, NaN) and
+    reads integers beyond 64 bits as floats, so two different big numbers could compare
+    equal: those documents, and any with a 19-digit run, go to the standard parser."""
+    if _LONG_DIGITS in data.translate(_DIGITS_ONLY):
+        return _parse_json_leniently(data)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _parse_json_leniently(data)
+
+
+def _parse_json_leniently(data: bytes):
     try:
         return json.loads(data)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -112,6 +112,21 @@ def test_json_content_in_a_file_without_json_extension_is_parsed():
     assert classify("state.dat", head, work, VOLATILE).verdict == SYSTEM
 
 
+def test_json_the_fast_parser_would_misread_is_parsed_exactly():
+    # orjson reads integers beyond 64 bits as floats, equal when they differ in the last
+    # digits; and it refuses lone surrogates, which Python's parser takes
+    big = 123456789012345678901234567890
+    head = b'{"n": %d, "timestamp": 1}' % big
+    assert classify("big.json", head, b'{"n": %d, "timestamp": 1}' % (big + 1),
+                    VOLATILE).verdict == USER
+    verdict = classify("big.json", head, b'{"n": %d, "timestamp": 2}' % big, VOLATILE)
+    assert (verdict.verdict, verdict.reason) == (SYSTEM, "only volatile keys changed: "
+                                                         "timestamp")
+    head = b'{"s": "\\ud800", "timestamp": 1}'
+    verdict = classify("s.json", head, head.replace(b"1}", b"2}"), VOLATILE)
+    assert verdict.reason == "only volatile keys changed: timestamp"
+
+
 def test_scalar_json_outside_json_files_is_text():
     # "1" and "2" parse as JSON numbers, but a .txt of numbers is text, judged as such
     assert classify("n.txt", b"1", b"2", VOLATILE).verdict == USER
