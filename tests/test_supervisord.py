@@ -67,6 +67,13 @@ def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worke
         os.kill(pids["l2-01"], signal.SIGKILL)
         wait_for(lambda: statuses(cfg).get("l2-01") not in (None, pids["l2-01"]), 30, 0.2,
                  "the killed worker restarted")
+        # an actor that exits 0 by itself (asked to stop over its control socket) is
+        # restarted too: only supervisorctl decides that an actor stays down
+        before = statuses(cfg)["l3-01"]
+        assert control.request(cfg, "l3-01", "stop", timeout=5).ok
+        wait_for(lambda: statuses(cfg).get("l3-01") not in (None, before), 30, 0.2,
+                 "the worker that exited 0 restarted")
+        seen_pids.add(before)
         ws.write("second.txt", "two\n")
         wait_for(lambda: "second.txt" in ws.files_at("HEAD"), 30, 0.1, "the second edit")
         wait_for(lambda: ws.remote_head() == ws.head(), 30, 0.1, "the second push")
