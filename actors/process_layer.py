@@ -146,11 +146,11 @@ class ProcessLayer(Actor):
                                      "reason": reason, "mode": self.mode, **_NO_EVIDENCE}
         verdict = _VERDICT_OF[found.writer]
         return verdict, {"layer": "L2", "verdict": verdict, "mode": self.mode,
-                         "reason": f"deleted: {self._reason(found, 'removed')}",
-                         **found.evidence()}
+                         "reason": f"deleted: {self._reason(found)}", **found.evidence()}
 
     @staticmethod
-    def _reason(found: Attribution, action: str = "written") -> str:
+    def _reason(found: Attribution) -> str:
+        action = found.action
         who = f"process {found.pid}"
         if found.ancestor_pid not in (None, found.pid):
             who += f" (descendant of {found.ancestor_pid})"

@@ -77,6 +77,9 @@ class Attribution:
     # wall time of the newest write considered (exact mode): later changes of the same
     # path only weigh writes after it
     writes_until: float | None = None
+    # what the deciding process did: "written", or a name operation ("moved into place",
+    # "created", "removed") in exact mode
+    action: str = "written"
 
     def evidence(self) -> dict:
         return {"technique": self.technique, "pid": self.pid, "cmdline": self.cmdline,
@@ -466,19 +469,24 @@ def combine(events: list) -> Attribution | None:
     commit carries the user's bytes); else any SYSTEM; else SELF."""
     if not events:
         return None
-    by_writer: dict[str, WriterEvidence] = {}
+    by_writer: dict[str, tuple[WriterEvidence, object]] = {}
     for event in events:
         evidence = event.evidence
         if isinstance(evidence, WriterEvidence):
-            by_writer.setdefault(evidence.writer, evidence)
+            by_writer.setdefault(evidence.writer, (evidence, event))
     for writer in (USER, SYSTEM, SELF):
-        chosen = by_writer.get(writer)
-        if chosen is not None:
+        if writer in by_writer:
+            chosen, event = by_writer[writer]
             return Attribution(writer, TECHNIQUE_EXACT, chosen.pid, chosen.cmdline,
                                _CONFIDENCE[TECHNIQUE_EXACT], chosen.ancestor_pid,
                                chosen.ancestor_cmdline, chosen.matched_by, len(events),
-                               max(event.stamp for event in events))
+                               max(event.stamp for event in events),
+                               _ACTION_OF.get(getattr(event, "op", ""), "written"))
     return None
+
+
+_ACTION_OF = {"moved-to": "moved into place", "create": "created", "delete": "removed",
+              "moved-from": "moved away"}
 
 
 class ExactAttributor:

@@ -250,6 +250,9 @@ def test_a_rename_and_a_delete_by_a_non_matching_process_are_user(workspace, exa
     deleted = attributor.attribute_removal(workspace.path("draft.md"), observed)
     assert (away.writer, away.pid, into.writer, into.pid) == (USER, renamer, USER, renamer)
     assert (deleted.writer, deleted.pid) == (USER, remover)
+    # the verdicts say what the process did, for `actorctl explain`
+    assert (away.action, into.action, deleted.action) == ("moved away", "moved into place",
+                                                          "removed")
     # nothing removed it: no evidence, never SYSTEM
     assert attributor.attribute_removal(workspace.path("never.md"), observed) is None
 
