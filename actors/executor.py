@@ -367,6 +367,7 @@ class Executor(Actor):
                 "last_commit_failure": self.last_failure,
                 "integrations": self.committer.integrations,
                 "index_refresh_pending": len(self.committer.index_refresh_pending),
+                "unfinished_rollback": self.committer.unfinished_rollback,
                 "runaways": self.runaway.runaways()}
 
 

@@ -98,6 +98,9 @@ class Committer:
         self._identity: tuple[float, dict] | None = None  # (when read, fallback env)
         self._volatile = content.compile_volatile(config.text_volatile_patterns)
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
+        # An integration whose update-ref failed left index and work tree at this commit
+        # and could not put them back yet: nothing else happens until that is done.
+        self.unfinished_rollback: str | None = None
         self.integrations = 0  # times the remote's commits were integrated before a push
         # Committed paths whose entries in the user's index still show the old content
         # (index.lock was busy): refreshed on a later call of refresh_user_index().
@@ -255,6 +258,7 @@ class Committer:
                      recheck: set[str] | frozenset = frozenset()) -> None:
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
+        self._finish_rollback()
         self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.temp_index, Path(f"{self.temp_index}.lock")):
             # Only this (single) executor uses the temp index, so any lock is a leftover.
@@ -405,6 +409,7 @@ class Committer:
         """Fetch the remote branch and put the local commits on top of it (or merge);
         return the new HEAD.  Raises PushConflict (nothing changed) when it needs a
         person, TransientError on a lock or race, GitError otherwise."""
+        self._finish_rollback()
         remote, ref = self.config.remote, f"refs/heads/{branch}"
         tracking = f"refs/remotes/{remote}/{branch}"
         self._git("fetch", "-q", "--no-tags", remote, f"+{ref}:{tracking}",
@@ -491,12 +496,28 @@ class Committer:
             raise PushConflict(f"the remote changes files modified here: {detail}") from None
         try:
             self._git("update-ref", "-m", "gitsieve: integrate remote", "HEAD", new, old)
-        except GitError:
+        except GitError as exc:
             if self.head() == new:
                 return  # done, though update-ref died before saying so
-            # HEAD moved meanwhile (a user commit): put index and work tree back.
-            self._git("read-tree", "-m", "-u", new, old)
-            raise TransientError("HEAD moved while integrating the remote") from None
+            # HEAD did not move to ``new`` (a user commit moved it, or git failed): put
+            # index and work tree back where HEAD is.
+            self.unfinished_rollback = new
+            self._finish_rollback()
+            raise TransientError(f"HEAD not moved while integrating the remote: {exc}") \
+                from None
+
+    def _finish_rollback(self) -> None:
+        """Move index and work tree from an integration's commit back to HEAD (after its
+        update-ref failed); TransientError while that cannot be done yet."""
+        if self.unfinished_rollback is None:
+            return
+        try:
+            self._git("read-tree", "-m", "-u", self.unfinished_rollback, self.head() or "")
+        except GitError as exc:
+            log.error("index and work tree still hold the remote's version (%s); retrying: "
+                      "%s", self.unfinished_rollback[:10], exc)
+            raise TransientError(f"rolling back an interrupted integration: {exc}") from None
+        self.unfinished_rollback = None
 
     def unpushed(self) -> bool:
         """Whether the branch has commits its remote-tracking ref does not (a push failed

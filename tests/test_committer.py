@@ -190,6 +190,45 @@ def test_conflict_with_remote_changes_nothing_and_stops_pushing(workspace, tmp_p
     assert later.commit == workspace.head() and not later.pushed
 
 
+def faulty_git(tmp_path, monkeypatch, rules: str):
+    """Every later git call of this process goes through scripts/faulty-git with ``rules``;
+    returns the rules file (its ".log" lists each injection)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(ROOT / "scripts" / "faulty-git")
+    rules_file = tmp_path / "rules"
+    rules_file.write_text(rules)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAULTY_GIT_RULES", str(rules_file))
+    return rules_file
+
+
+def test_a_failed_integration_whose_rollback_fails_too_is_finished_before_anything_else(
+        workspace, tmp_path, monkeypatch):
+    assert make(workspace).commit([".gitsieve.toml"]).pushed  # a first push: a shared base
+    other_clone_pushes(workspace, tmp_path, {"theirs.txt": "from another clone\n"})
+    workspace.write("mine.txt", "mine\n")
+    committer = make(workspace)
+    mine = committer.commit(["mine.txt"], push=False).commit
+    # The integration moves index and work tree, then its update-ref fails, then putting
+    # them back fails as well (the first read-tree is let through, counted).
+    rules = faulty_git(tmp_path, monkeypatch, "^read-tree.-m.-u sleep-before:0 1\n"
+                       "^update-ref.*integrate fail 1\n^read-tree.-m.-u fail 1\n")
+    pushed, error = committer.push()
+    assert not pushed and "rolling back an interrupted integration" in error
+    assert committer.unfinished_rollback and workspace.head() == mine
+    assert workspace.path("theirs.txt").exists()  # the half state, known and held
+    assert [line.split()[0] for line in rules.with_name("rules.log").read_text()
+            .splitlines()] == ["sleep-before:0", "fail", "fail"]
+    # Nothing else happens before the rollback is finished; then the push goes through.
+    pushed, error = committer.push()
+    assert pushed, error
+    assert committer.unfinished_rollback is None
+    assert workspace.remote_head() == workspace.head()
+    assert {"theirs.txt", "mine.txt"} <= workspace.files_at()
+    assert workspace.git("status", "--porcelain=v1") == ""
+
+
 def test_a_stopped_push_is_not_tried_until_the_conflict_clears(workspace, tmp_path,
                                                                monkeypatch):
     workspace.write("shared.txt", "base\n")
@@ -199,13 +238,7 @@ def test_a_stopped_push_is_not_tried_until_the_conflict_clears(workspace, tmp_pa
     committer = make(workspace)
     assert "push stopped" in committer.commit(["shared.txt"]).error
     # Every later git call goes through faulty-git, which logs each push it sees.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "git").symlink_to(ROOT / "scripts" / "faulty-git")
-    rules = tmp_path / "rules"
-    rules.write_text("^push sleep-before:0\n")
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAULTY_GIT_RULES", str(rules))
+    rules = faulty_git(tmp_path, monkeypatch, "^push sleep-before:0\n")
     pushed, error = committer.push()
     assert not pushed and "conflict" in error
     log = rules.with_name("rules.log")
