@@ -507,6 +507,11 @@ class ExactAttributor:
             self.lineage.close()
             raise
         self.names = self._name_recorder(config)
+        # A child forked after the last lineage read, and gone already, would otherwise
+        # have no lineage when its write is resolved.
+        for recorder in (self.recorder, self.names):
+            if recorder is not None:
+                recorder.on_batch = self.lineage.drain
         self.errors: Counter = Counter()
 
     def _name_recorder(self, config):
@@ -528,9 +533,6 @@ class ExactAttributor:
                                self.names.root)
 
     def _resolve(self, pid: int) -> WriterEvidence:
-        # The writer's fork and exec were queued before its write: apply them first, or a
-        # child forked after the last lineage read (and gone already) has no lineage.
-        self.lineage.drain()
         return self.rules.classify(self.lineage.chain(pid))
 
     def fds(self) -> list[tuple[int, Callable[[], None]]]:

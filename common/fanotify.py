@@ -114,6 +114,9 @@ class _FanotifyGroup:
     ``_parse(data) -> events`` and ``prune(now)``."""
 
     fd = -1
+    # Called after each read, before its events are resolved (the owner applies the lineage
+    # events queued so far: a writer's fork and exec precede its write, hence this read).
+    on_batch: Callable[[], object] | None = None
 
     def __init__(self, root: str | os.PathLike, excluded: tuple[str, ...] = (),
                  resolve: Callable[[int], object] | None = None,
@@ -151,6 +154,8 @@ class _FanotifyGroup:
                 continue
             if not data:
                 break
+            if self.on_batch is not None:
+                self.on_batch()
             count += self._parse(data)
         now = self.clock()
         if now >= self._next_prune:
