@@ -84,43 +84,35 @@ class Router(Actor):
             self.watch_fd(out, lambda s=stage: self._take_credit(s))
 
     # ----- inputs ---------------------------------------------------------------------
-    def _take_changes(self, stage: Stage) -> None:
+    def _receive(self, stage: Stage, sock: zmq.Socket, expected: type, envelope: int):
+        """Up to 1000 queued messages of ``sock``: (envelope frames, last frame, message);
+        frames of another shape or type are counted and dropped."""
         for _ in range(1000):
             try:
-                frames = stage.pull.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                break
+                return
             self.stats["messages_in"] += 1
             try:
-                if len(frames) != 1:
-                    raise BadMessage(f"{len(frames)} frames, expected 1")
-                frame = frames[0]
-                change = messages.decode(frame)
-                if not isinstance(change, Change):
-                    raise BadMessage(f"unexpected {type(change).__name__}")
+                if len(frames) != envelope + 1:
+                    raise BadMessage(f"{len(frames)} frames, expected {envelope + 1}")
+                message = messages.decode(frames[-1])
+                if not isinstance(message, expected):
+                    raise BadMessage(f"unexpected {type(message).__name__}")
             except BadMessage as exc:
-                self._bad_frame(stage, exc)
+                self.stats["bad_frames"] += 1
+                self.log.warning("router: dropped bad frame for %s: %s", stage.name, exc)
                 continue
+            yield frames[:-1], frames[-1], message
+
+    def _take_changes(self, stage: Stage) -> None:
+        for _, frame, change in self._receive(stage, stage.pull, Change, envelope=0):
             (stage.urgent if change.priority else stage.normal).append(frame)
         self._forward(stage)
 
     def _take_credit(self, stage: Stage) -> None:
-        for _ in range(1000):
-            try:
-                frames = stage.out.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.stats["messages_in"] += 1
-            try:
-                if len(frames) != 2:
-                    raise BadMessage(f"{len(frames)} frames, expected identity and Ready")
-                identity, frame = frames
-                ready = messages.decode(frame)
-                if not isinstance(ready, Ready):
-                    raise BadMessage(f"unexpected {type(ready).__name__}")
-            except BadMessage as exc:
-                self._bad_frame(stage, exc)
-                continue
+        # A ROUTER socket puts the sender's identity first.
+        for (identity,), _, ready in self._receive(stage, stage.out, Ready, envelope=1):
             self._credit(stage, identity, ready)
         self._forward(stage)
 
@@ -136,10 +128,6 @@ class Router(Actor):
         worker.sent = max(worker.sent, worker.received)
         worker.window, worker.name = ready.window, ready.worker
         worker.last_seen = time.monotonic()
-
-    def _bad_frame(self, stage: Stage, exc: BadMessage) -> None:
-        self.stats["bad_frames"] += 1
-        self.log.warning("router: dropped bad frame for %s: %s", stage.name, exc)
 
     # ----- forwarding -------------------------------------------------------------------
     def _forward(self, stage: Stage) -> None:
