@@ -145,6 +145,19 @@ class FakeSocket:
         return [messages.decode(frame) for frame in self.frames]
 
 
+def faulty_git(tmp_path: Path, rules: str = "") -> tuple[dict, Path]:
+    """(environment whose ``git`` is scripts/faulty-git, its rules file); every injection
+    is logged to the rules file's name + ".log"."""
+    bin_dir = tmp_path / "faulty-bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(ROOT / "scripts" / "faulty-git")
+    rules_file = tmp_path / "git-faults.rules"
+    rules_file.write_text(rules)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FAULTY_GIT_RULES": str(rules_file), "FAULTY_GIT_REAL": "/usr/bin/git"}
+    return env, rules_file
+
+
 class StageReader:
     """A test's stand-in for a stage's workers: a DEALER on the router's stage queue, read
     like a PULL.  Its window defaults to wide enough for every change; it announces itself

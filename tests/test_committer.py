@@ -7,7 +7,7 @@ import time
 
 from common import config as config_mod
 from common.committer import TRAILER, Committer
-from conftest import ROOT, git
+from conftest import faulty_git, git
 
 
 def make(workspace, extra: str = "") -> Committer:
@@ -190,16 +190,12 @@ def test_conflict_with_remote_changes_nothing_and_stops_pushing(workspace, tmp_p
     assert later.commit == workspace.head() and not later.pushed
 
 
-def faulty_git(tmp_path, monkeypatch, rules: str):
+def git_of_this_process_faulty(tmp_path, monkeypatch, rules: str):
     """Every later git call of this process goes through scripts/faulty-git with ``rules``;
     returns the rules file (its ".log" lists each injection)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "git").symlink_to(ROOT / "scripts" / "faulty-git")
-    rules_file = tmp_path / "rules"
-    rules_file.write_text(rules)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAULTY_GIT_RULES", str(rules_file))
+    env, rules_file = faulty_git(tmp_path, rules)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     return rules_file
 
 
@@ -212,13 +208,13 @@ def test_a_failed_integration_whose_rollback_fails_too_is_finished_before_anythi
     mine = committer.commit(["mine.txt"], push=False).commit
     # The integration moves index and work tree, then its update-ref fails, then putting
     # them back fails as well (the first read-tree is let through, counted).
-    rules = faulty_git(tmp_path, monkeypatch, "^read-tree.-m.-u sleep-before:0 1\n"
+    rules = git_of_this_process_faulty(tmp_path, monkeypatch, "^read-tree.-m.-u sleep-before:0 1\n"
                        "^update-ref.*integrate fail 1\n^read-tree.-m.-u fail 1\n")
     pushed, error = committer.push()
     assert not pushed and "rolling back an interrupted integration" in error
     assert committer.unfinished_rollback and workspace.head() == mine
     assert workspace.path("theirs.txt").exists()  # the half state, known and held
-    assert [line.split()[0] for line in rules.with_name("rules.log").read_text()
+    assert [line.split()[0] for line in rules.with_name(rules.name + ".log").read_text()
             .splitlines()] == ["sleep-before:0", "fail", "fail"]
     # Nothing else happens before the rollback is finished; then the push goes through.
     pushed, error = committer.push()
@@ -238,10 +234,10 @@ def test_a_stopped_push_is_not_tried_until_the_conflict_clears(workspace, tmp_pa
     committer = make(workspace)
     assert "push stopped" in committer.commit(["shared.txt"]).error
     # Every later git call goes through faulty-git, which logs each push it sees.
-    rules = faulty_git(tmp_path, monkeypatch, "^push sleep-before:0\n")
+    rules = git_of_this_process_faulty(tmp_path, monkeypatch, "^push sleep-before:0\n")
     pushed, error = committer.push()
     assert not pushed and "conflict" in error
-    log = rules.with_name("rules.log")
+    log = rules.with_name(rules.name + ".log")
     assert not log.exists(), "a push was tried while stopped by the conflict"
     # The user resolves it (merges the remote, keeping theirs): the push goes at once.
     workspace.git("pull", "-q", "--no-rebase", "-X", "theirs", "origin", "main")

@@ -16,10 +16,9 @@ import pytest
 
 from common.committer import Committer
 
-from conftest import ROOT, ActorProcess, create_workspace, git, wait_for
+from conftest import ActorProcess, create_workspace, faulty_git, git, wait_for
 from test_executor import Harness
 
-FAULTY_GIT = ROOT / "scripts" / "faulty-git"
 CONFIG = """\
 [health]
 interval = 0.3
@@ -46,14 +45,7 @@ def make_harness(ws, actors, min_free: float = 100, git_extra: str = "") -> Harn
 @pytest.fixture
 def faulty(tmp_path):
     """(env for a process whose git goes through faulty-git, the rules file)."""
-    bin_dir = tmp_path / "faulty-bin"
-    bin_dir.mkdir()
-    (bin_dir / "git").symlink_to(FAULTY_GIT)
-    rules = tmp_path / "git-faults.rules"
-    rules.write_text("")
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "FAULTY_GIT_RULES": str(rules), "FAULTY_GIT_REAL": "/usr/bin/git"}
-    return env, rules
+    return faulty_git(tmp_path)
 
 
 def injected(rules) -> list[str]:
