@@ -1,1 +1,1 @@
-"""The gitsieve pipeline: one module per actor, each runnable as ``python -m actors.<name>``."""
+"""The gitsieve pipeline: one module per actor, each runnable as ``python -m gitsieve.actors.<name>``."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import zmq
 
-from common import messages
-from common.actor import Actor, main
-from common.learning import Learner
-from common.messages import Batch, CommitReport, Decision
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.judge.learning import Learner
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
 
 MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor

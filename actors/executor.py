@@ -23,10 +23,10 @@ from collections import OrderedDict
 
 import zmq
 
-from common.actor import Actor, main
-from common.committer import Committer, CommitResult
-from common.messages import Batch, CommitReport, HealthStatus
-from common.ratelimit import RateLimiter, RunawayGuard
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.git.committer import CommitResult, Committer
+from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
+from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
 
 MAX_BACKOFF = 60.0  # seconds; the longest wait between two retries of a failing commit
 PUSH_BACKOFF_STEP = 2.0  # seconds: pushes retry after 2, 4, 6... s (capped by the config)

@@ -24,9 +24,11 @@ import time
 
 import zmq
 
-from common import integrity, metrics
-from common.actor import Actor, main
-from common.messages import HealthStatus, Heartbeat
+from gitsieve.common.actor import metrics
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.git import integrity
+from gitsieve.common.judge.health import RestartLoopDetector
+from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
 CHECK_EVERY = 0.25  # seconds between (cheap) checks; publishing follows the interval
 STALE_LOCK_CHECK_EVERY = 1.0  # seconds; the check lists processes when a lock is old
@@ -184,7 +186,7 @@ class Health(Actor):
     # ----- recovery checks: fsck, stale index.lock, autonomous restart loops ----------
     def init_recovery_checks(self) -> None:
         self.fsck = integrity.FsckRunner(self.config.workspace, self.config.fsck_interval)
-        self.autonomous = integrity.RestartLoopDetector(
+        self.autonomous = RestartLoopDetector(
             self.config.autonomous_processes, self.config.autonomous_restart_limit,
             self.config.autonomous_restart_window)
         self.stale_lock = ""

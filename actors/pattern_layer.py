@@ -20,11 +20,11 @@ import dataclasses
 
 import zmq
 
-from common import gitutil
-from common.actor import Actor, main
-from common.learning import LearnedSet
-from common.messages import Change, Decision
-from common.rules import RuleCache, editor_junk
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.judge.learning import LearnedSet
+from gitsieve.common.judge.rules import RuleCache, editor_junk
+from gitsieve.common.protocol.messages import Change, Decision
 
 LAYER = "L1"
 

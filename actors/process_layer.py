@@ -13,7 +13,7 @@ Sockets:
 Messages in: Change, Decision (feed).  Out: Decision or Change, each with an L2 trail step
 ``{"layer": "L2", "verdict": "SYSTEM"|"SELF"|"USER"|"UNKNOWN", "reason", "technique",
 "pid", "cmdline", "confidence", "ancestor_pid", "ancestor_cmdline", "matched_by", ...}``.
-Runs scaled: ``python -m actors.process_layer --instance N``.
+Runs scaled: ``python -m gitsieve.actors.process_layer --instance N``.
 
 ``[filter] attribution`` picks the technique (:func:`common.attribution.make_attributor`):
 exact (fanotify + lineage; each worker owns its own fanotify group, drained before every
@@ -39,12 +39,13 @@ import time
 
 import zmq
 
-from common.actor import Actor, main
-from common.attribution import SELF, SYSTEM, USER, Attribution, make_attributor
-from common.content import l1_action
-from common.learning import is_learned
-from common.attribution import WRITE_LOOKBACK
-from common.messages import DELETE, Change, Decision
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.judge.attribution import make_attributor
+from gitsieve.common.judge.attribution.base import SELF, SYSTEM, USER, Attribution
+from gitsieve.common.judge.attribution.exact import WRITE_LOOKBACK
+from gitsieve.common.judge.content import l1_action
+from gitsieve.common.judge.learning import is_learned
+from gitsieve.common.protocol.messages import DELETE, Change, Decision
 
 SYSTEM_VERDICT, SELF_VERDICT, USER_VERDICT, UNKNOWN_VERDICT = (
     "SYSTEM", "SELF", "USER", "UNKNOWN")

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import zmq
 
-from common import messages
-from common.actor import Actor, main
-from common.messages import BadMessage, Change, Ready
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import BadMessage, Change, Ready
 
 STAGES = ("l1", "l2", "l3")
 # A live worker announces itself every heartbeat interval, even when idle.

@@ -27,10 +27,11 @@ import inotify_simple
 import zmq
 from inotify_simple import flags
 
-from common import gitutil, messages
-from common.actor import Actor, main
-from common.messages import DELETE, WRITE, Change, HealthStatus
-from common.rules import RuleCache, editor_junk
+from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.judge.rules import RuleCache, editor_junk
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import DELETE, WRITE, Change, HealthStatus
 
 DIR_MASK = (flags.CLOSE_WRITE | flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE
             | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF

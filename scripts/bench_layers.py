@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import config as config_mod  # noqa: E402
-from common.accuracy import Capture  # noqa: E402
-from common.messages import Change  # noqa: E402
+from gitsieve.common import config as config_mod  # noqa: E402
+from gitsieve.common.protocol.messages import Change  # noqa: E402
+from gitsieve.common.tools.accuracy import Capture  # noqa: E402
 
 RULES = r"""
 BLOCK:\.claude/autonomous/.*:status
@@ -56,8 +56,8 @@ def make_workspace(base: Path, extra_config: str = "") -> Path:
 
 
 def bench_l1(base: Path, count: int) -> None:
-    from actors.pattern_layer import PatternLayer
-    from common.rules import editor_junk
+    from gitsieve.actors.pattern_layer import PatternLayer
+    from gitsieve.common.judge.rules import editor_junk
     root = make_workspace(base / "l1")
     layer = PatternLayer(config_mod.load(root))
     layer.prepare()
@@ -89,7 +89,7 @@ def bench_l2(base: Path, events: int) -> None:
     if os.geteuid() != 0:
         print("L2  privileged path: skipped (needs root)")
         return
-    from actors.process_layer import ProcessLayer
+    from gitsieve.actors.process_layer import ProcessLayer
     tag = f"bench-agent-{os.getpid()}"
     root = make_workspace(base / "l2", f'autonomous_processes = ["{tag}"]\n'
                                        'attribution = "fanotify"\n')
@@ -131,8 +131,8 @@ def bench_l2(base: Path, events: int) -> None:
 
 
 def bench_l3(base: Path, rounds: int) -> None:
-    from actors.content_layer import ContentLayer
-    from common.content import classify, compile_volatile
+    from gitsieve.actors.content_layer import ContentLayer
+    from gitsieve.common.judge.content import classify, compile_volatile
     root = make_workspace(base / "l3")
     doc = {"timestamp": "2024-01-01T00:00:00Z", "session_id": "alpha",
            "items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"], "score": i * 0.5}
@@ -177,7 +177,8 @@ def bench_l3(base: Path, rounds: int) -> None:
 
 def bench_stage(base: Path, count: int) -> None:
     import zmq
-    from common import messages
+
+    from gitsieve.common.protocol import messages
     root = make_workspace(base / "stage", '[runtime]\nlog_level = "WARNING"\n')
     cfg = config_mod.load(root)
     config_mod.prepare_runtime_dir(cfg)
@@ -191,7 +192,7 @@ def bench_stage(base: Path, count: int) -> None:
                                                  window=count)))
     producer = context.socket(zmq.PUSH)
     producer.connect(cfg.endpoints.stage_in("l1"))
-    procs = [subprocess.Popen([sys.executable, "-m", f"actors.{name}", "--workspace",
+    procs = [subprocess.Popen([sys.executable, "-m", f"gitsieve.actors.{name}", "--workspace",
                                str(root)], cwd=ROOT) for name in ("router", "pattern_layer")]
     try:
         time.sleep(1.5)  # both bound and connected

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common import config as config_mod  # noqa: E402
+from gitsieve.common import config as config_mod  # noqa: E402
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "Test User", "GIT_AUTHOR_EMAIL": "user@example.com",
            "GIT_COMMITTER_NAME": "Test User", "GIT_COMMITTER_EMAIL": "user@example.com"}
@@ -141,7 +141,7 @@ class FakeSocket:
         return 0
 
     def messages(self) -> list:
-        from common import messages
+        from gitsieve.common.protocol import messages
         return [messages.decode(frame) for frame in self.frames]
 
 
@@ -174,7 +174,7 @@ class StageReader:
         self.announce()
 
     def announce(self, received: int | None = None) -> None:
-        from common import messages
+        from gitsieve.common.protocol import messages
         self.received = self.received if received is None else received
         self.sock.send(messages.encode(messages.Ready(
             worker=self.name, received=self.received, window=self.window)))
@@ -198,16 +198,17 @@ def stage_reader(context, cfg, stage: str, window: int = 1_000_000,
 
 
 class ActorProcess:
-    """One real actor process (``python -m actors.NAME``), stopped and reaped on close."""
+    """One real actor process (``python -m gitsieve.actors.NAME``), stopped and reaped on close."""
 
     def __init__(self, name: str, workspace: Path, instance: int | None = None,
                  env: dict | None = None):
-        args = [sys.executable, "-m", f"actors.{name}", "--workspace", str(workspace)]
+        args = [sys.executable, "-m", f"gitsieve.actors.{name}", "--workspace", str(workspace)]
         if instance is not None:
             args += ["--instance", str(instance)]
         self.name = name
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env={**os.environ, "GITSIEVE_ACTOR": name, **(env or {})},
+            start_new_session=True)
 
     def stop(self, timeout: float = 5.0) -> int:
         if self.proc.poll() is None:
@@ -255,17 +256,16 @@ class Gitsieve:
         self.workspace = workspace
         self.log_path = log_path
         self.log_file = open(log_path, "ab")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "common.cli", "run", "--workspace", str(workspace.root),
-             *extra_args], cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "gitsieve.common.tools.cli", "run", "--workspace", str(workspace.root),
+             *extra_args], cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def wait_running(self, timeout: float = 30.0) -> None:
-        from common import control
-        from common.runner import actor_ids
+        from gitsieve.common.actor import control
+        from gitsieve.common.tools.runner import actor_ids
         cfg = self.workspace.load()
         expected = set(actor_ids(cfg))
 

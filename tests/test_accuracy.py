@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from common import accuracy
+from gitsieve.common.tools import accuracy
 
 MODES = ["psutil"] + (["fanotify"] if os.geteuid() == 0 else [])
 

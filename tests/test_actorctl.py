@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from actors.debouncer import Debouncer
-from actors.watcher import Watcher
-from common import ctl
-from common.messages import Decision
 from conftest import ROOT, FakeSocket, Gitsieve, wait_for
+from gitsieve.actors.debouncer import Debouncer
+from gitsieve.actors.watcher import Watcher
+from gitsieve.common.protocol.messages import Decision
+from gitsieve.common.tools import ctl
 
 
 def actorctl(ws, *args, timeout: float = 60):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "common.ctl", "--workspace", str(ws.root),
+    return subprocess.run([sys.executable, "-m", "gitsieve.common.tools.ctl", "--workspace", str(ws.root),
                            *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -179,7 +179,7 @@ def test_operations_on_a_running_gitsieve(running):
 
     # tail: live decisions
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    tail = subprocess.Popen([sys.executable, "-m", "common.ctl", "--workspace", str(ws.root),
+    tail = subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.ctl", "--workspace", str(ws.root),
                              "--json", "tail", "--count", "1", "--timeout", "30"], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, text=True)
     try:

@@ -11,10 +11,15 @@ import uuid
 import psutil
 import pytest
 
-from common import attribution
 from conftest import wait_for
-from common.attribution import (SYSTEM, TECHNIQUE_LIVE, TECHNIQUE_SAMPLED, Attributor,
-                                AutonomousMatcher, ProcessCache)
+from gitsieve.common.judge import attribution
+from gitsieve.common.judge.attribution.base import (
+    SYSTEM,
+    TECHNIQUE_LIVE,
+    TECHNIQUE_SAMPLED,
+    AutonomousMatcher,
+)
+from gitsieve.common.judge.attribution.sampled import Attributor, ProcessCache
 
 # A child that opens/closes files on command, so each test controls exactly what is open.
 HOLDER_CODE = r"""

@@ -113,7 +113,7 @@ def test_agent_churn_is_never_committed_and_user_edits_are(tmp_path, mode):
         agent.terminate()
         agent.wait(10)
         # Let whatever the pipeline holds settle: nothing pending in the debouncer.
-        from common import control
+        from gitsieve.common.actor import control
         cfg = ws.load()
         wait_for(lambda: control.request(cfg, "debouncer", "status").data["pending"] == 0,
                  TIMEOUT, message="debouncer idle")

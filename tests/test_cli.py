@@ -11,12 +11,12 @@ import tomllib
 
 import pytest
 
-from common import config as config_mod
-from common import control
 from conftest import ROOT, Gitsieve, processes_mentioning, wait_for
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
 
 
-def run_cli(*args, module="common.cli", cwd=ROOT, timeout=60):
+def run_cli(*args, module="gitsieve.common.tools.cli", cwd=ROOT, timeout=60):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -57,11 +57,11 @@ def test_run_with_a_bad_regex_in_the_rules_file(workspace):
 
 
 def test_actorctl_on_a_workspace_where_gitsieve_is_not_running(workspace):
-    result = run_cli("--workspace", str(workspace.root), "status", module="common.ctl")
+    result = run_cli("--workspace", str(workspace.root), "status", module="gitsieve.common.tools.ctl")
     assert result.returncode == 1
     assert "gitsieve is not running" in result.stderr and "Traceback" not in result.stderr
     assert run_cli("--workspace", str(workspace.root), "frobnicate",
-                   module="common.ctl").returncode == 2
+                   module="gitsieve.common.tools.ctl").returncode == 2
 
 
 def test_init_writes_a_valid_commented_config_and_rules(workspace):
@@ -74,7 +74,7 @@ def test_init_writes_a_valid_commented_config_and_rules(workspace):
                                 "cooldown_seconds": 300, "runaway_commits_per_hour": 30}
     cfg = workspace.load()  # the written files load and validate
     assert cfg.debounce_for(".claude/autonomous/x", "ANALYZE") == 300
-    from common import rules
+    from gitsieve.common.judge import rules
     ruleset = rules.RuleSet.load(cfg.patterns_file)
     assert ruleset.match(".claude/autonomous/service-status.json").action == "BLOCK"
     again = run_cli("init", str(workspace.root))
@@ -101,10 +101,10 @@ def test_run_lifecycle_single_instance_restart_and_clean_stop(fast_config, tmp_p
         second = run_cli("run", "--workspace", str(ws.root))
         assert_one_clear_line(second, "already running")
         # status, human and JSON
-        human = run_cli("--workspace", str(ws.root), "status", module="common.ctl")
+        human = run_cli("--workspace", str(ws.root), "status", module="gitsieve.common.tools.ctl")
         assert human.returncode == 0 and "debouncer" in human.stdout
         data = json.loads(run_cli("--json", "--workspace", str(ws.root), "status",
-                                  module="common.ctl").stdout)
+                                  module="gitsieve.common.tools.ctl").stdout)
         names = {actor["name"] for actor in data["actors"]}
         assert {"watcher", "router", "l1", "l2-01", "l2-02", "l3-01", "l3-02", "debouncer",
                 "executor", "health"} <= names

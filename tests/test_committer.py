@@ -5,9 +5,9 @@ import os
 import threading
 import time
 
-from common import config as config_mod
-from common.committer import TRAILER, Committer
 from conftest import faulty_git, git
+from gitsieve.common import config as config_mod
+from gitsieve.common.git.committer import TRAILER, Committer
 
 
 def make(workspace, extra: str = "") -> Committer:

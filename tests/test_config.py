@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from common import config as config_mod
-from common.config import ConfigError
+from gitsieve.common import config as config_mod
+from gitsieve.common.config.loader import ConfigError
 
 
 def test_defaults_without_a_config_file(workspace):

@@ -5,9 +5,17 @@ import subprocess
 
 import pytest
 
-from common.content import (SIZE_CAP, SYSTEM, UNCHANGED, USER, classify,
-                            git_blob_id, l1_action, strip_volatile)
-from common.messages import Change
+from gitsieve.common.judge.content import (
+    SIZE_CAP,
+    SYSTEM,
+    UNCHANGED,
+    USER,
+    classify,
+    git_blob_id,
+    l1_action,
+    strip_volatile,
+)
+from gitsieve.common.protocol.messages import Change
 
 VOLATILE = ("last_update", "timestamp", "session_id")
 
@@ -249,8 +257,8 @@ def test_l1_action_reads_the_trail():
 
 
 # ----- issue 3: volatile text, junk, the user's own writes, masked digests ------------------
-from common.content import compile_volatile, masked_digest  # noqa: E402
-from common.config import _SCHEMA  # noqa: E402
+from gitsieve.common.config.loader import _SCHEMA  # noqa: E402
+from gitsieve.common.judge.content import compile_volatile, masked_digest  # noqa: E402
 
 VOLATILE_TEXT = compile_volatile(_SCHEMA[("filter", "text_volatile_patterns")][1])
 T1, T2 = "2024-05-01T10:00:00.123+00:00", "2024-05-02T11:30:59.9Z"

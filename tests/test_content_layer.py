@@ -8,11 +8,12 @@ import time
 import pytest
 import zmq
 
-from actors.content_layer import CatFileBatch, ContentLayer
-from common import config as config_mod
-from common import control, messages
-from common.messages import Change, CommitReport, Decision
 from conftest import FakeSocket, wait_for
+from gitsieve.actors.content_layer import CatFileBatch, ContentLayer
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Change, CommitReport, Decision
 
 L1_STEP = {"layer": "L1", "verdict": "ANALYZE", "reason": "default", "rule": None}
 L2_STEP = {"layer": "L2", "verdict": "UNKNOWN", "reason": "no autonomous writer seen",

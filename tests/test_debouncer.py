@@ -6,11 +6,12 @@ import time
 import pytest
 import zmq
 
-from actors.debouncer import MAX_BATCH_PATHS, Debouncer
-from common import config as config_mod
-from common import control, messages
-from common.messages import Batch, Decision
 from conftest import FakeSocket, wait_for
+from gitsieve.actors.debouncer import MAX_BATCH_PATHS, Debouncer
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Batch, Decision
 
 CONFIG = """\
 [debounce]

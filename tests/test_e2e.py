@@ -14,9 +14,15 @@ import time
 
 import pytest
 
-from common import control
-
-from conftest import ROOT, Gitsieve, create_workspace, git, processes_mentioning, wait_for
+from conftest import (
+    ROOT,
+    Gitsieve,
+    create_workspace,
+    git,
+    processes_mentioning,
+    wait_for,
+)
+from gitsieve.common.actor import control
 
 CHURN = ROOT / "scripts" / "churn.py"
 SYNC_TIMEOUT = 20.0

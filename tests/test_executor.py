@@ -10,12 +10,13 @@ import time
 import pytest
 import zmq
 
-from actors.executor import Executor
-from common import config as config_mod
-from common import control, messages
-from common.messages import Batch, CommitReport, HealthStatus
-from common.ratelimit import RateLimiter
 from conftest import FakeSocket, wait_for
+from gitsieve.actors.executor import Executor
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.judge.limits import RateLimiter
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
 
 BASE_CONFIG = """\
 [health]

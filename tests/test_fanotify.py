@@ -15,10 +15,15 @@ import uuid
 
 import pytest
 
-from common import fanotify
-from common.attribution import SYSTEM, USER, ExactAttributor
-from common.fanotify import FanotifyUnavailable, NameRecorder, WriteRecorder
 from conftest import ROOT
+from gitsieve.common.judge.attribution import fanotify
+from gitsieve.common.judge.attribution.base import SYSTEM, USER
+from gitsieve.common.judge.attribution.exact import ExactAttributor
+from gitsieve.common.judge.attribution.fanotify import (
+    FanotifyUnavailable,
+    NameRecorder,
+    WriteRecorder,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
 
@@ -92,7 +97,7 @@ def test_the_descriptor_becomes_readable_on_a_write(tmp_path, recorder):
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
 def test_without_cap_sys_admin_fanotify_is_refused(tmp_path):
     code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "from common.fanotify import FanotifyUnavailable, WriteRecorder, NameRecorder\n"
+            "from gitsieve.common.judge.attribution.fanotify import FanotifyUnavailable, WriteRecorder, NameRecorder\n"
             "for kind in (WriteRecorder, NameRecorder):\n"
             " try:\n  kind(sys.argv[2])\n"
             " except FanotifyUnavailable as e: print('refused', e)")

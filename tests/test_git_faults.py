@@ -13,11 +13,10 @@ import textwrap
 import time
 
 import pytest
-
-from common.committer import Committer
+from test_executor import Harness
 
 from conftest import ActorProcess, create_workspace, faulty_git, git, wait_for
-from test_executor import Harness
+from gitsieve.common.git.committer import Committer
 
 CONFIG = """\
 [health]

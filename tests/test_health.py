@@ -6,11 +6,12 @@ import os
 import pytest
 import zmq
 
-from actors.health import Health
-from common import config as config_mod
-from common import control, messages
-from common.messages import HealthStatus, Heartbeat
 from conftest import wait_for
+from gitsieve.actors.health import Health
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
 
 @pytest.fixture
@@ -152,7 +153,9 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from common import integrity  # noqa: E402
+import psutil  # noqa: E402
+
+from gitsieve.common.git import integrity  # noqa: E402
 
 
 def run_fsck(runner: integrity.FsckRunner) -> None:
@@ -286,7 +289,7 @@ def test_autonomous_restart_loop_is_reported_and_never_gates(workspace):
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
                                      tag])
             started.append(proc)
-            wait_for(lambda: proc.pid in {p.pid for p in integrity.psutil.process_iter()},
+            wait_for(lambda: proc.pid in {p.pid for p in psutil.process_iter()},
                      5, message="agent listed")
             actor.run_recovery_checks(time.monotonic())
             proc.send_signal(signal.SIGKILL)

@@ -7,13 +7,14 @@ import time
 
 import pytest
 
-from actors.debouncer import Debouncer
-from actors.pattern_layer import PatternLayer
-from common import config as config_mod
-from common import control
-from common.learning import LearnedSet, LearnedStore, Learner, is_learned, learned_main
-from common.messages import Change, Decision
 from conftest import FakeSocket, wait_for
+from gitsieve.actors.debouncer import Debouncer
+from gitsieve.actors.pattern_layer import PatternLayer
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.judge.learning import LearnedSet, LearnedStore, Learner, is_learned
+from gitsieve.common.protocol.messages import Change, Decision
+from gitsieve.common.tools.learned import learned_main
 
 L1 = {"layer": "L1", "verdict": "ANALYZE", "reason": "default"}
 
@@ -160,7 +161,8 @@ def test_learned_cli_talks_to_the_running_debouncer(cfg, workspace, actors, caps
     actors("debouncer", workspace.root)
     wait_for(lambda: _running(cfg), 20, message="debouncer running")
     import zmq
-    from common import messages
+
+    from gitsieve.common.protocol import messages
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.linger = 0

@@ -11,10 +11,15 @@ import uuid
 
 import pytest
 
-from common.attribution import (SELF, SYSTEM, UNKNOWN, USER, ExactAttributor, WriterRules,
-                                make_attributor)
-from common.proc_connector import LineageTracker, ProcInfo, read_proc
 from conftest import wait_for
+from gitsieve.common.judge.attribution import make_attributor
+from gitsieve.common.judge.attribution.base import SELF, SYSTEM, UNKNOWN, USER
+from gitsieve.common.judge.attribution.exact import ExactAttributor, WriterRules
+from gitsieve.common.judge.attribution.lineage import (
+    LineageTracker,
+    ProcInfo,
+    read_proc,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the proc connector needs root")
 
@@ -104,7 +109,10 @@ def test_gitsieve_own_git_is_self_by_mark_or_actor_ancestor():
     rules = WriterRules(["claude-autonomous"])
     assert rules.classify([info(5, "git checkout", mark=True)]).writer == SELF
     assert rules.classify([info(5, "git checkout"),
-                           info(4, "python -m actors.executor --workspace /w")]).writer == SELF
+                           info(4, "python -m gitsieve.actors.executor", mark=True)]).writer == SELF
+    # A command line that looks like an actor's proves nothing: only the mark does.
+    assert rules.classify([info(5, "git checkout"),
+                           info(4, "python -m gitsieve.actors.executor")]).writer == USER
 
 
 def test_exact_attributor_names_user_system_and_self_writers(workspace, parent):
@@ -127,12 +135,13 @@ def test_exact_attributor_names_user_system_and_self_writers(workspace, parent):
         subprocess.run(["sh", "-c", 'echo gone > "$1"', "sh", workspace.path("quick.txt")],
                        check=True)
         workspace.write("README.md", "changed\n")  # by this process: never recorded
-        # git run by a process whose command line is a gitsieve actor's (as the executor's
+        # git run by a process carrying the actor mark in its environment (as the executor's
         # git is): the git child may exit before its exec is read, its parent still tells.
         actor = subprocess.Popen(
             [sys.executable, "-c", "import subprocess, sys; subprocess.run(['git', "
-             "'checkout', '--', 'README.md'], check=True); print('done', flush=True); "
-             "sys.stdin.read()", "-m", "actors.executor"], cwd=workspace.root,
+             "'checkout', '--', 'README.md'], check=True, env={'PATH': '/usr/bin:/bin'}); "
+             "print('done', flush=True); sys.stdin.read()"], cwd=workspace.root,
+            env={**os.environ, "GITSIEVE_ACTOR": "executor"},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert actor.stdout.readline().strip() == "done"
         now = time.time()

@@ -6,11 +6,11 @@ import time
 import pytest
 import zmq
 
-from actors.pattern_layer import PatternLayer
-from common import config as config_mod
-from common import messages
-from common.messages import Change, Decision
 from conftest import FakeSocket, stage_reader, wait_for
+from gitsieve.actors.pattern_layer import PatternLayer
+from gitsieve.common import config as config_mod
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Change, Decision
 
 RULES = """\
 # test rules

@@ -9,11 +9,12 @@ import uuid
 import pytest
 import zmq
 
-from actors.process_layer import ProcessLayer
-from common import config as config_mod
-from common import control, messages
-from common.messages import Change, Decision
 from conftest import ROOT, FakeSocket, stage_reader, wait_for  # noqa: E402
+from gitsieve.actors.process_layer import ProcessLayer
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Change, Decision
 
 HOLDER_CODE = r"""
 import sys
@@ -383,7 +384,7 @@ def test_auto_falls_back_to_psutil_with_one_log_line_without_privilege(workspace
     config_mod.prepare_runtime_dir(cfg)
     proc = subprocess.Popen(
         ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
-         sys.executable, "-m", "actors.process_layer", "--workspace", str(workspace.root),
+         sys.executable, "-m", "gitsieve.actors.process_layer", "--workspace", str(workspace.root),
          "--instance", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         def status():

@@ -6,10 +6,21 @@ import msgpack
 import pytest
 import zmq
 
-from common import control, messages
-from common.messages import (Batch, BadMessage, Change, CommitReport, ControlReply,
-                             ControlRequest, Decision, HealthStatus, Heartbeat, Ready)
 from conftest import stage_reader
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import (
+    BadMessage,
+    Batch,
+    Change,
+    CommitReport,
+    ControlReply,
+    ControlRequest,
+    Decision,
+    HealthStatus,
+    Heartbeat,
+    Ready,
+)
 
 SAMPLES = [
     Change(path="dir with space/é.txt", kind="write", seq=7, epoch=1.5, observed=2.5,

@@ -16,13 +16,19 @@ import time
 import pytest
 import zmq
 
-from actors.debouncer import Debouncer
-from actors.watcher import Watcher
-from common import control, messages
-from common import config as config_mod
-from common.messages import Decision, HealthStatus
-
-from conftest import FakeSocket, Gitsieve, create_workspace, processes_mentioning, wait_for
+from conftest import (
+    FakeSocket,
+    Gitsieve,
+    create_workspace,
+    processes_mentioning,
+    wait_for,
+)
+from gitsieve.actors.debouncer import Debouncer
+from gitsieve.actors.watcher import Watcher
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Decision, HealthStatus
 
 SYNC_TIMEOUT = 45.0
 KILLED = ["watcher", "router", "l1", "l2-01", "l3-01", "debouncer", "executor", "health"]

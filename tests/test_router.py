@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from common import control, messages
-from common.messages import Change
 from conftest import stage_reader, wait_for
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Change
 
 
 def change(path: str, seq: int, priority: bool = False) -> Change:

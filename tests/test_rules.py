@@ -6,7 +6,13 @@ import os
 
 import pytest
 
-from common.rules import DEFAULT_PATTERNS, RuleCache, RulesError, RuleSet, editor_junk
+from gitsieve.common.judge.rules import (
+    DEFAULT_PATTERNS,
+    RuleCache,
+    RulesError,
+    RuleSet,
+    editor_junk,
+)
 
 
 def test_comments_blank_lines_and_descriptions():

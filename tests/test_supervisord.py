@@ -12,10 +12,11 @@ import psutil
 import pytest
 import zmq
 
-from common import control, messages
-from common.messages import Decision
-from common.runner import actor_ids
 from conftest import ROOT, wait_for
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Decision
+from gitsieve.common.tools.runner import actor_ids
 
 SUPERVISOR_CONF = ROOT / "supervisor.conf"
 

@@ -10,10 +10,11 @@ import pytest
 import zmq
 from inotify_simple import Event, flags
 
-from common import control, messages
-from actors.watcher import Watcher
-from common.messages import Change
 from conftest import stage_reader, wait_for
+from gitsieve.actors.watcher import Watcher
+from gitsieve.common.actor import control
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Change
 
 MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
 

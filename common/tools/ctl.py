@@ -17,9 +17,11 @@ from datetime import datetime
 
 import zmq
 
-from common import config as config_mod
-from common import control, gitutil, messages
-from common.messages import Decision
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Decision
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 LAYER_PREFIXES = {"l1": "L1", "l2": "L2", "l3": "L3"}

@@ -14,6 +14,10 @@ log = logging.getLogger(__name__)
 
 # Every git child of gitsieve carries this, so process attribution recognises our own git.
 GITSIEVE_ENV_MARK = "GITSIEVE_GIT"
+# Every actor process carries its actor id in this variable from its start (the runner sets
+# it; an actor started by hand re-executes itself with it), so attribution recognises
+# gitsieve's own processes by their environment, never by their command line.
+ACTOR_ENV_MARK = "GITSIEVE_ACTOR"
 
 
 class NotARepository(Exception):

@@ -3,7 +3,7 @@
 :class:`LineageTracker` subscribes to fork/exec/uid/exit events (``NETLINK_CONNECTOR``,
 ``CN_IDX_PROC``, ``PROC_CN_MCAST_LISTEN``; needs CAP_NET_ADMIN) and keeps, per pid, the
 parent, command line, uid, cgroup and whether the process carries gitsieve's own git mark
-(``GITSIEVE_GIT=1`` in its environment).  A fork copies the parent's record (same program
+(``GITSIEVE_GIT=1`` or ``GITSIEVE_ACTOR`` in its environment).  A fork copies the parent's record (same program
 until exec); an exec re-reads ``/proc/PID`` (best effort: a process gone within
 microseconds keeps its parent's command line); an exit only stamps the record, which is
 kept ``keep_exited`` seconds, so a write by ``sh -c 'date > f'`` that exited long before the
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from common.gitutil import GITSIEVE_ENV_MARK
+from gitsieve.common.git.gateway import ACTOR_ENV_MARK, GITSIEVE_ENV_MARK
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ _RECV_SIZE = 64 * 1024
 KEEP_EXITED = 60.0
 _PRUNE_EVERY = 5.0
 MAX_CHAIN = 64
-_ENV_MARK = f"{GITSIEVE_ENV_MARK}=1".encode()
+_GIT_MARK = f"{GITSIEVE_ENV_MARK}=1".encode()
+_ACTOR_MARK = f"{ACTOR_ENV_MARK}=".encode()
 
 
 class LineageUnavailable(OSError):
@@ -91,7 +92,8 @@ def read_proc(pid: int) -> ProcInfo | None:
     cmdline = raw_cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     cgroup = (_read(f"/proc/{pid}/cgroup") or b"").decode("utf-8", "replace").strip()
     environ = _read(f"/proc/{pid}/environ") or b""
-    mark = any(item == _ENV_MARK for item in environ.split(b"\0"))
+    mark = any(item == _GIT_MARK or item.startswith(_ACTOR_MARK)
+               for item in environ.split(b"\0"))
     return ProcInfo(pid, ppid, cmdline, uid, cgroup, mark)
 
 

@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from common import config as config_mod
-from common import gitutil
-from common.resources import ResourceMissing
+from gitsieve.common import config as config_mod
+from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.tools.resources import ResourceMissing
 
 DEFAULT_CONFIG = '''\
 # gitsieve configuration (TOML).  Every key is optional; shown are the defaults.
@@ -78,7 +78,7 @@ def load_config(workspace: str | None, config_file: str | None) -> config_mod.Co
 
 
 def validate_rules(config: config_mod.Config) -> None:
-    from common import rules
+    from gitsieve.common.judge import rules
     try:
         rules.RuleSet.load(config.patterns_file)
     except rules.RulesError as exc:
@@ -86,8 +86,8 @@ def validate_rules(config: config_mod.Config) -> None:
 
 
 def cmd_run(args) -> int:
-    from common.actor import setup_logging
-    from common.runner import AlreadyRunning, Runner
+    from gitsieve.common.actor.base import setup_logging
+    from gitsieve.common.tools.runner import AlreadyRunning, Runner
     config = load_config(args.workspace, args.config)
     validate_rules(config)
     setup_logging(config.log_level, "gitsieve")
@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_init(args) -> int:
-    from common import rules
+    from gitsieve.common.judge import rules
     try:
         root, _ = gitutil.discover(Path(args.directory or os.getcwd()))
     except gitutil.NotARepository as exc:
@@ -125,29 +125,29 @@ def cmd_init(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from common import ctl
+    from gitsieve.common.tools import ctl
     return ctl.main(["--workspace", args.workspace or os.getcwd(),
                      *(["--config", args.config] if args.config else []),
                      *(["--json"] if args.json else []), "status"])
 
 
 def cmd_bench(args) -> int:
-    from common import bench
+    from gitsieve.common.tools import bench
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
 
 
 def _debug(argv: list[str]) -> int:
-    from common import ctl
+    from gitsieve.common.tools import ctl
     return ctl.debug_main(argv)
 
 
 def _learned(argv: list[str]) -> int:
-    from common import learning
-    return learning.learned_main(argv)
+    from gitsieve.common.tools import learned
+    return learned.learned_main(argv)
 
 
 def _accuracy(argv: list[str]) -> int:
-    from common import accuracy
+    from gitsieve.common.tools import accuracy
     return accuracy.accuracy_main(argv)
 
 

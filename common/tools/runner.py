@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import Config, prepare_runtime_dir
+from gitsieve.common.config.loader import Config, prepare_runtime_dir
+from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ACTORS = "gitsieve.actors"
 STOP_DEADLINE = 4.5  # seconds; the promise is "all stopped within 5 s"
 _MAX_BACKOFF = 10.0
 
@@ -51,12 +52,12 @@ def actor_modules(config: Config) -> list[tuple[str, str, int | None]]:
     """(module, actor name, instance) of every actor process, binders first (ZeroMQ does not
     mind the order, but it spares the first second of back-pressure)."""
     modules: list[tuple[str, str, int | None]] = [
-        ("actors.health", "health", None), ("actors.router", "router", None),
-        ("actors.debouncer", "debouncer", None), ("actors.executor", "executor", None),
-        ("actors.pattern_layer", "l1", None)]
-    modules += [("actors.process_layer", "l2", i) for i in range(1, config.l2_workers + 1)]
-    modules += [("actors.content_layer", "l3", i) for i in range(1, config.l3_workers + 1)]
-    modules.append(("actors.watcher", "watcher", None))
+        (f"{ACTORS}.health", "health", None), (f"{ACTORS}.router", "router", None),
+        (f"{ACTORS}.debouncer", "debouncer", None), (f"{ACTORS}.executor", "executor", None),
+        (f"{ACTORS}.pattern_layer", "l1", None)]
+    modules += [(f"{ACTORS}.process_layer", "l2", i) for i in range(1, config.l2_workers + 1)]
+    modules += [(f"{ACTORS}.content_layer", "l3", i) for i in range(1, config.l3_workers + 1)]
+    modules.append((f"{ACTORS}.watcher", "watcher", None))
     return modules
 
 
@@ -107,10 +108,8 @@ class Runner:
             args += ["--config", str(self.config_file)]
         if child.instance is not None:
             args += ["--instance", str(child.instance)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                          env.get("PYTHONPATH")]))
-        child.proc = subprocess.Popen(args, env=env, start_new_session=True,
+        child.proc = subprocess.Popen(args, env={**os.environ, ACTOR_ENV_MARK: child.actor_id},
+                                      start_new_session=True,
                                       stdin=subprocess.DEVNULL)
         child.started = time.monotonic()
 
@@ -147,7 +146,7 @@ class Runner:
     def stop(self) -> None:
         live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
         # The watcher first, so nothing new enters while the rest drain.
-        for child in sorted(live, key=lambda c: c.module != "actors.watcher"):
+        for child in sorted(live, key=lambda c: c.name != "watcher"):
             try:
                 child.proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:

@@ -26,9 +26,16 @@ from typing import Callable
 
 import zmq
 
-from common import config as config_mod
-from common import messages
-from common.messages import BadMessage, ControlReply, ControlRequest, Heartbeat, Ready
+from gitsieve.common import config as config_mod
+from gitsieve.common.git.gateway import ACTOR_ENV_MARK
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import (
+    BadMessage,
+    ControlReply,
+    ControlRequest,
+    Heartbeat,
+    Ready,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +83,11 @@ class Actor:
         self.config = config
         self.instance = instance
         self.actor_id = self.name if instance is None else f"{self.name}-{instance:02d}"
-        # Run as ``python -m actors.x`` the module is __main__; name the logger after the actor.
+        # Run as ``python -m gitsieve.actors.x`` the module is __main__; name the logger
+        # after the actor.
         module = type(self).__module__
-        self.log = logging.getLogger(f"actors.{self.name}" if module == "__main__" else module)
+        self.log = logging.getLogger(f"gitsieve.actors.{self.name}" if module == "__main__"
+                                     else module)
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.stats: Counter = Counter()
@@ -340,8 +349,12 @@ def setup_logging(level: str, actor_id: str) -> None:
 
 
 def main(actor_class: type[Actor], argv: list[str] | None = None) -> int:
-    """Entry point shared by ``python -m actors.<name>``."""
-    parser = argparse.ArgumentParser(prog=f"python -m actors.{actor_class.name}")
+    """Entry point shared by ``python -m gitsieve.actors.<name>``."""
+    if ACTOR_ENV_MARK not in os.environ:
+        # Started by hand: run again marked, so attribution knows this process as gitsieve's.
+        os.execve(sys.executable, sys.orig_argv,
+                  {**os.environ, ACTOR_ENV_MARK: actor_class.name})
+    parser = argparse.ArgumentParser(prog=f"python -m gitsieve.actors.{actor_class.name}")
     parser.add_argument("--workspace", default=os.environ.get("GITSIEVE_WORKSPACE"))
     parser.add_argument("--config", default=os.environ.get("GITSIEVE_CONFIG") or None)
     parser.add_argument("--instance", type=int, default=None,

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import psutil
 
-from common import config as config_mod
-from common import control
-from common.resources import resource
-from common.runner import PROJECT_ROOT, actor_ids
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor import control
+from gitsieve.common.tools.resources import resource
+from gitsieve.common.tools.runner import actor_ids
 
 CHURN = ("scripts", "churn.py")
 PATTERNS = """\
@@ -100,16 +100,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def actor_memory(runner_pid: int) -> dict[str, float]:
+def actor_memory(config) -> dict[str, float]:
+    """RSS (MiB) of every actor, found by the pid it reports over its control socket."""
     memory = {}
-    for child in psutil.Process(runner_pid).children():
+    for actor_id in control.known_actors(config):
         try:
-            cmdline = child.cmdline()
-            name = next(a.split(".", 1)[1] for a in cmdline if a.startswith("actors."))
-            if "--instance" in cmdline:
-                name += "-" + cmdline[cmdline.index("--instance") + 1]
-            memory[name] = child.memory_info().rss / 2 ** 20
-        except (psutil.Error, StopIteration):
+            pid = control.request(config, actor_id, "status", timeout=1.0).data["pid"]
+            memory[actor_id] = psutil.Process(pid).memory_info().rss / 2 ** 20
+        except (control.Unreachable, psutil.Error, KeyError):
             continue
     return memory
 
@@ -140,10 +138,8 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
     try:
         root = make_workspace(base, debounce)
         config = config_mod.load(root)
-        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-        runner = subprocess.Popen([sys.executable, "-m", "common.cli", "run", "--workspace",
-                                   str(root)], env=env, cwd=PROJECT_ROOT,
-                                  stderr=subprocess.DEVNULL)
+        runner = subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.cli", "run",
+                                   "--workspace", str(root)], stderr=subprocess.DEVNULL)
         wait_until_running(config, len(actor_ids(config)))
         if churn:
             churner = subprocess.Popen([sys.executable, str(resource(*CHURN)), "--workspace", str(root),
@@ -162,7 +158,7 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
             else:
                 results[kind].append(latency)
             time.sleep(0.1 + random.random() * 0.2)
-        memory = actor_memory(runner.pid)
+        memory = actor_memory(config)
         churn_commits = _git(root, "log", "--format=%H", "--", ".claude", "logs").split()
     finally:
         for proc in (churner, runner):

@@ -4,8 +4,8 @@ For each attribution mode (exact fanotify + lineage when permitted, and psutil),
 git repository is made holding every case's ``setup`` files in one commit; a simulated
 user's editor and a simulated autonomous process (``scripts/agent_sim.py serve``, real
 processes) then perform each case's writes, and every ``judge`` step sends a Change through
-the real layer objects (:class:`actors.pattern_layer.PatternLayer`,
-:class:`actors.process_layer.ProcessLayer`, :class:`actors.content_layer.ContentLayer`:
+the real layer objects (:class:`gitsieve.actors.pattern_layer.PatternLayer`,
+:class:`gitsieve.actors.process_layer.ProcessLayer`, :class:`gitsieve.actors.content_layer.ContentLayer`:
 real git, real kernel events), their outputs captured instead of sent.  Printed: per layer
 and overall, the confusion matrix, where a false positive (FP) is a user change held back
 and a false negative (FN) a system change let through.  Exit 0 when FP = FN = 0.
@@ -25,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import messages
-from common.resources import resource
+from gitsieve.common.protocol import messages
+from gitsieve.common.tools.resources import resource
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Harness:
     """One temporary repository, the three layers and the two helpers, for one mode."""
 
     def __init__(self, base: Path, corpus, mode: str):
-        from common import config as config_mod
+        from gitsieve.common import config as config_mod
         self.corpus, self.mode = corpus, mode
         self.root = base / f"ws-{mode}"
         self.root.mkdir()
@@ -156,9 +156,9 @@ class Harness:
         self.seq = 0
 
     def _layers(self):
-        from actors.content_layer import ContentLayer
-        from actors.pattern_layer import PatternLayer
-        from actors.process_layer import ProcessLayer
+        from gitsieve.actors.content_layer import ContentLayer
+        from gitsieve.actors.pattern_layer import PatternLayer
+        from gitsieve.actors.process_layer import ProcessLayer
         l1, l2, l3 = (PatternLayer(self.config), ProcessLayer(self.config, 1),
                       ContentLayer(self.config, 1))
         for layer in (l1, l2, l3):
@@ -184,7 +184,7 @@ class Harness:
     # ----- running ---------------------------------------------------------------------
     def judge(self, path: str, kind: str):
         """One Change through L1 -> L2 -> L3; the Decision that ends it."""
-        from common.messages import Change, Decision
+        from gitsieve.common.protocol.messages import Change, Decision
         l1, l2, l3 = self.layers
         self.seq += 1
         change = Change(path=path, kind=kind, seq=self.seq, epoch=1.0, observed=time.time())
@@ -203,7 +203,7 @@ class Harness:
         return decided[0]
 
     def run_case(self, case: dict) -> list[Outcome]:
-        from common import gitutil
+        from gitsieve.common.git import gateway as gitutil
         outcomes = []
         for step in case["steps"]:
             kind = step[0]

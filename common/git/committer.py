@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import content, gitutil
-from common.config import Config
-from common.gitutil import GitError
+from gitsieve.common.config.loader import Config
+from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.git.gateway import GitError
+from gitsieve.common.judge import content
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Iterable
 
 import orjson
 
-from common.messages import Change
-from common.rules import editor_junk
+from gitsieve.common.judge.rules import editor_junk
+from gitsieve.common.protocol.messages import Change
 
 USER, SYSTEM, UNCHANGED = "USER", "SYSTEM", "UNCHANGED"
 # Bigger files are compared as bytes only: parsing them would stall a worker.

@@ -6,9 +6,9 @@ import os
 
 import zmq
 
-from common import messages
-from common.config import Config
-from common.messages import ControlReply, ControlRequest
+from gitsieve.common.config.loader import Config
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import ControlReply, ControlRequest
 
 
 class Unreachable(Exception):

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import gitutil
+from gitsieve.common.git import gateway as gitutil
 
 ACTIONS = ("BLOCK", "ALLOW", "ANALYZE")
 CONFIG_NAME = ".gitsieve.toml"

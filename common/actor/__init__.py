@@ -1,0 +1,1 @@
+"""The actor runtime: base loop and dispatch, the stage credit protocol, control."""

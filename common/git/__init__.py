@@ -1,0 +1,1 @@
+"""The only place git is spawned: the gateway, HEAD, committer, integrity."""

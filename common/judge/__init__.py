@@ -1,0 +1,1 @@
+"""Pure, socket-free decision logic: rules, junk, attribution, content."""

@@ -1,0 +1,58 @@
+"""What every attribution technique shares: the verdicts, the Attribution it returns, and
+the matcher of ``[filter] autonomous_processes``.
+
+The techniques (:mod:`.sampled` unprivileged, :mod:`.exact` privileged) each answer "who
+wrote this path" with an :class:`Attribution` or None (writer unknown: the change falls
+through to the content layer, never SYSTEM).  :func:`gitsieve.common.judge.attribution.
+make_attributor` picks one from ``[filter] attribution``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+SYSTEM, USER, SELF, UNKNOWN = "system", "user", "self", "unknown"
+TECHNIQUE_LIVE = "open-files"
+TECHNIQUE_EXACT = "fanotify"
+TECHNIQUE_SAMPLED = "open-files-sampled"
+CONFIDENCE = {TECHNIQUE_LIVE: 0.9, TECHNIQUE_SAMPLED: 0.7, TECHNIQUE_EXACT: 1.0}
+
+
+@dataclass(frozen=True)
+class Attribution:
+    writer: str
+    technique: str
+    pid: int
+    cmdline: str
+    confidence: float
+    # the process of the writer's lineage that decided (the writer itself or an ancestor)
+    ancestor_pid: int | None = None
+    ancestor_cmdline: str = ""
+    matched_by: str = ""
+    writes: int = 1
+    # wall time of the newest write considered (exact mode): later changes of the same
+    # path only weigh writes after it
+    writes_until: float | None = None
+    # what the deciding process did: "written", or a name operation ("moved into place",
+    # "created", "removed") in exact mode
+    action: str = "written"
+
+    def evidence(self) -> dict:
+        return {"technique": self.technique, "pid": self.pid, "cmdline": self.cmdline,
+                "confidence": self.confidence, "ancestor_pid": self.ancestor_pid,
+                "ancestor_cmdline": self.ancestor_cmdline, "matched_by": self.matched_by,
+                "writes": self.writes, "writes_until": self.writes_until}
+
+
+class AutonomousMatcher:
+    """``config.autonomous_processes``: regexes searched in a command line or process name."""
+
+    def __init__(self, patterns: Iterable[str | re.Pattern]):
+        self.patterns = tuple(p if isinstance(p, re.Pattern) else re.compile(p)
+                              for p in patterns)
+
+    def matches(self, cmdline: str, name: str = "") -> bool:
+        return any(p.search(cmdline) or (name and p.search(name)) for p in self.patterns)
+
+

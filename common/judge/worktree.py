@@ -1,0 +1,85 @@
+"""The work tree's side of a content judgement: bytes with a size cap, never blocking."""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitsieve.common.git.catfile import HeadBlob
+from gitsieve.common.judge.content import (
+    SIZE_CAP,
+    UNCHANGED,
+    USER,
+    ContentVerdict,
+    git_blob_id,
+)
+
+
+@dataclass(frozen=True)
+class WorkFile:
+    """The work tree's side: bytes (None: deleted), or a reason it cannot be read."""
+
+    data: bytes | None
+    size: int = 0
+    problem: str = ""
+    large_path: str = ""  # set instead of data for files over the size cap
+
+
+def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
+    try:
+        info = os.lstat(abs_path)
+    except (FileNotFoundError, NotADirectoryError):
+        return WorkFile(None)
+    except OSError as exc:
+        return WorkFile(None, problem=f"cannot stat: {exc.strerror or exc}")
+    if stat.S_ISLNK(info.st_mode):  # git stores a symlink as a blob of its target
+        try:
+            target = os.fsencode(os.readlink(abs_path))
+        except FileNotFoundError:
+            return WorkFile(None)
+        except OSError as exc:  # replaced by a non-link since lstat, or unreadable
+            return WorkFile(None, problem=f"unreadable link: {exc.strerror or exc}")
+        return WorkFile(target, len(target))
+    if stat.S_ISDIR(info.st_mode):
+        return WorkFile(None, problem="is a directory now")
+    if not stat.S_ISREG(info.st_mode):  # never open a fifo or device: it could block
+        return WorkFile(None, problem="not a regular file")
+    if info.st_size > size_cap:
+        return WorkFile(None, info.st_size, large_path=str(abs_path))
+    try:
+        # O_NONBLOCK|O_NOFOLLOW: if the path was swapped for a fifo or link since lstat,
+        # fail or return at once instead of blocking the worker.
+        fd = os.open(abs_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return WorkFile(None)
+    except OSError as exc:
+        return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return WorkFile(None, problem="not a regular file")
+        try:
+            data = handle.read()
+        except OSError as exc:
+            return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
+    return WorkFile(data, len(data))
+
+
+def large_file_verdict(head: HeadBlob | None, work: WorkFile) -> ContentVerdict:
+    """A change where either side exceeds the size cap: sizes, then git object ids."""
+    if head is None:
+        return ContentVerdict(USER, "new file")
+    if head.size != work.size:
+        return ContentVerdict(USER, f"content changed (large file: {head.size} -> "
+                              f"{work.size} bytes)")
+    if head.oid is None or not work.large_path:
+        return ContentVerdict(USER, "content changed (large file, not compared)")
+    try:
+        same = git_blob_id(work.large_path, len(head.oid)) == head.oid
+    except OSError as exc:
+        return ContentVerdict(USER, f"large file unreadable: {exc.strerror or exc}")
+    if same:
+        return ContentVerdict(UNCHANGED, "identical to HEAD (large file, same object id)")
+    return ContentVerdict(USER, "content changed (large file, object id differs)")
+
+

@@ -1,0 +1,1 @@
+"""The whole wire protocol: messages, the typed trail, states and reasons."""

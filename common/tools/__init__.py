@@ -1,0 +1,1 @@
+"""User-facing programs: gitsieve, actorctl, the runner, bench and accuracy."""
