@@ -6,66 +6,32 @@ Sockets:
   - SUB   connect  endpoints.commits    in:  CommitReport (status only)
   - PUB   bind     endpoints.feed       out: Decision (every one received, for `actorctl tail`)
 
-Per path it keeps the newest ``(epoch, seq)`` seen, so stale Decisions are dropped.  A
-``commit=True`` Decision makes the path pending and restarts its quiet timer; a
-``commit=False`` one is recorded but never cancels a pending commit (a system rewrite of a
-file the user changed still leaves the user's change to commit).  A pending path is due at
-``min(last_event + quiet, first_pending + max(quiet, max_wait))`` so continuous writes
-cannot starve it.  Due paths leave in Batches of at most ``MAX_BATCH_PATHS``; with no
-executor connected, batches wait in a backlog instead of being dropped.
+Which paths are due is :class:`~gitsieve.common.judge.debounce.Debounce`'s judgement;
+this actor publishes every decision on the feed, keeps the latest per path for
+``actorctl explain``, lets :class:`~gitsieve.common.judge.learning.Learner` learn from it
+(the single writer of the learned file), and sends due paths in Batches of at most
+``MAX_BATCH_PATHS``; with no executor connected, batches wait in a backlog instead of being
+dropped.
 """
 from __future__ import annotations
 
-import functools
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.judge.debounce import Debounce
 from gitsieve.common.judge.learning import Learner
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
+from gitsieve.common.protocol.trail import as_dict
 
 MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
-FORGET_AFTER = 3600.0  # a settled path's ordering state is dropped after this much silence
 _FORGET_EVERY = 60.0
 _PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
 EXPLAIN_PATHS = 10_000  # latest decisions kept for `actorctl explain` (least recent dropped)
-
-
-def judged_by_content_alone(decision: Decision) -> bool:
-    """True when a commit decision rests only on L3 seeing a change by an unknown writer.
-
-    Such a verdict was taken on the file as it was then, against HEAD as it was then; the
-    commit takes the file as it is later, against a HEAD that may have moved (the user's own
-    commit of the same file just landed) -- or the layer read a half-written file.  Those
-    paths are re-checked at commit time.  An ALLOW rule or a writer positively identified as
-    the user is never second-guessed.
-    """
-    steps = [step for step in decision.trail if isinstance(step, dict)]
-    if not steps or steps[-1].get("layer") != "L3":
-        return False
-    return not any(step.get("layer") == "L2" and step.get("verdict") == "USER"
-                   for step in steps)
-
-
-@dataclass
-class PathState:
-    newest: tuple[float, int]  # (epoch, seq) of the newest decision seen
-    last_seen: float  # monotonic arrival of the newest decision (for forgetting)
-    first_pending: float = 0.0
-    last_event: float = 0.0  # monotonic arrival of the newest commit=True decision
-    action: str = ""
-    observed: float = 0.0  # earliest ``observed`` among the pending decisions
-    quiet: float = 0.0
-    recheck: bool = False  # every pending commit decision came from content alone
-
-    def due(self, max_wait: float) -> float:
-        return min(self.last_event + self.quiet,
-                   self.first_pending + max(self.quiet, max_wait))
 
 
 class Debouncer(Actor):
@@ -77,16 +43,14 @@ class Debouncer(Actor):
     def __init__(self, config, instance=None):
         super().__init__(config, instance)
         self.clock = time.monotonic
-        self.paths: dict[str, PathState] = {}
-        # Paths with a commit waiting for their quiet period: the only ones the per-round
-        # due checks look at (``paths`` also holds every settled path for an hour).
-        self.pending: set[str] = set()
+        self.debounce = Debounce(config)
+        self.learner = Learner(config)
         self.backlog: deque[bytes] = deque()  # encoded batches the executor has not taken
         self.next_batch_id = 1
-        self.batches_out = None
+        self.batches_out: zmq.Socket | None = None
+        self.feed: zmq.Socket | None = None
         self.last_commit: dict = {}
         self._next_forget = 0.0
-        self.feed = None
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
 
     def setup(self) -> None:
@@ -99,34 +63,13 @@ class Debouncer(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
-        now = self.clock()
-        order = (decision.epoch, decision.seq)
-        state = self.paths.get(decision.path)
-        self.note_decision(decision, state is not None and order < state.newest)
+        stale = self.debounce.is_stale(decision)
+        self.note_decision(decision, stale)
         self.learn_from(decision)
-        if state is not None and order < state.newest:
+        if not self.debounce.add(decision, self.clock()):
             self.stats["stale"] += 1
             return
-        if state is None:
-            state = self.paths[decision.path] = PathState(newest=order, last_seen=now)
-        state.newest, state.last_seen = order, now
-        if not decision.commit:
-            # Recorded for ordering only: it neither cancels nor delays a pending commit.
-            self.stats["decisions_skip"] += 1
-            return
-        self.stats["decisions_commit"] += 1
-        content_only = judged_by_content_alone(decision)
-        if decision.path not in self.pending:
-            self.pending.add(decision.path)
-            state.first_pending = now
-            state.observed = decision.observed
-            state.recheck = content_only
-        else:
-            state.observed = min(state.observed, decision.observed)
-            state.recheck = state.recheck and content_only
-        state.last_event = now
-        state.action = decision.action
-        state.quiet = self.config.debounce_for(decision.path, decision.action)
+        self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
 
     def on_commit_report(self, report: CommitReport) -> None:
         self.last_commit = {"commit": report.commit, "paths": len(report.paths),
@@ -134,28 +77,18 @@ class Debouncer(Actor):
                             "finished": report.finished}
 
     # ----- output ---------------------------------------------------------------------
-    def due_paths(self, now: float) -> list[str]:
-        max_wait = self.config.debounce_max_wait
-        return sorted(path for path in self.pending
-                      if self.paths[path].due(max_wait) <= now)
-
     def flush_due(self, now: float) -> int:
         """Batch every due path; return how many batches were made."""
-        due = self.due_paths(now)
+        due = self.debounce.take_due(now)
         made = 0
         for start in range(0, len(due), MAX_BATCH_PATHS):
             chunk = due[start:start + MAX_BATCH_PATHS]
-            observed, recheck = [], []
-            for path in chunk:
-                state = self.paths[path]
-                self.pending.discard(path)
-                observed.append(state.observed)
-                if state.recheck:
-                    recheck.append(path)
+            for path, _ in chunk:
                 self.note_batched(path, self.next_batch_id)
-            batch = Batch(batch_id=self.next_batch_id, paths=tuple(chunk),
-                          observed=tuple(observed), created=time.time(),
-                          recheck=tuple(recheck))
+            batch = Batch(batch_id=self.next_batch_id, paths=tuple(p for p, _ in chunk),
+                          observed=tuple(state.observed for _, state in chunk),
+                          created=time.time(),
+                          recheck=tuple(p for p, state in chunk if state.recheck))
             self.next_batch_id += 1
             self.backlog.append(messages.encode(batch))
             self.stats["batches"] += 1
@@ -174,13 +107,6 @@ class Debouncer(Actor):
             self.backlog.popleft()
             self.stats["messages_out"] += 1
 
-    def forget_settled(self, now: float) -> None:
-        """Drop ordering state of paths long settled, so memory does not grow forever."""
-        old = [path for path, state in self.paths.items()
-               if path not in self.pending and now - state.last_seen > FORGET_AFTER]
-        for path in old:
-            del self.paths[path]
-
     # ----- actor hooks ----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         now = self.clock()  # the injectable clock, so handler tests control time
@@ -189,16 +115,12 @@ class Debouncer(Actor):
             self.send_backlog()
         if now >= self._next_forget:
             self._next_forget = now + _FORGET_EVERY
-            self.forget_settled(now)
+            self.debounce.forget_settled(now)
 
     def wakeup_in(self) -> float | None:
         if self.backlog:
             return BACKLOG_RETRY
-        max_wait = self.config.debounce_max_wait
-        dues = [self.paths[path].due(max_wait) for path in self.pending]
-        if not dues:
-            return None
-        return max(0.0, min(dues) - self.clock())
+        return self.debounce.next_due(self.clock())
 
     # ----- introspection (actorctl explain / tail / flush) -----------------------------
     def note_decision(self, decision: Decision, stale: bool) -> None:
@@ -218,7 +140,7 @@ class Debouncer(Actor):
             "path": decision.path, "kind": decision.kind, "seq": decision.seq,
             "epoch": decision.epoch, "observed": decision.observed,
             "commit": decision.commit, "action": decision.action,
-            "trail": [dict(step) for step in decision.trail if isinstance(step, dict)],
+            "trail": [as_dict(step) for step in decision.trail],
             "received": time.time(),
             "quiet": self.config.debounce_for(decision.path, decision.action)
             if decision.commit else None,
@@ -238,53 +160,34 @@ class Debouncer(Actor):
         if not isinstance(paths, (list, tuple)) or not all(isinstance(p, str) for p in paths):
             raise ValueError("explain needs paths: a list of strings")
         now = self.clock()
-        max_wait = self.config.debounce_max_wait
         found = {}
         for path in paths[:_PENDING_LIST_LIMIT]:
             record = self.trails.get(path)
-            state = self.paths.get(path)
             if record is None:
                 found[path] = None
                 continue
-            record = dict(record)
-            pending = path in self.pending
-            record["pending"] = pending
-            record["due_in"] = (round(max(0.0, state.due(max_wait) - now), 3)
-                                if pending else None)
-            found[path] = record
+            due_in = self.debounce.due_in(path, now)
+            found[path] = {**record, "pending": due_in is not None,
+                           "due_in": None if due_in is None else round(due_in, 3)}
         return {"paths": found}
 
     def flush_now(self) -> dict:
         """Make every pending path due at once and batch it (the `actorctl flush` barrier)."""
         now = self.clock()
-        flushed = 0
-        for path in self.pending:
-            state = self.paths[path]
-            state.quiet = 0.0
-            state.last_event = min(state.last_event, now)
-            flushed += 1
+        flushed = self.debounce.make_all_due(now)
         self.flush_due(now)
         self.stats["flushes"] += 1
         return {"flushed": flushed, "backlog_batches": len(self.backlog)}
 
-    def pending_count(self) -> int:
-        return len(self.pending)
+    def queue_depth(self) -> int:
+        return len(self.debounce.pending)
 
     def pending_paths(self, limit: int = 1000) -> dict:
-        now = self.clock()
-        max_wait = self.config.debounce_max_wait
-        pending = sorted((self.paths[path].due(max_wait) - now, path) for path in self.pending)
         limit = max(0, min(int(limit), _PENDING_LIST_LIMIT))
-        return {"total": len(pending),
-                "pending": [{"path": path, "due_in": round(max(0.0, due_in), 3),
-                             "action": self.paths[path].action}
-                            for due_in, path in pending[:limit]]}
+        return {"total": len(self.debounce.pending),
+                "pending": self.debounce.pending_list(self.clock(), limit)}
 
     # ----- learning (common.learning): this actor is the learned file's only writer ---
-    @functools.cached_property
-    def learner(self) -> Learner:
-        return Learner(self.config)
-
     def learn_from(self, decision: Decision) -> None:
         try:
             change = self.learner.observe(decision)
@@ -304,7 +207,8 @@ class Debouncer(Actor):
         return {"forgotten": self.learner.forget(path) is not None}
 
     def extra_status(self) -> dict:
-        return {"pending": self.pending_count(), "tracked_paths": len(self.paths),
+        return {"pending": len(self.debounce.pending),
+                "tracked_paths": len(self.debounce.paths),
                 "backlog_batches": len(self.backlog), "batches": self.stats["batches"],
                 "stale": self.stats["stale"], "last_commit": self.last_commit,
                 "decisions_commit": self.stats["decisions_commit"],

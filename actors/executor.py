@@ -27,6 +27,7 @@ from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.committer import CommitResult, Committer
 from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
+from gitsieve.common.protocol.states import Hold, Why
 
 MAX_BACKOFF = 60.0  # seconds; the longest wait between two retries of a failing commit
 PUSH_BACKOFF_STEP = 2.0  # seconds: pushes retry after 2, 4, 6... s (capped by the config)
@@ -54,7 +55,7 @@ class Executor(Actor):
         self.held: dict[str, float] = {}  # path -> earliest observed
         self.recheck: set[str] = set()  # held paths to re-check against HEAD (Batch.recheck)
         self.held_batches: list[int] = []
-        self.held_reason = "nothing held"
+        self.held_reason: Why | None = Why(Hold.NOTHING)
         self.health: HealthStatus | None = None
         self.health_received = 0.0  # monotonic arrival of the last HealthStatus
         self.retry_at = 0.0  # monotonic: no commit before this (back-off)
@@ -108,50 +109,45 @@ class Executor(Actor):
     def health_fresh_for(self) -> float:
         return 3 * self.config.health_interval + 2.0
 
-    def blocker(self, now: float) -> tuple[str, float | None]:
+    def blocker(self, now: float) -> tuple[Why | None, float | None]:
         """Why neither a commit nor a push may run now, and in how many seconds that may
-        change (None: when a message arrives); ('', 0.0) when both may run."""
+        change (None: when a message arrives); (None, 0.0) when both may run."""
         if self.paused:
-            return "paused (`actorctl resume` continues)", None
+            return Why(Hold.PAUSED), None
         if self.health is None:
-            return "waiting for the first health status", None
+            return Why(Hold.NO_HEALTH_YET), None
         if now - self.health_received > self.health_fresh_for():
-            return "health status is stale (is the health monitor running?)", None
+            return Why(Hold.HEALTH_STALE), None
         if not self.health.ok:
-            return "health: " + "; ".join(self.health.reasons), None
-        return "", 0.0
+            return Why(Hold.HEALTH, "; ".join(self.health.reasons)), None
+        return None, 0.0
 
-    def commit_wait(self, now: float) -> tuple[str, float]:
+    def commit_wait(self, now: float) -> tuple[Why | None, float]:
         """Why held paths may not be committed now (commit back-off, rate limit, every
-        held path capped as a runaway) and for how long; ('', 0.0) when they may."""
+        held path capped as a runaway) and for how long; (None, 0.0) when they may."""
         if now < self.retry_at:
-            return (f"commit back-off ({self.retry_at - now:.1f}s) after: "
-                    f"{self.last_failure}"), self.retry_at - now
-        reason, wait = self.rate_wait()
-        if reason:
-            return reason, wait
+            return Why(Hold.COMMIT_BACKOFF, f"{self.last_failure} (next try in "
+                                            f"{self.retry_at - now:.1f}s)"), self.retry_at - now
+        wait = self.limiter.wait_time()
+        if wait > 0:  # the rate limit only paces commits; a push is never held by it
+            return Why(Hold.RATE_LIMIT, f"{self.limiter.reason()}, {wait:.1f}s left"), wait
         caps = [self.runaway.wait_time(path) for path in self.held]
         if caps and min(caps) > 0:
-            return (f"runaway cap: {len(caps)} path(s) committed "
-                    f"{self.runaway.limit} times within {self.runaway.window:g}s"), min(caps)
-        return "", 0.0
+            return Why(Hold.RUNAWAY, f"{len(caps)} path(s) committed {self.runaway.limit} "
+                                     f"times within {self.runaway.window:g}s"), min(caps)
+        return None, 0.0
 
-    def push_wait(self, now: float) -> tuple[str, float]:
-        """Why a pending push may not run now, and for how long ('' when it may)."""
+    def push_wait(self, now: float) -> tuple[Why | None, float]:
+        """Why a pending push may not run now, and for how long (None when it may)."""
         if now >= self.push_retry_at:
-            return "", 0.0
+            return None, 0.0
+        left = f"(next {'check' if self.committer.push_conflict else 'try'} in " \
+               f"{self.push_retry_at - now:.1f}s)"
         if self.committer.push_conflict:
-            what = f"push stopped: {self.committer.push_conflict}; next check"
-        else:
-            what = f"push back-off after: {self.last_push_failure};"
-        return f"{what} in {self.push_retry_at - now:.1f}s", self.push_retry_at - now
-
-    def rate_wait(self) -> tuple[str, float]:
-        """The rate limit only paces commits; a pending push is never held by it."""
-        wait = self.limiter.wait_time()
-        if wait > 0:
-            return f"rate limit: {self.limiter.reason()}, {wait:.1f}s left", wait
-        return "", 0.0
+            return Why(Hold.PUSH_STOPPED, f"{self.committer.push_conflict} {left}"), \
+                self.push_retry_at - now
+        return Why(Hold.PUSH_BACKOFF, f"{self.last_push_failure} {left}"), \
+            self.push_retry_at - now
 
     def drain_batches(self) -> None:
         """Take every queued Batch, so a burst already on the socket becomes one commit."""
@@ -164,27 +160,27 @@ class Executor(Actor):
     def on_tick(self, now: float) -> None:
         now = self.clock()  # the injectable clock, so handler tests control time
         if not self.held and not self.push_pending:
-            self.held_reason = "nothing held"
+            self.held_reason = Why(Hold.NOTHING)
             return
-        if not self.blocker(now)[0]:
+        if self.blocker(now)[0] is None:
             self.drain_batches()
             if self.committer.index_refresh_pending:
                 self.committer.refresh_user_index(attempts=0)  # one try; the rest later
-            if self.held and not self.commit_wait(now)[0]:
-                self.commit_held(push=not self.push_wait(now)[0])
-            elif self.push_pending and not self.push_wait(now)[0]:
+            if self.held and self.commit_wait(now)[0] is None:
+                self.commit_held(push=self.push_wait(now)[0] is None)
+            elif self.push_pending and self.push_wait(now)[0] is None:
                 self.retry_push()
             now = self.clock()
         self.note_held_reason(self.current_reason(now))
 
-    def current_reason(self, now: float) -> str:
-        """Why held paths are not committed now ('' when they may be)."""
+    def current_reason(self, now: float) -> Why | None:
+        """Why held paths are not committed now (None when they may be)."""
         if not self.held and not self.push_pending:
-            return "nothing held"
+            return Why(Hold.NOTHING)
         reason, _ = self.blocker(now)
-        if not reason and self.held:
+        if reason is None and self.held:
             reason, _ = self.commit_wait(now)
-        if not reason and not self.held:
+        if reason is None and not self.held:
             reason, _ = self.push_wait(now)
         return reason
 
@@ -294,6 +290,12 @@ class Executor(Actor):
         return min(waits)
 
     # ----- status ---------------------------------------------------------------------
+    def reason_fields(self) -> dict:
+        """The hold as a value (``hold``: a Hold, None when nothing holds) and as text."""
+        reason = self.held_reason
+        return {"hold": None if reason is None else reason.hold,
+                "held_reason": "" if reason is None else reason.text}
+
     # ----- operations (actorctl pause / resume / explain) ------------------------------
     def pause(self) -> dict:
         self.paused = True
@@ -306,9 +308,10 @@ class Executor(Actor):
         self.log.info("executor: resumed by actorctl; %d paths held", len(self.held))
         return {"paused": False, "held": len(self.held)}
 
-    def note_held_reason(self, reason: str) -> None:
+    def note_held_reason(self, reason: Why | None) -> None:
         """Keep the reason, counting each time the rate limit starts holding commits."""
-        if reason.startswith("rate limit") and not self.held_reason.startswith("rate limit"):
+        if (reason is not None and reason.hold == Hold.RATE_LIMIT
+                and (self.held_reason is None or self.held_reason.hold != Hold.RATE_LIMIT)):
             self.stats["rate_limit_waits"] += 1
         self.held_reason = reason
 
@@ -338,16 +341,20 @@ class Executor(Actor):
                 # Pushes carry every earlier commit, so no pending push means it is pushed.
                 record["pushed"] = (not self.push_pending) if self.config.remote else None
             found[path] = {**record, "held": held,
-                           "held_reason": self.held_reason if held else ""}
+                           **(self.reason_fields() if held else {"hold": None,
+                                                                "held_reason": ""})}
         return {"paths": found, "push_pending": self.push_pending, "paused": self.paused}
 
     def held_paths(self, limit: int = 1000) -> dict:
         paths = sorted(self.held)
         return {"total": len(paths), "paths": paths[:max(0, int(limit))],
-                "reason": self.held_reason}
+                **self.reason_fields()}
+
+    def queue_depth(self) -> int:
+        return len(self.held)
 
     def extra_status(self) -> dict:
-        return {"held": len(self.held), "held_reason": self.held_reason,
+        return {"held": len(self.held), **self.reason_fields(),
                 "commits": self.stats["commits"], "pushes": self.stats["pushes"],
                 "retries": self.stats["retries"], "push_pending": self.push_pending,
                 "attempts": self.stats["attempts"], "last_commit": self.last_commit,

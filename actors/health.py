@@ -27,6 +27,7 @@ import zmq
 from gitsieve.common.actor import metrics
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git import integrity
+from gitsieve.common.git.gateway import Git
 from gitsieve.common.judge.health import RestartLoopDetector
 from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
@@ -185,7 +186,7 @@ class Health(Actor):
 
     # ----- recovery checks: fsck, stale index.lock, autonomous restart loops ----------
     def init_recovery_checks(self) -> None:
-        self.fsck = integrity.FsckRunner(self.config.workspace, self.config.fsck_interval)
+        self.fsck = integrity.FsckRunner(Git(self.config.workspace), self.config.fsck_interval)
         self.autonomous = RestartLoopDetector(
             self.config.autonomous_processes, self.config.autonomous_restart_limit,
             self.config.autonomous_restart_window)

@@ -28,10 +28,12 @@ import zmq
 from inotify_simple import flags
 
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.git import gateway as gitutil
-from gitsieve.common.judge.rules import RuleCache, editor_junk
+from gitsieve.common.git.gateway import Git, GitError
+from gitsieve.common.judge.pattern import observe, urgent
+from gitsieve.common.judge.rules import RuleCache
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import DELETE, WRITE, Change, HealthStatus
+from gitsieve.common.protocol.messages import DELETE, WRITE, HealthStatus
+from gitsieve.common.protocol.states import ChangeKind
 
 DIR_MASK = (flags.CLOSE_WRITE | flags.MODIFY | flags.ATTRIB | flags.CREATE | flags.DELETE
             | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE_SELF | flags.MOVE_SELF
@@ -47,13 +49,15 @@ class Watcher(Actor):
     control_commands = {"reconcile": "reconcile_now"}
     progress_every = 1.0  # seconds between progress lines while watching a large tree
 
-    def setup(self) -> None:
-        self.root = str(self.config.workspace)
+    def __init__(self, config, instance=None):
+        super().__init__(config, instance)
+        self.root = str(config.workspace)
+        self.git = Git(config.workspace)
         self.epoch = self.started
         self.seq = 0
-        self.out = self.connect(zmq.PUSH, self.config.endpoints.stage_in("l1"))
-        self.unsent: deque[bytes] = deque()
-        self.rules = RuleCache(self.config.patterns_file)
+        self.out: zmq.Socket | None = None
+        self.unsent: deque[list[bytes]] = deque()
+        self.rules = RuleCache(config.patterns_file)
         self.excluded_prefix = self._runtime_prefix()
         self.wd_to_path: dict[int, str] = {}
         self.path_to_wd: dict[str, int] = {}
@@ -61,13 +65,24 @@ class Watcher(Actor):
         self.trailing: dict[str, float] = {}      # path -> when a held-back MODIFY is due
         self.watch_limit_logged = False
         self.inotify = inotify_simple.INotify()
+        self.next_reconcile: float | None = None
+        # reconcile after any actor restarts: the health monitor's actors map
+        self.actor_pids: dict[str, int] = {}
+        self.actor_alive: dict[str, bool] = {}
+        self.health_seen = False
+        self.restart_reconcile_at: float | None = None
+        self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
+
+    def setup(self) -> None:
+        self.out = self.connect(zmq.PUSH, self.config.endpoints.stage_in("l1"))
+        health = self.connect(zmq.SUB, self.config.endpoints.health, hwm=100)
+        self.add_input(health, {HealthStatus: self.on_health})
         self.watch_fd(self.inotify.fileno(), self._read_events)
         self._watch_tree("")
         self.log.info("watching %d directories under %s", len(self.wd_to_path), self.root)
         self.reconcile()
         interval = self.config.reconcile_interval
         self.next_reconcile = time.monotonic() + interval if interval > 0 else None
-        self.setup_restart_reconcile()
 
     def _runtime_prefix(self) -> str | None:
         """The runtime dir relative to the workspace, if it lies inside (and outside .git)."""
@@ -207,34 +222,30 @@ class Watcher(Actor):
 
     def _tracked_under(self, rel: str) -> list[str]:
         try:
-            out = gitutil.run(self.root, "--no-optional-locks", "ls-files", "-z", "--", rel)
-        except gitutil.GitError as exc:
+            return self.git.tracked_under(rel)
+        except GitError as exc:
             self.record_error(f"ls-files {rel}: {exc}")
             self.log.error("cannot list tracked files under %s: %s", rel, exc)
             return []
-        return gitutil.split_nul(out)
 
     # ----- output ---------------------------------------------------------------------
-    def emit(self, path: str, kind: str, observed: float, source: str = "inotify") -> None:
+    def emit(self, path: str, kind: ChangeKind, observed: float, source: str = "inotify") -> None:
         if self.excluded(path):
             return
         self.seq += 1
-        rule = None if editor_junk(path) else self.rules.match(path)
-        change = Change(path=path, kind=kind, seq=self.seq, epoch=self.epoch,
-                        observed=observed, source=source,
-                        priority=rule is not None and rule.action == "ALLOW")
-        frame = messages.encode(change)
+        change = observe(path, kind, self.seq, self.epoch, observed, self.rules, source)
+        frames = messages.stage_frames(change, priority=urgent(change))
         self.last_report[path] = time.monotonic()
         self.trailing.pop(path, None)
         self.stats["changes_sent"] += 1
         self.stats[f"changes_{source}"] += 1
-        self.unsent.append(frame)
+        self.unsent.append(frames)
         self._flush()
 
     def _flush(self) -> None:
         while self.unsent:
             try:
-                self.out.send(self.unsent[0], zmq.NOBLOCK)
+                self.out.send_multipart(self.unsent[0], zmq.NOBLOCK)
             except zmq.Again:  # high-water mark reached; retried from on_tick
                 return
             self.unsent.popleft()
@@ -243,8 +254,8 @@ class Watcher(Actor):
     def reconcile(self) -> None:
         """Report every path git sees as differing from HEAD (or untracked)."""
         try:
-            paths = gitutil.dirty_paths(self.config.workspace)
-        except gitutil.GitError as exc:
+            paths = self.git.dirty_paths()
+        except GitError as exc:
             self.record_error(f"reconcile: {exc}")
             self.log.error("reconcile failed: %s", exc)
             return
@@ -413,14 +424,15 @@ class Watcher(Actor):
             waits.append(min(self.trailing.values()) - now)
         if self.next_reconcile is not None:
             waits.append(self.next_reconcile - now)
-        if getattr(self, "restart_reconcile_at", None) is not None:
+        if self.restart_reconcile_at is not None:
             waits.append(self.restart_reconcile_at - now)
         return max(0.0, min(waits)) if waits else None
 
+    def queue_depth(self) -> int:
+        return len(self.unsent)
+
     def extra_status(self) -> dict:
-        if not hasattr(self, "inotify"):
-            return {}
-        return {"watches": len(self.wd_to_path), "unsent": len(self.unsent),
+        return {"watches": len(self.wd_to_path),
                 "overflows": self.stats["overflows"], "rescans": self.stats["rescans"],
                 "changes_sent": self.stats["changes_sent"],
                 "reconciles": self.stats["reconciles"],
@@ -429,15 +441,6 @@ class Watcher(Actor):
                 "rules_error": self.rules.error}
 
     # ----- reconcile after any actor restarts -------------------------------------------
-    def setup_restart_reconcile(self) -> None:
-        health = self.connect(zmq.SUB, self.config.endpoints.health, hwm=100)
-        self.add_input(health, {HealthStatus: self.on_health})
-        self.actor_pids: dict[str, int] = {}
-        self.actor_alive: dict[str, bool] = {}
-        self.health_seen = False
-        self.restart_reconcile_at: float | None = None
-        self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
-
     def on_health(self, status: HealthStatus) -> None:
         """Schedule a reconcile when an actor has a new pid, came back after being silent,
         or appears for the first time (not counting the first status this watcher sees)."""
@@ -465,8 +468,7 @@ class Watcher(Actor):
                 self.restart_reconcile_at = time.monotonic() + RESTART_RECONCILE_DELAY
 
     def shutdown(self) -> None:
-        if hasattr(self, "inotify"):
-            self.inotify.close()
+        self.inotify.close()
 
 
 if __name__ == "__main__":

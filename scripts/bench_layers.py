@@ -24,12 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gitsieve.common import config as config_mod
+from gitsieve.common.git.gateway import Git
+from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.protocol.messages import Change
+from gitsieve.common.protocol.states import ChangeKind
 
-from gitsieve.common import config as config_mod  # noqa: E402
-from gitsieve.common.protocol.messages import Change  # noqa: E402
-from gitsieve.common.tools.accuracy import Capture  # noqa: E402
+IDENTITY = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@b"}
 
 RULES = r"""
 BLOCK:\.claude/autonomous/.*:status
@@ -43,59 +45,49 @@ ANALYZE:\.claude/contexts/.*:contexts
 def make_workspace(base: Path, extra_config: str = "") -> Path:
     root = base / "ws"
     root.mkdir()
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    git = Git(root)
+    git.run("init", "-q", "-b", "main")
     (root / ".gitignore").write_text("*.ignored\n")
     (root / ".rules.conf").write_text(RULES)
     (root / ".gitsieve.toml").write_text(
         f'[filter]\npatterns_file = ".rules.conf"\n{extra_config}')
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
-    subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=root, check=True, env=env)
+    git.run("add", "-A")
+    git.run("commit", "-q", "-m", "init", env=IDENTITY)
     return root
 
 
 def bench_l1(base: Path, count: int) -> None:
-    from gitsieve.actors.pattern_layer import PatternLayer
-    from gitsieve.common.judge.rules import editor_junk
+    from gitsieve.common.judge.pattern import PatternJudge, observe
     root = make_workspace(base / "l1")
-    layer = PatternLayer(config_mod.load(root))
-    layer.prepare()
-    layer.to_l2, layer.to_decisions = Capture(), Capture()
+    config = config_mod.load(root)
+    rules = RuleCache(config.patterns_file)
+    judge = PatternJudge(config)
     kinds = ("docs/a{}.md", ".claude/contexts/c{}.json", "src/m{}.py", ".claude/autonomous/s{}",
              "logs/x{}.log", "notes/.n{}.swp")
     paths = [kinds[i % len(kinds)].format(i) for i in range(count)]
     started = time.perf_counter()
-    for path in paths:
-        if editor_junk(path) is None:
-            layer.rules.match(path)
-    rules_rate = count / (time.perf_counter() - started)
-    rounds = [paths[i:i + 500] for i in range(0, min(count, 50_000), 500)]
+    changes = [observe(path, ChangeKind.WRITE, seq, 1.0, 1.0, rules)
+               for seq, path in enumerate(paths)]
+    facts_rate = count / (time.perf_counter() - started)
+    rounds = [changes[i:i + 500] for i in range(0, min(count, 50_000), 500)]
     started = time.perf_counter()
-    for seq, chunk in enumerate(rounds):
-        for path in chunk:
-            layer.on_change(Change(path=path, kind="write", seq=seq, epoch=1.0, observed=1.0))
-        layer.process_buffer()
-        layer.to_l2.take()
-        layer.to_decisions.take()
+    for chunk in rounds:
+        judge.judge(chunk)
     round_rate = sum(map(len, rounds)) / (time.perf_counter() - started)
-    print(f"L1  rules only:                 {rules_rate:12,.0f} paths/s per worker")
-    print(f"L1  poll rounds of 500 Changes: {round_rate:12,.0f} paths/s per worker "
-          "(decode-free; includes one git check-ignore per round and the Decision/Change "
-          "encoding)")
+    print(f"L1  facts (junk + rules, the watcher's part): {facts_rate:12,.0f} paths/s")
+    print(f"L1  judge, rounds of 500 changes:             {round_rate:12,.0f} paths/s per "
+          "worker (one git check-ignore per round)")
 
 
 def bench_l2(base: Path, events: int) -> None:
     if os.geteuid() != 0:
         print("L2  privileged path: skipped (needs root)")
         return
-    from gitsieve.actors.process_layer import ProcessLayer
+    from gitsieve.common.judge.process import ProcessJudge
     tag = f"bench-agent-{os.getpid()}"
     root = make_workspace(base / "l2", f'autonomous_processes = ["{tag}"]\n'
                                        'attribution = "fanotify"\n')
-    layer = ProcessLayer(config_mod.load(root), 1)
-    layer.prepare()
-    layer.to_content, layer.decisions = Capture(), Capture()
+    judge = ProcessJudge(config_mod.load(root))
     # A long-lived autonomous process (as agents are) writing ``events`` files.
     writer = ("import sys, pathlib\nroot = pathlib.Path(sys.argv[1])\n"
               "sys.stdin.readline()\n"
@@ -106,22 +98,20 @@ def bench_l2(base: Path, events: int) -> None:
     agent = subprocess.Popen([sys.executable, "-c", writer, str(root), str(events), tag],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     time.sleep(0.2)
-    layer.attributor.drain()  # its exec, read while it runs (the actor's poll loop does this)
+    judge.attributor.drain()  # its exec, read while it runs (the actor's poll loop does this)
     agent.stdin.write("go\n")
     agent.stdin.flush()
     agent.stdout.readline()
     observed = time.time()
-    timings = []
+    timings, verdicts = [], set()
     for i in range(events):
-        change = Change(path=f".claude/contexts/f{i}.json", kind="write", seq=i, epoch=1.0,
-                        observed=observed)
+        change = Change(path=f".claude/contexts/f{i}.json", kind=ChangeKind.WRITE, seq=i,
+                        epoch=1.0, observed=observed)
         started = time.perf_counter()
-        layer.on_change(change)
+        verdicts.add(judge.judge(change).verdict)
         timings.append(time.perf_counter() - started)
-    verdicts = {message.trail[-1]["verdict"] for message in
-                layer.decisions.take() + layer.to_content.take()}
     agent.communicate("")
-    layer.attributor.close()
+    judge.close()
     timings.sort()
     print(f"L2  fanotify+lineage, {events} changes: p50 {timings[len(timings) // 2] * 1000:.3f}"
           f" ms, p99 {timings[int(len(timings) * 0.99)] * 1000:.3f} ms, mean "
@@ -131,48 +121,42 @@ def bench_l2(base: Path, events: int) -> None:
 
 
 def bench_l3(base: Path, rounds: int) -> None:
-    from gitsieve.actors.content_layer import ContentLayer
     from gitsieve.common.judge.content import classify, compile_volatile
+    from gitsieve.common.judge.content_judge import ContentJudge
     root = make_workspace(base / "l3")
     doc = {"timestamp": "2024-01-01T00:00:00Z", "session_id": "alpha",
            "items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"], "score": i * 0.5}
                      for i in range(1050)]}
     head = json.dumps(doc, indent=1).encode()
     (root / "big.json").write_bytes(head)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
-    subprocess.run(["git", "add", "big.json"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "big"], cwd=root, check=True, env=env)
+    git = Git(root)
+    git.run("add", "big.json")
+    git.run("commit", "-q", "-m", "big", env=IDENTITY)
     cfg = config_mod.load(root)
-    layer = ContentLayer(cfg, 1)
-    layer.setup()
-    layer.decisions = Capture()
+    judge = ContentJudge(cfg, git)
     volatile = compile_volatile(cfg.text_volatile_patterns)
-    change = Change(path="big.json", kind="write", seq=1, epoch=1.0, observed=1.0)
+    change = Change(path="big.json", kind=ChangeKind.WRITE, seq=1, epoch=1.0, observed=1.0)
     variants = (("timestamp", "2024-01-02T00:00:00Z", "token fast path"),
                 ("session_id", "beta", "JSON parse + compare, HEAD parse cached"))
     for key, value, how in variants:
         work = json.dumps({**doc, key: value}, indent=1).encode()
         (root / "big.json").write_bytes(work)
-        layer.on_change(change)  # fills the HEAD cache, as repeated churn on one path does
+        judge.judge(change)  # fills the HEAD cache, as repeated churn on one path does
         timings, pure = [], []
         for _ in range(rounds):
             started = time.perf_counter()
-            layer.on_change(change)
+            verdict = judge.judge(change).verdict
             timings.append(time.perf_counter() - started)
             started = time.perf_counter()
             classify("big.json", head, work, cfg.volatile_keys, volatile=volatile)
             pure.append(time.perf_counter() - started)
-        verdict = layer.decisions.take()[-1].trail[-1]["verdict"]
         timings.sort()
         pure.sort()
         print(f"L3  {len(work) / 1024:.0f} KB JSON, only {key} changed ({verdict}, {how}): "
               f"whole judgement p50 {timings[len(timings) // 2] * 1000:.3f} ms, p99 "
               f"{timings[int(len(timings) * 0.99)] * 1000:.3f} ms; comparison alone p50 "
               f"{pure[len(pure) // 2] * 1000:.3f} ms")
-    layer.shutdown()
-    for sock in layer._sockets:
-        sock.close(linger=0)
+    judge.close()
 
 
 def bench_stage(base: Path, count: int) -> None:
@@ -193,14 +177,15 @@ def bench_stage(base: Path, count: int) -> None:
     producer = context.socket(zmq.PUSH)
     producer.connect(cfg.endpoints.stage_in("l1"))
     procs = [subprocess.Popen([sys.executable, "-m", f"gitsieve.actors.{name}", "--workspace",
-                               str(root)], cwd=ROOT) for name in ("router", "pattern_layer")]
+                               str(root)]) for name in ("router", "pattern_layer")]
     try:
         time.sleep(1.5)  # both bound and connected
         kinds = ("docs/a{}.md", ".claude/contexts/c{}.json", "src/m{}.py")
         started = time.perf_counter()
         for seq in range(count):
-            producer.send(messages.encode(Change(path=kinds[seq % 3].format(seq), kind="write",
-                                                 seq=seq, epoch=1.0, observed=time.time())))
+            change = Change(path=kinds[seq % 3].format(seq), kind=ChangeKind.WRITE, seq=seq,
+                            epoch=1.0, observed=time.time())
+            producer.send_multipart(messages.stage_frames(change, priority=False))
         got = 0
         poller = zmq.Poller()
         poller.register(decisions, zmq.POLLIN)

@@ -1,5 +1,5 @@
-"""``gitsieve test`` (common.accuracy): the labelled corpus through the real L1-L3 logic
-with real writer processes, in both attribution modes; the target is 0 FP and 0 FN."""
+"""``gitsieve test`` (common.tools.accuracy): the labelled corpus through the real L1-L3
+judges with real writer processes, in both attribution modes; the target is 0 FP and 0 FN."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from gitsieve.common.tools import accuracy
+from gitsieve.common.tools import accuracy, cli
 
 MODES = ["psutil"] + (["fanotify"] if os.geteuid() == 0 else [])
 
@@ -37,7 +37,7 @@ def test_corpus_has_at_least_200_labelled_changes_covering_every_rule_and_hard_c
 
 @pytest.mark.parametrize("mode", MODES)
 def test_corpus_has_no_false_positive_and_no_false_negative(mode, capsys):
-    assert accuracy.accuracy_main(["--mode", mode, "--json"]) == 0
+    assert cli.main(["test", "--mode", mode, "--json"]) == 0
     [result] = json.loads(capsys.readouterr().out)
     assert result["mode"] == mode and not result["note"]
     assert result["wrong"] == []

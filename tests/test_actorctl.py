@@ -15,7 +15,9 @@ from conftest import ROOT, FakeSocket, Gitsieve, wait_for
 from gitsieve.actors.debouncer import Debouncer
 from gitsieve.actors.watcher import Watcher
 from gitsieve.common.protocol.messages import Decision
-from gitsieve.common.tools import ctl
+from gitsieve.common.protocol.states import Action, L1Reason
+from gitsieve.common.protocol.trail import PatternStep, as_dict
+from gitsieve.common.tools import cli, ctl
 
 
 def actorctl(ws, *args, timeout: float = 60):
@@ -37,7 +39,7 @@ def deb(workspace):
     debouncer = Debouncer(workspace.load())
     debouncer.batches_out = FakeSocket()
     yield debouncer
-    debouncer.context.term()
+    debouncer.close()
 
 
 def decision(path, seq, commit=True, action="ANALYZE", trail=()):
@@ -46,13 +48,14 @@ def decision(path, seq, commit=True, action="ANALYZE", trail=()):
 
 
 def test_explain_keeps_the_newest_decision_and_its_debounce_timing(deb):
-    step = {"layer": "L1", "verdict": "ANALYZE", "reason": "[filter] default"}
+    step = PatternStep(Action.ANALYZE, L1Reason.DEFAULT)
     deb.on_decision(decision("a.txt", 2, trail=(step,)))
     deb.on_decision(decision("a.txt", 1, commit=False, action="BLOCK"))  # late, older
     record = deb.explain_paths(["a.txt", "never.txt"])["paths"]
     assert record["never.txt"] is None
     assert record["a.txt"]["seq"] == 2 and record["a.txt"]["commit"] is True
-    assert record["a.txt"]["trail"] == [step]
+    assert record["a.txt"]["trail"] == [as_dict(step)]
+    assert record["a.txt"]["trail"][0]["reason_text"] == "[filter] default"
     assert record["a.txt"]["stale_dropped"] == 1
     assert record["a.txt"]["pending"] is True and record["a.txt"]["quiet"] == 30
     with pytest.raises(ValueError):
@@ -86,7 +89,7 @@ def test_watcher_logs_progress_while_adding_watches(workspace, caplog):
         watcher.shutdown()
         for sock in watcher._sockets:
             sock.close(linger=0)
-        watcher.context.term()
+        watcher.close()
 
 
 def test_watcher_progress_is_rate_limited(workspace, caplog):
@@ -101,13 +104,12 @@ def test_watcher_progress_is_rate_limited(workspace, caplog):
         watcher.shutdown()
         for sock in watcher._sockets:
             sock.close(linger=0)
-        watcher.context.term()
+        watcher.close()
 
 
 # ----- not running / usage -------------------------------------------------------------
 @pytest.mark.parametrize("command", [["stats"], ["explain", "x.txt"], ["tail", "--count", "1"],
-                                     ["pause"], ["resume"], ["flush", "--timeout", "1"],
-                                     ["learned"]])
+                                     ["pause"], ["resume"], ["flush", "--timeout", "1"]])
 def test_every_command_says_clearly_when_gitsieve_is_not_running(workspace, command):
     result = actorctl(workspace, *command)
     assert result.returncode == ctl.EXIT_UNREACHABLE
@@ -115,10 +117,15 @@ def test_every_command_says_clearly_when_gitsieve_is_not_running(workspace, comm
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_learned_works_on_the_file_while_gitsieve_is_stopped(workspace):
+    result = actorctl(workspace, "learned")
+    assert result.returncode == 0 and "0 learned BLOCK paths" in result.stdout
+
+
 def test_usage_errors_exit_2(workspace):
     assert actorctl(workspace, "explain").returncode == ctl.EXIT_USAGE
     assert actorctl(workspace, "nonsense").returncode == ctl.EXIT_USAGE
-    assert ctl.debug_main(["--bogus"]) == ctl.EXIT_USAGE
+    assert cli.main(["debug", "--bogus"]) == ctl.EXIT_USAGE
 
 
 # ----- a real gitsieve -----------------------------------------------------------------

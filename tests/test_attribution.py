@@ -1,4 +1,4 @@
-"""Process attribution with real processes holding real files (common.attribution)."""
+"""Process attribution with real processes holding real files (common.judge.attribution)."""
 from __future__ import annotations
 
 import os
@@ -12,14 +12,18 @@ import psutil
 import pytest
 
 from conftest import wait_for
-from gitsieve.common.judge import attribution
 from gitsieve.common.judge.attribution.base import (
     SYSTEM,
     TECHNIQUE_LIVE,
     TECHNIQUE_SAMPLED,
     AutonomousMatcher,
 )
-from gitsieve.common.judge.attribution.sampled import Attributor, ProcessCache
+from gitsieve.common.judge.attribution.sampled import (
+    SAMPLE_INTERVAL,
+    SIGHTING_LEAD,
+    Attributor,
+    ProcessCache,
+)
 
 # A child that opens/closes files on command, so each test controls exactly what is open.
 HOLDER_CODE = r"""
@@ -246,7 +250,7 @@ def test_sighting_only_counts_for_changes_observed_soon_after(holders, tag, tmp_
     found_by.sampler.sample()
     autonomous.do("close", target)
     assert found_by.attribute(target, time.time()) is not None
-    later = time.time() + attribution.SIGHTING_LEAD + 1
+    later = time.time() + SIGHTING_LEAD + 1
     assert found_by.attribute(target, later) is None
 
 
@@ -268,7 +272,7 @@ def test_wakeup_drives_sampling_only_while_autonomous_processes_exist(holders, t
     assert 29 < idle.wakeup_in(time.monotonic()) <= 30
     holders(tag)
     busy = attributor_for(tag, ttl=30)
-    assert busy.wakeup_in(time.monotonic()) <= attribution.SAMPLE_INTERVAL
+    assert busy.wakeup_in(time.monotonic()) <= SAMPLE_INTERVAL
 
 
 def test_young_process_is_looked_at_again_in_case_it_had_not_exec_ed_yet(tag):

@@ -42,7 +42,7 @@ def test_run_with_a_missing_workspace(tmp_path):
 def test_run_with_invalid_config(workspace):
     path = workspace.config("[debounce]\nallow = \"soon\"\n")
     assert_one_clear_line(run_cli("run", "--workspace", str(workspace.root)),
-                          f"{path}:2: [debounce].allow must be int or float")
+                          f"{path}:2: [debounce].allow must be a number")
 
 
 def test_run_with_unreadable_config(workspace):
@@ -70,9 +70,15 @@ def test_init_writes_a_valid_commented_config_and_rules(workspace):
     config_text = (workspace.root / config_mod.CONFIG_NAME).read_text()
     assert "#" in config_text
     parsed = tomllib.loads(config_text)
+    assert parsed["debounce"]["default"] == 1 and parsed["limits"]["cooldown_seconds"] <= 2
+    cfg = workspace.load()  # the written files load and validate
+    assert cfg.debounce_for("notes.txt", "ANALYZE") == 1
+    conservative = run_cli("init", str(workspace.root), "--profile", "conservative", "--force")
+    assert conservative.returncode == 0, conservative.stderr
+    parsed = tomllib.loads((workspace.root / config_mod.CONFIG_NAME).read_text())
     assert parsed["limits"] == {"max_commits_per_hour": 10, "max_commits_per_day": 50,
                                 "cooldown_seconds": 300, "runaway_commits_per_hour": 30}
-    cfg = workspace.load()  # the written files load and validate
+    cfg = workspace.load()
     assert cfg.debounce_for(".claude/autonomous/x", "ANALYZE") == 300
     from gitsieve.common.judge import rules
     ruleset = rules.RuleSet.load(cfg.patterns_file)

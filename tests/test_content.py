@@ -1,21 +1,39 @@
-"""The content layer's pure rules: common.content.classify and its helpers."""
+"""The content layer's pure rules: judge.content.classify and its helpers."""
 import hashlib
 import json
 import subprocess
 
 import pytest
 
+from conftest import create_workspace
 from gitsieve.common.judge.content import (
     SIZE_CAP,
     SYSTEM,
     UNCHANGED,
     USER,
     classify,
+    compile_volatile,
     git_blob_id,
-    l1_action,
+    masked_digest,
     strip_volatile,
 )
-from gitsieve.common.protocol.messages import Change
+from gitsieve.common.judge.junk import editor_junk
+from gitsieve.common.judge.pattern import PatternJudge, observe, urgent
+from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import BadMessage, Change
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    Content,
+    L1Reason,
+    L2Reason,
+    L3Reason,
+    Mode,
+    Writer,
+    render,
+)
+from gitsieve.common.protocol.trail import ContentStep, PatternStep, ProcessStep, l1_action
 
 VOLATILE = ("last_update", "timestamp", "session_id")
 
@@ -47,19 +65,19 @@ def test_strip_volatile_leaves_input_untouched_and_scalars_alone():
 # ----- deletions and new files ---------------------------------------------------------
 def test_deleted_file_that_was_never_committed_is_unchanged():
     verdict = classify("a.txt", None, None, VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (UNCHANGED, "never committed")
+    assert (verdict.verdict, verdict.reason) == (UNCHANGED, L3Reason.NEVER_COMMITTED)
     assert not verdict.commit
 
 
 def test_deleted_committed_file_is_a_user_change():
     verdict = classify("a.txt", b"old\n", None, VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (USER, "deleted")
+    assert (verdict.verdict, verdict.reason) == (USER, L3Reason.DELETED)
     assert verdict.commit
 
 
 def test_new_file_is_a_user_change_even_if_it_is_json_with_volatile_keys():
     verdict = classify("s.json", None, as_json({"timestamp": 1}), VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (USER, "new file")
+    assert (verdict.verdict, verdict.reason) == (USER, L3Reason.NEW_FILE)
 
 
 def test_identical_bytes_are_unchanged():
@@ -73,7 +91,10 @@ def test_timestamp_only_json_change_is_system_and_names_the_keys():
     work = as_json({"status": "ok", "last_update": 9, "timestamp": 2, "session_id": "b"})
     verdict = classify("status.json", head, work, VOLATILE)
     assert verdict.verdict == SYSTEM
-    assert verdict.reason == "only volatile keys changed: last_update, session_id"
+    assert (verdict.reason, verdict.detail) == (L3Reason.JSON_VOLATILE_KEYS,
+                                                "last_update, session_id")
+    assert render(verdict.reason, verdict.detail) == \
+        "only volatile keys changed: last_update, session_id"
     assert not verdict.commit
 
 
@@ -83,15 +104,15 @@ def test_nested_volatile_keys_in_lists_of_dicts_are_system():
     work = as_json({"agents": [{"name": "a", "timestamp": 7}, {"name": "b",
                                                              "meta": {"last_update": 8}}]})
     verdict = classify("ctx.json", head, work, VOLATILE)
-    assert verdict.verdict == SYSTEM
-    assert "timestamp" in verdict.reason and "last_update" in verdict.reason
+    assert (verdict.verdict, verdict.reason) == (SYSTEM, L3Reason.JSON_VOLATILE_KEYS)
+    assert set(verdict.detail.split(", ")) == {"timestamp", "last_update"}
 
 
 def test_real_json_change_next_to_volatile_keys_is_user():
     head = as_json({"task": "write docs", "timestamp": 1})
     work = as_json({"task": "write tests", "timestamp": 2})
     verdict = classify("ctx.json", head, work, VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (USER, "JSON data changed")
+    assert (verdict.verdict, verdict.reason) == (USER, L3Reason.JSON_CHANGED)
 
 
 def test_change_inside_a_list_of_dicts_is_user():
@@ -110,8 +131,7 @@ def test_reformatted_json_with_the_same_data_is_system():
     head = as_json({"a": 1, "b": [1, 2]})
     work = as_json({"b": [1, 2], "a": 1}, indent=2)
     verdict = classify("x.json", head, work, VOLATILE)
-    assert verdict.verdict == SYSTEM
-    assert "formatting" in verdict.reason
+    assert (verdict.verdict, verdict.reason) == (SYSTEM, L3Reason.JSON_FORMATTING)
 
 
 def test_json_content_in_a_file_without_json_extension_is_parsed():
@@ -128,11 +148,11 @@ def test_json_the_fast_parser_would_misread_is_parsed_exactly():
     assert classify("big.json", head, b'{"n": %d, "timestamp": 1}' % (big + 1),
                     VOLATILE).verdict == USER
     verdict = classify("big.json", head, b'{"n": %d, "timestamp": 2}' % big, VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (SYSTEM, "only volatile keys changed: "
-                                                         "timestamp")
+    assert (verdict.verdict, verdict.reason, verdict.detail) == (
+        SYSTEM, L3Reason.JSON_VOLATILE_KEYS, "timestamp")
     head = b'{"s": "\\ud800", "timestamp": 1}'
     verdict = classify("s.json", head, head.replace(b"1}", b"2}"), VOLATILE)
-    assert verdict.reason == "only volatile keys changed: timestamp"
+    assert (verdict.reason, verdict.detail) == (L3Reason.JSON_VOLATILE_KEYS, "timestamp")
 
 
 def test_scalar_json_outside_json_files_is_text():
@@ -144,7 +164,7 @@ def test_invalid_json_falls_back_to_text_rules():
     head = b'{"timestamp": 1, "v": 1}'
     work = b'{"timestamp": 2, "v": 1'  # truncated: not JSON any more
     verdict = classify("x.json", head, work, VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (USER, "content changed")
+    assert (verdict.verdict, verdict.reason) == (USER, L3Reason.CONTENT_CHANGED)
 
 
 def test_invalid_json_log_still_gets_the_append_rule():
@@ -170,23 +190,24 @@ def test_very_deep_json_is_compared_without_a_crash():
     # near the parser's own depth limit: compared (equal subtrees are skipped at C speed);
     # a RecursionError would still give USER "JSON too deep to compare", never a crash
     verdict = classify("deep.json", nested(900, 1), nested(900, 2), VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (SYSTEM, "only volatile keys changed: "
-                                                         "timestamp")
+    assert (verdict.verdict, verdict.reason, verdict.detail) == (
+        SYSTEM, L3Reason.JSON_VOLATILE_KEYS, "timestamp")
     changed = nested(900, 1).replace(b'"a":{"timestamp"', b'"b":{"timestamp"')
     assert classify("deep.json", nested(900, 1), changed, VOLATILE).verdict == USER
 
 
 def test_non_utf8_json_file_is_text():
     verdict = classify("x.json", b'{"a": "\xff"}', b'{"a": "\xfe"}', VOLATILE)
-    assert (verdict.verdict, verdict.reason) == (USER, "content changed")
+    assert (verdict.verdict, verdict.reason) == (USER, L3Reason.CONTENT_CHANGED)
 
 
 # ----- logs ------------------------------------------------------------------------------
 def test_append_only_log_growth_is_system():
     head = b"line 1\nline 2\n"
     verdict = classify("logs/agent.log", head, head + b"line 3\n", VOLATILE)
-    assert verdict.verdict == SYSTEM
-    assert verdict.reason == "log grew by 7 bytes (append-only)"
+    assert (verdict.verdict, verdict.reason, verdict.detail) == (SYSTEM, L3Reason.LOG_APPENDED,
+                                                                 "7")
+    assert render(verdict.reason, verdict.detail) == "log grew by 7 bytes (append-only)"
 
 
 def test_rewritten_log_is_user():
@@ -209,7 +230,8 @@ def test_files_over_the_size_cap_are_not_parsed():
     work = as_json({"timestamp": 2, "pad": "x" * 100})
     assert classify("x.json", head, work, VOLATILE).verdict == SYSTEM
     capped = classify("x.json", head, work, VOLATILE, size_cap=50)
-    assert capped.verdict == USER and "bytes only" in capped.reason
+    assert (capped.verdict, capped.reason, capped.detail) == (USER, L3Reason.OVER_SIZE_CAP, "50")
+    assert "bytes only" in render(capped.reason, capped.detail)
     assert classify("x.json", head, head, VOLATILE, size_cap=50).verdict == UNCHANGED
 
 
@@ -247,20 +269,30 @@ def test_git_blob_id_matches_git(tmp_path, algorithm):
 
 
 def test_l1_action_reads_the_trail():
-    change = Change("a", "write", 1, 0.0, 0.0, trail=({"layer": "L1", "verdict": "ALLOW"},))
-    assert l1_action(change) == "ALLOW"
-    assert l1_action(Change("a", "write", 1, 0.0, 0.0)) == "ANALYZE"
-    assert l1_action(Change("a", "write", 1, 0.0, 0.0, trail=("junk", {"layer": "L1"}))) \
-        == "ANALYZE"
+    allow = PatternStep(Action.ALLOW, L1Reason.RULE, "ALLOW:a (line 1)")
+    l2 = ProcessStep(Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, Mode.PSUTIL)
+    l3 = ContentStep(Content.USER, L3Reason.NEW_FILE)
+    change = Change("a", ChangeKind.WRITE, 1, 0.0, 0.0, trail=(allow, l2, l3))
+    assert l1_action(change.trail) == Action.ALLOW
+    assert l1_action(Change("a", ChangeKind.WRITE, 1, 0.0, 0.0).trail) == Action.ANALYZE
+    # a trail without an L1 step (only other layers' steps) reads as ANALYZE
+    assert l1_action((l2, l3)) == Action.ANALYZE
+    # a malformed trail never gets this far: decoding refuses it (the old dict steps too)
+    wire = messages.encode(change).replace(b"\xa2L1", b"\xa2L9")
+    with pytest.raises(BadMessage, match="unknown trail layer"):
+        messages.decode(wire)
 
 
 
 
 # ----- issue 3: volatile text, junk, the user's own writes, masked digests ------------------
-from gitsieve.common.config.loader import _SCHEMA  # noqa: E402
-from gitsieve.common.judge.content import compile_volatile, masked_digest  # noqa: E402
+@pytest.fixture(scope="module")
+def volatile_text(tmp_path_factory):
+    """The default [filter] text_volatile_patterns, as a loaded config has them."""
+    config = create_workspace(tmp_path_factory.mktemp("defaults")).load()
+    return compile_volatile(config.text_volatile_patterns)
 
-VOLATILE_TEXT = compile_volatile(_SCHEMA[("filter", "text_volatile_patterns")][1])
+
 T1, T2 = "2024-05-01T10:00:00.123+00:00", "2024-05-02T11:30:59.9Z"
 U1, U2 = "0b8f6c1e-3d2a-4f5b-9c8d-7e6f5a4b3c2d", "9a1b2c3d-4e5f-4a6b-8c7d-6e5f4a3b2c1d"
 
@@ -271,50 +303,80 @@ U1, U2 = "0b8f6c1e-3d2a-4f5b-9c8d-7e6f5a4b3c2d", "9a1b2c3d-4e5f-4a6b-8c7d-6e5f4a
     ("epoch 1714557600\n", "epoch 1714557999.25\n"),
     ("at 10:00:01\n", "at 23:59:59.5\n"),
 ])
-def test_text_differing_only_in_volatile_tokens_is_system(head, work):
-    found = classify("status.txt", head.encode(), work.encode(), VOLATILE, volatile=VOLATILE_TEXT)
-    assert (found.verdict, found.reason) == (SYSTEM, "only timestamp/uuid-like tokens changed")
+def test_text_differing_only_in_volatile_tokens_is_system(head, work, volatile_text):
+    found = classify("status.txt", head.encode(), work.encode(), VOLATILE, volatile=volatile_text)
+    assert (found.verdict, found.reason) == (SYSTEM, L3Reason.VOLATILE_TOKENS)
 
 
-def test_text_with_a_real_change_beside_a_timestamp_is_user():
+def test_text_with_a_real_change_beside_a_timestamp_is_user(volatile_text):
     found = classify("s.txt", f"a {T1}\n".encode(), f"b {T2}\n".encode(), VOLATILE,
-                     volatile=VOLATILE_TEXT)
+                     volatile=volatile_text)
     assert found.verdict == USER
     assert classify("s.txt", f"a {T1}".encode(), f"a {T2}".encode()).verdict == USER  # no patterns
 
 
-def test_json_timestamp_value_under_a_non_volatile_key_is_system():
+def test_json_timestamp_value_under_a_non_volatile_key_is_system(volatile_text):
     head, work = as_json({"updated": T1, "n": 1}), as_json({"updated": T2, "n": 1})
-    assert classify("a.json", head, work, VOLATILE, volatile=VOLATILE_TEXT).verdict == SYSTEM
+    assert classify("a.json", head, work, VOLATILE, volatile=volatile_text).verdict == SYSTEM
     assert classify("a.json", head, as_json({"updated": T2, "n": 2}), VOLATILE,
-                    volatile=VOLATILE_TEXT).verdict == USER
+                    volatile=volatile_text).verdict == USER
 
 
 @pytest.mark.parametrize("name", [".a.swp", ".a.swx", "a~", "4913", ".#a", ".goutputstream-Q",
                                   "a.tmp", "a.bak", "a.orig"])
-def test_editor_and_backup_junk_is_never_committed_even_new_or_by_the_user(name):
-    for head in (None, b"old"):
-        found = classify(f"dir/{name}", head, b"new", VOLATILE, user_writer=True)
-        assert found.verdict == SYSTEM and "never committed" in found.reason
+def test_editor_and_backup_junk_is_never_committed_even_new_or_by_the_user(name, junk_workspace):
+    """Junk is decided once, by the watcher (observe), and L1 blocks it: before any rule
+    (here one that allows everything) and before L2 could name the user as its writer, so
+    nothing downstream can commit it, whether the file is new or has a version in HEAD."""
+    workspace, rules, judge = junk_workspace
+    path = f"dir/{name}"
+    kind = editor_junk(path)
+    assert kind and rules.match(path).action == Action.ALLOW
+    workspace.write(path, "old")
+    for seq, (state, change_kind) in enumerate((("new", ChangeKind.WRITE),
+                                                ("in HEAD", ChangeKind.WRITE),
+                                                ("in HEAD", ChangeKind.DELETE)), 1):
+        if state == "in HEAD" and change_kind == ChangeKind.WRITE:
+            workspace.git("add", "-f", path)
+            workspace.git("commit", "-q", "-m", f"junk {name}")
+            workspace.write(path, "new")
+        if change_kind == ChangeKind.DELETE:
+            workspace.path(path).unlink()
+        change = observe(path, change_kind, seq, 1.0, 2.0, rules)
+        assert (change.junk, change.rule) == (kind, None), state
+        assert not urgent(change)
+        assert judge.judge([change]) == [PatternStep(Action.BLOCK, L1Reason.EDITOR_JUNK, kind)]
 
 
-def test_a_user_writer_is_committed_even_for_timestamp_only_changes():
+@pytest.fixture(scope="module")
+def junk_workspace(tmp_path_factory):
+    workspace = create_workspace(tmp_path_factory.mktemp("junk"))
+    workspace.patterns("ALLOW:.*:Everything is the user's\n")
+    config = workspace.load()
+    return workspace, RuleCache(config.patterns_file), PatternJudge(config)
+
+
+def test_a_user_writer_is_committed_even_for_timestamp_only_changes(volatile_text):
     head, work = f"at {T1}\n".encode(), f"at {T2}\n".encode()
-    assert classify("m.md", head, work, VOLATILE, volatile=VOLATILE_TEXT,
+    assert classify("m.md", head, work, VOLATILE, volatile=volatile_text,
                     user_writer=True).verdict == USER
     assert classify("m.md", head, head, VOLATILE, user_writer=True).verdict == UNCHANGED
 
 
-def test_binary_changes_are_user_and_named_by_hash():
-    found = classify("x.bin", b"\0a", b"\0b", VOLATILE, volatile=VOLATILE_TEXT)
-    assert found.verdict == USER and "sha256" in found.reason
+def test_binary_changes_are_user_and_named_by_hash(volatile_text):
+    head, work = b"\0a", b"\0b"
+    found = classify("x.bin", head, work, VOLATILE, volatile=volatile_text)
+    assert (found.verdict, found.reason) == (USER, L3Reason.BINARY_CHANGED)
+    assert found.detail == (f"{hashlib.sha256(head).hexdigest()[:12]} -> "
+                            f"{hashlib.sha256(work).hexdigest()[:12]}")
+    assert "sha256" in render(found.reason, found.detail)
 
 
-def test_masked_digest_ignores_volatile_tokens_and_keys_only():
-    same = [masked_digest("s.md", f"x {T1}\n".encode(), VOLATILE, VOLATILE_TEXT),
-            masked_digest("s.md", f"x {T2}\n".encode(), VOLATILE, VOLATILE_TEXT)]
+def test_masked_digest_ignores_volatile_tokens_and_keys_only(volatile_text):
+    same = [masked_digest("s.md", f"x {T1}\n".encode(), VOLATILE, volatile_text),
+            masked_digest("s.md", f"x {T2}\n".encode(), VOLATILE, volatile_text)]
     assert same[0] == same[1] and same[0] is not None
-    assert masked_digest("s.md", b"y\n", VOLATILE, VOLATILE_TEXT) != same[0]
+    assert masked_digest("s.md", b"y\n", VOLATILE, volatile_text) != same[0]
     assert masked_digest("a.json", as_json({"timestamp": 1, "k": 1}), VOLATILE) == \
         masked_digest("a.json", as_json({"k": 1, "timestamp": 2}), VOLATILE)
     assert masked_digest("b.bin", b"\0\1", VOLATILE) is None

@@ -1,32 +1,47 @@
-"""Content layer (L3): handlers against a real git workspace, then real router + l3."""
+"""Content layer (L3): the ContentJudge against a real git workspace (no socket), the
+thin actor's CommitReport handler, then real router + l3."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 import pytest
 import zmq
 
-from conftest import FakeSocket, wait_for
-from gitsieve.actors.content_layer import CatFileBatch, ContentLayer
+from conftest import wait_for
+from gitsieve.actors.content_layer import ContentLayer
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.git.catfile import CatFileBatch
+from gitsieve.common.git.gateway import Git
+from gitsieve.common.judge.content_judge import ContentJudge
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Change, CommitReport, Decision
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    Content,
+    L1Reason,
+    L2Reason,
+    L3Reason,
+    Mode,
+    Writer,
+)
+from gitsieve.common.protocol.trail import ContentStep, PatternStep, ProcessStep, reason_text
 
-L1_STEP = {"layer": "L1", "verdict": "ANALYZE", "reason": "default", "rule": None}
-L2_STEP = {"layer": "L2", "verdict": "UNKNOWN", "reason": "no autonomous writer seen",
-           "technique": None, "pid": None, "cmdline": None, "confidence": 0.0}
+L1_STEP = PatternStep(Action.ANALYZE, L1Reason.DEFAULT)
+L2_STEP = ProcessStep(Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, Mode.PSUTIL)
 
 
 def verdicts(status: dict) -> dict:
     return {key: count for key, count in status.items() if key.startswith("verdict_")}
 
 
-def change(path: str, kind: str = "write", seq: int = 1) -> Change:
-    return Change(path=path, kind=kind, seq=seq, epoch=1000.0, observed=time.time(),
-                  trail=(L1_STEP, L2_STEP))
+def change(path: str, kind: ChangeKind = ChangeKind.WRITE, seq: int = 1) -> Change:
+    return Change(path=path, kind=ChangeKind(kind), seq=seq, epoch=1000.0,
+                  observed=time.time(), trail=(L1_STEP, L2_STEP))
 
 
 def status_json(timestamp: int, task: str = "write docs") -> str:
@@ -39,74 +54,75 @@ def commit_all(workspace, message: str = "user work") -> None:
     workspace.git("commit", "-q", "-m", message)
 
 
+class Judge(ContentJudge):
+    """The content judge on the workspace, its errors recorded."""
+
+    def __init__(self, config):
+        self.errors: list[str] = []
+        super().__init__(config, on_error=self.errors.append)
+
+
 @pytest.fixture
 def layer(workspace):
-    """An l3 worker object on the workspace, its Decision output a fake socket."""
-    made = ContentLayer(workspace.load(), instance=1)
-    made.setup()
-    made.decisions = FakeSocket()
+    """The L3 judge on the workspace (no socket, no actor)."""
+    made = Judge(workspace.load())
     yield made
-    made.shutdown()
-    for sock in made._sockets:
-        sock.close(linger=0)
-    made.context.term()
+    made.close()
 
 
-def decide(layer: ContentLayer, path: str, kind: str = "write") -> Decision:
-    before = len(layer.decisions.frames)
-    layer.on_change(change(path, kind))
-    [decision] = layer.decisions.messages()[before:]
-    assert isinstance(decision, Decision)
-    assert decision.path == path and decision.action == "ANALYZE"
-    assert [step["layer"] for step in decision.trail] == ["L1", "L2", "L3"]
-    return decision
+def decide(layer: ContentJudge, path: str, kind: ChangeKind = ChangeKind.WRITE) -> ContentStep:
+    step = layer.judge(change(path, kind))
+    assert isinstance(step, ContentStep)
+    # the masked digest of a USER version travels on its step, and only there
+    assert (step.masked is not None) <= (step.verdict == Content.USER)
+    return step
 
 
-def verdict_of(decision: Decision) -> tuple[str, str]:
-    return decision.trail[-1]["verdict"], decision.trail[-1]["reason"]
+def verdict_of(step: ContentStep) -> tuple[Content, L3Reason]:
+    return step.verdict, step.reason
 
 
-# ----- handlers --------------------------------------------------------------------------
+# ----- the judge -------------------------------------------------------------------------
 def test_timestamp_only_json_rewrite_is_dropped(workspace, layer):
     workspace.write(".claude/contexts/s.json", status_json(1))
     commit_all(workspace)
     workspace.write(".claude/contexts/s.json", status_json(2))
-    decision = decide(layer, ".claude/contexts/s.json")
-    assert decision.commit is False
-    assert verdict_of(decision) == ("SYSTEM", "only volatile keys changed: last_update, "
-                                              "timestamp")
+    step = decide(layer, ".claude/contexts/s.json")
+    assert verdict_of(step) == (Content.SYSTEM, L3Reason.JSON_VOLATILE_KEYS)
+    assert step.detail == "last_update, timestamp"
 
 
 def test_real_json_edit_is_committed(workspace, layer):
     workspace.write(".claude/contexts/s.json", status_json(1))
     commit_all(workspace)
     workspace.write(".claude/contexts/s.json", status_json(2, task="write tests"))
-    decision = decide(layer, ".claude/contexts/s.json")
-    assert decision.commit is True
-    assert verdict_of(decision) == ("USER", "JSON data changed")
+    step = decide(layer, ".claude/contexts/s.json")
+    assert verdict_of(step) == (Content.USER, L3Reason.JSON_CHANGED)
 
 
 def test_new_deleted_and_untouched_files(workspace, layer):
     workspace.write("fresh.txt", "new\n")
-    assert verdict_of(decide(layer, "fresh.txt")) == ("USER", "new file")
+    assert verdict_of(decide(layer, "fresh.txt")) == (Content.USER, L3Reason.NEW_FILE)
     os.unlink(workspace.path("README.md"))
-    deleted = decide(layer, "README.md", kind="delete")
-    assert (deleted.commit, deleted.kind) == (True, "delete")
-    assert verdict_of(deleted) == ("USER", "deleted")
-    assert verdict_of(decide(layer, "gone.txt", kind="delete")) == ("UNCHANGED",
-                                                                    "never committed")
+    deleted = decide(layer, "README.md", kind=ChangeKind.DELETE)
+    assert verdict_of(deleted) == (Content.USER, L3Reason.DELETED)
+    assert deleted.masked is None  # nothing of a deleted file to remember
+    assert verdict_of(decide(layer, "gone.txt", kind=ChangeKind.DELETE)) == (
+        Content.UNCHANGED, L3Reason.NEVER_COMMITTED)
     workspace.path(".gitignore").touch()
     untouched = decide(layer, ".gitignore")
-    assert untouched.commit is False and verdict_of(untouched)[0] == "UNCHANGED"
+    assert verdict_of(untouched) == (Content.UNCHANGED, L3Reason.IDENTICAL)
 
 
 def test_append_only_log_is_dropped_and_rewritten_log_committed(workspace, layer):
     workspace.write("notes/agent.log", "one\ntwo\n")
     commit_all(workspace)
     workspace.write("notes/agent.log", "one\ntwo\nthree\n")
-    assert verdict_of(decide(layer, "notes/agent.log"))[0] == "SYSTEM"
+    assert verdict_of(decide(layer, "notes/agent.log")) == (Content.SYSTEM,
+                                                            L3Reason.LOG_APPENDED)
     workspace.write("notes/agent.log", "one\nTWO\n")
-    assert verdict_of(decide(layer, "notes/agent.log")) == ("USER", "content changed")
+    assert verdict_of(decide(layer, "notes/agent.log")) == (Content.USER,
+                                                            L3Reason.CONTENT_CHANGED)
 
 
 def test_a_directory_or_fifo_at_the_path_is_user_and_never_blocks(workspace, layer):
@@ -114,93 +130,124 @@ def test_a_directory_or_fifo_at_the_path_is_user_and_never_blocks(workspace, lay
     commit_all(workspace)
     os.unlink(workspace.path("thing"))
     workspace.path("thing").mkdir()
-    assert verdict_of(decide(layer, "thing")) == ("USER", "is a directory now")
+    step = decide(layer, "thing")
+    assert (*verdict_of(step), step.detail) == (Content.USER, L3Reason.WORK_FILE_PROBLEM,
+                                                "is a directory now")
+    assert reason_text(step) == "is a directory now"
     os.mkfifo(workspace.path("pipe"))
-    assert verdict_of(decide(layer, "pipe")) == ("USER", "not a regular file")
+    step = decide(layer, "pipe")
+    assert (*verdict_of(step), step.detail) == (Content.USER, L3Reason.WORK_FILE_PROBLEM,
+                                                "not a regular file")
 
 
-def test_names_with_spaces_and_newlines(workspace, layer):
+def test_names_with_spaces_and_newlines(workspace, layer, monkeypatch):
+    reader = layer.head.reader
+    fallbacks = []  # paths read outside the persistent cat-file --batch child
+    one_by_one = reader._read_one
+    monkeypatch.setattr(reader, "_read_one",
+                        lambda rev, path: fallbacks.append(path) or one_by_one(rev, path))
     for name in ("dir with space/s s.json", "odd\nname.json"):
         workspace.write(name, status_json(1))
     commit_all(workspace)
     for name in ("dir with space/s s.json", "odd\nname.json"):
         workspace.write(name, status_json(5))
-        assert verdict_of(decide(layer, name))[0] == "SYSTEM"
-    assert layer.stats["head_fallbacks"] == 1  # only the newline name skipped cat-file
+        assert verdict_of(decide(layer, name))[0] == Content.SYSTEM
+    assert fallbacks == ["odd\nname.json"]  # only the newline name skipped cat-file
+    assert reader.starts == 1
 
 
 def test_symlink_is_compared_by_its_target(workspace, layer):
     os.symlink("README.md", workspace.path("link"))
     commit_all(workspace)
-    assert verdict_of(decide(layer, "link"))[0] == "UNCHANGED"
+    assert verdict_of(decide(layer, "link"))[0] == Content.UNCHANGED
     os.unlink(workspace.path("link"))
     os.symlink(".gitignore", workspace.path("link"))
-    assert verdict_of(decide(layer, "link"))[0] == "USER"
+    assert verdict_of(decide(layer, "link"))[0] == Content.USER
 
 
 def test_head_cache_follows_commits_made_outside_gitsieve(workspace, layer):
     workspace.write("s.json", status_json(1))
     commit_all(workspace)
     workspace.write("s.json", status_json(2))
-    assert verdict_of(decide(layer, "s.json"))[0] == "SYSTEM"
-    assert verdict_of(decide(layer, "s.json"))[0] == "SYSTEM"
-    assert layer.stats["head_cache_hits"] == 1
+    assert verdict_of(decide(layer, "s.json"))[0] == Content.SYSTEM
+    assert verdict_of(decide(layer, "s.json"))[0] == Content.SYSTEM
+    assert layer.head.hits == 1
     # the user commits a real edit with their own git: HEAD moves, the cache must not lie
     workspace.write("s.json", status_json(2, task="new task"))
     commit_all(workspace)
-    assert verdict_of(decide(layer, "s.json"))[0] == "UNCHANGED"
+    assert verdict_of(decide(layer, "s.json"))[0] == Content.UNCHANGED
 
 
-def test_commit_report_drops_the_head_cache(workspace, layer):
-    workspace.write("s.json", status_json(1))
-    decide(layer, "s.json")
-    assert layer.head_cache
-    layer.on_commit(CommitReport(batch_ids=(1,), paths=("s.json",), commit="abc",
-                                 pushed=True, error="", finished=time.time()))
-    assert not layer.head_cache
+def test_commit_report_drops_the_head_cache(workspace):
+    """The thin actor's handler, called directly: building the actor opens no socket."""
+    actor = ContentLayer(workspace.load(), instance=1)
+    try:
+        assert actor.context is None
+        workspace.write("s.json", status_json(1))
+        decide(actor.judge, "s.json")
+        assert actor.judge.head.cache
+        actor.on_commit(CommitReport(batch_ids=(1,), paths=("s.json",), commit="abc",
+                                     pushed=True, error="", finished=time.time()))
+        assert not actor.judge.head.cache
+        assert actor.stats["commit_reports"] == 1
+    finally:
+        actor.shutdown()
+        actor.close()
 
 
 def test_dead_cat_file_is_restarted(workspace, layer):
     workspace.write("a.txt", "a\n")
     commit_all(workspace)
-    assert verdict_of(decide(layer, "a.txt"))[0] == "UNCHANGED"
-    layer.head_reader.proc.kill()
-    layer.head_reader.proc.wait()
-    layer.drop_head_cache()
-    assert verdict_of(decide(layer, "a.txt"))[0] == "UNCHANGED"
-    assert layer.head_reader.starts == 2
-    assert layer.stats["errors"] == 0
+    assert verdict_of(decide(layer, "a.txt"))[0] == Content.UNCHANGED
+    child = layer.head.reader.child
+    os.kill(child.pid, signal.SIGKILL)
+    wait_for(lambda: not child.alive(), 5, message="cat-file to die")
+    layer.head.drop()
+    assert verdict_of(decide(layer, "a.txt"))[0] == Content.UNCHANGED
+    assert layer.head.reader.starts == 2
+    assert layer.errors == []
 
 
-def test_large_files_are_compared_by_object_id(workspace, layer):
-    layer.size_cap = layer.head_reader.size_cap = 100
-    workspace.write("big.json", json.dumps({"timestamp": 1, "pad": "x" * 200}))
-    commit_all(workspace)
-    assert verdict_of(decide(layer, "big.json")) == (
-        "UNCHANGED", "identical to HEAD (large file, same object id)")
-    workspace.write("big.json", json.dumps({"timestamp": 2, "pad": "x" * 200}))
-    assert verdict_of(decide(layer, "big.json")) == (
-        "USER", "content changed (large file, object id differs)")
-    workspace.write("big.json", "small now")
-    assert verdict_of(decide(layer, "big.json"))[0] == "USER"
-    os.unlink(workspace.path("big.json"))
-    assert verdict_of(decide(layer, "big.json", kind="delete")) == ("USER", "deleted")
+def test_large_files_are_compared_by_object_id(workspace):
+    workspace.config("[filter]\nmax_analyze_bytes = 1024\n")  # the smallest cap allowed
+    layer = Judge(workspace.load())
+    try:
+        assert layer.size_cap == layer.head.reader.size_cap == 1024
+        workspace.write("big.json", json.dumps({"timestamp": 1, "pad": "x" * 2000}))
+        commit_all(workspace)
+        step = decide(layer, "big.json")
+        assert verdict_of(step) == (Content.UNCHANGED, L3Reason.LARGE_FILE_IDENTICAL)
+        assert reason_text(step) == "identical to HEAD (large file, same object id)"
+        workspace.write("big.json", json.dumps({"timestamp": 2, "pad": "x" * 2000}))
+        step = decide(layer, "big.json")
+        assert (*verdict_of(step), step.detail) == (Content.USER, L3Reason.LARGE_FILE_CHANGED,
+                                                    "object id differs")
+        assert reason_text(step) == "content changed (large file: object id differs)"
+        workspace.write("big.json", "small now")
+        assert verdict_of(decide(layer, "big.json"))[0] == Content.USER
+        os.unlink(workspace.path("big.json"))
+        assert verdict_of(decide(layer, "big.json", kind=ChangeKind.DELETE)) == (
+            Content.USER, L3Reason.DELETED)
+        assert layer.errors == []
+    finally:
+        layer.close()
 
 
 def test_cat_file_reader_reads_head_and_reports_missing(workspace):
-    reader = CatFileBatch(workspace.root)
+    reader = CatFileBatch(Git(workspace.root), size_cap=1024)
     try:
-        blob = reader.read("README.md")
+        blob = reader.read("HEAD", "README.md")
         assert blob.data == b"workspace\n" and blob.size == 10 and len(blob.oid) == 40
-        assert reader.read("no/such/file") is None
+        assert reader.read("HEAD", "no/such/file") is None
         workspace.path("sub").mkdir()
         workspace.write("sub/x", "x")
         commit_all(workspace)
-        assert reader.read("sub") is None  # a tree in HEAD, not a file version
-        assert reader.read("sub/x").data == b"x"
+        assert reader.read("HEAD", "sub") is None  # a tree in HEAD, not a file version
+        assert reader.read("HEAD", "sub/x").data == b"x"
+        assert reader.starts == 1
     finally:
         reader.close()
-    assert reader.proc is None
+    assert reader.child is None
 
 
 # ----- real processes --------------------------------------------------------------------
@@ -230,18 +277,27 @@ def test_real_l3_decides_by_content(workspace, actors):
         actors("router", workspace.root)
         actors("content_layer", workspace.root, instance=1)
 
-        into_l3.send(messages.encode(change(".claude/contexts/s.json", seq=1)))
+        sent = change(".claude/contexts/s.json", seq=1)
+        into_l3.send_multipart(messages.stage_frames(sent, priority=False))
         system = recv(decisions)
+        assert isinstance(system, Decision)
         assert (system.path, system.commit) == (".claude/contexts/s.json", False)
-        assert system.trail[-1]["verdict"] == "SYSTEM"
+        # fields copied from the change, L1's action kept, the trail extended by L3's step
+        assert (system.kind, system.seq, system.epoch, system.observed) == (
+            sent.kind, sent.seq, sent.epoch, sent.observed)
+        assert system.action == Action.ANALYZE
+        assert system.trail == (L1_STEP, L2_STEP, ContentStep(
+            Content.SYSTEM, L3Reason.JSON_VOLATILE_KEYS, "last_update, timestamp"))
 
-        into_l3.send(messages.encode(change("docs/plan.md", seq=2)))
+        into_l3.send_multipart(messages.stage_frames(change("docs/plan.md", seq=2),
+                                                     priority=False))
         user = recv(decisions)
-        assert (user.path, user.commit) == ("docs/plan.md", True)
+        assert (user.path, user.commit, user.action) == ("docs/plan.md", True, Action.ANALYZE)
+        assert user.trail[:2] == (L1_STEP, L2_STEP)
         step = user.trail[-1]
-        assert {key: step[key] for key in ("layer", "verdict", "reason")} == {
-            "layer": "L3", "verdict": "USER", "reason": "content changed"}
-        assert len(step["masked"]) == 40  # the version's digest blind to volatile tokens
+        assert (type(step), step.verdict, step.reason) == (ContentStep, Content.USER,
+                                                           L3Reason.CONTENT_CHANGED)
+        assert len(step.masked) == 40  # the version's digest blind to volatile tokens
 
         report = CommitReport(batch_ids=(1,), paths=("docs/plan.md",), commit="0" * 40,
                               pushed=True, error="", finished=time.time())

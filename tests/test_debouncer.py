@@ -1,4 +1,5 @@
-"""Debouncer: handler tests with a fake socket and clock, and a real-process test."""
+"""Debouncer: the Debounce judge's timing (no socket), the actor's batching with a fake
+batch socket and clock, and a real-process test."""
 from __future__ import annotations
 
 import time
@@ -10,8 +11,20 @@ from conftest import FakeSocket, wait_for
 from gitsieve.actors.debouncer import MAX_BATCH_PATHS, Debouncer
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.judge.debounce import Debounce
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, Decision
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    Content,
+    L1Reason,
+    L2Reason,
+    L3Reason,
+    Mode,
+    Writer,
+)
+from gitsieve.common.protocol.trail import ContentStep, PatternStep, ProcessStep
 
 CONFIG = """\
 [debounce]
@@ -31,21 +44,32 @@ class Clock:
         return self.now
 
 
+ORIGIN = 1000.0  # the fake clocks' start
+
+
 @pytest.fixture
 def deb(workspace):
+    """The debouncer actor without its sockets: a fake clock, a fake batch socket."""
     workspace.config(CONFIG)
     debouncer = Debouncer(workspace.load())
     debouncer.clock = Clock()
     debouncer.batches_out = FakeSocket()
     yield debouncer
-    debouncer.context.term()
+    debouncer.close()
+
+
+@pytest.fixture
+def judge(workspace):
+    """The Debounce judge; the tests pass its (monotonic) times in."""
+    workspace.config(CONFIG)
+    return Debounce(workspace.load())
 
 
 _seq = iter(range(1, 1_000_000))
 
 
-def decision(path, commit=True, action="ANALYZE", seq=None, epoch=1.0, observed=50.0):
-    return Decision(path=path, kind="write", seq=next(_seq) if seq is None else seq,
+def decision(path, commit=True, action=Action.ANALYZE, seq=None, epoch=1.0, observed=50.0):
+    return Decision(path=path, kind=ChangeKind.WRITE, seq=next(_seq) if seq is None else seq,
                     epoch=epoch, observed=observed, commit=commit, action=action)
 
 
@@ -56,76 +80,72 @@ def advance(deb, seconds):
 
 def at(deb, offset):
     """Tick at ``offset`` seconds after the fake clock's origin (no float drift)."""
-    deb.clock.now = 1000.0 + offset
+    deb.clock.now = ORIGIN + offset
     deb.on_tick(deb.clock.now)
 
 
-def test_quiet_period_per_class(deb):
-    deb.on_decision(decision("docs/a.md", action="ALLOW"))         # allow: 2 s
-    deb.on_decision(decision("tool.py"))                           # rule: 5 s
-    deb.on_decision(decision("notes.txt"))                         # default: 30 s
-    deb.on_decision(decision(".claude/autonomous/x.json"))         # rule: 300 s, max_wait 10
-    assert deb.wakeup_in() == pytest.approx(2.0)
-    at(deb, 1.9)
-    assert deb.batches_out.frames == []
-    at(deb, 2.0)
-    assert [b.paths for b in deb.batches_out.messages()] == [("docs/a.md",)]
-    at(deb, 4.9)
-    assert len(deb.batches_out.frames) == 1
-    at(deb, 5.0)
-    assert deb.batches_out.messages()[-1].paths == ("tool.py",)
+def due_at(judge, offset) -> list[str]:
+    """The paths the judge releases ``offset`` seconds after the origin."""
+    return [path for path, _ in judge.take_due(ORIGIN + offset)]
+
+
+def test_quiet_period_per_class(judge):
+    judge.add(decision("docs/a.md", action=Action.ALLOW), ORIGIN)    # allow: 2 s
+    judge.add(decision("tool.py"), ORIGIN)                           # rule: 5 s
+    judge.add(decision("notes.txt"), ORIGIN)                         # default: 30 s
+    judge.add(decision(".claude/autonomous/x.json"), ORIGIN)         # rule: 300 s, max_wait 10
+    assert judge.next_due(ORIGIN) == pytest.approx(2.0)
+    assert due_at(judge, 1.9) == []
+    assert due_at(judge, 2.0) == ["docs/a.md"]
+    assert due_at(judge, 4.9) == []
+    assert due_at(judge, 5.0) == ["tool.py"]
     # Default 30 s, not cut short by max_wait (10 s): max_wait only bounds continuous writes.
-    at(deb, 29.9)
-    assert len(deb.batches_out.frames) == 2
-    at(deb, 30.0)
-    assert deb.batches_out.messages()[-1].paths == ("notes.txt",)
-    at(deb, 299.9)
-    assert len(deb.batches_out.frames) == 3
-    at(deb, 300.0)
-    assert deb.batches_out.messages()[-1].paths == (".claude/autonomous/x.json",)
-    assert deb.pending_count() == 0 and deb.wakeup_in() is None
+    assert due_at(judge, 29.9) == []
+    assert due_at(judge, 30.0) == ["notes.txt"]
+    assert due_at(judge, 299.9) == []
+    assert due_at(judge, 300.0) == [".claude/autonomous/x.json"]
+    assert not judge.pending and judge.next_due(ORIGIN + 300.0) is None
 
 
-def test_max_wait_under_continuous_writes(deb):
+def test_max_wait_under_continuous_writes(judge):
     # A .py file (quiet 5 s) rewritten every 3 s never goes quiet; max_wait is 10 s.
-    for _ in range(3):
-        deb.on_decision(decision("busy.py"))
-        advance(deb, 3.0)
-    assert deb.batches_out.frames == []  # 9 s in, still writing
-    deb.on_decision(decision("busy.py"))
-    advance(deb, 1.0)
-    assert [b.paths for b in deb.batches_out.messages()] == [("busy.py",)]
+    for offset in (0.0, 3.0, 6.0):
+        judge.add(decision("busy.py"), ORIGIN + offset)
+        assert due_at(judge, offset + 3.0) == []
+    # 9 s in, still writing
+    judge.add(decision("busy.py"), ORIGIN + 9.0)
+    assert due_at(judge, 10.0) == ["busy.py"]
 
 
-def test_stale_decision_dropped(deb):
-    deb.on_decision(decision("a.txt", commit=False, seq=10, epoch=2.0))
-    deb.on_decision(decision("a.txt", commit=True, seq=9, epoch=2.0))   # older seq
-    deb.on_decision(decision("a.txt", commit=True, seq=99, epoch=1.0))  # older run
-    assert deb.stats["stale"] == 2
-    assert deb.pending_count() == 0
-    deb.on_decision(decision("a.txt", commit=True, seq=1, epoch=3.0))   # newer run
-    assert deb.pending_count() == 1
+def test_stale_decision_dropped(judge):
+    assert judge.add(decision("a.txt", commit=False, seq=10, epoch=2.0), ORIGIN)
+    assert not judge.add(decision("a.txt", commit=True, seq=9, epoch=2.0), ORIGIN)   # older seq
+    assert not judge.add(decision("a.txt", commit=True, seq=99, epoch=1.0), ORIGIN)  # older run
+    assert judge.stale == 2
+    assert len(judge.pending) == 0
+    assert judge.add(decision("a.txt", commit=True, seq=1, epoch=3.0), ORIGIN)  # newer run
+    assert len(judge.pending) == 1
 
 
-def test_commit_false_does_not_cancel_or_delay_pending(deb):
-    deb.on_decision(decision("shared.json", commit=True, observed=40.0))
-    advance(deb, 20.0)
-    deb.on_decision(decision("shared.json", commit=False, observed=45.0))  # system rewrite
-    assert deb.pending_count() == 1
-    advance(deb, 9.9)
-    assert deb.batches_out.frames == []
-    advance(deb, 0.2)  # 30 s after the commit=True one, not after the commit=False one
-    (batch,) = deb.batches_out.messages()
-    assert batch.paths == ("shared.json",) and batch.observed == (40.0,)
+def test_commit_false_does_not_cancel_or_delay_pending(judge):
+    judge.add(decision("shared.json", commit=True, observed=40.0), ORIGIN)
+    assert due_at(judge, 20.0) == []
+    judge.add(decision("shared.json", commit=False, observed=45.0), ORIGIN + 20.0)  # system
+    assert len(judge.pending) == 1
+    assert due_at(judge, 29.9) == []
+    # 30 s after the commit=True one, not after the commit=False one
+    [(path, state)] = judge.take_due(ORIGIN + 30.1)
+    assert path == "shared.json" and state.observed == 40.0
 
 
 def test_coalescing_into_one_batch(deb):
     # A burst arriving within one poll round, one path rewritten before it is due.
     for index in range(5):
-        deb.on_decision(decision(f"f{index}.txt", action="ALLOW", observed=10.0 + index))
+        deb.on_decision(decision(f"f{index}.txt", action=Action.ALLOW,
+                                 observed=10.0 + index))
     advance(deb, 1.0)
-    deb.on_decision(decision("f0.txt", action="ALLOW", observed=5.0))  # rewritten
-    deb.on_decision(decision("f1.txt", action="ALLOW", observed=20.0))
+    deb.on_decision(decision("f0.txt", action=Action.ALLOW, observed=5.0))  # rewritten
+    deb.on_decision(decision("f1.txt", action=Action.ALLOW, observed=20.0))
     advance(deb, 1.0)
     batches = deb.batches_out.messages()
     assert [b.paths for b in batches] == [("f2.txt", "f3.txt", "f4.txt")]
@@ -140,7 +160,7 @@ def test_large_sets_split_and_backlog_held_without_executor(deb):
     deb.batches_out.refuse = True
     count = MAX_BATCH_PATHS * 2 + 3
     for index in range(count):
-        deb.on_decision(decision(f"many/{index:05d}", action="ALLOW"))
+        deb.on_decision(decision(f"many/{index:05d}", action=Action.ALLOW))
     advance(deb, 2.0)
     assert deb.batches_out.frames == [] and len(deb.backlog) == 3
     assert deb.wakeup_in() > 0
@@ -154,7 +174,7 @@ def test_large_sets_split_and_backlog_held_without_executor(deb):
 
 def test_pending_control_listing(deb):
     deb.on_decision(decision("a.py"))
-    deb.on_decision(decision("b.md", action="ALLOW"))
+    deb.on_decision(decision("b.md", action=Action.ALLOW))
     advance(deb, 1.0)
     listing = deb.pending_paths()
     assert listing["total"] == 2
@@ -177,7 +197,7 @@ def test_real_process_batches_after_quiet_period(workspace, actors):
         actors("debouncer", workspace.root)
         wait_for(lambda: _status(config), timeout=15, message="debouncer control socket")
         push.connect(config.endpoints.decisions)
-        push.send(messages.encode(decision("x.md", action="ALLOW", observed=1.5)))
+        push.send(messages.encode(decision("x.md", action=Action.ALLOW, observed=1.5)))
         push.send(messages.encode(decision("y.txt", observed=1.0)))
         push.send(messages.encode(decision("x.md", commit=False, seq=1, epoch=0.5)))
         push.send(b"garbage")
@@ -215,14 +235,18 @@ def _status(config) -> dict:
 
 def test_decision_timing_uses_arrival_not_message_clock(deb):
     # observed far in the past must not make the path due early.
-    deb.on_decision(decision("old.md", action="ALLOW", observed=time.time() - 10_000))
+    deb.on_decision(decision("old.md", action=Action.ALLOW, observed=time.time() - 10_000))
     advance(deb, 1.0)
     assert deb.batches_out.frames == []
     advance(deb, 1.0)
     assert len(deb.batches_out.frames) == 1
 
 
-L1_ANALYZE = {"layer": "L1", "verdict": "ANALYZE", "reason": "[filter] default"}
+L1_ANALYZE = PatternStep(Action.ANALYZE, L1Reason.DEFAULT)
+L1_ALLOW = PatternStep(Action.ALLOW, L1Reason.RULE, "ALLOW:notes/.*")
+L2_UNKNOWN = ProcessStep(Writer.UNKNOWN, L2Reason.NO_WRITER_SEEN, Mode.FANOTIFY)
+L2_USER = ProcessStep(Writer.USER, L2Reason.IDENTIFIED, Mode.FANOTIFY)
+L3_USER = ContentStep(Content.USER, L3Reason.CONTENT_CHANGED)
 
 
 def with_trail(base: Decision, *steps) -> Decision:
@@ -233,13 +257,11 @@ def with_trail(base: Decision, *steps) -> Decision:
 
 @pytest.mark.parametrize("steps, recheck", [
     # only the content layer vouched for it, the writer unknown: re-check at commit time
-    ((L1_ANALYZE, {"layer": "L2", "verdict": "UNKNOWN"}, {"layer": "L3", "verdict": "USER"}),
-     True),
+    ((L1_ANALYZE, L2_UNKNOWN, L3_USER), True),
     # the writer was positively identified as the user: never second-guessed
-    ((L1_ANALYZE, {"layer": "L2", "verdict": "USER"}, {"layer": "L3", "verdict": "USER"}),
-     False),
+    ((L1_ANALYZE, L2_USER, L3_USER), False),
     # an ALLOW rule decided
-    (({"layer": "L1", "verdict": "ALLOW"},), False),
+    ((L1_ALLOW,), False),
 ])
 def test_batches_flag_paths_decided_by_content_alone(deb, steps, recheck):
     deb.on_decision(with_trail(decision("notes/a.json"), *steps))
@@ -250,10 +272,9 @@ def test_batches_flag_paths_decided_by_content_alone(deb, steps, recheck):
 
 
 def test_one_user_decision_among_pending_ones_clears_the_recheck(deb):
-    content_only = (L1_ANALYZE, {"layer": "L2", "verdict": "UNKNOWN"},
-                    {"layer": "L3", "verdict": "USER"})
+    content_only = (L1_ANALYZE, L2_UNKNOWN, L3_USER)
     deb.on_decision(with_trail(decision("a.json"), *content_only))
-    deb.on_decision(with_trail(decision("a.json"), {"layer": "L1", "verdict": "ALLOW"}))
+    deb.on_decision(with_trail(decision("a.json"), L1_ALLOW))
     deb.on_decision(with_trail(decision("a.json"), *content_only))
     advance(deb, 100)
     deb.on_tick(0)

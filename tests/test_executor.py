@@ -17,6 +17,7 @@ from gitsieve.common.actor import control
 from gitsieve.common.judge.limits import RateLimiter
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
+from gitsieve.common.protocol.states import Hold
 
 BASE_CONFIG = """\
 [health]
@@ -226,7 +227,7 @@ def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
         before = workspace.head()
         executor.on_batch(Batch(batch_id=7, paths=("f.txt",), observed=(1.0,), created=2.0))
         executor.on_tick(0)
-        assert executor.held_reason == "waiting for the first health status"
+        assert executor.held_reason.hold == Hold.NO_HEALTH_YET
         executor.on_health(HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="",
                                         checked=time.time()))
         executor.on_tick(0)
@@ -234,7 +235,7 @@ def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
         assert report.commit is None and "feature" in report.error
         assert report.held == ("f.txt",) and report.batch_ids == (7,)
         assert executor.held == {"f.txt": 1.0}
-        assert "back-off" in executor.held_reason
+        assert "back-off" in executor.held_reason.text
         assert workspace.head() == before
         # Back on the configured branch, once the back-off is over, the path is committed.
         workspace.git("checkout", "-q", "main")
@@ -244,7 +245,7 @@ def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
         assert "f.txt" in workspace.files_at()
         assert executor.extra_status()["pushes"] == 1
     finally:
-        executor.context.term()
+        executor.close()
 
 
 # ----- recovery (issue 4): push back-off, commits going on, runaway cap, non-blocking retry --
@@ -292,14 +293,14 @@ def test_handler_push_backoff_2_4_6_capped_and_commits_continue(workspace):
             executor.on_tick(0)
             waits.append(round(executor.push_retry_at - now[0], 3))
         assert waits == [2.0, 4.0, 5.0, 5.0]
-        assert "push back-off" in executor.current_reason(now[0])
+        assert executor.current_reason(now[0]).hold == Hold.PUSH_BACKOFF
     finally:
         hidden.rename(workspace.remote)
     now[0] = executor.push_retry_at
     executor.on_health(ok_health())
     executor.on_tick(0)
     assert not executor.push_pending and workspace.remote_head() == workspace.head()
-    executor.context.term()
+    executor.close()
 
 
 def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):
@@ -314,7 +315,7 @@ def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):
             executor.on_tick(0)
         assert executor.stats["commits"] == 2
         assert executor.held == {"status.log": 1.0}  # held, not dropped
-        assert "runaway cap" in executor.held_reason
+        assert executor.held_reason.hold == Hold.RUNAWAY
         assert executor.recovery_status()["runaways"] == {"status.log": 2}
         # Other paths still commit while the runaway waits.
         workspace.write("user.txt", "mine\n")
@@ -329,7 +330,7 @@ def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):
         assert executor.held == {}
         assert workspace.show("HEAD:status.log") == "rewrite 2\n"
     finally:
-        executor.context.term()
+        executor.close()
 
 
 def test_handler_lock_retry_is_scheduled_not_slept(workspace):
@@ -344,7 +345,7 @@ def test_handler_lock_retry_is_scheduled_not_slept(workspace):
         executor.on_tick(0)
         assert slept == []  # the loop never slept inside the commit
         assert executor.held == {"a.txt": 1.0}
-        assert "commit back-off" in executor.held_reason
+        assert executor.held_reason.hold == Hold.COMMIT_BACKOFF
         assert 0 < executor.wakeup_in() <= 1.5 * 0.3  # jittered first back-off
         first = executor.retry_at
         executor.retry_at = 0.0
@@ -355,4 +356,4 @@ def test_handler_lock_retry_is_scheduled_not_slept(workspace):
         executor.on_tick(0)
         assert executor.held == {} and "a.txt" in workspace.files_at()
     finally:
-        executor.context.term()
+        executor.close()

@@ -1,33 +1,55 @@
-"""Self-adaptive learning (common.learning): the Learner, its file, L1's routing, the
-debouncer's control commands and ``gitsieve learned`` — handlers, then real processes."""
+"""Self-adaptive learning (common.judge.learning): the Learner, its file, L1's routing (the
+PatternJudge), the debouncer's control commands and ``gitsieve learned`` — judges and
+handlers, then real processes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import pytest
 
-from conftest import FakeSocket, wait_for
+from conftest import wait_for
 from gitsieve.actors.debouncer import Debouncer
-from gitsieve.actors.pattern_layer import PatternLayer
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
-from gitsieve.common.judge.learning import LearnedSet, LearnedStore, Learner, is_learned
-from gitsieve.common.protocol.messages import Change, Decision
-from gitsieve.common.tools.learned import learned_main
+from gitsieve.common.judge.learning import LearnedSet, LearnedStore, Learner
+from gitsieve.common.judge.pattern import PatternJudge, observe
+from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.protocol.messages import Decision
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    Content,
+    L1Reason,
+    L2Reason,
+    L3Reason,
+    Mode,
+    Technique,
+    Writer,
+)
+from gitsieve.common.protocol.trail import ContentStep, PatternStep, ProcessStep, is_learned
+from gitsieve.common.tools import cli
 
-L1 = {"layer": "L1", "verdict": "ANALYZE", "reason": "default"}
+L1 = PatternStep(Action.ANALYZE, L1Reason.DEFAULT)
 
 
-def system_step(confidence: float = 1.0) -> dict:
-    return {"layer": "L2", "verdict": "SYSTEM", "reason": "agent", "technique": "fanotify",
-            "pid": 42, "cmdline": "claude-autonomous", "confidence": confidence}
+def system_step(confidence: float = 1.0) -> ProcessStep:
+    return ProcessStep(Writer.SYSTEM, L2Reason.IDENTIFIED, Mode.FANOTIFY,
+                       technique=Technique.FANOTIFY, pid=42, cmdline="claude-autonomous",
+                       confidence=confidence, matched_by="autonomous_processes")
 
 
-def decision(path: str, commit: bool, l2: dict | None, seq: int = 1) -> Decision:
-    trail = (L1,) + ((l2,) if l2 else ())
-    return Decision(path=path, kind="write", seq=seq, epoch=1.0, observed=time.time(),
-                    commit=commit, action="ANALYZE", trail=trail)
+def decision(path: str, commit: bool, step=None, seq: int = 1) -> Decision:
+    """A Decision whose trail is L1's ANALYZE step, then ``step`` (L2's or L3's) if any."""
+    trail = (L1,) + ((step,) if step else ())
+    return Decision(path=path, kind=ChangeKind.WRITE, seq=seq, epoch=1.0,
+                    observed=time.time(), commit=commit, action=Action.ANALYZE, trail=trail)
+
+
+def learned_cli(workspace, *args: str) -> int:
+    """``gitsieve learned --workspace WS ARGS``."""
+    return cli.main(["learned", "--workspace", str(workspace.root), *args])
 
 
 class Clock:
@@ -73,7 +95,8 @@ def test_user_commits_reset_and_weak_or_unknown_evidence_never_teaches(cfg):
     assert "a.json" not in learner.learned
     for _ in range(5):
         learner.observe(decision("b.json", False, system_step(confidence=0.7)))  # sampled
-        learner.observe(decision("c.json", False, {**system_step(), "verdict": "UNKNOWN"}))
+        learner.observe(decision("c.json", False,
+                                 dataclasses.replace(system_step(), verdict=Writer.UNKNOWN)))
         learner.observe(decision("d.json", False, None))  # an L1 BLOCK or L3 drop
     assert learner.learned == {}
 
@@ -82,9 +105,10 @@ def test_a_user_attributed_commit_unlearns(cfg):
     learner = Learner(cfg, Clock())
     for _ in range(3):
         learner.observe(decision("s.json", False, system_step()))
-    assert learner.observe(decision("s.json", True, {"layer": "L3", "verdict": "USER"})) is None
+    content_only = ContentStep(Content.USER, L3Reason.CONTENT_CHANGED)
+    assert learner.observe(decision("s.json", True, content_only)) is None
     assert "s.json" in learner.learned  # a content-only USER is no proof of a user writer
-    user = {**system_step(), "verdict": "USER"}
+    user = dataclasses.replace(system_step(), verdict=Writer.USER)
     assert learner.observe(decision("s.json", True, user)) == "unlearned"
     assert LearnedStore(cfg.learned_file).load() == {}
 
@@ -115,18 +139,16 @@ def test_learned_set_follows_the_file(cfg):
 
 def test_l1_routes_a_learned_path_to_l2_flagged(workspace, cfg):
     LearnedStore(cfg.learned_file).save({"status.json": {}})
-    layer = PatternLayer(cfg)
-    layer.prepare()
-    layer.to_l2, layer.to_decisions = FakeSocket(), FakeSocket()
-    for seq, path in enumerate(("status.json", "other.json"), 1):
-        layer.on_change(Change(path=path, kind="write", seq=seq, epoch=1.0,
-                               observed=time.time()))
-    layer.process_buffer()
-    learned, other = layer.to_l2.messages()
-    assert is_learned(learned) and learned.trail[-1]["verdict"] == "ANALYZE"
-    assert "learned" in learned.trail[-1]["reason"]
-    assert not is_learned(other)
-    assert layer.to_decisions.frames == []
+    judge = PatternJudge(cfg)
+    rules = RuleCache(cfg.patterns_file)
+    changes = [observe(path, ChangeKind.WRITE, seq, 1.0, time.time(), rules)
+               for seq, path in enumerate(("status.json", "other.json"), 1)]
+    learned, other = judge.judge(changes)
+    # both go on to L2 (ANALYZE, no Decision from L1); the learned one flagged
+    assert (learned.action, learned.learned) == (Action.ANALYZE, True)
+    assert is_learned((learned,))
+    assert (other.action, other.learned) == (Action.ANALYZE, False)
+    assert not is_learned((other,))
 
 
 def test_debouncer_learns_lists_and_forgets(cfg):
@@ -143,16 +165,20 @@ def test_debouncer_learns_lists_and_forgets(cfg):
 
 def test_learned_cli_edits_the_file_when_gitsieve_is_not_running(cfg, workspace, capsys):
     LearnedStore(cfg.learned_file).save({"a.json": {"writer_cmdline": "agent"}, "b.json": {}})
-    assert learned_main(["--workspace", str(workspace.root)]) == 0
+    assert learned_cli(workspace) == 0
     out = capsys.readouterr().out
-    assert "2 learned path(s)" in out and "a.json" in out
-    assert learned_main(["--workspace", str(workspace.root), "--forget", "a.json"]) == 0
+    assert "2 learned BLOCK paths" in out and "a.json" in out
+    assert learned_cli(workspace, "--json") == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["source"] == str(cfg.learned_file)
+    assert [entry["path"] for entry in listing["learned"]] == ["a.json", "b.json"]
+    assert learned_cli(workspace, "--forget", "a.json") == 0
     assert LearnedStore(cfg.learned_file).load().keys() == {"b.json"}
-    assert learned_main(["--workspace", str(workspace.root), "--forget", "zzz"]) == 1
-    capsys.readouterr()
-    assert learned_main(["--workspace", str(workspace.root), "--all", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"forgotten": True,
-                                                   "source": str(cfg.learned_file)}
+    # nothing learned for it: the one error exit code of actorctl and gitsieve alike
+    assert learned_cli(workspace, "--forget", "zzz") == 3
+    assert "nothing learned for zzz" in capsys.readouterr().err
+    assert learned_cli(workspace, "--all", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == {"forgotten": "every path"}
     assert LearnedStore(cfg.learned_file).load() == {}
 
 
@@ -171,11 +197,12 @@ def test_learned_cli_talks_to_the_running_debouncer(cfg, workspace, actors, caps
         for seq in range(1, 4):
             push.send(messages.encode(decision("s.json", False, system_step(), seq=seq)))
         wait_for(lambda: LearnedStore(cfg.learned_file).load(), 10, message="learned file")
-        assert learned_main(["--workspace", str(workspace.root), "--json"]) == 0
+        capsys.readouterr()
+        assert learned_cli(workspace, "--json") == 0
         data = json.loads(capsys.readouterr().out)
         assert data["source"] == "running debouncer"
         assert [entry["path"] for entry in data["learned"]] == ["s.json"]
-        assert learned_main(["--workspace", str(workspace.root), "--forget", "s.json"]) == 0
+        assert learned_cli(workspace, "--forget", "s.json") == 0
         assert LearnedStore(cfg.learned_file).load() == {}
     finally:
         push.close(linger=0)

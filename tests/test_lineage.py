@@ -1,4 +1,4 @@
-"""Process lineage (common.proc_connector) and writer classification (WriterRules,
+"""Process lineage (common.judge.attribution.lineage) and writer classification (WriterRules,
 ExactAttributor) with real processes: a short-lived child of an autonomous parent is traced
 to it after both... the child has exited."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gitsieve.common.judge.attribution.lineage import (
     ProcInfo,
     read_proc,
 )
+from gitsieve.common.protocol.states import Mode, Technique
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the proc connector needs root")
 
@@ -148,7 +149,7 @@ def test_exact_attributor_names_user_system_and_self_writers(workspace, parent):
         self_write = attributor.attribute(workspace.path("README.md"), now)
         actor.communicate("")
         agent = attributor.attribute(workspace.path("agent.txt"), now)
-        assert (agent.writer, agent.technique, agent.confidence) == (SYSTEM, "fanotify", 1.0)
+        assert (agent.writer, agent.technique, agent.confidence) == (SYSTEM, Technique.FANOTIFY, 1.0)
         assert agent.ancestor_pid == proc.pid and tag in agent.ancestor_cmdline
         user = attributor.attribute(workspace.path("user.txt"), now)
         assert (user.writer, user.pid) == (USER, editor.pid)
@@ -190,4 +191,4 @@ def test_an_empty_lineage_is_unknown_not_the_user():
 def test_psutil_is_used_when_configured_even_as_root(workspace):
     workspace.config('[filter]\nattribution = "psutil"\n')
     attributor = make_attributor(workspace.load())
-    assert attributor.mode == "psutil" and attributor.fds() == []
+    assert attributor.mode == Mode.PSUTIL and attributor.fds() == []

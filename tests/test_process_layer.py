@@ -1,4 +1,5 @@
-"""Process layer (L2): handlers with fake sockets, then real router + l2 processes."""
+"""Process layer (L2): the ProcessJudge (no socket) with real writer processes, then real
+router + l2 processes."""
 from __future__ import annotations
 
 import subprocess
@@ -9,12 +10,23 @@ import uuid
 import pytest
 import zmq
 
-from conftest import ROOT, FakeSocket, stage_reader, wait_for  # noqa: E402
-from gitsieve.actors.process_layer import ProcessLayer
+from conftest import ROOT, stage_reader, wait_for  # noqa: E402
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.judge.process import ProcessJudge
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import Change, Decision
+from gitsieve.common.protocol.messages import Change, Decision, Route
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    L1Reason,
+    L2Reason,
+    Mode,
+    ProcessAction,
+    Technique,
+    Writer,
+)
+from gitsieve.common.protocol.trail import PatternStep, ProcessStep
 
 HOLDER_CODE = r"""
 import sys
@@ -25,7 +37,7 @@ handle.flush()
 print("holding", flush=True)
 sys.stdin.read()
 """
-L1_STEP = {"layer": "L1", "verdict": "ANALYZE", "reason": "default", "rule": None}
+L1_STEP = PatternStep(Action.ANALYZE, L1Reason.DEFAULT)
 
 
 def verdicts(status: dict) -> dict:
@@ -70,87 +82,74 @@ def configure(workspace, tag: str, ttl: float = 0.2, attribution: str = "psutil"
     return workspace.load()
 
 
-def change(path: str, kind: str = "write", seq: int = 1, trail=(L1_STEP,)) -> Change:
+def change(path: str, kind: ChangeKind = ChangeKind.WRITE, seq: int = 1,
+           trail=(L1_STEP,)) -> Change:
     return Change(path=path, kind=kind, seq=seq, epoch=1000.0, observed=time.time(),
                   trail=trail)
 
 
 @pytest.fixture
-def layer_for():
-    """A ProcessLayer set up for a workspace, its outputs replaced by fake sockets."""
-    made: list[ProcessLayer] = []
+def judge_for():
+    """A ProcessJudge for a workspace's config (no socket), closed at teardown."""
+    made: list[ProcessJudge] = []
 
-    def make(cfg) -> ProcessLayer:
-        layer = ProcessLayer(cfg, instance=1)
-        layer.setup()
-        layer.to_content, layer.decisions = FakeSocket(), FakeSocket()
-        made.append(layer)
-        return layer
+    def make(cfg) -> ProcessJudge:
+        judge = ProcessJudge(cfg)
+        made.append(judge)
+        return judge
 
     yield make
-    for layer in made:
-        for sock in layer._sockets:
-            sock.close(linger=0)
-        layer.context.term()
+    for judge in made:
+        judge.close()
 
 
-# ----- handlers --------------------------------------------------------------------------
-def test_write_by_autonomous_process_becomes_a_drop_decision(workspace, tag, hold, layer_for):
+# ----- the judge ---------------------------------------------------------------------------
+def test_write_by_autonomous_process_becomes_a_drop_decision(workspace, tag, hold, judge_for):
     target = workspace.write(".claude/contexts/status.json", "{}\n")
     holder = hold(target, tag)
-    layer = layer_for(configure(workspace, tag))
-    layer.on_change(change(".claude/contexts/status.json", seq=7))
-    assert layer.to_content.frames == []
-    [decision] = layer.decisions.messages()
-    assert isinstance(decision, Decision)
-    assert (decision.path, decision.seq, decision.commit, decision.action) == (
-        ".claude/contexts/status.json", 7, False, "ANALYZE")
-    assert decision.trail[0] == L1_STEP
-    step = decision.trail[-1]
-    assert (step["layer"], step["verdict"], step["technique"], step["pid"]) == (
-        "L2", "SYSTEM", "open-files", holder.pid)
-    assert tag in step["cmdline"] and step["confidence"] > 0 and step["reason"]
-    assert verdicts(layer.extra_status()) == {"verdict_SYSTEM": 1}
-    assert holder.pid in layer.extra_status()["autonomous_pids"]
+    judge = judge_for(configure(workspace, tag))
+    step = judge.judge(change(".claude/contexts/status.json", seq=7))
+    assert isinstance(step, ProcessStep)
+    assert judge.drops(step)  # a Decision(commit=False), not a change for L3
+    assert (step.verdict, step.reason, step.mode, step.technique, step.pid) == (
+        Writer.SYSTEM, L2Reason.IDENTIFIED, Mode.PSUTIL, Technique.OPEN_FILES, holder.pid)
+    assert tag in step.cmdline and step.confidence > 0
+    assert not step.learned and not step.repeated
+    assert holder.pid in judge.status()["autonomous_pids"]
 
 
 def test_unknown_writer_passes_the_change_on_with_an_unknown_step(workspace, tag, hold,
-                                                                  layer_for):
+                                                                  judge_for):
     target = workspace.write("notes.md", "user text\n")
     hold(target, f"editor-{uuid.uuid4().hex[:8]}")  # a writer, but not an autonomous one
-    layer = layer_for(configure(workspace, tag))
-    layer.on_change(change("notes.md", seq=3))
-    assert layer.decisions.frames == []
-    [forwarded] = layer.to_content.messages()
-    assert isinstance(forwarded, Change)
-    assert (forwarded.path, forwarded.seq) == ("notes.md", 3)
-    assert forwarded.trail[0] == L1_STEP
-    step = forwarded.trail[-1]
-    assert (step["layer"], step["verdict"], step["pid"]) == ("L2", "UNKNOWN", None)
-    assert verdicts(layer.extra_status()) == {"verdict_UNKNOWN": 1}
+    judge = judge_for(configure(workspace, tag))
+    step = judge.judge(change("notes.md", seq=3))
+    assert not judge.drops(step)  # passed on to L3
+    assert (step.verdict, step.reason, step.pid) == (
+        Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, None)
 
 
 def test_deletion_is_unknown_even_when_an_autonomous_process_runs(workspace, tag, hold,
-                                                                  layer_for):
+                                                                  judge_for):
     hold(workspace.path("other.txt"), tag)
-    layer = layer_for(configure(workspace, tag))
-    layer.on_change(change("README.md", kind="delete"))
-    [forwarded] = layer.to_content.messages()
-    assert forwarded.kind == "delete"
-    assert forwarded.trail[-1]["verdict"] == "UNKNOWN"
-    assert "deleted" in forwarded.trail[-1]["reason"]
+    judge = judge_for(configure(workspace, tag))
+    step = judge.judge(change("README.md", kind=ChangeKind.DELETE))
+    assert not judge.drops(step)
+    assert (step.verdict, step.reason) == (Writer.UNKNOWN, L2Reason.REMOVER_UNOBSERVABLE)
 
 
 def test_sampler_runs_from_on_tick_while_autonomous_processes_exist(workspace, tag, hold,
-                                                                    layer_for):
-    layer = layer_for(configure(workspace, tag, ttl=60))
-    assert layer.wakeup_in() > 1  # nobody to sample: only the cache refresh is due
+                                                                    judge_for):
+    judge = judge_for(configure(workspace, tag, ttl=60))
+    judge.tick(time.monotonic())  # the first tick takes the processes' snapshot
+    # nobody to sample: only the cache refresh is due
+    assert judge.wakeup_in(time.monotonic()) > 1
     hold(workspace.path("a.json"), tag)
-    layer.attributor.cache.refresh()
-    assert layer.wakeup_in() <= 0.05
-    layer.on_tick(time.monotonic())
-    assert layer.extra_status()["samples"] == 1
-    assert layer.extra_status()["sampled_paths"] == 1
+    judge.attributor.cache.refresh()
+    assert judge.wakeup_in(time.monotonic()) <= 0.05
+    judge.tick(time.monotonic())
+    assert judge.status()["samples"] == 1
+    assert judge.status()["sampled_paths"] == 1
 
 
 # ----- real processes --------------------------------------------------------------------
@@ -188,6 +187,11 @@ def pipeline(workspace, tag, actors):
     context.term()
 
 
+def send_change(sock: zmq.Socket, item: Change, priority: bool = False) -> None:
+    """Into a stage queue as producers do: [route, body]."""
+    sock.send_multipart(messages.stage_frames(item, priority))
+
+
 def test_real_l2_drops_autonomous_writes_and_forwards_the_rest(workspace, tag, hold,
                                                                pipeline):
     cfg, into_l2, decisions, to_l3 = pipeline
@@ -195,20 +199,30 @@ def test_real_l2_drops_autonomous_writes_and_forwards_the_rest(workspace, tag, h
     holder = hold(target, tag)
     workspace.write("docs/user.md", "mine\n")
 
-    into_l2.send(messages.encode(change(".claude/contexts/status.json", seq=1)))
+    send_change(into_l2, change(".claude/contexts/status.json", seq=1))
     decision = recv(decisions)
     assert isinstance(decision, Decision) and decision.commit is False
-    assert decision.trail[-1]["verdict"] == "SYSTEM"
-    assert decision.trail[-1]["pid"] == holder.pid
+    assert (decision.path, decision.seq, decision.kind, decision.action) == (
+        ".claude/contexts/status.json", 1, ChangeKind.WRITE, Action.ANALYZE)
+    assert decision.trail[0] == L1_STEP
+    step = decision.trail[-1]
+    assert isinstance(step, ProcessStep)
+    assert (step.verdict, step.technique, step.pid) == (
+        Writer.SYSTEM, Technique.OPEN_FILES, holder.pid)
+    assert tag in step.cmdline and step.confidence > 0
 
-    into_l2.send(messages.encode(change("docs/user.md", seq=2)))
+    send_change(into_l2, change("docs/user.md", seq=2))
     forwarded = recv(to_l3)
-    assert isinstance(forwarded, Change) and forwarded.path == "docs/user.md"
-    assert [step["layer"] for step in forwarded.trail] == ["L1", "L2"]
-    assert forwarded.trail[-1]["verdict"] == "UNKNOWN"
+    assert isinstance(forwarded, Change)
+    assert (forwarded.path, forwarded.seq) == ("docs/user.md", 2)
+    assert [step.LAYER for step in forwarded.trail] == ["L1", "L2"]
+    assert forwarded.trail[0] == L1_STEP
+    assert (forwarded.trail[-1].verdict, forwarded.trail[-1].pid) == (Writer.UNKNOWN, None)
 
-    into_l2.send(messages.encode(change("README.md", kind="delete", seq=3)))
-    assert recv(to_l3).kind == "delete"
+    send_change(into_l2, change("README.md", kind=ChangeKind.DELETE, seq=3))
+    deleted = recv(to_l3)
+    assert deleted.kind == ChangeKind.DELETE
+    assert deleted.trail[-1].verdict == Writer.UNKNOWN
 
     status = control.request(cfg, "l2-01", "status").data
     assert verdicts(status) == {"verdict_SYSTEM": 1, "verdict_UNKNOWN": 2}
@@ -216,13 +230,18 @@ def test_real_l2_drops_autonomous_writes_and_forwards_the_rest(workspace, tag, h
 
 
 def test_real_l2_survives_garbage_frames(workspace, pipeline):
+    """The router reads only the route frame: a message that is not [route, body] is its
+    bad frame; a body that is no valid Change reaches the worker, which counts and drops it."""
     cfg, into_l2, decisions, to_l3 = pipeline
-    into_l2.send(b"\x93not msgpack at all")
-    into_l2.send(messages.encode(change("../escape", seq=1)))  # valid msgpack, unsafe path
-    into_l2.send(messages.encode(change("README.md", seq=2)))
+    into_l2.send(b"\x93not msgpack at all")  # one frame: no route
+    into_l2.send_multipart([b"\x02", b"x"])  # a route frame that is none
+    into_l2.send_multipart([Route(False, b"x").encode(), b"\x93not msgpack at all"])
+    send_change(into_l2, change("../escape", seq=1))  # valid msgpack, unsafe path
+    send_change(into_l2, change("README.md", seq=2))
     assert recv(to_l3).path == "README.md"
     assert control.request(cfg, "router", "status").data["bad_frames"] == 2
-    assert control.request(cfg, "l2-01", "status").data["state"] == "running"
+    status = control.request(cfg, "l2-01", "status").data
+    assert status["bad_frames"] == 2 and status["state"] == "running"
 
 
 # ----- exact attribution (fanotify + lineage; root) --------------------------------------
@@ -256,124 +275,120 @@ def agent(tag):
     proc.stdout.close()
 
 
-def user_writes(path, text="mine\n", layer=None) -> int:
+def user_writes(path, text="mine\n", judge=None) -> int:
     """A user's editor: alive while L2 reads its exec (as the actor's poll loop does)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(sys.argv[2]);"
          "print('done', flush=True); sys.stdin.read()", str(path), text],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "done"
-    if layer is not None:
-        layer.attributor.drain()
+    if judge is not None:
+        judge.attributor.drain()
     proc.communicate("")
     return proc.pid
 
 
 @exact_only
-def test_exact_short_lived_child_of_an_agent_is_system(workspace, tag, agent, layer_for):
+def test_exact_short_lived_child_of_an_agent_is_system(workspace, tag, agent, judge_for):
     proc, child_writes = agent
-    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
-    assert layer.mode == "fanotify"
+    judge = judge_for(configure(workspace, tag, attribution="fanotify"))
+    assert judge.mode == Mode.FANOTIFY
     child_writes(workspace.path("status.txt"))
-    layer.on_change(change("status.txt", seq=4))
-    [decision] = layer.decisions.messages()
-    step = decision.trail[-1]
-    assert (decision.commit, step["verdict"], step["technique"], step["confidence"]) == (
-        False, "SYSTEM", "fanotify", 1.0)
-    assert step["ancestor_pid"] == proc.pid and tag in step["ancestor_cmdline"]
-    assert step["pid"] != proc.pid  # the writer was the child, gone by now
+    step = judge.judge(change("status.txt", seq=4))
+    assert judge.drops(step)
+    assert (step.verdict, step.technique, step.confidence) == (
+        Writer.SYSTEM, Technique.FANOTIFY, 1.0)
+    assert step.ancestor_pid == proc.pid and tag in step.ancestor_cmdline
+    assert step.pid != proc.pid  # the writer was the child, gone by now
     # The watcher's second report of the same writes repeats the verdict.
-    layer.on_change(change("status.txt", seq=5))
-    assert layer.decisions.messages()[-1].trail[-1]["repeated"] is True
+    again = judge.judge(change("status.txt", seq=5))
+    assert judge.drops(again) and again.verdict == Writer.SYSTEM
+    assert again.repeated is True
 
 
 @exact_only
-def test_exact_user_writer_goes_to_l3_marked_user(workspace, tag, agent, layer_for):
-    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
-    pid = user_writes(workspace.path("notes.md"), layer=layer)
-    layer.on_change(change("notes.md", seq=2))
-    assert layer.decisions.frames == []
-    [forwarded] = layer.to_content.messages()
-    step = forwarded.trail[-1]
-    assert (step["verdict"], step["pid"], step["technique"]) == ("USER", pid, "fanotify")
+def test_exact_user_writer_goes_to_l3_marked_user(workspace, tag, agent, judge_for):
+    judge = judge_for(configure(workspace, tag, attribution="fanotify"))
+    pid = user_writes(workspace.path("notes.md"), judge=judge)
+    step = judge.judge(change("notes.md", seq=2))
+    assert not judge.drops(step)
+    assert (step.verdict, step.pid, step.technique) == (Writer.USER, pid, Technique.FANOTIFY)
 
 
 @exact_only
 def test_exact_agent_rewrite_after_the_users_change_was_judged_is_system(
-        workspace, tag, agent, layer_for):
+        workspace, tag, agent, judge_for):
     """A file both write: the user's change is USER; the agent's later rewrite of the same
     file is SYSTEM, not "mixed with the user's earlier write"."""
     _, child_writes = agent
-    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
-    user_writes(workspace.path("shared.md"), layer=layer)
-    layer.on_change(change("shared.md", seq=1))
-    assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "USER"
+    judge = judge_for(configure(workspace, tag, attribution="fanotify"))
+    user_writes(workspace.path("shared.md"), judge=judge)
+    first = judge.judge(change("shared.md", seq=1))
+    assert not judge.drops(first) and first.verdict == Writer.USER
     child_writes(workspace.path("shared.md"))
-    layer.on_change(change("shared.md", seq=2))
-    assert layer.decisions.messages()[-1].trail[-1]["verdict"] == "SYSTEM"
+    second = judge.judge(change("shared.md", seq=2))
+    assert judge.drops(second) and second.verdict == Writer.SYSTEM
 
 
 @exact_only
-def test_exact_unseen_writer_is_unknown_not_system(workspace, tag, layer_for):
+def test_exact_unseen_writer_is_unknown_not_system(workspace, tag, judge_for):
     workspace.write("before.txt", "written before L2 started\n")
-    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
-    layer.on_change(change("before.txt"))
-    assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "UNKNOWN"
+    judge = judge_for(configure(workspace, tag, attribution="fanotify"))
+    step = judge.judge(change("before.txt"))
+    assert not judge.drops(step)
+    assert (step.verdict, step.reason) == (Writer.UNKNOWN, L2Reason.NO_WRITER_SEEN)
 
 
 @exact_only
 def test_exact_deletion_by_an_agent_child_is_dropped_and_the_users_is_passed_on(
-        workspace, tag, layer_for):
+        workspace, tag, judge_for):
     """FID-mode events: an autonomous process's ``rm`` (a short-lived child) is SYSTEM;
     the user's deletion goes to L3 marked USER."""
     workspace.write("ctx/agent.json", "{}\n")
     workspace.write("ctx/mine.md", "mine\n")
-    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    judge = judge_for(configure(workspace, tag, attribution="fanotify"))
     parent = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys; subprocess.run(['rm', sys.argv[2]]);"
          "print('done', flush=True); sys.stdin.read()", tag,
          str(workspace.path("ctx/agent.json"))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert parent.stdout.readline().strip() == "done"
-    layer.on_change(change("ctx/agent.json", kind="delete", seq=1))
+    dropped = judge.judge(change("ctx/agent.json", kind=ChangeKind.DELETE, seq=1))
     parent.communicate("")
-    [dropped] = layer.decisions.messages()
-    step = dropped.trail[-1]
-    assert (dropped.kind, dropped.commit, step["verdict"], step["ancestor_pid"]) == (
-        "delete", False, "SYSTEM", parent.pid)
-    assert step["reason"].startswith("deleted: removed by autonomous")
+    assert judge.drops(dropped)
+    assert (dropped.verdict, dropped.reason, dropped.did, dropped.ancestor_pid) == (
+        Writer.SYSTEM, L2Reason.IDENTIFIED, ProcessAction.REMOVED, parent.pid)
     remover = subprocess.Popen(
         [sys.executable, "-c", "import os, sys; os.remove(sys.argv[1]);"
          "print('done', flush=True); sys.stdin.read()", str(workspace.path("ctx/mine.md"))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert remover.stdout.readline().strip() == "done"
-    layer.attributor.drain()
+    judge.attributor.drain()
     remover.communicate("")
-    layer.on_change(change("ctx/mine.md", kind="delete", seq=2))
-    [forwarded] = layer.to_content.messages()
-    assert (forwarded.kind, forwarded.trail[-1]["verdict"], forwarded.trail[-1]["pid"]) == (
-        "delete", "USER", remover.pid)
+    forwarded = judge.judge(change("ctx/mine.md", kind=ChangeKind.DELETE, seq=2))
+    assert not judge.drops(forwarded)
+    assert (forwarded.verdict, forwarded.did, forwarded.pid) == (
+        Writer.USER, ProcessAction.REMOVED, remover.pid)
 
 
 def learned_change(path: str, seq: int = 1) -> Change:
-    step = {**L1_STEP, "learned": True}
+    step = PatternStep(Action.ANALYZE, L1Reason.DEFAULT, learned=True)
     return change(path, seq=seq, trail=(step,))
 
 
 @exact_only
-def test_learned_path_is_dropped_unless_the_user_wrote_it(workspace, tag, agent, layer_for):
+def test_learned_path_is_dropped_unless_the_user_wrote_it(workspace, tag, agent, judge_for):
     _, child_writes = agent
-    layer = layer_for(configure(workspace, tag, attribution="fanotify"))
+    judge = judge_for(configure(workspace, tag, attribution="fanotify"))
     child_writes(workspace.path("learned.json"))
-    layer.on_change(learned_change("learned.json"))
-    dropped = layer.decisions.messages()[-1]
-    assert dropped.commit is False and dropped.trail[-1]["reason"].startswith("learned:")
-    layer.on_change(learned_change("never-written.json"))  # unknown writer: dropped too
-    assert layer.decisions.messages()[-1].trail[-1]["verdict"] == "UNKNOWN"
-    user_writes(workspace.path("learned.json"), layer=layer)
-    layer.on_change(learned_change("learned.json", seq=3))
-    assert layer.to_content.messages()[-1].trail[-1]["verdict"] == "USER"
-    assert layer.extra_status()["learned_drops"] == 2
+    dropped = judge.judge(learned_change("learned.json"))
+    assert judge.drops(dropped) and dropped.learned and dropped.verdict == Writer.SYSTEM
+    unknown = judge.judge(learned_change("never-written.json"))  # unknown writer: dropped too
+    assert judge.drops(unknown) and unknown.learned and unknown.verdict == Writer.UNKNOWN
+    user_writes(workspace.path("learned.json"), judge=judge)
+    user = judge.judge(learned_change("learned.json", seq=3))
+    assert not judge.drops(user) and not user.learned and user.verdict == Writer.USER
+    assert judge.status()["learned_drops"] == 2
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,

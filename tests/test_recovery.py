@@ -189,7 +189,7 @@ def test_stale_verdict_handler_level(workspace):
         debouncer.on_tick(0)
         assert debouncer.batches_out.frames == [] and debouncer.stats["stale"] == 1
     finally:
-        debouncer.context.term()
+        debouncer.close()
 
 
 # ----- the watcher's restart detection, handler level ---------------------------------------
@@ -200,7 +200,6 @@ def health_with(actors: dict) -> HealthStatus:
 
 def test_watcher_schedules_reconcile_on_new_pid_reappearance_and_new_actor(workspace):
     watcher = Watcher(workspace.load())
-    watcher.setup_restart_reconcile()
     try:
         watcher.on_health(health_with({"executor": {"pid": 10, "alive": True},
                                        "watcher": {"pid": os.getpid(), "alive": True}}))
@@ -223,6 +222,5 @@ def test_watcher_schedules_reconcile_on_new_pid_reappearance_and_new_actor(works
         assert watcher.restart_reconcile_at is None
         assert watcher.stats["bad_actor_entries"] == 2
     finally:
-        for sock in watcher._sockets:
-            sock.close(linger=0)
-        watcher.context.term()
+        watcher.shutdown()
+        watcher.close()

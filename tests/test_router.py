@@ -9,11 +9,16 @@ from conftest import stage_reader, wait_for
 from gitsieve.common.actor import control
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Change
+from gitsieve.common.protocol.states import ChangeKind
 
 
-def change(path: str, seq: int, priority: bool = False) -> Change:
-    return Change(path=path, kind="write", seq=seq, epoch=1.0, observed=1.0,
-                  priority=priority)
+def change(path: str, seq: int) -> Change:
+    return Change(path=path, kind=ChangeKind.WRITE, seq=seq, epoch=1.0, observed=1.0)
+
+
+def queued(path: str, seq: int, priority: bool = False) -> list[bytes]:
+    """A change as producers send it into a stage queue: route frame + body."""
+    return messages.stage_frames(change(path, seq), priority)
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def test_a_worker_never_holds_more_than_its_window_and_the_rest_is_counted(route
     cfg, context, producer = router
     worker = stage_reader(context, cfg, "l2", window=5)
     for seq in range(1, 51):
-        producer.send(messages.encode(change(f"f{seq:02d}", seq)))
+        producer.send_multipart(queued(f"f{seq:02d}", seq))
     wait_for(lambda: stage_status(cfg)["backlog"] == 45, 10, message="45 queued")
     assert stage_status(cfg)["workers"] == {"test-l2": {"in_flight": 5, "credit": 0}}
     assert [c.path for c in receive(worker, 5)] == [f"f{n:02d}" for n in range(1, 6)]
@@ -56,7 +61,7 @@ def test_a_worker_never_holds_more_than_its_window_and_the_rest_is_counted(route
     assert [c.path for c in receive(worker, 5)] == [f"f{n:02d}" for n in range(6, 11)]
     wait_for(lambda: stage_status(cfg)["backlog"] == 40, 10, message="40 queued")
     status = control.request(cfg, "router", "status", timeout=5).data
-    assert status["queue_depth"] == 40
+    assert status["queue"] == 40
 
 
 def test_workers_share_by_credit_and_a_departed_worker_gets_nothing_more(router):
@@ -65,7 +70,7 @@ def test_workers_share_by_credit_and_a_departed_worker_gets_nothing_more(router)
     second = stage_reader(context, cfg, "l2", window=4, name="second")
     wait_for(lambda: len(stage_status(cfg)["workers"]) == 2, 10, message="two workers")
     for seq in range(1, 21):
-        producer.send(messages.encode(change(f"f{seq:02d}", seq)))
+        producer.send_multipart(queued(f"f{seq:02d}", seq))
     wait_for(lambda: stage_status(cfg)["backlog"] == 12, 10, message="12 queued")
     taken_first = receive(first, 4)
     receive(second, 4)
@@ -89,8 +94,8 @@ def test_workers_share_by_credit_and_a_departed_worker_gets_nothing_more(router)
 def test_allow_area_changes_overtake_the_queue(router):
     cfg, context, producer = router
     for seq in range(1, 11):
-        producer.send(messages.encode(change(f"slow{seq}", seq)))
-    producer.send(messages.encode(change("urgent", 11, priority=True)))
+        producer.send_multipart(queued(f"slow{seq}", seq))
+    producer.send_multipart(queued("urgent", 11, priority=True))
     wait_for(lambda: stage_status(cfg)["backlog"] == 11, 10, message="all queued")
     worker = stage_reader(context, cfg, "l2", window=1)
     assert receive(worker, 1)[0].path == "urgent"
@@ -104,10 +109,10 @@ def test_a_bad_credit_frame_is_counted_and_the_queue_keeps_working(router):
     rogue.send(b"garbage")
     rogue.send(messages.encode(change("not-credit", 1)))
     worker = stage_reader(context, cfg, "l2", window=2)
-    producer.send(messages.encode(change("a", 2)))
+    producer.send_multipart(queued("a", 2))
     assert receive(worker, 1)[0].path == "a"
     wait_for(lambda: control.request(cfg, "router", "status", timeout=5).data["bad_frames"]
              == 2, 10, message="both bad frames counted")
-    producer.send(messages.encode(change("b", 3)))
+    producer.send_multipart(queued("b", 3))
     worker.announce(received=1)
     assert receive(worker, 1)[0].path == "b"

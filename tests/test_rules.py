@@ -1,4 +1,4 @@
-"""Layer-1 rules: parsing, errors, editor junk, and the reloading cache."""
+"""Layer-1 rules: parsing, errors, editor junk (judge/junk.py), and the reloading cache."""
 from __future__ import annotations
 
 import logging
@@ -6,13 +6,15 @@ import os
 
 import pytest
 
+from gitsieve.common.judge.junk import editor_junk
 from gitsieve.common.judge.rules import (
     DEFAULT_PATTERNS,
     RuleCache,
     RulesError,
     RuleSet,
-    editor_junk,
 )
+from gitsieve.common.protocol.messages import RuleMatch
+from gitsieve.common.protocol.states import Action
 
 
 def test_comments_blank_lines_and_descriptions():
@@ -29,6 +31,7 @@ Analyze:notes/.*:Mixed: written by both
         ("ALLOW", r"docs/.*\.md", "", 6),
         ("ANALYZE", "notes/.*", "Mixed: written by both", 7),
     ]
+    assert all(type(r.action) is Action for r in rules.rules)
 
 
 def test_escaped_colon_belongs_to_the_regex():
@@ -55,6 +58,9 @@ def test_describe():
     rules = RuleSet.parse("\n\n\nBLOCK:logs/.*\\.log:System logs\nALLOW:x")
     assert rules.rules[0].describe() == r"BLOCK:logs/.*\.log (line 4: System logs)"
     assert rules.rules[1].describe() == "ALLOW:x (line 5)"
+    # what the watcher carries on a Change: the action, the line and this description
+    assert rules.rules[0].as_match() == RuleMatch(Action.BLOCK, 4,
+                                                  r"BLOCK:logs/.*\.log (line 4: System logs)")
 
 
 @pytest.mark.parametrize("text, line, fragment", [
@@ -115,7 +121,7 @@ def test_default_patterns_parse_and_classify():
     ".#notes.org", "#notes.org#", "dir/.goutputstream-XYZ123", "a.tmp", "d/b.bak", "c.orig",
 ])
 def test_editor_junk(path):
-    assert editor_junk(path)
+    assert editor_junk(path)  # a non-empty kind, e.g. "vim swap file"
 
 
 @pytest.mark.parametrize("path", [
@@ -123,7 +129,7 @@ def test_editor_junk(path):
     "docs/original.md", "backup/file.txt",
 ])
 def test_not_editor_junk(path):
-    assert editor_junk(path) is None
+    assert editor_junk(path) == ""
 
 
 class FakeClock:
@@ -154,7 +160,7 @@ def test_rule_cache_keeps_old_rules_on_bad_file_and_logs_once(tmp_path, caplog):
     clock = FakeClock()
     cache = RuleCache(path, check_interval=0.5, clock=clock)
     path.write_text("ALLOW:a\nBLOCK:(broken\n")
-    with caplog.at_level(logging.ERROR, logger="common.rules"):
+    with caplog.at_level(logging.ERROR, logger="gitsieve.common.judge.rules"):
         for _ in range(5):
             clock.now += 1
             assert cache.match("a").action == "ALLOW"

@@ -13,6 +13,7 @@ from inotify_simple import Event, flags
 from conftest import stage_reader, wait_for
 from gitsieve.actors.watcher import Watcher
 from gitsieve.common.actor import control
+from gitsieve.common.judge.pattern import urgent
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Change
 
@@ -95,7 +96,7 @@ def test_modify_create_delete_and_order(workspace, start):
     cfg, col = start()
     workspace.write("README.md", "changed\n")
     first = col.wait("README.md")
-    assert first.source == "inotify" and first.priority is False
+    assert first.source == "inotify" and not urgent(first)
     workspace.write("new.txt", "hello\n")
     col.wait("new.txt")
     workspace.path("new.txt").unlink()
@@ -248,8 +249,8 @@ def test_priority_marks_allow_paths(workspace, start):
     cfg, col = start()
     workspace.write("docs/guide.md", "g\n")
     workspace.write("logs/x.md", "l\n")
-    assert col.wait("docs/guide.md").priority is True
-    assert col.wait("logs/x.md").priority is False
+    assert urgent(col.wait("docs/guide.md"))
+    assert not urgent(col.wait("logs/x.md"))
 
 
 def test_file_appended_without_close_is_reported(workspace, start):
@@ -262,7 +263,7 @@ def test_file_appended_without_close_is_reported(workspace, start):
             handle.flush()
             time.sleep(0.05)
         assert len(col.of("growing.log")) >= 3  # reported while never closed
-    assert status(cfg)["unsent"] == 0
+    assert status(cfg)["queue"] == 0
 
 
 def test_queue_overflow_rescans_and_reports_everything(workspace, start):

@@ -1,17 +1,20 @@
 """The one base class every gitsieve actor derives from.
 
-It owns the process's ZeroMQ context and the poll loop, the control socket (REP, bound at
+It owns the process's ZeroMQ context (made on first use, so building an actor and its judge
+opens no socket) and the poll loop, the control socket (REP, bound at
 ``endpoints.control(actor_id)``), the heartbeat (PUSH, connected to the health monitor's
-``endpoints.heartbeat``), signal handling and clean shutdown.  Subclasses create their
-sockets in :meth:`setup` through :meth:`bind`/:meth:`connect`, register inputs with a
-dispatch table ``{MessageType: handler}``, and may override :meth:`on_tick`,
-:meth:`wakeup_in`, :meth:`extra_status` and :meth:`shutdown`.
+``endpoints.heartbeat``), signal handling and clean shutdown.  Subclasses build their state
+(and their judge) in ``__init__``, create their sockets in :meth:`setup` through
+:meth:`bind`/:meth:`connect`, register inputs with a dispatch table
+``{MessageType: handler}``, and may override :meth:`on_tick`, :meth:`wakeup_in`,
+:meth:`queue_depth`, :meth:`extra_status` and :meth:`shutdown`.
 
-A layer worker takes its stage's changes with :meth:`take_stage`: a DEALER connected to
-the router's ``endpoints.stage_out(stage)``, fed by credit.  After every poll round (its
-changes handled, ``on_tick`` run) and at least every heartbeat interval (so a restarted
-router learns of it), the base sends ``Ready(received, window)``; the router never lets
-more than ``[workers] stage_window`` changes wait in the worker.
+Nothing a message, a tick or a descriptor callback raises stops the actor: the error is
+counted, logged and shown in status (``errors``, ``last_error``); work lost that way is
+found again by the watcher's reconcile against ``git status``.
+
+A layer worker takes its stage's changes with :meth:`take_stage` (see :mod:`.stage`): after
+every poll round and at least every heartbeat interval the base announces its credit.
 """
 from __future__ import annotations
 
@@ -27,19 +30,18 @@ from typing import Callable
 import zmq
 
 from gitsieve.common import config as config_mod
+from gitsieve.common.actor.stage import StageFeed
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import (
-    BadMessage,
-    ControlReply,
-    ControlRequest,
-    Heartbeat,
-    Ready,
-)
+from gitsieve.common.protocol.messages import (BadMessage, Change, ControlReply, ControlRequest,
+                                               Heartbeat)
 
 log = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 500  # messages taken from one socket per poll round, so no input starves
+# The same failure of a tick or callback is logged in full at most this often (seconds);
+# every occurrence is still counted.
+_ERROR_LOG_INTERVAL = 60.0
 
 
 class LatencyWindow:
@@ -64,16 +66,6 @@ class LatencyWindow:
                 "max_ms": round(ordered[-1] * 1000, 3)}
 
 
-class StageFeed:
-    """The worker's end of a stage queue: what it took, what it last told the router."""
-
-    def __init__(self, sock: zmq.Socket):
-        self.sock = sock
-        self.received = 0
-        self.announced = -1
-        self.next_announce = 0.0
-
-
 class Actor:
     name = "actor"
     #: control commands beyond the built-in ones: {command: method name}
@@ -88,7 +80,7 @@ class Actor:
         module = type(self).__module__
         self.log = logging.getLogger(f"gitsieve.actors.{self.name}" if module == "__main__"
                                      else module)
-        self.context = zmq.Context()
+        self.context: zmq.Context | None = None
         self.poller = zmq.Poller()
         self.stats: Counter = Counter()
         self.latency: dict[str, LatencyWindow] = {}
@@ -98,14 +90,18 @@ class Actor:
         self.stopping = False
         self._sockets: list[zmq.Socket] = []
         self._inputs: dict[zmq.Socket, dict[type, Callable]] = {}
-        self._fd_handlers: dict[int, Callable[[], None]] = {}
-        self._control = None
-        self._heartbeat = None
+        self._fd_handlers: dict[int, Callable[[], object]] = {}
+        self._control: zmq.Socket | None = None
+        self._heartbeat: zmq.Socket | None = None
         self._feed: StageFeed | None = None
+        self._feed_sock: zmq.Socket | None = None
         self._next_heartbeat = 0.0
+        self._error_logged: dict[str, float] = {}
 
     # ----- sockets -------------------------------------------------------------------
     def _socket(self, kind: int, hwm: int) -> zmq.Socket:
+        if self.context is None:
+            self.context = zmq.Context()
         sock = self.context.socket(kind)
         sock.linger = 0
         sock.sndhwm = hwm
@@ -130,44 +126,57 @@ class Actor:
         sock.connect(endpoint)
         return sock
 
+    def close(self) -> None:
+        """Close every socket and the context (the loop does this when it ends)."""
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._sockets.clear()
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+
     def add_input(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> None:
         self._inputs[sock] = handlers
         self.poller.register(sock, zmq.POLLIN)
 
     def take_stage(self, stage: str, handlers: dict[type, Callable]) -> zmq.Socket:
-        """Become one of ``stage``'s workers (see the module docstring)."""
+        """Become one of ``stage``'s workers (see :mod:`.stage`)."""
         sock = self.connect(zmq.DEALER, self.config.endpoints.stage_out(stage))
         self.add_input(sock, handlers)
-        self._feed = StageFeed(sock)
+        self._feed = StageFeed(self.actor_id, self.config.stage_window,
+                               self.config.heartbeat_interval)
+        self._feed_sock = sock
         return sock
 
     def _announce(self, now: float) -> None:
-        """Tell the router how many changes this worker took, when that changed or a
-        heartbeat interval passed."""
-        feed = self._feed
-        if feed is None or (feed.received == feed.announced and now < feed.next_announce):
+        ready = self._feed.due(now) if self._feed is not None else None
+        if ready is None:
             return
-        ready = Ready(worker=self.actor_id, received=feed.received,
-                      window=self.config.stage_window)
         try:
-            feed.sock.send(messages.encode(ready), zmq.NOBLOCK)
+            self._feed_sock.send(messages.encode(ready), zmq.NOBLOCK)
         except zmq.Again:  # nothing to send to yet: the next round tries again
+            self.stats["ready_deferred"] += 1
             return
-        feed.announced = feed.received
-        feed.next_announce = now + self.config.heartbeat_interval
+        self._feed.announced_at(ready, now)
 
-    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+    def watch_fd(self, fd: int, callback: Callable[[], object]) -> None:
         self._fd_handlers[fd] = callback
         self.poller.register(fd, zmq.POLLIN)
 
     def send(self, sock: zmq.Socket, message) -> bool:
         """Encode and send; a full or absent peer is counted, never fatal."""
+        return self._send_frames(sock, [messages.encode(message)], type(message).__name__)
+
+    def send_change(self, sock: zmq.Socket, change: Change, priority: bool) -> bool:
+        """Send a Change into a stage queue (route frame + body)."""
+        return self._send_frames(sock, messages.stage_frames(change, priority), "Change")
+
+    def _send_frames(self, sock: zmq.Socket, frames: list[bytes], what: str) -> bool:
         try:
-            sock.send(messages.encode(message))
+            sock.send_multipart(frames)
         except zmq.Again:
             self.stats["send_dropped"] += 1
-            self.log.warning("%s: send of %s timed out; dropped", self.actor_id,
-                             type(message).__name__)
+            self.log.warning("%s: send of %s timed out; dropped", self.actor_id, what)
             return False
         self.stats["messages_out"] += 1
         return True
@@ -183,13 +192,17 @@ class Actor:
         """Seconds until this actor next needs on_tick without input; None: no need."""
         return None
 
+    def queue_depth(self) -> int | None:
+        """Work this actor holds and has not passed on (None: it holds none by design)."""
+        return None
+
     def extra_status(self) -> dict:
         return {}
 
     def shutdown(self) -> None:
         """Release resources before sockets close."""
 
-    # ----- loop ------------------------------------------------------------------------
+    # ----- errors and status -------------------------------------------------------------
     def request_stop(self, *_args) -> None:
         self.stopping = True
 
@@ -199,7 +212,7 @@ class Actor:
                 "messages_in": self.stats["messages_in"],
                 "messages_out": self.stats["messages_out"],
                 "bad_frames": self.stats["bad_frames"], "errors": self.stats["errors"],
-                "last_error": self.last_error,
+                "last_error": self.last_error, "queue": self.queue_depth(),
                 "latency": {name: window.summary() for name, window in self.latency.items()},
                 **self.extra_status()}
 
@@ -207,6 +220,20 @@ class Actor:
         self.stats["errors"] += 1
         self.last_error = what[:500]
 
+    def _guarded(self, where: str, call: Callable[[], object]) -> None:
+        """Run ``call``; an exception is counted, shown in status and logged (in full at
+        most once a minute per place), and the actor lives on."""
+        try:
+            call()
+        except Exception as exc:  # one failing tick must not take the actor down
+            self.record_error(f"{where}: {type(exc).__name__}: {exc}")
+            now = time.monotonic()
+            if now - self._error_logged.get(where, float("-inf")) >= _ERROR_LOG_INTERVAL:
+                self._error_logged[where] = now
+                self.log.exception("%s: %s failed (counted; the actor goes on)",
+                                   self.actor_id, where)
+
+    # ----- loop ------------------------------------------------------------------------
     def _dispatch(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> int:
         """Handle what ``sock`` holds (up to _DRAIN_LIMIT frames); return how many."""
         taken = 0
@@ -229,13 +256,8 @@ class Actor:
                 self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
                 continue
             started = time.perf_counter()
-            try:
-                handler(message)
-            except Exception as exc:  # one bad message must not take the actor down
-                self.record_error(f"{type(message).__name__}: {exc}")
-                self.log.exception("%s: handler for %s failed", self.actor_id,
-                                   type(message).__name__)
             name = type(message).__name__
+            self._guarded(f"handler for {name}", lambda: handler(message))
             window = self.latency.get(name)
             if window is None:
                 window = self.latency[name] = LatencyWindow()
@@ -244,22 +266,28 @@ class Actor:
 
     def _serve_control(self) -> None:
         try:
-            frame = self._control.recv(zmq.NOBLOCK)
+            frames = self._control.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
         try:
-            request = messages.decode(frame)
+            if len(frames) != 1:
+                raise BadMessage(f"{len(frames)} frames, expected 1")
+            request = messages.decode(frames[0])
             if not isinstance(request, ControlRequest):
                 raise BadMessage(f"expected ControlRequest, got {type(request).__name__}")
             reply = self._control_reply(request)
         except BadMessage as exc:
             self.stats["bad_frames"] += 1
             reply = ControlReply(ok=False, error=f"bad request: {exc}")
-        except Exception as exc:
+        except Exception as exc:  # a failing command answers with its error, never kills
             self.record_error(f"control: {exc}")
             self.log.exception("%s: control command failed", self.actor_id)
             reply = ControlReply(ok=False, error=f"{type(exc).__name__}: {exc}")
-        self._control.send(messages.encode(reply))
+        try:
+            self._control.send(messages.encode(reply), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the asker vanished: REP still expects a send
+            self.stats["control_reply_failures"] += 1
+            self.log.warning("%s: control reply not sent: %s", self.actor_id, exc)
 
     def _control_reply(self, request: ControlRequest) -> ControlReply:
         if request.command == "status":
@@ -272,7 +300,11 @@ class Actor:
             known = ["status", "stop", *self.control_commands]
             return ControlReply(ok=False, error=f"unknown command {request.command!r}; "
                                 f"known: {', '.join(known)}")
-        return ControlReply(ok=True, data=getattr(self, method)(**request.args))
+        try:
+            data = getattr(self, method)(**request.args)
+        except TypeError as exc:  # arguments the command does not take
+            return ControlReply(ok=False, error=f"bad arguments for {request.command}: {exc}")
+        return ControlReply(ok=True, data=data)
 
     def _beat(self, now: float) -> None:
         if now < self._next_heartbeat:
@@ -282,8 +314,8 @@ class Actor:
             self._heartbeat.send(messages.encode(Heartbeat(
                 actor=self.actor_id, pid=os.getpid(), sent=time.time(), state=self.state,
                 stats=self.status())), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # no health monitor listening yet; the next beat tries again
+        except zmq.Again:  # no health monitor listening yet; the next beat tries again
+            self.stats["heartbeats_deferred"] += 1
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -302,43 +334,45 @@ class Actor:
             self.state = "running"
             self.log.info("%s started (pid %d)", self.actor_id, os.getpid())
             while not self.stopping:
-                now = time.monotonic()
-                timeout = max(0.0, self._next_heartbeat - now)
-                wake = self.wakeup_in()
-                if wake is not None:
-                    timeout = min(timeout, max(0.0, wake))
-                try:
-                    ready = dict(self.poller.poll(int(timeout * 1000) + 1))
-                except zmq.ZMQError as exc:
-                    if exc.errno == zmq.EINTR:
-                        continue
-                    raise
-                for sock in ready:
-                    if sock is self._control:
-                        self._serve_control()
-                    elif sock in self._inputs:
-                        taken = self._dispatch(sock, self._inputs[sock])
-                        if self._feed is not None and sock is self._feed.sock:
-                            self._feed.received += taken
-                    elif sock in self._fd_handlers:
-                        self._fd_handlers[sock]()
-                now = time.monotonic()
-                self.on_tick(now)
-                self._announce(now)
-                self._beat(now)
+                self._round()
         finally:
             self.state = "stopping"
             try:
                 self.shutdown()
             finally:
-                for sock in self._sockets:
-                    sock.close(linger=0)
-                self.context.term()
+                self.close()
                 signal.set_wakeup_fd(-1)
                 os.close(wake_read)
                 os.close(wake_write)
                 self.log.info("%s stopped", self.actor_id)
         return 0
+
+    def _round(self) -> None:
+        """One poll round: wait for input or the next due time, handle, tick, announce."""
+        now = time.monotonic()
+        timeout = max(0.0, self._next_heartbeat - now)
+        wake = self.wakeup_in()
+        if wake is not None:
+            timeout = min(timeout, max(0.0, wake))
+        try:
+            ready = dict(self.poller.poll(int(timeout * 1000) + 1))
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EINTR:
+                return
+            raise
+        for sock in ready:
+            if sock is self._control:
+                self._serve_control()
+            elif sock in self._inputs:
+                taken = self._dispatch(sock, self._inputs[sock])
+                if self._feed is not None and sock is self._feed_sock:
+                    self._feed.received += taken
+            elif sock in self._fd_handlers:
+                self._guarded(f"descriptor {sock}", self._fd_handlers[sock])
+        now = time.monotonic()
+        self._guarded("tick", lambda: self.on_tick(now))
+        self._announce(now)
+        self._beat(now)
 
 
 def setup_logging(level: str, actor_id: str) -> None:
@@ -355,16 +389,15 @@ def main(actor_class: type[Actor], argv: list[str] | None = None) -> int:
         os.execve(sys.executable, sys.orig_argv,
                   {**os.environ, ACTOR_ENV_MARK: actor_class.name})
     parser = argparse.ArgumentParser(prog=f"python -m gitsieve.actors.{actor_class.name}")
-    parser.add_argument("--workspace", default=os.environ.get("GITSIEVE_WORKSPACE"))
-    parser.add_argument("--config", default=os.environ.get("GITSIEVE_CONFIG") or None)
+    config_mod.add_location_arguments(parser)
     parser.add_argument("--instance", type=int, default=None,
                         help="worker number when the actor runs scaled")
     args = parser.parse_args(argv)
     try:
-        cfg = config_mod.load(args.workspace, args.config)
-    except config_mod.ConfigError as exc:
+        cfg = config_mod.load_from_arguments(args)
+        setup_logging(cfg.log_level, actor_class.name if args.instance is None
+                      else f"{actor_class.name}-{args.instance:02d}")
+        return actor_class(cfg, args.instance).run()
+    except config_mod.ConfigError as exc:  # a bad config or a refused runtime directory
         print(f"{actor_class.name}: {exc}", file=sys.stderr)
         return 2
-    actor = actor_class(cfg, args.instance)
-    setup_logging(cfg.log_level, actor.actor_id)
-    return actor.run()

@@ -1,69 +1,73 @@
-"""A persistent ``git cat-file --batch`` child: HEAD's blobs without one process per file."""
+"""HEAD's version of a path, read in bulk: one persistent ``git cat-file --batch`` child.
+
+:class:`CatFileBatch` answers ``REV:PATH`` requests over the child's pipes (restarted if it
+dies or hangs).  :class:`HeadVersions` puts a cache in front of it for HEAD, dropped
+whenever HEAD moves (:func:`gitsieve.common.git.head.head_token`): system churn hits the
+same few paths over and over, and the executor's commit-time re-check asks for the paths
+the content layer just read.  Never one git process per file.
+"""
 from __future__ import annotations
 
+import logging
 import os
-import select
-import subprocess
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitsieve.common.git import gateway as gitutil
-from gitsieve.common.judge.content import SIZE_CAP
+from gitsieve.common.git.gateway import Git, GitChild, GitError
+from gitsieve.common.git.head import head_token
 
-# A cat-file answer taking longer than this means git is stuck: kill it, use the fallback.
+log = logging.getLogger(__name__)
+
+# A cat-file answer taking longer than this means git is stuck: kill it, start again.
 CAT_FILE_TIMEOUT = 10.0
-_READ_CHUNK = 256 * 1024
+# HEAD versions kept between changes (system churn hits the same few paths over and over).
+CACHE_MAX_ENTRIES = 2048
+CACHE_MAX_BYTES = 64 * 1024 * 1024
+
+
 class HeadReadError(Exception):
-    """The cat-file child failed to answer; the caller falls back to a one-shot git call."""
+    """The cat-file child failed to answer, even after a restart."""
 
 
 @dataclass(frozen=True)
 class HeadBlob:
-    """HEAD's version of a path.  ``data`` is None when the blob exceeds the size cap;
-    ``oid`` is None when it came from the one-shot fallback."""
+    """A committed version of a path.  ``data`` is None when the blob exceeds the size cap
+    (compare by ``oid`` then)."""
 
-    oid: str | None
+    oid: str
     size: int
     data: bytes | None
 
 
 class CatFileBatch:
-    """A persistent ``git cat-file --batch`` child answering ``HEAD:<path>`` requests."""
+    """A persistent ``git cat-file --batch`` child answering ``REV:PATH`` requests."""
 
-    def __init__(self, root: Path, size_cap: int = SIZE_CAP,
-                 timeout: float = CAT_FILE_TIMEOUT):
-        self.root, self.size_cap, self.timeout = root, size_cap, timeout
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, git: Git, size_cap: int, timeout: float = CAT_FILE_TIMEOUT):
+        self.git, self.size_cap, self.timeout = git, size_cap, timeout
+        self.child: GitChild | None = None
         self.starts = 0
         self._buffer = bytearray()
 
-    def _ensure_running(self) -> subprocess.Popen:
-        if self.proc is None or self.proc.poll() is not None:
+    def _running(self) -> GitChild:
+        if self.child is None or not self.child.alive():
             self.close()
-            self.proc = subprocess.Popen(
-                ["git", "cat-file", "--batch"], cwd=self.root, env=gitutil.git_env(),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            self.child = self.git.spawn("cat-file", "--batch")
             self._buffer.clear()
             self.starts += 1
-        return self.proc
+        return self.child
 
     def close(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            pipe.close()
-        self.proc = None
+        if self.child is not None:
+            self.child.close()
+            self.child = None
 
     def _fill(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, remaining))
-        if not ready:
-            raise HeadReadError(f"git cat-file gave no answer within {self.timeout}s")
-        chunk = os.read(self.proc.stdout.fileno(), _READ_CHUNK)
+        try:
+            chunk = self.child.read(deadline)
+        except TimeoutError:
+            raise HeadReadError(f"git cat-file gave no answer within {self.timeout}s") from None
         if not chunk:
             raise HeadReadError("git cat-file exited")
         self._buffer += chunk
@@ -88,25 +92,25 @@ class CatFileBatch:
                 kept += taken
         return bytes(kept) if keep else None
 
-    def read(self, path: str) -> HeadBlob | None:
-        """HEAD's blob at ``path`` (None: not in HEAD, or not a file there)."""
+    def read(self, rev: str, path: str) -> HeadBlob | None:
+        """``rev``'s blob at ``path`` (None: not there, or not a file there)."""
+        if "\n" in path:  # --batch reads one name per line: ask git for this one alone
+            return self._read_one(rev, path)
         try:
-            return self._request(path)
+            return self._request(rev, path)
         except (HeadReadError, OSError) as exc:
             # A dead or stuck child: restart it once before giving up on this request.
             self.close()
             try:
-                return self._request(path)
+                return self._request(rev, path)
             except (HeadReadError, OSError) as again:
                 self.close()
                 raise HeadReadError(f"{exc}; after restart: {again}") from None
 
-    def _request(self, path: str) -> HeadBlob | None:
-        proc = self._ensure_running()
+    def _request(self, rev: str, path: str) -> HeadBlob | None:
+        child = self._running()
         deadline = time.monotonic() + self.timeout
-        request = f"HEAD:{path}\n".encode("utf-8", "surrogateescape")
-        while request:  # a pipe may take a long name in parts
-            request = request[os.write(proc.stdin.fileno(), request):]
+        child.write(rev.encode() + b":" + os.fsencode(path) + b"\n")
         header = self._read_line(deadline)
         if header.endswith(b" missing") or header.endswith(b" ambiguous"):
             return None
@@ -118,8 +122,59 @@ class CatFileBatch:
         data = self._read_exact(size, deadline, keep)
         if self._read_exact(1, deadline, True) != b"\n":
             raise HeadReadError("cat-file output lost its framing")
-        if kind != b"blob":  # a directory (tree) in HEAD: no file version there
+        if kind != b"blob":  # a directory (tree) in the commit: no file version there
             return None
         return HeadBlob(oid, size, data)
 
+    def _read_one(self, rev: str, path: str) -> HeadBlob | None:
+        """A path with a newline in its name, which must then be valid UTF-8 (it goes on
+        git's command line); otherwise it cannot be read and counts as absent."""
+        try:
+            spec = f"{rev}:{os.fsencode(path).decode('utf-8')}"
+            oid = self.git.text("rev-parse", "--verify", "-q", spec)
+            data = self.git.run("cat-file", "blob", oid)
+        except (UnicodeDecodeError, GitError) as exc:
+            log.debug("cannot read %r at %s: %s", path, rev, exc)
+            return None
+        return HeadBlob(oid, len(data), data if len(data) <= self.size_cap else None)
 
+
+class HeadVersions:
+    """HEAD's blobs through one :class:`CatFileBatch`, cached until HEAD moves."""
+
+    def __init__(self, git: Git, git_dir: Path, size_cap: int):
+        self.reader = CatFileBatch(git, size_cap)
+        self.git_dir = git_dir
+        self.cache: OrderedDict[str, HeadBlob | None] = OrderedDict()
+        self.cache_bytes = 0
+        self.token: tuple | None = None
+        self.hits = 0
+
+    def drop(self) -> None:
+        self.cache.clear()
+        self.cache_bytes = 0
+
+    def get(self, path: str) -> HeadBlob | None:
+        """HEAD's blob at ``path``; HeadReadError when git cannot answer."""
+        token = head_token(self.git_dir)
+        if token != self.token:  # HEAD moved (maybe by the user's own git)
+            self.drop()
+            self.token = token
+        if path in self.cache:
+            self.hits += 1
+            self.cache.move_to_end(path)
+            return self.cache[path]
+        blob = self.reader.read("HEAD", path)
+        self.cache[path] = blob
+        self.cache_bytes += len(blob.data or b"") if blob else 0
+        while len(self.cache) > CACHE_MAX_ENTRIES or self.cache_bytes > CACHE_MAX_BYTES:
+            _, evicted = self.cache.popitem(last=False)
+            self.cache_bytes -= len(evicted.data or b"") if evicted else 0
+        return blob
+
+    def status(self) -> dict:
+        return {"head_cache_entries": len(self.cache), "head_cache_hits": self.hits,
+                "cat_file_starts": self.reader.starts}
+
+    def close(self) -> None:
+        self.reader.close()

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from gitsieve.common.config.loader import Config
-from gitsieve.common.git import gateway as gitutil
-from gitsieve.common.git.gateway import GitError
-from gitsieve.common.judge import content
+from gitsieve.common.git.gateway import Git, GitError, nul_joined, split_nul
+from gitsieve.common.judge.content_judge import ContentJudge
+from gitsieve.common.protocol.states import render
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,7 @@ EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot lock ref",
                       "timed out")
 _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
-_ARGS_CHUNK = 500  # paths per command line where git takes no pathspec file
-# Only the push (network) has a deadline; see gitutil.run on why local calls have none.
+# Only the network has a deadline (see gateway.Git: sh polls while one is set).
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
 
@@ -72,10 +70,6 @@ class CommitResult:
     transient: bool = False  # the error is a lock or race: retry after a back-off
 
 
-def _nul_joined(paths) -> bytes:
-    return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
-
-
 def _is_transient(exc: GitError) -> bool:
     return any(marker in exc.stderr for marker in _TRANSIENT_MARKERS)
 
@@ -89,15 +83,18 @@ def _safe_relative(path: str) -> bool:
 
 
 class Committer:
-    def __init__(self, config: Config, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, config: Config, sleep: Callable[[float], None] = time.sleep,
+                 git: Git | None = None, content: ContentJudge | None = None):
         self.config = config
         self.root = config.workspace
+        self.git = git or Git(config.workspace)
+        # the content layer's judge: re-checks content-only verdicts, knows HEAD's blobs
+        self.content = content or ContentJudge(config, self.git)
         self.sleep = sleep
         self.temp_index = config.runtime_dir / "sync.index"
         self.retries = 0  # total over this object's life, for status
         self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
         self._identity: tuple[float, dict] | None = None  # (when read, fallback env)
-        self._volatile = content.compile_volatile(config.text_volatile_patterns)
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
         # An integration whose update-ref failed left index and work tree at this commit
         # and could not put them back yet: nothing else happens until that is done.
@@ -113,10 +110,10 @@ class Committer:
         extra = dict(env or {})
         if temp_index:
             extra["GIT_INDEX_FILE"] = str(self.temp_index)
-        return gitutil.run(self.root, *args, input=input, env=extra, timeout=timeout)
+        return self.git.run(*args, input=input, env=extra, timeout=timeout)
 
     def _text(self, *args, **kwargs) -> str:
-        return self._git(*args, **kwargs).decode("utf-8", "surrogateescape").strip()
+        return os.fsdecode(self._git(*args, **kwargs)).strip()
 
     def head(self) -> str | None:
         """HEAD's commit, None on an unborn branch."""
@@ -165,14 +162,11 @@ class Committer:
         return env
 
     def _in_head(self, head: str | None, paths: list[str]) -> set[str]:
-        if head is None or not paths:
+        """The subset of ``paths`` HEAD has (read through cat-file --batch: names need not
+        be UTF-8, and none goes on a command line)."""
+        if head is None:
             return set()
-        found: set[str] = set()
-        for start in range(0, len(paths), _ARGS_CHUNK):
-            out = self._git("ls-tree", "-z", "--name-only", head, "--",
-                            *paths[start:start + _ARGS_CHUNK])
-            found.update(gitutil.split_nul(out))
-        return found
+        return {path for path in paths if self.content.head.get(path) is not None}
 
     def committable(self, paths, head: str | None,
                     recheck: set[str] | frozenset = frozenset()) -> tuple[list[str], list[str]]:
@@ -186,35 +180,24 @@ class Committer:
                 dropped.append(path)
             else:
                 wanted.append(path)
-        ignored = gitutil.ignored(self.root, wanted)
+        ignored = self.git.ignored(wanted)
         wanted = [p for p in wanted if p not in ignored]
         missing = [p for p in wanted if not os.path.lexists(self.root / p)]
         tracked_missing = self._in_head(head, missing)
         gone = {p for p in missing if p not in tracked_missing}
         dropped += sorted(ignored) + sorted(gone)
         wanted = [p for p in wanted if p not in gone]
-        stale = {p for p in wanted if p in recheck and not self._still_a_change(head, p)}
+        stale = {p for p in wanted if p in recheck and not self._still_a_change(p)}
         dropped += sorted(stale)
         return [p for p in wanted if p not in stale], dropped
 
-    def _still_a_change(self, head: str | None, path: str) -> bool:
+    def _still_a_change(self, path: str) -> bool:
         """Whether the content rules still call ``path`` a change worth committing."""
-        try:
-            work = None if not os.path.lexists(self.root / path) else (
-                (self.root / path).read_bytes())
-        except OSError:
-            return True  # unreadable now: let git decide, as without the re-check
-        head_bytes = None
-        if head is not None:
-            try:
-                head_bytes = self._git("cat-file", "blob", f"{head}:{path}")
-            except GitError:
-                head_bytes = None  # not in HEAD
-        verdict = content.classify(path, head_bytes, work, self.config.volatile_keys,
-                                   self.config.max_analyze_bytes, self._volatile)
+        verdict = self.content.still_a_change(path)
         if not verdict.commit:
             self.rechecked_dropped += 1
-            log.info("not committing %s: %s (re-checked against HEAD)", path, verdict.reason)
+            log.info("not committing %s: %s (re-checked against HEAD)", path,
+                     render(verdict.reason, verdict.detail))
         return verdict.commit
 
     # ----- the commit ---------------------------------------------------------------------
@@ -304,14 +287,14 @@ class Committer:
         else:
             self._git("read-tree", "--empty", temp_index=True)
         self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
-                  input=_nul_joined(wanted), temp_index=True)
+                  input=nul_joined(wanted), temp_index=True)
         tree = self._text("write-tree", temp_index=True)
         base_tree = self._text("rev-parse", f"{head}^{{tree}}") if head else EMPTY_TREE
         if tree == base_tree:
             return None
         out = self._git("diff-index", "--cached", "--name-status", "-z", head or EMPTY_TREE,
                         temp_index=True)
-        fields = gitutil.split_nul(out)
+        fields = split_nul(out)
         statuses = dict(zip(fields[1::2], fields[0::2]))
         result.statuses = statuses
         result.paths = tuple(statuses)
@@ -341,7 +324,7 @@ class Committer:
         while True:
             try:
                 self._git("reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul",
-                          input=_nul_joined(paths))
+                          input=nul_joined(paths))
                 self.index_refresh_pending.difference_update(paths)
                 return True
             except GitError as exc:
@@ -437,18 +420,15 @@ class Committer:
 
     def _merged_tree(self, ours: str, theirs: str) -> str:
         """Tree of the three-way merge of two commits (base: their merge base)."""
-        # subprocess rather than gitutil.run: on a conflict (exit 1) the conflicted paths
-        # are on stdout, which GitError does not keep.
-        result = subprocess.run(
-            ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", ours,
-             theirs], cwd=self.root, env=gitutil.git_env(), capture_output=True)
-        lines = result.stdout.decode("utf-8", "surrogateescape").splitlines()
-        if result.returncode == 1 and lines:
+        # On a conflict (exit 1) the conflicted paths are on stdout.
+        code, stdout, stderr = self.git.result("merge-tree", "--write-tree", "--name-only",
+                                               "--no-messages", ours, theirs)
+        lines = os.fsdecode(stdout).splitlines()
+        if code == 1 and lines:
             shown = ", ".join(sorted(set(line for line in lines[1:] if line))[:10])
             raise PushConflict(f"conflict with the remote on {shown or 'unknown paths'}")
-        if result.returncode != 0 or not lines:
-            raise GitError(["merge-tree", "--write-tree", ours, theirs], result.returncode,
-                           result.stderr.decode("utf-8", "replace"))
+        if code != 0 or not lines:
+            raise GitError(["merge-tree", "--write-tree", ours, theirs], code, stderr)
         return lines[0]
 
     def _replay(self, old: str, upstream: str) -> str:

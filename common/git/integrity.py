@@ -3,37 +3,32 @@
 - :class:`FsckRunner`: ``git fsck --connectivity-only`` every ``fsck_interval`` seconds in
   a background thread (the health loop stays responsive); a failure pauses commits until a
   later run passes.
-- :class:`RestartLoopDetector`: counts new pids of processes matching
-  ``autonomous_processes``; more than ``autonomous_restart_limit`` within
-  ``autonomous_restart_window`` means the autonomous system restarts in a loop (reported,
-  never gating commits).
 - :func:`stale_index_lock`: a ``.git/index.lock`` older than ``stale_lock_age`` with no live
-  git process in the workspace; removed only when ``remove_stale_locks`` says so.
+  git process of someone else's in the workspace; removed only when ``remove_stale_locks``
+  says so.
 """
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
-from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.git.gateway import GITSIEVE_ENV_MARK, BackgroundGit, Git
 
 log = logging.getLogger(__name__)
 
 FSCK_RETRY_AFTER_FAILURE = 30.0  # seconds: a failed fsck is re-run sooner than the interval
-_FSCK_TIMEOUT = 3600.0
 
 
 class FsckRunner:
     """Runs ``git fsck --connectivity-only`` on a schedule, one run at a time, off-thread."""
 
-    def __init__(self, root: Path, interval: float):
-        self.root = root
+    def __init__(self, git: Git, interval: float):
+        self.git = git
         self.interval = interval
         self.next_run = 0.0  # monotonic; the first run starts at once
         self.ok: bool | None = None  # None: no run has finished yet
@@ -42,7 +37,7 @@ class FsckRunner:
         self.last_duration = 0.0
         self.runs = 0
         self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: BackgroundGit | None = None
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -64,17 +59,12 @@ class FsckRunner:
     def _run(self) -> None:
         started = time.monotonic()
         try:
-            self._proc = subprocess.Popen(
-                ["git", "fsck", "--connectivity-only", "--no-progress", "--no-dangling"],
-                cwd=self.root, env=gitutil.git_env(), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            output, _ = self._proc.communicate(timeout=_FSCK_TIMEOUT)
-            code = self._proc.returncode
+            self._proc = self.git.background("fsck", "--connectivity-only", "--no-progress",
+                                             "--no-dangling")
+            code, output = self._proc.wait()
             text = " ".join(output.decode("utf-8", "replace").split())[:500]
-        except (OSError, subprocess.SubprocessError) as exc:
+        except OSError as exc:
             code, text = -1, f"cannot run git fsck: {exc}"
-            if self._proc is not None:
-                self._proc.kill()
         finally:
             self._proc = None
         duration = time.monotonic() - started
@@ -106,14 +96,16 @@ class FsckRunner:
         if proc is not None:
             try:
                 proc.kill()
-            except ProcessLookupError:
-                log.debug("fsck already exited")  # raced with its normal end
+            except ProcessLookupError:  # raced with its normal end
+                log.debug("fsck already exited")
         if self._thread is not None:
             self._thread.join(5)
 
 
 def git_processes_in(root: Path) -> list[int]:
-    """Pids of live git processes working in ``root`` (their cwd lies inside it)."""
+    """Pids of live git processes working in ``root`` (their cwd lies inside it), gitsieve's
+    own (``GITSIEVE_GIT`` in their environment) left out: those never hold a lock for long,
+    and counting them would hide a stale lock for as long as gitsieve works."""
     prefix = str(root)
     found = []
     for proc in psutil.process_iter(["pid", "name", "cwd"]):
@@ -121,10 +113,13 @@ def git_processes_in(root: Path) -> list[int]:
             if proc.info["name"] != "git" and not (proc.info["name"] or "").startswith("git-"):
                 continue
             cwd = proc.info["cwd"] or ""
+            if not (cwd == prefix or cwd.startswith(prefix + os.sep)):
+                continue
+            if proc.environ().get(GITSIEVE_ENV_MARK) == "1":
+                continue
         except psutil.Error:
             continue  # gone, or not ours to inspect
-        if cwd == prefix or cwd.startswith(prefix + os.sep):
-            found.append(proc.info["pid"])
+        found.append(proc.info["pid"])
     return found
 
 

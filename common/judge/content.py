@@ -16,10 +16,9 @@ from typing import Iterable
 
 import orjson
 
-from gitsieve.common.judge.rules import editor_junk
-from gitsieve.common.protocol.messages import Change
+from gitsieve.common.protocol.states import Content, L3Reason
 
-USER, SYSTEM, UNCHANGED = "USER", "SYSTEM", "UNCHANGED"
+USER, SYSTEM, UNCHANGED = Content.USER, Content.SYSTEM, Content.UNCHANGED
 # Bigger files are compared as bytes only: parsing them would stall a worker.
 SIZE_CAP = 5 * 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
@@ -30,8 +29,9 @@ _TOKEN = "\0volatile\0"
 
 @dataclass(frozen=True)
 class ContentVerdict:
-    verdict: str
-    reason: str
+    verdict: Content
+    reason: L3Reason
+    detail: str = ""
 
     @property
     def commit(self) -> bool:
@@ -127,9 +127,9 @@ def _json_verdict(head, work, volatile_keys: tuple[str, ...]) -> ContentVerdict 
     if not _equal_except(head, work, frozenset(volatile_keys), changed):
         return None
     if not changed:
-        return ContentVerdict(SYSTEM, "same JSON data, only formatting changed")
+        return ContentVerdict(SYSTEM, L3Reason.JSON_FORMATTING)
     named = [key for key in volatile_keys if key in changed]
-    return ContentVerdict(SYSTEM, f"only volatile keys changed: {', '.join(named)}")
+    return ContentVerdict(SYSTEM, L3Reason.JSON_VOLATILE_KEYS, ", ".join(named))
 
 
 def compile_volatile(patterns: Iterable[str]) -> re.Pattern | None:
@@ -199,33 +199,29 @@ def classify(path: str, head: bytes | None, work: bytes | None,
              user_writer: bool = False) -> ContentVerdict:
     """Decide a change from HEAD's bytes (None: not in HEAD) and the work tree's
     (None: deleted).  ``volatile``: :func:`compile_volatile` of the text patterns.
-    ``user_writer``: L2 positively named a user process as the writer, so only junk and
-    "no change at all" are refused (the user's timestamp-only edit is still theirs)."""
-    junk = editor_junk(path)
-    if junk:
-        return ContentVerdict(SYSTEM, f"never committed: {junk}")
+    ``user_writer``: L2 positively named a user process as the writer, so only "no change
+    at all" is refused (the user's timestamp-only edit is still theirs).  Editor junk never
+    gets here: the watcher marks it and L1 blocks it."""
     if work is None:
         if head is None:
-            return ContentVerdict(UNCHANGED, "never committed")
-        return ContentVerdict(USER, "deleted")
+            return ContentVerdict(UNCHANGED, L3Reason.NEVER_COMMITTED)
+        return ContentVerdict(USER, L3Reason.DELETED)
     if head is None:
-        return ContentVerdict(USER, "new file")
+        return ContentVerdict(USER, L3Reason.NEW_FILE)
     if head == work:
-        return ContentVerdict(UNCHANGED, "identical to HEAD")
+        return ContentVerdict(UNCHANGED, L3Reason.IDENTICAL)
     if user_writer:
-        return ContentVerdict(USER, "changed by a user process")
+        return ContentVerdict(USER, L3Reason.CHANGED_BY_USER)
     if len(head) > size_cap or len(work) > size_cap:
-        return ContentVerdict(USER, f"content changed (over {size_cap} bytes: "
-                              "compared as bytes only)")
+        return ContentVerdict(USER, L3Reason.OVER_SIZE_CAP, str(size_cap))
     if path.endswith(".log") and work.startswith(head):
-        return ContentVerdict(SYSTEM, f"log grew by {len(work) - len(head)} bytes "
-                              "(append-only)")
+        return ContentVerdict(SYSTEM, L3Reason.LOG_APPENDED, str(len(work) - len(head)))
     if is_binary(head) or is_binary(work):
-        return ContentVerdict(USER, "binary content changed (sha256 "
+        return ContentVerdict(USER, L3Reason.BINARY_CHANGED,
                               f"{hashlib.sha256(head).hexdigest()[:12]} -> "
-                              f"{hashlib.sha256(work).hexdigest()[:12]})")
+                              f"{hashlib.sha256(work).hexdigest()[:12]}")
     if _volatile_only(head, work, volatile):  # cheap: masks only the differing region
-        return ContentVerdict(SYSTEM, "only timestamp/uuid-like tokens changed")
+        return ContentVerdict(SYSTEM, L3Reason.VOLATILE_TOKENS)
     keys = tuple(volatile_keys)
     head_doc = _parse_head_json(head)
     work_doc = _parse_json(work) if head_doc is not _NOT_JSON else _NOT_JSON
@@ -236,9 +232,9 @@ def classify(path: str, head: bytes | None, work: bytes | None,
             try:
                 found = _json_verdict(head_doc, work_doc, keys)
             except RecursionError:  # too deep to compare (json.loads allows more): as text
-                found = ContentVerdict(USER, "content changed (JSON too deep to compare)")
-            return found or ContentVerdict(USER, "JSON data changed")
-    return ContentVerdict(USER, "content changed")
+                found = ContentVerdict(USER, L3Reason.JSON_TOO_DEEP)
+            return found or ContentVerdict(USER, L3Reason.JSON_CHANGED)
+    return ContentVerdict(USER, L3Reason.CONTENT_CHANGED)
 
 
 def git_blob_id(path: str, hex_length: int = 40) -> str:
@@ -252,18 +248,6 @@ def git_blob_id(path: str, hex_length: int = 40) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ----- helpers for the Change messages both analysis layers (L2, L3) receive -----------
-def l1_action(change: Change) -> str:
-    """The action L1 gave this change (the debouncer keys its delay on it)."""
-    for step in change.trail:
-        if isinstance(step, dict) and step.get("layer") == "L1":
-            verdict = step.get("verdict")
-            if isinstance(verdict, str):
-                return verdict
-    return "ANALYZE"
-
 
 
 def masked_digest(path: str, data: bytes | None, volatile_keys: Iterable[str] = (),

@@ -8,9 +8,8 @@
   learning never comes from user writes (any commit resets the count).
 - :class:`LearnedStore` persists the set in ``config.learned_file`` (JSON, written
   atomically).  :class:`LearnedSet` is the read side for L1, reloaded when the file changes.
-- L1 does not BLOCK a learned path: it marks its step ``"learned": True`` and sends it to
-  L2, which drops it ("learned") unless the writer is positively the user.
-- :func:`learned_main` is ``gitsieve learned [--forget PATH | --all] [--json]``.
+- L1 does not BLOCK a learned path: it marks its step ``learned`` and sends it to L2, which
+  drops it ("learned") unless the writer is positively the user.
 """
 from __future__ import annotations
 
@@ -22,26 +21,16 @@ import time
 from collections import deque
 from pathlib import Path
 
+from gitsieve.common.protocol.messages import bad_path_reason
+from gitsieve.common.protocol.states import Writer
+from gitsieve.common.protocol.trail import ProcessStep, step_of
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Only exact (fanotify, 1.0) and live open-file (0.9) attributions teach; a sampled
 # sighting is too weak to block a path for good.
 MIN_CONFIDENCE = 0.9
-LEARNED_FLAG = "learned"
-
-
-def is_learned(change) -> bool:
-    """True when L1 marked this Change's path as learned."""
-    return any(isinstance(step, dict) and step.get("layer") == "L1"
-               and step.get(LEARNED_FLAG) is True for step in change.trail)
-
-
-def _l2_step(trail) -> dict | None:
-    for step in trail:
-        if isinstance(step, dict) and step.get("layer") == "L2":
-            return step
-    return None
 
 
 class LearnedStore:
@@ -121,16 +110,18 @@ class Learner:
 
     def observe(self, decision) -> str | None:
         """Feed one Decision; return "learned" or "unlearned" when the set changed."""
-        step = _l2_step(decision.trail)
+        step = step_of(decision.trail, ProcessStep)
         path = decision.path
         if decision.commit:
             self.counts.pop(path, None)
-            if path in self.learned and step and step.get("verdict") == "USER":
-                return self.forget(path, reason=f"user write by pid {step.get('pid')}")
+            if path in self.learned and step is not None and step.verdict == Writer.USER:
+                return self.forget(path, reason=f"user write by pid {step.pid}")
             return None
         if not self.enabled or path in self.learned or step is None:
             return None
-        if step.get("verdict") != "SYSTEM" or (step.get("confidence") or 0) < MIN_CONFIDENCE:
+        if step.verdict != Writer.SYSTEM or step.confidence < MIN_CONFIDENCE:
+            return None
+        if bad_path_reason(path):  # never learn a path no change could carry
             return None
         now = self.clock()
         seen = self.counts.setdefault(path, deque(maxlen=self.after))
@@ -142,13 +133,13 @@ class Learner:
         del self.counts[path]
         self.learned[path] = {"learned_at": now, "changes": self.after,
                               "window_seconds": self.window,
-                              "writer_pid": step.get("pid"),
-                              "writer_cmdline": step.get("cmdline"),
-                              "ancestor_cmdline": step.get("ancestor_cmdline") or "",
-                              "technique": step.get("technique")}
+                              "writer_pid": step.pid,
+                              "writer_cmdline": step.cmdline,
+                              "ancestor_cmdline": step.ancestor_cmdline,
+                              "technique": step.technique}
         self.store.save(self.learned)
         log.info("learned %s as BLOCK: %d system-only changes within %.0f s (writer %s)",
-                 path, self.after, self.window, step.get("cmdline"))
+                 path, self.after, self.window, step.cmdline)
         return "learned"
 
     def forget(self, path: str | None, reason: str = "forgotten by command") -> str | None:

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gitsieve.common.protocol.messages import RuleMatch
+from gitsieve.common.protocol.states import Action
+
 log = logging.getLogger(__name__)
 
-ACTIONS = ("BLOCK", "ALLOW", "ANALYZE")
+ACTIONS = tuple(Action)
 
 # The regex part ends at the first colon with no backslash right before it.
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
@@ -37,7 +40,7 @@ class RulesError(Exception):
 
 @dataclass(frozen=True)
 class Rule:
-    action: str
+    action: Action
     regex: str
     description: str = ""
     line: int = 0
@@ -53,6 +56,9 @@ class Rule:
     def describe(self) -> str:
         detail = f"line {self.line}: {self.description}" if self.description else f"line {self.line}"
         return f"{self.action}:{self.regex} ({detail})"
+
+    def as_match(self) -> RuleMatch:
+        return RuleMatch(action=self.action, line=self.line, text=self.describe())
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ class RuleSet:
             if not sep:
                 raise RulesError(source, number, "expected ACTION:REGEX[:DESCRIPTION]")
             action = action.strip().upper()
-            if action not in ACTIONS:
+            if action not in Action.__members__:
                 raise RulesError(source, number, f"unknown action {action!r}; "
                                  f"expected one of {', '.join(ACTIONS)}")
             parts = _UNESCAPED_COLON.split(rest, maxsplit=1)
@@ -80,7 +86,7 @@ class RuleSet:
             if not regex:
                 raise RulesError(source, number, "empty regex")
             try:
-                rules.append(Rule(action, regex, description, number))
+                rules.append(Rule(Action(action), regex, description, number))
             except re.error as exc:
                 raise RulesError(source, number, f"bad regex {regex!r}: {exc}") from None
         return cls(tuple(rules), source)
@@ -104,30 +110,6 @@ class RuleSet:
 
     def __len__(self) -> int:
         return len(self.rules)
-
-
-# (compiled basename pattern, reason) checked in order; these files are editors' scratch.
-_EDITOR_JUNK = tuple((re.compile(pattern, re.DOTALL), reason) for pattern, reason in (
-    # vim swap files: .name.swp, then .swo, .swn ... .swa when several exist; .swx probes.
-    (r"\..+\.sw[a-px]", "vim swap file"),
-    (r"4913", "vim write-test file"),
-    (r".+~", "editor backup file"),
-    (r"\.#.*", "emacs lock file"),
-    (r"#.*#", "emacs auto-save file"),
-    (r"\.goutputstream-.*", "GIO temporary file"),
-    (r".+\.tmp", "temporary file"),
-    (r".+\.bak", "backup file"),
-    (r".+\.orig", "merge/patch leftover"),
-))
-
-
-def editor_junk(path: str) -> str | None:
-    """A short reason if ``path``'s file name is editor scratch, else None."""
-    name = path.rsplit("/", 1)[-1]
-    for pattern, reason in _EDITOR_JUNK:
-        if pattern.fullmatch(name):
-            return f"editor junk: {reason}"
-    return None
 
 
 DEFAULT_PATTERNS = r"""# gitsieve layer-1 rules: decide by path alone.

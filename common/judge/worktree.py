@@ -6,14 +6,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitsieve.common.git.catfile import HeadBlob
-from gitsieve.common.judge.content import (
-    SIZE_CAP,
-    UNCHANGED,
-    USER,
-    ContentVerdict,
-    git_blob_id,
-)
+from gitsieve.common.judge.content import SIZE_CAP
 
 
 @dataclass(frozen=True)
@@ -59,27 +52,9 @@ def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return WorkFile(None, problem="not a regular file")
         try:
-            data = handle.read()
+            data = handle.read(size_cap + 1)  # it may have grown since lstat
         except OSError as exc:
             return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
+    if len(data) > size_cap:
+        return WorkFile(None, len(data), large_path=str(abs_path))
     return WorkFile(data, len(data))
-
-
-def large_file_verdict(head: HeadBlob | None, work: WorkFile) -> ContentVerdict:
-    """A change where either side exceeds the size cap: sizes, then git object ids."""
-    if head is None:
-        return ContentVerdict(USER, "new file")
-    if head.size != work.size:
-        return ContentVerdict(USER, f"content changed (large file: {head.size} -> "
-                              f"{work.size} bytes)")
-    if head.oid is None or not work.large_path:
-        return ContentVerdict(USER, "content changed (large file, not compared)")
-    try:
-        same = git_blob_id(work.large_path, len(head.oid)) == head.oid
-    except OSError as exc:
-        return ContentVerdict(USER, f"large file unreadable: {exc.strerror or exc}")
-    if same:
-        return ContentVerdict(UNCHANGED, "identical to HEAD (large file, same object id)")
-    return ContentVerdict(USER, "content changed (large file, object id differs)")
-
-

@@ -1,28 +1,52 @@
 """The whole gitsieve protocol: one frozen dataclass per message, one versioned envelope.
 
-Wire format: a msgpack array ``[PROTOCOL_VERSION, type_name, {field: value}]``.
-:func:`decode` enforces explicit size limits before and during unpacking and checks
-every field's type; anything off raises :class:`BadMessage`, which actors count and drop.
+Wire format: a msgpack array ``[PROTOCOL_VERSION, type_name, {field: value}]``.  Fields are
+typed all the way down: enums travel as their values, nested dataclasses as maps, trail
+steps as ``[layer, {field: value}]`` (:mod:`.trail`).  :func:`decode` enforces explicit
+size limits before and during unpacking and checks every field's type, nested ones too;
+anything off raises :class:`BadMessage`, which actors count and drop.
+
+Changes travel through the router's stage queues as two frames, ``[route, body]``: the
+route (:class:`Route`) says what the router needs (priority, path) without unpacking the
+body.
 """
+from __future__ import annotations
+
 import dataclasses
+import enum
 import types
 import typing
 from dataclasses import dataclass, field
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+from gitsieve.common.protocol.states import Action, ChangeKind
+from gitsieve.common.protocol.trail import (STEP_TYPES, ContentStep, PatternStep, ProcessStep,
+                                            Suspect, Trail)
+
+PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 _UNPACK_LIMITS = dict(max_str_len=1024 * 1024, max_bin_len=1024 * 1024,
                       max_array_len=262_144, max_map_len=4096, max_ext_len=0)
+# Linux limits: a path of at most PATH_MAX bytes, each component at most NAME_MAX.
+PATH_MAX, NAME_MAX = 4096, 255
 
 
 class BadMessage(ValueError):
     """A frame that is not a valid message of this protocol version."""
 
 
-# Change kinds seen by the pipeline.
-WRITE, DELETE = "write", "delete"
+# Kept as names for the many call sites that build changes.
+WRITE, DELETE = ChangeKind.WRITE, ChangeKind.DELETE
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """The first rule of the rules file matching a path, as the watcher matched it."""
+
+    action: Action
+    line: int
+    text: str  # the rule as written, for people: ACTION:REGEX (line N: description)
 
 
 @dataclass(frozen=True)
@@ -30,18 +54,20 @@ class Change:
     """A path that may have changed; travels watcher -> L1 -> L2 -> L3, gathering its trail.
 
     ``seq`` grows per watcher run (``epoch`` tells runs apart), so a later layer can
-    tell a stale change from a newer one for the same path.
-    ``trail`` holds one dict per layer: {"layer", "verdict", "reason", ...evidence}.
+    tell a stale change from a newer one for the same path.  ``junk`` and ``rule`` are
+    the facts the watcher established once (editor junk kind, the matching rule); the
+    layers decide on them instead of matching again.
     """
 
     path: str
-    kind: str
+    kind: ChangeKind
     seq: int
     epoch: float
     observed: float
     source: str = "inotify"
-    priority: bool = False
-    trail: tuple = ()
+    junk: str = ""
+    rule: RuleMatch | None = None
+    trail: Trail = ()
 
 
 @dataclass(frozen=True)
@@ -49,13 +75,13 @@ class Decision:
     """A layer's final word on a change, sent to the debouncer."""
 
     path: str
-    kind: str
+    kind: ChangeKind
     seq: int
     epoch: float
     observed: float
     commit: bool
-    action: str
-    trail: tuple = ()
+    action: Action
+    trail: Trail = ()
 
 
 @dataclass(frozen=True)
@@ -133,14 +159,17 @@ def bad_path_reason(path: str) -> str | None:
         return "empty or NUL in path"
     if path.startswith("/"):
         return "absolute path"
-    if ".." in path.split("/"):
+    parts = path.split("/")
+    if ".." in parts:
         return "path leaves the workspace"
+    encoded = path.encode("utf-8", "surrogateescape")
+    if len(encoded) > PATH_MAX or any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX
+                                      for part in parts):
+        return "path or path component too long"
     return None
 
 
 def _check_change(message) -> None:
-    if message.kind not in (WRITE, DELETE):
-        raise BadMessage(f"{type(message).__name__}: unknown kind {message.kind!r}")
     reason = bad_path_reason(message.path)
     if reason:
         raise BadMessage(f"{type(message).__name__}: {reason}: {message.path!r}")
@@ -151,29 +180,58 @@ def _check_ready(message: Ready) -> None:
         raise BadMessage(f"Ready: negative count ({message.received}, {message.window})")
 
 
+def _check_paths(message) -> None:
+    for path in message.paths:
+        reason = bad_path_reason(path)
+        if reason:
+            raise BadMessage(f"{type(message).__name__}: {reason}: {path!r}")
+
+
 # Checks beyond field types, applied to every decoded message of the type.
-_VALIDATORS = {Change: _check_change, Decision: _check_change, Ready: _check_ready}
+_VALIDATORS = {Change: _check_change, Decision: _check_change, Ready: _check_ready,
+               Batch: _check_paths}
 
 MESSAGE_TYPES = {cls.__name__: cls for cls in (
     Change, Decision, Batch, CommitReport, Ready, HealthStatus, Heartbeat, ControlRequest,
     ControlReply)}
-_HINTS = {cls: typing.get_type_hints(cls) for cls in MESSAGE_TYPES.values()}
+_NESTED = (RuleMatch, PatternStep, ProcessStep, ContentStep, Suspect)
+_HINTS = {cls: typing.get_type_hints(cls) for cls in (*MESSAGE_TYPES.values(), *_NESTED)}
+
+
+# ----- encoding ----------------------------------------------------------------------------
+def _to_wire(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if type(value) in STEP_TYPES.values():
+        return [value.LAYER, _fields_to_wire(value)]
+    if dataclasses.is_dataclass(value):
+        return _fields_to_wire(value)
+    if isinstance(value, (tuple, list)):
+        return [_to_wire(item) for item in value]
+    return value
+
+
+def _fields_to_wire(value) -> dict:
+    return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
 
 
 def encode(message) -> bytes:
-    if type(message) not in _HINTS:
+    if type(message) not in MESSAGE_TYPES.values():
         raise TypeError(f"not a protocol message: {message!r}")
-    body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     # surrogateescape: file names need not be UTF-8 on Linux, and must survive the trip.
-    return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, body], use_bin_type=True,
-                         unicode_errors="surrogateescape")
+    return msgpack.packb([PROTOCOL_VERSION, type(message).__name__, _fields_to_wire(message)],
+                         use_bin_type=True, unicode_errors="surrogateescape")
 
 
+# ----- decoding ----------------------------------------------------------------------------
 def _coerce(value, hint, name: str):
-    """Check ``value`` against a field annotation; return it (lists become tuples)."""
+    """Check ``value`` against a field annotation and build the typed value."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
+        options = typing.get_args(hint)
+        if set(options) >= set(STEP_TYPES.values()):
+            return _step(value, name)
+        for option in options:
             try:
                 return _coerce(value, option, name)
             except BadMessage:
@@ -190,6 +248,15 @@ def _coerce(value, hint, name: str):
         if args and args[-1] is Ellipsis:
             return tuple(_coerce(item, args[0], name) for item in value)
         return tuple(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        if not isinstance(value, str):
+            raise BadMessage(f"field {name!r}: expected a {hint.__name__} value")
+        try:
+            return hint(value)
+        except ValueError:
+            raise BadMessage(f"field {name!r}: {value!r} is not a {hint.__name__}") from None
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadMessage(f"field {name!r}: expected a number")
@@ -199,6 +266,32 @@ def _coerce(value, hint, name: str):
     if not isinstance(value, hint):
         raise BadMessage(f"field {name!r}: expected {hint.__name__}, got {type(value).__name__}")
     return value
+
+
+def _step(value, name: str):
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise BadMessage(f"field {name!r}: a trail step is [layer, fields]")
+    layer, body = value
+    cls = STEP_TYPES.get(layer) if isinstance(layer, str) else None
+    if cls is None:
+        raise BadMessage(f"field {name!r}: unknown trail layer {layer!r}")
+    return _build(cls, body, f"{name}.{layer}")
+
+
+def _build(cls, body, name: str):
+    if not isinstance(body, dict):
+        raise BadMessage(f"{name}: expected a map")
+    hints = _HINTS[cls]
+    unknown = set(body) - set(hints)
+    if unknown:
+        raise BadMessage(f"{name}: unknown fields {sorted(map(str, unknown))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in body:
+            values[f.name] = _coerce(body[f.name], hints[f.name], f"{name}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise BadMessage(f"{name}: missing field {f.name!r}")
+    return cls(**values)
 
 
 def decode(frame: bytes):
@@ -220,20 +313,33 @@ def decode(frame: bytes):
     cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
     if cls is None:
         raise BadMessage(f"unknown message type {name!r}")
-    if not isinstance(body, dict):
-        raise BadMessage("message body is not a map")
-    hints = _HINTS[cls]
-    unknown = set(body) - set(hints)
-    if unknown:
-        raise BadMessage(f"{name}: unknown fields {sorted(map(str, unknown))}")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            values[f.name] = _coerce(body[f.name], hints[f.name], f"{name}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise BadMessage(f"{name}: missing field {f.name!r}")
-    message = cls(**values)
+    message = _build(cls, body, name)
     validate = _VALIDATORS.get(cls)
     if validate:
         validate(message)
     return message
+
+
+# ----- stage queue routing -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Route:
+    """What the router needs of a Change in a stage queue, in a frame of its own: whether
+    it goes ahead of the rest (ALLOW areas, writers known to be the user's) and its path."""
+
+    priority: bool
+    path: bytes
+
+    def encode(self) -> bytes:
+        return (b"\1" if self.priority else b"\0") + self.path
+
+    @classmethod
+    def decode(cls, frame: bytes) -> "Route":
+        if not frame or frame[:1] not in (b"\0", b"\1") or len(frame) > PATH_MAX + 1:
+            raise BadMessage("route frame is not [priority byte, path]")
+        return cls(frame[:1] == b"\1", bytes(frame[1:]))
+
+
+def stage_frames(change: Change, priority: bool) -> list[bytes]:
+    """The two frames a Change travels as through a stage queue."""
+    route = Route(priority, change.path.encode("utf-8", "surrogateescape"))
+    return [route.encode(), encode(change)]

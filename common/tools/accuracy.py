@@ -4,15 +4,15 @@ For each attribution mode (exact fanotify + lineage when permitted, and psutil),
 git repository is made holding every case's ``setup`` files in one commit; a simulated
 user's editor and a simulated autonomous process (``scripts/agent_sim.py serve``, real
 processes) then perform each case's writes, and every ``judge`` step sends a Change through
-the real layer objects (:class:`gitsieve.actors.pattern_layer.PatternLayer`,
-:class:`gitsieve.actors.process_layer.ProcessLayer`, :class:`gitsieve.actors.content_layer.ContentLayer`:
-real git, real kernel events), their outputs captured instead of sent.  Printed: per layer
-and overall, the confusion matrix, where a false positive (FP) is a user change held back
+the real judges (:class:`~gitsieve.common.judge.pattern.PatternJudge`,
+:class:`~gitsieve.common.judge.process.ProcessJudge`,
+:class:`~gitsieve.common.judge.content_judge.ContentJudge`: real git, real kernel events),
+called directly, no socket involved.  Printed: per layer and overall, the confusion matrix, where a false positive (FP) is a user change held back
 and a false negative (FN) a system change let through.  Exit 0 when FP = FN = 0.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -25,7 +25,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitsieve.common.protocol import messages
+from gitsieve.common.git.gateway import Git
+from gitsieve.common.judge.content_judge import ContentJudge
+from gitsieve.common.judge.pattern import PatternJudge, observe
+from gitsieve.common.judge.process import ProcessJudge
+from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.protocol.states import Action, ChangeKind, Content
+from gitsieve.common.protocol.trail import Step, reason_text
 from gitsieve.common.tools.resources import resource
 
 log = logging.getLogger(__name__)
@@ -43,20 +49,6 @@ def load_corpus(path: Path | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class Capture:
-    """Stands in for a layer's output socket: keeps every message it is given."""
-
-    def __init__(self):
-        self.messages: list = []
-
-    def send(self, frame: bytes, flags: int = 0) -> None:
-        self.messages.append(messages.decode(frame))
-
-    def take(self) -> list:
-        taken, self.messages = self.messages, []
-        return taken
 
 
 class Helper:
@@ -118,20 +110,16 @@ class ModeResult:
         return [o for o in self.outcomes if o.expected != o.got]
 
 
-def _git(root: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
-                   env={**os.environ, **_GIT_IDENTITY})
-
-
 class Harness:
-    """One temporary repository, the three layers and the two helpers, for one mode."""
+    """One temporary repository, the three judges and the two helpers, for one mode."""
 
     def __init__(self, base: Path, corpus, mode: str):
         from gitsieve.common import config as config_mod
         self.corpus, self.mode = corpus, mode
         self.root = base / f"ws-{mode}"
         self.root.mkdir()
-        _git(self.root, "init", "-q", "-b", "main")
+        self.git = Git(self.root)
+        self.git.run("init", "-q", "-b", "main")
         self.agent_name = f"gitsieve-test-agent-{os.getpid()}-{mode}"
         (self.root / ".gitignore").write_text(corpus.GITIGNORE)
         rules = self.root / ".gitsieve-rules.conf"
@@ -147,81 +135,61 @@ class Harness:
                 target = self.root / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
-        _git(self.root, "add", "-A")
-        _git(self.root, "commit", "-q", "-m", "corpus setup")
+        self.git.run("add", "-A")
+        self.git.run("commit", "-q", "-m", "corpus setup", env=_GIT_IDENTITY)
         self.config = config_mod.load(self.root)
         self.user = Helper(self.root, "user-editor")
         self.agent = Helper(self.root, self.agent_name)
-        self.layers = self._layers()
+        self.rules = RuleCache(self.config.patterns_file)
+        self.l1 = PatternJudge(self.config)
+        self.l2 = ProcessJudge(self.config)
+        self.l3 = ContentJudge(self.config, self.git)
         self.seq = 0
-
-    def _layers(self):
-        from gitsieve.actors.content_layer import ContentLayer
-        from gitsieve.actors.pattern_layer import PatternLayer
-        from gitsieve.actors.process_layer import ProcessLayer
-        l1, l2, l3 = (PatternLayer(self.config), ProcessLayer(self.config, 1),
-                      ContentLayer(self.config, 1))
-        for layer in (l1, l2, l3):
-            layer.setup()
-        l1.to_l2, l1.to_decisions = Capture(), Capture()
-        l2.to_content, l2.decisions = Capture(), Capture()
-        l3.decisions = Capture()
-        return l1, l2, l3
 
     @property
     def attribution_mode(self) -> str:
-        return self.layers[1].mode
+        return self.l2.mode
 
     def close(self) -> None:
         for helper in (self.user, self.agent):
             helper.close()
-        for layer in self.layers:
-            layer.shutdown()
-            for sock in layer._sockets:
-                sock.close(linger=0)
-            layer.context.term()
+        self.l2.close()
+        self.l3.close()
 
     # ----- running ---------------------------------------------------------------------
-    def judge(self, path: str, kind: str):
-        """One Change through L1 -> L2 -> L3; the Decision that ends it."""
-        from gitsieve.common.protocol.messages import Change, Decision
-        l1, l2, l3 = self.layers
+    def judge(self, path: str, kind: str) -> tuple[bool, Step]:
+        """One change through L1 -> L2 -> L3: whether it is committed, and the last step."""
         self.seq += 1
-        change = Change(path=path, kind=kind, seq=self.seq, epoch=1.0, observed=time.time())
-        l1.on_change(change)
-        l1.process_buffer()
-        for layer, outputs in ((l2, (l1.to_decisions, l1.to_l2)),
-                               (l3, (l2.decisions, l2.to_content))):
-            decided, passed = outputs[0].take(), outputs[1].take()
-            if decided:
-                return decided[-1]
-            layer.on_tick(time.monotonic())
-            layer.on_change(passed[-1])
-        decided = l3.decisions.take()
-        if len(decided) != 1 or not isinstance(decided[0], Decision):
-            raise RuntimeError(f"L3 gave {decided!r} for {path}")
-        return decided[0]
+        change = observe(path, ChangeKind(kind), self.seq, 1.0, time.time(), self.rules)
+        step = self.l1.judge([change])[0]
+        if step.action != Action.ANALYZE:
+            return step.action == Action.ALLOW, step
+        change = dataclasses.replace(change, trail=(step,))
+        self.l2.tick(time.monotonic())
+        step = self.l2.judge(change)
+        if self.l2.drops(step):
+            return False, step
+        step = self.l3.judge(dataclasses.replace(change, trail=(*change.trail, step)))
+        return step.verdict == Content.USER, step
 
     def run_case(self, case: dict) -> list[Outcome]:
-        from gitsieve.common.git import gateway as gitutil
         outcomes = []
         for step in case["steps"]:
             kind = step[0]
             if kind in ("user", "agent"):
                 (self.user if kind == "user" else self.agent).do(*step[1:])
             elif kind == "self":
-                gitutil.run(self.root, "checkout", "--", step[2])
+                self.git.run("checkout", "--", step[2])
             elif kind == "commit":
-                gitutil.run(self.root, "add", "--", step[1])
-                gitutil.run(self.root, "commit", "-q", "-m", f"{case['id']}", "--",
-                            step[1], env=_GIT_IDENTITY)
+                self.git.run("add", "--", step[1])
+                self.git.run("commit", "-q", "-m", f"{case['id']}", "--", step[1],
+                             env=_GIT_IDENTITY)
             else:
                 _, path, change_kind, expected = step
-                decision = self.judge(path, change_kind)
-                last = decision.trail[-1]
+                commit, last = self.judge(path, change_kind)
                 outcomes.append(Outcome(case["id"], case["rule"], path, expected,
-                                        "commit" if decision.commit else "drop",
-                                        last.get("layer", "?"), last.get("reason", "")))
+                                        "commit" if commit else "drop", last.LAYER,
+                                        reason_text(last)))
         return outcomes
 
 
@@ -282,19 +250,15 @@ def report(results: list[ModeResult], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def accuracy_main(argv: list[str] | None = None) -> int:
-    """``gitsieve test [--mode fanotify|psutil|both] [--json] [--verbose]``."""
-    parser = argparse.ArgumentParser(prog="gitsieve test", description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("fanotify", "psutil", "both"), default="both")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--verbose", action="store_true", help="list excluded cases")
-    args = parser.parse_args(argv)
+def run(mode: str = "both", as_json: bool = False, verbose: bool = False) -> int:
+    """``gitsieve test``: run the corpus in ``mode`` and print the report; exit 1 when any
+    change was misjudged."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     corpus = load_corpus()
-    modes = ("fanotify", "psutil") if args.mode == "both" else (args.mode,)
-    results = [run_mode(corpus, mode) for mode in modes]
+    modes = ("fanotify", "psutil") if mode == "both" else (mode,)
+    results = [run_mode(corpus, name) for name in modes]
     wrong = sum(len(result.wrong) for result in results)
-    if args.json:
+    if as_json:
         print(json.dumps([{"mode": r.mode, "note": r.note, "seconds": round(r.seconds, 2),
                            "judged": len(r.outcomes), "excluded": len(r.excluded),
                            "matrix": {layer: {f"{e}->{g}": n for (e, g), n in
@@ -303,9 +267,5 @@ def accuracy_main(argv: list[str] | None = None) -> int:
                            "wrong": [vars(o) for o in r.wrong]} for r in results],
                          indent=1, default=str))
     else:
-        print(report(results, args.verbose))
+        print(report(results, verbose))
     return 1 if wrong else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(accuracy_main())

@@ -1,6 +1,11 @@
-"""``gitsieve`` command line: run, init, status, bench.
+"""``gitsieve`` command line.
 
-Bad input (not a repository, invalid config, bad rule) prints one line and exits 2.
+- ``run``, ``init``, ``bench``, ``test``: here.
+- ``status``, ``explain``, ``flush``, ``learned``, ``pause``, ``resume``, ``stats`` and
+  ``debug`` (= ``tail``): the actorctl commands (:mod:`.ctl`), one implementation each.
+
+Bad input (not a repository, invalid config, bad rule, a refused runtime directory) prints
+one line and exits 2.
 """
 from __future__ import annotations
 
@@ -11,68 +16,24 @@ import sys
 from pathlib import Path
 
 from gitsieve.common import config as config_mod
-from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.config import schema
+from gitsieve.common.git import gateway
 from gitsieve.common.tools.resources import ResourceMissing
 
-DEFAULT_CONFIG = '''\
-# gitsieve configuration (TOML).  Every key is optional; shown are the defaults.
-
-[filter]
-# Rules file, one rule a line: ACTION:REGEX[:DESCRIPTION] (BLOCK / ALLOW / ANALYZE).
-patterns_file = ".claude/sync-filter/system-patterns.conf"  # relative to the workspace
-default = "ANALYZE"             # action for paths no rule matches
-# Command-line regexes (re.search) of the autonomous processes whose writes are never synced.
-autonomous_processes = ["claude-autonomous", "claude-.*-monitor"]
-# JSON keys (at any depth) whose changes alone are not worth a commit.
-volatile_keys = ["last_update", "timestamp", "session_id"]
-process_cache_ttl = 30          # seconds between scans for autonomous processes
-
-[debounce]                      # seconds of quiet before a path is committed; fractions allowed
-allow = 2                       # paths an ALLOW rule matched
-default = 30                    # everything else, unless a rule below matches first
-rules = [ { pattern = "\\\\.claude/autonomous/.*", seconds = 300 },
-          { pattern = ".*\\\\.(sh|py|js|ts)", seconds = 5 } ]
-max_wait = 10                   # a path written continuously is still committed after
-                                # max(its quiet period, max_wait) seconds
-
-[limits]                        # reaching a limit delays and coalesces; nothing is dropped
-max_commits_per_hour = 10
-max_commits_per_day = 50
-cooldown_seconds = 300          # minimum time between two commits
-runaway_commits_per_hour = 30  # one path committed this often in an hour is held; 0: off
-
-[git]
-remote = "origin"               # empty: commit only, never push
-branch = "main"                 # commit only while this branch is checked out; empty: any
-retry_attempts = 3
-retry_backoff = 2               # seconds; attempt n waits n * retry_backoff
-
-[health]
-min_free_mb = 100               # commits pause below this much free disk
-interval = 2                    # seconds between health checks
-
-[watcher]
-reconcile_interval = 60         # seconds between re-reads of `git status` (0: only at start)
-modify_interval = 1             # a file written without being closed is reported this often
-
-[workers]
-l2 = 2                          # process-layer workers (gitsieve run)
-l3 = 2                          # content-layer workers
-
-[runtime]
-dir = ""                        # default: .git/gitsieve inside the repository
-heartbeat_interval = 1
-log_level = "INFO"
-'''
+# gitsieve subcommands that are actorctl's: {gitsieve name: actorctl command}
+CTL_COMMANDS = {"status": "status", "explain": "explain", "flush": "flush",
+                "learned": "learned", "pause": "pause", "resume": "resume", "stats": "stats",
+                "debug": "tail"}
+PATTERNS_PATH = ".claude/sync-filter/system-patterns.conf"
 
 
 class UsageError(Exception):
     """Bad input from the user: one line, exit 2."""
 
 
-def load_config(workspace: str | None, config_file: str | None) -> config_mod.Config:
+def load_config(args) -> config_mod.Config:
     try:
-        return config_mod.load(workspace or os.getcwd(), config_file)
+        return config_mod.load_from_arguments(args)
     except config_mod.ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -88,16 +49,20 @@ def validate_rules(config: config_mod.Config) -> None:
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
     from gitsieve.common.tools.runner import AlreadyRunning, Runner
-    config = load_config(args.workspace, args.config)
+    config = load_config(args)
     validate_rules(config)
+    try:
+        config_mod.prepare_runtime_dir(config)
+    except config_mod.RuntimeDirError as exc:
+        raise UsageError(str(exc)) from None
     setup_logging(config.log_level, "gitsieve")
     if config.remote:
-        remotes = gitutil.run(config.workspace, "remote").decode().split()
+        remotes = gateway.Git(config.workspace).text("remote").split()
         if config.remote not in remotes:
             logging.getLogger(__name__).warning(
                 "remote %r is not configured in %s: commits stay local until it is",
                 config.remote, config.workspace)
-    runner = Runner(config, args.config)
+    runner = Runner(config, getattr(args, "config", None))
     try:
         return runner.run()
     except AlreadyRunning as exc:
@@ -107,28 +72,19 @@ def cmd_run(args) -> int:
 def cmd_init(args) -> int:
     from gitsieve.common.judge import rules
     try:
-        root, _ = gitutil.discover(Path(args.directory or os.getcwd()))
-    except gitutil.NotARepository as exc:
+        root, _ = gateway.discover(Path(args.directory or os.getcwd()))
+    except gateway.NotARepository as exc:
         raise UsageError(str(exc)) from None
-    config_path = config_mod.default_config_path(root)
-    patterns_path = root / ".claude/sync-filter/system-patterns.conf"
-    written = []
-    for path, text in ((config_path, DEFAULT_CONFIG), (patterns_path, rules.DEFAULT_PATTERNS)):
+    profile = None if args.profile == "default" else args.profile
+    for path, text in ((config_mod.default_config_path(root), schema.render_toml(profile)),
+                       (root / PATTERNS_PATH, rules.DEFAULT_PATTERNS)):
         if path.exists() and not args.force:
             print(f"kept existing {path} (use --force to overwrite)")
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        written.append(path)
         print(f"wrote {path}")
     return 0
-
-
-def cmd_status(args) -> int:
-    from gitsieve.common.tools import ctl
-    return ctl.main(["--workspace", args.workspace or os.getcwd(),
-                     *(["--config", args.config] if args.config else []),
-                     *(["--json"] if args.json else []), "status"])
 
 
 def cmd_bench(args) -> int:
@@ -136,27 +92,9 @@ def cmd_bench(args) -> int:
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
 
 
-def _debug(argv: list[str]) -> int:
-    from gitsieve.common.tools import ctl
-    return ctl.debug_main(argv)
-
-
-def _learned(argv: list[str]) -> int:
-    from gitsieve.common.tools import learned
-    return learned.learned_main(argv)
-
-
-def _accuracy(argv: list[str]) -> int:
+def cmd_test(args) -> int:
     from gitsieve.common.tools import accuracy
-    return accuracy.accuracy_main(argv)
-
-
-# Subcommands whose own modules parse their arguments: {name: (entry point, help)}.
-DELEGATED = {
-    "debug": (_debug, "live stream of decisions (actorctl tail)"),
-    "learned": (_learned, "list or forget learned BLOCK paths"),
-    "test": (_accuracy, "measure L1-L3 accuracy on the labelled corpus"),
-}
+    return accuracy.run(args.mode, args.json, args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,20 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start every actor on a workspace (Ctrl-C stops)")
-    run.add_argument("--workspace", help="the git work tree (default: current directory)")
-    run.add_argument("--config", help="TOML config (default: WORKSPACE/.gitsieve.toml)")
+    config_mod.add_location_arguments(run)
     run.set_defaults(func=cmd_run)
 
-    init = sub.add_parser("init", help="write a commented default config and rules file")
+    init = sub.add_parser("init", help="write a commented config and rules file")
     init.add_argument("directory", nargs="?", help="the git work tree (default: here)")
     init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.add_argument("--profile", choices=schema.PROFILES, default="default",
+                      help="'default': sync within a second or two; 'conservative': the "
+                           "original design's quiet periods and limits (30 s, 10 commits "
+                           "an hour, 300 s between commits)")
     init.set_defaults(func=cmd_init)
-
-    status = sub.add_parser("status", help="state of every actor of a running gitsieve")
-    status.add_argument("--workspace")
-    status.add_argument("--config")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(func=cmd_status)
 
     bench = sub.add_parser("bench", help="measure edit-to-commit latency and actor memory")
     bench.add_argument("--edits", type=int, default=60, help="edits to time (default 60)")
@@ -189,15 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="without the simulated autonomous process")
     bench.set_defaults(func=cmd_bench)
 
-    for name, (_entry, text) in DELEGATED.items():
-        sub.add_parser(name, help=f"{text} (see gitsieve {name} --help)", add_help=False)
+    test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
+    test.add_argument("--mode", choices=("fanotify", "psutil", "both"), default="both")
+    test.add_argument("--json", action="store_true")
+    test.add_argument("--verbose", action="store_true", help="list excluded cases")
+    test.set_defaults(func=cmd_test)
+
+    for name, command in CTL_COMMANDS.items():
+        sub.add_parser(name, add_help=False,
+                       help=f"actorctl {command} (see gitsieve {name} --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]][0](argv[1:])
+    if argv and argv[0] in CTL_COMMANDS:
+        from gitsieve.common.tools import ctl
+        return ctl.main([CTL_COMMANDS[argv[0]], *argv[1:]], prog=f"gitsieve {argv[0]}")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -4,7 +4,8 @@ Each command is one class (after circus): ``name``, ``help``, ``add_arguments``,
 ``execute(config, args) -> data`` and ``render(data) -> str``; a command that streams
 (``tail``) overrides ``run``.  Commands: status, stats, explain, tail, pause, resume, flush,
 learned.  Exit codes: 0 ok, 1 gitsieve not reachable, 2 usage, 3 error reported by an actor
-(or, for ``flush``, paths still held).  ``debug_main`` is ``gitsieve debug`` (= ``tail``).
+(or, for ``flush``, paths still held).  ``gitsieve status|learned|debug|...`` run these same
+commands (``debug`` is ``tail``).
 """
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ import zmq
 
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
-from gitsieve.common.git import gateway as gitutil
+from gitsieve.common.git.gateway import Git, GitError
+from gitsieve.common.judge.learning import LearnedStore
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Decision
+from gitsieve.common.protocol.states import WAITS_ON_A_PERSON, Hold
+from gitsieve.common.protocol.trail import as_dict, describe
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
 LAYER_PREFIXES = {"l1": "L1", "l2": "L2", "l3": "L3"}
-# Status keys that count work an actor has queued, in the order they are looked for.
-_QUEUE_KEYS = ("queue_depth", "unsent", "buffered", "pending", "held")
 
 
 class CtlError(Exception):
@@ -73,14 +75,6 @@ def all_statuses(config, timeout: float = 1.0) -> list[dict]:
     return actors
 
 
-def queue_depth(status: dict) -> int | None:
-    for key in _QUEUE_KEYS:
-        value = status.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value + (status.get("backlog_batches") or 0 if key == "pending" else 0)
-    return None
-
-
 def worker_queues(router: dict) -> dict[str, int]:
     """Layer worker -> changes it holds (taken from its stage queue, not yet done), as the
     router counts them from the workers' credit announcements."""
@@ -112,20 +106,21 @@ def _clock(moment) -> str:
 
 
 def step_text(step: dict) -> str:
+    """A trail step as the debouncer reports it (:func:`trail.as_dict`), for people."""
     evidence = []
     if step.get("pid"):
         evidence.append(f"pid {step['pid']}")
     if step.get("cmdline"):
-        cmdline = step["cmdline"]
-        evidence.append(" ".join(cmdline) if isinstance(cmdline, (list, tuple)) else str(cmdline))
+        evidence.append(str(step["cmdline"]))
     if step.get("technique"):
         evidence.append(f"via {step['technique']}")
     extra = f" [{'; '.join(evidence)}]" if evidence else ""
-    return f"{step.get('layer', '?')} {step.get('verdict', '?')}: {step.get('reason', '')}{extra}"
+    return (f"{step.get('layer', '?')} {step.get('verdict', '?')}: "
+            f"{step.get('reason_text', '')}{extra}")
 
 
 def decision_line(decision: Decision) -> str:
-    trail = " -> ".join(step_text(s) for s in decision.trail if isinstance(s, dict))
+    trail = " -> ".join(describe(step) for step in decision.trail)
     verdict = "COMMIT" if decision.commit else "SKIP"
     return (f"{_clock(decision.observed)} {verdict:<6} {decision.kind:<6} {decision.path}  "
             f"({trail or decision.action})")
@@ -164,7 +159,7 @@ class Status(Command):
         in_flight = worker_queues(next((a for a in actors if a["name"] == "router"), {}))
         for actor in actors:
             if actor["state"] != "unreachable":
-                actor["queue"] = in_flight.get(actor["name"], queue_depth(actor))
+                actor["queue"] = in_flight.get(actor["name"], actor.get("queue"))
                 actor["restarts"] = restarts.get(actor["name"], 0)
         return {"workspace": str(config.workspace), "actors": actors,
                 "health": health_actor.get("health")}
@@ -255,8 +250,8 @@ class Explain(Command):
         decided = ask(config, "debouncer", "explain", {"paths": [path]})["paths"].get(path)
         executed = ask(config, "executor", "explain", {"paths": [path]})
         try:
-            dirty = path in gitutil.dirty_paths(config.workspace)
-        except gitutil.GitError as exc:
+            dirty = path in Git(config.workspace).dirty_paths()
+        except GitError as exc:
             raise CtlError(f"git status failed: {exc}", EXIT_DAEMON) from None
         return {"path": path, "decision": decided, "executor": executed["paths"].get(path),
                 "push_pending": executed["push_pending"], "paused": executed["paused"],
@@ -337,7 +332,8 @@ class Tail(Command):
                                       "seq": decision.seq, "epoch": decision.epoch,
                                       "observed": decision.observed,
                                       "commit": decision.commit, "action": decision.action,
-                                      "trail": list(decision.trail)}), flush=True)
+                                      "trail": [as_dict(step) for step in decision.trail]}),
+                          flush=True)
                 else:
                     print(decision_line(decision), flush=True)
         except KeyboardInterrupt:
@@ -388,13 +384,12 @@ class Flush(Command):
             idle = report.pop("idle")
             if report["ok"]:
                 break
-            executor_reason = report["executor_reason"]
-            stuck = idle and executor_reason.startswith(("paused", "rate limit", "health"))
+            stuck = idle and report["executor_hold"] in WAITS_ON_A_PERSON
             if stuck or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
         report["waited"] = round(time.monotonic() - started, 3)
-        report["head"] = gitutil.head_commit(config.workspace)
+        report["head"] = Git(config.workspace).head()
         return report
 
     @staticmethod
@@ -404,8 +399,8 @@ class Flush(Command):
         debouncer = ask(config, "debouncer", "status")
         executor = ask(config, "executor", "status")
         try:
-            dirty = [p for p in gitutil.dirty_paths(config.workspace) if not p.endswith("/")]
-        except gitutil.GitError as exc:
+            dirty = [p for p in Git(config.workspace).dirty_paths() if not p.endswith("/")]
+        except GitError as exc:
             raise CtlError(f"git status failed: {exc}", EXIT_DAEMON) from None
         decided = ask(config, "debouncer", "explain", {"paths": dirty})["paths"] if dirty else {}
         executed = ask(config, "executor", "explain", {"paths": dirty})["paths"] if dirty else {}
@@ -427,12 +422,14 @@ class Flush(Command):
                 held.append({"path": path, "reason": "released to the executor, not committed "
                                                      "yet (a newer change may be in flight)"})
         push_pending = bool(executor.get("push_pending"))
-        idle = (not router.get("queue_depth") and not debouncer.get("pending")
+        idle = (not router.get("queue") and not debouncer.get("queue")
                 and not debouncer.get("backlog_batches"))
         ok = idle and not held and not executor.get("held") and not push_pending
+        hold = executor.get("hold")
         return {"ok": ok, "idle": idle, "held": held, "not_synced_by_decision": skipped,
                 "push_pending": push_pending,
-                "executor_reason": "" if executor.get("held_reason") == "nothing held"
+                "executor_hold": None if hold in (None, Hold.NOTHING) else hold,
+                "executor_reason": "" if hold in (None, Hold.NOTHING)
                 else executor.get("held_reason", "")}
 
     def exit_code(self, data: dict) -> int:
@@ -465,11 +462,26 @@ class Learned(Command):
         group.add_argument("--all", action="store_true", help="unlearn every path")
 
     def execute(self, config, args) -> dict:
-        if args.forget is None and not args.all:
-            return ask(config, "debouncer", "learned")
-        path = None if args.all else workspace_path(config, args.forget)
-        reply = ask(config, "debouncer", "forget", {"path": path})
-        if not reply.get("forgotten"):
+        """Through the running debouncer (the learned file's single writer); with gitsieve
+        stopped, on the file itself."""
+        forgetting = args.forget is not None or args.all
+        path = workspace_path(config, args.forget) if args.forget is not None else None
+        running = "debouncer" in control.known_actors(config)
+        if running and not forgetting:
+            return {**ask(config, "debouncer", "learned"), "source": "running debouncer"}
+        if running:
+            forgotten = ask(config, "debouncer", "forget", {"path": path}).get("forgotten")
+        else:
+            store = LearnedStore(config.learned_file)
+            learned = store.load()
+            if not forgetting:
+                return {"learned": [{"path": p, **e} for p, e in sorted(learned.items())],
+                        "counting": {}, "source": str(config.learned_file)}
+            forgotten = bool(learned) if path is None else path in learned
+            if forgotten:
+                store.save({} if path is None else
+                           {p: e for p, e in learned.items() if p != path})
+        if not forgotten:
             raise CtlError(f"nothing learned for {path or 'any path'}", EXIT_DAEMON)
         return {"forgotten": path or "every path"}
 
@@ -494,57 +506,46 @@ COMMANDS = {cls.name: cls for cls in (Status, Stats, Explain, Tail, Pause, Resum
                                       Learned)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="actorctl", description="Introspect a running gitsieve.")
-    parser.add_argument("--workspace", default=os.environ.get("GITSIEVE_WORKSPACE"),
-                        help="the git work tree (default: current directory)")
-    parser.add_argument("--config", default=os.environ.get("GITSIEVE_CONFIG") or None)
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    config_mod.add_location_arguments(common)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    return common
+
+
+def build_parser(prog: str = "actorctl") -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog=prog, parents=[common],
+                                     description="Introspect a running gitsieve.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cls in COMMANDS.items():
         command = cls()
-        sub_parser = sub.add_parser(name, help=command.help)
+        sub_parser = sub.add_parser(name, help=command.help, parents=[common])
         command.add_arguments(sub_parser)
         sub_parser.set_defaults(command_object=command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "actorctl") -> int:
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    args.json = getattr(args, "json", False)
     try:
-        config = config_mod.load(args.workspace or os.getcwd(), args.config)
+        config = config_mod.load_from_arguments(args)
     except config_mod.ConfigError as exc:
-        print(f"actorctl: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     command: Command = args.command_object
     try:
         return command.run(config, args)
     except CtlError as exc:
-        print(f"actorctl: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.code
-
-
-def debug_main(argv: list[str] | None = None) -> int:
-    """``gitsieve debug [--workspace DIR] [--config F] [--json] [--count N]``: live decisions."""
-    parser = argparse.ArgumentParser(prog="gitsieve debug", description="Live decisions.")
-    parser.add_argument("--workspace", default=os.environ.get("GITSIEVE_WORKSPACE"))
-    parser.add_argument("--config", default=os.environ.get("GITSIEVE_CONFIG") or None)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=0)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_USAGE if exc.code else EXIT_OK
-    forwarded = [*(["--workspace", args.workspace] if args.workspace else []),
-                 *(["--config", args.config] if args.config else []),
-                 *(["--json"] if args.json else []), "tail",
-                 "--count", str(args.count), "--timeout", str(args.timeout)]
-    return main(forwarded)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitsieve.common.config.loader import Config, prepare_runtime_dir
+from gitsieve.common.config import Config, prepare_runtime_dir
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 
 log = logging.getLogger(__name__)

@@ -12,17 +12,20 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-SYSTEM, USER, SELF, UNKNOWN = "system", "user", "self", "unknown"
-TECHNIQUE_LIVE = "open-files"
-TECHNIQUE_EXACT = "fanotify"
-TECHNIQUE_SAMPLED = "open-files-sampled"
+from gitsieve.common.protocol.states import ProcessAction, Technique, Writer
+from gitsieve.common.protocol.trail import ProcessStep
+
+SYSTEM, USER, SELF, UNKNOWN = Writer.SYSTEM, Writer.USER, Writer.SELF, Writer.UNKNOWN
+TECHNIQUE_LIVE = Technique.OPEN_FILES
+TECHNIQUE_EXACT = Technique.FANOTIFY
+TECHNIQUE_SAMPLED = Technique.OPEN_FILES_SAMPLED
 CONFIDENCE = {TECHNIQUE_LIVE: 0.9, TECHNIQUE_SAMPLED: 0.7, TECHNIQUE_EXACT: 1.0}
 
 
 @dataclass(frozen=True)
 class Attribution:
-    writer: str
-    technique: str
+    writer: Writer
+    technique: Technique
     pid: int
     cmdline: str
     confidence: float
@@ -34,15 +37,18 @@ class Attribution:
     # wall time of the newest write considered (exact mode): later changes of the same
     # path only weigh writes after it
     writes_until: float | None = None
-    # what the deciding process did: "written", or a name operation ("moved into place",
-    # "created", "removed") in exact mode
-    action: str = "written"
+    # what the deciding process did: written, or a name operation (moved into place,
+    # created, removed) in exact mode
+    action: ProcessAction = ProcessAction.WRITTEN
 
-    def evidence(self) -> dict:
-        return {"technique": self.technique, "pid": self.pid, "cmdline": self.cmdline,
-                "confidence": self.confidence, "ancestor_pid": self.ancestor_pid,
-                "ancestor_cmdline": self.ancestor_cmdline, "matched_by": self.matched_by,
-                "writes": self.writes, "writes_until": self.writes_until}
+    def evidence(self, step: ProcessStep) -> ProcessStep:
+        """``step`` with this attribution's evidence filled in."""
+        return ProcessStep(
+            verdict=self.writer, reason=step.reason, mode=step.mode, technique=self.technique,
+            pid=self.pid, cmdline=self.cmdline, confidence=self.confidence,
+            ancestor_pid=self.ancestor_pid, ancestor_cmdline=self.ancestor_cmdline,
+            matched_by=self.matched_by, did=self.action, writes=self.writes,
+            writes_until=self.writes_until)
 
 
 class AutonomousMatcher:

@@ -29,6 +29,7 @@ from gitsieve.common.judge.attribution.base import (
     AutonomousMatcher,
 )
 from gitsieve.common.judge.attribution.fanotify import ARRIVALS, REMOVALS
+from gitsieve.common.protocol.states import Mode, ProcessAction
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +131,18 @@ def combine(events: list) -> Attribution | None:
                                CONFIDENCE[TECHNIQUE_EXACT], chosen.ancestor_pid,
                                chosen.ancestor_cmdline, chosen.matched_by, len(events),
                                max(event.stamp for event in events),
-                               _ACTION_OF.get(getattr(event, "op", ""), "written"))
+                               _ACTION_OF.get(getattr(event, "op", ""), ProcessAction.WRITTEN))
     return None
 
 
-_ACTION_OF = {"moved-to": "moved into place", "create": "created", "delete": "removed",
-              "moved-from": "moved away"}
+_ACTION_OF = {"moved-to": ProcessAction.MOVED_INTO_PLACE, "create": ProcessAction.CREATED,
+              "delete": ProcessAction.REMOVED, "moved-from": ProcessAction.MOVED_AWAY}
 
 
 class ExactAttributor:
     """fanotify + proc connector: every writer by pid and lineage (needs root)."""
 
-    mode = "fanotify"
+    mode = Mode.FANOTIFY
 
     def __init__(self, config, rules: WriterRules | None = None):
         from gitsieve.common.judge.attribution.fanotify import WriteRecorder

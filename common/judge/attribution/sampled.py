@@ -22,6 +22,8 @@ from typing import Callable, Iterable
 
 import psutil
 
+from gitsieve.common.protocol.states import Mode
+
 from gitsieve.common.judge.attribution.base import (
     CONFIDENCE,
     SYSTEM,
@@ -255,7 +257,7 @@ class Attributor:
     """The unprivileged L2 techniques behind one call, :meth:`attribute`; None means
     writer unknown.  (:class:`ExactAttributor` offers the same interface.)"""
 
-    mode = "psutil"
+    mode = Mode.PSUTIL
 
     def __init__(self, patterns: Iterable[str | re.Pattern], ttl: float,
                  sample_interval: float = SAMPLE_INTERVAL, window: float = SIGHTING_WINDOW):

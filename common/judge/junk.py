@@ -1,0 +1,28 @@
+"""Editor and tool scratch files: never committed, wherever they are (decided once, by
+the watcher, and carried on the Change)."""
+from __future__ import annotations
+
+import re
+
+# (compiled basename pattern, reason) checked in order; these files are editors' scratch.
+_EDITOR_JUNK = tuple((re.compile(pattern, re.DOTALL), reason) for pattern, reason in (
+    # vim swap files: .name.swp, then .swo, .swn ... .swa when several exist; .swx probes.
+    (r"\..+\.sw[a-px]", "vim swap file"),
+    (r"4913", "vim write-test file"),
+    (r".+~", "editor backup file"),
+    (r"\.#.*", "emacs lock file"),
+    (r"#.*#", "emacs auto-save file"),
+    (r"\.goutputstream-.*", "GIO temporary file"),
+    (r".+\.tmp", "temporary file"),
+    (r".+\.bak", "backup file"),
+    (r".+\.orig", "merge/patch leftover"),
+))
+
+
+def editor_junk(path: str) -> str:
+    """What kind of editor scratch ``path``'s file name is ('' when it is none)."""
+    name = path.rsplit("/", 1)[-1]
+    for pattern, kind in _EDITOR_JUNK:
+        if pattern.fullmatch(name):
+            return kind
+    return ""

@@ -1,0 +1,187 @@
+"""States, verdicts and reasons: enum values on the wire, a human rendering for people.
+
+Code decides on these values, never on the sentences :func:`render` builds from them (after
+supervisor's ``states.py``).  Every enum is a ``StrEnum`` so a value travels in msgpack and
+JSON as its plain string.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ChangeKind(StrEnum):
+    WRITE = "write"
+    DELETE = "delete"
+
+
+class Action(StrEnum):
+    """L1's verdict: what the path alone says."""
+
+    BLOCK = "BLOCK"
+    ALLOW = "ALLOW"
+    ANALYZE = "ANALYZE"
+
+
+class Writer(StrEnum):
+    """L2's verdict: who wrote the change."""
+
+    SYSTEM = "SYSTEM"   # an autonomous process (or a descendant of one)
+    SELF = "SELF"       # gitsieve's own processes (its git)
+    USER = "USER"       # a process positively known not to be autonomous
+    UNKNOWN = "UNKNOWN"  # not known: the content layer decides
+
+
+class Content(StrEnum):
+    """L3's verdict: what changed versus HEAD."""
+
+    USER = "USER"            # a change worth committing
+    SYSTEM = "SYSTEM"        # churn: only volatile data changed
+    UNCHANGED = "UNCHANGED"  # nothing to commit
+
+
+class Technique(StrEnum):
+    """How L2 learned who wrote a file."""
+
+    FANOTIFY = "fanotify"                    # own fanotify group + proc connector lineage
+    OPEN_FILES = "open-files"                # psutil: holds it open for writing now
+    OPEN_FILES_SAMPLED = "open-files-sampled"  # psutil: was seen holding it open
+
+
+class Mode(StrEnum):
+    """The attribution mode an L2 worker runs in (``[filter] attribution``, resolved)."""
+
+    FANOTIFY = "fanotify"
+    PSUTIL = "psutil"
+
+
+class ProcessAction(StrEnum):
+    """What the deciding process did to the path."""
+
+    WRITTEN = "written"
+    MOVED_INTO_PLACE = "moved into place"
+    CREATED = "created"
+    REMOVED = "removed"
+    MOVED_AWAY = "moved away"
+
+
+class L1Reason(StrEnum):
+    EDITOR_JUNK = "editor-junk"
+    IGNORED = "ignored"
+    RULE = "rule"
+    DEFAULT = "default"
+
+
+class L2Reason(StrEnum):
+    IDENTIFIED = "identified"              # the evidence fields say who and how
+    NO_WRITER_SEEN = "no-writer-seen"      # exact mode: no write by a known process
+    NO_AUTONOMOUS_WRITER_SEEN = "no-autonomous-writer-seen"  # psutil mode
+    REMOVER_UNOBSERVABLE = "remover-unobservable"  # psutil mode: deletions carry no writer
+    NO_REMOVAL_SEEN = "no-removal-seen"    # exact mode: no removal by a known process
+
+
+class L3Reason(StrEnum):
+    WORK_FILE_PROBLEM = "work-file-problem"
+    NEVER_COMMITTED = "never-committed"
+    DELETED = "deleted"
+    NEW_FILE = "new-file"
+    IDENTICAL = "identical"
+    CHANGED_BY_USER = "changed-by-user"
+    OVER_SIZE_CAP = "over-size-cap"
+    LOG_APPENDED = "log-appended"
+    BINARY_CHANGED = "binary-changed"
+    VOLATILE_TOKENS = "volatile-tokens"
+    JSON_FORMATTING = "json-formatting"
+    JSON_VOLATILE_KEYS = "json-volatile-keys"
+    JSON_CHANGED = "json-changed"
+    JSON_TOO_DEEP = "json-too-deep"
+    CONTENT_CHANGED = "content-changed"
+    LARGE_FILE_CHANGED = "large-file-changed"
+    LARGE_FILE_UNREADABLE = "large-file-unreadable"
+    LARGE_FILE_IDENTICAL = "large-file-identical"
+    SAME_AS_USER_VERSION = "same-as-user-version"
+
+
+_TEXT = {
+    L1Reason.EDITOR_JUNK: "editor junk: {detail}",
+    L1Reason.IGNORED: "ignored by git",
+    L1Reason.RULE: "{detail}",
+    L1Reason.DEFAULT: "[filter] default",
+    L2Reason.NO_WRITER_SEEN: "no write by a known process seen",
+    L2Reason.NO_AUTONOMOUS_WRITER_SEEN: "no autonomous writer seen",
+    L2Reason.REMOVER_UNOBSERVABLE: "deleted: no writer to observe",
+    L2Reason.NO_REMOVAL_SEEN: "deleted: no removal by a known process seen",
+    L3Reason.WORK_FILE_PROBLEM: "{detail}",
+    L3Reason.NEVER_COMMITTED: "never committed",
+    L3Reason.DELETED: "deleted",
+    L3Reason.NEW_FILE: "new file",
+    L3Reason.IDENTICAL: "identical to HEAD",
+    L3Reason.CHANGED_BY_USER: "changed by a user process",
+    L3Reason.OVER_SIZE_CAP: "content changed (over {detail} bytes: compared as bytes only)",
+    L3Reason.LOG_APPENDED: "log grew by {detail} bytes (append-only)",
+    L3Reason.BINARY_CHANGED: "binary content changed (sha256 {detail})",
+    L3Reason.VOLATILE_TOKENS: "only timestamp/uuid-like tokens changed",
+    L3Reason.JSON_FORMATTING: "same JSON data, only formatting changed",
+    L3Reason.JSON_VOLATILE_KEYS: "only volatile keys changed: {detail}",
+    L3Reason.JSON_CHANGED: "JSON data changed",
+    L3Reason.JSON_TOO_DEEP: "content changed (JSON too deep to compare)",
+    L3Reason.CONTENT_CHANGED: "content changed",
+    L3Reason.LARGE_FILE_CHANGED: "content changed (large file: {detail})",
+    L3Reason.LARGE_FILE_UNREADABLE: "large file unreadable: {detail}",
+    L3Reason.LARGE_FILE_IDENTICAL: "identical to HEAD (large file, same object id)",
+    L3Reason.SAME_AS_USER_VERSION: "only volatile tokens changed since the version already "
+                                   "judged the user's",
+}
+
+
+def render(reason: StrEnum, detail: str = "") -> str:
+    """The sentence a person reads for ``reason`` (``detail`` fills its blank)."""
+    return _TEXT.get(reason, str(reason)).format(detail=detail)
+
+
+class Hold(StrEnum):
+    """Why the executor holds paths, or a push (``actorctl status/explain/flush``)."""
+
+    NOTHING = "nothing-held"
+    PAUSED = "paused"
+    NO_HEALTH_YET = "no-health-yet"
+    HEALTH_STALE = "health-stale"
+    HEALTH = "health"
+    COMMIT_BACKOFF = "commit-backoff"
+    RATE_LIMIT = "rate-limit"
+    RUNAWAY = "runaway"
+    BRANCH = "branch"
+    PUSH_BACKOFF = "push-backoff"
+    PUSH_STOPPED = "push-stopped"
+
+
+# Holds that only a person ends (or time, for the rate limit): `actorctl flush` stops
+# waiting on them and reports them.
+WAITS_ON_A_PERSON = frozenset({Hold.PAUSED, Hold.HEALTH, Hold.HEALTH_STALE, Hold.RATE_LIMIT,
+                               Hold.BRANCH, Hold.PUSH_STOPPED, Hold.RUNAWAY})
+
+_TEXT.update({
+    Hold.NOTHING: "nothing held",
+    Hold.PAUSED: "paused (`actorctl resume` continues)",
+    Hold.NO_HEALTH_YET: "waiting for the first health status",
+    Hold.HEALTH_STALE: "health status is stale (is the health monitor running?)",
+    Hold.HEALTH: "health: {detail}",
+    Hold.COMMIT_BACKOFF: "commit back-off after: {detail}",
+    Hold.RATE_LIMIT: "rate limit: {detail}",
+    Hold.RUNAWAY: "runaway cap: {detail}",
+    Hold.BRANCH: "{detail}",
+    Hold.PUSH_BACKOFF: "push back-off after: {detail}",
+    Hold.PUSH_STOPPED: "push stopped: {detail}",
+})
+
+
+@dataclass(frozen=True)
+class Why:
+    """A hold with its particulars: the value to decide on, the text to show."""
+
+    hold: Hold
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        return render(self.hold, self.detail)
