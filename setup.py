@@ -10,6 +10,8 @@ setup(
               for package in [source, *(f"{source}.{sub}" for sub in find_packages(source))]],
     package_dir={f"gitsieve.{source}": source for source in SOURCES},
     # What `gitsieve bench` and `gitsieve test` run beside the packages (tools/resources.py).
-    data_files=[("share/gitsieve/scripts", ["scripts/churn.py", "scripts/agent_sim.py"]),
-                ("share/gitsieve/tests/corpus", ["tests/corpus/cases.py"])],
+    data_files=[("share/gitsieve/scripts", ["scripts/churn.py", "scripts/agent_sim.py",
+                                            "scripts/gitsieve.service"]),
+                ("share/gitsieve/tests/corpus", ["tests/corpus/cases.py"]),
+                ("share/gitsieve", ["supervisor.conf"])],
 )

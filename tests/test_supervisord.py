@@ -16,6 +16,8 @@ from conftest import ROOT, wait_for
 from gitsieve.common.actor import control
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Decision
+from gitsieve.common.protocol.states import Action, ChangeKind, Content, L3Reason
+from gitsieve.common.protocol.trail import ContentStep
 from gitsieve.common.tools.runner import actor_ids
 
 SUPERVISOR_CONF = ROOT / "supervisor.conf"
@@ -109,18 +111,19 @@ def test_a_slower_workers_older_verdict_never_wins(workspace, actors):
     push.linger = 0
     push.connect(cfg.endpoints.decisions)
     try:
-        def send(path, seq, commit, action):
+        def send(path, seq, commit):
+            verdict = Content.USER if commit else Content.SYSTEM
             push.send(messages.encode(Decision(
-                path=path, kind="write", seq=seq, epoch=100.0, observed=time.time(),
-                commit=commit, action=action,
-                trail=({"layer": "L3", "verdict": action, "reason": f"seq {seq}"},))))
+                path=path, kind=ChangeKind.WRITE, seq=seq, epoch=100.0, observed=time.time(),
+                commit=commit, action=Action.ANALYZE,
+                trail=(ContentStep(verdict, L3Reason.CONTENT_CHANGED, f"seq {seq}"),))))
 
         # newer "commit" first, the slow worker's older "skip" after it
-        send("user.txt", 7, True, "ANALYZE")
-        send("user.txt", 6, False, "SYSTEM")
+        send("user.txt", 7, True)
+        send("user.txt", 6, False)
         # newer "skip" first, an older "commit" after it
-        send("agent.json", 9, False, "SYSTEM")
-        send("agent.json", 8, True, "ANALYZE")
+        send("agent.json", 9, False)
+        send("agent.json", 8, True)
 
         def explained():
             data = control.request(cfg, "debouncer", "explain",

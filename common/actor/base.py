@@ -33,8 +33,13 @@ from gitsieve.common import config as config_mod
 from gitsieve.common.actor.stage import StageFeed
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import (BadMessage, Change, ControlReply, ControlRequest,
-                                               Heartbeat)
+from gitsieve.common.protocol.messages import (
+    BadMessage,
+    Change,
+    ControlReply,
+    ControlRequest,
+    Heartbeat,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,15 @@
 """The configuration: one declaration per key (:mod:`.schema`) drives loading (:mod:`.loader`),
 ``gitsieve init`` and the README's table; :mod:`.runtime` guards the runtime directory."""
 from gitsieve.common.config.endpoints import Endpoints  # noqa: F401
-from gitsieve.common.config.loader import (ACTIONS, CONFIG_NAME, Config, ConfigError,  # noqa: F401
-                                           DebounceRule, default_config_path, load)
+from gitsieve.common.config.loader import (  # noqa: F401
+    ACTIONS,
+    CONFIG_NAME,
+    Config,
+    ConfigError,
+    DebounceRule,
+    default_config_path,
+    load,
+)
 from gitsieve.common.config.runtime import RuntimeDirError, prepare_runtime_dir  # noqa: F401
 
 

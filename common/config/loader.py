@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitsieve.common.config.endpoints import Endpoints, ipc_dir_for
-from gitsieve.common.config.schema import (DEBOUNCE_RULES, KEYS, LIST_OF_INT, LIST_OF_STR,
-                                           SECTIONS, Key)
+from gitsieve.common.config.schema import (
+    DEBOUNCE_RULES,
+    KEYS,
+    LIST_OF_INT,
+    LIST_OF_STR,
+    SECTIONS,
+    Key,
+)
 from gitsieve.common.git import gateway
 from gitsieve.common.protocol.states import Action
 

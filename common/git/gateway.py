@@ -129,6 +129,8 @@ class Git:
                                **self._options(env, timeout))
         except sh.TimeoutException:
             raise GitError(args, -1, f"timed out after {timeout}s") from None
+        except sh.SignalException as exc:  # killed: its work may or may not be done
+            return exc.exit_code, exc.stdout, f"killed by signal {-exc.exit_code}"
         except (OSError, sh.ForkException) as exc:
             raise GitError(args, -1, f"cannot run git: {exc}") from None
         stderr = done.stderr.decode("utf-8", "replace") if done.stderr else ""

@@ -21,8 +21,15 @@ from typing import Callable
 
 from gitsieve.common.git.catfile import HeadBlob, HeadReadError, HeadVersions
 from gitsieve.common.git.gateway import Git
-from gitsieve.common.judge.content import (UNCHANGED, USER, ContentVerdict, classify,
-                                           compile_volatile, git_blob_id, masked_digest)
+from gitsieve.common.judge.content import (
+    UNCHANGED,
+    USER,
+    ContentVerdict,
+    classify,
+    compile_volatile,
+    git_blob_id,
+    masked_digest,
+)
 from gitsieve.common.judge.worktree import WorkFile, read_work
 from gitsieve.common.protocol.messages import Change
 from gitsieve.common.protocol.states import ChangeKind, Content, L3Reason

@@ -21,8 +21,14 @@ from dataclasses import dataclass, field
 import msgpack
 
 from gitsieve.common.protocol.states import Action, ChangeKind
-from gitsieve.common.protocol.trail import (STEP_TYPES, ContentStep, PatternStep, ProcessStep,
-                                            Suspect, Trail)
+from gitsieve.common.protocol.trail import (
+    STEP_TYPES,
+    ContentStep,
+    PatternStep,
+    ProcessStep,
+    Suspect,
+    Trail,
+)
 
 PROTOCOL_VERSION = 2
 MAX_FRAME_BYTES = 8 * 1024 * 1024

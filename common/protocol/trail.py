@@ -10,8 +10,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from gitsieve.common.protocol.states import (Action, Content, L1Reason, L2Reason, L3Reason,
-                                             Mode, ProcessAction, Technique, Writer, render)
+from gitsieve.common.protocol.states import (
+    Action,
+    Content,
+    L1Reason,
+    L2Reason,
+    L3Reason,
+    Mode,
+    ProcessAction,
+    Technique,
+    Writer,
+    render,
+)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import psutil
 
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.git.gateway import Git
 from gitsieve.common.tools.resources import resource
 from gitsieve.common.tools.runner import actor_ids
 
@@ -36,11 +37,12 @@ ANALYZE:\\.claude/contexts/.*:Context files
 """
 
 
+_IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+             "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+
+
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout
+    return os.fsdecode(Git(cwd).run(*args, env=_IDENTITY))
 
 
 def make_workspace(base: Path, debounce: float) -> Path:
@@ -124,9 +126,8 @@ def time_edit(root: Path, ref: Path, rel: str, content: str, timeout: float) -> 
         if current != seen:
             stamp = time.monotonic()
             seen = current
-            shown = subprocess.run(["git", "show", f"{current.strip()}:{rel}"], cwd=root,
-                                   capture_output=True, text=True)
-            if shown.returncode == 0 and shown.stdout == content:
+            code, shown, _ = Git(root).result("show", f"{current.strip()}:{rel}")
+            if code == 0 and os.fsdecode(shown) == content:
                 return stamp - start
         time.sleep(0.002)
     return None

@@ -343,26 +343,28 @@ class Tail(Command):
         return EXIT_OK
 
 
-class Pause(Command):
+class ExecutorSwitch(Command):
+    """A command the executor carries out as it is named (pause, resume)."""
+
+    done = ""
+
+    def execute(self, config, args) -> dict:
+        return ask(config, "executor", self.name)
+
+    def render(self, data: dict) -> str:
+        return self.done.format(held=data["held"])
+
+
+class Pause(ExecutorSwitch):
     name = "pause"
     help = "stop committing and pushing (edits keep being decided and are synced on resume)"
-
-    def execute(self, config, args) -> dict:
-        return ask(config, "executor", "pause")
-
-    def render(self, data: dict) -> str:
-        return f"paused; {data['held']} paths held"
+    done = "paused; {held} paths held"
 
 
-class Resume(Command):
+class Resume(ExecutorSwitch):
     name = "resume"
     help = "commit and push again, including what was held while paused"
-
-    def execute(self, config, args) -> dict:
-        return ask(config, "executor", "resume")
-
-    def render(self, data: dict) -> str:
-        return f"resumed; {data['held']} held paths will be committed"
+    done = "resumed; {held} held paths will be committed"
 
 
 class Flush(Command):

@@ -62,3 +62,17 @@ class AutonomousMatcher:
         return any(p.search(cmdline) or (name and p.search(name)) for p in self.patterns)
 
 
+
+
+class Periodic:
+    """Says when work done every ``interval`` seconds (on the caller's clock) is due."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.next = 0.0
+
+    def due(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        self.next = now + self.interval
+        return True

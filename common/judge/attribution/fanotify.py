@@ -36,6 +36,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from gitsieve.common.judge.attribution.base import Periodic
+
 log = logging.getLogger(__name__)
 
 FAN_CLOEXEC = 0x01
@@ -132,7 +134,7 @@ class _FanotifyGroup:
         self.kept = 0
         self.overflows = 0
         self._own_pid = os.getpid()
-        self._next_prune = 0.0
+        self._pruning = Periodic(_PRUNE_EVERY)
 
     def fileno(self) -> int:
         return self.fd
@@ -158,8 +160,7 @@ class _FanotifyGroup:
                 self.on_batch()
             count += self._parse(data)
         now = self.clock()
-        if now >= self._next_prune:
-            self._next_prune = now + _PRUNE_EVERY
+        if self._pruning.due(now):
             self.prune(now)
         return count
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK, GITSIEVE_ENV_MARK
+from gitsieve.common.judge.attribution.base import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class LineageTracker:
         self.events = 0
         self.overflows = 0
         self.sock: socket.socket | None = None
-        self._next_prune = 0.0
+        self._pruning = Periodic(_PRUNE_EVERY)
         if listen:
             self.sock = self._subscribe()
         self.snapshot()
@@ -167,8 +168,7 @@ class LineageTracker:
                 continue
             count += self._parse(data)
         now = self.clock()
-        if now >= self._next_prune:
-            self._next_prune = now + _PRUNE_EVERY
+        if self._pruning.due(now):
             self.prune(now)
         return count
 

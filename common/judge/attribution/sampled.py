@@ -22,8 +22,6 @@ from typing import Callable, Iterable
 
 import psutil
 
-from gitsieve.common.protocol.states import Mode
-
 from gitsieve.common.judge.attribution.base import (
     CONFIDENCE,
     SYSTEM,
@@ -32,6 +30,7 @@ from gitsieve.common.judge.attribution.base import (
     Attribution,
     AutonomousMatcher,
 )
+from gitsieve.common.protocol.states import Mode
 
 log = logging.getLogger(__name__)
 
