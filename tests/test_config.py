@@ -207,16 +207,13 @@ def test_a_predictable_alias_base_made_by_someone_else_is_refused(workspace, mon
                                                                    tmp_path):
     """Without $XDG_RUNTIME_DIR the alias lives in /tmp/gitsieve-UID, which must be ours and
     private: a directory another user made first (mode 0777 here) is refused."""
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    base = f"/tmp/gitsieve-{os.getuid()}"
-    if os.path.lexists(base):
-        pytest.skip(f"{base} exists already on this machine")
-    os.mkdir(base)
+    from gitsieve.common.config import endpoints, runtime
+    base = tmp_path / "b"
+    base.mkdir()
     os.chmod(base, 0o777)
-    try:
-        deep = workspace.root / ("d" * 60) / ("e" * 60)
-        workspace.config(f'[runtime]\ndir = "{deep}"\n')
-        with pytest.raises(config_mod.RuntimeDirError, match="not private"):
-            config_mod.prepare_runtime_dir(workspace.load())
-    finally:
-        os.rmdir(base)
+    monkeypatch.setattr(endpoints, "private_base", lambda: base)
+    monkeypatch.setattr(runtime, "private_base", lambda: base)
+    deep = workspace.root / ("d" * 60) / ("e" * 60)
+    workspace.config(f'[runtime]\ndir = "{deep}"\n')
+    with pytest.raises(config_mod.RuntimeDirError, match="not private"):
+        config_mod.prepare_runtime_dir(workspace.load())
