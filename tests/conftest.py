@@ -311,3 +311,122 @@ def processes_mentioning(text: str) -> list:
         except psutil.Error:
             continue
     return found
+
+
+# ----- ordinary users ------------------------------------------------------------------------
+# CI runs as root; unprivileged operation is tested by creating a user and running gitsieve
+# as that user.  /root is 0700, so root's interpreter is out of their reach: they run the
+# system python3 with gitsieve and its dependencies installed (pip --target) into a
+# world-readable directory, built once per test session from this checkout.
+USER_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="session")
+def user_site():
+    """A directory holding gitsieve and its dependencies for USER_PYTHON."""
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("creating an ordinary user needs root")
+    if not os.access(USER_PYTHON, os.X_OK):
+        pytest.skip(f"{USER_PYTHON} is not installed")
+    site = Path(tempfile.mkdtemp(prefix="gitsieve-user-site-", dir="/tmp"))
+    os.chmod(site, 0o755)
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                             "--disable-pip-version-check", "--target", str(site), str(ROOT)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(site, ignore_errors=True)
+        raise AssertionError(f"pip install --target failed:\n{result.stderr}")
+    yield site
+    shutil.rmtree(site, ignore_errors=True)
+
+
+class OrdinaryUser:
+    """A real unprivileged account; its commands run through ``runuser``."""
+
+    def __init__(self, name: str, site: Path):
+        import pwd
+        self.name, self.site = name, site
+        entry = pwd.getpwnam(name)
+        self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
+
+    def env(self, extra: dict | None = None) -> dict:
+        return {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name,
+                "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(self.site),
+                "LC_ALL": "C.UTF-8", **(extra or {})}
+
+    def command(self, *args: str, env: dict | None = None) -> list[str]:
+        settings = [f"{key}={value}" for key, value in self.env(env).items()]
+        return ["runuser", "-u", self.name, "--", "env", "-i", *settings, *args]
+
+    def run(self, *args: str, env: dict | None = None, timeout: float = 60,
+            **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args, env=env), capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
+
+    def popen(self, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*args, env=env), start_new_session=True,
+                                **kwargs)
+
+    def gitsieve(self, *args: str, env: dict | None = None) -> list[str]:
+        """The command line of ``gitsieve ARGS`` run as this user."""
+        return self.command(USER_PYTHON, "-m", "gitsieve.common.tools.cli", *args, env=env)
+
+    def write(self, path: Path, text: str) -> None:
+        """Write a file as this user (so its writer is the user's own process)."""
+        self.run(USER_PYTHON, "-c", "import os, sys; os.makedirs(os.path.dirname(sys.argv[1])"
+                 " or '.', exist_ok=True); open(sys.argv[1], 'w').write(sys.argv[2])",
+                 str(path), text).check_returncode()
+
+
+@pytest.fixture
+def ordinary_user(user_site):
+    """A fresh unprivileged user (removed afterwards, with every process of theirs)."""
+    import uuid
+    name = f"gsu{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    try:
+        yield OrdinaryUser(name, user_site)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        time.sleep(0.2)
+        subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+
+
+class UserWorkspace(Workspace):
+    """A workspace (and its bare remote) owned by an ordinary user; git runs as them."""
+
+    def __init__(self, root: Path, remote: Path, user: OrdinaryUser):
+        super().__init__(root, remote)
+        self.user = user
+
+    def git(self, *args, check=True) -> str:
+        result = self.user.run("git", "-C", str(self.root), *args, env=GIT_ENV)
+        if check and result.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)} failed: {result.stderr}")
+        return result.stdout
+
+    def write(self, rel: str, text: str) -> Path:
+        target = self.root / rel
+        self.user.write(target, text)
+        return target
+
+    def remote_head(self, branch: str = "main") -> str:
+        return self.user.run("git", "-C", str(self.remote), "rev-parse",
+                             branch).stdout.strip()
+
+
+@pytest.fixture
+def user_workspace(ordinary_user) -> UserWorkspace:
+    """A workspace with a bare ``origin``, both owned by ``ordinary_user``, in a directory
+    that user can reach."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-userws-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    os.chown(base, ordinary_user.uid, ordinary_user.gid)
+    made = create_workspace(base)
+    subprocess.run(["chown", "-R", f"{ordinary_user.uid}:{ordinary_user.gid}", str(base)],
+                   check=True)
+    yield UserWorkspace(made.root, made.remote, ordinary_user)
+    subprocess.run(["rm", "-rf", str(base)])

@@ -11,6 +11,8 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 INSTALLED = Path(sys.prefix) / "share" / "gitsieve"
+# ``pip install --target DIR`` puts the data files beside the packages: DIR/share/gitsieve
+TARGET = Path(__file__).resolve().parents[3] / "share" / "gitsieve"
 
 
 class ResourceMissing(FileNotFoundError):
@@ -19,7 +21,7 @@ class ResourceMissing(FileNotFoundError):
 
 def resource(*parts: str) -> Path:
     """The path of a shipped file, e.g. ``resource("scripts", "churn.py")``."""
-    for base in (CHECKOUT, INSTALLED):
+    for base in (CHECKOUT, INSTALLED, TARGET):
         candidate = base.joinpath(*parts)
         if candidate.is_file():
             return candidate
