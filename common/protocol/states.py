@@ -153,12 +153,23 @@ class Hold(StrEnum):
     BRANCH = "branch"
     PUSH_BACKOFF = "push-backoff"
     PUSH_STOPPED = "push-stopped"
+    # one path's own reasons (explain, flush), whatever the executor's overall state
+    STAGED_BY_YOU = "staged-by-you"          # part of its change is staged in the index
+    OPEN_FOR_WRITING = "open-for-writing"    # a process still writes it (debouncer)
+    FEEDBACK_LOOP = "feedback-loop"          # changes only after gitsieve's commits
+    SECRET = "secret"                        # the guard found a secret in it
+    OVERSIZED = "oversized"                  # new or grown past [guard] max_new_file_mb
+    NESTED_REPOSITORY = "nested-repository"  # a repository inside the workspace
+    HISTORY_REWRITTEN = "history-rewritten"  # pushed history was amended or rebased
 
 
 # Holds that only a person ends (or time, for the rate limit): `actorctl flush` stops
 # waiting on them and reports them.
 WAITS_ON_A_PERSON = frozenset({Hold.PAUSED, Hold.HEALTH, Hold.HEALTH_STALE, Hold.RATE_LIMIT,
-                               Hold.BRANCH, Hold.PUSH_STOPPED, Hold.RUNAWAY})
+                               Hold.BRANCH, Hold.PUSH_STOPPED, Hold.RUNAWAY,
+                               Hold.STAGED_BY_YOU, Hold.FEEDBACK_LOOP, Hold.SECRET,
+                               Hold.OVERSIZED, Hold.NESTED_REPOSITORY,
+                               Hold.HISTORY_REWRITTEN})
 
 _TEXT.update({
     Hold.NOTHING: "nothing held",
@@ -172,6 +183,14 @@ _TEXT.update({
     Hold.BRANCH: "{detail}",
     Hold.PUSH_BACKOFF: "push back-off after: {detail}",
     Hold.PUSH_STOPPED: "push stopped: {detail}",
+    Hold.STAGED_BY_YOU: "staged by you: part of this change is in the index; it is "
+                        "synced once you commit or unstage it",
+    Hold.OPEN_FOR_WRITING: "still open for writing: {detail}",
+    Hold.FEEDBACK_LOOP: "feedback loop: {detail}",
+    Hold.SECRET: "secret found: {detail}",
+    Hold.OVERSIZED: "too large: {detail}",
+    Hold.NESTED_REPOSITORY: "a nested git repository: commit in it, or add it as a submodule",
+    Hold.HISTORY_REWRITTEN: "history rewritten: {detail}",
 })
 
 
