@@ -17,7 +17,7 @@ import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.content_judge import ContentJudge
-from gitsieve.common.protocol.messages import Change, CommitReport, Decision
+from gitsieve.common.protocol.messages import Change, CommitReport, Decision, decide
 from gitsieve.common.protocol.states import Content
 from gitsieve.common.protocol.trail import ContentStep, l1_action, step_of
 
@@ -50,10 +50,8 @@ class ContentLayer(Actor):
     def on_change(self, change: Change) -> None:
         step = self.judge.judge(change)
         self.stats[f"verdict_{step.verdict}"] += 1
-        self.send(self.decisions, Decision(
-            path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
-            observed=change.observed, commit=step.verdict == Content.USER,
-            action=l1_action(change.trail), trail=(*change.trail, step)))
+        self.send(self.decisions, decide(change, step.verdict == Content.USER,
+                                         l1_action(change.trail), (*change.trail, step)))
 
     def extra_status(self) -> dict:
         return {**{key: count for key, count in self.stats.items() if key.startswith("verdict_")},

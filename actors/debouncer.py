@@ -20,8 +20,9 @@ from collections import OrderedDict, deque
 
 import zmq
 
+from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.judge.debounce import Debounce
+from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
 from gitsieve.common.judge.learning import Learner
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
@@ -43,7 +44,9 @@ class Debouncer(Actor):
     def __init__(self, config, instance=None):
         super().__init__(config, instance)
         self.clock = time.monotonic
-        self.debounce = Debounce(config)
+        # Decisions beyond what the watcher issued are dropped (see common.actor.runs).
+        self.issued = runs.IssuedBound(config.runtime_dir / runs.FILE_NAME)
+        self.debounce = Debounce(config, issued=self.issued.current)
         self.learner = Learner(config)
         self.backlog: deque[bytes] = deque()  # encoded batches the executor has not taken
         self.next_batch_id = 1
@@ -63,10 +66,19 @@ class Debouncer(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
-        stale = self.debounce.is_stale(decision)
-        self.note_decision(decision, stale)
+        intake = self.debounce.intake(decision, self.clock())
+        if intake == Intake.NOT_ISSUED:
+            # Never issued by the watcher: a forged or corrupt frame, neither learned from
+            # nor shown, so it cannot make the path's real changes look stale.
+            self.stats["not_issued"] += 1
+            self.stats["bad_frames"] += 1
+            self.log.warning("%s: dropped a decision for %r with (epoch, seq) %s beyond what "
+                             "the watcher issued", self.actor_id, decision.path,
+                             (decision.epoch, decision.seq))
+            return
+        self.note_decision(decision, intake == Intake.STALE)
         self.learn_from(decision)
-        if not self.debounce.add(decision, self.clock()):
+        if intake == Intake.STALE:
             self.stats["stale"] += 1
             return
         self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
@@ -83,8 +95,9 @@ class Debouncer(Actor):
         made = 0
         for start in range(0, len(due), MAX_BATCH_PATHS):
             chunk = due[start:start + MAX_BATCH_PATHS]
-            for path, _ in chunk:
-                self.note_batched(path, self.next_batch_id)
+            for path, state in chunk:
+                self.note_batched(path, self.next_batch_id,
+                                  state.open_past(now, self.config.debounce_open_max))
             batch = Batch(batch_id=self.next_batch_id, paths=tuple(p for p, _ in chunk),
                           observed=tuple(state.observed for _, state in chunk),
                           created=time.time(),
@@ -113,7 +126,7 @@ class Debouncer(Actor):
         self.flush_due(now)
         if self.backlog:
             self.send_backlog()
-        if now >= self._next_forget:
+        if now >= self._next_forget or len(self.debounce.paths) > MAX_TRACKED:
             self._next_forget = now + _FORGET_EVERY
             self.debounce.forget_settled(now)
 
@@ -144,15 +157,21 @@ class Debouncer(Actor):
             "received": time.time(),
             "quiet": self.config.debounce_for(decision.path, decision.action)
             if decision.commit else None,
-            "batched": None, "batch_id": None, "stale_dropped": 0}
+            "batched": None, "batch_id": None, "stale_dropped": 0,
+            "written": decision.written, "open_since": decision.open_since,
+            "partners": list(decision.partners), "note": ""}
         self.trails.move_to_end(decision.path)
         while len(self.trails) > EXPLAIN_PATHS:
             self.trails.popitem(last=False)
 
-    def note_batched(self, path: str, batch_id: int) -> None:
+    def note_batched(self, path: str, batch_id: int, still_open: bool = False) -> None:
         record = self.trails.get(path)
         if record is not None:
             record["batched"], record["batch_id"] = time.time(), batch_id
+            if still_open:
+                record["note"] = (f"open for writing longer than [debounce] open_max "
+                                  f"({self.config.debounce_open_max:g}s): committed as it "
+                                  f"was after its quiet period")
 
     def explain_paths(self, paths: list | None = None) -> dict:
         """The latest decision of each path with its debounce timing (None: never seen
@@ -167,8 +186,11 @@ class Debouncer(Actor):
                 found[path] = None
                 continue
             due_in = self.debounce.due_in(path, now)
+            hold = self.debounce.hold(path, now)
             found[path] = {**record, "pending": due_in is not None,
-                           "due_in": None if due_in is None else round(due_in, 3)}
+                           "due_in": None if due_in is None else round(due_in, 3),
+                           "hold": None if hold is None else hold.hold,
+                           "held_reason": "" if hold is None else hold.text}
         return {"paths": found}
 
     def flush_now(self) -> dict:
@@ -177,7 +199,11 @@ class Debouncer(Actor):
         flushed = self.debounce.make_all_due(now)
         self.flush_due(now)
         self.stats["flushes"] += 1
-        return {"flushed": flushed, "backlog_batches": len(self.backlog)}
+        held = {path: self.debounce.hold(path, now) for path in sorted(self.debounce.pending)}
+        return {"flushed": flushed, "backlog_batches": len(self.backlog),
+                "held": {path: {"hold": why.hold, "held_reason": why.text}
+                         for path, why in list(held.items())[:_PENDING_LIST_LIMIT]
+                         if why is not None}}
 
     def queue_depth(self) -> int:
         return len(self.debounce.pending)
@@ -210,7 +236,9 @@ class Debouncer(Actor):
         return {"pending": len(self.debounce.pending),
                 "tracked_paths": len(self.debounce.paths),
                 "backlog_batches": len(self.backlog), "batches": self.stats["batches"],
-                "stale": self.stats["stale"], "last_commit": self.last_commit,
+                "stale": self.stats["stale"], "not_issued": self.stats["not_issued"],
+                "early_releases": self.debounce.early_releases,
+                "move_links": len(self.debounce.links), "last_commit": self.last_commit,
                 "decisions_commit": self.stats["decisions_commit"],
                 "decisions_skip": self.stats["decisions_skip"]}
 

@@ -18,7 +18,7 @@ import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.pattern import PatternJudge
-from gitsieve.common.protocol.messages import Change, Decision
+from gitsieve.common.protocol.messages import Change, Decision, decide
 from gitsieve.common.protocol.states import Action
 from gitsieve.common.protocol.trail import PatternStep
 
@@ -66,9 +66,7 @@ class PatternLayer(Actor):
 
 
 def decision_of(change: Change, step: PatternStep) -> Decision:
-    return Decision(path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
-                    observed=change.observed, commit=step.action == Action.ALLOW,
-                    action=step.action, trail=(*change.trail, step))
+    return decide(change, step.action == Action.ALLOW, step.action, (*change.trail, step))
 
 
 if __name__ == "__main__":

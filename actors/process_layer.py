@@ -21,7 +21,7 @@ import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.process import ProcessJudge
-from gitsieve.common.protocol.messages import Change, Decision
+from gitsieve.common.protocol.messages import Change, Decision, decide
 from gitsieve.common.protocol.states import Writer
 from gitsieve.common.protocol.trail import ProcessStep, l1_action, step_of
 
@@ -54,10 +54,7 @@ class ProcessLayer(Actor):
         self.stats[f"verdict_{step.verdict}"] += 1
         trail = (*change.trail, step)
         if self.judge.drops(step):
-            self.send(self.decisions, Decision(
-                path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
-                observed=change.observed, commit=False, action=l1_action(change.trail),
-                trail=trail))
+            self.send(self.decisions, decide(change, False, l1_action(change.trail), trail))
         else:
             self.send_change(self.to_content, dataclasses.replace(change, trail=trail),
                              priority=step.verdict == Writer.USER)

@@ -3,34 +3,59 @@
 Sockets:
   - PUSH  connect  endpoints.stage_in("l1")   Change out (to the router's l1 stage)
   - SUB   connect  endpoints.health           HealthStatus in (its actors map: id -> pid)
+  - SUB   connect  endpoints.feed             Decision in (the debouncer's feed: which
+                                              changes are decided, read without a full decode)
   - (plus the inotify file descriptor, watched in the poll loop)
-Messages in: HealthStatus.  Messages out: Change (source "inotify" or "reconcile").
+Messages in: HealthStatus, Decision.  Messages out: Change (source "inotify" or
+"reconcile").
 
 Every directory of the workspace is watched except ``.git`` (at any depth) and the runtime
-directory.  Close-write is the main signal; MODIFY/ATTRIB are reported at most once per
-path per ``config.modify_interval`` (with a trailing report), so a file appended forever
-without being closed is still seen.  Renames are paired by cookie within one read.  A
-periodic reconcile against ``git status`` (and a full rescan after a queue overflow)
-catches whatever inotify missed.  ZeroMQ drops what was in flight to a process that dies,
-so whenever the health monitor's actors map shows an actor restarted (new pid) or newly
-appeared, the watcher reconciles again (``RESTART_RECONCILE_DELAY`` later, coalescing a
-burst of restarts into one): the file system and ``git status`` are the source of truth.
+directory.  The events of one read are folded per path, so a path written a thousand times
+between two reads is reported once.  Each Change carries what the watcher knows of the
+writing (:mod:`gitsieve.common.judge.writing`): the last real write and whether a process
+still holds the file open for writing (created or modified, not yet closed).  A file that
+becomes open is reported at once, so the debouncer holds it; a close is reported at once;
+MODIFY/ATTRIB of a file already open are reported at most once per path per
+``config.modify_interval`` (with a trailing report).  The two sides of a move (a cookie
+pair, even across two reads; or a removal and a file found in a directory watched too late,
+with equal blobs) name each other as ``partners``, so the debouncer releases them together.
+
+``(epoch, seq)`` orders changes: ``epoch`` is the watcher run from the persisted run counter
+(:mod:`gitsieve.common.actor.runs`), never the wall clock.
+
+A periodic reconcile against ``git status`` (and a full rescan after a queue overflow)
+catches whatever inotify missed; it sends only paths not already in flight (sent, and no
+decision for them seen on the debouncer's feed yet; a mark expires after
+``IN_FLIGHT_EXPIRY`` seconds, and all marks go when any actor restarts or the router reports
+changes lost).  ZeroMQ drops what was in flight to a process that dies, so whenever the
+health monitor's actors map shows an actor restarted (new pid) or newly appeared, the
+watcher reconciles again (``RESTART_RECONCILE_DELAY`` later, coalescing a burst of restarts
+into one): the file system and ``git status`` are the source of truth.
+
+inotify's queue holds ``/proc/sys/fs/inotify/max_queued_events`` events (16384 by default);
+the watcher drains it every poll round, and on an overflow rescans and reconciles.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+import stat
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 import inotify_simple
+import msgpack
 import zmq
 from inotify_simple import flags
 
+from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.git.gateway import Git, GitError
+from gitsieve.common.git.gateway import Git, GitError, nul_joined
+from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.pattern import observe, urgent
 from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.judge.writing import MoveTracker, WriteTracker, Writing
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import DELETE, WRITE, HealthStatus
 from gitsieve.common.protocol.states import ChangeKind
@@ -42,6 +67,11 @@ _UNSENT_RETRY = 0.02  # seconds between attempts to flush Changes the socket ref
 # Seconds between seeing an actor restart and reconciling: restarts in a burst (a runner
 # restarting several actors) coalesce into one reconcile.
 RESTART_RECONCILE_DELAY = 0.5
+# A path sent and not seen decided is "in flight" (a reconcile skips it) this long at most.
+IN_FLIGHT_EXPIRY = 30.0
+MAX_IN_FLIGHT = 100_000  # marks kept; past it the oldest go (their paths are sent again)
+MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
+_FEED_LIMIT = 5000  # feed frames read per poll round
 
 
 class Watcher(Actor):
@@ -53,8 +83,14 @@ class Watcher(Actor):
         super().__init__(config, instance)
         self.root = str(config.workspace)
         self.git = Git(config.workspace)
-        self.epoch = self.started
+        self.runs: runs.RunCounter | None = None
+        self.epoch = 0.0  # the run number, once setup() has counted this run
         self.seq = 0
+        self.writing = WriteTracker()
+        self.moves = MoveTracker(window=max(config.debounce_default, 1.0))
+        self.next_match = 0.0
+        self.in_flight: OrderedDict[str, tuple[int, float]] = OrderedDict()  # seq, sent at
+        self.router_lost = 0  # changes the router reported lost or dropped, as last seen
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
         self.rules = RuleCache(config.patterns_file)
@@ -74,9 +110,13 @@ class Watcher(Actor):
         self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
 
     def setup(self) -> None:
+        self.runs = runs.RunCounter(self.config.runtime_dir / runs.FILE_NAME)
+        self.epoch = float(self.runs.run)
         self.out = self.connect(zmq.PUSH, self.config.endpoints.stage_in("l1"))
         health = self.connect(zmq.SUB, self.config.endpoints.health, hwm=100)
         self.add_input(health, {HealthStatus: self.on_health})
+        self.feed = self.connect(zmq.SUB, self.config.endpoints.feed, hwm=50_000)
+        self.watch_fd(self.feed, self._take_feed)
         self.watch_fd(self.inotify.fileno(), self._read_events)
         self._watch_tree("")
         self.log.info("watching %d directories under %s", len(self.wd_to_path), self.root)
@@ -186,6 +226,8 @@ class Watcher(Actor):
         for table in (self.last_report, self.trailing):
             for path in [p for p in table if p.startswith(old_prefix)]:
                 del table[path]
+        for path in [p for p in self.writing.paths if p.startswith(old_prefix)]:
+            self.writing.moved(path, new + path[len(old):])
 
     def _log_scan_progress(self, next_progress: float, queued: int) -> float:
         """Log how far a long scan got, at most once per ``progress_every``; return when
@@ -199,10 +241,10 @@ class Watcher(Actor):
         return now + self.progress_every
 
     def reconcile_now(self) -> dict:
-        """Control command (`actorctl flush`): report every dirty path now.  Every Change
-        this sends is ordered after ``(epoch, seq_before)``."""
+        """Control command (`actorctl flush`): report every dirty path now, in flight or
+        not (a barrier).  Every Change this sends is ordered after ``(epoch, seq_before)``."""
         seq_before = self.seq
-        self.reconcile()
+        self.reconcile(skip_in_flight=False)
         self._flush()
         return {"epoch": self.epoch, "seq_before": seq_before, "seq_after": self.seq,
                 "unsent": len(self.unsent)}
@@ -229,14 +271,28 @@ class Watcher(Actor):
             return []
 
     # ----- output ---------------------------------------------------------------------
-    def emit(self, path: str, kind: ChangeKind, observed: float, source: str = "inotify") -> None:
+    def emit(self, path: str, kind: ChangeKind, observed: float, source: str = "inotify",
+             partners=()) -> None:
         if self.excluded(path):
             return
+        now = time.monotonic()
         self.seq += 1
-        change = observe(path, kind, self.seq, self.epoch, observed, self.rules, source)
+        self.runs.issue(self.seq)
+        facts = self.writing.facts(path) if kind == WRITE else Writing()
+        named = set(partners).union(self.moves.partners(path, now))
+        named.discard(path)
+        change = dataclasses.replace(
+            observe(path, kind, self.seq, self.epoch, observed, self.rules, source),
+            written=facts.written, open_since=facts.open_since,
+            partners=tuple(sorted(p for p in named if not self.excluded(p))
+                           [:messages.MAX_PARTNERS]))
         frames = messages.stage_frames(change, priority=urgent(change))
-        self.last_report[path] = time.monotonic()
+        self.last_report[path] = now
         self.trailing.pop(path, None)
+        self.in_flight[path] = (self.seq, now)
+        self.in_flight.move_to_end(path)
+        while len(self.in_flight) > MAX_IN_FLIGHT:
+            self.in_flight.popitem(last=False)
         self.stats["changes_sent"] += 1
         self.stats[f"changes_{source}"] += 1
         self.unsent.append(frames)
@@ -251,8 +307,9 @@ class Watcher(Actor):
             self.unsent.popleft()
             self.stats["messages_out"] += 1
 
-    def reconcile(self) -> None:
-        """Report every path git sees as differing from HEAD (or untracked)."""
+    def reconcile(self, skip_in_flight: bool = True) -> None:
+        """Report every path git sees as differing from HEAD (or untracked); with
+        ``skip_in_flight``, not those sent and not yet seen decided."""
         try:
             paths = self.git.dirty_paths()
         except GitError as exc:
@@ -260,14 +317,51 @@ class Watcher(Actor):
             self.log.error("reconcile failed: %s", exc)
             return
         observed = time.time()
+        self._expire_in_flight(time.monotonic())
         for path in paths:
             if path.endswith("/"):
                 # A nested repository shows as one untracked directory; not a file to commit.
                 self.stats["reconcile_skipped_dirs"] += 1
                 continue
+            if skip_in_flight and path in self.in_flight:
+                self.stats["reconcile_in_flight"] += 1
+                continue
             kind = WRITE if os.path.lexists(self._abs(path)) else DELETE
             self.emit(path, kind, observed, source="reconcile")
         self.stats["reconciles"] += 1
+
+    # ----- in flight: sent, no decision seen yet ------------------------------------------
+    def _take_feed(self) -> None:
+        """Decisions on the debouncer's feed end their paths' in-flight marks.  Only path,
+        epoch and seq are read: a full decode of every decision would cost more than the
+        reconcile it saves."""
+        for _ in range(_FEED_LIMIT):
+            try:
+                frame = self.feed.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                _, name, body = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                                                unicode_errors="surrogateescape")
+                if name != "Decision":
+                    raise ValueError(f"unexpected {name!r}")
+                path, epoch, seq = body["path"], body["epoch"], body["seq"]
+            except Exception as exc:  # msgpack raises several unrelated types on bad input
+                self.stats["bad_frames"] += 1
+                self.log.debug("feed: unreadable frame: %s", exc)
+                continue
+            mark = self.in_flight.get(path) if isinstance(path, str) else None
+            if mark is not None and epoch == self.epoch and isinstance(seq, int) \
+                    and seq >= mark[0]:
+                del self.in_flight[path]
+
+    def _expire_in_flight(self, now: float) -> None:
+        while self.in_flight:
+            _, sent = next(iter(self.in_flight.values()))
+            if now - sent <= IN_FLIGHT_EXPIRY:
+                break
+            self.in_flight.popitem(last=False)
+            self.stats["in_flight_expired"] += 1
 
     # ----- inotify --------------------------------------------------------------------
     def _read_events(self) -> None:
@@ -279,13 +373,14 @@ class Watcher(Actor):
             return
         if not events:
             return
-        observed = time.time()
+        observed, now = time.time(), time.monotonic()
         self.stats["events"] += len(events)
         moved_from = {e.cookie: e for e in events if e.mask & flags.MOVED_FROM}
-        moved_to = {e.cookie for e in events if e.mask & flags.MOVED_TO}
-        redundant = self._redundant_events(events)
+        moved_to = {e.cookie: e for e in events if e.mask & flags.MOVED_TO}
+        # path -> [kind, partners]: one report per path for the whole read
+        folded: dict[str, list] = {}
         overflow = False
-        for index, event in enumerate(events):
+        for event in events:
             if event.mask & flags.Q_OVERFLOW:
                 overflow = True
                 continue
@@ -301,37 +396,28 @@ class Watcher(Actor):
                 continue
             path = self._join(parent, event.name)
             if event.mask & flags.ISDIR:
-                self._dir_event(event, path, moved_from, moved_to, observed)
-            elif index in redundant:
-                self.stats["events_coalesced"] += 1
+                self._dir_event(event, path, moved_from, moved_to, folded, now)
             else:
-                self._file_event(event, path, observed)
+                self._file_event(event, path, moved_from, moved_to, folded, now)
+        self.stats["events_folded"] += len(events) - len(folded)
+        for path, (kind, partners) in folded.items():
+            self.emit(path, kind, observed, partners=partners)
+        self._match_moves(now, observed)
         if overflow:
             self.stats["overflows"] += 1
-            self.log.warning("inotify queue overflowed; rescanning the workspace and "
-                             "reconciling with git status")
+            self.log.warning("inotify queue overflowed (fs.inotify.max_queued_events); "
+                             "rescanning the workspace and reconciling with git status")
             self.rescan()
             self.reconcile()
 
     @staticmethod
-    def _redundant_events(events) -> set[int]:
-        """Indexes of file CREATE/MODIFY/ATTRIB events that a later close-write of the same
-        name in this batch reports anyway (no delete or rename of the name in between)."""
-        redundant: set[int] = set()
-        closes_later: set[tuple[int, str]] = set()
-        touch = flags.CREATE | flags.MODIFY | flags.ATTRIB
-        for index in range(len(events) - 1, -1, -1):
-            event = events[index]
-            if event.mask & flags.ISDIR or not event.name:
-                continue
-            key = (event.wd, event.name)
-            if event.mask & flags.CLOSE_WRITE:
-                closes_later.add(key)
-            elif event.mask & (flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO):
-                closes_later.discard(key)
-            elif event.mask & touch and key in closes_later:
-                redundant.add(index)
-        return redundant
+    def _fold(folded: dict, path: str, kind: ChangeKind, partners=()) -> None:
+        entry = folded.get(path)
+        if entry is None:
+            folded[path] = [kind, set(partners)]
+        else:
+            entry[0] = kind
+            entry[1].update(partners)
 
     def _drop_wd(self, wd: int) -> None:
         path = self.wd_to_path.pop(wd, None)
@@ -344,55 +430,162 @@ class Watcher(Actor):
             self.record_error("workspace directory deleted or moved")
             self.log.error("the workspace directory itself was deleted or moved")
 
-    def _file_event(self, event, path: str, observed: float) -> None:
+    def _partner_of(self, event, events: dict) -> str | None:
+        """The other name of a cookie-paired move in this read, if it is watched."""
+        partner = events.get(event.cookie)
+        if partner is None:
+            return None
+        parent = self.wd_to_path.get(partner.wd)
+        return None if parent is None else self._join(parent, partner.name)
+
+    def _file_event(self, event, path: str, moved_from: dict, moved_to: dict,
+                    folded: dict, now: float) -> None:
         mask = event.mask
-        if mask & (flags.DELETE | flags.MOVED_FROM):
-            self.emit(path, DELETE, observed)
-        elif mask & (flags.CLOSE_WRITE | flags.CREATE | flags.MOVED_TO):
-            self.emit(path, WRITE, observed)
+        if mask & flags.MOVED_FROM:
+            new = self._partner_of(event, moved_to)
+            if new is not None:
+                self.moves.pair(path, new, now)
+                self.writing.moved(path, new)
+            else:
+                self.moves.moved_from(event.cookie, path, now)
+                self.moves.removed(path, now)
+                self.writing.gone(path)
+            self._fold(folded, path, DELETE)
+        elif mask & flags.MOVED_TO:
+            if event.cookie not in moved_from:
+                old = self.moves.take_cookie(event.cookie, now)
+                if old is not None:  # its IN_MOVED_FROM came in the previous read
+                    self.moves.pair(old, path, now)
+                    self._fold(folded, old, DELETE)
+                else:
+                    self.moves.arrived(path, now)
+            self._fold(folded, path, WRITE)
+        elif mask & flags.DELETE:
+            self.writing.gone(path)
+            self.moves.removed(path, now)
+            self._fold(folded, path, DELETE)
+        elif mask & flags.CLOSE_WRITE:
+            self.writing.closed(path, now)
+            self._fold(folded, path, WRITE)
+        elif mask & flags.CREATE:
+            if self._regular_single_link(path):
+                self.writing.wrote(path, now)  # created by open(): written until closed
+            self.moves.arrived(path, now)
+            self._fold(folded, path, WRITE)
         elif mask & (flags.MODIFY | flags.ATTRIB):
-            now = time.monotonic()
+            opened = bool(mask & flags.MODIFY) and self.writing.wrote(path, now)
             due = self.last_report.get(path, float("-inf")) + self.config.modify_interval
-            if now >= due:
-                self.emit(path, WRITE, observed)
+            if opened or now >= due or path in folded:
+                self._fold(folded, path, WRITE)  # a file just opened is told at once
             else:
                 self.trailing[path] = due
 
-    def _dir_event(self, event, path: str, moved_from: dict, moved_to: set,
-                   observed: float) -> None:
+    def _regular_single_link(self, path: str) -> bool:
+        """A regular file with one name: created by open() (a symlink, a FIFO or a hard
+        link has no writer to wait for)."""
+        try:
+            info = os.lstat(self._abs(path))
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+    def _dir_event(self, event, path: str, moved_from: dict, moved_to: dict, folded: dict,
+                   now: float) -> None:
         mask = event.mask
         if mask & flags.CREATE:
             for file in self._watch_tree(path):
-                self.emit(file, WRITE, observed)
+                self.moves.arrived(file, now)
+                self._fold(folded, file, WRITE)
         elif mask & flags.MOVED_TO:
-            partner = moved_from.get(event.cookie)
-            old = None
-            if partner is not None:
-                old_parent = self.wd_to_path.get(partner.wd)
-                old = self._join(old_parent, partner.name) if old_parent is not None else None
+            old = self._partner_of(event, moved_from)
+            removed: list[str] = []
             if old is not None and not self.excluded(old) and old in self.path_to_wd:
                 # Renamed inside the workspace: the watches travel with the directory.
                 if self.excluded(path):
                     self._unwatch_tree(old)
                 else:
                     self._rename_tree(old, path)
-                for file in self._tracked_under(old):
-                    self.emit(file, DELETE, observed)
+                removed = self._tracked_under(old)
             if self.excluded(path):
+                for file in removed:
+                    self._fold(folded, file, DELETE)
                 return
             # Renamed or moved in from outside: every file below counts as written.
-            for file in self._watch_tree(path):
-                self.emit(file, WRITE, observed)
+            arrived = set(self._watch_tree(path))
+            for file in removed:
+                moved = path + file[len(old):]
+                if moved in arrived:
+                    self.moves.pair(file, moved, now)
+                self._fold(folded, file, DELETE)
+            for file in arrived:
+                if old is None:
+                    self.moves.arrived(file, now)
+                self._fold(folded, file, WRITE)
         elif mask & flags.MOVED_FROM:
             if event.cookie in moved_to:
                 return  # handled with its MOVED_TO partner
             self._unwatch_tree(path)
+            self.writing.gone_below(path + "/")
             for file in self._tracked_under(path):
-                self.emit(file, DELETE, observed)
+                self.moves.removed(file, now)
+                self._fold(folded, file, DELETE)
         elif mask & flags.DELETE:
             # Its files were reported one by one; IN_IGNORED drops the watches as well.
             for sub in self._subtree(path):
                 self.wd_to_path.pop(self.path_to_wd.pop(sub), None)
+
+    # ----- moves inotify could not pair: equal blobs ----------------------------------------
+    def _match_moves(self, now: float, observed: float) -> None:
+        """Pair a removal and a file that appeared (a move into a directory watched too
+        late) when the removed path's blob in the index equals the new file's."""
+        self.moves.expire(now)
+        if not self.moves.unmatched() or now < self.next_match:
+            return
+        self.next_match = now + MATCH_EVERY
+        unchecked = [p for p, c in self.moves.removals.items() if not c.checked]
+        if unchecked:
+            blobs = self._index_blobs(unchecked)
+            for path in unchecked:
+                candidate = self.moves.removals[path]
+                candidate.checked, candidate.blob = True, blobs.get(path)
+        lengths = {len(c.blob) for c in self.moves.removals.values() if c.blob}
+        if not lengths:
+            return
+        for path, candidate in self.moves.arrivals.items():
+            if candidate.checked or self.writing.is_open(path):
+                continue  # still being written: its blob is not final yet
+            candidate.checked = True
+            candidate.blob = self._blob_of(path, lengths.pop() if len(lengths) == 1 else 40)
+        for removed, arrived in self.moves.match(now):
+            self.stats["moves_matched"] += 1
+            self.emit(removed, DELETE, observed)
+            self.emit(arrived, WRITE, observed)
+
+    def _index_blobs(self, paths: list[str]) -> dict[str, str]:
+        try:
+            out = self.git.run("--literal-pathspecs", "--no-optional-locks", "ls-files",
+                               "--stage", "-z", "--pathspec-from-file=-",
+                               "--pathspec-file-nul", input=nul_joined(paths))
+        except GitError as exc:
+            self.record_error(f"ls-files --stage: {exc}")
+            return {}
+        blobs = {}
+        for entry in out.split(b"\0"):
+            meta, _, name = entry.partition(b"\t")
+            fields = meta.split()
+            if len(fields) == 3:
+                blobs[os.fsdecode(name)] = fields[1].decode("ascii", "replace")
+        return blobs
+
+    def _blob_of(self, path: str, length: int) -> str | None:
+        target = self._abs(path)
+        try:
+            info = os.lstat(target)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.config.max_analyze_bytes:
+                return None
+            return git_blob_id(target, length)
+        except OSError:  # gone again, or unreadable: no move to pair
+            return None
 
     # ----- loop hooks -----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
@@ -403,6 +596,8 @@ class Watcher(Actor):
             for path in [p for p, due in self.trailing.items() if due <= now]:
                 self.trailing.pop(path)
                 self.emit(path, WRITE if os.path.lexists(self._abs(path)) else DELETE, wall)
+        if self.moves.unmatched() and now >= self.next_match:
+            self._match_moves(now, time.time())
         if self.next_reconcile is not None and now >= self.next_reconcile:
             self.next_reconcile = now + self.config.reconcile_interval
             self.reconcile()
@@ -422,6 +617,8 @@ class Watcher(Actor):
             waits.append(_UNSENT_RETRY)
         if self.trailing:
             waits.append(min(self.trailing.values()) - now)
+        if self.moves.unmatched():
+            waits.append(self.next_match - now)
         if self.next_reconcile is not None:
             waits.append(self.next_reconcile - now)
         if self.restart_reconcile_at is not None:
@@ -432,10 +629,15 @@ class Watcher(Actor):
         return len(self.unsent)
 
     def extra_status(self) -> dict:
-        return {"watches": len(self.wd_to_path),
+        return {"watches": len(self.wd_to_path), "epoch": self.epoch,
                 "overflows": self.stats["overflows"], "rescans": self.stats["rescans"],
                 "changes_sent": self.stats["changes_sent"],
+                "events_folded": self.stats["events_folded"],
                 "reconciles": self.stats["reconciles"],
+                "reconcile_in_flight": self.stats["reconcile_in_flight"],
+                "in_flight": len(self.in_flight),
+                "open_for_writing": sum(1 for w in self.writing.paths.values() if w.open_since),
+                "moves_matched": self.stats["moves_matched"],
                 "restart_reconciles": self.stats["restart_reconciles"],
                 "restarts_seen": list(self.restarts_seen),
                 "rules_error": self.rules.error}
@@ -460,12 +662,33 @@ class Watcher(Actor):
             self.actor_pids[actor_id] = pid
             self.actor_alive[actor_id] = alive
         self.health_seen = True
+        lost = self._router_lost(status.actors.get("router"))
+        if lost > self.router_lost:
+            changed.append(f"router lost {lost - self.router_lost} change(s)")
+        self.router_lost = lost
         if changed:
             self.restarts_seen.extend(changed)
             self.log.info("actor restart seen: %s; reconciling with git status",
                           ", ".join(changed))
+            # What was in flight may have died with it: every path is sent again.
+            self.in_flight.clear()
             if self.restart_reconcile_at is None:
                 self.restart_reconcile_at = time.monotonic() + RESTART_RECONCILE_DELAY
+
+    @staticmethod
+    def _router_lost(info) -> int:
+        """Changes the router counted lost (with departed workers) or dropped at its cap."""
+        stats = info.get("stats") if isinstance(info, dict) else None
+        stages = stats.get("stages") if isinstance(stats, dict) else None
+        if not isinstance(stages, dict):
+            return 0
+        total = 0
+        for stage in stages.values():
+            if isinstance(stage, dict):
+                for key in ("lost", "dropped"):
+                    value = stage.get(key, 0)
+                    total += value if isinstance(value, int) else 0
+        return total
 
     def shutdown(self) -> None:
         self.inotify.close()

@@ -11,13 +11,14 @@ from conftest import FakeSocket, wait_for
 from gitsieve.actors.debouncer import MAX_BATCH_PATHS, Debouncer
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
-from gitsieve.common.judge.debounce import Debounce
+from gitsieve.common.judge.debounce import Debounce, Intake
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, Decision
 from gitsieve.common.protocol.states import (
     Action,
     ChangeKind,
     Content,
+    Hold,
     L1Reason,
     L2Reason,
     L3Reason,
@@ -280,3 +281,139 @@ def test_one_user_decision_among_pending_ones_clears_the_recheck(deb):
     deb.on_tick(0)
     [batch] = deb.batches_out.messages()
     assert batch.paths == ("a.json",) and batch.recheck == ()
+
+
+# ----- half-written files, moves, bounds --------------------------------------------------
+def written_decision(path, written, open_since=0.0, partners=(), commit=True,
+                     kind=ChangeKind.WRITE, action=Action.ANALYZE, seq=None):
+    return Decision(path=path, kind=kind, seq=next(_seq) if seq is None else seq, epoch=1.0,
+                    observed=50.0, commit=commit, action=action, written=written,
+                    open_since=open_since, partners=partners)
+
+
+OPEN_CONFIG = "[debounce]\ndefault = 1\nallow = 1\nmax_wait = 2\nopen_max = 20\nrules = []\n"
+
+
+@pytest.fixture
+def open_judge(workspace):
+    workspace.config(OPEN_CONFIG)
+    return Debounce(workspace.load())
+
+
+def test_quiet_runs_from_the_last_real_write_not_the_report(open_judge):
+    # Reported 0.9 s after its last write (a throttled report): due 0.1 s later.
+    open_judge.add(written_decision("f.txt", written=ORIGIN), ORIGIN + 0.9)
+    assert due_at(open_judge, 0.95) == []
+    assert due_at(open_judge, 1.0) == ["f.txt"]
+    # A write time from the future (a bad clock, a forged frame) counts as the arrival.
+    open_judge.add(written_decision("g.txt", written=ORIGIN + 500), ORIGIN + 10)
+    assert due_at(open_judge, 10.9) == [] and due_at(open_judge, 11.0) == ["g.txt"]
+
+
+def test_a_file_open_for_writing_waits_for_its_close_past_max_wait(open_judge):
+    open_judge.add(written_decision("big.bin", ORIGIN, open_since=ORIGIN), ORIGIN)
+    for second in range(1, 10):  # written every second, never closed: max_wait is 2 s
+        open_judge.add(written_decision("big.bin", ORIGIN + second, open_since=ORIGIN),
+                       ORIGIN + second)
+        assert due_at(open_judge, second + 0.5) == []
+    assert open_judge.hold("big.bin", ORIGIN + 9).hold == Hold.OPEN_FOR_WRITING
+    # Closed: max_wait (from the first pending decision) is long over; released at once.
+    open_judge.add(written_decision("big.bin", ORIGIN + 9.2), ORIGIN + 9.3)
+    assert open_judge.hold("big.bin", ORIGIN + 9.3) is None
+    assert due_at(open_judge, 9.3) == ["big.bin"]
+
+
+def test_a_system_write_keeps_a_pending_user_change_from_going_half_written(open_judge):
+    open_judge.add(written_decision("shared.txt", ORIGIN), ORIGIN)
+    open_judge.add(written_decision("shared.txt", ORIGIN + 0.5, open_since=ORIGIN + 0.5,
+                                    commit=False), ORIGIN + 0.5)
+    assert due_at(open_judge, 5.0) == []
+    open_judge.add(written_decision("shared.txt", ORIGIN + 6, commit=False), ORIGIN + 6)
+    assert due_at(open_judge, 6.0) == ["shared.txt"]
+
+
+def test_a_file_open_past_open_max_is_committed_after_its_quiet_period_and_says_so(deb):
+    deb.debounce.config = _config_with(deb, "open_max = 20")
+    deb.on_decision(written_decision("app.log", ORIGIN, open_since=ORIGIN))
+    at(deb, 19.9)
+    assert deb.batches_out.frames == []
+    record = deb.explain_paths(["app.log"])["paths"]["app.log"]
+    assert record["hold"] == Hold.OPEN_FOR_WRITING and "open_max" in record["held_reason"]
+    at(deb, 29.9)  # past open_max: now its quiet period (30 s here) counts
+    assert deb.batches_out.frames == []
+    assert deb.explain_paths(["app.log"])["paths"]["app.log"]["hold"] is None
+    at(deb, 30.0)
+    [batch] = deb.batches_out.messages()
+    assert batch.paths == ("app.log",)
+    record = deb.explain_paths(["app.log"])["paths"]["app.log"]
+    assert "open_max" in record["note"] and record["hold"] is None
+
+
+def _config_with(deb, line: str):
+    import textwrap
+    root = deb.config.workspace
+    (root / ".gitsieve.toml").write_text(textwrap.dedent(CONFIG).replace(
+        "max_wait = 10\n", f"max_wait = 10\n{line}\n"))
+    deb.config = config_mod.load(root)
+    return deb.config
+
+
+def test_the_sides_of_a_move_are_released_together(open_judge):
+    # The deletion is decided first; its partner's decision comes 0.8 s later.
+    open_judge.add(written_decision("src/main.c", ORIGIN, kind=ChangeKind.DELETE,
+                                    partners=("source/main.c",)), ORIGIN)
+    assert due_at(open_judge, 1.5) == []  # waits for the other side (up to PARTNER_WAIT)
+    open_judge.add(written_decision("source/main.c", ORIGIN, partners=("src/main.c",)),
+                   ORIGIN + 1.6)
+    assert due_at(open_judge, 1.6) == ["source/main.c", "src/main.c"]
+
+
+def test_a_side_still_being_written_holds_its_partner(open_judge):
+    open_judge.add(written_decision("a", ORIGIN, kind=ChangeKind.DELETE, partners=("b",)),
+                   ORIGIN)
+    open_judge.add(written_decision("b", ORIGIN, open_since=ORIGIN, partners=("a",)), ORIGIN)
+    assert due_at(open_judge, 5.0) == []
+    open_judge.add(written_decision("b", ORIGIN + 5), ORIGIN + 5)
+    assert due_at(open_judge, 6.0) == ["a", "b"]
+
+
+def test_a_partner_never_decided_or_not_to_commit_does_not_hold_the_other_side(open_judge):
+    open_judge.add(written_decision("gone", ORIGIN, kind=ChangeKind.DELETE,
+                                    partners=("lost",)), ORIGIN)
+    assert due_at(open_judge, 1.0) == []
+    assert due_at(open_judge, 2.0) == ["gone"]  # PARTNER_WAIT after the link
+    open_judge.add(written_decision("x", ORIGIN + 10, kind=ChangeKind.DELETE,
+                                    partners=("x.bak",)), ORIGIN + 10)
+    open_judge.add(written_decision("x.bak", ORIGIN + 10, commit=False, partners=("x",),
+                                    action=Action.BLOCK), ORIGIN + 10.1)
+    assert due_at(open_judge, 11.0) == ["x"]
+
+
+def test_decisions_beyond_what_the_watcher_issued_are_dropped(workspace):
+    workspace.config(OPEN_CONFIG)
+    judge = Debounce(workspace.load(), issued=lambda: (3, 10_000))
+    forged = Decision(path="a.txt", kind=ChangeKind.WRITE, seq=1, epoch=4e9, observed=1.0,
+                      commit=False, action=Action.ANALYZE)
+    assert judge.intake(forged, ORIGIN) == Intake.NOT_ISSUED
+    real = Decision(path="a.txt", kind=ChangeKind.WRITE, seq=5, epoch=3.0, observed=1.0,
+                    commit=True, action=Action.ANALYZE)
+    assert judge.intake(real, ORIGIN) == Intake.TAKEN
+    assert due_at(judge, 1.0) == ["a.txt"]
+    # An ordering state from beyond the bound (a run counter that started over) orders
+    # nothing: the next run's decisions are taken.
+    judge.paths["a.txt"].newest = (9.0, 1)
+    assert judge.intake(real, ORIGIN + 2) == Intake.TAKEN
+
+
+def test_the_pending_set_at_its_cap_releases_early_never_drops(workspace, monkeypatch):
+    from gitsieve.common.judge import debounce as debounce_mod
+    monkeypatch.setattr(debounce_mod, "MAX_PENDING", 3)
+    workspace.config(OPEN_CONFIG)
+    judge = Debounce(workspace.load())
+    for name in ("a", "b", "c"):
+        judge.add(written_decision(name, ORIGIN), ORIGIN)
+    judge.add(written_decision("open", ORIGIN, open_since=ORIGIN), ORIGIN)
+    judge.add(written_decision("d", ORIGIN), ORIGIN)  # the cap: a, b, c go at once
+    assert due_at(judge, 0.0) == ["a", "b", "c"]
+    assert judge.early_releases == 3
+    assert due_at(judge, 1.0) == ["d"]

@@ -15,7 +15,8 @@ from gitsieve.actors.watcher import Watcher
 from gitsieve.common.actor import control
 from gitsieve.common.judge.pattern import urgent
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import Change
+from gitsieve.common.protocol.messages import Change, Decision
+from gitsieve.common.protocol.states import Action, ChangeKind
 
 MAX_QUEUED_EVENTS = "/proc/sys/fs/inotify/max_queued_events"
 
@@ -237,11 +238,31 @@ def test_startup_reconcile_reports_changes_made_while_down(workspace, start):
     col.wait("fresh/new.txt", source="reconcile")
 
 
-def test_periodic_reconcile(workspace, start):
-    cfg, col = start("[watcher]\nreconcile_interval = 0.5\n")
-    workspace.write("README.md", "x\n")
-    wait_for(lambda: len(col.of("README.md", source="reconcile")) >= 2, 10,
-             message="two reconcile rounds")
+def test_periodic_reconcile_sends_only_paths_not_in_flight(workspace, start):
+    """A path sent and not yet seen decided is in flight: a periodic reconcile skips it;
+    once the debouncer's feed shows its decision, the next reconcile sends it again."""
+    cfg, col = start("[watcher]\nreconcile_interval = 0.3\n")
+    context = zmq.Context()
+    feed = context.socket(zmq.PUB)
+    feed.linger = 0
+    feed.bind(cfg.endpoints.feed)
+    try:
+        workspace.write("README.md", "x\n")
+        sent = col.wait("README.md")
+        wait_for(lambda: status(cfg)["reconcile_in_flight"] >= 2, 10,
+                 message="two reconciles skipping the path in flight")
+        assert not col.of("README.md", source="reconcile")
+        assert status(cfg)["in_flight"] >= 1
+
+        def decided_and_resent():
+            feed.send(messages.encode(Decision(
+                path="README.md", kind=ChangeKind.WRITE, seq=sent.seq, epoch=sent.epoch,
+                observed=sent.observed, commit=True, action=Action.ANALYZE)))
+            return col.of("README.md", source="reconcile")
+        wait_for(decided_and_resent, 10, 0.2, message="sent again once decided")
+    finally:
+        feed.close(0)
+        context.term()
 
 
 def test_priority_marks_allow_paths(workspace, start):
@@ -295,19 +316,77 @@ def test_queue_overflow_rescans_and_reports_everything(workspace, start):
     col.wait("flood0/d3/after.txt")
 
 
-def test_events_a_later_close_write_covers_are_coalesced():
-    events = [
-        Event(1, flags.CREATE, 0, "a"),           # 0: covered by the close at 2
-        Event(1, flags.MODIFY, 0, "a"),           # 1: covered
-        Event(1, flags.CLOSE_WRITE, 0, "a"),      # 2
-        Event(1, flags.MODIFY, 0, "b"),           # 3: b is never closed in this batch
-        Event(2, flags.MODIFY, 0, "a"),           # 4: same name, other directory
-        Event(1, flags.CREATE, 0, "c"),           # 5: deleted before its close
-        Event(1, flags.DELETE, 0, "c"),           # 6
-        Event(1, flags.CREATE, 0, "c"),           # 7: covered by the close at 9
-        Event(1, flags.ATTRIB, 0, "c"),           # 8: covered
-        Event(1, flags.CLOSE_WRITE, 0, "c"),      # 9
-        Event(1, flags.CREATE | flags.ISDIR, 0, "d"),
-        Event(1, flags.CLOSE_WRITE, 0, "d"),
-    ]
-    assert Watcher._redundant_events(events) == {0, 1, 7, 8}
+@pytest.fixture
+def bare_watcher(workspace, tmp_path):
+    """The watcher without its sockets: inotify reads are fed by the test, Changes land in
+    a FakeSocket."""
+    from conftest import FakeSocket
+    from gitsieve.common.actor.runs import RunCounter
+    watcher = Watcher(workspace.load())
+    watcher.runs = RunCounter(tmp_path / "run")
+    watcher.epoch = float(watcher.runs.run)
+    watcher.out = FakeSocket()
+    watcher.wd_to_path.update({1: "", 2: "sub"})
+    watcher.path_to_wd.update({"": 1, "sub": 2})
+    fed: list = []
+    watcher.inotify.read = lambda timeout=0: fed.pop(0) if fed else []
+
+    def read(*events) -> list[Change]:
+        before = len(watcher.out.frames)
+        fed.append(list(events))
+        watcher._read_events()
+        return watcher.out.messages()[before:]
+    yield watcher, read
+    watcher.shutdown()
+    watcher.close()
+
+
+def test_a_read_is_folded_per_path_with_its_writing_facts(bare_watcher, workspace):
+    watcher, read = bare_watcher
+    workspace.write("a", "x")
+    workspace.write("c", "x")
+    changes = read(
+        Event(1, flags.CREATE, 0, "a"), Event(1, flags.MODIFY, 0, "a"),
+        Event(1, flags.MODIFY, 0, "a"), Event(1, flags.CLOSE_WRITE, 0, "a"),
+        Event(1, flags.MODIFY, 0, "b"),                      # b is never closed in this read
+        Event(2, flags.MODIFY, 0, "a"),                      # same name, other directory
+        Event(1, flags.CREATE, 0, "c"), Event(1, flags.DELETE, 0, "c"),
+        Event(1, flags.CREATE, 0, "c"), Event(1, flags.CLOSE_WRITE, 0, "c"))
+    by_path = {c.path: c for c in changes}
+    assert [c.path for c in changes] == ["a", "b", "sub/a", "c"]  # one report per path
+    assert by_path["a"].kind == "write" and by_path["a"].open_since == 0.0
+    assert by_path["a"].written > 0
+    assert by_path["b"].open_since > 0 and by_path["b"].written >= by_path["b"].open_since
+    assert by_path["c"].kind == "write" and by_path["c"].open_since == 0.0
+    assert watcher.stats["events_folded"] == 6
+    # b is still open: its later MODIFYs are throttled, its close is told at once.
+    assert read(Event(1, flags.MODIFY, 0, "b")) == []
+    [closed] = read(Event(1, flags.CLOSE_WRITE, 0, "b"))
+    assert closed.open_since == 0.0 and closed.written >= by_path["b"].written
+
+
+def test_both_sides_of_a_move_name_each_other_within_a_read_and_across_two(bare_watcher):
+    watcher, read = bare_watcher
+    changes = read(Event(1, flags.MOVED_FROM, 7, "old"), Event(2, flags.MOVED_TO, 7, "new"))
+    assert [(c.path, c.kind, c.partners) for c in changes] == [
+        ("old", "delete", ("sub/new",)), ("sub/new", "write", ("old",))]
+    # The pair split over two reads: the second read names both sides again.
+    [gone] = read(Event(1, flags.MOVED_FROM, 8, "x"))
+    assert gone.partners == ()
+    changes = read(Event(2, flags.MOVED_TO, 8, "y"))
+    assert {(c.path, c.kind, c.partners) for c in changes} == {
+        ("x", "delete", ("sub/y",)), ("sub/y", "write", ("x",))}
+    # A change of a moved path soon after still names its partner.
+    [again] = read(Event(2, flags.CLOSE_WRITE, 0, "y"))
+    assert again.partners == ("x",)
+
+
+def test_the_run_counter_orders_runs_whatever_the_clock(workspace, tmp_path):
+    from gitsieve.common.actor.runs import IssuedBound, RunCounter, SEQ_BLOCK
+    first = RunCounter(tmp_path / "run")
+    second = RunCounter(tmp_path / "run")
+    assert (first.run, second.run) == (1, 2)
+    bound = IssuedBound(tmp_path / "run")
+    assert bound.current() == (2, SEQ_BLOCK)
+    second.issue(SEQ_BLOCK + 1)
+    assert bound.current() == (2, 2 * SEQ_BLOCK + 1)

@@ -105,6 +105,9 @@ KEYS: tuple[Key, ...] = (
     Key("debounce", "max_wait", float, 5, "a path written continuously is committed after "
         "max(its quiet period, max_wait)", attr="debounce_max_wait", minimum=0,
         maximum=86400, unit="s", profiles={"conservative": 10}),
+    Key("debounce", "open_max", float, 60, "a file a process still holds open for writing "
+        "is committed once closed, or once open this long (logs, databases): then after its "
+        "quiet period", attr="debounce_open_max", minimum=0.1, maximum=86400, unit="s"),
     # [limits]
     Key("limits", "max_commits_per_hour", int, 600, "commits an hour; reaching it delays and "
         "coalesces, nothing is dropped; 0: no limit", minimum=0, maximum=100_000,

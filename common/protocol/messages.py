@@ -74,6 +74,14 @@ class Change:
     junk: str = ""
     rule: RuleMatch | None = None
     trail: Trail = ()
+    # What the watcher knows of the writing (CLOCK_MONOTONIC seconds, shared by every
+    # process on the machine; 0: not known): the path's last real write, and since when a
+    # process has held it open for writing (modified, not yet closed; 0: not open).
+    written: float = 0.0
+    open_since: float = 0.0
+    # The other sides of a move (a rename's old or new name, or a delete and an add of the
+    # same blob): the debouncer releases them together, so a rename is one commit.
+    partners: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,19 @@ class Decision:
     commit: bool
     action: Action
     trail: Trail = ()
+    # Carried from the Change (see there).
+    written: float = 0.0
+    open_since: float = 0.0
+    partners: tuple[str, ...] = ()
+
+
+def decide(change: Change, commit: bool, action: Action, trail: Trail) -> Decision:
+    """A layer's Decision on ``change``: the change's identity and writing facts, with the
+    layer's verdict and the trail so far."""
+    return Decision(path=change.path, kind=change.kind, seq=change.seq, epoch=change.epoch,
+                    observed=change.observed, commit=commit, action=action, trail=trail,
+                    written=change.written, open_since=change.open_since,
+                    partners=change.partners)
 
 
 @dataclass(frozen=True)
@@ -175,10 +196,21 @@ def bad_path_reason(path: str) -> str | None:
     return None
 
 
+MAX_PARTNERS = 16
+
+
 def _check_change(message) -> None:
-    reason = bad_path_reason(message.path)
-    if reason:
-        raise BadMessage(f"{type(message).__name__}: {reason}: {message.path!r}")
+    name = type(message).__name__
+    if len(message.partners) > MAX_PARTNERS:
+        raise BadMessage(f"{name}: more than {MAX_PARTNERS} partners")
+    for path in (message.path, *message.partners):
+        reason = bad_path_reason(path)
+        if reason:
+            raise BadMessage(f"{name}: {reason}: {path!r}")
+    for field_name in ("written", "open_since"):
+        value = getattr(message, field_name)
+        if not 0.0 <= value < float("inf"):
+            raise BadMessage(f"{name}: {field_name} must be a finite time, got {value!r}")
 
 
 def _check_ready(message: Ready) -> None:

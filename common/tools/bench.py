@@ -133,7 +133,7 @@ def time_edit(root: Path, ref: Path, rel: str, content: str, timeout: float) -> 
     return None
 
 
-def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
+def run(edits: int = 60, debounce: float = 0.5, churn: bool = True, rest: float = 60.0) -> int:
     base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-"))
     runner = churner = None
     try:
@@ -161,6 +161,9 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
             time.sleep(0.1 + random.random() * 0.2)
         memory = actor_memory(config)
         churn_commits = _git(root, "log", "--format=%H", "--", ".claude", "logs").split()
+        stop_process(churner)
+        if rest > 0:
+            memory_at_rest(root, runner, config, rest)
     finally:
         for proc in (churner, runner):
             if proc is not None and proc.poll() is None:
@@ -185,3 +188,366 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True) -> int:
     print("actor RSS (MiB): " + ", ".join(f"{name} {mb:.1f}" for name, mb in sorted(memory.items()))
           + f"; total {sum(memory.values()):.1f}")
     return 0 if not missed else 1
+
+
+# ----- shared by the scenarios below ---------------------------------------------------------
+AUTONOMOUS_NAME = "claude-autonomous"
+STORM_CONFIG = """\
+[filter]
+autonomous_processes = ["claude-autonomous"]
+[debounce]
+allow = {debounce}
+default = {debounce}
+rules = []
+[limits]
+max_commits_per_hour = 100000
+max_commits_per_day = 100000
+cooldown_seconds = 0
+"""
+
+
+def bare_workspace(base: Path, config_text: str) -> Path:
+    """A work tree with a bare ``origin``, ``config_text`` as its committed config."""
+    remote, root = base / "remote.git", base / "ws"
+    _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
+    _git(base, "init", "-q", "-b", "main", str(root))
+    _git(root, "config", "user.name", "bench")
+    _git(root, "config", "user.email", "bench@localhost")
+    _git(root, "remote", "add", "origin", str(remote))
+    (root / config_mod.CONFIG_NAME).write_text(config_text)
+    return root
+
+
+def commit_all(root: Path, message: str) -> None:
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", message)
+    _git(root, "push", "-q", "-u", "origin", "main")
+
+
+def start_gitsieve(root: Path) -> tuple[subprocess.Popen, object]:
+    config = config_mod.load(root)
+    runner = subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.cli", "run",
+                               "--workspace", str(root)], stderr=subprocess.DEVNULL)
+    wait_until_running(config, len(actor_ids(config)))
+    return runner, config
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class ProcessTree:
+    """gitsieve's processes (the runner and everything below it), named by the actor each
+    one reports on its control socket, sampled for memory, CPU time and wakeups."""
+
+    def __init__(self, runner: subprocess.Popen, config):
+        self.runner, self.config = runner, config
+        self.names: dict[int, str] = {}
+        self.peak_rss: dict[str, float] = {}
+
+    def refresh_names(self) -> None:
+        for actor_id in control.known_actors(self.config):
+            try:
+                pid = control.request(self.config, actor_id, "status", timeout=1.0).data["pid"]
+            except (control.Unreachable, KeyError):
+                continue
+            self.names[pid] = actor_id
+        self.names[self.runner.pid] = "runner"
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.runner.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def name_of(self, proc: psutil.Process) -> str:
+        return self.names.get(proc.pid, f"other ({proc.pid})")
+
+    def sample_rss(self) -> None:
+        for proc in self.processes():
+            try:
+                rss = proc.memory_info().rss / 2 ** 20
+            except psutil.Error:
+                continue
+            name = self.name_of(proc)
+            if name.startswith("other"):
+                name = "git and other children"
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), rss)
+
+    def counters(self) -> dict[int, tuple[float, int]]:
+        """pid -> (CPU seconds including reaped children, context switches)."""
+        found = {}
+        for proc in self.processes():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    switches = proc.num_ctx_switches()
+            except psutil.Error:
+                continue
+            found[proc.pid] = (times.user + times.system + times.children_user
+                               + times.children_system,
+                               switches.voluntary + switches.involuntary)
+        return found
+
+    @staticmethod
+    def delta(before: dict, after: dict) -> tuple[float, int]:
+        cpu = sum(after[pid][0] - before.get(pid, (0.0, 0))[0] for pid in after)
+        wakeups = sum(after[pid][1] - before.get(pid, (0.0, 0))[1] for pid in after)
+        return cpu, wakeups
+
+    def memory(self) -> dict[str, dict[str, float]]:
+        """Per process: rss, pss, uss (MiB)."""
+        table = {}
+        for proc in self.processes():
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            table[self.name_of(proc)] = {"rss": info.rss / 2 ** 20, "pss": info.pss / 2 ** 20,
+                                         "uss": info.uss / 2 ** 20}
+        return table
+
+
+def actor_status(config, actor_id: str) -> dict:
+    try:
+        reply = control.request(config, actor_id, "status", timeout=2.0)
+    except control.Unreachable:
+        return {}
+    return reply.data if reply.ok else {}
+
+
+class CommitWatcher:
+    """Edits timed from the write to the first commit on the branch holding them."""
+
+    def __init__(self, root: Path, ref: Path):
+        self.root, self.ref = root, ref
+        self.pending: list[tuple[str, str, float]] = []  # (path, content, written)
+        self.latency: dict[str, float] = {}
+        self.seen = ref.read_text() if ref.exists() else ""
+
+    def edit(self, rel: str, content: str) -> None:
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = time.monotonic()
+        target.write_text(content)
+        self.pending.append((rel, content, written))
+
+    def poll(self) -> None:
+        current = self.ref.read_text() if self.ref.exists() else ""
+        if current == self.seen or not self.pending:
+            self.seen = current or self.seen
+            return
+        stamp = time.monotonic()
+        self.seen = current
+        git = Git(self.root)
+        still = []
+        for rel, content, written in self.pending:
+            code, shown, _ = git.result("show", f"{current.strip()}:{rel}")
+            if code == 0 and os.fsdecode(shown) == content:
+                self.latency[rel] = stamp - written
+            else:
+                still.append((rel, content, written))
+        self.pending = still
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.01)
+
+
+def storm_writer(root: Path, rate: float, seconds: float, files: int) -> int:
+    """The autonomous process of ``--storm``: rewrites ``files`` files with new content at
+    ``rate`` writes a second for ``seconds``.  Its command line carries AUTONOMOUS_NAME."""
+    folder = root / "agent"
+    folder.mkdir(exist_ok=True)
+    started = time.monotonic()
+    written = 0
+    while time.monotonic() - started < seconds:
+        due = int((time.monotonic() - started) * rate)
+        for _ in range(min(due - written, 100)):  # a slow machine writes less, never longer
+            with open(folder / f"state-{written % files:03d}.txt", "w") as out:
+                out.write(f"agent write {written}\n")
+            written += 1
+        if written >= due:
+            time.sleep(0.005)
+    print(written, flush=True)
+    return written
+
+
+def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float = 0.5) -> int:
+    """``gitsieve bench --storm RATE``: an autonomous process rewrites ``files`` files at
+    RATE writes a second while a person edits ANALYZE paths once a second."""
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-storm-"))
+    runner = writer = None
+    try:
+        root = bare_workspace(base, STORM_CONFIG.format(debounce=debounce))
+        (root / "agent").mkdir()
+        for index in range(files):
+            (root / "agent" / f"state-{index:03d}.txt").write_text("initial\n")
+        (root / "notes").mkdir()
+        (root / "notes" / "start.txt").write_text("start\n")
+        commit_all(root, "storm start")
+        runner, config = start_gitsieve(root)
+        tree = ProcessTree(runner, config)
+        tree.refresh_names()
+        time.sleep(2.0)
+        ref = config.git_dir / "refs" / "heads" / "main"
+        edits = CommitWatcher(root, ref)
+        before = tree.counters()
+        router_peak = 0
+        writer = subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.bench",
+                                   "storm-writer", AUTONOMOUS_NAME, str(root), str(rate),
+                                   str(seconds), str(files)], stdout=subprocess.PIPE)
+        started = time.monotonic()
+        next_edit, next_sample, number = started + 0.5, started, 0
+        while writer.poll() is None:
+            now = time.monotonic()
+            if now >= next_edit:
+                edits.edit(f"notes/storm-{number:03d}.txt", f"user edit {number}\n")
+                number += 1
+                next_edit += 1.0
+            if now >= next_sample:
+                next_sample += 0.5
+                tree.sample_rss()
+                router_peak = max(router_peak, actor_status(config, "router").get("queue") or 0)
+            edits.poll()
+            time.sleep(0.01)
+        storm_end = time.monotonic()
+        storm_writes = int(writer.stdout.read() or 0)
+        storm_pending = list(edits.pending)
+        time.sleep(max(0.0, storm_end + 1.0 - time.monotonic()))
+        edits.edit("notes/after-storm.txt", "edit one second after the storm\n")
+        deadline = time.monotonic() + 120
+        while edits.pending and time.monotonic() < deadline:
+            edits.poll()
+            if time.monotonic() >= next_sample:
+                next_sample = time.monotonic() + 0.5
+                tree.sample_rss()
+                router_peak = max(router_peak, actor_status(config, "router").get("queue") or 0)
+            time.sleep(0.01)
+        cpu, _ = ProcessTree.delta(before, tree.counters())
+        busy = time.monotonic() - started
+        watcher = actor_status(config, "watcher")
+        router = actor_status(config, "router")
+        l2 = [actor_status(config, f"l2-{i:02d}") for i in range(1, config.l2_workers + 1)]
+        agent_commits = _git(root, "log", "--format=%H", "--", "agent").split()
+        missed = [rel for rel, _, _ in edits.pending]
+    finally:
+        stop_process(writer)
+        stop_process(runner)
+        shutil.rmtree(base, ignore_errors=True)
+
+    during = [edits.latency[rel] for rel in sorted(edits.latency) if rel.startswith("notes/storm")]
+    print(f"gitsieve bench --storm {rate:g}: {files} files rewritten by {AUTONOMOUS_NAME} for "
+          f"{seconds:g} s, a user edit (ANALYZE path) a second; debounce {debounce:g} s, "
+          f"{os.cpu_count()} cpus")
+    print(f"the autonomous process wrote {storm_writes} times ({storm_writes / seconds:.0f}/s)")
+    if during:
+        print(f"user-edit latency during the storm: n {len(during)}, p50 "
+              f"{percentile(during, .5):.2f} s, p90 {percentile(during, .9):.2f} s, max "
+              f"{max(during):.2f} s (target p90 <= {debounce + 0.5:.2f} s)")
+    recovery = edits.latency.get("notes/after-storm.txt")
+    print("recovery: an edit 1 s after the storm committed in "
+          + (f"{recovery:.2f} s" if recovery is not None else "(never)") + " (target <= 2 s)")
+    print(f"edits never committed: {len(missed)} {missed[:5]}; still pending when the storm "
+          f"ended: {len(storm_pending)}")
+    print(f"CPU: {cpu:.1f} s over {busy:.1f} s = {100 * cpu / busy:.0f} % of a core; "
+          f"inotify overflows {watcher.get('overflows')}, fanotify overflows "
+          f"{[s.get('fanotify_overflows') for s in l2]}, router peak queue {router_peak}, "
+          f"lost at workers {sum(s.get('lost', 0) for s in (router.get('stages') or {}).values())}")
+    print("peak RSS (MiB): " + ", ".join(f"{name} {mb:.1f}" for name, mb in
+                                         sorted(tree.peak_rss.items()))
+          + " (target: no actor above 60)")
+    print(f"commits touching the agent's files: {len(agent_commits) - 1} (the first is the "
+          f"setup commit)")
+    return 0 if not missed else 1
+
+
+def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0) -> int:
+    """``gitsieve bench --idle SECONDS``: CPU and wakeups of gitsieve on a ``files``-file
+    workspace nobody edits while another process writes elsewhere on the same file
+    system (a periodic reconcile included)."""
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-idle-"))
+    runner = writer = None
+    try:
+        root = bare_workspace(base, STORM_CONFIG.format(debounce=0.5)
+                              + f"[watcher]\nreconcile_interval = {max(1.0, seconds / 2):g}\n")
+        for index in range(files):
+            folder = root / f"d{index // 1000:03d}"
+            folder.mkdir(exist_ok=True)
+            (folder / f"f{index:06d}.txt").write_text(f"{index}\n")
+        commit_all(root, "idle start")
+        started_at = time.monotonic()
+        runner, config = start_gitsieve(root)
+        startup = time.monotonic() - started_at
+        tree = ProcessTree(runner, config)
+        tree.refresh_names()
+        time.sleep(3.0)
+        outside = base / "elsewhere"
+        outside.mkdir()
+        writer = subprocess.Popen([sys.executable, "-c", OUTSIDE_WRITER, str(outside),
+                                   str(outside_rate)])
+        before = tree.counters()
+        time.sleep(seconds)
+        cpu, wakeups = ProcessTree.delta(before, tree.counters())
+        per_process = {}
+        after = tree.counters()
+        for pid, (cpu_after, switches_after) in after.items():
+            cpu_before, switches_before = before.get(pid, (0.0, 0))
+            per_process[tree.names.get(pid, str(pid))] = (
+                cpu_after - cpu_before, (switches_after - switches_before) / seconds)
+        reconciles = actor_status(config, "watcher").get("reconciles")
+    finally:
+        stop_process(writer)
+        stop_process(runner)
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"gitsieve bench --idle {seconds:g}: {files} files, nobody edits them; another "
+          f"process writes {outside_rate:g} files/s elsewhere on the same file system; "
+          f"{os.cpu_count()} cpus")
+    print(f"started in {startup:.2f} s; reconciles seen: {reconciles}")
+    print(f"CPU {100 * cpu / seconds:.2f} % of a core (target <= 0.3 %), wakeups "
+          f"{wakeups / seconds:.0f}/s")
+    print("per process (CPU s, wakeups/s): " + ", ".join(
+        f"{name} {c:.2f}/{w:.0f}" for name, (c, w) in sorted(per_process.items())))
+    return 0
+
+
+OUTSIDE_WRITER = """\
+import sys, time, pathlib
+folder, rate = pathlib.Path(sys.argv[1]), float(sys.argv[2])
+count = 0
+start = time.monotonic()
+while True:
+    due = int((time.monotonic() - start) * rate)
+    while count < due:
+        (folder / f"x{count % 50}.txt").write_text(str(count))
+        count += 1
+    time.sleep(0.01)
+"""
+
+
+def memory_at_rest(root: Path, runner: subprocess.Popen, config, rest: float) -> None:
+    """After ``rest`` seconds without edits: RSS, PSS and USS of every gitsieve process."""
+    time.sleep(rest)
+    tree = ProcessTree(runner, config)
+    tree.refresh_names()
+    table = tree.memory()
+    total = {kind: sum(row[kind] for row in table.values()) for kind in ("rss", "pss", "uss")}
+    print(f"memory after {rest:g} s at rest, {len(table)} processes (MiB): RSS "
+          f"{total['rss']:.1f}, PSS {total['pss']:.1f} (target <= 80), USS {total['uss']:.1f}")
+    print("PSS per process (MiB): " + ", ".join(f"{name} {row['pss']:.1f}"
+                                                 for name, row in sorted(table.items())))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "storm-writer":
+    # python -m gitsieve.common.tools.bench storm-writer NAME ROOT RATE SECONDS FILES
+    raise SystemExit(0 if storm_writer(Path(sys.argv[3]), float(sys.argv[4]),
+                                       float(sys.argv[5]), int(sys.argv[6])) else 1)

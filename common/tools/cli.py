@@ -89,7 +89,13 @@ def cmd_init(args) -> int:
 
 def cmd_bench(args) -> int:
     from gitsieve.common.tools import bench
-    return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
+    if args.storm is not None:
+        return bench.storm(args.storm, seconds=args.seconds, files=args.files or 200,
+                           debounce=args.debounce)
+    if args.idle is not None:
+        return bench.idle(args.idle, files=args.files or 500)
+    return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn,
+                     rest=args.rest)
 
 
 def cmd_test(args) -> int:
@@ -122,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quiet period for the edited paths, seconds (default 0.5)")
     bench.add_argument("--no-churn", action="store_true",
                        help="without the simulated autonomous process")
+    bench.add_argument("--rest", type=float, default=60.0,
+                       help="then seconds without edits before measuring PSS (default 60)")
+    bench.add_argument("--storm", type=float, metavar="RATE",
+                       help="an autonomous process rewrites files at RATE writes/s while a "
+                            "person edits: latency, recovery, RSS, CPU, overflows")
+    bench.add_argument("--seconds", type=float, default=10.0,
+                       help="how long the storm lasts (default 10)")
+    bench.add_argument("--idle", type=float, metavar="SECONDS",
+                       help="CPU and wakeups of an untouched workspace while the machine "
+                            "writes elsewhere")
+    bench.add_argument("--files", type=int, default=0,
+                       help="files in the workspace (storm: 200, idle: 500)")
     bench.set_defaults(func=cmd_bench)
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
