@@ -47,6 +47,9 @@ _DRAIN_LIMIT = 500  # messages taken from one socket per poll round, so no input
 # The same failure of a tick or callback is logged in full at most this often (seconds);
 # every occurrence is still counted.
 _ERROR_LOG_INTERVAL = 60.0
+# setproctitle leaves the environment area alone with this set: attribution reads a
+# process's mark from /proc/PID/environ.
+TITLE_ENV = "SPT_NOENV"
 
 
 class LatencyWindow:
@@ -381,18 +384,32 @@ class Actor:
 
 
 def setup_logging(level: str, actor_id: str) -> None:
+    # force: an actor forked by the runner replaces the runner's handlers with its own.
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+        level=getattr(logging, level, logging.INFO), stream=sys.stderr, force=True,
         format=f"%(asctime)s {actor_id} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sh").setLevel(logging.WARNING)  # sh logs every command at INFO
 
 
+def set_title(title: str) -> None:
+    """The process title ``ps`` shows, when it can be set without touching the environment
+    (``SPT_NOENV``: attribution reads the environment)."""
+    if not os.environ.get(TITLE_ENV):
+        return
+    try:
+        import setproctitle
+    except ImportError:  # an installation without it: titles are a convenience
+        log.debug("setproctitle is not installed; process titles unchanged")
+        return
+    setproctitle.setproctitle(title)
+
+
 def main(actor_class: type[Actor], argv: list[str] | None = None) -> int:
-    """Entry point shared by ``python -m gitsieve.actors.<name>``."""
+    """Entry point shared by ``python -m gitsieve.actors.<name>`` and the runner's forks."""
     if ACTOR_ENV_MARK not in os.environ:
         # Started by hand: run again marked, so attribution knows this process as gitsieve's.
         os.execve(sys.executable, sys.orig_argv,
-                  {**os.environ, ACTOR_ENV_MARK: actor_class.name})
+                  {**os.environ, ACTOR_ENV_MARK: actor_class.name, TITLE_ENV: "1"})
     parser = argparse.ArgumentParser(prog=f"python -m gitsieve.actors.{actor_class.name}")
     config_mod.add_location_arguments(parser)
     parser.add_argument("--instance", type=int, default=None,
@@ -400,8 +417,10 @@ def main(actor_class: type[Actor], argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load_from_arguments(args)
-        setup_logging(cfg.log_level, actor_class.name if args.instance is None
-                      else f"{actor_class.name}-{args.instance:02d}")
+        actor_id = (actor_class.name if args.instance is None
+                    else f"{actor_class.name}-{args.instance:02d}")
+        setup_logging(cfg.log_level, actor_id)
+        set_title(f"gitsieve: {actor_id} {cfg.workspace}")
         return actor_class(cfg, args.instance).run()
     except config_mod.ConfigError as exc:  # a bad config or a refused runtime directory
         print(f"{actor_class.name}: {exc}", file=sys.stderr)

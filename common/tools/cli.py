@@ -48,13 +48,14 @@ def validate_rules(config: config_mod.Config) -> None:
 
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
-    from gitsieve.common.tools.runner import AlreadyRunning, Runner
+    from gitsieve.common.tools.runner import AlreadyRunning, Runner, reexec_marked
     config = load_config(args)
     validate_rules(config)
     try:
         config_mod.prepare_runtime_dir(config)
     except config_mod.RuntimeDirError as exc:
         raise UsageError(str(exc)) from None
+    reexec_marked(args.argv, config.workspace)
     setup_logging(config.log_level, "gitsieve")
     if config.remote:
         remotes = gateway.Git(config.workspace).text("remote").split()
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from gitsieve.common.tools import ctl
         return ctl.main([CTL_COMMANDS[argv[0]], *argv[1:]], prog=f"gitsieve {argv[0]}")
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except UsageError as exc:

@@ -1,23 +1,38 @@
 """Embedded supervisor behind ``gitsieve run``: starts every actor as a child process,
 restarts one that dies (with back-off), and stops them all within 5 s on SIGINT/SIGTERM.
 
+The runner is a fork server: it imports every actor module once (then ``gc.freeze()``, so
+the collector never writes to the shared pages) and forks each actor from that preloaded
+state, so the actors share the interpreter's and the libraries' pages.  The runner never
+creates a ZeroMQ context or a thread before forking; each actor makes its own after the
+fork.  Attribution knows gitsieve's own processes by ``GITSIEVE_ACTOR`` in
+``/proc/PID/environ``, which shows the environment a process was exec'd with: ``gitsieve
+run`` therefore re-executes itself with the mark (and ``SPT_NOENV``, so that setting the
+process title never overwrites that environment), and every forked actor inherits it.
+Each actor's title is ``gitsieve: ACTOR WORKSPACE``.
+
 Each child runs in its own session (process group) so a terminal's Ctrl-C reaches only the
 runner, which then stops the children in order and kills any group (git children included)
 still alive at the deadline: no orphans, no git lock left behind by a half-stopped actor.
+A workspace that vanishes (deleted or moved away) stops the runner with one log line.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import gc
+import importlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitsieve.common.actor.base import TITLE_ENV, set_title
 from gitsieve.common.config import Config, prepare_runtime_dir
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 
@@ -26,10 +41,59 @@ log = logging.getLogger(__name__)
 ACTORS = "gitsieve.actors"
 STOP_DEADLINE = 4.5  # seconds; the promise is "all stopped within 5 s"
 _MAX_BACKOFF = 10.0
+WORKSPACE_CHECK_EVERY = 1.0  # seconds between checks that the workspace still exists
+# The actor class of each actor module.
+ACTOR_CLASSES = {"health": "Health", "router": "Router", "debouncer": "Debouncer",
+                 "executor": "Executor", "pattern_layer": "PatternLayer",
+                 "process_layer": "ProcessLayer", "content_layer": "ContentLayer",
+                 "watcher": "Watcher"}
 
 
 class AlreadyRunning(Exception):
     pass
+
+
+class Forked:
+    """A forked actor, with the part of subprocess.Popen's interface the runner uses."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already: nothing more to learn
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+
+def reexec_marked(argv: list[str], workspace: Path) -> None:
+    """Run ``gitsieve run`` again with the actor mark and SPT_NOENV in its environment
+    (no return), unless it already has them.  ``--workspace`` is repeated as an absolute
+    path: the title of every actor lives in the room of this command line."""
+    if os.environ.get(ACTOR_ENV_MARK) and os.environ.get(TITLE_ENV):
+        return
+    env = {**os.environ, ACTOR_ENV_MARK: os.environ.get(ACTOR_ENV_MARK) or "runner",
+           TITLE_ENV: "1"}
+    os.execve(sys.executable, [sys.executable, "-m", "gitsieve.common.tools.cli", *argv,
+                               "--workspace", str(workspace)], env)
 
 
 @dataclass
@@ -37,7 +101,7 @@ class Child:
     module: str
     name: str
     instance: int | None
-    proc: subprocess.Popen | None = None
+    proc: Forked | subprocess.Popen | None = None
     restarts: int = 0
     started: float = 0.0
     next_start: float = 0.0
@@ -93,6 +157,12 @@ class InstanceLock:
             os.close(self.fd)
             self.fd = None
 
+    def leave(self) -> None:
+        """In a forked child: close the descriptor without touching the lock."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
 
 class Runner:
     def __init__(self, config: Config, config_file: str | None = None):
@@ -100,18 +170,73 @@ class Runner:
         self.config_file = config_file
         self.children = [Child(*spec) for spec in actor_modules(config)]
         self.stopping = False
+        self.exit_code = 0
         self.lock = InstanceLock(config.lock_file)
+        self.workspace_identity = self._identity()
+        self._next_workspace_check = 0.0
 
-    def _spawn(self, child: Child) -> None:
-        args = [sys.executable, "-m", child.module, "--workspace", str(self.config.workspace)]
+    def preload(self) -> None:
+        """Import every actor module once, before any fork (no socket, no thread)."""
+        for module in {child.module for child in self.children}:
+            importlib.import_module(module)
+        gc.collect()
+        gc.freeze()
+
+    def _actor_args(self, child: Child) -> list[str]:
+        args = ["--workspace", str(self.config.workspace)]
         if self.config_file:
             args += ["--config", str(self.config_file)]
         if child.instance is not None:
             args += ["--instance", str(child.instance)]
-        child.proc = subprocess.Popen(args, env={**os.environ, ACTOR_ENV_MARK: child.actor_id},
-                                      start_new_session=True,
-                                      stdin=subprocess.DEVNULL)
+        return args
+
+    def _spawn(self, child: Child) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self._become(child)  # never returns
+        child.proc = Forked(pid)
         child.started = time.monotonic()
+
+    def _become(self, child: Child) -> None:
+        """The forked child: its own session, default signals, the actor's mark and title,
+        then the actor's main; it never returns into the runner's code."""
+        code = 1
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            self.lock.leave()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            os.environ[ACTOR_ENV_MARK] = child.actor_id
+            set_title(f"gitsieve: {child.actor_id} {self.config.workspace}")
+            from gitsieve.common.actor.base import main
+            module = sys.modules[child.module]
+            actor_class = getattr(module, ACTOR_CLASSES[child.module.rsplit(".", 1)[1]])
+            code = main(actor_class, self._actor_args(child))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # whatever happens, the child must not return into the runner
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.config.workspace)
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino)
+
+    def workspace_vanished(self) -> str:
+        """Why the workspace is gone ('' while it is there)."""
+        if self._identity() != self.workspace_identity:
+            return "deleted or moved away"
+        if not os.path.isdir(self.config.git_dir):
+            return f"its git directory {self.config.git_dir} is gone"
+        return ""
 
     def _on_signal(self, *_args) -> None:
         self.stopping = True
@@ -119,12 +244,22 @@ class Runner:
     def start(self) -> None:
         prepare_runtime_dir(self.config)
         self.lock.acquire()
+        self.preload()
+        set_title(f"gitsieve: run {self.config.workspace}")
         for child in self.children:
             self._spawn(child)
         log.info("gitsieve running on %s: %d actor processes", self.config.workspace,
                  len(self.children))
 
     def supervise_once(self, now: float) -> None:
+        if now >= self._next_workspace_check:
+            self._next_workspace_check = now + WORKSPACE_CHECK_EVERY
+            gone = self.workspace_vanished()
+            if gone:
+                log.error("the workspace %s vanished (%s): stopping", self.config.workspace,
+                          gone)
+                self.stopping, self.exit_code = True, 1
+                return
         for child in self.children:
             if child.proc is None:
                 if now >= child.next_start:
@@ -180,4 +315,4 @@ class Runner:
             self.lock.release()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 0
+        return self.exit_code

@@ -1,0 +1,49 @@
+"""``gitsieve run`` as a fork server: titles, the actor mark every actor must keep in its
+environment, and a workspace that vanishes under it."""
+from __future__ import annotations
+
+import shutil
+
+import psutil
+
+from conftest import Gitsieve, create_workspace, processes_mentioning, wait_for
+from gitsieve.common.actor import control
+from gitsieve.common.tools.runner import actor_ids
+
+
+def test_actors_are_forked_titled_and_keep_the_mark(tmp_path):
+    ws = create_workspace(tmp_path)
+    ws.fast_config()
+    gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
+    try:
+        gitsieve.wait_running()
+        cfg = ws.load()
+        runner = psutil.Process(gitsieve.proc.pid)
+        assert runner.cmdline()[0] == f"gitsieve: run {ws.root}"
+        for actor_id in actor_ids(cfg):
+            pid = control.request(cfg, actor_id, "status").data["pid"]
+            proc = psutil.Process(pid)
+            assert proc.ppid() == runner.pid  # forked by the runner, no launcher between
+            assert proc.cmdline()[0] == f"gitsieve: {actor_id} {ws.root}"
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            assert b"GITSIEVE_ACTOR=runner" in environ  # attribution's mark, as exec'd
+    finally:
+        code, _ = gitsieve.stop()
+    assert code == 0
+    assert not processes_mentioning(str(ws.root))
+
+
+def test_a_vanished_workspace_stops_the_run_with_one_line(tmp_path):
+    ws = create_workspace(tmp_path)
+    ws.fast_config()
+    gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
+    try:
+        gitsieve.wait_running()
+        shutil.rmtree(ws.root)
+        wait_for(lambda: gitsieve.proc.poll() is not None, 20, message="gitsieve to stop")
+    finally:
+        gitsieve.stop()
+    assert gitsieve.proc.returncode == 1
+    lines = [line for line in gitsieve.log().splitlines() if "vanished (" in line]
+    assert len(lines) == 1 and f"the workspace {ws.root} vanished" in lines[0], lines
+    assert not processes_mentioning(str(ws.root))
