@@ -382,7 +382,7 @@ def test_both_sides_of_a_move_name_each_other_within_a_read_and_across_two(bare_
 
 
 def test_the_run_counter_orders_runs_whatever_the_clock(workspace, tmp_path):
-    from gitsieve.common.actor.runs import IssuedBound, RunCounter, SEQ_BLOCK
+    from gitsieve.common.actor.runs import SEQ_BLOCK, IssuedBound, RunCounter
     first = RunCounter(tmp_path / "run")
     second = RunCounter(tmp_path / "run")
     assert (first.run, second.run) == (1, 2)
