@@ -9,8 +9,10 @@ Messages out: Change body (stage_out, to one worker, forwarded unchanged).
 Each stage's changes wait here in one :class:`~gitsieve.common.actor.stage.StageQueue` and
 go to the worker with the most credit (the stage credit protocol, both halves in
 :mod:`gitsieve.common.actor.stage`).  The router reads only a change's route frame
-(priority: ALLOW areas and writers known to be the user's go ahead, the seed's
-high-priority stream); it never unpacks the change itself.  A worker that disconnects
+(priority, observation, path); it never unpacks the change itself.  A path waits once: a
+newer change replaces the waiting one, and the worker then gets a third frame with the
+earliest observation of the merged changes.  Paths not forwarded lately, ALLOW areas and
+writers known to be the user's go ahead (see :mod:`gitsieve.common.actor.stage`).  A worker that disconnects
 (``ROUTER_MANDATORY`` reports it) or stays silent past ``SILENT_HEARTBEATS`` heartbeat
 intervals is forgotten; the changes it held are lost with it, and the watcher's reconcile
 finds those paths again.
@@ -76,7 +78,9 @@ class Router(Actor):
             except BadMessage as exc:
                 self._bad(stage, str(exc))
                 continue
-            stage.put(body, route.priority)
+            if not stage.put(route.path, body, route.priority, route.observed, time.monotonic()):
+                self.log.warning("router: %s backlog full; a change of %r dropped (the "
+                                 "watcher's reconcile sends it again)", stage.name, route.path)
         self._forward(stage)
 
     def _take_credit(self, stage: StageQueue, sock: zmq.Socket) -> None:
@@ -98,22 +102,28 @@ class Router(Actor):
     # ----- forwarding -------------------------------------------------------------------
     def _forward(self, stage: StageQueue) -> None:
         out = self.outputs[stage.name]
-        for queue in (stage.urgent, stage.normal):
-            while queue:
-                worker = stage.best_worker()
-                if worker is None:
-                    return  # every worker's window is full, or none is connected
-                try:
-                    out.send_multipart([worker.identity, queue[0]], zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
-                    if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                        raise
-                    self._forget(stage, worker, "is gone")
-                    continue
-                queue.popleft()
-                worker.sent += 1
-                stage.forwarded += 1
-                self.stats["messages_out"] += 1
+        now = time.monotonic()
+        while True:
+            head = stage.next()
+            if head is None:
+                return
+            worker = stage.best_worker()
+            if worker is None:
+                return  # every worker's window is full, or none is connected
+            path, waiting = head
+            frames = [worker.identity, waiting.body]
+            if waiting.merged:
+                frames.append(messages.earliest_frame(waiting.observed))
+            try:
+                out.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                    raise
+                self._forget(stage, worker, "is gone")
+                continue
+            stage.taken(path, now)
+            worker.sent += 1
+            self.stats["messages_out"] += 1
 
     def _forget(self, stage: StageQueue, worker: Worker, why: str) -> None:
         self.log.warning("router: %s worker %s %s; forgotten", stage.name, worker.name, why)

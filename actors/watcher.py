@@ -49,6 +49,7 @@ import msgpack
 import zmq
 from inotify_simple import flags
 
+from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.gateway import Git, GitError, nul_joined
@@ -110,6 +111,7 @@ class Watcher(Actor):
         self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
 
     def setup(self) -> None:
+        config_mod.prepare_runtime_dir(self.config)  # the run counter lives there
         self.runs = runs.RunCounter(self.config.runtime_dir / runs.FILE_NAME)
         self.epoch = float(self.runs.run)
         self.out = self.connect(zmq.PUSH, self.config.endpoints.stage_in("l1"))

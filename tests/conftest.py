@@ -190,7 +190,9 @@ class StageReader:
         return self.sock.poll(timeout)
 
     def recv(self) -> bytes:
-        return self.sock.recv()
+        """A change's body (a merged change's third frame, its earliest observation, is
+        left out)."""
+        return self.sock.recv_multipart()[0]
 
     def close(self, linger: int = 0) -> None:
         self.sock.close(linger)

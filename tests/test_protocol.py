@@ -267,28 +267,40 @@ def test_stage_frames_carry_a_route_and_the_change(priority, path):
     change = dataclasses.replace(SAMPLES[0], path=path)
     route_frame, body = messages.stage_frames(change, priority)
     raw_path = path.encode("utf-8", "surrogateescape")
-    assert route_frame == (b"\1" if priority else b"\0") + raw_path
-    assert Route.decode(route_frame) == Route(priority, raw_path)
+    route = Route(priority, raw_path, change.observed)
+    assert route_frame == route.encode()
+    assert route_frame[:1] == (b"\1" if priority else b"\0")
+    assert route_frame.endswith(raw_path)
+    assert Route.decode(route_frame) == route
     assert messages.decode(body) == change
-    assert Route.decode(Route(priority, raw_path).encode()) == Route(priority, raw_path)
-    assert Route.decode(bytearray(route_frame)) == Route(priority, raw_path)
+    assert Route.decode(bytearray(route_frame)) == route
 
 
 def test_longest_route_frame_passes():
-    longest = b"\0" + b"x" * messages.PATH_MAX
-    assert Route.decode(longest) == Route(False, b"x" * messages.PATH_MAX)
+    longest = Route(False, b"x" * messages.PATH_MAX, 1.5).encode()
+    assert Route.decode(longest) == Route(False, b"x" * messages.PATH_MAX, 1.5)
 
 
 @pytest.mark.parametrize("frame", [
     b"",
-    b"\x02a",                                   # not a priority byte
+    b"\x02" + bytes(8) + b"a",                 # not a priority byte
     b"a/b",                                     # a path without its priority byte
-    b"\x01" + b"x" * (messages.PATH_MAX + 1),   # longer than any path
+    b"\x01" + bytes(8),                         # no path
+    b"\x01" + bytes(8) + b"x" * (messages.PATH_MAX + 1),   # longer than any path
+    b"\x01" + b"\x7f\xf0" + bytes(6) + b"a",   # observed is infinite
     messages.encode(SAMPLES[0]),                # a message body where the route belongs
-], ids=["empty", "bad-priority", "no-priority", "too-long", "body"])
+], ids=["empty", "bad-priority", "no-priority", "no-path", "too-long", "infinite", "body"])
 def test_bad_route_frames_are_bad_messages(frame):
     with pytest.raises(BadMessage, match="route frame"):
         Route.decode(frame)
+
+
+def test_a_merged_change_keeps_the_earliest_observation():
+    change = dataclasses.replace(SAMPLES[0], observed=100.0)
+    assert messages.with_earliest(change, messages.earliest_frame(40.0)).observed == 40.0
+    assert messages.with_earliest(change, messages.earliest_frame(140.0)) == change
+    with pytest.raises(BadMessage):
+        messages.with_earliest(change, b"short")
 
 
 def test_a_route_frame_is_not_a_message():

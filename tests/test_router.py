@@ -116,3 +116,55 @@ def test_a_bad_credit_frame_is_counted_and_the_queue_keeps_working(router):
     producer.send_multipart(queued("b", 3))
     worker.announce(received=1)
     assert receive(worker, 1)[0].path == "b"
+
+
+def test_a_storm_on_few_paths_queues_each_path_once_with_its_earliest_observation(router):
+    cfg, context, producer = router
+    for round_ in range(50):  # 500 changes of 10 paths
+        for index in range(10):
+            producer.send_multipart(messages.stage_frames(
+                Change(path=f"agent/{index}", kind=ChangeKind.WRITE, seq=round_ * 10 + index,
+                       epoch=1.0, observed=100.0 + round_), priority=False))
+    wait_for(lambda: stage_status(cfg)["replaced"] == 490, 10, message="490 merged")
+    assert stage_status(cfg)["backlog"] == 10
+    worker = stage_reader(context, cfg, "l2", window=100)
+    got = []
+    while len(got) < 10:
+        assert worker.sock.poll(5000)
+        got.append(worker.sock.recv_multipart())
+    assert not worker.sock.poll(300)
+    for frames in got:
+        body, earliest = frames
+        change = messages.with_earliest(messages.decode(body), earliest)
+        assert change.seq >= 490 and change.observed == 100.0  # newest body, first seen
+
+
+def test_a_path_not_seen_lately_overtakes_a_storm_of_hot_paths(router):
+    cfg, context, producer = router
+    worker = stage_reader(context, cfg, "l2", window=1)
+    producer.send_multipart(queued("hot", 1))
+    assert receive(worker, 1)[0].path == "hot"
+    for seq in range(2, 12):  # hot again while the worker is busy: waits in the hot lane
+        producer.send_multipart(queued("hot", seq))
+        producer.send_multipart(queued(f"hot-{seq}", seq))
+    producer.send_multipart(queued("person/edit.txt", 50))
+    wait_for(lambda: stage_status(cfg)["backlog"] == 12, 10, message="all queued")
+    worker.announce(received=1)
+    # cold paths (first seen) in arrival order, the re-queued hot path last
+    paths = []
+    for taken in range(2, 14):
+        paths.append(receive(worker, 1)[0].path)
+        worker.announce(received=taken)
+    assert paths[-1] == "hot" and paths.index("person/edit.txt") < paths.index("hot")
+
+
+def test_the_backlog_cap_drops_and_counts(monkeypatch):
+    from gitsieve.common.actor import stage as stage_mod
+    monkeypatch.setattr(stage_mod, "MAX_BACKLOG", 2)
+    queue = stage_mod.StageQueue("l2")
+    assert queue.put(b"a", b"1", False, 1.0, 0.0) and queue.put(b"b", b"1", False, 1.0, 0.0)
+    assert queue.put(b"a", b"2", True, 0.5, 0.0)  # a waiting path is replaced, never dropped
+    assert not queue.put(b"c", b"1", False, 1.0, 0.0)
+    assert queue.status()["dropped"] == 1 and queue.backlog() == 2
+    path, waiting = queue.next()
+    assert (path, waiting.body, waiting.observed, waiting.merged) == (b"a", b"2", 0.5, True)

@@ -390,3 +390,20 @@ def test_the_run_counter_orders_runs_whatever_the_clock(workspace, tmp_path):
     assert bound.current() == (2, SEQ_BLOCK)
     second.issue(SEQ_BLOCK + 1)
     assert bound.current() == (2, 2 * SEQ_BLOCK + 1)
+
+
+def test_changes_the_router_lost_or_dropped_make_the_watcher_reconcile(bare_watcher):
+    from gitsieve.common.protocol.messages import HealthStatus
+    watcher, _ = bare_watcher
+
+    def health(lost: int, dropped: int) -> HealthStatus:
+        stats = {"stages": {"l2": {"lost": lost, "dropped": dropped}}}
+        return HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="", checked=1.0,
+                            actors={"router": {"pid": 7, "alive": True, "stats": stats}})
+    watcher.on_health(health(0, 0))
+    watcher.in_flight["a.txt"] = (1, time.monotonic())
+    watcher.on_health(health(0, 0))
+    assert watcher.restart_reconcile_at is None and watcher.in_flight
+    watcher.on_health(health(1, 2))
+    assert watcher.restart_reconcile_at is not None and not watcher.in_flight
+    assert "router lost 3 change(s)" in watcher.restarts_seen

@@ -44,6 +44,9 @@ from gitsieve.common.protocol.messages import (
 log = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 500  # messages taken from one socket per poll round, so no input starves
+# Seconds of handler work per socket per poll round: a busy worker still announces its
+# credit, beats and answers its control socket between rounds (liveness apart from work).
+ROUND_BUDGET = 0.2
 # The same failure of a tick or callback is logged in full at most this often (seconds);
 # every occurrence is still counted.
 _ERROR_LOG_INTERVAL = 60.0
@@ -245,7 +248,9 @@ class Actor:
     def _dispatch(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> int:
         """Handle what ``sock`` holds (up to _DRAIN_LIMIT frames); return how many."""
         taken = 0
-        while taken < _DRAIN_LIMIT:
+        stage = sock is self._feed_sock
+        budget_end = time.perf_counter() + ROUND_BUDGET
+        while taken < _DRAIN_LIMIT and time.perf_counter() < budget_end:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -253,9 +258,14 @@ class Actor:
             taken += 1
             self.stats["messages_in"] += 1
             try:
-                if len(frames) != 1:
+                if len(frames) != 1 and not (stage and len(frames) == 2):
                     raise BadMessage(f"{len(frames)} frames, expected 1")
                 message = messages.decode(frames[0])
+                if len(frames) == 2:
+                    if not isinstance(message, Change):
+                        raise BadMessage(f"a merge frame with {type(message).__name__}")
+                    # the router merged this change with older ones of the path
+                    message = messages.with_earliest(message, frames[1])
                 handler = handlers.get(type(message))
                 if handler is None:
                     raise BadMessage(f"unexpected {type(message).__name__} on this socket")

@@ -10,10 +10,21 @@ queue depth is known: the router's backlog plus each worker's changes in flight.
   announce (after every poll round that took something, and every heartbeat interval, so
   a restarted router learns of it within one).
 - :class:`StageQueue` and :class:`Worker` are the router's half.
+
+The backlog holds at most one change per path: a newer change of a path still waiting
+replaces the older one in its place (work grows with distinct paths, not with events), and
+keeps the earliest observation of the two, so a layer weighs every write since the first
+(exact attribution records writes apart from changes, per inode; the sampled fallback
+looks back to the earliest observation).  Three lanes, each first in, first out: ALLOW
+areas and writers known to be the user's first, then paths not forwarded within
+``HOT_WINDOW`` seconds, then the rest: an agent's storm rewrites the same paths, a person's
+edit rarely does.  The backlog holds at most
+``MAX_BACKLOG`` paths; a change beyond it is dropped and counted (``dropped``): the watcher
+sees the count in the health monitor's actors map and reconciles, so the path is sent again.
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from gitsieve.common.protocol.messages import Ready
@@ -55,22 +66,76 @@ class Worker:
         return self.window - self.in_flight()
 
 
+@dataclass
+class Waiting:
+    body: bytes
+    observed: float  # the earliest observation of the changes merged here
+    merged: bool = False
+
+
+MAX_BACKLOG = 200_000
+HOT_WINDOW = 2.0
+_RECENT_KEPT = 100_000
+
+
 class StageQueue:
-    """One stage's backlog (priority changes first) and its workers' credit."""
+    """One stage's backlog (one change per path; priority changes first) and its workers'
+    credit."""
 
     def __init__(self, name: str):
         self.name = name
-        self.urgent: deque[bytes] = deque()
-        self.normal: deque[bytes] = deque()
+        self.urgent: OrderedDict[bytes, Waiting] = OrderedDict()
+        self.cold: OrderedDict[bytes, Waiting] = OrderedDict()  # not forwarded lately
+        self.normal: OrderedDict[bytes, Waiting] = OrderedDict()
+        self.lanes = (self.urgent, self.cold, self.normal)
+        self.recent: OrderedDict[bytes, float] = OrderedDict()  # path -> last forwarded
         self.workers: dict[bytes, Worker] = {}
         self.forwarded = 0
+        self.replaced = 0  # changes merged into one already waiting for the same path
+        self.dropped = 0  # changes refused at MAX_BACKLOG (a reconcile sends them again)
         self.lost = 0  # changes in flight at workers that disappeared
 
     def backlog(self) -> int:
-        return len(self.urgent) + len(self.normal)
+        return len(self.urgent) + len(self.cold) + len(self.normal)
 
-    def put(self, body: bytes, priority: bool) -> None:
-        (self.urgent if priority else self.normal).append(body)
+    def put(self, path: bytes, body: bytes, priority: bool, observed: float,
+            now: float) -> bool:
+        """Queue a change (replacing the path's waiting one); False if dropped at the cap."""
+        for lane in self.lanes:
+            waiting = lane.get(path)
+            if waiting is not None:
+                waiting.body = body
+                waiting.observed = min(waiting.observed, observed)
+                waiting.merged = True
+                self.replaced += 1
+                if priority and lane is not self.urgent:
+                    self.urgent[path] = lane.pop(path)
+                return True
+        if self.backlog() >= MAX_BACKLOG:
+            self.dropped += 1
+            return False
+        last = self.recent.get(path)
+        cold = last is None or now - last > HOT_WINDOW
+        lane = self.urgent if priority else self.cold if cold else self.normal
+        lane[path] = Waiting(body, observed)
+        return True
+
+    def next(self) -> tuple[bytes, Waiting] | None:
+        for lane in self.lanes:
+            if lane:
+                return next(iter(lane.items()))
+        return None
+
+    def taken(self, path: bytes, now: float) -> None:
+        """The change of ``path`` at the head of its lane was forwarded."""
+        for lane in self.lanes:
+            if lane.pop(path, None) is not None:
+                break
+        self.recent[path] = now
+        self.recent.move_to_end(path)
+        while len(self.recent) > _RECENT_KEPT:
+            self.recent.popitem(last=False)
+        self.forwarded += 1
 
     def credit(self, identity: bytes, ready: Ready, now: float) -> Worker | None:
         """Apply a worker's announcement; the Worker when it is new."""
@@ -98,6 +163,8 @@ class StageQueue:
         return [worker for worker in self.workers.values() if now - worker.last_seen > after]
 
     def status(self) -> dict:
-        return {"backlog": self.backlog(), "forwarded": self.forwarded, "lost": self.lost,
+        return {"backlog": self.backlog(), "urgent": len(self.urgent), "cold": len(self.cold),
+                "forwarded": self.forwarded, "replaced": self.replaced,
+                "dropped": self.dropped, "lost": self.lost,
                 "workers": {w.name: {"in_flight": w.in_flight(), "credit": w.credit()}
                             for w in self.workers.values()}}

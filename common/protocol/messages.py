@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import struct
 import types
 import typing
 from dataclasses import dataclass, field
@@ -362,22 +363,49 @@ def decode(frame: bytes):
 @dataclass(frozen=True)
 class Route:
     """What the router needs of a Change in a stage queue, in a frame of its own: whether
-    it goes ahead of the rest (ALLOW areas, writers known to be the user's) and its path."""
+    it goes ahead of the rest (ALLOW areas, writers known to be the user's), when it was
+    observed (the router keeps the earliest of the changes of one path it merges) and its
+    path.  Wire: a priority byte, the observation as a big-endian double, the path."""
 
     priority: bool
     path: bytes
+    observed: float = 0.0
 
     def encode(self) -> bytes:
-        return (b"\1" if self.priority else b"\0") + self.path
+        return (b"\1" if self.priority else b"\0") + _STAMP.pack(self.observed) + self.path
 
     @classmethod
     def decode(cls, frame: bytes) -> "Route":
-        if not frame or frame[:1] not in (b"\0", b"\1") or len(frame) > PATH_MAX + 1:
-            raise BadMessage("route frame is not [priority byte, path]")
-        return cls(frame[:1] == b"\1", bytes(frame[1:]))
+        head = 1 + _STAMP.size
+        if len(frame) <= head or frame[:1] not in (b"\0", b"\1") or \
+                len(frame) > PATH_MAX + head:
+            raise BadMessage("route frame is not [priority byte, observed, path]")
+        observed = _STAMP.unpack_from(frame, 1)[0]
+        if not 0.0 <= observed < float("inf"):
+            raise BadMessage("route frame: observed is not a time")
+        return cls(frame[:1] == b"\1", bytes(frame[head:]), observed)
+
+
+_STAMP = struct.Struct(">d")
 
 
 def stage_frames(change: Change, priority: bool) -> list[bytes]:
     """The two frames a Change travels as through a stage queue."""
-    route = Route(priority, change.path.encode("utf-8", "surrogateescape"))
+    route = Route(priority, change.path.encode("utf-8", "surrogateescape"), change.observed)
     return [route.encode(), encode(change)]
+
+
+def earliest_frame(observed: float) -> bytes:
+    """The frame the router adds to a Change it merged with older ones of the same path:
+    the earliest observation among them."""
+    return _STAMP.pack(observed)
+
+
+def with_earliest(change: Change, frame: bytes) -> Change:
+    """``change`` observed as early as the merged frame says (never later than it was)."""
+    if len(frame) != _STAMP.size:
+        raise BadMessage("earliest-observation frame is not a double")
+    observed = _STAMP.unpack(frame)[0]
+    if not 0.0 <= observed < change.observed:
+        return change
+    return dataclasses.replace(change, observed=observed)
