@@ -71,7 +71,7 @@ class Health(Actor):
         self.note_restart(beat)
         self.actors[beat.actor] = {"pid": beat.pid, "state": beat.state,
                                    "last_seen": beat.sent, "received": time.time(),
-                                   "stats": beat.stats}
+                                   "interval": beat.interval, "stats": beat.stats}
 
     # ----- checks ---------------------------------------------------------------------
     def git_operation(self) -> str:
@@ -99,11 +99,13 @@ class Health(Actor):
 
     def actor_table(self) -> dict:
         now = time.time()
-        silent_after = ACTOR_SILENT_AFTER * self.config.heartbeat_interval
+        beat = self.config.heartbeat_interval
         for actor_id in [a for a, info in self.actors.items()
                          if now - info["received"] > _FORGET_ACTOR_AFTER]:
             del self.actors[actor_id]
-        return {actor_id: {**info, "alive": now - info["received"] <= silent_after}
+        # An idle actor beats rarely and says when its next beat is due at the latest.
+        return {actor_id: {**info, "alive": now - info["received"] <= ACTOR_SILENT_AFTER
+                           * max(beat, info.get("interval", 0.0))}
                 for actor_id, info in self.actors.items()}
 
     def evaluate(self) -> HealthStatus:

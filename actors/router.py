@@ -13,8 +13,8 @@ go to the worker with the most credit (the stage credit protocol, both halves in
 newer change replaces the waiting one, and the worker then gets a third frame with the
 earliest observation of the merged changes.  Paths not forwarded lately, ALLOW areas and
 writers known to be the user's go ahead (see :mod:`gitsieve.common.actor.stage`).  A worker that disconnects
-(``ROUTER_MANDATORY`` reports it) or stays silent past ``SILENT_HEARTBEATS`` heartbeat
-intervals is forgotten; the changes it held are lost with it, and the watcher's reconcile
+(``ROUTER_MANDATORY`` reports it) or stays silent past ``SILENT_HEARTBEATS`` of its
+announced intervals (an idle worker announces rarely) is forgotten; the changes it held are lost with it, and the watcher's reconcile
 finds those paths again.
 """
 from __future__ import annotations
@@ -130,9 +130,8 @@ class Router(Actor):
         stage.forget(worker)
 
     def on_tick(self, now: float) -> None:
-        silent_for = SILENT_HEARTBEATS * self.config.heartbeat_interval
         for stage in self.stages.values():
-            for worker in stage.silent(now, silent_for):
+            for worker in stage.silent(now, SILENT_HEARTBEATS, self.config.heartbeat_interval):
                 self._forget(stage, worker, f"silent for {now - worker.last_seen:.0f}s")
 
     def queue_depth(self) -> int:

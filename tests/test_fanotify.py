@@ -62,7 +62,7 @@ def test_git_dir_runtime_dir_and_outside_paths_are_not_kept(tmp_path, recorder):
         child_writes(path)
     inside = child_writes(tmp_path / "kept.txt")
     recorder.drain()
-    kept = {e.path for history in recorder.writes.values() for e in history}
+    kept = {e.path for newest in recorder.writes.values() for e in newest.values()}
     assert kept == {"kept.txt"}
     assert recorder.writes_to(tmp_path / "kept.txt", 0, time.time() + 1)[0].pid == inside
     outside.unlink()

@@ -30,7 +30,7 @@ from typing import Callable
 import zmq
 
 from gitsieve.common import config as config_mod
-from gitsieve.common.actor.stage import StageFeed
+from gitsieve.common.actor.stage import IDLE_FACTOR, StageFeed
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import (
@@ -107,6 +107,8 @@ class Actor:
         self._feed: StageFeed | None = None
         self._feed_sock: zmq.Socket | None = None
         self._next_heartbeat = 0.0
+        self._quiet_beats = 0
+        self._last_activity: tuple = ()
         self._error_logged: dict[str, float] = {}
 
     # ----- sockets -------------------------------------------------------------------
@@ -327,11 +329,19 @@ class Actor:
     def _beat(self, now: float) -> None:
         if now < self._next_heartbeat:
             return
-        self._next_heartbeat = now + self.config.heartbeat_interval
+        # Idle (no message in or out since the last beat, nothing held): beat up to
+        # IDLE_FACTOR times less often, and say so, so health's silence check follows.
+        activity = (self.stats["messages_in"], self.stats["messages_out"],
+                    self.stats["errors"], self.queue_depth())
+        self._quiet_beats = self._quiet_beats + 1 if activity == self._last_activity \
+            and not activity[3] else 0
+        self._last_activity = activity
+        interval = self.config.heartbeat_interval * min(IDLE_FACTOR, 1 + self._quiet_beats)
+        self._next_heartbeat = now + interval
         try:
             self._heartbeat.send(messages.encode(Heartbeat(
                 actor=self.actor_id, pid=os.getpid(), sent=time.time(), state=self.state,
-                stats=self.status())), zmq.NOBLOCK)
+                stats=self.status(), interval=interval)), zmq.NOBLOCK)
         except zmq.Again:  # no health monitor listening yet; the next beat tries again
             self.stats["heartbeats_deferred"] += 1
 

@@ -29,6 +29,10 @@ from dataclasses import dataclass
 
 from gitsieve.common.protocol.messages import Ready
 
+# An idle worker announces (and an idle actor beats) up to this many times less often than
+# the heartbeat interval; the message says when the next one is due at the latest.
+IDLE_FACTOR = 10
+
 
 class StageFeed:
     """The worker's end of a stage queue: what it took, what it last told the router."""
@@ -38,16 +42,23 @@ class StageFeed:
         self.received = 0
         self.announced = -1
         self.next_announce = 0.0
+        self.quiet_rounds = 0  # announcements in a row with nothing taken since the last
+
+    def current_interval(self) -> float:
+        """The announcement interval: stretched up to IDLE_FACTOR times while idle."""
+        return self.interval * min(IDLE_FACTOR, 1 + self.quiet_rounds)
 
     def due(self, now: float) -> Ready | None:
         """The Ready to send now, or None when nothing changed and no interval passed."""
         if self.received == self.announced and now < self.next_announce:
             return None
-        return Ready(worker=self.worker, received=self.received, window=self.window)
+        self.quiet_rounds = self.quiet_rounds + 1 if self.received == self.announced else 0
+        return Ready(worker=self.worker, received=self.received, window=self.window,
+                     interval=self.current_interval())
 
     def announced_at(self, ready: Ready, now: float) -> None:
         self.announced = ready.received
-        self.next_announce = now + self.interval
+        self.next_announce = now + ready.interval
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Worker:
     received: int  # as last announced by the worker
     sent: int  # changes the router sent it (counted from its first announcement)
     last_seen: float
+    interval: float = 0.0  # the worker's announced interval (0: the heartbeat interval)
 
     def in_flight(self) -> int:
         return max(0, self.sent - self.received)
@@ -148,7 +160,7 @@ class StageQueue:
         worker.received = max(worker.received, ready.received)
         worker.sent = max(worker.sent, worker.received)
         worker.window, worker.name = ready.window, ready.worker
-        worker.last_seen = now
+        worker.last_seen, worker.interval = now, ready.interval
         return new
 
     def best_worker(self) -> Worker | None:
@@ -159,8 +171,11 @@ class StageQueue:
         self.lost += worker.in_flight()
         self.workers.pop(worker.identity, None)
 
-    def silent(self, now: float, after: float) -> list[Worker]:
-        return [worker for worker in self.workers.values() if now - worker.last_seen > after]
+    def silent(self, now: float, intervals: float, heartbeat: float) -> list[Worker]:
+        """Workers silent for ``intervals`` of their announced interval (at least the
+        heartbeat interval)."""
+        return [worker for worker in self.workers.values()
+                if now - worker.last_seen > intervals * max(heartbeat, worker.interval)]
 
     def status(self) -> dict:
         return {"backlog": self.backlog(), "urgent": len(self.urgent), "cold": len(self.cold),

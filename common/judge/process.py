@@ -65,6 +65,9 @@ class ProcessJudge:
         if found is None and prior is not None and until >= change.observed - WRITE_LOOKBACK:
             self.repeated += 1
             return dataclasses.replace(prior, repeated=True)
+        if found is not None and found.writer == Writer.UNKNOWN:
+            return ProcessStep(Writer.UNKNOWN, L2Reason.WRITERS_LOST, self.mode,
+                               technique=found.technique, matched_by=found.matched_by)
         if found is None:
             reason = (L2Reason.NO_AUTONOMOUS_WRITER_SEEN if self.mode == Mode.PSUTIL
                       else L2Reason.NO_WRITER_SEEN)
@@ -78,6 +81,9 @@ class ProcessJudge:
         """A deletion: its remover (exact mode with fanotify FID) judged like a writer."""
         found = self.attributor.attribute_removal(self.config.workspace / change.path,
                                                   change.observed)
+        if found is not None and found.writer == Writer.UNKNOWN:
+            return ProcessStep(Writer.UNKNOWN, L2Reason.WRITERS_LOST, self.mode,
+                               technique=found.technique, matched_by=found.matched_by)
         if found is None:
             reason = (L2Reason.REMOVER_UNOBSERVABLE if self.mode == Mode.PSUTIL
                       else L2Reason.NO_REMOVAL_SEEN)

@@ -147,6 +147,9 @@ class Ready:
     worker: str
     received: int
     window: int
+    # seconds until the worker's next announcement at the latest (it announces rarely
+    # while idle); 0: the configured heartbeat interval
+    interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,9 @@ class Heartbeat:
     sent: float
     state: str
     stats: dict = field(default_factory=dict)
+    # seconds until the actor's next beat at the latest (idle actors beat rarely); 0: the
+    # configured heartbeat interval
+    interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -214,9 +220,19 @@ def _check_change(message) -> None:
             raise BadMessage(f"{name}: {field_name} must be a finite time, got {value!r}")
 
 
+MAX_INTERVAL = 3600.0
+
+
+def _check_interval(message) -> None:
+    if not 0.0 <= message.interval <= MAX_INTERVAL:
+        raise BadMessage(f"{type(message).__name__}: interval {message.interval!r} outside "
+                         f"0-{MAX_INTERVAL:g} s")
+
+
 def _check_ready(message: Ready) -> None:
     if message.received < 0 or message.window < 0:
         raise BadMessage(f"Ready: negative count ({message.received}, {message.window})")
+    _check_interval(message)
 
 
 def _check_paths(message) -> None:
@@ -228,7 +244,7 @@ def _check_paths(message) -> None:
 
 # Checks beyond field types, applied to every decoded message of the type.
 _VALIDATORS = {Change: _check_change, Decision: _check_change, Ready: _check_ready,
-               Batch: _check_paths}
+               Batch: _check_paths, Heartbeat: _check_interval}
 
 MESSAGE_TYPES = {cls.__name__: cls for cls in (
     Change, Decision, Batch, CommitReport, Ready, HealthStatus, Heartbeat, ControlRequest,

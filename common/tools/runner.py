@@ -24,6 +24,7 @@ import gc
 import importlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -173,6 +174,7 @@ class Runner:
         self.exit_code = 0
         self.lock = InstanceLock(config.lock_file)
         self.workspace_identity = self._identity()
+        self._wake: tuple[int, ...] = ()  # the runner's signal wake-up pipe
         self._next_workspace_check = 0.0
 
     def preload(self) -> None:
@@ -207,7 +209,10 @@ class Runner:
             os.dup2(devnull, 0)
             os.close(devnull)
             self.lock.leave()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.set_wakeup_fd(-1)
+            for fd in self._wake:
+                os.close(fd)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             os.environ[ACTOR_ENV_MARK] = child.actor_id
             set_title(f"gitsieve: {child.actor_id} {self.config.workspace}")
@@ -301,18 +306,38 @@ class Runner:
                 continue  # group already gone: nothing to reap
             child.proc.wait()
 
+    def next_wait(self, now: float) -> float:
+        """Seconds until the runner has something to do (a child's exit or a signal wakes
+        it sooner)."""
+        moments = [self._next_workspace_check] + [child.next_start for child in self.children
+                                                  if child.proc is None]
+        return max(0.0, min(moments) - now)
+
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
+        # A child's exit or a stop signal wakes the loop through this pipe; otherwise it
+        # sleeps until the next workspace check (once a second), so idling costs nothing.
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        wake_read, wake_write = self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         try:
             self.start()
             while not self.stopping:
                 self.supervise_once(time.monotonic())
-                time.sleep(0.1)
+                if self.stopping:
+                    break
+                ready, _, _ = select.select([wake_read], [], [],
+                                            self.next_wait(time.monotonic()))
+                if ready:
+                    os.read(wake_read, 512)
             log.info("stopping %d actors", len(self.children))
         finally:
             self.stop()
             self.lock.release()
+            signal.set_wakeup_fd(previous_wakeup)
+            os.close(wake_read)
+            os.close(wake_write)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.exit_code

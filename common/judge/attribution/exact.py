@@ -135,6 +135,11 @@ def combine(events: list) -> Attribution | None:
     return None
 
 
+# Writes in the window whose writer was lost (a fanotify queue overflow, the history cap):
+# never the user's, never the system's: the content layer decides.
+WRITERS_LOST = Attribution(UNKNOWN, TECHNIQUE_EXACT, 0, "", 0.0,
+                           matched_by="writers lost in a fanotify queue overflow")
+
 _ACTION_OF = {"moved-to": ProcessAction.MOVED_INTO_PLACE, "create": ProcessAction.CREATED,
               "delete": ProcessAction.REMOVED, "moved-from": ProcessAction.MOVED_AWAY}
 
@@ -223,6 +228,9 @@ class ExactAttributor:
         the observation (earlier writes were committed) and after ``since`` (the newest
         write an earlier change of this path already accounted for)."""
         since = self._window_start(observed, since)
+        if self.recorder.lost_since(since) or (self.names is not None
+                                               and self.names.lost_since(since)):
+            return WRITERS_LOST
         events = self.recorder.writes_to(abs_path, since, time.time())
         if self.names is not None:
             # a file renamed (or created) into place without a write is its mover's
@@ -238,6 +246,8 @@ class ExactAttributor:
         if self.names is None:
             return None
         since = self._window_start(observed, 0.0)
+        if self.names.lost_since(since):
+            return WRITERS_LOST
         return combine(self.names.operations_on(self._relative(abs_path), REMOVALS, since,
                                                 time.time()))
 

@@ -32,7 +32,7 @@ import logging
 import os
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -71,7 +71,10 @@ _HANDLE_HEADER = struct.Struct("=Ii")
 _READ_SIZE = 64 * 1024
 # Writes kept per inode, and for how long (seconds).
 HISTORY_SECONDS = 30.0
-HISTORY_PER_FILE = 32
+HISTORY_PER_FILE = 32  # name operations kept per path
+# Inodes whose writes are kept; past it the least recently written go first, and a change
+# whose window reaches back before the newest write forgotten that way has lost writers.
+MAX_FILES = 100_000
 _PRUNE_EVERY = 5.0
 
 
@@ -133,11 +136,18 @@ class _FanotifyGroup:
         self.events = 0
         self.kept = 0
         self.overflows = 0
+        # Read time of the newest event whose writer is lost (a queue overflow, a history
+        # cap): a change weighing writes before it cannot name all its writers.
+        self.lost_at = 0.0
         self._own_pid = os.getpid()
         self._pruning = Periodic(_PRUNE_EVERY)
 
     def fileno(self) -> int:
         return self.fd
+
+    def lost_since(self, since: float) -> bool:
+        """Whether writers of events read after ``since`` may have been lost."""
+        return self.lost_at > since
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -170,13 +180,17 @@ class WriteRecorder(_FanotifyGroup):
 
     ``resolve(pid)`` (optional) is called once per event while it is read, so whatever it
     returns (the writer's lineage, say) is captured before the pid can be reused.
+
+    Per inode it keeps the newest write of each kind of writer (``evidence.writer``:
+    user, system, gitsieve's own, unknown), so however often an agent rewrites a file, the
+    user's write among them is never pushed out; at most ``MAX_FILES`` inodes.
     """
 
     def __init__(self, root: str | os.PathLike, excluded: tuple[str, ...] = (),
                  resolve: Callable[[int], object] | None = None,
                  history: float = HISTORY_SECONDS, clock: Callable[[], float] = time.time):
         super().__init__(root, excluded, resolve, history, clock)
-        self.writes: dict[tuple[int, int], deque[WriteEvent]] = {}
+        self.writes: OrderedDict[tuple[int, int], dict[object, WriteEvent]] = OrderedDict()
         self.mark_kind = ""
         self.fd = self._open()
 
@@ -214,6 +228,7 @@ class WriteRecorder(_FanotifyGroup):
                             FANOTIFY_METADATA_VERSION)
             if mask & FAN_Q_OVERFLOW:
                 self.overflows += 1
+                self.lost_at = stamp
                 log.warning("fanotify queue overflowed: some writers are unknown")
             if fd == FAN_NOFD or fd < 0:
                 continue
@@ -235,15 +250,24 @@ class WriteRecorder(_FanotifyGroup):
         if not path.startswith(self.prefix) or path.startswith(self.excluded):
             return
         evidence = self.resolve(pid) if self.resolve else None
-        history = self.writes.get(file_key(info))
-        if history is None:
-            history = self.writes[file_key(info)] = deque(maxlen=HISTORY_PER_FILE)
-        history.append(WriteEvent(pid, stamp, mask, path[len(self.prefix):], evidence))
+        key = file_key(info)
+        newest = self.writes.get(key)
+        if newest is None:
+            newest = self.writes[key] = {}
+            while len(self.writes) > MAX_FILES:
+                _, forgotten = self.writes.popitem(last=False)
+                self.lost_at = max(self.lost_at, *(e.stamp for e in forgotten.values()))
+        else:
+            self.writes.move_to_end(key)
+        newest[getattr(evidence, "writer", None)] = WriteEvent(pid, stamp, mask,
+                                                               path[len(self.prefix):],
+                                                               evidence)
         self.kept += 1
 
     def prune(self, now: float | None = None) -> None:
         horizon = (self.clock() if now is None else now) - self.history
-        stale = [key for key, history in self.writes.items() if history[-1].stamp < horizon]
+        stale = [key for key, newest in self.writes.items()
+                 if max(e.stamp for e in newest.values()) < horizon]
         for key in stale:
             del self.writes[key]
 
@@ -255,8 +279,9 @@ class WriteRecorder(_FanotifyGroup):
             info = os.stat(abs_path, follow_symlinks=False)
         except OSError:
             return []
-        history = self.writes.get(file_key(info), ())
-        return [event for event in history if since < event.stamp <= until]
+        newest = self.writes.get(file_key(info), {})
+        return sorted((event for event in newest.values() if since < event.stamp <= until),
+                      key=lambda event: event.stamp)
 
 
 
@@ -337,6 +362,7 @@ class NameRecorder(_FanotifyGroup):
             self.events += 1
             if mask & FAN_Q_OVERFLOW:
                 self.overflows += 1
+                self.lost_at = stamp
                 log.warning("fanotify (FID) queue overflowed: some deleters are unknown")
                 continue
             op = next((name for bit, name in NAME_OPS.items() if mask & bit), None)
