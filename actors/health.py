@@ -33,6 +33,7 @@ from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
 CHECK_EVERY = 0.25  # seconds between (cheap) checks; publishing follows the interval
 STALE_LOCK_CHECK_EVERY = 1.0  # seconds; the check lists processes when a lock is old
+AUTONOMOUS_SCAN_EVERY = 5.0  # seconds between scans for autonomous processes starting
 ACTOR_SILENT_AFTER = 5  # heartbeat intervals without a beat before an actor counts as silent
 _FORGET_ACTOR_AFTER = 300.0  # seconds; a long-gone actor (e.g. a scaled-down worker)
 
@@ -189,9 +190,11 @@ class Health(Actor):
     # ----- recovery checks: fsck, stale index.lock, autonomous restart loops ----------
     def init_recovery_checks(self) -> None:
         self.fsck = integrity.FsckRunner(Git(self.config.workspace), self.config.fsck_interval)
+        # A scan of every process on the machine: every AUTONOMOUS_SCAN_EVERY seconds, not
+        # every second (it was most of an idle gitsieve's CPU).
         self.autonomous = RestartLoopDetector(
             self.config.autonomous_processes, self.config.autonomous_restart_limit,
-            self.config.autonomous_restart_window)
+            self.config.autonomous_restart_window, sample_every=AUTONOMOUS_SCAN_EVERY)
         self.stale_lock = ""
         self._next_lock_check = 0.0
         self._looping_logged = ""

@@ -273,10 +273,14 @@ class Explain(Command):
         elif decision["pending"]:
             lines.append(f"  => debouncing: quiet period {decision['quiet']}s, due in "
                          f"{decision['due_in']}s")
+            if decision.get("held_reason"):
+                lines.append(f"  held: {decision['held_reason']}")
         else:
             lines.append(f"  => released to the executor at {_clock(decision['batched'])} "
                          f"(batch {decision['batch_id']}) after a {decision['quiet']}s quiet "
                          f"period")
+        if decision.get("note"):
+            lines.append(f"  ({decision['note']})")
         if decision.get("stale_dropped"):
             lines.append(f"  ({decision['stale_dropped']} older verdicts arrived late and "
                          f"were dropped)")
@@ -419,7 +423,8 @@ class Flush(Command):
                 held.append({"path": path,
                              "reason": f"held by the executor: {executor['held_reason']}"})
             elif record["pending"]:
-                held.append({"path": path, "reason": f"debouncing (due in {record['due_in']}s)"})
+                held.append({"path": path, "reason": record.get("held_reason")
+                             or f"debouncing (due in {record['due_in']}s)"})
             else:
                 held.append({"path": path, "reason": "released to the executor, not committed "
                                                      "yet (a newer change may be in flight)"})
