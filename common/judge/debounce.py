@@ -77,6 +77,7 @@ class Debounce:
     def __init__(self, config, issued: Callable[[], tuple[int, int] | None] | None = None):
         self.config = config
         self.issued = issued or (lambda: None)
+        self._issued: tuple[int, int] | None = None  # the bound last read
         self.paths: dict[str, PathState] = {}
         # Paths with a commit waiting for their quiet period: the only ones the due checks
         # look at (``paths`` also holds every settled path for an hour).
@@ -89,22 +90,24 @@ class Debounce:
         self.early_releases = 0  # pending paths released early at the MAX_PENDING cap
 
     # ----- intake --------------------------------------------------------------------
-    def _bound(self) -> tuple[int, int] | None:
-        return self.issued()
+    def _issued_covers(self, order: tuple) -> bool:
+        """Whether the watcher issued ``order`` (True when nothing bounds it).  The bound is
+        asked again only when an order passes the one last known."""
+        if self._issued is None or order > self._issued:
+            self._issued = self.issued()
+        return self._issued is None or order <= self._issued
 
     def is_stale(self, decision: Decision) -> bool:
         state = self.paths.get(decision.path)
         if state is None or (decision.epoch, decision.seq) >= state.newest:
             return False
-        bound = self._bound()
         # A newest order beyond what the watcher issued (a counter reset) orders nothing.
-        return bound is None or state.newest <= bound
+        return self._issued_covers(state.newest)
 
     def intake(self, decision: Decision, now: float) -> Intake:
         """Take a decision in (``now``: time.monotonic())."""
         order = (decision.epoch, decision.seq)
-        bound = self._bound()
-        if bound is not None and order > bound:
+        if not self._issued_covers(order):
             self.not_issued += 1
             return Intake.NOT_ISSUED
         if self.is_stale(decision):
