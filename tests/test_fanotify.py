@@ -62,7 +62,7 @@ def test_git_dir_runtime_dir_and_outside_paths_are_not_kept(tmp_path, recorder):
         child_writes(path)
     inside = child_writes(tmp_path / "kept.txt")
     recorder.drain()
-    kept = {e.path for history in recorder.writes.values() for e in history}
+    kept = {e.path for history in recorder.writes.files.values() for e in history}
     assert kept == {"kept.txt"}
     assert recorder.writes_to(tmp_path / "kept.txt", 0, time.time() + 1)[0].pid == inside
     outside.unlink()
@@ -84,7 +84,7 @@ def test_time_window_and_pruning(tmp_path, recorder):
     assert recorder.writes_to(tmp_path / "w.txt", now + 0.5, now + 1) == []
     assert recorder.writes_to(tmp_path / "missing.txt", 0, now + 1) == []
     recorder.prune(now + recorder.history + 1)
-    assert recorder.writes == {}
+    assert recorder.writes.files == {}
 
 
 def test_the_descriptor_becomes_readable_on_a_write(tmp_path, recorder):

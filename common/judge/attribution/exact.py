@@ -29,6 +29,7 @@ from gitsieve.common.judge.attribution.base import (
     AutonomousMatcher,
 )
 from gitsieve.common.judge.attribution.fanotify import ARRIVALS, REMOVALS
+from gitsieve.common.judge.attribution.file_identity import Keying
 from gitsieve.common.protocol.states import Mode, ProcessAction
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,14 @@ _ACTION_OF = {"moved-to": ProcessAction.MOVED_INTO_PLACE, "create": ProcessActio
 
 
 class ExactAttributor:
-    """fanotify + proc connector: every writer by pid and lineage (needs root)."""
+    """fanotify + proc connector: every writer by pid and lineage (needs root).  Writes are
+    kept per file identity (:mod:`.file_identity`); ``keying`` is for the regression test
+    and the benchmark, which show what the inode number alone would attribute."""
 
     mode = Mode.FANOTIFY
 
-    def __init__(self, config, rules: WriterRules | None = None):
+    def __init__(self, config, rules: WriterRules | None = None,
+                 keying: Keying = Keying.HANDLE):
         from gitsieve.common.judge.attribution.fanotify import WriteRecorder
         from gitsieve.common.judge.attribution.lineage import LineageTracker
         self.rules = rules or WriterRules.from_config(config)
@@ -152,7 +156,7 @@ class ExactAttributor:
         self.lineage = LineageTracker()
         try:
             self.recorder = WriteRecorder(config.workspace, (str(config.runtime_dir),),
-                                          resolve=self._resolve)
+                                          resolve=self._resolve, keying=keying)
         except OSError:
             self.lineage.close()
             raise

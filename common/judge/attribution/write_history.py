@@ -1,0 +1,86 @@
+"""Recorded writes per file identity, for a bounded time: what a change is attributed from.
+
+Every source of writes feeds one of these: the root-mode :class:`.fanotify.WriteRecorder`
+(its own fanotify group) and, for an unprivileged gitsieve, the writes ``gitsieve helper``
+reports.  A lookup computes the identity of the path as it is now, so a file
+renamed into place (``write x.tmp; rename to x``) keeps its writes, and a file that got a
+freed inode number does not inherit the writes of the inode's previous file.
+
+Times where writes may have been missed (a fanotify or socket overflow, a helper restart,
+a directory written before it was marked) are kept as gaps: a change observed in or just
+after one must not be called the person's on the writes seen alone.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+from gitsieve.common.judge.attribution.file_identity import FileIdentity
+
+HISTORY_SECONDS = 30.0
+HISTORY_PER_FILE = 32
+# Files with writes kept at once; at the cap the stalest file is forgotten first, so a
+# change of it finds no writes and falls through to the content layer (never USER).
+MAX_FILES = 100_000
+MAX_GAPS = 256
+
+Event = TypeVar("Event")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Writes between ``since`` and ``until`` (wall clock) may be missing."""
+
+    since: float
+    until: float
+    reason: str
+
+
+class WriteHistory(Generic[Event]):
+    """identity -> recent events (anything with a ``stamp``, wall-clock seconds)."""
+
+    def __init__(self, history: float = HISTORY_SECONDS, per_file: int = HISTORY_PER_FILE,
+                 max_files: int = MAX_FILES, clock: Callable[[], float] = time.time):
+        self.history, self.per_file, self.max_files = history, per_file, max_files
+        self.clock = clock
+        self.files: dict[FileIdentity, deque[Event]] = {}
+        self.gaps: deque[Gap] = deque(maxlen=MAX_GAPS)
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def record(self, identity: FileIdentity, event: Event) -> None:
+        history = self.files.pop(identity, None)  # re-inserted: dict order is recency
+        if history is None:
+            history = deque(maxlen=self.per_file)
+            if len(self.files) >= self.max_files:
+                del self.files[next(iter(self.files))]
+                self.evicted += 1
+        history.append(event)
+        self.files[identity] = history
+
+    def writes_to(self, identity: FileIdentity | None, since: float,
+                  until: float) -> list[Event]:
+        if identity is None:
+            return []
+        return [event for event in self.files.get(identity, ())
+                if since < event.stamp <= until]
+
+    def note_gap(self, since: float, until: float, reason: str) -> None:
+        self.gaps.append(Gap(since, until, reason))
+
+    def gap_within(self, since: float, until: float) -> Gap | None:
+        """A gap overlapping ``[since, until]``: writes in that window may be unknown."""
+        return next((gap for gap in reversed(self.gaps)
+                     if gap.since <= until and gap.until >= since), None)
+
+    def prune(self, now: float | None = None) -> None:
+        horizon = (self.clock() if now is None else now) - self.history
+        stale = [key for key, events in self.files.items() if events[-1].stamp < horizon]
+        for key in stale:
+            del self.files[key]
+        while self.gaps and self.gaps[0].until < horizon:
+            self.gaps.popleft()

@@ -1,0 +1,49 @@
+"""common.judge.attribution.write_history as pure logic: lookups by identity and time, the
+per-file and total caps, pruning, and gaps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gitsieve.common.judge.attribution.file_identity import FileIdentity, IdentityKind
+from gitsieve.common.judge.attribution.write_history import WriteHistory
+
+
+@dataclass(frozen=True)
+class Event:
+    stamp: float
+
+
+def identity(n: int) -> FileIdentity:
+    return FileIdentity(1, IdentityKind.HANDLE, n.to_bytes(8, "little"))
+
+
+def test_writes_are_found_by_identity_within_the_window():
+    history = WriteHistory(per_file=3)
+    for stamp in (1.0, 2.0, 3.0, 4.0):
+        history.record(identity(1), Event(stamp))
+    assert history.writes_to(identity(1), 1.5, 3.0) == [Event(2.0), Event(3.0)]
+    assert history.writes_to(identity(1), 0.0, 9.0) == [Event(2.0), Event(3.0), Event(4.0)]
+    assert history.writes_to(identity(2), 0.0, 9.0) == []
+    assert history.writes_to(None, 0.0, 9.0) == []
+
+
+def test_at_the_cap_the_least_recently_written_file_goes():
+    history = WriteHistory(max_files=2)
+    history.record(identity(1), Event(1.0))
+    history.record(identity(2), Event(2.0))
+    history.record(identity(1), Event(3.0))  # 1 is now the most recent
+    history.record(identity(3), Event(4.0))
+    assert set(history.files) == {identity(1), identity(3)} and history.evicted == 1
+
+
+def test_prune_drops_stale_files_and_gaps():
+    history = WriteHistory(history=10.0)
+    history.record(identity(1), Event(1.0))
+    history.record(identity(2), Event(15.0))
+    history.note_gap(2.0, 3.0, "overflow")
+    history.note_gap(14.0, 16.0, "helper restart")
+    assert history.gap_within(2.5, 2.6).reason == "overflow"
+    history.prune(20.0)
+    assert set(history.files) == {identity(2)}
+    assert history.gap_within(0.0, 5.0) is None
+    assert history.gap_within(15.5, 30.0).reason == "helper restart"
