@@ -4,6 +4,7 @@ to it after both... the child has exited."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +17,9 @@ from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.attribution.base import SELF, SYSTEM, UNKNOWN, USER
 from gitsieve.common.judge.attribution.exact import ExactAttributor, WriterRules
 from gitsieve.common.judge.attribution.lineage import (
+    PROC_EVENT_EXEC,
+    PROC_EVENT_EXIT,
+    PROC_EVENT_FORK,
     LineageTracker,
     ProcInfo,
     read_proc,
@@ -192,3 +196,98 @@ def test_psutil_is_used_when_configured_even_as_root(workspace):
     workspace.config('[filter]\nattribution = "psutil"\n')
     attributor = make_attributor(workspace.load())
     assert attributor.mode == Mode.PSUTIL and attributor.fds() == []
+
+
+# ----- retention: what could still be a writer's ancestor ---------------------------------
+# pids above any pid_max: /proc has nothing for them, as for processes already gone
+X, Y = 1 << 30, (1 << 30) + 1
+
+
+def message(what: int, *ints: int) -> bytes:
+    """One proc connector datagram as the kernel sends it (nlmsghdr, cn_msg, proc_event)."""
+    event = struct.pack("=IIQ", what, 0, 0) + struct.pack(f"={len(ints)}i", *ints).ljust(
+        24, b"\0")
+    cn = struct.pack("=IIIIHH", 1, 1, 0, 0, len(event), 0) + event
+    return struct.pack("=IHHII", 16 + len(cn), 3, 0, 0, 0) + cn
+
+
+def fork(parent: int, child: int) -> bytes:
+    return message(PROC_EVENT_FORK, parent, parent, child, child)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def tracker():
+    clock = Clock()
+    made = LineageTracker(keep_exited=10.0, listen=False, clock=clock)
+    made.clock_ref = clock
+    return made
+
+
+def test_an_exited_parent_stays_while_its_child_lives(tracker):
+    me = os.getpid()
+    tracker._parse(fork(me, X) + fork(X, Y) + message(PROC_EVENT_EXIT, X, X))
+    tracker.prune(tracker.clock_ref.now + 100)
+    assert [info.pid for info in tracker.chain(Y)][:3] == [Y, X, me]
+    tracker._parse(message(PROC_EVENT_EXIT, Y, Y))
+    tracker.clock_ref.now += 5
+    tracker.prune()
+    assert Y in tracker.processes  # within the grace: its write may still be queued
+    tracker.prune(tracker.clock_ref.now + 100)
+    assert X not in tracker.processes and Y not in tracker.processes
+    assert not tracker._children.get(tracker.processes[me].serial)
+
+
+def test_a_reused_pid_does_not_become_an_older_childs_parent(tracker):
+    me = os.getpid()
+    # X runs a program gone before it could be read (exec_lost), forks Y, exits; the
+    # kernel gives X's pid to a new child of ours.
+    tracker._parse(fork(me, X) + message(PROC_EVENT_EXEC, X, X) + fork(X, Y)
+                   + message(PROC_EVENT_EXIT, X, X) + fork(me, X))
+    old_parent = tracker.chain(Y)[1]
+    assert old_parent.pid == X and old_parent.exec_lost
+    assert not tracker.processes[X].exec_lost  # the new X
+    assert tracker.processes[X].serial != old_parent.serial
+    assert len(tracker.retired) == 1
+    tracker._parse(message(PROC_EVENT_EXIT, Y, Y))
+    tracker.prune(tracker.clock_ref.now + 100)
+    assert tracker.retired == {} and Y not in tracker.processes
+    assert X in tracker.processes  # the new X is alive
+
+
+def test_a_daemonised_child_keeps_its_exited_parent_in_its_lineage():
+    tracker = LineageTracker(keep_exited=1.0)
+    try:
+        # the shell starts a sleeper in the background and exits when told to
+        shell = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; read line"],
+                                 stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        sleeper = int(shell.stdout.readline())
+        tracker.drain()  # while the shell runs: its exec is read from /proc
+        shell.stdin.close()
+        shell.wait()
+        deadline = time.monotonic() + 10
+        while tracker.processes[shell.pid].exited is None:
+            assert time.monotonic() < deadline, "no exit event for the shell"
+            tracker.drain()
+            time.sleep(0.05)
+        tracker.prune(time.time() + 100)  # far past the grace
+        chain = tracker.chain(sleeper)
+        assert chain[1].pid == shell.pid and chain[1].exited is not None
+        assert chain[1].cmdline.startswith("sh -c sleep 30") and not chain[1].exec_lost
+        os.kill(sleeper, 9)
+        deadline = time.monotonic() + 10
+        while tracker.processes[sleeper].exited is None:
+            assert time.monotonic() < deadline, "no exit event for the sleeper"
+            tracker.drain()
+            time.sleep(0.05)
+        tracker.prune(time.time() + 100)
+        assert sleeper not in tracker.processes and shell.pid not in tracker.processes
+    finally:
+        tracker.close()
