@@ -2,8 +2,8 @@
 errors, the README table and ``gitsieve init`` in step with it, a private runtime dir."""
 import os
 import re
-import tempfile
 import stat
+import tempfile
 import threading
 import time
 from pathlib import Path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gitsieve.common.judge.attribution.file_identity import FileIdentity, IdentityKind
-from gitsieve.common.judge.attribution.write_history import WriteHistory
+from gitsieve.common.judge.attribution.write_history import Missed, WriteHistory
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ def test_prune_drops_stale_files_and_gaps():
     history = WriteHistory(history=10.0)
     history.record(identity(1), Event(1.0))
     history.record(identity(2), Event(15.0))
-    history.note_gap(2.0, 3.0, "overflow")
-    history.note_gap(14.0, 16.0, "helper restart")
-    assert history.gap_within(2.5, 2.6).reason == "overflow"
+    history.note_gap(2.0, 3.0, Missed.FANOTIFY_OVERFLOW)
+    history.note_gap(14.0, 16.0, Missed.HELPER_AWAY)
+    assert history.gap_within(2.5, 2.6).reason is Missed.FANOTIFY_OVERFLOW
     history.prune(20.0)
     assert set(history.files) == {identity(2)}
     assert history.gap_within(0.0, 5.0) is None
-    assert history.gap_within(15.5, 30.0).reason == "helper restart"
+    assert history.gap_within(15.5, 30.0).reason is Missed.HELPER_AWAY

@@ -72,7 +72,7 @@ class ProcessJudge:
             suspects = tuple(Suspect(pid, cmdline) for pid, cmdline in
                              self.attributor.suspects(change.observed))
             return ProcessStep(Writer.UNKNOWN, reason, self.mode, io_suspects=suspects)
-        return found.evidence(ProcessStep(found.writer, L2Reason.IDENTIFIED, self.mode))
+        return self._step(found)
 
     def _judge_removal(self, change: Change) -> ProcessStep:
         """A deletion: its remover (exact mode with fanotify FID) judged like a writer."""
@@ -82,7 +82,13 @@ class ProcessJudge:
             reason = (L2Reason.REMOVER_UNOBSERVABLE if self.mode == Mode.PSUTIL
                       else L2Reason.NO_REMOVAL_SEEN)
             return ProcessStep(Writer.UNKNOWN, reason, self.mode)
-        return found.evidence(ProcessStep(found.writer, L2Reason.IDENTIFIED, self.mode))
+        return self._step(found)
+
+    def _step(self, found) -> ProcessStep:
+        # UNKNOWN: writes may have been missed, or the writer could not be read
+        reason = L2Reason.WRITER_UNKNOWN if found.writer == Writer.UNKNOWN else \
+            L2Reason.IDENTIFIED
+        return found.evidence(ProcessStep(found.writer, reason, self.mode))
 
     def note_accounted(self, path: str, step: ProcessStep) -> None:
         """Remember the newest write a verdict (ours or another worker's) weighed."""

@@ -78,6 +78,7 @@ class L2Reason(StrEnum):
     NO_AUTONOMOUS_WRITER_SEEN = "no-autonomous-writer-seen"  # psutil mode
     REMOVER_UNOBSERVABLE = "remover-unobservable"  # psutil mode: deletions carry no writer
     NO_REMOVAL_SEEN = "no-removal-seen"    # exact mode: no removal by a known process
+    WRITER_UNKNOWN = "writer-unknown"      # exact mode: writes missed, or writer unreadable
 
 
 class L3Reason(StrEnum):
@@ -111,6 +112,7 @@ _TEXT = {
     L2Reason.NO_AUTONOMOUS_WRITER_SEEN: "no autonomous writer seen",
     L2Reason.REMOVER_UNOBSERVABLE: "deleted: no writer to observe",
     L2Reason.NO_REMOVAL_SEEN: "deleted: no removal by a known process seen",
+    L2Reason.WRITER_UNKNOWN: "writer not known: {detail}",
     L3Reason.WORK_FILE_PROBLEM: "{detail}",
     L3Reason.NEVER_COMMITTED: "never committed",
     L3Reason.DELETED: "deleted",

@@ -24,6 +24,7 @@ still leads to the process that really started them.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
@@ -59,9 +60,54 @@ _RECV_SIZE = 64 * 1024
 KEEP_EXITED = 10.0
 _PRUNE_EVERY = 5.0
 MAX_CHAIN = 64
-_GIT_MARK = f"{GITSIEVE_ENV_MARK}=1".encode()
-_ACTOR_MARK = f"{ACTOR_ENV_MARK}=".encode()
+_GIT_MARK = f"\0{GITSIEVE_ENV_MARK}=1\0".encode()
+_ACTOR_MARK = f"\0{ACTOR_ENV_MARK}=".encode()
 NO_PARENT = 0
+
+
+# A classic BPF program on the socket drops, before any Python runs, what the tracker never
+# uses: thread forks and exits (half of all events on a busy machine) and event types other
+# than fork, exec, uid and exit.  Loads are big-endian; the fields are the host's, so the
+# constants are compared byte-swapped, and pid/tgid equality needs no swap.
+SO_ATTACH_FILTER = 26
+_BPF = struct.Struct("=HBBI")
+_LD_W_ABS, _LDX_W_MEM, _ST, _JEQ_K, _JEQ_X, _RET_K = 0x20, 0x61, 0x02, 0x15, 0x1D, 0x06
+_WHAT_AT = _NLMSGHDR.size + _CN_MSG.size   # proc_event.what
+_DATA_AT = _EVENT_DATA                       # proc_event.event_data
+_KEEP, _DROP = 0xFFFFFFFF, 0
+
+
+def _swapped(value: int) -> int:
+    return int.from_bytes(value.to_bytes(4, sys.byteorder), "big")
+
+
+def _same_words(first: int, second: int) -> list[tuple[int, int, int, int]]:
+    """Keep the message when the words at ``first`` and ``second`` are equal."""
+    return [(_LD_W_ABS, 0, 0, second), (_ST, 0, 0, 0), (_LD_W_ABS, 0, 0, first),
+            (_LDX_W_MEM, 0, 0, 0), (_JEQ_X, 0, 1, 0), (_RET_K, 0, 0, _KEEP),
+            (_RET_K, 0, 0, _DROP)]
+
+
+def _filter_program() -> bytes:
+    # fork: child pid == child tgid; exit: pid == tgid (offsets in proc_event's union)
+    fork = _same_words(_DATA_AT + 8, _DATA_AT + 12)
+    exit_ = _same_words(_DATA_AT, _DATA_AT + 4)
+    keep_at, fork_at = 6, 7
+    exit_at = fork_at + len(fork)
+    head = [(_LD_W_ABS, 0, 0, _WHAT_AT),                              # 0
+            (_JEQ_K, fork_at - 2, 0, _swapped(PROC_EVENT_FORK)),     # 1
+            (_JEQ_K, exit_at - 3, 0, _swapped(PROC_EVENT_EXIT)),     # 2
+            (_JEQ_K, keep_at - 4, 0, _swapped(PROC_EVENT_EXEC)),     # 3
+            (_JEQ_K, keep_at - 5, 0, _swapped(PROC_EVENT_UID)),      # 4
+            (_RET_K, 0, 0, _DROP),                                   # 5
+            (_RET_K, 0, 0, _KEEP)]                                   # 6
+    return b"".join(_BPF.pack(*instruction) for instruction in (*head, *fork, *exit_))
+
+
+def _attach_filter(sock: socket.socket) -> None:
+    program = ctypes.create_string_buffer(_filter_program())
+    fprog = struct.pack("HL", len(program.raw) // _BPF.size, ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class LineageUnavailable(OSError):
@@ -96,24 +142,30 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def read_proc(pid: int) -> ProcInfo | None:
-    """What /proc says about ``pid`` now, or None when it is gone.  Command lines and
-    cgroups are interned: many processes share them."""
-    status = _read(f"/proc/{pid}/status")
-    if status is None:
+def read_proc(pid: int, known: ProcInfo | None = None) -> ProcInfo | None:
+    """What /proc says about ``pid`` now, or None when it is gone.  ``known``: its live
+    record (a fork's copy), whose parent and uid stand (uid changes come as events), so
+    its status need not be read.  Command lines and cgroups are interned: many processes
+    share them."""
+    if known is None:
+        status = _read(f"/proc/{pid}/status")
+        if status is None:
+            return None
+        ppid, uid = 0, -1
+        for line in status.splitlines():
+            if line.startswith(b"PPid:"):
+                ppid = int(line.split()[1])
+            elif line.startswith(b"Uid:"):
+                uid = int(line.split()[1])
+    else:
+        ppid, uid = known.ppid, known.uid
+    raw_cmdline = _read(f"/proc/{pid}/cmdline")
+    if raw_cmdline is None:
         return None
-    ppid, uid = 0, -1
-    for line in status.splitlines():
-        if line.startswith(b"PPid:"):
-            ppid = int(line.split()[1])
-        elif line.startswith(b"Uid:"):
-            uid = int(line.split()[1])
-    raw_cmdline = _read(f"/proc/{pid}/cmdline") or b""
     cmdline = raw_cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     cgroup = (_read(f"/proc/{pid}/cgroup") or b"").decode("utf-8", "replace").strip()
-    environ = _read(f"/proc/{pid}/environ") or b""
-    mark = any(item == _GIT_MARK or item.startswith(_ACTOR_MARK)
-               for item in environ.split(b"\0"))
+    environ = b"\0" + (_read(f"/proc/{pid}/environ") or b"") + b"\0"
+    mark = _GIT_MARK in environ or _ACTOR_MARK in environ
     return ProcInfo(pid, ppid, sys.intern(cmdline), uid, sys.intern(cgroup), mark)
 
 
@@ -144,6 +196,7 @@ class LineageTracker:
                                  | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
             sock.bind((0, CN_IDX_PROC))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            _attach_filter(sock)
             payload = struct.pack("=I", PROC_CN_MCAST_LISTEN)
             message = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
             sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(message), NLMSG_DONE, 0, 0,
@@ -281,7 +334,8 @@ class LineageTracker:
     def _on_exec(self, data: bytes, at: int) -> None:
         pid, tgid = _TWO_INTS.unpack_from(data, at)
         known = self.processes.get(tgid)
-        fresh = read_proc(tgid)
+        live = known if known is not None and known.exited is None else None
+        fresh = read_proc(tgid, live)
         if fresh is None:  # exited already: the parent is right, the program unknown
             if known is not None:
                 self._put(replace(known, exec_lost=True))

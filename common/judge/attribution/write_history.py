@@ -1,10 +1,10 @@
 """Recorded writes per file identity, for a bounded time: what a change is attributed from.
 
-Every source of writes feeds one of these: the root-mode :class:`.fanotify.WriteRecorder`
-(its own fanotify group) and, for an unprivileged gitsieve, the writes ``gitsieve helper``
-reports.  A lookup computes the identity of the path as it is now, so a file
-renamed into place (``write x.tmp; rename to x``) keeps its writes, and a file that got a
-freed inode number does not inherit the writes of the inode's previous file.
+:class:`.recorder.WriteRecorder` keeps one per workspace, fed by L2's own fanotify groups
+(root) or by the writes ``gitsieve helper`` reports.  A lookup computes the identity of the
+path as it is now, so a file renamed into place (``write x.tmp; rename to x``) keeps its
+writes, and a file that got a freed inode number does not inherit the writes of the inode's
+previous file.
 
 Times where writes may have been missed (a fanotify or socket overflow, a helper restart,
 a directory written before it was marked) are kept as gaps: a change observed in or just
@@ -12,6 +12,7 @@ after one must not be called the person's on the writes seen alone.
 """
 from __future__ import annotations
 
+import enum
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,13 +30,26 @@ MAX_GAPS = 256
 Event = TypeVar("Event")
 
 
+class Missed(enum.Enum):
+    """Why writes may have been missed: a change then is UNKNOWN, never the user's."""
+
+    FANOTIFY_OVERFLOW = "the kernel's fanotify queue overflowed"
+    LINEAGE_OVERFLOW = "process events were lost"
+    CLIENT_BUFFER = "the attribution helper dropped events this worker read too slowly"
+    HELPER_AWAY = "the attribution helper was not connected"
+    UNMARKED = "written in a directory before it was watched"
+
+    def describe(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Gap:
     """Writes between ``since`` and ``until`` (wall clock) may be missing."""
 
     since: float
     until: float
-    reason: str
+    reason: Missed
 
 
 class WriteHistory(Generic[Event]):
@@ -69,7 +83,7 @@ class WriteHistory(Generic[Event]):
         return [event for event in self.files.get(identity, ())
                 if since < event.stamp <= until]
 
-    def note_gap(self, since: float, until: float, reason: str) -> None:
+    def note_gap(self, since: float, until: float, reason: Missed) -> None:
         self.gaps.append(Gap(since, until, reason))
 
     def gap_within(self, since: float, until: float) -> Gap | None:

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Attribution figures, printed (no thresholds here).
+
+``idle``: an idle workspace while the rest of the machine writes elsewhere.  A temporary
+workspace (``--files`` files in directories of 25, committed, with a bare remote) runs under
+``gitsieve run`` with exact attribution; after a warm-up a writer process rewrites files in
+another directory of the same filesystem at ``--rate`` writes a second (and, with
+``--spawn``, starts that many short processes a second, as other programs do).  For
+``--seconds`` it samples every gitsieve process from /proc: CPU seconds and voluntary
+context switches (a process sleeping in poll and woken counts one: wakeups), and the L2
+workers' fanotify event counters from ``gitsieve status --json``.  Only the command line
+is used, so the same script measures any installed version (the ``before`` of a change:
+``PYTHONPATH=/path/to/old/site python3 scripts/bench_attribution.py idle``).
+
+Usage: python3 scripts/bench_attribution.py idle [--seconds 30] [--files 500] [--rate 200]
+                                                 [--spawn 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IDENTITY = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@b"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+QUIET_CONFIG = """
+[filter]
+attribution = "fanotify"
+[watcher]
+reconcile_interval = 60
+"""
+# Rewrites files in one directory at a given rate, and optionally starts short processes.
+ELSEWHERE = r"""
+import os, subprocess, sys, time
+directory, rate, spawn = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+n, started = 0, time.monotonic()
+next_spawn = started
+while True:
+    due = started + n / rate if rate else started + 3600
+    if spawn and next_spawn <= due:
+        time.sleep(max(0.0, next_spawn - time.monotonic()))
+        subprocess.run(["/bin/true"])
+        next_spawn += 1 / spawn
+        continue
+    time.sleep(max(0.0, due - time.monotonic()))
+    with open(os.path.join(directory, f"f{n % 50}"), "w") as handle:
+        handle.write(str(n))
+    n += 1
+"""
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, env={**os.environ, **IDENTITY},
+                   capture_output=True)
+
+
+def make_workspace(base: Path, files: int, config: str) -> Path:
+    remote, root = base / "remote.git", base / "ws"
+    git(base, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(base, "init", "-q", "-b", "main", str(root))
+    for n in range(files):
+        target = root / f"dir{n // 25:04d}" / f"file{n:06d}.txt"
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(f"file {n}\n")
+    (root / ".gitsieve.toml").write_text(config)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "init")
+    git(root, "remote", "add", "origin", str(remote))
+    git(root, "push", "-q", "-u", "origin", "main")
+    return root
+
+
+def gitsieve(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gitsieve.common.tools.cli", *args]
+
+
+def status(root: Path) -> list[dict]:
+    done = subprocess.run(gitsieve("status", "--workspace", str(root), "--json"),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return []
+    return json.loads(done.stdout)["actors"]
+
+
+def descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:  # gone meanwhile
+            continue
+        found += map(int, children)
+        frontier += map(int, children)
+    return found
+
+
+def sample(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, voluntary context switches) of ``pid`` and its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        switches = sum(int(line.split()[1]) for line in
+                       Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("voluntary_ctxt_switches"))
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, switches
+
+
+def name_of(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [word.decode(errors="replace") for word in argv if word]
+    for n, word in enumerate(words):
+        if word.startswith("gitsieve.actors."):
+            instance = words[words.index("--instance") + 1] if "--instance" in words else ""
+            return word.split(".")[-1] + (f"-{int(instance):02d}" if instance else "")
+        if word == "gitsieve.common.tools.cli":
+            return "gitsieve run"
+    return os.path.basename(words[0]) if words else "?"
+
+
+def l2_events(root: Path) -> dict[str, int]:
+    return {actor["name"]: actor.get("fanotify_events", 0) for actor in status(root)
+            if actor["name"].startswith("l2")}
+
+
+def bench_idle(args) -> None:
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-idle-"))
+    runner = writer = None
+    try:
+        root = make_workspace(base, args.files, QUIET_CONFIG)
+        elsewhere = base / "elsewhere"
+        elsewhere.mkdir()
+        log = open(base / "gitsieve.log", "wb")
+        runner = subprocess.Popen(gitsieve("run", "--workspace", str(root)), stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not l2_events(root):
+            if runner.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"gitsieve did not start:\n{(base / 'gitsieve.log').read_text()}")
+            time.sleep(0.5)
+        writer = subprocess.Popen([sys.executable, "-c", ELSEWHERE, str(elsewhere),
+                                   str(args.rate), str(args.spawn)], start_new_session=True)
+        time.sleep(args.warmup)
+        pids = [runner.pid, *descendants(runner.pid)]
+        names = {pid: name_of(pid) for pid in pids}
+        before = {pid: sample(pid) for pid in pids}
+        events_before = l2_events(root)
+        time.sleep(args.seconds)
+        after = {pid: sample(pid) for pid in pids}
+        events_after = l2_events(root)
+    finally:
+        for proc in (writer, runner):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"idle {args.seconds:g} s, {args.files} files, {args.rate:g} writes/s and "
+          f"{args.spawn:g} processes/s elsewhere on the same filesystem")
+    print(f"  {'process':<16}{'CPU %':>8}{'wakeups/s':>11}")
+    total_cpu = total_wakeups = 0.0
+    for pid in pids:
+        if before.get(pid) is None or after.get(pid) is None:
+            continue
+        cpu = (after[pid][0] - before[pid][0]) / args.seconds * 100
+        wakeups = (after[pid][1] - before[pid][1]) / args.seconds
+        total_cpu += cpu
+        total_wakeups += wakeups
+        print(f"  {names[pid]:<16}{cpu:>8.2f}{wakeups:>11.1f}")
+    print(f"  {'all':<16}{total_cpu:>8.2f}{total_wakeups:>11.1f}")
+    for name in sorted(events_after):
+        delta = events_after[name] - events_before.get(name, 0)
+        print(f"  {name}: {delta} fanotify events read ({delta / args.seconds * 60:.0f} a "
+              "minute)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    idle = sub.add_parser("idle", help="CPU and wakeups of an idle workspace")
+    idle.add_argument("--seconds", type=float, default=30.0)
+    idle.add_argument("--warmup", type=float, default=5.0)
+    idle.add_argument("--files", type=int, default=500)
+    idle.add_argument("--rate", type=float, default=200.0,
+                      help="writes a second elsewhere on the same filesystem")
+    idle.add_argument("--spawn", type=float, default=0.0,
+                      help="short processes started a second elsewhere")
+    idle.set_defaults(func=bench_idle)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
