@@ -289,6 +289,20 @@ def test_a_child_rm_and_mv_of_an_autonomous_process_are_system(workspace, exact,
     assert (away.writer, away.pid, into.writer, into.pid) == (SYSTEM, mv_pid, SYSTEM, mv_pid)
 
 
+def test_an_agents_new_directory_is_the_agents_even_written_before_its_mark(
+        workspace, exact, agent_runs):
+    """mkdir and write at once, faster than any mark: the backstop group saw who created the
+    file, an autonomous process, so its early writes were that process's."""
+    attributor, tag = exact
+    attributor.drain()
+    observed = time.time()
+    agent_runs(tag, "sh", "-c", f"mkdir -p {workspace.root}/out/deep && "
+                                f"echo data > {workspace.root}/out/deep/result.txt")
+    found = attributor.attribute(workspace.path("out/deep/result.txt"), observed)
+    assert (found.writer, found.matched_by) == (SYSTEM, "autonomous_processes")
+    assert attributor.status()["backstop"]
+
+
 def user_process(attributor, source, target="") -> int:
     proc = subprocess.Popen([sys.executable, "-c", USER_PROCESS, str(source), str(target)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -154,6 +154,16 @@ _ACTION_OF = {Op.MOVED_TO: ProcessAction.MOVED_INTO_PLACE, Op.CREATE: ProcessAct
               Op.DELETE: ProcessAction.REMOVED, Op.MOVED_FROM: ProcessAction.MOVED_AWAY}
 
 
+def made_by_the_system(arrivals: list) -> bool:
+    """A file found in a directory marked late was created (or moved in) by autonomous or
+    gitsieve's own processes only: the writes before the mark were theirs (another process
+    would have had to write the file within the moment before the mark).  Never so for a
+    user's file: that stays UNKNOWN."""
+    return bool(arrivals) and all(isinstance(event.evidence, WriterEvidence) and
+                                  event.evidence.writer in (SYSTEM, SELF)
+                                  for event in arrivals)
+
+
 def blind(missed: Missed, technique: Technique) -> Attribution:
     """The verdict for a change whose writes may have been missed: UNKNOWN, never USER."""
     return Attribution(UNKNOWN, technique, 0, "", 0.0,
@@ -204,13 +214,15 @@ class RecordedAttributor:
         since = self._window_start(observed, since)
         until = time.time()
         rel = self.recorder.relative(abs_path)
+        # a file renamed (or created) into place without a write is its mover's
+        arrivals = self.recorder.operations_on(rel, ARRIVALS, since, until)
         missed = self.recorder.missed(rel, since, until)
+        if missed is Missed.UNMARKED and made_by_the_system(arrivals):
+            missed = None  # its early writes were its maker's: an autonomous process
         if missed is not None:
             return blind(missed, self.technique)
-        # a file renamed (or created) into place without a write is its mover's
-        events = (self.recorder.writes_to(abs_path, since, until)
-                  + self.recorder.operations_on(rel, ARRIVALS, since, until))
-        return combine(events, self.technique)
+        return combine(self.recorder.writes_to(abs_path, since, until) + arrivals,
+                       self.technique)
 
     def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
                           since: float = 0.0) -> Attribution | None:
@@ -291,10 +303,12 @@ class ExactAttributor(RecordedAttributor):
                 *((fd, self.drain) for fd in self.watch.fds())]
 
     def drain(self) -> None:
-        """Lineage first: a writer's fork/exec precede its write, so they are known."""
+        """Lineage first: a writer's fork/exec precede its write, so they are known; the
+        backstop last: the directories it is asked about are known by then."""
         self._drain_lineage()
         self.recorder.record(self.watch.drain_writes())
         self.recorder.record(self.watch.drain_names())
+        self.recorder.record(self.watch.drain_backstop())
 
     def catch_up(self, observed: float) -> None:
         """The kernel queued every write's event before the watcher could observe it."""
@@ -311,7 +325,10 @@ class ExactAttributor(RecordedAttributor):
                 "fanotify_overflows": self.watch.overflows,
                 "fanotify_unresolved": self.watch.unresolved,
                 "fanotify_mark": self.watch.scope.value,
-                "marked_directories": self.watch.directories(), **self.recorded_status(),
+                "marked_directories": self.watch.directories(),
+                "backstop": self.watch.backstop_fd >= 0,
+                "backstop_overflows": self.watch.backstop_overflows,
+                **self.recorded_status(),
                 "lineage_events": self.lineage.events,
                 "lineage_processes": len(self.lineage),
                 "lineage_overflows": self.lineage.overflows}

@@ -19,6 +19,16 @@ directories).  ``.git`` directories are never marked; directories on another fil
 not followed; a directory that is neither the subscriber's nor world-listable is skipped
 (its names are not the subscriber's to learn: the helper's rule, moot for root).
 
+A process that makes a directory and writes in it at once (``mkdir -p d && echo x > d/f``,
+an agent's new output folder) is faster than any mark.  A third group, the *backstop*, sees
+who created or moved in each file anywhere on the filesystem (``FAN_CREATE |
+FAN_MOVED_TO``, FID mode, a filesystem mark); it is never polled, so files made elsewhere
+wake nothing: its owner reads it before judging a change and on its periodic tick
+(:meth:`WorkspaceWatch.drain_backstop`), and keeps only the events in directories that were
+marked late.  A file found unmarked whose creation (or arrival) it saw is then its
+maker's, like any file moved into place; without that (a tree moved in whole, a backstop
+overflow) the file stays UNKNOWN.
+
 L2's own exact attribution (root) and ``gitsieve helper`` both use this class, so both wake
 only for their workspaces.  Where the kernel or filesystem refuses FID groups, L2 (with
 ``unscoped_fallback``) marks the whole filesystem for writes instead, with one warning:
@@ -60,9 +70,13 @@ _NAME_GROUP_FLAGS = (fan.FAN_REPORT_DFID_NAME | fan.FAN_REPORT_FID | fan.FAN_REP
 # Name ops in the order they are reported when the kernel merged several into one event.
 _NAME_OPS = ((fan.FAN_CREATE, Op.CREATE), (fan.FAN_MOVED_TO, Op.MOVED_TO),
              (fan.FAN_MOVED_FROM, Op.MOVED_FROM), (fan.FAN_DELETE, Op.DELETE))
+BACKSTOP_MASK = fan.FAN_CREATE | fan.FAN_MOVED_TO
+_BACKSTOP_OPS = ((fan.FAN_CREATE, Op.CREATE), (fan.FAN_MOVED_TO, Op.MOVED_TO))
+# Directories marked late are remembered this long (their early files' makers are read
+# from the backstop within a second or two; the recorder's lookback is shorter still).
+LATE_SECONDS = 30.0
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GIT = ".git"
-MAX_PATH = 4096
 
 
 class MarkScope(enum.Enum):
@@ -112,6 +126,7 @@ class WorkspaceWatch:
         self.prefix = self.root.rstrip("/") + "/"
         self.dev = os.fstat(root_fd).st_dev
         self.marked: set[bytes] = set()  # handles of marked directories
+        self.late: dict[bytes, float] = {}  # handles of directories marked late -> when
         self.scope = MarkScope.DIRECTORIES
         self.skipped = 0
         self.events = 0
@@ -119,7 +134,8 @@ class WorkspaceWatch:
         self.unresolved = 0
         self.overflows = 0
         self._own_pid = os.getpid()
-        self.write_fd = self.name_fd = -1
+        self.write_fd = self.name_fd = self.backstop_fd = -1
+        self.backstop_overflows = 0
         now = (time.time(), time.monotonic())
         self._last_read: dict[int, tuple[float, float]] = {}
         try:
@@ -133,6 +149,7 @@ class WorkspaceWatch:
                 self._mark_filesystem(exc)
                 return
             self._last_read[self.name_fd] = now
+            self.backstop_fd = self._open_backstop()
             self.mark_tree(os.dup(root_fd), report_files=False)
         except BaseException:
             self.close()
@@ -158,6 +175,25 @@ class WorkspaceWatch:
                 refusal = exc
         raise refusal
 
+    def _open_backstop(self) -> int:
+        """The unpolled FID group seeing every creation on the filesystem, or -1 (one
+        warning) where it is refused: early files of new directories stay UNKNOWN."""
+        try:
+            fd = self._open_group(fan.FAN_REPORT_DFID_NAME | fan.FAN_REPORT_FID)
+        except fan.FanotifyUnavailable as exc:
+            log.warning("%s: no backstop group (%s): files written in a new directory "
+                        "before it is watched stay UNKNOWN", self.root, exc)
+            return -1
+        try:
+            fan.mark(fd, fan.FAN_MARK_ADD | fan.FAN_MARK_FILESYSTEM, BACKSTOP_MASK,
+                     self.root_fd, None)
+        except OSError as exc:
+            os.close(fd)
+            log.warning("%s: no backstop mark (%s): files written in a new directory "
+                        "before it is watched stay UNKNOWN", self.root, exc)
+            return -1
+        return fd
+
     def _mark_filesystem(self, refusal: OSError) -> None:
         """No FID group: new directories cannot be seen, so writes are marked wide."""
         for flag, scope in ((fan.FAN_MARK_FILESYSTEM, MarkScope.FILESYSTEM),
@@ -177,13 +213,14 @@ class WorkspaceWatch:
                                                      f"{refusal}")
 
     def fds(self) -> tuple[int, ...]:
+        """The descriptors to poll (never the backstop's)."""
         return tuple(fd for fd in (self.write_fd, self.name_fd) if fd >= 0)
 
     def close(self) -> None:
-        for fd in (self.write_fd, self.name_fd, self.root_fd):
+        for fd in (self.write_fd, self.name_fd, self.backstop_fd, self.root_fd):
             if fd >= 0:
                 os.close(fd)
-        self.write_fd = self.name_fd = self.root_fd = -1
+        self.write_fd = self.name_fd = self.backstop_fd = self.root_fd = -1
 
     # ----- marking ---------------------------------------------------------------------
     def mark_tree(self, top_fd: int, report_files: bool) -> list[str]:
@@ -219,6 +256,10 @@ class WorkspaceWatch:
         marked = self._mark(dir_fd)
         if marked is _Marked.SKIPPED:
             return []
+        if report_files and marked is _Marked.NEW:
+            handle = self._directory_handles.of_fd(dir_fd)
+            if handle is not None:
+                self.late[handle.key] = time.monotonic()
         subdirectories, files = [], []
         try:
             with os.scandir(dir_fd) as entries:
@@ -387,6 +428,41 @@ class WorkspaceWatch:
                 out.extend(self._arrived(path, wall, mono))
             if event.mask & (fan.FAN_DELETE | fan.FAN_MOVED_FROM) and fid.target:
                 self.marked.discard(fid.target)
+        return out
+
+    def drain_backstop(self) -> list:
+        """Who created or moved in files in directories marked late, from the backstop
+        group (read after the polled groups, so the directories are known by then)."""
+        out: list = []
+        if self.backstop_fd < 0:
+            return out
+        horizon = time.monotonic() - LATE_SECONDS
+        for handle in [h for h, marked in self.late.items() if marked < horizon]:
+            del self.late[handle]
+        lineages: dict[int, tuple[LineageEntry, ...]] = {}
+        for data in self._read(self.backstop_fd):
+            if not self.late:
+                continue  # no directory to ask about: the read only empties the queue
+            if self.on_batch is not None:
+                self.on_batch()
+            wall, mono = time.time(), time.monotonic()
+            for event in fan.iter_events(data):
+                if event.mask & fan.FAN_Q_OVERFLOW:
+                    self.backstop_overflows += 1
+                    continue
+                fid = fan.parse_fid_info(event.info)
+                # struct file_handle (bytes, type, handle) -> the identity's (type, handle)
+                if fid is None or fid.directory[4:] not in self.late:
+                    continue
+                directory = fan.directory_of(self.root_fd, fid.directory)
+                rel = None if directory is None else self._relative(
+                    os.path.join(directory, os.fsdecode(fid.name)))
+                if rel is None or event.pid == self._own_pid:
+                    continue
+                lineage = self._lineage_of(event.pid, lineages)
+                out.extend(NameOp(self.id, rel, op, event.pid, wall, mono, False, lineage)
+                           for bit, op in _BACKSTOP_OPS if event.mask & bit)
+        self.sent += len(out)
         return out
 
     def _arrived(self, path: str, wall: float, mono: float) -> list[Unmarked]:
