@@ -12,8 +12,17 @@ workers' fanotify event counters from ``gitsieve status --json``.  Only the comm
 is used, so the same script measures any installed version (the ``before`` of a change:
 ``PYTHONPATH=/path/to/old/site python3 scripts/bench_attribution.py idle``).
 
+``latency``: attribution latency per event, per technique.  A writer process whose command
+line matches ``autonomous_processes`` writes a file and answers; from that answer until the
+attributor's ``attribute()`` returns for the file (drains, a Sync round trip with the
+helper, psutil's scan of autonomous processes), p50/p90/p99 over ``--events`` writes, and
+the verdicts it gave.  ``fanotify`` needs root; ``helper`` starts a temporary ``gitsieve
+helper`` on a private socket (root) or uses ``--helper-socket``.
+
 Usage: python3 scripts/bench_attribution.py idle [--seconds 30] [--files 500] [--rate 200]
                                                  [--spawn 0]
+       python3 scripts/bench_attribution.py latency [--events 300]
+                                                    [--techniques fanotify,helper,psutil]
 """
 from __future__ import annotations
 
@@ -189,6 +198,68 @@ def bench_idle(args) -> None:
               "minute)")
 
 
+WRITER = r"""
+import sys
+print("ready", flush=True)
+for line in sys.stdin:
+    with open(line.strip(), "w") as handle:
+        handle.write("result\\n")
+    print("ok", flush=True)
+"""
+
+
+def bench_latency(args) -> None:
+    from collections import Counter
+
+    from gitsieve.common import config as config_mod
+    from gitsieve.common.judge.attribution import make_attributor
+    from gitsieve.common.tools.accuracy import TemporaryHelper
+    tag = f"gitsieve-bench-agent-{os.getpid()}"
+    for technique in args.techniques.split(","):
+        base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-latency-"))
+        helper = writer = attributor = None
+        try:
+            socket_path = args.helper_socket
+            if technique == "helper" and os.geteuid() == 0 and not socket_path:
+                helper = TemporaryHelper()
+                socket_path = helper.socket_path
+            root = make_workspace(base, 0, f'[filter]\nattribution = "{technique}"\n'
+                                  f'autonomous_processes = ["{tag}"]\nprocess_cache_ttl = 1\n'
+                                  f'helper_socket = "{socket_path or "/run/gitsieve/helper.sock"}"\n')
+            attributor = make_attributor(config_mod.load(root), "bench")
+            if attributor.mode != technique:
+                print(f"{technique}: not available here (got {attributor.mode})")
+                continue
+            writer = subprocess.Popen([sys.executable, "-c", WRITER, tag], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+            assert writer.stdout.readline().strip() == "ready"
+            timings, verdicts = [], Counter()
+            for n in range(args.events):
+                path = root / f"out-{n % 50}.txt"
+                writer.stdin.write(f"{path}\n")
+                writer.stdin.flush()
+                assert writer.stdout.readline().strip() == "ok"
+                started = time.perf_counter()
+                found = attributor.attribute(path, time.time())
+                timings.append(time.perf_counter() - started)
+                verdicts[found.writer if found else "none (writer unknown)"] += 1
+                attributor.tick(time.monotonic())
+            timings.sort()
+            at = lambda q: timings[min(len(timings) - 1, int(q * len(timings)))] * 1000  # noqa: E731
+            print(f"{technique:<9} {args.events} writes: p50 {at(0.5):.3f} ms, p90 "
+                  f"{at(0.9):.3f} ms, p99 {at(0.99):.3f} ms; verdicts "
+                  + ", ".join(f"{k} {v}" for k, v in verdicts.most_common()))
+        finally:
+            if writer is not None:
+                writer.stdin.close()
+                writer.wait(10)
+            if attributor is not None:
+                attributor.close()
+            if helper is not None:
+                helper.close()
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     idle.add_argument("--spawn", type=float, default=0.0,
                       help="short processes started a second elsewhere")
     idle.set_defaults(func=bench_idle)
+    latency = sub.add_parser("latency", help="attribution latency per event, per technique")
+    latency.add_argument("--events", type=int, default=300)
+    latency.add_argument("--techniques", default="fanotify,helper,psutil")
+    latency.add_argument("--helper-socket", default="",
+                         help="a running helper (default as root: a temporary one)")
+    latency.set_defaults(func=bench_latency)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -1,7 +1,8 @@
 """The process judge (L2): who wrote a change.  Socket-free; the L2 actor feeds it.
 
 ``[filter] attribution`` picks the technique (:func:`.attribution.make_attributor`): exact
-(fanotify + lineage; the writer of a change is always already known) or the psutil
+(fanotify + lineage, L2's own or ``gitsieve helper``'s; the writer of a change is always
+already known, or the change is UNKNOWN when its writes may have been missed) or the psutil
 fallback.  Deletions (and renames away) are judged by who removed the name (exact mode:
 fanotify FID events); unprivileged, a deletion's remover is unknown.  A USER writer still
 goes to L3, which then only refuses changes identical to HEAD (a user's timestamp-only edit

@@ -46,6 +46,7 @@ class Technique(StrEnum):
     FANOTIFY = "fanotify"                    # own fanotify group + proc connector lineage
     OPEN_FILES = "open-files"                # psutil: holds it open for writing now
     OPEN_FILES_SAMPLED = "open-files-sampled"  # psutil: was seen holding it open
+    HELPER = "helper"                        # gitsieve helper's fanotify + lineage (root)
 
 
 class Mode(StrEnum):
@@ -53,6 +54,7 @@ class Mode(StrEnum):
 
     FANOTIFY = "fanotify"
     PSUTIL = "psutil"
+    HELPER = "helper"
 
 
 class ProcessAction(StrEnum):

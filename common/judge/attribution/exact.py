@@ -282,7 +282,7 @@ class ExactAttributor(RecordedAttributor):
             self.lineage.close()
             raise
         self.recorder = WriteRecorder(self.watch.root, self.rules.classify,
-                                      excluded=_inside(config.runtime_dir, self.watch.root),
+                                      excluded=inside(config.runtime_dir, self.watch.root),
                                       keying=keying)
         self._lineage_overflows = 0
         self._lineage_ok = time.time()
@@ -338,7 +338,7 @@ class ExactAttributor(RecordedAttributor):
         self.lineage.close()
 
 
-def _inside(directory: Path, root: str) -> tuple[str, ...]:
+def inside(directory: Path, root: str) -> tuple[str, ...]:
     """``directory`` relative to ``root`` when it lies inside it (and outside .git)."""
     rel = os.path.relpath(os.path.realpath(directory), root)
     return () if rel == ".." or rel.startswith("../") or rel.startswith(".git") else (rel,)
