@@ -8,7 +8,8 @@ another directory of the same filesystem at ``--rate`` writes a second (and, wit
 ``--spawn``, starts that many short processes a second, as other programs do).  For
 ``--seconds`` it samples every gitsieve process from /proc: CPU seconds and voluntary
 context switches (a process sleeping in poll and woken counts one: wakeups), and the L2
-workers' fanotify event counters from ``gitsieve status --json``.  Only the command line
+workers' fanotify event counters from ``gitsieve status --json``.  ``--attribution helper``
+measures the same with a temporary ``gitsieve helper`` (root), the helper included.  Only the command line
 is used, so the same script measures any installed version (the ``before`` of a change:
 ``PYTHONPATH=/path/to/old/site python3 scripts/bench_attribution.py idle``).
 
@@ -42,7 +43,7 @@ IDENTITY = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NA
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_CONFIG = """
 [filter]
-attribution = "fanotify"
+attribution = "{attribution}"{socket}
 [watcher]
 reconcile_interval = 60
 """
@@ -135,7 +136,7 @@ def name_of(pid: int) -> str:
             instance = words[words.index("--instance") + 1] if "--instance" in words else ""
             return word.split(".")[-1] + (f"-{int(instance):02d}" if instance else "")
         if word == "gitsieve.common.tools.cli":
-            return "gitsieve run"
+            return "gitsieve " + words[n + 1]
     return os.path.basename(words[0]) if words else "?"
 
 
@@ -146,9 +147,15 @@ def l2_events(root: Path) -> dict[str, int]:
 
 def bench_idle(args) -> None:
     base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-idle-"))
-    runner = writer = None
+    runner = writer = helper = None
     try:
-        root = make_workspace(base, args.files, QUIET_CONFIG)
+        socket_line = ""  # (versions before the helper know no such key)
+        if args.attribution == "helper":
+            from gitsieve.common.tools.accuracy import TemporaryHelper
+            helper = TemporaryHelper()
+            socket_line = f'\nhelper_socket = "{helper.socket_path}"'
+        root = make_workspace(base, args.files, QUIET_CONFIG.format(
+            attribution=args.attribution, socket=socket_line))
         elsewhere = base / "elsewhere"
         elsewhere.mkdir()
         log = open(base / "gitsieve.log", "wb")
@@ -163,6 +170,8 @@ def bench_idle(args) -> None:
                                    str(args.rate), str(args.spawn)], start_new_session=True)
         time.sleep(args.warmup)
         pids = [runner.pid, *descendants(runner.pid)]
+        if helper is not None:
+            pids.append(helper.proc.pid)
         names = {pid: name_of(pid) for pid in pids}
         before = {pid: sample(pid) for pid in pids}
         events_before = l2_events(root)
@@ -178,9 +187,11 @@ def bench_idle(args) -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+        if helper is not None:
+            helper.close()
         shutil.rmtree(base, ignore_errors=True)
-    print(f"idle {args.seconds:g} s, {args.files} files, {args.rate:g} writes/s and "
-          f"{args.spawn:g} processes/s elsewhere on the same filesystem")
+    print(f"idle {args.seconds:g} s, {args.files} files, {args.attribution}, {args.rate:g} "
+          f"writes/s and {args.spawn:g} processes/s elsewhere on the same filesystem")
     print(f"  {'process':<16}{'CPU %':>8}{'wakeups/s':>11}")
     total_cpu = total_wakeups = 0.0
     for pid in pids:
@@ -271,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="writes a second elsewhere on the same filesystem")
     idle.add_argument("--spawn", type=float, default=0.0,
                       help="short processes started a second elsewhere")
+    idle.add_argument("--attribution", choices=("fanotify", "helper"), default="fanotify")
     idle.set_defaults(func=bench_idle)
     latency = sub.add_parser("latency", help="attribution latency per event, per technique")
     latency.add_argument("--events", type=int, default=300)
