@@ -237,6 +237,7 @@ def tracker():
 
 def test_an_exited_parent_stays_while_its_child_lives(tracker):
     me = os.getpid()
+    my_children = tracker._children.get(tracker.processes[me].serial, 0)  # live ones
     tracker._parse(fork(me, X) + fork(X, Y) + message(PROC_EVENT_EXIT, X, X))
     tracker.prune(tracker.clock_ref.now + 100)
     assert [info.pid for info in tracker.chain(Y)][:3] == [Y, X, me]
@@ -246,7 +247,7 @@ def test_an_exited_parent_stays_while_its_child_lives(tracker):
     assert Y in tracker.processes  # within the grace: its write may still be queued
     tracker.prune(tracker.clock_ref.now + 100)
     assert X not in tracker.processes and Y not in tracker.processes
-    assert not tracker._children.get(tracker.processes[me].serial)
+    assert tracker._children.get(tracker.processes[me].serial, 0) == my_children
 
 
 def test_a_reused_pid_does_not_become_an_older_childs_parent(tracker):
