@@ -20,10 +20,17 @@ helper, psutil's scan of autonomous processes), p50/p90/p99 over ``--events`` wr
 the verdicts it gave.  ``fanotify`` needs root; ``helper`` starts a temporary ``gitsieve
 helper`` on a private socket (root) or uses ``--helper-socket``.
 
+``reuse``: the regression workload of ``tests/test_identity_reuse.py`` (a person's temp
+files created and deleted beside an agent's new and replaced files, one ext4 directory,
+``--seconds`` long) under each keying of recorded writes: how many agent files there were,
+how many inode numbers of the person's deleted files they got, and how many of them carry
+the person's write (attributed USER).
+
 Usage: python3 scripts/bench_attribution.py idle [--seconds 30] [--files 500] [--rate 200]
                                                  [--spawn 0]
        python3 scripts/bench_attribution.py latency [--events 300]
                                                     [--techniques fanotify,helper,psutil]
+       python3 scripts/bench_attribution.py reuse [--seconds 3] [--runs 2]
 """
 from __future__ import annotations
 
@@ -271,6 +278,38 @@ def bench_latency(args) -> None:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def bench_reuse(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_identity_reuse as workload
+
+    from gitsieve.common import config as config_mod
+    from gitsieve.common.judge.attribution.base import USER
+    from gitsieve.common.judge.attribution.exact import ExactAttributor
+    from gitsieve.common.judge.attribution.file_identity import Keying
+    workload.WORKLOAD_SECONDS = args.seconds
+    print(f"{'keying':<8}{'agent files':>13}{'reused inodes':>15}{'attributed USER':>17}")
+    for keying in (Keying.HANDLE, Keying.BIRTH, Keying.INODE):
+        for _ in range(args.runs):
+            base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-reuse-"))
+            try:
+                root = make_workspace(base, 0, '[filter]\nattribution = "fanotify"\n'
+                                      f'autonomous_processes = ["{workload.AGENT_MARK}"]\n')
+                (root / "scratch").mkdir()
+                (base / "reports").mkdir()
+                attributor = ExactAttributor(config_mod.load(root), keying=keying)
+                try:
+                    person, files, replaced = workload.run_workload(
+                        attributor, root / "scratch", base / "reports")
+                    found = workload.verdicts_of(attributor, files)
+                finally:
+                    attributor.close()
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
+            reused = person & (set(files.values()) | replaced)
+            wrong = sum(USER in writers for writers in found.values())
+            print(f"{keying.value:<8}{len(files):>13}{len(reused):>15}{wrong:>17}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     latency.add_argument("--helper-socket", default="",
                          help="a running helper (default as root: a temporary one)")
     latency.set_defaults(func=bench_latency)
+    reuse = sub.add_parser("reuse", help="misattribution by recorded-write keying (ext4)")
+    reuse.add_argument("--seconds", type=float, default=3.0)
+    reuse.add_argument("--runs", type=int, default=2)
+    reuse.set_defaults(func=bench_reuse)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -30,9 +30,6 @@ class Op(enum.IntEnum):
     MOVED_FROM = 5
     MOVED_TO = 6
 
-    def describe(self) -> str:
-        return self.name.lower().replace("_", "-")
-
 
 # A path's name operations that end its file there, and those that put a file there.
 REMOVALS = frozenset({Op.DELETE, Op.MOVED_FROM})
@@ -43,12 +40,6 @@ class OverflowSource(enum.IntEnum):
     FANOTIFY = 1       # the kernel dropped events of the workspace's groups
     LINEAGE = 2        # the proc connector dropped process events: lineages may be short
     CLIENT_BUFFER = 3  # a helper client read too slowly: the helper dropped its events
-
-    def describe(self) -> str:
-        return {OverflowSource.FANOTIFY: "fanotify queue overflow",
-                OverflowSource.LINEAGE: "process events lost",
-                OverflowSource.CLIENT_BUFFER: "read too slowly: the helper dropped events"
-                }[self]
 
 
 @dataclass(frozen=True)

@@ -63,17 +63,13 @@ class IdentityKind(enum.IntEnum):
     BIRTH = 2   # inode number + birth time in ns (NO_BIRTH when not reported)
     INODE = 3   # inode number alone: reused at once on ext4
 
-    def describe(self) -> str:
-        return {IdentityKind.HANDLE: "file handle with generation",
-                IdentityKind.BIRTH: "inode number and birth time",
-                IdentityKind.INODE: "inode number"}[self]
-
 
 class Keying(enum.Enum):
     """Which identity a recorder keys writes by.
 
     ``INODE`` is the keying this module replaces; it stays selectable so the regression test
-    and the benchmark can show, on the same workload, that it hands writes to the wrong file.
+    and the benchmark can show, on the same workload, that it hands writes to the wrong file
+    (``BIRTH``: what the fallback alone would attribute).
     """
 
     HANDLE = "handle"  # a handle, or the BIRTH fallback on filesystems without handles
@@ -98,9 +94,6 @@ class FileIdentity:
             raise ValueError(f"identity of {len(data)} bytes")
         dev, kind = _WIRE_HEAD.unpack_from(data)
         return cls(dev, IdentityKind(kind), bytes(data[_WIRE_HEAD.size:]))
-
-    def __str__(self) -> str:
-        return f"{self.kind.describe()} {self.key.hex()} on dev {self.dev:#x}"
 
 
 class _FileHandle(ctypes.Structure):
