@@ -73,7 +73,11 @@ class Helper:
             [sys.executable, "-m", "gitsieve.common.tools.cli", "helper", "--socket",
              str(socket_path), *args], cwd=ROOT, stdout=self.log_handle,
             stderr=subprocess.STDOUT)
-        wait_for(self._listening, 20, message=f"the helper listening on {socket_path}")
+        try:
+            wait_for(self._listening, 20, message=f"the helper listening on {socket_path}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _listening(self) -> bool:
         if self.proc.poll() is not None:

@@ -77,10 +77,18 @@ def helper_socket():
     subprocess.run(["rm", "-rf", str(run_dir)])
 
 
+@pytest.fixture
+def helpers(helper_socket):
+    """Helpers started on ``helper_socket`` (the first one now), all stopped afterwards."""
+    started = [Helper(helper_socket)]
+    yield started
+    for helper in started:
+        helper.stop()
+
+
 def test_churn_beside_user_edits_with_the_helper(ordinary_user, user_workspace, helper_socket,
-                                                 tmp_path):
+                                                 helpers, tmp_path):
     user, ws = ordinary_user, user_workspace
-    helpers = [Helper(helper_socket)]
     tag = f"claude-autonomous-e2e-{uuid.uuid4().hex[:8]}"
     ws.write(".gitsieve.toml", f'[filter]\nautonomous_processes = ["{tag}"]\n'
                                f'helper_socket = "{helper_socket}"\n')
@@ -167,8 +175,6 @@ def test_churn_beside_user_edits_with_the_helper(ordinary_user, user_workspace, 
         for proc in (agent, gitsieve):
             if proc is not None and proc.poll() is None:
                 stop_under_runuser(proc)
-        for helper in helpers:
-            helper.stop()
     assert gitsieve.returncode == 0, log_path.read_text()[-3000:]
 
 
