@@ -11,7 +11,8 @@ setup(
     package_dir={f"gitsieve.{source}": source for source in SOURCES},
     # What `gitsieve bench` and `gitsieve test` run beside the packages (tools/resources.py).
     data_files=[("share/gitsieve/scripts", ["scripts/churn.py", "scripts/agent_sim.py",
-                                            "scripts/gitsieve.service"]),
+                                            "scripts/gitsieve.service",
+                                            "scripts/gitsieve-helper.service"]),
                 ("share/gitsieve/tests/corpus", ["tests/corpus/cases.py"]),
                 ("share/gitsieve", ["supervisor.conf"])],
 )

@@ -8,7 +8,8 @@ Sockets:
                                               and for learned paths without a user writer
   - SUB   connect  endpoints.feed             Decision (the debouncer's live feed): which
                                               writes other workers already accounted for
-  - (exact mode: the fanotify and proc-connector descriptors, watched in the poll loop)
+  - (exact mode: the fanotify and proc-connector descriptors, or the epoll descriptor
+    holding the socket to ``gitsieve helper``, watched in the poll loop)
 Messages in: Change, Decision (feed).  Out: Decision or Change, each with a ProcessStep.
 Runs scaled: ``python -m gitsieve.actors.process_layer --instance N``.
 """
@@ -20,6 +21,7 @@ import time
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.process import ProcessJudge
 from gitsieve.common.protocol.messages import Change, Decision, decide
 from gitsieve.common.protocol.states import Writer
@@ -31,10 +33,10 @@ class ProcessLayer(Actor):
 
     def __init__(self, config, instance=None):
         super().__init__(config, instance)
-        self.judge = ProcessJudge(config)
+        # make_attributor logs the one line saying which technique it chose, and why
+        self.judge = ProcessJudge(config, make_attributor(config, name=self.actor_id))
         for fd, callback in self.judge.attributor.fds():
             self.watch_fd(fd, callback)
-        self.log.info("%s: attribution by %s", self.actor_id, self.judge.mode)
 
     def setup(self) -> None:
         endpoints = self.config.endpoints

@@ -10,7 +10,8 @@ import pytest
 
 from gitsieve.common.tools import accuracy, cli
 
-MODES = ["psutil"] + (["fanotify"] if os.geteuid() == 0 else [])
+# as root, helper mode starts a temporary helper of its own
+MODES = ["psutil"] + (["fanotify", "helper"] if os.geteuid() == 0 else [])
 
 
 def test_corpus_has_at_least_200_labelled_changes_covering_every_rule_and_hard_case():

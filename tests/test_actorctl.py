@@ -132,6 +132,9 @@ def test_usage_errors_exit_2(workspace):
 @pytest.fixture
 def running(workspace, tmp_path):
     workspace.patterns("BLOCK:status/.*\\.json:agent status files\n")
+    # notes/ exists before gitsieve starts: a file written in a directory made since is
+    # UNKNOWN to exact attribution (made before its mark), and this test wants the user's
+    workspace.write("notes/README", "notes\n")
     workspace.fast_config("""
         [runtime]
         metrics_interval = 0.5

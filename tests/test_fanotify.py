@@ -1,12 +1,15 @@
-"""common.fanotify: real kernel write, delete and rename events from real processes (root),
-their attribution through the lineage (common.attribution.ExactAttributor), and the refusal
-an unprivileged process gets (capabilities dropped with setpriv)."""
+"""Exact attribution's fanotify side with real kernel events from real processes (root):
+scoped inode marks on the workspace's directories (common.judge.attribution.marks), what the
+recorder keeps of writes, deletions and renames, their attribution through the lineage
+(ExactAttributor), new directories marked as they appear, and the refusal an unprivileged
+process gets (capabilities dropped with setpriv)."""
 from __future__ import annotations
 
 import errno
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -16,27 +19,40 @@ import uuid
 import pytest
 
 from conftest import ROOT
-from gitsieve.common.judge.attribution import fanotify
-from gitsieve.common.judge.attribution.base import SYSTEM, USER
+from gitsieve.common.judge.attribution import marks
+from gitsieve.common.judge.attribution.base import SYSTEM, UNKNOWN, USER
+from gitsieve.common.judge.attribution.events import ARRIVALS, REMOVALS, Op
 from gitsieve.common.judge.attribution.exact import ExactAttributor
-from gitsieve.common.judge.attribution.fanotify import (
-    FanotifyUnavailable,
-    NameRecorder,
-    WriteRecorder,
-)
+from gitsieve.common.judge.attribution.fanotify import FanotifyUnavailable
+from gitsieve.common.judge.attribution.write_history import Missed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
 
 WRITE = "import sys; open(sys.argv[1], 'a').write('x')"
+# A process whose writes are the user's: alive while the attributor reads its exec.
+USER_WRITER = r"""
+import os, sys
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+open(sys.argv[1], 'a').write('mine')
+print('done', flush=True)
+sys.stdin.read()
+"""
 
 
 @pytest.fixture
-def recorder(tmp_path):
-    (tmp_path / ".git").mkdir()
-    (tmp_path / "runtime").mkdir()
-    made = WriteRecorder(tmp_path, excluded=(str(tmp_path / "runtime"),),
-                         resolve=lambda pid: f"resolved {pid}")
-    yield made
+def exact(workspace):
+    """An ExactAttributor on a workspace whose runtime directory lies inside it."""
+    (workspace.root / "runtime").mkdir()
+    tag = f"gitsieve-fid-agent-{uuid.uuid4().hex[:10]}"
+    workspace.config(f"""
+        [filter]
+        autonomous_processes = ["{tag}"]
+        attribution = "fanotify"
+        [runtime]
+        dir = "{workspace.root / 'runtime'}"
+        """)
+    made = ExactAttributor(workspace.load())
+    yield made, tag
     made.close()
 
 
@@ -46,117 +62,170 @@ def child_writes(path) -> int:
     return proc.pid
 
 
-def test_records_the_writer_pid_of_another_process(tmp_path, recorder):
-    pid = child_writes(tmp_path / "a.txt")
-    recorder.drain()
-    [event] = [e for e in recorder.writes_to(tmp_path / "a.txt", 0, time.time() + 1)
-               if e.pid == pid][:1]
-    assert event.path == "a.txt"
-    assert event.evidence == f"resolved {pid}"  # resolved while read, before pid reuse
-    assert recorder.mark_kind in ("filesystem", "mount")
+def user_writes(attributor, path) -> int:
+    proc = subprocess.Popen([sys.executable, "-c", USER_WRITER, str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "done"
+    attributor.drain()
+    proc.communicate("")
+    return proc.pid
 
 
-def test_git_dir_runtime_dir_and_outside_paths_are_not_kept(tmp_path, recorder):
-    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
-    for path in (tmp_path / ".git" / "index", tmp_path / "runtime" / "x", outside):
+def writes(attributor, path) -> list:
+    attributor.drain()
+    return attributor.recorder.writes_to(path, 0, time.time() + 1)
+
+
+def test_records_the_writer_pid_of_another_process(workspace, exact):
+    attributor, _ = exact
+    pid = child_writes(workspace.path("a.txt"))
+    [event] = [e for e in writes(attributor, workspace.path("a.txt")) if e.pid == pid][:1]
+    assert event.path == "a.txt" and event.op in (Op.WRITE, Op.CLOSE_WRITE)
+    assert event.evidence.pid == pid  # classified while read, before the pid is reused
+    assert attributor.status()["fanotify_mark"] == "directories"
+
+
+def test_git_dir_runtime_dir_and_outside_paths_are_not_kept(workspace, exact, tmp_path):
+    attributor, _ = exact
+    outside = tmp_path / "outside.txt"
+    for path in (workspace.path(".git/index"), workspace.path("runtime/x"), outside):
         child_writes(path)
-    inside = child_writes(tmp_path / "kept.txt")
-    recorder.drain()
-    kept = {e.path for newest in recorder.writes.values() for e in newest.values()}
+    inside = child_writes(workspace.path("kept.txt"))
+    attributor.drain()
+    kept = {e.path for newest in attributor.recorder.writes.files.values()
+            for e in newest.values()}
     assert kept == {"kept.txt"}
-    assert recorder.writes_to(tmp_path / "kept.txt", 0, time.time() + 1)[0].pid == inside
-    outside.unlink()
+    assert writes(attributor, workspace.path("kept.txt"))[0].pid == inside
 
 
-def test_a_renamed_file_keeps_its_writers(tmp_path, recorder):
-    pid = child_writes(tmp_path / "out.partial")
-    os.replace(tmp_path / "out.partial", tmp_path / "out.json")
-    recorder.drain()
-    assert [e.pid for e in recorder.writes_to(tmp_path / "out.json", 0, time.time() + 1)
-            ][0] == pid
+def test_writes_outside_the_workspace_wake_nothing(workspace, exact, tmp_path):
+    """Inode marks on the workspace's directories: a write elsewhere on the same filesystem
+    queues no event, so the L2 worker is not woken (a filesystem-wide mark read them all)."""
+    attributor, _ = exact
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert os.stat(elsewhere).st_dev == os.stat(workspace.root).st_dev
+    subprocess.run([sys.executable, "-c", "import sys\nfor n in range(200):\n"
+                    " open(f'{sys.argv[1]}/f{n % 10}', 'w').write(str(n))", str(elsewhere)],
+                   check=True)
+    fds = [fd for fd, _ in attributor.fds()][1:]  # the fanotify groups (not the lineage)
+    assert select.select(fds, [], [], 0.2)[0] == []
+    attributor.drain()
+    assert attributor.status()["fanotify_events"] == 0
+    child_writes(workspace.path("inside.txt"))  # and the marks do see the workspace
+    assert select.select(fds, [], [], 5)[0]
 
 
-def test_time_window_and_pruning(tmp_path, recorder):
-    child_writes(tmp_path / "w.txt")
-    recorder.drain()
+def test_a_renamed_file_keeps_its_writers(workspace, exact):
+    attributor, _ = exact
+    pid = child_writes(workspace.path("out.partial"))
+    os.replace(workspace.path("out.partial"), workspace.path("out.json"))
+    assert [e.pid for e in writes(attributor, workspace.path("out.json"))][0] == pid
+
+
+def test_time_window_and_pruning(workspace, exact):
+    attributor, _ = exact
+    child_writes(workspace.path("w.txt"))
+    attributor.drain()
     now = time.time()
-    assert recorder.writes_to(tmp_path / "w.txt", now - 10, now + 1)
-    assert recorder.writes_to(tmp_path / "w.txt", now + 0.5, now + 1) == []
-    assert recorder.writes_to(tmp_path / "missing.txt", 0, now + 1) == []
+    recorder = attributor.recorder
+    assert recorder.writes_to(workspace.path("w.txt"), now - 10, now + 1)
+    assert recorder.writes_to(workspace.path("w.txt"), now + 0.5, now + 1) == []
+    assert recorder.writes_to(workspace.path("missing.txt"), 0, now + 1) == []
     recorder.prune(now + recorder.history + 1)
-    assert recorder.writes == {}
+    assert recorder.writes.files == {}
 
 
-def test_the_descriptor_becomes_readable_on_a_write(tmp_path, recorder):
-    import select
-    child_writes(tmp_path / "poll.txt")
-    ready, _, _ = select.select([recorder.fileno()], [], [], 5)
-    assert ready and recorder.drain() >= 1
+def test_a_new_directory_is_marked_as_it_appears_and_its_early_files_are_unknown(
+        workspace, exact):
+    """Files written in a directory before its CREATE event was read (so before its mark)
+    are UNKNOWN, never the user's; writes after the mark are seen."""
+    attributor, _ = exact
+    user_writes(attributor, workspace.path("early/before.txt"))  # mkdir + write, unread
+    observed = time.time()
+    found = attributor.attribute(workspace.path("early/before.txt"), observed)
+    assert found.writer == UNKNOWN and Missed.UNMARKED.describe() in found.matched_by
+    pid = user_writes(attributor, workspace.path("early/after.txt"))
+    seen = [e.evidence.writer for e in writes(attributor, workspace.path("early/after.txt"))
+            if e.pid == pid]
+    assert seen and set(seen) == {USER}
+    assert attributor.status()["marked_directories"] >= 3  # top, runtime, early
+
+
+def test_a_tree_moved_in_is_marked_and_its_files_are_unknown(workspace, exact, tmp_path):
+    attributor, _ = exact
+    outside = tmp_path / "tree"
+    (outside / "deeper").mkdir(parents=True)
+    (outside / "a").write_text("1")
+    (outside / "deeper" / "b").write_text("2")
+    attributor.drain()
+    subprocess.run(["mv", str(outside), str(workspace.path("tree"))], check=True)
+    observed = time.time()
+    for rel in ("tree/a", "tree/deeper/b"):
+        assert attributor.attribute(workspace.path(rel), observed).writer == UNKNOWN
+    pid = child_writes(workspace.path("tree/deeper/b"))
+    assert pid in [e.pid for e in writes(attributor, workspace.path("tree/deeper/b"))]
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
 def test_without_cap_sys_admin_fanotify_is_refused(tmp_path):
+    """The write group (an fd per event, the writer's pid) needs CAP_SYS_ADMIN.  (A FID
+    group alone would be allowed since Linux 5.13, but reports no other process's pid.)"""
     code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "from gitsieve.common.judge.attribution.fanotify import FanotifyUnavailable, WriteRecorder, NameRecorder\n"
-            "for kind in (WriteRecorder, NameRecorder):\n"
-            " try:\n  kind(sys.argv[2])\n"
-            " except FanotifyUnavailable as e: print('refused', e)")
+            "from gitsieve.common.judge.attribution import fanotify as fan\n"
+            "try:\n fan.open_group(0)\n"
+            "except fan.FanotifyUnavailable as e: print('refused', e)")
     out = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", "--inh-caps",
-                          "-sys_admin", sys.executable, "-c", code, str(ROOT), str(tmp_path)],
+                          "-sys_admin", sys.executable, "-c", code, str(ROOT)],
                          capture_output=True, text=True, check=True).stdout
-    lines = out.splitlines()
-    assert len(lines) == 2 and all(line.startswith("refused") and "not permitted" in line
-                                   for line in lines)
+    assert out.startswith("refused") and "not permitted" in out
 
 
-# ----- name operations (FID mode): deletions and renames ---------------------------------
-@pytest.fixture
-def names(tmp_path):
-    (tmp_path / ".git").mkdir()
-    (tmp_path / "runtime").mkdir()
-    made = NameRecorder(tmp_path, excluded=(str(tmp_path / "runtime"),),
-                        resolve=lambda pid: f"resolved {pid}")
-    yield made
-    made.close()
-
-
+# ----- name operations: deletions and renames ---------------------------------------------
 def run_child(*argv) -> int:
     proc = subprocess.Popen(argv)
     assert proc.wait() == 0
     return proc.pid
 
 
-def test_names_record_the_pid_of_a_child_rm_and_mv(tmp_path, names):
-    (tmp_path / "sub").mkdir()
+def test_names_record_the_pid_of_a_child_rm_and_mv(workspace, exact):
+    attributor, _ = exact
     for rel in ("gone.txt", "sub/old.txt"):
-        (tmp_path / rel).write_text("x\n")
-    removed = run_child("rm", str(tmp_path / "gone.txt"))
-    moved = run_child("mv", str(tmp_path / "sub" / "old.txt"), str(tmp_path / "new.txt"))
-    names.drain()
-    now = time.time() + 1
-    [delete] = names.operations_on("gone.txt", fanotify.REMOVALS, 0, now)
-    assert (delete.pid, delete.op, delete.evidence) == (removed, "delete", f"resolved {removed}")
-    [away] = names.operations_on("sub/old.txt", fanotify.REMOVALS, 0, now)
-    [into] = names.operations_on("new.txt", fanotify.ARRIVALS, 0, now)
-    assert (away.pid, away.op, into.pid, into.op) == (moved, "moved-from", moved, "moved-to")
-    assert names.operations_on("new.txt", fanotify.REMOVALS, 0, now) == []
-    assert names.operations_on("gone.txt", fanotify.REMOVALS, now, now + 1) == []
+        workspace.write(rel, "x\n")
+    attributor.drain()
+    removed = run_child("rm", str(workspace.path("gone.txt")))
+    moved = run_child("mv", str(workspace.path("sub/old.txt")), str(workspace.path("new.txt")))
+    attributor.drain()
+    names, now = attributor.recorder, time.time() + 1
+    [delete] = names.operations_on("gone.txt", REMOVALS, 0, now)
+    assert (delete.pid, delete.op, delete.evidence.pid) == (removed, Op.DELETE, removed)
+    [away] = names.operations_on("sub/old.txt", REMOVALS, 0, now)
+    [into] = names.operations_on("new.txt", ARRIVALS, 0, now)
+    assert (away.pid, away.op, into.pid, into.op) == (moved, Op.MOVED_FROM, moved,
+                                                      Op.MOVED_TO)
+    assert names.operations_on("new.txt", REMOVALS, 0, now) == []
+    assert names.operations_on("gone.txt", REMOVALS, now, now + 1) == []
 
 
-def test_names_leave_out_git_dir_runtime_dir_directories_and_outside_paths(tmp_path, names):
-    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
-    for path in (tmp_path / ".git" / "index", tmp_path / "runtime" / "x", outside,
-                 tmp_path / "kept.txt"):
+def test_names_leave_out_git_dir_runtime_dir_directories_and_outside_paths(
+        workspace, exact, tmp_path):
+    attributor, _ = exact
+    outside = tmp_path / "outside.txt"
+    for path in (workspace.path(".git/index"), workspace.path("runtime/x"), outside,
+                 workspace.path("kept.txt")):
         path.write_text("x\n")
-    (tmp_path / "dir").mkdir()
-    for path in (tmp_path / ".git" / "index", tmp_path / "runtime" / "x", outside):
+    workspace.path("dir").mkdir()
+    attributor.drain()
+    before = set(attributor.recorder.names)  # the creations just read
+    assert not {"dir", ".git/index", "runtime/x"} & before
+    for path in (workspace.path(".git/index"), workspace.path("runtime/x"), outside):
         run_child("rm", str(path))
-    run_child("rmdir", str(tmp_path / "dir"))
-    run_child("rm", str(tmp_path / "kept.txt"))
-    names.drain()
-    assert set(names.names) == {"kept.txt"}
-    names.prune(time.time() + names.history + 1)
-    assert names.names == {}
+    run_child("rmdir", str(workspace.path("dir")))
+    run_child("rm", str(workspace.path("kept.txt")))
+    attributor.drain()
+    assert set(attributor.recorder.names) - before == {"kept.txt"}
+    attributor.recorder.prune(time.time() + attributor.recorder.history + 1)
+    assert attributor.recorder.names == {}
 
 
 # ----- attribution of deletions and renames (lineage + rules) -----------------------------
@@ -178,19 +247,6 @@ os.rename(sys.argv[1], sys.argv[2]) if sys.argv[2] else os.remove(sys.argv[1])
 print("done", flush=True)
 sys.stdin.read()
 """
-
-
-@pytest.fixture
-def exact(workspace):
-    tag = f"gitsieve-fid-agent-{uuid.uuid4().hex[:10]}"
-    workspace.config(f"""
-        [filter]
-        autonomous_processes = ["{tag}"]
-        attribution = "fanotify"
-        """)
-    made = ExactAttributor(workspace.load())
-    yield made, tag
-    made.close()
 
 
 @pytest.fixture
@@ -219,9 +275,9 @@ def agent_runs():
 
 def test_a_child_rm_and_mv_of_an_autonomous_process_are_system(workspace, exact, agent_runs):
     attributor, tag = exact
-    assert attributor.names is not None
     workspace.write("ctx/owned.json", "{}\n")
     workspace.write("ctx/old.json", "{}\n")
+    attributor.drain()  # ctx/ is marked once its creation is read (a live L2 reads at once)
     observed = time.time()
     rm_pid = agent_runs(tag, "rm", str(workspace.path("ctx/owned.json")))
     mv_pid = agent_runs(tag, "mv", str(workspace.path("ctx/old.json")),
@@ -232,6 +288,20 @@ def test_a_child_rm_and_mv_of_an_autonomous_process_are_system(workspace, exact,
     away = attributor.attribute_removal(workspace.path("ctx/old.json"), observed)
     into = attributor.attribute(workspace.path("ctx/new.json"), observed)
     assert (away.writer, away.pid, into.writer, into.pid) == (SYSTEM, mv_pid, SYSTEM, mv_pid)
+
+
+def test_an_agents_new_directory_is_the_agents_even_written_before_its_mark(
+        workspace, exact, agent_runs):
+    """mkdir and write at once, faster than any mark: the backstop group saw who created the
+    file, an autonomous process, so its early writes were that process's."""
+    attributor, tag = exact
+    attributor.drain()
+    observed = time.time()
+    agent_runs(tag, "sh", "-c", f"mkdir -p {workspace.root}/out/deep && "
+                                f"echo data > {workspace.root}/out/deep/result.txt")
+    found = attributor.attribute(workspace.path("out/deep/result.txt"), observed)
+    assert (found.writer, found.matched_by) == (SYSTEM, "autonomous_processes")
+    assert attributor.status()["backstop"]
 
 
 def user_process(attributor, source, target="") -> int:
@@ -262,27 +332,30 @@ def test_a_rename_and_a_delete_by_a_non_matching_process_are_user(workspace, exa
     assert attributor.attribute_removal(workspace.path("never.md"), observed) is None
 
 
-def test_a_refused_fid_group_leaves_writes_attributed_with_one_log_line(
+def test_a_refused_fid_group_marks_the_filesystem_with_one_warning(
         workspace, monkeypatch, caplog):
-    """A kernel or filesystem refusing FID mode: one warning, deletions unattributed."""
+    """A kernel or filesystem refusing FID mode: one warning, writes watched on the whole
+    filesystem (new directories cannot be seen otherwise), deletions unattributed."""
     def refuse(self):
         raise FanotifyUnavailable(errno.EOPNOTSUPP, "fanotify_init(FID): not supported")
-    monkeypatch.setattr(NameRecorder, "_open", refuse)
+    monkeypatch.setattr(marks.WorkspaceWatch, "_open_name_group", refuse)
     workspace.config("""
         [filter]
         autonomous_processes = ["gitsieve-fid-none"]
         attribution = "fanotify"
         """)
-    with caplog.at_level(logging.WARNING, logger="common.attribution"):
+    with caplog.at_level(logging.WARNING):
         attributor = ExactAttributor(workspace.load())
     try:
-        assert attributor.names is None
-        assert [r for r in caplog.records if "FID mode unavailable" in r.getMessage()
-                ] == [caplog.records[0]]
-        assert len(attributor.fds()) == 2 and attributor.status()["fanotify_names"] is None
-        workspace.write("x.txt", "x\n")
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "FID mode unavailable" in warnings[0].getMessage()
+        assert attributor.status()["fanotify_mark"] in ("filesystem", "mount")
+        assert len(attributor.fds()) == 2  # the lineage and the write group
+        pid = user_writes(attributor, workspace.path("new-dir/x.txt"))
         observed = time.time()
-        run_child("rm", str(workspace.path("x.txt")))
-        assert attributor.attribute_removal(workspace.path("x.txt"), observed) is None
+        found = attributor.attribute(workspace.path("new-dir/x.txt"), observed)
+        assert (found.writer, found.pid) == (USER, pid)
+        run_child("rm", str(workspace.path("new-dir/x.txt")))
+        assert attributor.attribute_removal(workspace.path("new-dir/x.txt"), observed) is None
     finally:
         attributor.close()

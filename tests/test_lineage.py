@@ -4,6 +4,8 @@ to it after both... the child has exited."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,12 +18,16 @@ from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.attribution.base import SELF, SYSTEM, UNKNOWN, USER
 from gitsieve.common.judge.attribution.exact import ExactAttributor, WriterRules
 from gitsieve.common.judge.attribution.lineage import (
+    PROC_EVENT_EXEC,
+    PROC_EVENT_EXIT,
+    PROC_EVENT_FORK,
     LineageTracker,
     ProcInfo,
     read_proc,
 )
 from gitsieve.common.protocol.states import Mode, Technique
 
+SO_DETACH_FILTER = 27
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the proc connector needs root")
 
 # A long-lived parent (its command line carries the tag) that spawns one short-lived
@@ -153,7 +159,8 @@ def test_exact_attributor_names_user_system_and_self_writers(workspace, parent):
         assert agent.ancestor_pid == proc.pid and tag in agent.ancestor_cmdline
         user = attributor.attribute(workspace.path("user.txt"), now)
         assert (user.writer, user.pid) == (USER, editor.pid)
-        assert attributor.attribute(workspace.path("quick.txt"), now) is None
+        quick = attributor.attribute(workspace.path("quick.txt"), now)
+        assert quick is None or quick.writer == UNKNOWN
         assert self_write.writer == SELF and self_write.ancestor_pid == actor.pid
         assert attributor.attribute(workspace.path("never.txt"), now) is None
     finally:
@@ -172,7 +179,8 @@ def test_a_writer_forked_after_the_last_lineage_read_is_still_traced(workspace, 
         target = workspace.path("late.txt")
         child = spawn(target)  # fork, exec, write, exit: all queued, none read yet
         assert read_proc(child) is None
-        attributor.recorder.drain()  # the write is read first, as in the race
+        # the write is read first, as in the race
+        attributor.recorder.record(attributor.watch.drain_writes())
         events = attributor.recorder.writes_to(target, 0.0, time.time())
         assert events, "the child's write was not recorded"
         evidence = events[0].evidence
@@ -192,3 +200,135 @@ def test_psutil_is_used_when_configured_even_as_root(workspace):
     workspace.config('[filter]\nattribution = "psutil"\n')
     attributor = make_attributor(workspace.load())
     assert attributor.mode == Mode.PSUTIL and attributor.fds() == []
+
+
+# ----- retention: what could still be a writer's ancestor ---------------------------------
+# pids above any pid_max: /proc has nothing for them, as for processes already gone
+X, Y = 1 << 30, (1 << 30) + 1
+
+
+def message(what: int, *ints: int) -> bytes:
+    """One proc connector datagram as the kernel sends it (nlmsghdr, cn_msg, proc_event)."""
+    event = struct.pack("=IIQ", what, 0, 0) + struct.pack(f"={len(ints)}i", *ints).ljust(
+        24, b"\0")
+    cn = struct.pack("=IIIIHH", 1, 1, 0, 0, len(event), 0) + event
+    return struct.pack("=IHHII", 16 + len(cn), 3, 0, 0, 0) + cn
+
+
+def fork(parent: int, child: int) -> bytes:
+    return message(PROC_EVENT_FORK, parent, parent, child, child)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def tracker():
+    clock = Clock()
+    made = LineageTracker(keep_exited=10.0, listen=False, clock=clock)
+    made.clock_ref = clock
+    return made
+
+
+def test_an_exited_parent_stays_while_its_child_lives(tracker):
+    me = os.getpid()
+    my_children = tracker._children.get(tracker.processes[me].serial, 0)  # live ones
+    tracker._parse(fork(me, X) + fork(X, Y) + message(PROC_EVENT_EXIT, X, X))
+    tracker.prune(tracker.clock_ref.now + 100)
+    assert [info.pid for info in tracker.chain(Y)][:3] == [Y, X, me]
+    tracker._parse(message(PROC_EVENT_EXIT, Y, Y))
+    tracker.clock_ref.now += 5
+    tracker.prune()
+    assert Y in tracker.processes  # within the grace: its write may still be queued
+    tracker.prune(tracker.clock_ref.now + 100)
+    assert X not in tracker.processes and Y not in tracker.processes
+    assert tracker._children.get(tracker.processes[me].serial, 0) == my_children
+
+
+def test_a_reused_pid_does_not_become_an_older_childs_parent(tracker):
+    me = os.getpid()
+    # X runs a program gone before it could be read (exec_lost), forks Y, exits; the
+    # kernel gives X's pid to a new child of ours.
+    tracker._parse(fork(me, X) + message(PROC_EVENT_EXEC, X, X) + fork(X, Y)
+                   + message(PROC_EVENT_EXIT, X, X) + fork(me, X))
+    old_parent = tracker.chain(Y)[1]
+    assert old_parent.pid == X and old_parent.exec_lost
+    assert not tracker.processes[X].exec_lost  # the new X
+    assert tracker.processes[X].serial != old_parent.serial
+    assert len(tracker.retired) == 1
+    tracker._parse(message(PROC_EVENT_EXIT, Y, Y))
+    tracker.prune(tracker.clock_ref.now + 100)
+    assert tracker.retired == {} and Y not in tracker.processes
+    assert X in tracker.processes  # the new X is alive
+
+
+def test_a_daemonised_child_keeps_its_exited_parent_in_its_lineage():
+    tracker = LineageTracker(keep_exited=1.0)
+    try:
+        # the shell starts a sleeper in the background and exits when told to
+        shell = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; read line"],
+                                 stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        sleeper = int(shell.stdout.readline())
+        tracker.drain()  # while the shell runs: its exec is read from /proc
+        shell.stdin.close()
+        shell.wait()
+        deadline = time.monotonic() + 10
+        while tracker.processes[shell.pid].exited is None:
+            assert time.monotonic() < deadline, "no exit event for the shell"
+            tracker.drain()
+            time.sleep(0.05)
+        tracker.prune(time.time() + 100)  # far past the grace
+        chain = tracker.chain(sleeper)
+        assert chain[1].pid == shell.pid and chain[1].exited is not None
+        assert chain[1].cmdline.startswith("sh -c sleep 30") and not chain[1].exec_lost
+        os.kill(sleeper, 9)
+        deadline = time.monotonic() + 10
+        while tracker.processes[sleeper].exited is None:
+            assert time.monotonic() < deadline, "no exit event for the sleeper"
+            tracker.drain()
+            time.sleep(0.05)
+        tracker.prune(time.time() + 100)
+        assert sleeper not in tracker.processes and shell.pid not in tracker.processes
+    finally:
+        tracker.close()
+
+
+def test_the_socket_filter_drops_thread_events_before_any_python_runs():
+    """The kernel runs the BPF program: our threads' forks and exits never reach the
+    tracker's socket, our processes' do (an unfiltered socket sees both)."""
+    import threading
+
+    filtered, unfiltered = LineageTracker(), LineageTracker()
+    unfiltered.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    seen = {}
+    for tracker in (filtered, unfiltered):
+        seen[tracker] = []
+        tracker._parse = lambda data, found=seen[tracker]: found.append(data) or 0
+    try:
+        for _ in range(5):
+            worker = threading.Thread(target=lambda: None)
+            worker.start()
+            worker.join()
+        child = subprocess.Popen(["true"])
+        child.wait()
+
+        def ours(tracker) -> tuple[int, int]:
+            threads = processes = 0
+            for data in seen[tracker]:
+                what = struct.unpack_from("=I", data, 36)[0]
+                if what == PROC_EVENT_FORK:
+                    child_pid, child_tgid = struct.unpack_from("=2i", data, 60)
+                    threads += child_tgid == os.getpid() and child_pid != child_tgid
+                    processes += child_pid == child_tgid == child.pid
+            return threads, processes
+        wait_for(lambda: filtered.drain() + unfiltered.drain() >= 0 and ours(unfiltered)[0]
+                 >= 5 and ours(filtered)[1] == 1, 10, message="fork events")
+        assert ours(filtered) == (0, 1)
+    finally:
+        filtered.close()
+        unfiltered.close()

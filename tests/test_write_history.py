@@ -1,90 +1,72 @@
-"""L2's write history (exact mode, root): bounded, and it never loses a writer silently.
-
-- Per inode the newest write of each kind of writer is kept: a hundred agent rewrites after
-  the user's write do not push the user's out (a fixed-length history did).
-- A fanotify queue overflow marks the writers of the window lost: the change is UNKNOWN
-  (content decides), never USER and never SYSTEM.
-"""
+"""common.judge.attribution.write_history as pure logic: lookups by identity and time, the
+newest write of each kind of writer per file, the total cap (its forgetting is a gap),
+pruning, and gaps."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from types import SimpleNamespace
+from dataclasses import dataclass
 
-import pytest
-
-from gitsieve.common.judge.attribution.exact import WRITERS_LOST
-from gitsieve.common.judge.process import ProcessJudge
-from gitsieve.common.protocol.messages import Change
-from gitsieve.common.protocol.states import ChangeKind, L2Reason, Writer
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
-
-WRITER = ("import sys, time\n"
-          "for _ in range(int(sys.argv[2])):\n"
-          "    open(sys.argv[1], 'a').write('x')\n")
+from gitsieve.common.judge.attribution.file_identity import FileIdentity, IdentityKind
+from gitsieve.common.judge.attribution.write_history import Missed, WriteHistory
 
 
-def recorder_on(root, writers: dict):
-    from gitsieve.common.judge.attribution.fanotify import WriteRecorder
-    return WriteRecorder(root, resolve=lambda pid: SimpleNamespace(
-        writer=writers.get(pid, Writer.UNKNOWN)))
+@dataclass(frozen=True)
+class Event:
+    stamp: float
+    writer: str = "system"
 
 
-def test_a_user_write_is_kept_among_a_hundred_agent_writes(tmp_path):
-    target = tmp_path / "shared.txt"
-    target.write_text("")
-    writers: dict = {}
-    recorder = recorder_on(tmp_path, writers)
-    try:
-        since = time.time()
-        for kind, count in ((Writer.USER, 1), (Writer.SYSTEM, 100)):
-            child = subprocess.Popen([sys.executable, "-c",
-                                      "import sys; sys.stdin.read(1)\n" + WRITER,
-                                      str(target), str(count)], stdin=subprocess.PIPE)
-            writers[child.pid] = kind
-            child.communicate(b"g")
-            recorder.drain()
-        kinds = [event.evidence.writer for event in recorder.writes_to(target, since,
-                                                                       time.time())]
-        assert Writer.USER in kinds and Writer.SYSTEM in kinds
-        assert len(recorder.writes) == 1 and len(kinds) == 2  # bounded per inode
-    finally:
-        recorder.close()
+def by_writer(event: Event) -> str:
+    return event.writer
 
 
-def test_a_queue_overflow_marks_the_window_lost(tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    recorder = recorder_on(tmp_path, {})
-    try:
-        since = time.time()
-        subprocess.run([sys.executable, "-c", "import sys\nfor i in range(20000): "
-                        "open(f'{sys.argv[1]}/f{i}', 'w').write('x')", str(folder)],
-                       check=True)
-        recorder.drain()  # the kernel's queue (16384 events) overflowed meanwhile
-        assert recorder.overflows >= 1
-        assert recorder.lost_since(since) and not recorder.lost_since(time.time())
-    finally:
-        recorder.close()
+def identity(n: int) -> FileIdentity:
+    return FileIdentity(1, IdentityKind.HANDLE, n.to_bytes(8, "little"))
 
 
-class LosingAttributor:
-    mode = "fanotify"
+def test_writes_are_found_by_identity_within_the_window():
+    history = WriteHistory(kind_of=by_writer)
+    history.record(identity(1), Event(1.0, "user"))
+    history.record(identity(1), Event(2.0, "system"))
+    history.record(identity(1), Event(3.0, "self"))
+    assert history.writes_to(identity(1), 1.5, 3.0) == [Event(2.0), Event(3.0, "self")]
+    assert history.writes_to(identity(1), 0.0, 9.0) == [Event(1.0, "user"), Event(2.0),
+                                                        Event(3.0, "self")]
+    assert history.writes_to(identity(2), 0.0, 9.0) == []
+    assert history.writes_to(None, 0.0, 9.0) == []
 
-    def attribute(self, *_args):
-        return WRITERS_LOST
 
-    def attribute_removal(self, *_args):
-        return WRITERS_LOST
+def test_a_user_write_is_kept_among_a_hundred_agent_writes():
+    """Regression: a fixed-length history (32 writes per file) let an agent's rewrites push
+    the person's write out, and their change was then judged on the agent's writes alone."""
+    history = WriteHistory(kind_of=by_writer)
+    history.record(identity(1), Event(1.0, "user"))
+    for number in range(100):
+        history.record(identity(1), Event(2.0 + number / 1000))
+    found = history.writes_to(identity(1), 0.0, 9.0)
+    assert [event.writer for event in found] == ["user", "system"]
+    assert found[-1].stamp == 2.099  # the newest of the agent's, for writes_until
 
 
-def test_lost_writers_make_a_change_unknown_for_writes_and_removals(workspace):
-    judge = ProcessJudge(workspace.load(), attributor=LosingAttributor())
-    for kind in (ChangeKind.WRITE, ChangeKind.DELETE):
-        step = judge.judge(Change(path="a.txt", kind=kind, seq=1, epoch=1.0,
-                                  observed=time.time()))
-        assert step.verdict == Writer.UNKNOWN and step.reason == L2Reason.WRITERS_LOST
-        assert not judge.drops(step)  # on to the content layer
+def test_at_the_cap_the_least_recently_written_file_goes():
+    history = WriteHistory(max_files=2)
+    history.record(identity(1), Event(1.0))
+    history.record(identity(2), Event(2.0))
+    history.record(identity(1), Event(3.0))  # 1 is now the most recent
+    history.record(identity(3), Event(4.0))
+    assert set(history.files) == {identity(1), identity(3)} and history.evicted == 1
+    # the forgotten file's writes are a gap: a change weighing them is UNKNOWN, not USER
+    assert history.gap_within(2.5, 9.0) is None
+    assert history.gap_within(1.5, 9.0).reason is Missed.HISTORY_CAP
+
+
+def test_prune_drops_stale_files_and_gaps():
+    history = WriteHistory(history=10.0)
+    history.record(identity(1), Event(1.0))
+    history.record(identity(2), Event(15.0))
+    history.note_gap(2.0, 3.0, Missed.FANOTIFY_OVERFLOW)
+    history.note_gap(14.0, 16.0, Missed.HELPER_AWAY)
+    assert history.gap_within(2.5, 2.6).reason is Missed.FANOTIFY_OVERFLOW
+    history.prune(20.0)
+    assert set(history.files) == {identity(2)}
+    assert history.gap_within(0.0, 5.0) is None
+    assert history.gap_within(15.5, 30.0).reason is Missed.HELPER_AWAY

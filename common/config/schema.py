@@ -72,8 +72,9 @@ KEYS: tuple[Key, ...] = (
     Key("filter", "process_cache_ttl", float, 30, "seconds between full scans for autonomous "
         "processes (unprivileged attribution)", minimum=0.1, maximum=3600, unit="s"),
     Key("filter", "attribution", str, "auto",
-        '"fanotify": exact, needs root; "psutil": unprivileged sampling; "auto": exact '
-        "when permitted", choices=("auto", "fanotify", "psutil")),
+        '"fanotify": exact, own fanotify groups, needs root; "helper": exact, from `gitsieve '
+        'helper` run by root; "psutil": unprivileged sampling; "auto": the first of these '
+        "that works", choices=("auto", "fanotify", "helper", "psutil")),
     Key("filter", "autonomous_uids", LIST_OF_INT, [],
         "uids whose processes are autonomous"),
     Key("filter", "autonomous_cgroups", LIST_OF_STR, [],
@@ -93,6 +94,9 @@ KEYS: tuple[Key, ...] = (
     Key("filter", "learn_window_minutes", float, 10, "...within this many minutes",
         attr="learn_window", minimum=0.1, maximum=10080, unit="min",
         convert=lambda minutes: float(minutes) * _MINUTES),
+    Key("filter", "helper_socket", str, "/run/gitsieve/helper.sock",
+        "socket of `gitsieve helper` (attribution \"helper\" or \"auto\"); used only if "
+        "it and its directory are root's"),
     # [debounce]
     Key("debounce", "allow", float, 0.5, "quiet period for ALLOW paths", attr="debounce_allow",
         minimum=0, maximum=3600, unit="s", profiles={"conservative": 2}),

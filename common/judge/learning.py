@@ -28,7 +28,7 @@ from gitsieve.common.protocol.trail import ProcessStep, step_of
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# Only exact (fanotify, 1.0) and live open-file (0.9) attributions teach; a sampled
+# Only exact (fanotify or helper, 1.0) and live open-file (0.9) attributions teach; a sampled
 # sighting is too weak to block a path for good.
 MIN_CONFIDENCE = 0.9
 

@@ -1,7 +1,8 @@
 """The process judge (L2): who wrote a change.  Socket-free; the L2 actor feeds it.
 
 ``[filter] attribution`` picks the technique (:func:`.attribution.make_attributor`): exact
-(fanotify + lineage; the writer of a change is always already known) or the psutil
+(fanotify + lineage, L2's own or ``gitsieve helper``'s; the writer of a change is always
+already known, or the change is UNKNOWN when its writes may have been missed) or the psutil
 fallback.  Deletions (and renames away) are judged by who removed the name (exact mode:
 fanotify FID events); unprivileged, a deletion's remover is unknown.  A USER writer still
 goes to L3, which then only refuses changes identical to HEAD (a user's timestamp-only edit
@@ -65,9 +66,6 @@ class ProcessJudge:
         if found is None and prior is not None and until >= change.observed - WRITE_LOOKBACK:
             self.repeated += 1
             return dataclasses.replace(prior, repeated=True)
-        if found is not None and found.writer == Writer.UNKNOWN:
-            return ProcessStep(Writer.UNKNOWN, L2Reason.WRITERS_LOST, self.mode,
-                               technique=found.technique, matched_by=found.matched_by)
         if found is None:
             reason = (L2Reason.NO_AUTONOMOUS_WRITER_SEEN if self.mode == Mode.PSUTIL
                       else L2Reason.NO_WRITER_SEEN)
@@ -75,20 +73,23 @@ class ProcessJudge:
             suspects = tuple(Suspect(pid, cmdline) for pid, cmdline in
                              self.attributor.suspects(change.observed))
             return ProcessStep(Writer.UNKNOWN, reason, self.mode, io_suspects=suspects)
-        return found.evidence(ProcessStep(found.writer, L2Reason.IDENTIFIED, self.mode))
+        return self._step(found)
 
     def _judge_removal(self, change: Change) -> ProcessStep:
         """A deletion: its remover (exact mode with fanotify FID) judged like a writer."""
         found = self.attributor.attribute_removal(self.config.workspace / change.path,
                                                   change.observed)
-        if found is not None and found.writer == Writer.UNKNOWN:
-            return ProcessStep(Writer.UNKNOWN, L2Reason.WRITERS_LOST, self.mode,
-                               technique=found.technique, matched_by=found.matched_by)
         if found is None:
             reason = (L2Reason.REMOVER_UNOBSERVABLE if self.mode == Mode.PSUTIL
                       else L2Reason.NO_REMOVAL_SEEN)
             return ProcessStep(Writer.UNKNOWN, reason, self.mode)
-        return found.evidence(ProcessStep(found.writer, L2Reason.IDENTIFIED, self.mode))
+        return self._step(found)
+
+    def _step(self, found) -> ProcessStep:
+        # UNKNOWN: writes may have been missed, or the writer could not be read
+        reason = L2Reason.WRITER_UNKNOWN if found.writer == Writer.UNKNOWN else \
+            L2Reason.IDENTIFIED
+        return found.evidence(ProcessStep(found.writer, reason, self.mode))
 
     def note_accounted(self, path: str, step: ProcessStep) -> None:
         """Remember the newest write a verdict (ours or another worker's) weighed."""

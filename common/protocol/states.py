@@ -46,6 +46,7 @@ class Technique(StrEnum):
     FANOTIFY = "fanotify"                    # own fanotify group + proc connector lineage
     OPEN_FILES = "open-files"                # psutil: holds it open for writing now
     OPEN_FILES_SAMPLED = "open-files-sampled"  # psutil: was seen holding it open
+    HELPER = "helper"                        # gitsieve helper's fanotify + lineage (root)
 
 
 class Mode(StrEnum):
@@ -53,6 +54,7 @@ class Mode(StrEnum):
 
     FANOTIFY = "fanotify"
     PSUTIL = "psutil"
+    HELPER = "helper"
 
 
 class ProcessAction(StrEnum):
@@ -78,7 +80,7 @@ class L2Reason(StrEnum):
     NO_AUTONOMOUS_WRITER_SEEN = "no-autonomous-writer-seen"  # psutil mode
     REMOVER_UNOBSERVABLE = "remover-unobservable"  # psutil mode: deletions carry no writer
     NO_REMOVAL_SEEN = "no-removal-seen"    # exact mode: no removal by a known process
-    WRITERS_LOST = "writers-lost"          # exact mode: writes whose writer a queue overflow lost
+    WRITER_UNKNOWN = "writer-unknown"      # exact mode: writes missed, or writer unreadable
 
 
 class L3Reason(StrEnum):
@@ -112,8 +114,7 @@ _TEXT = {
     L2Reason.NO_AUTONOMOUS_WRITER_SEEN: "no autonomous writer seen",
     L2Reason.REMOVER_UNOBSERVABLE: "deleted: no writer to observe",
     L2Reason.NO_REMOVAL_SEEN: "deleted: no removal by a known process seen",
-    L2Reason.WRITERS_LOST: "some writers were lost in a fanotify queue overflow: the content "
-                           "decides",
+    L2Reason.WRITER_UNKNOWN: "writer not known: {detail}",
     L3Reason.WORK_FILE_PROBLEM: "{detail}",
     L3Reason.NEVER_COMMITTED: "never committed",
     L3Reason.DELETED: "deleted",

@@ -124,7 +124,7 @@ def judged_by_content_alone(trail: Trail) -> bool:
 
 def _process_reason(step: ProcessStep) -> str:
     if step.reason != L2Reason.IDENTIFIED:
-        return render(step.reason)
+        return render(step.reason, step.matched_by)
     prefix = "deleted: " if step.did in (ProcessAction.REMOVED, ProcessAction.MOVED_AWAY) else ""
     action = step.did or ProcessAction.WRITTEN
     who = f"process {step.pid}"

@@ -1,6 +1,7 @@
 """``gitsieve test``: the labelled corpus run through the real L1-L3 logic, with numbers.
 
-For each attribution mode (exact fanotify + lineage when permitted, and psutil), a temporary
+For each attribution mode (exact with L2's own fanotify groups, exact from ``gitsieve
+helper``, and psutil; a mode not available here is reported as skipped), a temporary
 git repository is made holding every case's ``setup`` files in one commit; a simulated
 user's editor and a simulated autonomous process (``scripts/agent_sim.py serve``, real
 processes) then perform each case's writes, and every ``judge`` step sends a Change through
@@ -9,6 +10,12 @@ the real judges (:class:`~gitsieve.common.judge.pattern.PatternJudge`,
 :class:`~gitsieve.common.judge.content_judge.ContentJudge`: real git, real kernel events),
 called directly, no socket involved.  Printed: per layer and overall, the confusion matrix, where a false positive (FP) is a user change held back
 and a false negative (FN) a system change let through.  Exit 0 when FP = FN = 0.
+
+``helper`` mode runs the cases of exact attribution (``"fanotify"`` in a case's modes) with
+the writes reported by ``gitsieve helper``.  As root, ``gitsieve test`` starts a temporary
+helper on a private socket (a fresh 0700 directory of root's) for the run and stops it
+afterwards; otherwise it asks the helper at ``--helper-socket`` (default
+``/run/gitsieve/helper.sock``, the system unit's).
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ import importlib.util
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -113,7 +122,7 @@ class ModeResult:
 class Harness:
     """One temporary repository, the three judges and the two helpers, for one mode."""
 
-    def __init__(self, base: Path, corpus, mode: str):
+    def __init__(self, base: Path, corpus, mode: str, helper_socket: str = ""):
         from gitsieve.common import config as config_mod
         self.corpus, self.mode = corpus, mode
         self.root = base / f"ws-{mode}"
@@ -129,6 +138,7 @@ class Harness:
             f"patterns_file = \".gitsieve-rules.conf\"\n"
             f"autonomous_processes = [\"{self.agent_name}\"]\n"
             f"attribution = \"{mode}\"\nprocess_cache_ttl = 0.2\n"
+            + (f"helper_socket = \"{helper_socket}\"\n" if helper_socket else "") +
             f"max_analyze_bytes = {corpus.MAX_ANALYZE_BYTES}\nlearning = false\n")
         for case in corpus.CASES:
             for rel, text in case["setup"].items():
@@ -193,18 +203,27 @@ class Harness:
         return outcomes
 
 
-def run_mode(corpus, mode: str) -> ModeResult:
+EXACT_MODES = ("fanotify", "helper")
+
+
+def runs_in(case: dict, mode: str) -> bool:
+    """Whether ``case`` is judged in ``mode``: the helper's attribution is the exact one."""
+    return (mode in case["modes"] or mode == "helper" and "fanotify" in case["modes"])
+
+
+def run_mode(corpus, mode: str, helper_socket: str = "") -> ModeResult:
     result = ModeResult(mode)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gitsieve-test-") as base:
-        harness = Harness(Path(base), corpus, mode)
+        harness = Harness(Path(base), corpus, mode, helper_socket)
         try:
             if harness.attribution_mode != mode:
-                result.note = (f"{mode} not available here (running as uid {os.getuid()}); "
-                               "skipped")
+                result.note = (f"{mode} not available here (running as uid {os.getuid()}"
+                               f"{', helper socket ' + helper_socket if mode == 'helper' else ''}"
+                               "); skipped")
                 return result
             for case in corpus.CASES:
-                if mode in case["modes"]:
+                if runs_in(case, mode):
                     result.outcomes += harness.run_case(case)
                 else:
                     result.excluded.append(case)
@@ -212,6 +231,51 @@ def run_mode(corpus, mode: str) -> ModeResult:
             harness.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+class TemporaryHelper:
+    """``gitsieve helper`` on a private socket for one run (root only): a fresh 0700
+    directory of root's, which the client's ownership checks accept."""
+
+    def __init__(self):
+        self.directory = tempfile.mkdtemp(prefix="gitsieve-test-helper-")
+        self.socket_path = os.path.join(self.directory, "helper.sock")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gitsieve.common.tools.cli", "helper", "--socket",
+             self.socket_path, "--log-level", "WARNING"], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not self._listening():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("the temporary gitsieve helper did not start")
+            time.sleep(0.05)
+
+    def _listening(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            return probe.connect_ex(self.socket_path) == 0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if os.path.lexists(self.socket_path):
+            os.unlink(self.socket_path)
+        os.rmdir(self.directory)
+
+
+def run_helper_mode(corpus, helper_socket: str) -> ModeResult:
+    """Helper mode: as root with a temporary helper of its own, else the given socket's."""
+    if os.geteuid() != 0:
+        return run_mode(corpus, "helper", helper_socket)
+    helper = TemporaryHelper()
+    try:
+        return run_mode(corpus, "helper", helper.socket_path)
+    finally:
+        helper.close()
 
 
 # ----- report ----------------------------------------------------------------------------
@@ -250,13 +314,18 @@ def report(results: list[ModeResult], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def run(mode: str = "both", as_json: bool = False, verbose: bool = False) -> int:
-    """``gitsieve test``: run the corpus in ``mode`` and print the report; exit 1 when any
-    change was misjudged."""
+MODES = {"all": ("fanotify", "helper", "psutil"), "both": ("fanotify", "psutil")}
+DEFAULT_HELPER_SOCKET = "/run/gitsieve/helper.sock"
+
+
+def run(mode: str = "all", as_json: bool = False, verbose: bool = False,
+        helper_socket: str = DEFAULT_HELPER_SOCKET) -> int:
+    """``gitsieve test``: run the corpus in ``mode`` ("all", "both" = fanotify and psutil,
+    or one mode) and print the report; exit 1 when any change was misjudged."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     corpus = load_corpus()
-    modes = ("fanotify", "psutil") if mode == "both" else (mode,)
-    results = [run_mode(corpus, name) for name in modes]
+    results = [run_helper_mode(corpus, helper_socket) if name == "helper"
+               else run_mode(corpus, name) for name in MODES.get(mode, (mode,))]
     wrong = sum(len(result.wrong) for result in results)
     if as_json:
         print(json.dumps([{"mode": r.mode, "note": r.note, "seconds": round(r.seconds, 2),

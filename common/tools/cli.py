@@ -1,6 +1,6 @@
 """``gitsieve`` command line.
 
-- ``run``, ``init``, ``bench``, ``test``: here.
+- ``run``, ``init``, ``bench``, ``test``, ``helper``: here.
 - ``status``, ``explain``, ``flush``, ``learned``, ``pause``, ``resume``, ``stats`` and
   ``debug`` (= ``tail``): the actorctl commands (:mod:`.ctl`), one implementation each.
 
@@ -101,7 +101,14 @@ def cmd_bench(args) -> int:
 
 def cmd_test(args) -> int:
     from gitsieve.common.tools import accuracy
-    return accuracy.run(args.mode, args.json, args.verbose)
+    return accuracy.run(args.mode, args.json, args.verbose, args.helper_socket)
+
+
+def cmd_helper(args) -> int:
+    from gitsieve.common.helper import server
+    if os.geteuid() != 0:
+        raise UsageError(server.ROOT_ONLY)
+    return server.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,10 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
-    test.add_argument("--mode", choices=("fanotify", "psutil", "both"), default="both")
+    test.add_argument("--mode", choices=("fanotify", "helper", "psutil", "both", "all"),
+                      default="all", help="attribution modes to measure; 'both': fanotify "
+                      "and psutil; 'all' (default): fanotify, helper and psutil")
+    test.add_argument("--helper-socket", default="/run/gitsieve/helper.sock",
+                      help="helper mode when not root: the running helper's socket (as "
+                           "root, a temporary helper on a private socket is started)")
     test.add_argument("--json", action="store_true")
     test.add_argument("--verbose", action="store_true", help="list excluded cases")
     test.set_defaults(func=cmd_test)
+
+    helper = sub.add_parser("helper", help="serve exact attribution to unprivileged gitsieve "
+                                           "instances (run as root; see "
+                                           "scripts/gitsieve-helper.service)")
+    from gitsieve.common.helper import server as helper_server
+    helper_server.add_arguments(helper)
+    helper.set_defaults(func=cmd_helper)
 
     for name, command in CTL_COMMANDS.items():
         sub.add_parser(name, add_help=False,

@@ -178,11 +178,23 @@ class Status(Command):
                 f"{actor['uptime']:>8.0f}s{actor['messages_in']:>8}{actor['messages_out']:>8}"
                 f"{queue:>7}{actor.get('restarts', 0):>9}{actor['errors']:>5}  "
                 f"{actor['last_error'][:60]}")
+        techniques = [attribution_text(actor) for actor in data["actors"]
+                      if actor.get("attribution")]
+        if techniques:
+            lines.append("attribution: " + ", ".join(techniques))
         health = data.get("health")
         if health:
             verdict = "ok" if health.get("ok") else "NOT OK: " + "; ".join(health.get("reasons", []))
             lines.append(f"health: {verdict}")
         return "\n".join(lines)
+
+
+def attribution_text(actor: dict) -> str:
+    """An L2 worker's technique, and for the helper whether it is connected now."""
+    text = f"{actor['name']} {actor['attribution']}"
+    if "helper_connected" in actor:
+        text += " (connected)" if actor["helper_connected"] else " (helper away: UNKNOWN)"
+    return text
 
 
 class Stats(Command):

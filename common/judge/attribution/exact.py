@@ -1,12 +1,17 @@
-"""The exact, privileged L2 technique (root / CAP_SYS_ADMIN).
+"""Exact attribution: every writer by pid and lineage.
 
-fanotify (:mod:`.fanotify`) names the pid of every write, the proc connector lineage
-(:mod:`.lineage`) names its ancestors even after they exit, and :class:`WriterRules`
-classifies the chain as SYSTEM (an autonomous process by command line, uid, cgroup or
-systemd unit), SELF (gitsieve's own processes, marked in their environment) or USER (any
-other process: a positively identified non-autonomous writer).  A second fanotify group in
-FID mode (:class:`.fanotify.NameRecorder`) names who deleted or renamed a path, judged by
-the same rules; where the kernel refuses it, one log line, and deletions stay unattributed.
+fanotify groups marking the workspace's directories (:class:`.marks.WorkspaceWatch`) name
+the pid of every write and of every create, delete and rename; the proc connector lineage
+(:mod:`.lineage`) names its ancestors even after they exit; :class:`WriterRules` classifies
+the chain as SYSTEM (an autonomous process by command line, uid, cgroup or systemd unit),
+SELF (gitsieve's own processes, marked in their environment) or USER (any other process: a
+positively identified non-autonomous writer).  What was seen is kept per file identity and
+path in a :class:`.recorder.WriteRecorder`; a change whose writes may have been missed (an
+overflow, a directory written before it was watched, the helper away) is UNKNOWN.
+
+:class:`ExactAttributor` owns the groups and the lineage itself (root / CAP_SYS_ADMIN);
+:class:`.helper.HelperAttributor` gets the same events from ``gitsieve helper``; both are
+:class:`RecordedAttributor` subclasses.
 """
 from __future__ import annotations
 
@@ -14,22 +19,31 @@ import logging
 import os
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 from gitsieve.common.judge.attribution.base import (
     CONFIDENCE,
     SELF,
     SYSTEM,
-    TECHNIQUE_EXACT,
     UNKNOWN,
     USER,
     Attribution,
     AutonomousMatcher,
 )
-from gitsieve.common.judge.attribution.fanotify import ARRIVALS, REMOVALS
-from gitsieve.common.protocol.states import Mode, ProcessAction
+from gitsieve.common.judge.attribution.events import (
+    ARRIVALS,
+    REMOVALS,
+    LineageEntry,
+    Op,
+    lineage_entries,
+)
+from gitsieve.common.judge.attribution.file_identity import FileIdentifier, Keying
+from gitsieve.common.judge.attribution.marks import WorkspaceWatch
+from gitsieve.common.judge.attribution.recorder import WriteRecorder
+from gitsieve.common.judge.attribution.write_history import Missed
+from gitsieve.common.protocol.states import Mode, ProcessAction, Technique
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +128,10 @@ class WriterRules:
                               "no autonomous process in its lineage")
 
 
-def combine(events: list) -> Attribution | None:
+def combine(events: list, technique: Technique = Technique.FANOTIFY) -> Attribution | None:
     """One verdict for the writes of one change: any USER write makes it the user's (the
-    commit carries the user's bytes); else any SYSTEM; else SELF."""
+    commit carries the user's bytes); else any SYSTEM; else SELF; writes whose writer could
+    not be classified make it UNKNOWN (never a repeat of an earlier verdict)."""
     if not events:
         return None
     by_writer: dict[str, tuple[WriterEvidence, object]] = {}
@@ -124,85 +139,53 @@ def combine(events: list) -> Attribution | None:
         evidence = event.evidence
         if isinstance(evidence, WriterEvidence):
             by_writer.setdefault(evidence.writer, (evidence, event))
-    for writer in (USER, SYSTEM, SELF):
+    for writer in (USER, SYSTEM, SELF, UNKNOWN):
         if writer in by_writer:
             chosen, event = by_writer[writer]
-            return Attribution(writer, TECHNIQUE_EXACT, chosen.pid, chosen.cmdline,
-                               CONFIDENCE[TECHNIQUE_EXACT], chosen.ancestor_pid,
-                               chosen.ancestor_cmdline, chosen.matched_by, len(events),
-                               max(event.stamp for event in events),
-                               _ACTION_OF.get(getattr(event, "op", ""), ProcessAction.WRITTEN))
+            confidence = CONFIDENCE[technique] if writer != UNKNOWN else 0.0
+            return Attribution(writer, technique, chosen.pid, chosen.cmdline, confidence,
+                               chosen.ancestor_pid, chosen.ancestor_cmdline, chosen.matched_by,
+                               len(events), max(event.stamp for event in events),
+                               _ACTION_OF.get(event.op, ProcessAction.WRITTEN))
     return None
 
 
-# Writes in the window whose writer was lost (a fanotify queue overflow, the history cap):
-# never the user's, never the system's: the content layer decides.
-WRITERS_LOST = Attribution(UNKNOWN, TECHNIQUE_EXACT, 0, "", 0.0,
-                           matched_by="writers lost in a fanotify queue overflow")
-
-_ACTION_OF = {"moved-to": ProcessAction.MOVED_INTO_PLACE, "create": ProcessAction.CREATED,
-              "delete": ProcessAction.REMOVED, "moved-from": ProcessAction.MOVED_AWAY}
+_ACTION_OF = {Op.MOVED_TO: ProcessAction.MOVED_INTO_PLACE, Op.CREATE: ProcessAction.CREATED,
+              Op.DELETE: ProcessAction.REMOVED, Op.MOVED_FROM: ProcessAction.MOVED_AWAY}
 
 
-class ExactAttributor:
-    """fanotify + proc connector: every writer by pid and lineage (needs root)."""
+def made_by_the_system(arrivals: list) -> bool:
+    """A file found in a directory marked late was created (or moved in) by autonomous or
+    gitsieve's own processes only: the writes before the mark were theirs (another process
+    would have had to write the file within the moment before the mark).  Never so for a
+    user's file: that stays UNKNOWN."""
+    return bool(arrivals) and all(isinstance(event.evidence, WriterEvidence) and
+                                  event.evidence.writer in (SYSTEM, SELF)
+                                  for event in arrivals)
 
-    mode = Mode.FANOTIFY
 
-    def __init__(self, config, rules: WriterRules | None = None):
-        from gitsieve.common.judge.attribution.fanotify import WriteRecorder
-        from gitsieve.common.judge.attribution.lineage import LineageTracker
-        self.rules = rules or WriterRules.from_config(config)
-        self.git_dir = config.git_dir
-        self.lineage = LineageTracker()
-        try:
-            self.recorder = WriteRecorder(config.workspace, (str(config.runtime_dir),),
-                                          resolve=self._resolve)
-        except OSError:
-            self.lineage.close()
-            raise
-        self.names = self._name_recorder(config)
-        # A child forked after the last lineage read, and gone already, would otherwise
-        # have no lineage when its write is resolved.
-        for recorder in (self.recorder, self.names):
-            if recorder is not None:
-                recorder.on_batch = self.lineage.drain
-        self.errors: Counter = Counter()
+def blind(missed: Missed, technique: Technique) -> Attribution:
+    """The verdict for a change whose writes may have been missed: UNKNOWN, never USER."""
+    return Attribution(UNKNOWN, technique, 0, "", 0.0,
+                       matched_by=f"writes may have been missed: {missed.describe()}", writes=0)
 
-    def _name_recorder(self, config):
-        """The FID-mode group for deletions and renames, or None where it is refused."""
-        from gitsieve.common.judge.attribution.fanotify import NameRecorder
-        try:
-            return NameRecorder(config.workspace, (str(config.runtime_dir),),
-                                resolve=self._resolve)
-        except OSError as exc:
-            log.warning("fanotify FID mode unavailable (%s): deletions and renames without a "
-                        "write are left to the content layer", exc)
-            return None
 
-    def _relative(self, abs_path: str | os.PathLike) -> str:
-        """``abs_path`` relative to the workspace as the name recorder keys it (the parent
-        resolved, the file itself possibly gone)."""
-        parent, name = os.path.split(os.fspath(abs_path))
-        return os.path.relpath(os.path.join(os.path.realpath(parent), name),
-                               self.names.root)
+class RecordedAttributor:
+    """Exact attribution from a :class:`.recorder.WriteRecorder`, whichever source feeds it
+    (L2's own fanotify groups, or ``gitsieve helper``): the window of writes a change
+    weighs, the blind spots that make it UNKNOWN, and the verdict.
 
-    def _resolve(self, pid: int) -> WriterEvidence:
-        return self.rules.classify(self.lineage.chain(pid))
+    Subclasses set ``recorder``, ``git_dir``, ``mode`` and ``technique``, and
+    :meth:`catch_up`: record every write the kernel queued before a change was observed.
+    """
 
-    def fds(self) -> list[tuple[int, Callable[[], None]]]:
-        fds = [(self.lineage.fileno(), self.lineage.drain),
-               (self.recorder.fileno(), self.drain)]
-        if self.names is not None:
-            fds.append((self.names.fileno(), self.drain))
-        return fds
+    mode: Mode
+    technique: Technique
+    recorder: WriteRecorder
+    git_dir: Path
 
-    def drain(self) -> None:
-        """Lineage first: a writer's fork/exec precede its write, so they are known."""
-        self.lineage.drain()
-        self.recorder.drain()
-        if self.names is not None:
-            self.names.drain()
+    def catch_up(self, observed: float) -> None:
+        raise NotImplementedError
 
     def head_moved(self) -> float:
         """Wall time HEAD last moved (its reflog or branch ref was rewritten)."""
@@ -226,35 +209,39 @@ class ExactAttributor:
         """The writers of the file at ``abs_path`` for a change observed at ``observed``:
         writes read after ``observed - WRITE_LOOKBACK``, after the last HEAD move before
         the observation (earlier writes were committed) and after ``since`` (the newest
-        write an earlier change of this path already accounted for)."""
+        write an earlier change of this path already accounted for).  UNKNOWN when writes
+        in that window may have been missed."""
         since = self._window_start(observed, since)
-        if self.recorder.lost_since(since) or (self.names is not None
-                                               and self.names.lost_since(since)):
-            return WRITERS_LOST
-        events = self.recorder.writes_to(abs_path, since, time.time())
-        if self.names is not None:
-            # a file renamed (or created) into place without a write is its mover's
-            events += self.names.operations_on(self._relative(abs_path), ARRIVALS, since,
-                                               time.time())
-        return combine(events)
+        until = time.time()
+        rel = self.recorder.relative(abs_path)
+        # a file renamed (or created) into place without a write is its mover's
+        arrivals = self.recorder.operations_on(rel, ARRIVALS, since, until)
+        missed = self.recorder.missed(rel, since, until)
+        if missed is Missed.UNMARKED and made_by_the_system(arrivals):
+            missed = None  # its early writes were its maker's: an autonomous process
+        if missed is not None:
+            return blind(missed, self.technique)
+        return combine(self.recorder.writes_to(abs_path, since, until) + arrivals,
+                       self.technique)
 
     def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
                           since: float = 0.0) -> Attribution | None:
         """Who deleted (or renamed away) the file that was at ``abs_path``.  ``since`` is
         not weighed: it counts writes, and a removal read in the same batch as the last
         write would carry the same stamp."""
-        if self.names is None:
-            return None
         since = self._window_start(observed, 0.0)
-        if self.names.lost_since(since):
-            return WRITERS_LOST
-        return combine(self.names.operations_on(self._relative(abs_path), REMOVALS, since,
-                                                time.time()))
+        until = time.time()
+        rel = self.recorder.relative(abs_path)
+        missed = self.recorder.missed(rel, since, until, unmarked=False)
+        if missed is not None:
+            return blind(missed, self.technique)
+        return combine(self.recorder.operations_on(rel, REMOVALS, since, until),
+                       self.technique)
 
     def _window_start(self, observed: float, since: float) -> float:
-        """Drain, then the earliest read time that still belongs to a change observed at
+        """Catch up, then the earliest read time that still belongs to a change observed at
         ``observed``."""
-        self.drain()
+        self.catch_up(observed)
         since = max(since, observed - WRITE_LOOKBACK)
         moved = self.head_moved()
         if since < moved < observed:
@@ -264,6 +251,69 @@ class ExactAttributor:
     def suspects(self, observed: float) -> list[tuple[int, str]]:
         return []
 
+    def recorded_status(self) -> dict:
+        return {"recorded": self.recorder.kept, "missed_spans": self.recorder.missed_spans,
+                "bad_identities": self.recorder.bad_identities}
+
+
+class ExactAttributor(RecordedAttributor):
+    """L2's own fanotify groups + proc connector: every writer by pid and lineage (needs
+    root).  The groups mark the workspace's directories only (:class:`.marks.
+    WorkspaceWatch`).  Writes are kept per file identity (:mod:`.file_identity`);
+    ``keying`` is for the regression test and the benchmark, which show what the inode
+    number alone would attribute."""
+
+    mode = Mode.FANOTIFY
+    technique = Technique.FANOTIFY
+
+    def __init__(self, config, rules: WriterRules | None = None,
+                 keying: Keying = Keying.HANDLE):
+        from gitsieve.common.judge.attribution.lineage import LineageTracker
+        self.rules = rules or WriterRules.from_config(config)
+        self.git_dir = config.git_dir
+        self.lineage = LineageTracker()
+        try:
+            root_fd = os.open(config.workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.watch = WorkspaceWatch(0, root_fd, 0, self._lineage_of,
+                                        on_batch=self._drain_lineage,
+                                        identify=FileIdentifier(keying),
+                                        unscoped_fallback=True)
+        except OSError:
+            self.lineage.close()
+            raise
+        self.recorder = WriteRecorder(self.watch.root, self.rules.classify,
+                                      excluded=inside(config.runtime_dir, self.watch.root),
+                                      keying=keying)
+        self._lineage_overflows = 0
+        self._lineage_ok = time.time()
+
+    def _lineage_of(self, pid: int) -> tuple[LineageEntry, ...]:
+        return lineage_entries(self.lineage.chain(pid))
+
+    def _drain_lineage(self) -> None:
+        self.lineage.drain()
+        now = time.time()
+        if self.lineage.overflows != self._lineage_overflows:
+            self._lineage_overflows = self.lineage.overflows
+            self.recorder.note_missed(self._lineage_ok, now, Missed.LINEAGE_OVERFLOW)
+        self._lineage_ok = now
+
+    def fds(self) -> list[tuple[int, Callable[[], None]]]:
+        return [(self.lineage.fileno(), self._drain_lineage),
+                *((fd, self.drain) for fd in self.watch.fds())]
+
+    def drain(self) -> None:
+        """Lineage first: a writer's fork/exec precede its write, so they are known; the
+        backstop last: the directories it is asked about are known by then."""
+        self._drain_lineage()
+        self.recorder.record(self.watch.drain_writes())
+        self.recorder.record(self.watch.drain_names())
+        self.recorder.record(self.watch.drain_backstop())
+
+    def catch_up(self, observed: float) -> None:
+        """The kernel queued every write's event before the watcher could observe it."""
+        self.drain()
+
     def tick(self, now: float) -> None:
         self.drain()
 
@@ -271,22 +321,24 @@ class ExactAttributor:
         return None
 
     def status(self) -> dict:
-        return {"fanotify_events": self.recorder.events,
-                "fanotify_kept": self.recorder.kept,
-                "fanotify_overflows": self.recorder.overflows,
-                "fanotify_mark": self.recorder.mark_kind,
-                "fanotify_names": None if self.names is None else {
-                    "events": self.names.events, "kept": self.names.kept,
-                    "unresolved": self.names.unresolved,
-                    "overflows": self.names.overflows},
+        return {"technique": self.technique, "fanotify_events": self.watch.events,
+                "fanotify_overflows": self.watch.overflows,
+                "fanotify_unresolved": self.watch.unresolved,
+                "fanotify_mark": self.watch.scope.value,
+                "marked_directories": self.watch.directories(),
+                "backstop": self.watch.backstop_fd >= 0,
+                "backstop_overflows": self.watch.backstop_overflows,
+                **self.recorded_status(),
                 "lineage_events": self.lineage.events,
-                "lineage_processes": len(self.lineage.processes),
+                "lineage_processes": len(self.lineage),
                 "lineage_overflows": self.lineage.overflows}
 
     def close(self) -> None:
-        self.recorder.close()
-        if self.names is not None:
-            self.names.close()
+        self.watch.close()
         self.lineage.close()
 
 
+def inside(directory: Path, root: str) -> tuple[str, ...]:
+    """``directory`` relative to ``root`` when it lies inside it (and outside .git)."""
+    rel = os.path.relpath(os.path.realpath(directory), root)
+    return () if rel == ".." or rel.startswith("../") or rel.startswith(".git") else (rel,)

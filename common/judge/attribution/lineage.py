@@ -2,27 +2,41 @@
 
 :class:`LineageTracker` subscribes to fork/exec/uid/exit events (``NETLINK_CONNECTOR``,
 ``CN_IDX_PROC``, ``PROC_CN_MCAST_LISTEN``; needs CAP_NET_ADMIN) and keeps, per pid, the
-parent, command line, uid, cgroup and whether the process carries gitsieve's own git mark
-(``GITSIEVE_GIT=1`` or ``GITSIEVE_ACTOR`` in its environment).  A fork copies the parent's record (same program
-until exec); an exec re-reads ``/proc/PID`` (best effort: a process gone within
-microseconds keeps its parent's command line); an exit only stamps the record, which is
-kept ``keep_exited`` seconds, so a write by ``sh -c 'date > f'`` that exited long before the
-change is judged is still traced to the autonomous process that spawned it.  Processes
+parent, command line, uid, cgroup and whether the process carries gitsieve's own mark
+(``GITSIEVE_GIT=1`` or ``GITSIEVE_ACTOR`` in its environment).  A fork copies the parent's
+record (same program until exec); an exec re-reads ``/proc/PID`` (best effort: a process
+gone within microseconds keeps its parent's command line, flagged ``exec_lost``).  Processes
 alive at start are read from ``/proc``; a pid never seen is read on demand.
+
+What is kept is what could still be an ancestor of a writer, or a writer whose event is
+still queued:
+
+- every live process (any of them may write next, and a short-lived writer's command line
+  can only be read while it runs, so it is read at exec, not when its write is read);
+- an exited process while any kept record descends from it (a daemonised child of an
+  agent still writes as the agent's descendant after the agent exits);
+- any other exited process for ``keep_exited`` seconds (its write events may still be
+  queued; the owner drains fanotify within milliseconds, so the grace is generous).
+
+A parent is linked by its record's ``serial``, not only by its pid, so when the kernel
+reuses the pid of an exited ancestor (pid_max may be as low as 32768) the descendants' chain
+still leads to the process that really started them.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import itertools
 import logging
 import os
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK, GITSIEVE_ENV_MARK
-from gitsieve.common.judge.attribution.base import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +57,64 @@ _EVENT_DATA = _NLMSGHDR.size + _CN_MSG.size + _EVENT_HEAD.size
 _FOUR_INTS = struct.Struct("=iiii")
 _TWO_INTS = struct.Struct("=ii")
 _RECV_SIZE = 64 * 1024
-KEEP_EXITED = 60.0
+KEEP_EXITED = 10.0
 _PRUNE_EVERY = 5.0
 MAX_CHAIN = 64
-_GIT_MARK = f"{GITSIEVE_ENV_MARK}=1".encode()
-_ACTOR_MARK = f"{ACTOR_ENV_MARK}=".encode()
+_GIT_MARK = f"\0{GITSIEVE_ENV_MARK}=1\0".encode()
+_ACTOR_MARK = f"\0{ACTOR_ENV_MARK}=".encode()
+NO_PARENT = 0
+
+
+# A classic BPF program on the socket drops, before any Python runs, what the tracker never
+# uses: thread forks and exits (half of all events on a busy machine) and event types other
+# than fork, exec, uid and exit.  Loads are big-endian; the fields are the host's, so the
+# constants are compared byte-swapped, and pid/tgid equality needs no swap.
+SO_ATTACH_FILTER = 26
+_BPF = struct.Struct("=HBBI")
+_LD_W_ABS, _LDX_W_MEM, _ST, _JEQ_K, _JEQ_X, _RET_K = 0x20, 0x61, 0x02, 0x15, 0x1D, 0x06
+_WHAT_AT = _NLMSGHDR.size + _CN_MSG.size   # proc_event.what
+_DATA_AT = _EVENT_DATA                       # proc_event.event_data
+_KEEP, _DROP = 0xFFFFFFFF, 0
+
+
+def _swapped(value: int) -> int:
+    return int.from_bytes(value.to_bytes(4, sys.byteorder), "big")
+
+
+def _same_words(first: int, second: int) -> list[tuple[int, int, int, int]]:
+    """Keep the message when the words at ``first`` and ``second`` are equal."""
+    return [(_LD_W_ABS, 0, 0, second), (_ST, 0, 0, 0), (_LD_W_ABS, 0, 0, first),
+            (_LDX_W_MEM, 0, 0, 0), (_JEQ_X, 0, 1, 0), (_RET_K, 0, 0, _KEEP),
+            (_RET_K, 0, 0, _DROP)]
+
+
+def _filter_program() -> bytes:
+    # fork: child pid == child tgid; exit: pid == tgid (offsets in proc_event's union)
+    fork = _same_words(_DATA_AT + 8, _DATA_AT + 12)
+    exit_ = _same_words(_DATA_AT, _DATA_AT + 4)
+    keep_at, fork_at = 6, 7
+    exit_at = fork_at + len(fork)
+    head = [(_LD_W_ABS, 0, 0, _WHAT_AT),                              # 0
+            (_JEQ_K, fork_at - 2, 0, _swapped(PROC_EVENT_FORK)),     # 1
+            (_JEQ_K, exit_at - 3, 0, _swapped(PROC_EVENT_EXIT)),     # 2
+            (_JEQ_K, keep_at - 4, 0, _swapped(PROC_EVENT_EXEC)),     # 3
+            (_JEQ_K, keep_at - 5, 0, _swapped(PROC_EVENT_UID)),      # 4
+            (_RET_K, 0, 0, _DROP),                                   # 5
+            (_RET_K, 0, 0, _KEEP)]                                   # 6
+    return b"".join(_BPF.pack(*instruction) for instruction in (*head, *fork, *exit_))
+
+
+def _attach_filter(sock: socket.socket) -> None:
+    program = ctypes.create_string_buffer(_filter_program())
+    fprog = struct.pack("HL", len(program.raw) // _BPF.size, ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class LineageUnavailable(OSError):
     """The proc connector cannot be used (no privilege or no kernel support)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProcInfo:
     pid: int
     ppid: int
@@ -68,6 +128,10 @@ class ProcInfo:
     inherited: bool = False
     # it exec'd, but was gone before /proc could be read: what it ran is unknown
     exec_lost: bool = False
+    # this record's number, and its parent record's (NO_PARENT: not known), so a chain
+    # follows the process that forked it even after the kernel reuses the parent's pid
+    serial: int = 0
+    parent_serial: int = NO_PARENT
 
 
 def _read(path: str) -> bytes | None:
@@ -78,24 +142,31 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def read_proc(pid: int) -> ProcInfo | None:
-    """What /proc says about ``pid`` now, or None when it is gone."""
-    status = _read(f"/proc/{pid}/status")
-    if status is None:
+def read_proc(pid: int, known: ProcInfo | None = None) -> ProcInfo | None:
+    """What /proc says about ``pid`` now, or None when it is gone.  ``known``: its live
+    record (a fork's copy), whose parent and uid stand (uid changes come as events), so
+    its status need not be read.  Command lines and cgroups are interned: many processes
+    share them."""
+    if known is None:
+        status = _read(f"/proc/{pid}/status")
+        if status is None:
+            return None
+        ppid, uid = 0, -1
+        for line in status.splitlines():
+            if line.startswith(b"PPid:"):
+                ppid = int(line.split()[1])
+            elif line.startswith(b"Uid:"):
+                uid = int(line.split()[1])
+    else:
+        ppid, uid = known.ppid, known.uid
+    raw_cmdline = _read(f"/proc/{pid}/cmdline")
+    if raw_cmdline is None:
         return None
-    ppid, uid = 0, -1
-    for line in status.splitlines():
-        if line.startswith(b"PPid:"):
-            ppid = int(line.split()[1])
-        elif line.startswith(b"Uid:"):
-            uid = int(line.split()[1])
-    raw_cmdline = _read(f"/proc/{pid}/cmdline") or b""
     cmdline = raw_cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
     cgroup = (_read(f"/proc/{pid}/cgroup") or b"").decode("utf-8", "replace").strip()
-    environ = _read(f"/proc/{pid}/environ") or b""
-    mark = any(item == _GIT_MARK or item.startswith(_ACTOR_MARK)
-               for item in environ.split(b"\0"))
-    return ProcInfo(pid, ppid, cmdline, uid, cgroup, mark)
+    environ = b"\0" + (_read(f"/proc/{pid}/environ") or b"") + b"\0"
+    mark = _GIT_MARK in environ or _ACTOR_MARK in environ
+    return ProcInfo(pid, ppid, sys.intern(cmdline), uid, sys.intern(cgroup), mark)
 
 
 class LineageTracker:
@@ -104,11 +175,17 @@ class LineageTracker:
     def __init__(self, keep_exited: float = KEEP_EXITED, listen: bool = True,
                  clock: Callable[[], float] = time.time):
         self.keep_exited, self.clock = keep_exited, clock
-        self.processes: dict[int, ProcInfo] = {}
+        self.processes: dict[int, ProcInfo] = {}  # the current process of each pid
+        # exited records whose pid the kernel gave to a new process while descendants of
+        # theirs were still kept: reachable only through those descendants' parent_serial
+        self.retired: dict[int, ProcInfo] = {}
+        self._by_serial: dict[int, ProcInfo] = {}
+        self._children: dict[int, int] = {}  # serial -> kept records naming it as parent
+        self._serials = itertools.count(1)
         self.events = 0
         self.overflows = 0
         self.sock: socket.socket | None = None
-        self._pruning = Periodic(_PRUNE_EVERY)
+        self._next_prune = 0.0
         if listen:
             self.sock = self._subscribe()
         self.snapshot()
@@ -119,6 +196,7 @@ class LineageTracker:
                                  | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
             sock.bind((0, CN_IDX_PROC))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            _attach_filter(sock)
             payload = struct.pack("=I", PROC_CN_MCAST_LISTEN)
             message = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
             sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(message), NLMSG_DONE, 0, 0,
@@ -136,13 +214,66 @@ class LineageTracker:
             self.sock.close()
             self.sock = None
 
+    def __len__(self) -> int:
+        return len(self._by_serial)
+
+    # ----- the table -------------------------------------------------------------------
+    def _put(self, info: ProcInfo) -> ProcInfo:
+        """Store ``info`` as the current process of its pid, keeping the links counted.
+        A record it displaces is the same process (same serial), or an exited one whose
+        pid was reused: retired while descendants still need it, else dropped."""
+        previous = self.processes.get(info.pid)
+        if previous is not None and previous.serial != info.serial:
+            self._displace(previous)
+            previous = None
+        if previous is None or previous.parent_serial != info.parent_serial:
+            if previous is not None:
+                self._unlink(previous.parent_serial)
+            if info.parent_serial != NO_PARENT:
+                self._children[info.parent_serial] = (
+                    self._children.get(info.parent_serial, 0) + 1)
+        self.processes[info.pid] = info
+        self._by_serial[info.serial] = info
+        return info
+
+    def _new(self, info: ProcInfo, parent: ProcInfo | None) -> ProcInfo:
+        return self._put(replace(info, serial=next(self._serials),
+                                 parent_serial=parent.serial if parent else NO_PARENT))
+
+    def _displace(self, old: ProcInfo) -> None:
+        if self._children.get(old.serial):
+            self.retired[old.serial] = old if old.exited else replace(old, exited=self.clock())
+            self._by_serial[old.serial] = self.retired[old.serial]
+        else:
+            self._drop(old)
+
+    def _drop(self, old: ProcInfo) -> None:
+        del self._by_serial[old.serial]
+        self._children.pop(old.serial, None)
+        self._unlink(old.parent_serial)
+
+    def _unlink(self, parent_serial: int) -> None:
+        if parent_serial == NO_PARENT:
+            return
+        left = self._children.get(parent_serial, 0) - 1
+        if left > 0:
+            self._children[parent_serial] = left
+        else:
+            self._children.pop(parent_serial, None)
+
     def snapshot(self) -> None:
-        """Read every live process from /proc (at start, and after lost events)."""
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                info = read_proc(int(name))
-                if info is not None:
-                    self.processes[info.pid] = info
+        """Read every live process from /proc (at start, and after lost events).  A pid
+        already known keeps its record's links (the same process, as far as one can tell)."""
+        fresh = [info for info in map(read_proc, _proc_pids()) if info is not None]
+        for info in fresh:
+            known = self.processes.get(info.pid)
+            if known is not None and known.exited is None:
+                self._put(replace(info, ppid=known.ppid, serial=known.serial,
+                                  parent_serial=known.parent_serial))
+        for info in fresh:
+            known = self.processes.get(info.pid)
+            if known is None or known.exited is not None:
+                self._new(info, self.processes.get(info.ppid))
 
     # ----- events ----------------------------------------------------------------------
     def drain(self) -> int:
@@ -168,7 +299,8 @@ class LineageTracker:
                 continue
             count += self._parse(data)
         now = self.clock()
-        if self._pruning.due(now):
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_EVERY
             self.prune(now)
         return count
 
@@ -181,7 +313,7 @@ class LineageTracker:
             what = _EVENT_HEAD.unpack_from(data, offset + _NLMSGHDR.size + _CN_MSG.size)[0]
             body = offset + _EVENT_DATA
             handler = self._handlers.get(what)
-            if handler is not None and body + 8 <= len(data):
+            if handler is not None and body + 16 <= len(data):
                 handler(self, data, body)
             self.events += 1
             count += 1
@@ -196,28 +328,30 @@ class LineageTracker:
         if parent is None:
             self._load(child_pid)
             return
-        self.processes[child_pid] = replace(parent, pid=child_pid, ppid=parent_tgid,
-                                            exited=None, inherited=True)
+        self._new(replace(parent, pid=child_pid, ppid=parent_tgid, exited=None,
+                          inherited=True), parent)
 
     def _on_exec(self, data: bytes, at: int) -> None:
         pid, tgid = _TWO_INTS.unpack_from(data, at)
-        fresh = read_proc(tgid)
-        if fresh is None:  # exited already: the parent is right, the program unknown
-            known = self.processes.get(tgid)
-            if known is not None:
-                self.processes[tgid] = replace(known, exec_lost=True)
-            return
         known = self.processes.get(tgid)
+        live = known if known is not None and known.exited is None else None
+        fresh = read_proc(tgid, live)
+        if fresh is None:  # exited already: the parent is right, the program unknown
+            if known is not None:
+                self._put(replace(known, exec_lost=True))
+            return
+        if known is None or known.exited is not None:
+            self._new(fresh, self.processes.get(fresh.ppid))
+            return
         # /proc may already show a reparented ppid (1) if the parent died; keep ours.
-        if known is not None and known.ppid and fresh.ppid in (0, 1):
-            fresh = replace(fresh, ppid=known.ppid)
-        self.processes[tgid] = fresh
+        self._put(replace(fresh, ppid=known.ppid, serial=known.serial,
+                          parent_serial=known.parent_serial))
 
     def _on_uid(self, data: bytes, at: int) -> None:
         pid, tgid, ruid, _ = _FOUR_INTS.unpack_from(data, at)
         known = self.processes.get(tgid)
         if known is not None:
-            self.processes[tgid] = replace(known, uid=ruid)
+            self._put(replace(known, uid=ruid))
 
     def _on_exit(self, data: bytes, at: int) -> None:
         pid, tgid = _TWO_INTS.unpack_from(data, at)
@@ -225,37 +359,55 @@ class LineageTracker:
             return
         known = self.processes.get(tgid)
         if known is not None:
-            self.processes[tgid] = replace(known, exited=self.clock())
+            self._put(replace(known, exited=self.clock()))
 
     _handlers = {PROC_EVENT_FORK: _on_fork, PROC_EVENT_EXEC: _on_exec,
                  PROC_EVENT_UID: _on_uid, PROC_EVENT_EXIT: _on_exit}
 
     def prune(self, now: float | None = None) -> None:
+        """Drop exited records past the grace that no kept record descends from; dropping
+        one may free its parent in turn."""
         horizon = (self.clock() if now is None else now) - self.keep_exited
-        gone = [pid for pid, info in self.processes.items()
-                if info.exited is not None and info.exited < horizon]
-        for pid in gone:
-            del self.processes[pid]
+        candidates = [info for info in self._by_serial.values()
+                      if info.exited is not None and info.exited < horizon]
+        while candidates:
+            info = candidates.pop()
+            if info.serial not in self._by_serial or self._children.get(info.serial):
+                continue
+            if self.processes.get(info.pid) is info:
+                del self.processes[info.pid]
+            self.retired.pop(info.serial, None)
+            self._drop(info)
+            parent = self._by_serial.get(info.parent_serial)
+            if parent is not None and parent.exited is not None and parent.exited < horizon:
+                candidates.append(parent)
 
     # ----- queries ---------------------------------------------------------------------
     def _load(self, pid: int) -> ProcInfo | None:
         info = read_proc(pid)
-        if info is not None:
-            self.processes[pid] = info
-        return info
+        if info is None:
+            return None
+        return self._new(info, self.processes.get(info.ppid))
 
     def info(self, pid: int) -> ProcInfo | None:
         return self.processes.get(pid) or self._load(pid)
+
+    def _parent(self, info: ProcInfo) -> ProcInfo | None:
+        if info.parent_serial != NO_PARENT:
+            return self._by_serial.get(info.parent_serial)
+        return self.info(info.ppid) if info.ppid > 0 else None
 
     def chain(self, pid: int) -> list[ProcInfo]:
         """``pid`` and its ancestors, nearest first (as known when they were alive)."""
         found: list[ProcInfo] = []
         seen: set[int] = set()
-        while pid > 0 and pid not in seen and len(found) < MAX_CHAIN:
-            seen.add(pid)
-            info = self.info(pid)
-            if info is None:
-                break
+        info = self.info(pid) if pid > 0 else None
+        while info is not None and info.serial not in seen and len(found) < MAX_CHAIN:
+            seen.add(info.serial)
             found.append(info)
-            pid = info.ppid
+            info = self._parent(info)
         return found
+
+
+def _proc_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
