@@ -1,6 +1,7 @@
 """``gitsieve`` command line.
 
 - ``run``, ``init``, ``bench``, ``test``: here.
+- ``agent`` and ``mark``: :mod:`gitsieve.common.agent.command`.
 - ``status``, ``explain``, ``flush``, ``learned``, ``pause``, ``resume``, ``stats`` and
   ``debug`` (= ``tail``): the actorctl commands (:mod:`.ctl`), one implementation each.
 
@@ -97,6 +98,17 @@ def cmd_test(args) -> int:
     return accuracy.run(args.mode, args.json, args.verbose)
 
 
+def cmd_agent(args) -> int:
+    from gitsieve.common.agent import command
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return command.agent(args, argv, args.grace, args.verbose)
+
+
+def cmd_mark(args) -> int:
+    from gitsieve.common.agent import command
+    return command.mark(args, args.paths)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gitsieve",
@@ -129,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--json", action="store_true")
     test.add_argument("--verbose", action="store_true", help="list excluded cases")
     test.set_defaults(func=cmd_test)
+
+    agent = sub.add_parser(
+        "agent", usage="gitsieve agent [--workspace DIR] -- CMD [ARGS...]",
+        help="run CMD so that every change it or a descendant makes is known as the "
+             "system's (no privilege needed)")
+    config_mod.add_location_arguments(agent)
+    agent.add_argument("--grace", type=float, default=2.0,
+                       help="seconds between SIGTERM and SIGKILL for descendants left when "
+                            "CMD ends (default 2)")
+    agent.add_argument("-v", "--verbose", action="store_true",
+                       help="log every refusal and the supervisor's counters")
+    agent.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    agent.set_defaults(func=cmd_agent)
+
+    mark = sub.add_parser("mark", help="declare the current versions of paths the system's "
+                                       "(for an agent's post-write hook)")
+    config_mod.add_location_arguments(mark)
+    mark.add_argument("--system", action="store_true", required=True,
+                      help="the paths' current versions are the system's")
+    mark.add_argument("paths", nargs="+", metavar="PATH")
+    mark.set_defaults(func=cmd_mark)
 
     for name, command in CTL_COMMANDS.items():
         sub.add_parser(name, add_help=False,
