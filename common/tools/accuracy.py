@@ -9,6 +9,10 @@ the real judges (:class:`~gitsieve.common.judge.pattern.PatternJudge`,
 :class:`~gitsieve.common.judge.content_judge.ContentJudge`: real git, real kernel events),
 called directly, no socket involved.  Printed: per layer and overall, the confusion matrix, where a false positive (FP) is a user change held back
 and a false negative (FN) a system change let through.  Exit 0 when FP = FN = 0.
+
+The ``agent`` mode runs the psutil technique with the simulated autonomous process started
+under ``gitsieve agent`` and a command line that matches nothing: the agent journal alone
+names it (:mod:`gitsieve.common.judge.attribution.journal`).
 """
 from __future__ import annotations
 
@@ -51,13 +55,23 @@ def load_corpus(path: Path | None = None):
     return module
 
 
-class Helper:
-    """One ``agent_sim.py serve`` process taking commands line by line."""
+AGENT_MODE = "agent"
+# the agent mode's simulated agent: a name no autonomous_processes pattern matches
+WRAPPED_AGENT_NAME = "wrapped-agent-sim"
 
-    def __init__(self, workspace: Path, name: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(resource(*AGENT_SIM)), "serve", "--name", name, "--workspace",
-             str(workspace)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+class Helper:
+    """One ``agent_sim.py serve`` process taking commands line by line (under ``gitsieve
+    agent`` when ``wrapped``)."""
+
+    def __init__(self, workspace: Path, name: str, wrapped: bool = False):
+        command = [sys.executable, str(resource(*AGENT_SIM)), "serve", "--name", name,
+                   "--workspace", str(workspace)]
+        if wrapped:
+            command = [sys.executable, "-m", "gitsieve.common.tools.cli", "agent",
+                       "--workspace", str(workspace), "--", *command]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"agent_sim {name} did not start")
 
@@ -128,7 +142,8 @@ class Harness:
             "[filter]\n"
             f"patterns_file = \".gitsieve-rules.conf\"\n"
             f"autonomous_processes = [\"{self.agent_name}\"]\n"
-            f"attribution = \"{mode}\"\nprocess_cache_ttl = 0.2\n"
+            f"attribution = \"{'psutil' if mode == AGENT_MODE else mode}\"\n"
+            f"process_cache_ttl = 0.2\n"
             f"max_analyze_bytes = {corpus.MAX_ANALYZE_BYTES}\nlearning = false\n")
         for case in corpus.CASES:
             for rel, text in case["setup"].items():
@@ -139,7 +154,8 @@ class Harness:
         self.git.run("commit", "-q", "-m", "corpus setup", env=_GIT_IDENTITY)
         self.config = config_mod.load(self.root)
         self.user = Helper(self.root, "user-editor")
-        self.agent = Helper(self.root, self.agent_name)
+        self.agent = (Helper(self.root, WRAPPED_AGENT_NAME, wrapped=True)
+                      if mode == AGENT_MODE else Helper(self.root, self.agent_name))
         self.rules = RuleCache(self.config.patterns_file)
         self.l1 = PatternJudge(self.config)
         self.l2 = ProcessJudge(self.config)
@@ -148,7 +164,7 @@ class Harness:
 
     @property
     def attribution_mode(self) -> str:
-        return self.l2.mode
+        return AGENT_MODE if self.mode == AGENT_MODE else self.l2.mode
 
     def close(self) -> None:
         for helper in (self.user, self.agent):
@@ -255,7 +271,8 @@ def run(mode: str = "both", as_json: bool = False, verbose: bool = False) -> int
     change was misjudged."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     corpus = load_corpus()
-    modes = ("fanotify", "psutil") if mode == "both" else (mode,)
+    modes = {"both": ("fanotify", "psutil"),
+             "all": ("fanotify", "psutil", AGENT_MODE)}.get(mode, (mode,))
     results = [run_mode(corpus, name) for name in modes]
     wrong = sum(len(result.wrong) for result in results)
     if as_json:

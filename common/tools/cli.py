@@ -90,7 +90,16 @@ def cmd_init(args) -> int:
 
 def cmd_bench(args) -> int:
     from gitsieve.common.tools import bench
+    if args.agent:
+        return cmd_bench_agent(args)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
+
+
+def cmd_bench_agent(args) -> int:
+    from gitsieve.common.tools import bench
+    if args.root is not None and not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root}: not a directory")
+    return bench.run_agent(args.repeats, args.files, args.megabytes, args.root)
 
 
 def cmd_test(args) -> int:
@@ -135,9 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-churn", action="store_true",
                        help="without the simulated autonomous process")
     bench.set_defaults(func=cmd_bench)
+    bench.add_argument("--agent", action="store_true",
+                       help="instead: what gitsieve agent costs the processes it wraps")
+    bench.add_argument("--repeats", type=int, default=5,
+                       help="--agent: interleaved bare/wrapped runs (default 5)")
+    bench.add_argument("--files", type=int, default=10_000,
+                       help="--agent: small files written per run (default 10000)")
+    bench.add_argument("--megabytes", type=int, default=100,
+                       help="--agent: 1 MB files written per run (default 100)")
+    bench.add_argument("--root", help="--agent: where the files go (default: the temp "
+                                      "directory; /dev/shm shows the cost without a disk)")
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
-    test.add_argument("--mode", choices=("fanotify", "psutil", "both"), default="both")
+    test.add_argument("--mode", choices=("fanotify", "psutil", "agent", "both", "all"),
+                      default="both", help="agent: psutil with the simulated agent run under "
+                                           "gitsieve agent; all: the three")
     test.add_argument("--json", action="store_true")
     test.add_argument("--verbose", action="store_true", help="list excluded cases")
     test.set_defaults(func=cmd_test)
