@@ -67,17 +67,24 @@ class HoldTracker:
     def __init__(self, root: bytes, clock=time.monotonic):
         self.prefix = root.rstrip(b"/") + b"/"
         self.clock = clock
-        self.pending: dict[int, dict[bytes, float]] = {}  # pid -> {path: opened at}
+        # pid -> paths opened since the last check, the first of them at pending_since (the
+        # hot path reads no clock per open: all are checked as if opened that early)
+        self.pending: dict[int, set[bytes]] = {}
+        self.pending_since = 0.0
         self.holders: dict[bytes, set[int]] = {}  # held path -> pids holding it
         self.next_check = float("inf")
         self.checks = 0
 
     def opened(self, pid: int, path: bytes) -> None:
         """A write-open of ``path`` by thread ``pid`` was recorded."""
-        now = self.clock()
-        self.pending.setdefault(pid, {})[path] = now
-        if self.next_check == float("inf"):
-            self.next_check = now + HOLD_CHECK_INTERVAL
+        paths = self.pending.get(pid)
+        if paths is None:
+            if not self.pending:
+                self.pending_since = self.clock()
+                if self.next_check == float("inf"):
+                    self.next_check = self.pending_since + HOLD_CHECK_INTERVAL
+            paths = self.pending[pid] = set()
+        paths.add(path)
 
     def due_in(self) -> float | None:
         if self.next_check == float("inf"):
@@ -89,6 +96,7 @@ class HoldTracker:
         now = self.clock()
         self.checks += 1
         wanted: dict[int, set[bytes]] = {pid: set(paths) for pid, paths in self.pending.items()}
+        late = now - self.pending_since > LATE_CHECK
         for path, pids in self.holders.items():
             for pid in pids:
                 wanted.setdefault(pid, set()).add(path)
@@ -105,14 +113,13 @@ class HoldTracker:
                 closed.add(path)
                 entries.append((Op.CLOSED, path, next(iter(pids))))
         for pid, paths in self.pending.items():
-            for path, opened in paths.items():
+            for path in paths:
                 if path in open_now[pid]:
                     if path not in self.holders:
                         self.holders[path] = set()
                         entries.append((Op.HELD, path, pid))
                     self.holders[path].add(pid)
-                elif (now - opened > LATE_CHECK and path not in self.holders
-                      and path not in closed):
+                elif late and path not in self.holders and path not in closed:
                     closed.add(path)
                     entries.append((Op.CLOSED, path, pid))
         self.pending = {}

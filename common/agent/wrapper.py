@@ -329,6 +329,7 @@ class Phase(enum.Enum):
 
 # ----- the supervisor ----------------------------------------------------------------------------
 _NO_DECODERS: tuple[dict, int] = ({}, 0)
+_NEVER = float("inf")
 
 
 class Supervisor:
@@ -469,7 +470,7 @@ class Supervisor:
                 elif fd == channel_fd:
                     self._on_exec_report(channel)
                     poller.unregister(channel_fd)
-            if holds.next_check <= time.monotonic():
+            if holds.next_check != _NEVER and holds.next_check <= time.monotonic():
                 self._record_holds(holds.check())
             if self.phase is not Phase.RUNNING:
                 if self._advance_shutdown():
