@@ -465,3 +465,19 @@ def test_a_file_held_open_gets_held_and_closed_records_around_its_late_writes(sp
     written = (space.workspace / "slow.txt").stat().st_ctime
     # the write came long after the open's record; the CLOSED record still covers it
     assert created.wall + WRITE_WINDOW < written <= closed.wall
+
+
+def test_gitsieve_bench_agent_prints_every_figure(tmp_path):
+    """The overhead scenario runs the writer bare and wrapped (figures only, no targets
+    asserted: speed belongs to the benchmark's printout)."""
+    result = subprocess.run([sys.executable, "-m", "gitsieve.common.tools.cli", "bench",
+                             "--agent", "--repeats", "1", "--files", "50", "--megabytes", "1",
+                             "--root", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    for label in ("write-open + close (us)", "read-open + close (us)",
+                  "small files, workspace (s)", "small files, outside (s)",
+                  "1 MB files, workspace (s)", "1 MB writes, one file, ws (s)"):
+        assert label in result.stdout
+    assert "(target <= 2x)" in result.stdout and "(target <= 5 %)" in result.stdout
+    assert os.listdir(tmp_path) == []  # its temporary workspaces are gone

@@ -47,7 +47,7 @@ class Decoded(NamedTuple):
 
 
 class Memory(Protocol):
-    """The caller's memory (seccomp_notify.MemoryReader; tests pass a dictionary-backed one)."""
+    """The caller's memory (seccomp.MemoryReader; tests pass a dictionary-backed one)."""
 
     def read_cstring(self, pid: int, address: int) -> bytes | None: ...
 

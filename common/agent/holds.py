@@ -55,7 +55,11 @@ def writable_paths(pid: int, prefix: bytes, wanted: set[bytes]) -> set[bytes] | 
                 text = info.read()
         except OSError:
             continue  # closed meanwhile
-        flags = int(text.split(b"flags:", 1)[1].split(None, 1)[0], 8)
+        try:
+            flags = int(text.split(b"flags:", 1)[1].split(None, 1)[0], 8)
+        except (IndexError, ValueError):
+            log.warning("unexpected %sfdinfo/%s: %r", base.decode(), fd.decode(), text[:80])
+            continue
         if flags & _ACCESS_MODE in (os.O_WRONLY, os.O_RDWR):
             found.add(target[len(prefix):])
     return found

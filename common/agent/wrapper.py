@@ -471,10 +471,10 @@ class Supervisor:
                     self._on_exec_report(channel)
                     poller.unregister(channel_fd)
             if holds.next_check != _NEVER and holds.next_check <= time.monotonic():
-                self._record_holds(holds.check())
+                self._record_holds(holds.check)
             if self.phase is not Phase.RUNNING:
                 if self._advance_shutdown():
-                    self._record_holds(holds.close_all())
+                    self._record_holds(holds.close_all)
                     return
 
     def _poll_timeout_ms(self) -> int:
@@ -487,7 +487,15 @@ class Supervisor:
         check = self.holds.due_in()
         return timeout if check is None else min(timeout, int(check * 1000) + 1)
 
-    def _record_holds(self, entries: list[tuple[Op, bytes, int]]) -> None:
+    def _record_holds(self, check) -> None:
+        """Record what a hold check found.  Never raises: a failed check closes every
+        hold (their windows end now) rather than stop the supervisor."""
+        try:
+            entries = check()
+        except Exception:
+            self.tally[Tally.FAILED] += 1
+            log.exception("checking which recorded files are still open failed")
+            entries = self.holds.close_all()
         if entries:
             self._append(entries)
 

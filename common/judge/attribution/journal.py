@@ -187,6 +187,8 @@ class AgentJournal:
             if record is not None and record.pid == pid:
                 return True
         wrappers = self.reader.live_owner_pids()
+        if not wrappers:
+            return False
         current = pid
         for _ in range(MAX_ANCESTRY):
             current = _parent_pid(current)
