@@ -481,3 +481,21 @@ def test_gitsieve_bench_agent_prints_every_figure(tmp_path):
         assert label in result.stdout
     assert "(target <= 2x)" in result.stdout and "(target <= 5 %)" in result.stdout
     assert os.listdir(tmp_path) == []  # its temporary workspaces are gone
+
+
+def test_root_recording_into_a_users_workspace_leaves_the_journal_theirs(user_workspace):
+    """Run by root on someone's tree, the journal (like the runtime directory) is the tree
+    owner's, so their own gitsieve reads it."""
+    ws = user_workspace
+    result = subprocess.run([sys.executable, "-m", "gitsieve.common.tools.cli", "agent",
+                             "--workspace", str(ws.root), "--", "sh", "-c", "date > f"],
+                            cwd=ws.root, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    journal = ws.root / ".git" / "gitsieve" / "agent"
+    owners = {path.name: path.stat().st_uid for path in (journal, *journal.iterdir())}
+    assert set(owners.values()) == {ws.user.uid}, owners
+    read = ws.user.run(USER_PYTHON, "-c", "from gitsieve.common.agent.journal import "
+                       "JournalReader; import sys; print([(r.op.name, r.path) for r in "
+                       "JournalReader(sys.argv[1]).read_new()])", str(journal))
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == "[('CREATE', 'f')]"
