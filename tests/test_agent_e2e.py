@@ -188,7 +188,7 @@ def user_edits(session: Session, halfway=None) -> set[str]:
 
 def committed_since(session: Session, since: str) -> set[str]:
     out = session.user.run("git", "-C", str(session.ws.remote), "log", "--format=",
-                           "--name-only", f"{since}..main").stdout
+                           "--name-only", "--no-renames", f"{since}..main").stdout
     return {line for line in out.splitlines() if line}
 
 
