@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds between SIGTERM and SIGKILL for descendants left when "
                             "CMD ends (default 2)")
     agent.add_argument("-v", "--verbose", action="store_true",
-                       help="log every refusal and the supervisor's counters")
+                       help="debug logging, and the supervisor's counters at the end")
     agent.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     agent.set_defaults(func=cmd_agent)
 
