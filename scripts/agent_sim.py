@@ -16,7 +16,10 @@ Its command line carries ``--name NAME`` so ``[filter] autonomous_processes`` ca
 content under --dir, rewrites the timestamp line of each --shared file (files that also
 hold user content), and has a short-lived child (``sh -c 'date ... > F'``) rewrite
 --child-file; whenever HEAD moves (a commit) it rewrites the shared files' timestamps at
-once.  It logs what it wrote, one JSON line per write, to --log.
+once.  With --shell-tools each round also moves a fresh file into place with ``mv`` and
+removes its own file of three rounds before with ``rm`` (children), and removes one
+--remove path (committed files) with ``rm`` and renames one --move path away with ``mv``.
+It logs what it did, one JSON line per change, to --log.
 """
 from __future__ import annotations
 
@@ -144,6 +147,8 @@ def run(agent: Agent, args) -> int:
                 subprocess.run(["sh", "-c", 'date "+updated: %Y-%m-%dT%H:%M:%S.%N" > "$1"',
                                 "sh", str(agent.target(args.child_file))], check=False)
                 record("child", args.child_file)
+            if args.shell_tools:
+                shell_tools(agent, args, number, record)
         head = head_signature(agent.workspace)
         if head != seen_head:  # a commit landed: react like a monitor refreshing status
             seen_head = head
@@ -153,6 +158,30 @@ def run(agent: Agent, args) -> int:
     if log:
         log.close()
     return 0
+
+
+def shell_tools(agent: Agent, args, number: int, record) -> None:
+    """One round of coreutils children: mv into place, rm of an own older file, and one
+    committed file removed and one renamed away (while any are left)."""
+    partial = agent.target(f"{args.dir}/.agent-{number:04d}.partial")
+    partial.write_text(f"moved into place in round {number}\n")
+    moved = f"{args.dir}/agent-moved-{number:04d}.txt"
+    subprocess.run(["mv", str(partial), str(agent.target(moved))], check=False)
+    record("mv", moved)
+    if number > 3:
+        old = f"{args.dir}/agent-moved-{number - 3:04d}.txt"
+        subprocess.run(["rm", "-f", str(agent.workspace / old)], check=False)
+        record("rm", old)
+    if args.remove:
+        gone = args.remove.pop(0)
+        subprocess.run(["rm", "-f", str(agent.workspace / gone)], check=False)
+        record("rm", gone)
+    if args.move:
+        away = args.move.pop(0)
+        subprocess.run(["mv", str(agent.workspace / away), str(agent.workspace / away)
+                        + ".moved"], check=False)
+        record("mv-away", away)
+        record("mv", away + ".moved")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", action="append", default=[])
     parser.add_argument("--child-file", default="")
     parser.add_argument("--log", default="")
+    parser.add_argument("--shell-tools", action="store_true",
+                        help="each round: mv and rm children (see the module doc)")
+    parser.add_argument("--remove", action="append", default=[],
+                        help="a committed path to remove with rm, one a round")
+    parser.add_argument("--move", action="append", default=[],
+                        help="a committed path to rename away with mv, one a round")
     args = parser.parse_args(argv)
     agent = Agent(args.workspace.resolve())
     return serve(agent) if args.mode == "serve" else run(agent, args)

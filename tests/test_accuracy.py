@@ -1,5 +1,6 @@
 """``gitsieve test`` (common.tools.accuracy): the labelled corpus through the real L1-L3
-judges with real writer processes, in both attribution modes; the target is 0 FP and 0 FN."""
+judges with real writer processes, in every attribution mode (``agent``: psutil with the
+simulated agent under ``gitsieve agent``); the target is 0 FP and 0 FN."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 from gitsieve.common.tools import accuracy, cli
 
 # as root, helper mode starts a temporary helper of its own
-MODES = ["psutil"] + (["fanotify", "helper"] if os.geteuid() == 0 else [])
+MODES = ["psutil", "agent"] + (["fanotify", "helper"] if os.geteuid() == 0 else [])
 
 
 def test_corpus_has_at_least_200_labelled_changes_covering_every_rule_and_hard_case():
@@ -31,9 +32,9 @@ def test_corpus_has_at_least_200_labelled_changes_covering_every_rule_and_hard_c
         assert needed in rules
     assert any(rule.startswith("a file both sides write") for rule in rules)
     both = Counter(mode for case in corpus.CASES for mode in case["modes"])
-    assert both["fanotify"] >= 200 and both["psutil"] >= 150
+    assert both["fanotify"] >= 200 and both["psutil"] >= 150 and both["agent"] >= 200
     assert all(case["why"] for case in corpus.CASES if set(case["modes"]) != {
-        "fanotify", "psutil"})  # every mode a case is excluded from says why
+        "fanotify", "psutil", "agent"})  # every mode a case is excluded from says why
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -51,7 +52,7 @@ def test_corpus_has_no_false_positive_and_no_false_negative(mode, capsys):
 def test_the_runner_reports_what_a_mode_cannot_decide():
     """The exact-only cases run unprivileged are false negatives: the matrix is real."""
     corpus = accuracy.load_corpus()
-    exact_only = [case for case in corpus.CASES if case["modes"] == ("fanotify",)
+    exact_only = [case for case in corpus.CASES if "psutil" not in case["modes"]
                   and case["rule"].startswith("L2 new file")]
 
     class Subset:

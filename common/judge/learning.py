@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 
 from gitsieve.common.protocol.messages import bad_path_reason
-from gitsieve.common.protocol.states import Writer
+from gitsieve.common.protocol.states import Technique, Writer
 from gitsieve.common.protocol.trail import ProcessStep, step_of
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ FORMAT_VERSION = 1
 # Only exact (fanotify or helper, 1.0) and live open-file (0.9) attributions teach; a sampled
 # sighting is too weak to block a path for good.
 MIN_CONFIDENCE = 0.9
+# The agent journal names the system's version exactly every time: learning from it would
+# only block the person's later edits of those paths.
+NEVER_TEACH = frozenset({Technique.AGENT_JOURNAL, Technique.AGENT_MARK})
 
 
 class LearnedStore:
@@ -119,7 +122,8 @@ class Learner:
             return None
         if not self.enabled or path in self.learned or step is None:
             return None
-        if step.verdict != Writer.SYSTEM or step.confidence < MIN_CONFIDENCE:
+        if (step.verdict != Writer.SYSTEM or step.confidence < MIN_CONFIDENCE
+                or step.technique in NEVER_TEACH):
             return None
         if bad_path_reason(path):  # never learn a path no change could carry
             return None

@@ -16,6 +16,11 @@ feed), so an autonomous rewrite after the user's change was judged (and committe
 SYSTEM, not "mixed with the user's earlier write".  A second report of writes already
 judged (the watcher reports a new file's MODIFY and CLOSE_WRITE; workers stamp the same
 write a little apart) repeats the earlier verdict.
+
+Over every technique lies the agent journal (:mod:`.attribution.journal`): a version that
+a process run under ``gitsieve agent`` produced, or that ``gitsieve mark --system``
+declared, is SYSTEM whatever the base technique says (UNKNOWN when the base names a
+user process as well).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import time
 
 from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.attribution.exact import WRITE_LOOKBACK
+from gitsieve.common.judge.attribution.journal import JournalOverlay
 from gitsieve.common.protocol.messages import Change
 from gitsieve.common.protocol.states import ChangeKind, L2Reason, Mode, Writer
 from gitsieve.common.protocol.trail import ProcessStep, Suspect, is_learned
@@ -35,7 +41,9 @@ _REPEATABLE = (Writer.SYSTEM, Writer.SELF, Writer.USER)
 class ProcessJudge:
     def __init__(self, config, attributor=None):
         self.config = config
-        self.attributor = attributor if attributor is not None else make_attributor(config)
+        base = attributor if attributor is not None else make_attributor(config)
+        # what `gitsieve agent` recorded overrides the base technique (attribution.journal)
+        self.attributor = JournalOverlay(config, base)
         self.mode: Mode = self.attributor.mode
         # path -> (newest write already judged, the step that judged it)
         self.accounted: dict[str, tuple[float, ProcessStep]] = {}

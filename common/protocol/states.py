@@ -47,6 +47,8 @@ class Technique(StrEnum):
     OPEN_FILES = "open-files"                # psutil: holds it open for writing now
     OPEN_FILES_SAMPLED = "open-files-sampled"  # psutil: was seen holding it open
     HELPER = "helper"                        # gitsieve helper's fanotify + lineage (root)
+    AGENT_JOURNAL = "agent-journal"          # recorded by `gitsieve agent` (seccomp)
+    AGENT_MARK = "agent-mark"                # declared by `gitsieve mark --system`
 
 
 class Mode(StrEnum):
@@ -65,6 +67,9 @@ class ProcessAction(StrEnum):
     CREATED = "created"
     REMOVED = "removed"
     MOVED_AWAY = "moved away"
+    MODE_CHANGED = "mode changed"
+    HELD_OPEN = "held open for writing"
+    MARKED = "marked as the system's"
 
 
 class L1Reason(StrEnum):
@@ -81,6 +86,7 @@ class L2Reason(StrEnum):
     REMOVER_UNOBSERVABLE = "remover-unobservable"  # psutil mode: deletions carry no writer
     NO_REMOVAL_SEEN = "no-removal-seen"    # exact mode: no removal by a known process
     WRITER_UNKNOWN = "writer-unknown"      # exact mode: writes missed, or writer unreadable
+    AGENT_AND_USER = "agent-and-user"      # the agent journal and a user process both
 
 
 class L3Reason(StrEnum):
@@ -115,6 +121,7 @@ _TEXT = {
     L2Reason.REMOVER_UNOBSERVABLE: "deleted: no writer to observe",
     L2Reason.NO_REMOVAL_SEEN: "deleted: no removal by a known process seen",
     L2Reason.WRITER_UNKNOWN: "writer not known: {detail}",
+    L2Reason.AGENT_AND_USER: "changed by the agent (gitsieve agent) and by a user process",
     L3Reason.WORK_FILE_PROBLEM: "{detail}",
     L3Reason.NEVER_COMMITTED: "never committed",
     L3Reason.DELETED: "deleted",

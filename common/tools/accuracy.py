@@ -16,6 +16,9 @@ the writes reported by ``gitsieve helper``.  As root, ``gitsieve test`` starts a
 helper on a private socket (a fresh 0700 directory of root's) for the run and stops it
 afterwards; otherwise it asks the helper at ``--helper-socket`` (default
 ``/run/gitsieve/helper.sock``, the system unit's).
+The ``agent`` mode runs the psutil technique with the simulated autonomous process started
+under ``gitsieve agent`` and a command line that matches nothing: the agent journal alone
+names it (:mod:`gitsieve.common.judge.attribution.journal`).
 """
 from __future__ import annotations
 
@@ -60,13 +63,23 @@ def load_corpus(path: Path | None = None):
     return module
 
 
-class Helper:
-    """One ``agent_sim.py serve`` process taking commands line by line."""
+AGENT_MODE = "agent"
+# the agent mode's simulated agent: a name no autonomous_processes pattern matches
+WRAPPED_AGENT_NAME = "wrapped-agent-sim"
 
-    def __init__(self, workspace: Path, name: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(resource(*AGENT_SIM)), "serve", "--name", name, "--workspace",
-             str(workspace)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+class Helper:
+    """One ``agent_sim.py serve`` process taking commands line by line (under ``gitsieve
+    agent`` when ``wrapped``)."""
+
+    def __init__(self, workspace: Path, name: str, wrapped: bool = False):
+        command = [sys.executable, str(resource(*AGENT_SIM)), "serve", "--name", name,
+                   "--workspace", str(workspace)]
+        if wrapped:
+            command = [sys.executable, "-m", "gitsieve.common.tools.cli", "agent",
+                       "--workspace", str(workspace), "--", *command]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"agent_sim {name} did not start")
 
@@ -137,7 +150,8 @@ class Harness:
             "[filter]\n"
             f"patterns_file = \".gitsieve-rules.conf\"\n"
             f"autonomous_processes = [\"{self.agent_name}\"]\n"
-            f"attribution = \"{mode}\"\nprocess_cache_ttl = 0.2\n"
+            f"attribution = \"{'psutil' if mode == AGENT_MODE else mode}\"\n"
+            "process_cache_ttl = 0.2\n"
             + (f"helper_socket = \"{helper_socket}\"\n" if helper_socket else "") +
             f"max_analyze_bytes = {corpus.MAX_ANALYZE_BYTES}\nlearning = false\n")
         for case in corpus.CASES:
@@ -149,7 +163,8 @@ class Harness:
         self.git.run("commit", "-q", "-m", "corpus setup", env=_GIT_IDENTITY)
         self.config = config_mod.load(self.root)
         self.user = Helper(self.root, "user-editor")
-        self.agent = Helper(self.root, self.agent_name)
+        self.agent = (Helper(self.root, WRAPPED_AGENT_NAME, wrapped=True)
+                      if mode == AGENT_MODE else Helper(self.root, self.agent_name))
         self.rules = RuleCache(self.config.patterns_file)
         self.l1 = PatternJudge(self.config)
         self.l2 = ProcessJudge(self.config)
@@ -158,7 +173,7 @@ class Harness:
 
     @property
     def attribution_mode(self) -> str:
-        return self.l2.mode
+        return AGENT_MODE if self.mode == AGENT_MODE else self.l2.mode
 
     def close(self) -> None:
         for helper in (self.user, self.agent):
@@ -314,7 +329,7 @@ def report(results: list[ModeResult], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-MODES = {"all": ("fanotify", "helper", "psutil"), "both": ("fanotify", "psutil")}
+MODES = {"all": ("fanotify", "helper", "psutil", AGENT_MODE), "both": ("fanotify", "psutil")}
 DEFAULT_HELPER_SOCKET = "/run/gitsieve/helper.sock"
 
 

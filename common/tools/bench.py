@@ -4,9 +4,13 @@ Builds a throw-away workspace with a bare remote, starts ``gitsieve run`` on it 
 ``scripts/churn.py`` beside it, then makes edits one at a time (alternating an ALLOW path
 and a path no rule matches, which goes through L2 and L3) and times each from the write to
 the moment the branch ref names a commit holding it.  Prints figures; asserts nothing.
+
+``gitsieve bench --agent`` (:func:`run_agent`) measures what ``gitsieve agent`` costs the
+processes it wraps: the same writer run bare and wrapped.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -551,3 +555,138 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "storm-writer
     # python -m gitsieve.common.tools.bench storm-writer NAME ROOT RATE SECONDS FILES
     raise SystemExit(0 if storm_writer(Path(sys.argv[3]), float(sys.argv[4]),
                                        float(sys.argv[5]), int(sys.argv[6])) else 1)
+# ----- gitsieve bench --agent: the wrapper's overhead --------------------------------------
+AGENT_SMALL = b"x" * 100
+AGENT_MEGABYTE = b"y" * (1 << 20)
+AGENT_WORKER = "from gitsieve.common.tools.bench import agent_worker; agent_worker()"
+AGENT_ROWS = (("write-open + close (us)", "write_open_us"),
+              ("read-open + close (us)", "read_open_us"),
+              ("small files, workspace (s)", "small_inside_s"),
+              ("  one small file, median (us)", "small_inside_us"),
+              ("small files, outside (s)", "small_outside_s"),
+              ("  one small file, median (us)", "small_outside_us"),
+              ("1 MB files, workspace (s)", "mb_inside_s"),
+              ("1 MB files, outside (s)", "mb_outside_s"),
+              ("1 MB writes, one file, ws (s)", "stream_inside_s"))
+
+
+def _median_us(count: int, action) -> float:
+    """The median latency of one action: the machine is shared, and a mean would mostly
+    measure other processes' time slices."""
+    clock = time.perf_counter
+    latencies = []
+    for _ in range(count):
+        start = clock()
+        action()
+        latencies.append(clock() - start)
+    return statistics.median(latencies) * 1e6
+
+
+def _small_files(directory: Path, count: int) -> tuple[float, float]:
+    """Seconds for ``count`` new 100-byte files (open, write, close), and the median µs of
+    one."""
+    names = [os.fsencode(directory / f"f{index}") for index in range(count)]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    clock = time.perf_counter
+    latencies = []
+    start = clock()
+    for name in names:
+        before = clock()
+        fd = os.open(name, flags, 0o644)
+        os.write(fd, AGENT_SMALL)
+        os.close(fd)
+        latencies.append(clock() - before)
+    return clock() - start, statistics.median(latencies) * 1e6
+
+
+def _megabyte_files(directory: Path, count: int) -> float:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    start = time.perf_counter()
+    for index in range(count):
+        fd = os.open(directory / f"m{index}", flags, 0o644)
+        os.write(fd, AGENT_MEGABYTE)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def _megabyte_stream(directory: Path, count: int) -> float:
+    """``count`` 1 MB write() calls into one file: one open, so one notification."""
+    fd = os.open(directory / "stream", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    start = time.perf_counter()
+    for _ in range(count):
+        os.write(fd, AGENT_MEGABYTE)
+    os.close(fd)
+    return time.perf_counter() - start
+
+
+def agent_worker() -> None:
+    """The measured writer, run bare or as the wrapped CMD: ``-c AGENT_WORKER INSIDE OUTSIDE
+    FILES MEGABYTES``; prints its figures as one JSON line."""
+    inside, outside = Path(sys.argv[1]), Path(sys.argv[2])
+    files, megabytes = int(sys.argv[3]), int(sys.argv[4])
+    probe = inside / "probe"
+    probe.write_bytes(b"p")
+    probe_name = os.fsencode(probe)
+    opens = 2000
+    figures = {
+        "write_open_us": _median_us(opens, lambda: os.close(os.open(probe_name, os.O_WRONLY))),
+        "read_open_us": _median_us(opens * 5, lambda: os.close(os.open(probe_name,
+                                                                       os.O_RDONLY)))}
+    for label, directory in (("inside", inside), ("outside", outside)):
+        small_dir, big_dir = directory / "small", directory / "big"
+        small_dir.mkdir()
+        big_dir.mkdir()
+        os.sync()  # each phase starts without earlier phases' writeback
+        figures[f"small_{label}_s"], figures[f"small_{label}_us"] = _small_files(small_dir,
+                                                                                   files)
+        os.sync()
+        figures[f"mb_{label}_s"] = _megabyte_files(big_dir, megabytes)
+        os.sync()
+        figures[f"stream_{label}_s"] = _megabyte_stream(big_dir, megabytes)
+    print(json.dumps(figures))
+
+
+def _agent_run(wrapped: bool, files: int, megabytes: int, where: str | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="gitsieve-bench-agent-", dir=where) as root:
+        workspace, outside = Path(root) / "ws", Path(root) / "out"
+        _git(Path(root), "init", "-q", str(workspace))
+        outside.mkdir()
+        cmd = [sys.executable, "-c", AGENT_WORKER, str(workspace), str(outside), str(files),
+               str(megabytes)]
+        if wrapped:
+            cmd = [sys.executable, "-m", "gitsieve.common.tools.cli", "agent", "--workspace",
+                   str(workspace), "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_agent(repeats: int = 5, files: int = 10_000, megabytes: int = 100,
+              where: str | None = None) -> int:
+    """``gitsieve bench --agent``: the same writer bare and under ``gitsieve agent``,
+    interleaved ``repeats`` times (each total as the least disturbed run, min, and the
+    typical one, median), with the issue's targets."""
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(repeats):
+        for wrapped in (False, True):
+            runs[wrapped].append(_agent_run(wrapped, files, megabytes, where))
+    print(f"gitsieve bench --agent: {repeats} interleaved runs under "
+          f"{where or tempfile.gettempdir()}; {files} small files (100 B), {megabytes} x 1 MB "
+          f"files; {os.cpu_count()} cpus")
+    print(f"{'figure':31} {'bare min':>9} {'wrapped':>9} {'ratio':>6}   "
+          f"{'bare med':>9} {'wrapped':>9} {'ratio':>6}")
+    summary = {}
+    for label, key in AGENT_ROWS:
+        cells = []
+        for pick in (min, statistics.median):
+            bare = pick(run[key] for run in runs[False])
+            wrapped = pick(run[key] for run in runs[True])
+            summary[(key, pick.__name__)] = (bare, wrapped)
+            cells.append(f"{bare:9.3f} {wrapped:9.3f} {wrapped / bare:5.2f}x")
+        print(f"{label:31} {cells[0]}   {cells[1]}")
+    for pick in ("min", "median"):
+        bare, wrapped = summary[("small_inside_s", pick)]
+        mb_bare, mb_wrapped = summary[("mb_inside_s", pick)]
+        print(f"{pick}: added per small-file write {(wrapped - bare) / files * 1e6:.1f} us; "
+              f"small files {wrapped / bare:.2f}x (target <= 2x), 1 MB files "
+              f"{100 * (mb_wrapped / mb_bare - 1):+.1f} % (target <= 5 %)")
+    return 0

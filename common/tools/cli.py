@@ -1,6 +1,7 @@
 """``gitsieve`` command line.
 
 - ``run``, ``init``, ``bench``, ``test``, ``helper``: here.
+- ``agent`` and ``mark``: :mod:`gitsieve.common.agent.command`.
 - ``status``, ``explain``, ``flush``, ``learned``, ``pause``, ``resume``, ``stats`` and
   ``debug`` (= ``tail``): the actorctl commands (:mod:`.ctl`), one implementation each.
 
@@ -90,6 +91,8 @@ def cmd_init(args) -> int:
 
 def cmd_bench(args) -> int:
     from gitsieve.common.tools import bench
+    if args.agent:
+        return cmd_bench_agent(args)
     if args.storm is not None:
         return bench.storm(args.storm, seconds=args.seconds, files=args.files or 200,
                            debounce=args.debounce)
@@ -97,6 +100,13 @@ def cmd_bench(args) -> int:
         return bench.idle(args.idle, files=args.files or 500)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn,
                      rest=args.rest)
+
+
+def cmd_bench_agent(args) -> int:
+    from gitsieve.common.tools import bench
+    if args.root is not None and not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root}: not a directory")
+    return bench.run_agent(args.repeats, args.files, args.megabytes, args.root)
 
 
 def cmd_test(args) -> int:
@@ -109,6 +119,17 @@ def cmd_helper(args) -> int:
     if os.geteuid() != 0:
         raise UsageError(server.ROOT_ONLY)
     return server.run(args)
+
+
+def cmd_agent(args) -> int:
+    from gitsieve.common.agent import command
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return command.agent(args, argv, args.grace, args.verbose)
+
+
+def cmd_mark(args) -> int:
+    from gitsieve.common.agent import command
+    return command.mark(args, args.paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,11 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--files", type=int, default=0,
                        help="files in the workspace (storm: 200, idle: 500)")
     bench.set_defaults(func=cmd_bench)
+    bench.add_argument("--agent", action="store_true",
+                       help="instead: what gitsieve agent costs the processes it wraps")
+    bench.add_argument("--repeats", type=int, default=5,
+                       help="--agent: interleaved bare/wrapped runs (default 5)")
+    bench.add_argument("--files", type=int, default=10_000,
+                       help="--agent: small files written per run (default 10000)")
+    bench.add_argument("--megabytes", type=int, default=100,
+                       help="--agent: 1 MB files written per run (default 100)")
+    bench.add_argument("--root", help="--agent: where the files go (default: the temp "
+                                      "directory; /dev/shm shows the cost without a disk)")
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
-    test.add_argument("--mode", choices=("fanotify", "helper", "psutil", "both", "all"),
+    test.add_argument("--mode", choices=("fanotify", "helper", "psutil", "agent", "both", "all"),
                       default="all", help="attribution modes to measure; 'both': fanotify "
-                      "and psutil; 'all' (default): fanotify, helper and psutil")
+                      "and psutil; 'agent': psutil with the simulated agent run under "
+                      "gitsieve agent; 'all' (default): fanotify, helper, psutil and agent")
     test.add_argument("--helper-socket", default="/run/gitsieve/helper.sock",
                       help="helper mode when not root: the running helper's socket (as "
                            "root, a temporary helper on a private socket is started)")
@@ -167,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     from gitsieve.common.helper import server as helper_server
     helper_server.add_arguments(helper)
     helper.set_defaults(func=cmd_helper)
+    agent = sub.add_parser(
+        "agent", usage="gitsieve agent [--workspace DIR] -- CMD [ARGS...]",
+        help="run CMD so that every change it or a descendant makes is known as the "
+             "system's (no privilege needed)")
+    config_mod.add_location_arguments(agent)
+    agent.add_argument("--grace", type=float, default=2.0,
+                       help="seconds between SIGTERM and SIGKILL for descendants left when "
+                            "CMD ends (default 2)")
+    agent.add_argument("-v", "--verbose", action="store_true",
+                       help="debug logging, and the supervisor's counters at the end")
+    agent.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    agent.set_defaults(func=cmd_agent)
+
+    mark = sub.add_parser("mark", help="declare the current versions of paths the system's "
+                                       "(for an agent's post-write hook)")
+    config_mod.add_location_arguments(mark)
+    mark.add_argument("--system", action="store_true", required=True,
+                      help="the paths' current versions are the system's")
+    mark.add_argument("paths", nargs="+", metavar="PATH")
+    mark.set_defaults(func=cmd_mark)
 
     for name, command in CTL_COMMANDS.items():
         sub.add_parser(name, add_help=False,

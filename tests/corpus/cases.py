@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import json
 
-BOTH = ("fanotify", "psutil")
-EXACT = ("fanotify",)
+# "agent": the psutil technique with the autonomous process run under `gitsieve agent`
+# (its command line matching nothing): the journal names it exactly, unprivileged.
+BOTH = ("fanotify", "psutil", "agent")
+EXACT = ("fanotify", "agent")
+USER_KNOWN = ("fanotify",)  # needs a write positively known as the user's
 
 RULES = r"""
 BLOCK:c\d+/\.claude/autonomous/.*:autonomous status
@@ -145,17 +148,17 @@ for area in AREAS:
     case("user edit where only a timestamp differs (exact: still the user's)",
          [("user", "write", area + "meeting.md", f"Meeting at {STAMP_B}\n"),
           ("judge", area + "meeting.md", "write", "commit")],
-         setup={area + "meeting.md": f"Meeting at {STAMP_A}\n"}, modes=EXACT,
+         setup={area + "meeting.md": f"Meeting at {STAMP_A}\n"}, modes=USER_KNOWN,
          why="unprivileged, a timestamp-only change is taken for system churn")
     case("user appends to a .log (exact: still the user's)",
          [("user", "append", area + "journal.log", "user line\n"),
           ("judge", area + "journal.log", "write", "commit")],
-         setup={area + "journal.log": "first\n"}, modes=EXACT,
+         setup={area + "journal.log": "first\n"}, modes=USER_KNOWN,
          why="unprivileged, append-only log growth is taken for system churn")
     case("user changes only a volatile JSON key (exact: still the user's)",
          [("user", "write", area + "state.json", _doc(timestamp=2, value="v")),
           ("judge", area + "state.json", "write", "commit")],
-         setup={area + "state.json": _doc(timestamp=1, value="v")}, modes=EXACT,
+         setup={area + "state.json": _doc(timestamp=1, value="v")}, modes=USER_KNOWN,
          why="unprivileged, volatile-key-only changes are taken for system churn")
 
 # ----- L3: content rules decide what no writer evidence does ----------------------------
@@ -240,7 +243,9 @@ for area in AREAS:
           ("user", "write", area + "both.md", "Project notes\nmine\n\nupdated: "
            + STAMP_B + "\n"),
           ("judge", area + "both.md", "write", "commit")],
-         setup={area + "both.md": SHARED.format(stamp=STAMP_A)})
+         setup={area + "both.md": SHARED.format(stamp=STAMP_A)}, modes=("fanotify", "psutil"),
+         why="the journal alone takes a version written within 0.25 s of the agent's "
+             "recorded write for the agent's (nothing says the user wrote too)")
     case("rename by the user of a committed file",
          [("user", "rename", area + "old-name.txt", area + "new-name.txt"),
           ("judge", area + "new-name.txt", "write", "commit"),
