@@ -57,7 +57,7 @@ class Watcher(Actor):
         self.seq = 0
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
-        self.rules = RuleCache(config.patterns_file)
+        self.rules = RuleCache(config.patterns_file, workspace=config.workspace)
         self.excluded_prefix = self._runtime_prefix()
         self.wd_to_path: dict[int, str] = {}
         self.path_to_wd: dict[str, int] = {}

@@ -140,7 +140,7 @@ class Harness:
         self.config = config_mod.load(self.root)
         self.user = Helper(self.root, "user-editor")
         self.agent = Helper(self.root, self.agent_name)
-        self.rules = RuleCache(self.config.patterns_file)
+        self.rules = RuleCache(self.config.patterns_file, workspace=self.config.workspace)
         self.l1 = PatternJudge(self.config)
         self.l2 = ProcessJudge(self.config)
         self.l3 = ContentJudge(self.config, self.git)
