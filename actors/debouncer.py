@@ -11,10 +11,13 @@ this actor publishes every decision on the feed, keeps the latest per path for
 ``actorctl explain``, lets :class:`~gitsieve.common.judge.learning.Learner` learn from it
 (the single writer of the learned file), and sends due paths in Batches of at most
 ``MAX_BATCH_PATHS``; with no executor connected, batches wait in a backlog instead of being
-dropped.
+dropped.  :class:`~gitsieve.common.judge.loop.LoopJudge` sees every decision and the
+moment each commit moved HEAD: a path it holds as a feedback loop is never batched, and
+while it probes a suspected path nothing is released.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict, deque
 
@@ -23,6 +26,7 @@ import zmq
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.debounce import Debounce
 from gitsieve.common.judge.learning import Learner
+from gitsieve.common.judge.loop import LoopJudge
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
 from gitsieve.common.protocol.trail import as_dict
@@ -52,6 +56,8 @@ class Debouncer(Actor):
         self.last_commit: dict = {}
         self._next_forget = 0.0
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
+        self.loops = LoopJudge(config)
+        self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -66,12 +72,16 @@ class Debouncer(Actor):
         stale = self.debounce.is_stale(decision)
         self.note_decision(decision, stale)
         self.learn_from(decision)
+        if not stale and self.hold_loop(decision):
+            return
         if not self.debounce.add(decision, self.clock()):
             self.stats["stale"] += 1
             return
         self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
 
     def on_commit_report(self, report: CommitReport) -> None:
+        if report.commit:
+            self.loops.note_commit(head_moved_at(self.config.git_dir, report.finished))
         self.last_commit = {"commit": report.commit, "paths": len(report.paths),
                             "pushed": report.pushed, "error": report.error,
                             "finished": report.finished}
@@ -110,7 +120,9 @@ class Debouncer(Actor):
     # ----- actor hooks ----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         now = self.clock()  # the injectable clock, so handler tests control time
-        self.flush_due(now)
+        self.loops.tick()
+        if not self.loops.probe_remaining():
+            self.flush_due(now)
         if self.backlog:
             self.send_backlog()
         if now >= self._next_forget:
@@ -120,7 +132,11 @@ class Debouncer(Actor):
     def wakeup_in(self) -> float | None:
         if self.backlog:
             return BACKLOG_RETRY
-        return self.debounce.next_due(self.clock())
+        due = self.debounce.next_due(self.clock())
+        probe = self.loops.probe_remaining()
+        if probe:  # nothing is released before the probe ends
+            return probe if due is None else max(probe, due)
+        return due
 
     # ----- introspection (actorctl explain / tail / flush) -----------------------------
     def note_decision(self, decision: Decision, stale: bool) -> None:
@@ -199,12 +215,55 @@ class Debouncer(Actor):
             self.stats[f"paths_{change}"] += 1
 
     def learned_listing(self) -> dict:
-        return self.learner.listing()
+        return {**self.learner.listing(), "loops": self.loops.listing()}
 
     def forget_learned(self, path: str | None = None) -> dict:
         if path is not None and not isinstance(path, str):
             raise ValueError("forget needs a path (a string) or none for every path")
-        return {"forgotten": self.learner.forget(path) is not None}
+        unlearned = self.learner.forget(path) is not None
+        released = self.release_loop(path, "forgotten by command")
+        return {"forgotten": unlearned or released}
+
+    # ----- the loop breaker (common.judge.loop) ----------------------------------------
+    def hold_loop(self, decision: Decision) -> bool:
+        """Let the loop judge see ``decision``; True when its path is held (not debounced)."""
+        try:
+            change = self.loops.observe(decision)
+        except OSError as exc:  # the holds file cannot be written: the hold still stands
+            self.record_error(f"loops file: {exc}")
+            self.log.error("%s: cannot save feedback-loop holds: %s", self.actor_id, exc)
+            change = "held" if decision.path in self.loops.held else None
+        if change:
+            self.stats[f"loops_{change}"] += 1
+        why = self.loops.why_held(decision.path)
+        if why is None:
+            self.loop_held.pop(decision.path, None)
+            return False
+        self.loop_held[decision.path] = decision
+        self.debounce.pending.discard(decision.path)  # never batched while held
+        record = self.trails.get(decision.path)
+        if record is not None:
+            record.update(hold=why.hold, held_reason=why.text)
+        return True
+
+    def release_loop(self, path: str | None, reason: str) -> bool:
+        """Release a feedback-loop hold; the path's latest change is then debounced again."""
+        released = [p for p in self.loop_held if path is None or p == path]
+        if not self.loops.release(path, reason):
+            return False
+        for held in released:
+            decision = self.loop_held.pop(held)
+            record = self.trails.get(held)
+            if record is not None:
+                record.pop("hold", None)
+                record.pop("held_reason", None)
+            self.debounce.add(decision, self.clock())
+        return True
+
+    def loop_holds(self, limit: int = 50) -> list[dict]:
+        return [{"path": path, "hold": why.hold, "held_reason": why.text}
+                for path in sorted(self.loops.held)[:limit]
+                if (why := self.loops.why_held(path)) is not None]
 
     def extra_status(self) -> dict:
         return {"pending": len(self.debounce.pending),
@@ -212,7 +271,28 @@ class Debouncer(Actor):
                 "backlog_batches": len(self.backlog), "batches": self.stats["batches"],
                 "stale": self.stats["stale"], "last_commit": self.last_commit,
                 "decisions_commit": self.stats["decisions_commit"],
-                "decisions_skip": self.stats["decisions_skip"]}
+                "decisions_skip": self.stats["decisions_skip"],
+                "loops": self.loops.status(), "held_paths": self.loop_holds()}
+
+
+def head_moved_at(git_dir, fallback: float) -> float:
+    """When HEAD last moved (wall time): the mtime of the branch ref HEAD names, else of
+    HEAD's reflog.  A CommitReport is sent after the push, which may take seconds; an agent
+    reacts to HEAD itself."""
+    try:
+        with open(git_dir / "HEAD", encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096).strip()
+    except OSError:
+        return fallback
+    candidates = [git_dir / head[len("ref: "):]] if head.startswith("ref: refs/") else []
+    for candidate in (*candidates, git_dir / "logs" / "HEAD"):
+        try:
+            moved = os.stat(candidate).st_mtime
+        except OSError:
+            continue
+        # a ref the person moved since (or a clock step) says nothing about this commit
+        return moved if fallback - 600 <= moved <= fallback + 1 else fallback
+    return fallback
 
 
 if __name__ == "__main__":
