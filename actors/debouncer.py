@@ -58,6 +58,7 @@ class Debouncer(Actor):
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
         self.loops = LoopJudge(config)
         self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
+        self.head_seen = head_moved_at(config.git_dir)  # HEAD's last move before we started
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -69,6 +70,7 @@ class Debouncer(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
+        self.watch_head()
         stale = self.debounce.is_stale(decision)
         self.note_decision(decision, stale)
         self.learn_from(decision)
@@ -81,7 +83,7 @@ class Debouncer(Actor):
 
     def on_commit_report(self, report: CommitReport) -> None:
         if report.commit:
-            self.loops.note_commit(head_moved_at(self.config.git_dir, report.finished))
+            self.watch_head(report.finished)
         self.last_commit = {"commit": report.commit, "paths": len(report.paths),
                             "pushed": report.pushed, "error": report.error,
                             "finished": report.finished}
@@ -120,6 +122,7 @@ class Debouncer(Actor):
     # ----- actor hooks ----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         now = self.clock()  # the injectable clock, so handler tests control time
+        self.watch_head()
         self.loops.tick()
         if not self.loops.probe_remaining():
             self.flush_due(now)
@@ -246,6 +249,21 @@ class Debouncer(Actor):
             record.update(hold=why.hold, held_reason=why.text)
         return True
 
+    def watch_head(self, reported: float | None = None) -> None:
+        """Tell the loop judge when HEAD moved, before it judges any change observed after.
+
+        The CommitReport comes after the push (seconds, to a real remote) while an agent
+        reacts to HEAD itself, so HEAD is looked at (one stat) before every decision and
+        every tick; ``reported``: a CommitReport's finish time, the moment to use when
+        HEAD's own cannot be read or is not this commit's."""
+        moved = head_moved_at(self.config.git_dir)
+        if reported is not None and (moved is None or not reported - 600 <= moved
+                                     <= reported + 1):
+            moved = reported
+        if moved is not None and (self.head_seen is None or moved > self.head_seen):
+            self.head_seen = moved
+            self.loops.note_commit(moved)
+
     def release_loop(self, path: str | None, reason: str) -> bool:
         """Release a feedback-loop hold; the path's latest change is then debounced again."""
         released = [p for p in self.loop_held if path is None or p == path]
@@ -275,24 +293,21 @@ class Debouncer(Actor):
                 "loops": self.loops.status(), "held_paths": self.loop_holds()}
 
 
-def head_moved_at(git_dir, fallback: float) -> float:
+def head_moved_at(git_dir) -> float | None:
     """When HEAD last moved (wall time): the mtime of the branch ref HEAD names, else of
-    HEAD's reflog.  A CommitReport is sent after the push, which may take seconds; an agent
-    reacts to HEAD itself."""
+    HEAD's reflog; None when neither can be read."""
     try:
         with open(git_dir / "HEAD", encoding="utf-8", errors="replace") as handle:
             head = handle.read(4096).strip()
     except OSError:
-        return fallback
+        return None
     candidates = [git_dir / head[len("ref: "):]] if head.startswith("ref: refs/") else []
     for candidate in (*candidates, git_dir / "logs" / "HEAD"):
         try:
-            moved = os.stat(candidate).st_mtime
+            return os.stat(candidate).st_mtime
         except OSError:
             continue
-        # a ref the person moved since (or a clock step) says nothing about this commit
-        return moved if fallback - 600 <= moved <= fallback + 1 else fallback
-    return fallback
+    return None
 
 
 if __name__ == "__main__":

@@ -301,13 +301,15 @@ def test_debouncer_releases_nothing_while_probing(deb):
     assert deb.wakeup_in() > 0
 
 
-def test_commit_report_moments_come_from_head(deb, workspace):
+def test_head_moves_are_seen_before_the_changes_that_react_to_them(deb, workspace):
+    """The CommitReport comes after the push; an agent's reaction can arrive first."""
     workspace.write("x.txt", "x\n")
     workspace.git("add", "x.txt")
     workspace.git("commit", "-q", "-m", "x")
     moved = (workspace.root / ".git/refs/heads/main").stat().st_mtime
-    assert head_moved_at(workspace.root / ".git", moved + 3.0) == moved
-    assert head_moved_at(workspace.root / ".git", moved + 3600) == moved + 3600  # not ours
+    assert head_moved_at(workspace.root / ".git") == moved
+    deb.on_decision(change("status.md", moved + 0.2))  # no report yet
+    assert list(deb.loops.commits) == [moved] and deb.loops.tracks["status.md"].reactions == 1
     deb.on_commit_report(CommitReport(batch_ids=(1,), paths=("x.txt",), commit="ab" * 20,
                                       pushed=True, error="", finished=moved + 2.0))
-    assert list(deb.loops.commits) == [moved]
+    assert list(deb.loops.commits) == [moved]  # the same move, noted once

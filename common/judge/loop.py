@@ -2,9 +2,10 @@
 
 Attribution can be wrong (the unprivileged sampler, a helper gap, an overflow), so this is
 the last line of defence against the feedback loop a commit -> a write -> a commit ... that
-an agent reacting to HEAD makes.  The debouncer feeds it every Decision and the moment each
-of gitsieve's commits moved HEAD; all times are wall-clock seconds (``Decision.observed`` is
-stamped by the watcher).
+an agent reacting to HEAD makes.  The debouncer feeds it every Decision and each moment
+HEAD moved (gitsieve's commits, and any other), looked up before each decision so that a
+reaction is never judged before the commit it reacts to is known; all times are wall-clock
+seconds (``Decision.observed`` is stamped by the watcher).
 
 A change of a path is a *reaction* when its writer is not positively the person (SYSTEM or
 UNKNOWN; SELF is gitsieve's own git and ignored), it is the path's first change since one of
@@ -81,7 +82,7 @@ class LoopJudge:
 
     # ----- inputs ------------------------------------------------------------------------
     def note_commit(self, moved_at: float) -> None:
-        """One of gitsieve's commits moved HEAD at ``moved_at`` (wall time)."""
+        """HEAD moved at ``moved_at`` (wall time): a commit an agent may react to."""
         if self.commits and moved_at < self.commits[-1]:
             bisect.insort(self.commits, moved_at)  # a report that arrived late
         else:
@@ -137,6 +138,9 @@ class LoopJudge:
                     and observed - commit <= self.window
                     and (track.unanswered is None
                          or observed - track.unanswered <= self.window))
+        log.debug("%s changed at %.3f: latest commit %s, last change %.3f, unanswered %s: %s",
+                  path, observed, commit, track.last_change, track.unanswered,
+                  "reaction" if reaction else "not a reaction")
         track.last_change = max(track.last_change, observed)
         if not reaction:
             self._reset(path, track)
