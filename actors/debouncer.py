@@ -58,7 +58,8 @@ class Debouncer(Actor):
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
         self.loops = LoopJudge(config)
         self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
-        self.head_seen = head_moved_at(config.git_dir)  # HEAD's last move before we started
+        seen = head_moved_at(config.git_dir)  # HEAD's last move before we started
+        self.head_seen = seen[0] if seen else float("-inf")
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -250,19 +251,24 @@ class Debouncer(Actor):
         return True
 
     def watch_head(self, reported: float | None = None) -> None:
-        """Tell the loop judge when HEAD moved, before it judges any change observed after.
+        """Tell the loop judge when gitsieve's commits moved HEAD, before it judges any
+        change observed after.
 
         The CommitReport comes after the push (seconds, to a real remote) while an agent
-        reacts to HEAD itself, so HEAD is looked at (one stat) before every decision and
-        every tick; ``reported``: a CommitReport's finish time, the moment to use when
-        HEAD's own cannot be read or is not this commit's."""
-        moved = head_moved_at(self.config.git_dir)
-        if reported is not None and (moved is None or not reported - 600 <= moved
-                                     <= reported + 1):
-            moved = reported
-        if moved is not None and (self.head_seen is None or moved > self.head_seen):
+        reacts to HEAD itself, so HEAD's reflog is looked at (one small read) before every
+        decision and every tick: its mtime is when HEAD last moved, its last entry's message
+        says whether gitsieve moved it.  ``reported``: a CommitReport's finish time, the
+        moment used when HEAD has no reflog."""
+        found = head_moved_at(self.config.git_dir)
+        if found is None:
+            if reported is not None:
+                self.loops.note_commit(reported)
+            return
+        moved, ours = found
+        if moved > self.head_seen:
             self.head_seen = moved
-            self.loops.note_commit(moved)
+            if ours:
+                self.loops.note_commit(moved)
 
     def release_loop(self, path: str | None, reason: str) -> bool:
         """Release a feedback-loop hold; the path's latest change is then debounced again."""
@@ -293,21 +299,21 @@ class Debouncer(Actor):
                 "loops": self.loops.status(), "held_paths": self.loop_holds()}
 
 
-def head_moved_at(git_dir) -> float | None:
-    """When HEAD last moved (wall time): the mtime of the branch ref HEAD names, else of
-    HEAD's reflog; None when neither can be read."""
+# Reflog messages of gitsieve's own HEAD moves (common/git/committer.py's update-ref -m).
+OWN_REFLOG_PREFIX = b"gitsieve: "
+
+
+def head_moved_at(git_dir) -> tuple[float, bool] | None:
+    """When HEAD last moved (wall time: its reflog's mtime) and whether gitsieve moved it
+    (the reflog entry's message); None when HEAD has no reflog."""
     try:
-        with open(git_dir / "HEAD", encoding="utf-8", errors="replace") as handle:
-            head = handle.read(4096).strip()
+        with open(git_dir / "logs" / "HEAD", "rb") as handle:
+            moved = os.fstat(handle.fileno()).st_mtime
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+            last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
     except OSError:
         return None
-    candidates = [git_dir / head[len("ref: "):]] if head.startswith("ref: refs/") else []
-    for candidate in (*candidates, git_dir / "logs" / "HEAD"):
-        try:
-            return os.stat(candidate).st_mtime
-        except OSError:
-            continue
-    return None
+    return moved, last.partition(b"\t")[2].startswith(OWN_REFLOG_PREFIX)
 
 
 if __name__ == "__main__":

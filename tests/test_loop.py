@@ -8,6 +8,7 @@ never batched, explain, status, forget, persistence) is tested with its fake soc
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -232,10 +233,29 @@ def test_a_commit_left_unanswered_ends_the_count(config):
     loops.observe(change("s.md", clock.now + 0.2))
     assert loops.tracks["s.md"].reactions == 1
     clock.now += 2
-    loops.note_commit(clock.now)  # no reaction to this one
-    clock.now += 5
+    loops.note_commit(clock.now)  # no reaction to this one...
+    loops.observe(change("s.md", clock.now + 5))  # ...this change comes too late for it
+    assert loops.tracks["s.md"].reactions == 0 and "s.md" not in loops.suspects
+    loops.note_commit(clock.now + 10)
+    loops.observe(change("s.md", clock.now + 10.1))
+    assert loops.tracks["s.md"].reactions == 1
+    loops.note_commit(clock.now + 11)
+    clock.now += 60  # a suspect that went quiet is forgotten
     loops.tick()
     assert loops.tracks["s.md"].reactions == 0 and "s.md" not in loops.suspects
+
+
+def test_a_reaction_that_reaches_the_debouncer_late_still_counts(config):
+    """Judged by when the watcher saw it, not by when a loaded pipeline delivered it."""
+    clock = Clock()
+    loops = judge_for(config, clock)
+    loops.note_commit(clock.now)
+    loops.observe(change("s.md", clock.now + 0.2))
+    loops.note_commit(clock.now + 1)
+    clock.now += 6  # the reaction to the second commit is still in the pipeline
+    loops.tick()
+    loops.observe(change("s.md", clock.now - 4.7))
+    assert loops.tracks["s.md"].reactions == 2
 
 
 def test_holds_survive_a_restart_and_forget_releases(config):
@@ -302,12 +322,20 @@ def test_debouncer_releases_nothing_while_probing(deb):
 
 
 def test_head_moves_are_seen_before_the_changes_that_react_to_them(deb, workspace):
-    """The CommitReport comes after the push; an agent's reaction can arrive first."""
+    """The CommitReport comes after the push; an agent's reaction can arrive first.  Only
+    gitsieve's own moves of HEAD count (its reflog message), not the person's commits."""
+    workspace.write("mine.txt", "mine\n")
+    workspace.git("add", "mine.txt")
+    workspace.git("commit", "-q", "-m", "the person's commit")
+    deb.on_decision(change("other.md", time.time()))
+    assert not deb.loops.commits
     workspace.write("x.txt", "x\n")
     workspace.git("add", "x.txt")
-    workspace.git("commit", "-q", "-m", "x")
-    moved = (workspace.root / ".git/refs/heads/main").stat().st_mtime
-    assert head_moved_at(workspace.root / ".git") == moved
+    tree = workspace.git("write-tree").strip()
+    new = workspace.git("commit-tree", tree, "-p", "HEAD", "-m", "sync").strip()
+    workspace.git("update-ref", "-m", "gitsieve: sync", "HEAD", new)
+    moved = (workspace.root / ".git/logs/HEAD").stat().st_mtime
+    assert head_moved_at(workspace.root / ".git") == (moved, True)
     deb.on_decision(change("status.md", moved + 0.2))  # no report yet
     assert list(deb.loops.commits) == [moved] and deb.loops.tracks["status.md"].reactions == 1
     deb.on_commit_report(CommitReport(batch_ids=(1,), paths=("x.txt",), commit="ab" * 20,

@@ -2,10 +2,10 @@
 
 Attribution can be wrong (the unprivileged sampler, a helper gap, an overflow), so this is
 the last line of defence against the feedback loop a commit -> a write -> a commit ... that
-an agent reacting to HEAD makes.  The debouncer feeds it every Decision and each moment
-HEAD moved (gitsieve's commits, and any other), looked up before each decision so that a
-reaction is never judged before the commit it reacts to is known; all times are wall-clock
-seconds (``Decision.observed`` is stamped by the watcher).
+an agent reacting to HEAD makes.  The debouncer feeds it every Decision and each moment one
+of gitsieve's commits moved HEAD, looked up before each decision so that a reaction is never
+judged before the commit it reacts to is known; all times are wall-clock seconds
+(``Decision.observed`` is stamped by the watcher).
 
 A change of a path is a *reaction* when its writer is not positively the person (SYSTEM or
 UNKNOWN; SELF is gitsieve's own git and ignored), it is the path's first change since one of
@@ -50,9 +50,11 @@ COMMITS_KEPT = 256  # recent commit moments kept (only those within a window mat
 PROBE_MARGIN = 1.5
 PROBE_JITTER = 1.0
 PROBE_MIN = 3.0
-# A change reaches the debouncer some time after it was observed: a commit left unanswered
-# is given up on only this long after its window closed.
-ARRIVAL_SLACK = 2.0
+# A change reaches the debouncer some time after it was observed (a loaded pipeline takes
+# seconds): the count of a path that left a commit unanswered is dropped only this long
+# after that commit's window closed.  (A late change is judged by its observed time anyway:
+# this only forgets suspects that went quiet.)
+ARRIVAL_SLACK = 30.0
 
 
 @dataclass
@@ -82,7 +84,7 @@ class LoopJudge:
 
     # ----- inputs ------------------------------------------------------------------------
     def note_commit(self, moved_at: float) -> None:
-        """HEAD moved at ``moved_at`` (wall time): a commit an agent may react to."""
+        """One of gitsieve's commits moved HEAD at ``moved_at`` (wall time)."""
         if self.commits and moved_at < self.commits[-1]:
             bisect.insort(self.commits, moved_at)  # a report that arrived late
         else:
