@@ -8,7 +8,7 @@ socket the fuzzer sends generated frames: each protocol message built from its f
 multipart messages.  Afterwards: no actor crashed or was restarted (same pids), bad frames
 were counted, RSS growth is reported, and a person's edit still reaches the remote; the
 time that takes after each socket's fuzz is reported as the time to recover.  Bounded to
-about a minute: ``FRAMES_PER_SOCKET`` examples per socket (``GITSIEVE_FUZZ_FRAMES`` to
+about a minute: ``FRAMES_PER_SOCKET`` (100) examples per socket (``GITSIEVE_FUZZ_FRAMES`` to
 change it), no shrinking.
 
 A fake worker on a stage's ROUTER that announces credit is handed real changes and drops
@@ -42,7 +42,9 @@ from gitsieve.common.protocol import messages, trail
 from gitsieve.common.protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION
 from gitsieve.common.tools.runner import actor_ids
 
-FRAMES_PER_SOCKET = int(os.environ.get("GITSIEVE_FUZZ_FRAMES", "150"))
+# Minutes of real time by design (issue 8 and 14 ask for them), more on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
+FRAMES_PER_SOCKET = int(os.environ.get("GITSIEVE_FUZZ_FRAMES", "100"))
 HARMFUL_COMMANDS = {"stop", "pause"}
 COMMANDS = sorted({"status", "pending", "explain", "flush", "learned", "forget", "held",
                    "resume", "reconcile"})
