@@ -31,6 +31,7 @@ from gitsieve.common.protocol.states import WAITS_ON_A_PERSON, Hold
 from gitsieve.common.protocol.trail import as_dict, describe
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
+STUCK_SETTLE = 0.5  # seconds a hold only a person ends must last before flush reports it
 LAYER_PREFIXES = {"l1": "L1", "l2": "L2", "l3": "L3"}
 
 
@@ -418,6 +419,7 @@ class Flush(Command):
         deadline = started + max(0.0, args.timeout)
         barrier = ask(config, "watcher", "reconcile", timeout=10.0)
         after = (barrier["epoch"], barrier["seq_before"])
+        stuck_since = None
         while True:
             ask(config, "debouncer", "flush")
             report = self.check(config, after)
@@ -427,7 +429,11 @@ class Flush(Command):
             stuck = idle and (report["executor_hold"] in WAITS_ON_A_PERSON or (
                 report["held"] and all(item.get("hold") in WAITS_ON_A_PERSON
                                        for item in report["held"])))
-            if stuck or time.monotonic() >= deadline:
+            # "idle" cannot see a change between two actors (in a socket): only a hold that
+            # lasts STUCK_SETTLE is one to stop waiting on
+            stuck_since = (stuck_since or time.monotonic()) if stuck else None
+            if (stuck and time.monotonic() - stuck_since >= STUCK_SETTLE) or (
+                    time.monotonic() >= deadline):
                 break
             time.sleep(0.1)
         report["waited"] = round(time.monotonic() - started, 3)
