@@ -45,7 +45,7 @@ class ContentLayer(Actor):
     def on_feed(self, decision: Decision) -> None:
         step = step_of(decision.trail, ContentStep)
         if step is not None and step.verdict == Content.USER and step.masked is not None:
-            self.judge.note_user_version(decision.path, step.masked)
+            self.judge.note_user_version(decision.path, step.masked, step.exact)
 
     def on_change(self, change: Change) -> None:
         step = self.judge.judge(change)

@@ -11,10 +11,13 @@ this actor publishes every decision on the feed, keeps the latest per path for
 ``actorctl explain``, lets :class:`~gitsieve.common.judge.learning.Learner` learn from it
 (the single writer of the learned file), and sends due paths in Batches of at most
 ``MAX_BATCH_PATHS``; with no executor connected, batches wait in a backlog instead of being
-dropped.
+dropped.  :class:`~gitsieve.common.judge.loop.LoopJudge` sees every decision and the
+moment each commit moved HEAD: a path it holds as a feedback loop is never batched, and
+while it probes a suspected path nothing is released.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict, deque
 
@@ -24,6 +27,7 @@ from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
 from gitsieve.common.judge.learning import Learner
+from gitsieve.common.judge.loop import LoopJudge
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
 from gitsieve.common.protocol.trail import as_dict
@@ -55,6 +59,10 @@ class Debouncer(Actor):
         self.last_commit: dict = {}
         self._next_forget = 0.0
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
+        self.loops = LoopJudge(config)
+        self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
+        seen = head_moved_at(config.git_dir)  # HEAD's last move before we started
+        self.head_seen = seen[0] if seen else float("-inf")
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -66,8 +74,9 @@ class Debouncer(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
-        intake = self.debounce.intake(decision, self.clock())
-        if intake == Intake.NOT_ISSUED:
+        self.watch_head()
+        verdict = self.debounce.check(decision)
+        if verdict == Intake.NOT_ISSUED:
             # Never issued by the watcher: a forged or corrupt frame, neither learned from
             # nor shown, so it cannot make the path's real changes look stale.
             self.stats["not_issued"] += 1
@@ -76,14 +85,18 @@ class Debouncer(Actor):
                              "the watcher issued", self.actor_id, decision.path,
                              (decision.epoch, decision.seq))
             return
-        self.note_decision(decision, intake == Intake.STALE)
+        self.note_decision(decision, verdict == Intake.STALE)
         self.learn_from(decision)
-        if intake == Intake.STALE:
+        if verdict != Intake.STALE and self.hold_loop(decision):
+            return
+        if self.debounce.intake(decision, self.clock()) == Intake.STALE:
             self.stats["stale"] += 1
             return
         self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
 
     def on_commit_report(self, report: CommitReport) -> None:
+        if report.commit:
+            self.watch_head(report.finished)
         self.last_commit = {"commit": report.commit, "paths": len(report.paths),
                             "pushed": report.pushed, "error": report.error,
                             "finished": report.finished}
@@ -123,7 +136,10 @@ class Debouncer(Actor):
     # ----- actor hooks ----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         now = self.clock()  # the injectable clock, so handler tests control time
-        self.flush_due(now)
+        self.watch_head()
+        self.loops.tick()
+        if not self.loops.probe_remaining():
+            self.flush_due(now)
         if self.backlog:
             self.send_backlog()
         if now >= self._next_forget or len(self.debounce.paths) > MAX_TRACKED:
@@ -133,7 +149,11 @@ class Debouncer(Actor):
     def wakeup_in(self) -> float | None:
         if self.backlog:
             return BACKLOG_RETRY
-        return self.debounce.next_due(self.clock())
+        due = self.debounce.next_due(self.clock())
+        probe = self.loops.probe_remaining()
+        if probe:  # nothing is released before the probe ends
+            return probe if due is None else max(probe, due)
+        return due
 
     # ----- introspection (actorctl explain / tail / flush) -----------------------------
     def note_decision(self, decision: Decision, stale: bool) -> None:
@@ -225,12 +245,75 @@ class Debouncer(Actor):
             self.stats[f"paths_{change}"] += 1
 
     def learned_listing(self) -> dict:
-        return self.learner.listing()
+        return {**self.learner.listing(), "loops": self.loops.listing()}
 
     def forget_learned(self, path: str | None = None) -> dict:
         if path is not None and not isinstance(path, str):
             raise ValueError("forget needs a path (a string) or none for every path")
-        return {"forgotten": self.learner.forget(path) is not None}
+        unlearned = self.learner.forget(path) is not None
+        released = self.release_loop(path, "forgotten by command")
+        return {"forgotten": unlearned or released}
+
+    # ----- the loop breaker (common.judge.loop) ----------------------------------------
+    def hold_loop(self, decision: Decision) -> bool:
+        """Let the loop judge see ``decision``; True when its path is held (not debounced)."""
+        try:
+            change = self.loops.observe(decision)
+        except OSError as exc:  # the holds file cannot be written: the hold still stands
+            self.record_error(f"loops file: {exc}")
+            self.log.error("%s: cannot save feedback-loop holds: %s", self.actor_id, exc)
+            change = "held" if decision.path in self.loops.held else None
+        if change:
+            self.stats[f"loops_{change}"] += 1
+        why = self.loops.why_held(decision.path)
+        if why is None:
+            self.loop_held.pop(decision.path, None)
+            return False
+        self.loop_held[decision.path] = decision
+        self.debounce.pending.discard(decision.path)  # never batched while held
+        record = self.trails.get(decision.path)
+        if record is not None:
+            record.update(hold=why.hold, held_reason=why.text)
+        return True
+
+    def watch_head(self, reported: float | None = None) -> None:
+        """Tell the loop judge when gitsieve's commits moved HEAD, before it judges any
+        change observed after.
+
+        The CommitReport comes after the push (seconds, to a real remote) while an agent
+        reacts to HEAD itself, so HEAD's reflog is looked at (one small read) before every
+        decision and every tick: its mtime is when HEAD last moved, its last entry's message
+        says whether gitsieve moved it.  ``reported``: a CommitReport's finish time, the
+        moment used when HEAD has no reflog."""
+        found = head_moved_at(self.config.git_dir)
+        if found is None:
+            if reported is not None:
+                self.loops.note_commit(reported)
+            return
+        moved, ours = found
+        if moved > self.head_seen:
+            self.head_seen = moved
+            if ours:
+                self.loops.note_commit(moved)
+
+    def release_loop(self, path: str | None, reason: str) -> bool:
+        """Release a feedback-loop hold; the path's latest change is then debounced again."""
+        released = [p for p in self.loop_held if path is None or p == path]
+        if not self.loops.release(path, reason):
+            return False
+        for held in released:
+            decision = self.loop_held.pop(held)
+            record = self.trails.get(held)
+            if record is not None:
+                record.pop("hold", None)
+                record.pop("held_reason", None)
+            self.debounce.add(decision, self.clock())
+        return True
+
+    def loop_holds(self, limit: int = 50) -> list[dict]:
+        return [{"path": path, "hold": why.hold, "held_reason": why.text}
+                for path in sorted(self.loops.held)[:limit]
+                if (why := self.loops.why_held(path)) is not None]
 
     def extra_status(self) -> dict:
         return {"pending": len(self.debounce.pending),
@@ -240,7 +323,25 @@ class Debouncer(Actor):
                 "early_releases": self.debounce.early_releases,
                 "move_links": len(self.debounce.links), "last_commit": self.last_commit,
                 "decisions_commit": self.stats["decisions_commit"],
-                "decisions_skip": self.stats["decisions_skip"]}
+                "decisions_skip": self.stats["decisions_skip"],
+                "loops": self.loops.status(), "held_paths": self.loop_holds()}
+
+
+# Reflog messages of gitsieve's own HEAD moves (common/git/committer.py's update-ref -m).
+OWN_REFLOG_PREFIX = b"gitsieve: "
+
+
+def head_moved_at(git_dir) -> tuple[float, bool] | None:
+    """When HEAD last moved (wall time: its reflog's mtime) and whether gitsieve moved it
+    (the reflog entry's message); None when HEAD has no reflog."""
+    try:
+        with open(git_dir / "logs" / "HEAD", "rb") as handle:
+            moved = os.fstat(handle.fileno()).st_mtime
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+            last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    except OSError:
+        return None
+    return moved, last.partition(b"\t")[2].startswith(OWN_REFLOG_PREFIX)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from gitsieve.common.actor import metrics
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git import integrity
 from gitsieve.common.git.gateway import Git
-from gitsieve.common.judge.health import RestartLoopDetector
+from gitsieve.common.judge.health import HeartbeatBook, RestartLoopDetector
 from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
 CHECK_EVERY = 0.25  # seconds between (cheap) checks; publishing follows the interval
@@ -53,7 +53,8 @@ class Health(Actor):
     def __init__(self, config, instance=None):
         super().__init__(config, instance)
         self.verdict: HealthStatus | None = None
-        self.actors: dict[str, dict] = {}
+        self.book = HeartbeatBook(_FORGET_ACTOR_AFTER)
+        self.actors = self.book.actors
         self.publisher = None
         self._next_check = 0.0
         self._next_publish = 0.0
@@ -69,10 +70,17 @@ class Health(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_heartbeat(self, beat: Heartbeat) -> None:
-        self.note_restart(beat)
-        self.actors[beat.actor] = {"pid": beat.pid, "state": beat.state,
-                                   "last_seen": beat.sent, "received": time.time(),
-                                   "interval": beat.interval, "stats": beat.stats}
+        known = self.actors.get(beat.actor)
+        problem = self.book.note(beat.actor, beat.pid, beat.sent, beat.state, beat.stats,
+                                 beat.interval)
+        if problem:  # a forged or broken beat: counted like a bad frame, never fatal
+            self.stats["bad_frames"] += 1
+            self.stats["beats_refused"] += 1
+            if self.stats["beats_refused"] == 1 or self.stats["beats_refused"] % 1000 == 0:
+                self.log.warning("%s: refused heartbeat (%d so far): %s", self.actor_id,
+                                 self.stats["beats_refused"], problem)
+            return
+        self.note_restart(beat, known)
 
     # ----- checks ---------------------------------------------------------------------
     def git_operation(self) -> str:
@@ -98,14 +106,17 @@ class Health(Actor):
         stat = os.statvfs(self.config.workspace)
         return stat.f_bavail * stat.f_frsize / (1024 * 1024)
 
-    def actor_table(self) -> dict:
+    def actor_table(self, with_stats: bool = False) -> dict:
+        """actor -> pid, state, liveness (and each one's last stats, for the metrics file;
+        the published HealthStatus carries no stats)."""
         now = time.time()
         beat = self.config.heartbeat_interval
-        for actor_id in [a for a, info in self.actors.items()
-                         if now - info["received"] > _FORGET_ACTOR_AFTER]:
-            del self.actors[actor_id]
+        self.book.forget_silent()
+        for gone in set(self.restarts) - set(self.actors):
+            del self.restarts[gone]
         # An idle actor beats rarely and says when its next beat is due at the latest.
-        return {actor_id: {**info, "alive": now - info["received"] <= ACTOR_SILENT_AFTER
+        return {actor_id: {**{k: v for k, v in info.items() if with_stats or k != "stats"},
+                           "alive": now - info["received"] <= ACTOR_SILENT_AFTER
                            * max(beat, info.get("interval", 0.0))}
                 for actor_id, info in self.actors.items()}
 
@@ -130,10 +141,9 @@ class Health(Actor):
                             actors=self.actor_table())
 
     # ----- operations: restarts and the metrics file ---------------------------------
-    def note_restart(self, beat: Heartbeat) -> None:
+    def note_restart(self, beat: Heartbeat, known: dict | None) -> None:
         """A known actor beating with a new pid was restarted (by the runner or
         supervisord): count it, whichever process manager did it."""
-        known = self.actors.get(beat.actor)
         if known is not None and known["pid"] != beat.pid:
             self.restarts[beat.actor] = self.restarts.get(beat.actor, 0) + 1
             self.log.info("%s restarted (pid %s -> %s)", beat.actor, known["pid"], beat.pid)
@@ -144,7 +154,7 @@ class Health(Actor):
             return
         self._next_metrics = now + interval
         table = {actor_id: {**info, "restarts": self.restarts.get(actor_id, 0)}
-                 for actor_id, info in self.actor_table().items()}
+                 for actor_id, info in self.actor_table(with_stats=True).items()}
         try:
             metrics.write_atomic(self.config.metrics_file,
                                  metrics.build(str(self.config.workspace), table,
@@ -179,12 +189,13 @@ class Health(Actor):
 
     def extra_status(self) -> dict:
         if self.verdict is None:
-            return {"health": None}
+            return {"health": None, "beats_refused": dict(self.book.refused)}
         verdict = self.verdict
         return {"health": {"ok": verdict.ok, "reasons": list(verdict.reasons),
                            "free_mb": verdict.free_mb, "operation": verdict.operation,
                            "checked": verdict.checked},
                 "actors_seen": sorted(self.actors), "restarts": dict(self.restarts),
+                "beats_refused": dict(self.book.refused),
                 **self.recovery_status()}
 
     # ----- recovery checks: fsck, stale index.lock, autonomous restart loops ----------
@@ -194,7 +205,8 @@ class Health(Actor):
         # every second (it was most of an idle gitsieve's CPU).
         self.autonomous = RestartLoopDetector(
             self.config.autonomous_processes, self.config.autonomous_restart_limit,
-            self.config.autonomous_restart_window, sample_every=AUTONOMOUS_SCAN_EVERY)
+            self.config.autonomous_restart_window, sample_every=AUTONOMOUS_SCAN_EVERY,
+            workspace=self.config.workspace)
         self.stale_lock = ""
         self._next_lock_check = 0.0
         self._looping_logged = ""

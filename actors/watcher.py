@@ -94,7 +94,7 @@ class Watcher(Actor):
         self.router_lost = 0  # changes the router reported lost or dropped, as last seen
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
-        self.rules = RuleCache(config.patterns_file)
+        self.rules = RuleCache(config.patterns_file, workspace=config.workspace)
         self.excluded_prefix = self._runtime_prefix()
         self.wd_to_path: dict[int, str] = {}
         self.path_to_wd: dict[str, int] = {}

@@ -5,6 +5,12 @@ Every INTERVAL seconds it rewrites files in BLOCK areas (status JSON, context, l
 timestamp-only JSON in ANALYZE areas, and whenever HEAD moves it reacts the way agent
 runtimes do (append to a log, touch a status file) -- the loop a naive auto-commit falls into.
 
+``--full`` adds the rest of a busy agent (issue 8's gauntlet): a new decision file with real
+content every round; timestamp-only files (``sh -c 'date +%s%N > F'`` rewritten every round,
+an ISO-8601 stamp with fractions, a new stamp file every fifth round); and a status file
+with real content (the new HEAD and a count) rewritten whenever HEAD moves: a change no
+content rule can call churn, so only the loop breaker stops it being committed forever.
+
 Its command line carries ``--name`` (default ``claude-autonomous``) so that gitsieve's
 ``autonomous_processes`` patterns recognise it.
 
@@ -16,6 +22,7 @@ timestamp-only rewrites have a HEAD version to be compared with.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -30,6 +37,13 @@ ANALYZE_JSON = ".claude/contexts/session.json"
 REACTION_JSON = ".claude/contexts/head-watch.json"
 REACTION_LOG = ".claude/contexts/reactions.log"
 ANALYZE_FILES = (ANALYZE_JSON, REACTION_JSON, REACTION_LOG)
+# --full
+DECISIONS_DIR = ".claude/decisions"
+HEAD_STATUS = ".claude/contexts/head-status.md"  # real content on every HEAD move
+NANO_STAMP = ".claude/contexts/heartbeat.ns"      # date +%s%N
+ISO_STAMP = ".claude/contexts/clock.iso"          # ISO-8601 with microseconds
+STAMPS_DIR = ".claude/contexts/stamps"            # a new timestamp-only file now and then
+TIMESTAMP_ONLY = (NANO_STAMP, ISO_STAMP, STAMPS_DIR)
 
 stopping = False
 
@@ -94,6 +108,26 @@ def react(root: Path, head: str) -> None:
     (root / REACTION_JSON).write_text(json.dumps(head_watch(now), indent=2) + "\n")
 
 
+def churn_full(root: Path, tick: int) -> None:
+    """The --full additions made every round: a new decision, timestamp-only files."""
+    decision = root / DECISIONS_DIR / f"decision-{tick:05d}.md"
+    decision.parent.mkdir(parents=True, exist_ok=True)
+    decision.write_text(f"# Decision {tick}\n\nChose option {tick % 3} after weighing "
+                        f"{tick % 5 + 2} alternatives.\n")
+    stamp = root / NANO_STAMP
+    subprocess.run(["sh", "-c", 'date +%s%N > "$1"', "sh", str(stamp)], check=False)
+    (root / ISO_STAMP).write_text(datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="microseconds") + "\n")
+    if tick % 5 == 0:
+        (root / STAMPS_DIR).mkdir(parents=True, exist_ok=True)
+        (root / STAMPS_DIR / f"run-{tick:05d}.stamp").write_text(f"{time.time():.6f}\n")
+
+
+def react_full(root: Path, head: str, reactions: int) -> None:
+    (root / HEAD_STATUS).write_text(f"# Agent status\n\nLast commit seen: {head}\n"
+                                    f"Commits seen: {reactions}\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", required=True)
@@ -101,6 +135,9 @@ def main() -> int:
     parser.add_argument("--name", default="claude-autonomous",
                         help="tag on the command line matched by autonomous_processes")
     parser.add_argument("--prepare", action="store_true")
+    parser.add_argument("--full", action="store_true",
+                        help="also new decision files, timestamp-only files and a status file "
+                             "with real content rewritten on every HEAD move")
     args = parser.parse_args()
     root = Path(args.workspace)
     if args.prepare:
@@ -109,14 +146,19 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     head = current_head(root)
-    tick = 0
+    tick = reactions = 0
     while not stopping:
         tick += 1
         churn_once(root, tick)
+        if args.full:
+            churn_full(root, tick)
         latest = current_head(root)
         if latest != head:
             head = latest
+            reactions += 1
             react(root, head)
+            if args.full:
+                react_full(root, head, reactions)
         time.sleep(args.interval)
     return 0
 

@@ -381,3 +381,42 @@ def test_masked_digest_ignores_volatile_tokens_and_keys_only(volatile_text):
         masked_digest("a.json", as_json({"k": 1, "timestamp": 2}), VOLATILE)
     assert masked_digest("b.bin", b"\0\1", VOLATILE) is None
     assert masked_digest("big.txt", b"x" * 10, VOLATILE, size_cap=5) is None
+
+
+# ----- issue 8: a text file whose only content is a timestamp is churn -------------------------
+STAMPS = ["1714557600\n", "1714557600123\n", "1714557600123456\n",
+          "1714557600123456789\n",  # date +%s%N
+          "1714557600.123456\n", "2024-05-01T10:00:00.123456789+00:00\n",
+          "2024-05-01 10:00:00,5Z", "  2024-05-01T10:00:00Z  \n"]
+
+
+@pytest.mark.parametrize("stamp", STAMPS)
+def test_timestamp_only_text_by_an_unknown_writer_is_system_new_or_changed(stamp, volatile_text):
+    new = classify("run.stamp", None, stamp.encode(), VOLATILE, volatile=volatile_text)
+    assert (new.verdict, new.reason) == (SYSTEM, L3Reason.TIMESTAMP_ONLY)
+    changed = classify("run.stamp", b"real words\n", stamp.encode(), VOLATILE,
+                       volatile=volatile_text)
+    assert (changed.verdict, changed.reason) == (SYSTEM, L3Reason.TIMESTAMP_ONLY)
+    assert "timestamp" in render(changed.reason)
+
+
+@pytest.mark.parametrize("stamp", STAMPS)
+def test_the_users_own_timestamp_only_file_is_still_theirs(stamp, volatile_text):
+    for head in (None, b"before\n"):
+        found = classify("run.stamp", head, stamp.encode(), VOLATILE, volatile=volatile_text,
+                         user_writer=True)
+        assert found.verdict == USER
+
+
+@pytest.mark.parametrize("text", ["1234\n", "version 1714557600\n", "42\n", "",
+                                  "1714557600 and a note\n", "2024-05-01\n"])
+def test_text_with_more_than_a_timestamp_is_not_timestamp_only(text, volatile_text):
+    found = classify("n.txt", None, text.encode(), VOLATILE, volatile=volatile_text)
+    assert (found.verdict, found.reason) == (USER, L3Reason.NEW_FILE)
+
+
+def test_default_volatile_patterns_cover_every_epoch_precision(volatile_text):
+    for digits in (10, 13, 16, 19):
+        token = "1714557600123456789"[:digits]
+        assert volatile_text.fullmatch(token), digits
+    assert not volatile_text.fullmatch("17145576001")  # 11 digits: not an epoch

@@ -314,3 +314,30 @@ def test_real_l3_decides_by_content(workspace, actors):
         for sock in (decisions, into_l3, commits):
             sock.close(linger=0)
         context.term()
+
+
+def test_a_volatile_rewrite_of_the_users_version_is_dropped_the_same_bytes_again_are_not(
+        workspace, layer):
+    """A user change reported again (its first Decision died with a restarted debouncer, the
+    watcher's reconcile re-sends it, L2 no longer sees its writes) was judged "only volatile
+    tokens changed since the version already judged the user's" and never committed."""
+    workspace.write("notes/n.md", "note at 2024-05-01T10:00:00Z\n")
+    assert verdict_of(decide(layer, "notes/n.md")) == (Content.USER, L3Reason.NEW_FILE)
+    assert verdict_of(decide(layer, "notes/n.md")) == (Content.USER, L3Reason.NEW_FILE)
+    workspace.write("notes/n.md", "note at 2024-05-02T11:00:00Z\n")  # an agent's restamp
+    assert verdict_of(decide(layer, "notes/n.md")) == (Content.SYSTEM,
+                                                        L3Reason.SAME_AS_USER_VERSION)
+
+
+def test_user_versions_learned_from_the_feed_carry_their_exact_bytes(workspace, layer):
+    workspace.write("notes/f.md", "draft 2024-05-01T10:00:00Z\n")
+    other = Judge(workspace.load())  # another worker judged it; this one hears the feed
+    try:
+        step = other.judge(change("notes/f.md"))
+    finally:
+        other.close()
+    assert step.verdict == Content.USER and step.exact is not None
+    layer.note_user_version("notes/f.md", step.masked, step.exact)
+    assert decide(layer, "notes/f.md").verdict == Content.USER
+    workspace.write("notes/f.md", "draft 2024-06-01T10:00:00Z\n")
+    assert decide(layer, "notes/f.md").reason == L3Reason.SAME_AS_USER_VERSION

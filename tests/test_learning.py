@@ -215,3 +215,24 @@ def _running(cfg) -> bool:
             "running"
     except control.Unreachable:
         return False
+
+
+@pytest.mark.parametrize("path", [".git/hooks/post-commit", ".git", "a//b", "./a", "a/./b",
+                                  "../etc/passwd", "/etc/passwd", "x/" + "n" * 256])
+def test_never_learns_a_path_that_fails_path_validation(cfg, path):
+    """Issue 14: a forged L2 step taught learned.json `.git/hooks/post-commit`."""
+    learner = Learner(cfg, Clock())
+    for _ in range(5):
+        assert learner.observe(decision(path, False, system_step())) is None
+    assert learner.learned == {} and LearnedStore(cfg.learned_file).load() == {}
+
+
+def test_learned_cli_lists_and_releases_feedback_loop_holds_offline(cfg, workspace, capsys):
+    from gitsieve.common.judge.loop import LOOPS_FILE
+    loops = LearnedStore(cfg.learned_file.with_name(LOOPS_FILE))
+    loops.save({"status.md": {"held_at": 1.0, "reactions": 3}})
+    assert learned_cli(workspace) == 0
+    out = capsys.readouterr().out
+    assert "1 paths held as feedback loops" in out and "status.md" in out
+    assert learned_cli(workspace, "--forget", "status.md") == 0
+    assert loops.load() == {}

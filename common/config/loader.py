@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitsieve.common.config import bounded_regex
+from gitsieve.common.config.bounded_regex import BoundedPattern, RegexTimeout
 from gitsieve.common.config.endpoints import Endpoints, ipc_dir_for
 from gitsieve.common.config.schema import (
     DEBOUNCE_RULES,
@@ -41,7 +43,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class DebounceRule:
-    pattern: re.Pattern
+    pattern: BoundedPattern
     seconds: float
 
 
@@ -89,8 +91,11 @@ class Config:
         if action == Action.ALLOW:
             return self.debounce_allow
         for rule in self.debounce_rules:
-            if rule.pattern.fullmatch(path):
-                return rule.seconds
+            try:
+                if rule.pattern.fullmatch(path):
+                    return rule.seconds
+            except RegexTimeout:  # undecided: the default quiet period (never a drop)
+                break
         return self.debounce_default
 
 
@@ -186,10 +191,12 @@ class _Checker:
                 self.regex(key, pattern)
         return key.convert(value) if key.convert else value
 
-    def regex(self, key: Key, pattern: str) -> re.Pattern:
+    def regex(self, key: Key, pattern: str, consequence: str = "") -> BoundedPattern:
+        """The pattern compiled by the engine that will run it (bounded in time)."""
         try:
-            return re.compile(pattern)
-        except re.error as exc:
+            return BoundedPattern(pattern, f"[{key.section}].{key.name} {pattern!r}",
+                                  consequence)
+        except bounded_regex.error as exc:
             self.fail(key, f"has a bad regex {pattern!r}: {exc}")
 
     def debounce_rules(self, key: Key, rules) -> tuple[DebounceRule, ...]:
@@ -204,7 +211,9 @@ class _Checker:
                     or not isinstance(rule["seconds"], (int, float))
                     or not 0 <= rule["seconds"] <= 86400):
                 self.fail(key, shape)
-            made.append(DebounceRule(self.regex(key, rule["pattern"]), float(rule["seconds"])))
+            made.append(DebounceRule(self.regex(key, rule["pattern"], "such paths get the "
+                                                "[debounce] default quiet period"),
+                                     float(rule["seconds"])))
         return tuple(made)
 
 

@@ -10,12 +10,12 @@ import functools
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Iterable
 
 import orjson
 
+from gitsieve.common.config.bounded_regex import BoundedPattern, RegexTimeout
 from gitsieve.common.protocol.states import Content, L3Reason
 
 USER, SYSTEM, UNCHANGED = Content.USER, Content.SYSTEM, Content.UNCHANGED
@@ -25,6 +25,8 @@ _HASH_CHUNK = 1024 * 1024
 # Like git: a NUL in the first 8000 bytes makes a file binary (compared by hash only).
 _BINARY_SNIFF = 8000
 _TOKEN = "\0volatile\0"
+# A file of only volatile tokens is a stamp; anything this long is more than a stamp.
+_TOKEN_ONLY_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,37 @@ def _json_verdict(head, work, volatile_keys: tuple[str, ...]) -> ContentVerdict 
     return ContentVerdict(SYSTEM, L3Reason.JSON_VOLATILE_KEYS, ", ".join(named))
 
 
-def compile_volatile(patterns: Iterable[str]) -> re.Pattern | None:
-    """One regex matching any of ``config.text_volatile_patterns`` (None: no patterns)."""
+def compile_volatile(patterns: Iterable[str]) -> BoundedPattern | None:
+    """One regex matching any of ``config.text_volatile_patterns`` (None: no patterns).
+    It runs in bounded time; a text it times out on is taken as a real change."""
     patterns = tuple(patterns)
     if not patterns:
         return None
-    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+    return BoundedPattern("|".join(f"(?:{pattern})" for pattern in patterns),
+                          "[filter] text_volatile_patterns",
+                          "that text is taken as a real change (committed)")
+
+
+def _masked(volatile: BoundedPattern, text: str) -> str | None:
+    """``text`` with every volatile token replaced, or None when the patterns ran out of
+    time on it."""
+    try:
+        return volatile.sub(_TOKEN, text)
+    except RegexTimeout:
+        return None
+
+
+def only_volatile_tokens(data: bytes, volatile: BoundedPattern | None) -> bool:
+    """The text holds nothing but volatile tokens (a timestamp, an epoch in s/ms/us/ns, a
+    uuid) and whitespace: ``date +%s%N > f``, a heartbeat file, a "last run" stamp."""
+    if volatile is None or not data.strip() or len(data) > _TOKEN_ONLY_MAX or is_binary(data):
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    masked = _masked(volatile, text)
+    return masked is not None and masked != text and not masked.replace(_TOKEN, "").strip()
 
 
 def is_binary(data: bytes) -> bool:
@@ -172,7 +199,7 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     return low
 
 
-def _volatile_only(head: bytes, work: bytes, volatile: re.Pattern | None) -> bool:
+def _volatile_only(head: bytes, work: bytes, volatile: BoundedPattern | None) -> bool:
     """True when the texts are equal once every volatile token is masked.  Only the region
     between the common prefix and suffix (plus a margin) is masked: a regex pass over a
     whole large file costs tens of milliseconds."""
@@ -190,26 +217,31 @@ def _volatile_only(head: bytes, work: bytes, volatile: re.Pattern | None) -> boo
             head_text, work_text = head.decode("utf-8"), work.decode("utf-8")
         except UnicodeDecodeError:
             return False
-    return volatile.sub(_TOKEN, head_text) == volatile.sub(_TOKEN, work_text)
+    head_masked = _masked(volatile, head_text)
+    return head_masked is not None and head_masked == _masked(volatile, work_text)
 
 
 def classify(path: str, head: bytes | None, work: bytes | None,
              volatile_keys: Iterable[str] = (), size_cap: int = SIZE_CAP,
-             volatile: re.Pattern | None = None,
+             volatile: BoundedPattern | None = None,
              user_writer: bool = False) -> ContentVerdict:
     """Decide a change from HEAD's bytes (None: not in HEAD) and the work tree's
     (None: deleted).  ``volatile``: :func:`compile_volatile` of the text patterns.
     ``user_writer``: L2 positively named a user process as the writer, so only "no change
-    at all" is refused (the user's timestamp-only edit is still theirs).  Editor junk never
-    gets here: the watcher marks it and L1 blocks it."""
+    at all" is refused (the user's timestamp-only edit is still theirs).  A text whose only
+    content is volatile tokens (a timestamp, an epoch, a uuid) is system churn when its
+    writer is not known to be the user, new or changed.  Editor junk never gets here: the
+    watcher marks it and L1 blocks it."""
     if work is None:
         if head is None:
             return ContentVerdict(UNCHANGED, L3Reason.NEVER_COMMITTED)
         return ContentVerdict(USER, L3Reason.DELETED)
-    if head is None:
-        return ContentVerdict(USER, L3Reason.NEW_FILE)
     if head == work:
         return ContentVerdict(UNCHANGED, L3Reason.IDENTICAL)
+    if not user_writer and only_volatile_tokens(work, volatile):
+        return ContentVerdict(SYSTEM, L3Reason.TIMESTAMP_ONLY)
+    if head is None:
+        return ContentVerdict(USER, L3Reason.NEW_FILE)
     if user_writer:
         return ContentVerdict(USER, L3Reason.CHANGED_BY_USER)
     if len(head) > size_cap or len(work) > size_cap:
@@ -251,7 +283,8 @@ def git_blob_id(path: str, hex_length: int = 40) -> str:
 
 
 def masked_digest(path: str, data: bytes | None, volatile_keys: Iterable[str] = (),
-                  volatile: re.Pattern | None = None, size_cap: int = SIZE_CAP) -> str | None:
+                  volatile: BoundedPattern | None = None, size_cap: int = SIZE_CAP
+                  ) -> str | None:
     """A digest of ``data`` blind to what the rules call volatile (JSON ``volatile_keys``,
     timestamp/uuid-like tokens), so two versions that differ only there share it.  None for
     binary, oversized, undecodable or absent data."""
@@ -269,5 +302,7 @@ def masked_digest(path: str, data: bytes | None, volatile_keys: Iterable[str] = 
         except UnicodeDecodeError:
             return None
     if volatile is not None:
-        text = volatile.sub(_TOKEN, text)
+        text = _masked(volatile, text)
+        if text is None:
+            return None
     return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()

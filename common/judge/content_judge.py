@@ -15,6 +15,7 @@ reading, the same rules, one implementation.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from typing import Callable
@@ -64,7 +65,8 @@ class ContentJudge:
         self.size_cap = config.max_analyze_bytes
         self.volatile = compile_volatile(config.text_volatile_patterns)
         self.head = HeadVersions(git or Git(config.workspace), config.git_dir, self.size_cap)
-        self.user_versions: OrderedDict[str, str] = OrderedDict()  # path -> masked digest
+        # path -> (masked digest, sha1 of the exact bytes) of the last version judged USER
+        self.user_versions: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self.on_error = on_error or (lambda what: None)
 
     def verdict(self, path: str, user_writer: bool = False) -> tuple[ContentVerdict, WorkFile]:
@@ -91,20 +93,25 @@ class ContentJudge:
     def judge(self, change: Change) -> ContentStep:
         user_writer = written_by_user(change.trail)
         verdict, work = self.verdict(change.path, user_writer)
-        digest = None
+        digest = exact = None
         if verdict.verdict == Content.USER and change.kind != ChangeKind.DELETE:
             digest = masked_digest(change.path, work.data, self.config.volatile_keys,
                                    self.volatile, self.size_cap)
-            if (digest is not None and not user_writer
-                    and self.user_versions.get(change.path) == digest):
+            exact = hashlib.sha1(work.data).hexdigest() if digest is not None else None
+            known_masked, known_exact = self.user_versions.get(change.path, (None, None))
+            # The same bytes again are the same user change reported again (the first
+            # report may have died with a restarted actor): still the user's.
+            if not user_writer and digest is not None and known_masked == digest and (
+                    known_exact != exact):
                 verdict = ContentVerdict(Content.SYSTEM, L3Reason.SAME_AS_USER_VERSION)
             elif digest is not None:
-                self.note_user_version(change.path, digest)
+                self.note_user_version(change.path, digest, exact)
+        user = verdict.verdict == Content.USER
         return ContentStep(verdict.verdict, verdict.reason, verdict.detail,
-                           masked=digest if verdict.verdict == Content.USER else None)
+                           masked=digest if user else None, exact=exact if user else None)
 
-    def note_user_version(self, path: str, digest: str) -> None:
-        self.user_versions[path] = digest
+    def note_user_version(self, path: str, digest: str, exact: str | None = None) -> None:
+        self.user_versions[path] = (digest, exact)
         self.user_versions.move_to_end(path)
         while len(self.user_versions) > USER_VERSIONS_KEPT:
             self.user_versions.popitem(last=False)

@@ -104,15 +104,22 @@ class Debounce:
         # A newest order beyond what the watcher issued (a counter reset) orders nothing.
         return self._issued_covers(state.newest)
 
+    def check(self, decision: Decision) -> Intake:
+        """What :meth:`intake` would make of ``decision``, changing nothing."""
+        if not self._issued_covers((decision.epoch, decision.seq)):
+            return Intake.NOT_ISSUED
+        return Intake.STALE if self.is_stale(decision) else Intake.TAKEN
+
     def intake(self, decision: Decision, now: float) -> Intake:
         """Take a decision in (``now``: time.monotonic())."""
         order = (decision.epoch, decision.seq)
-        if not self._issued_covers(order):
+        verdict = self.check(decision)
+        if verdict == Intake.NOT_ISSUED:
             self.not_issued += 1
-            return Intake.NOT_ISSUED
-        if self.is_stale(decision):
+            return verdict
+        if verdict == Intake.STALE:
             self.stale += 1
-            return Intake.STALE
+            return verdict
         state = self.paths.get(decision.path)
         if state is None:
             state = self.paths[decision.path] = PathState(newest=order, last_seen=now)

@@ -1,18 +1,89 @@
-"""Health judgements that need no git: autonomous processes restarting in a loop."""
+"""Health judgements that need no git: the heartbeat book (which actors beat, bounded
+against forged beats) and autonomous processes restarting in a loop."""
 from __future__ import annotations
 
 import os
-from collections import deque
+import re
+import time
+from collections import Counter, deque
+from pathlib import Path
 
+import msgpack
 import psutil
 
 from gitsieve.common.judge.attribution.base import AutonomousMatcher
 
+# Beats any same-uid process can send: bounded so that none can make the monitor's table,
+# its HealthStatus or its metrics file grow without limit (4,200 fake names, 7 MB of stats
+# once stopped every commit: the HealthStatus outgrew what receivers accept).
+MAX_ACTORS = 256
+MAX_STATS_BYTES = 256 * 1024
+MAX_STATE_CHARS = 32
+ACTOR_ID = re.compile(r"[a-z][a-z0-9_]{0,31}(-[0-9]{2,4})?")
+PID_MAX = 4 * 1024 * 1024  # the kernel's ceiling for pid_max
+
+
+def beat_problem(actor: str, pid: int) -> str:
+    """Why a heartbeat cannot be an actor's ('' when it can)."""
+    if not ACTOR_ID.fullmatch(actor):
+        return f"not an actor id: {actor[:40]!r}"
+    if not 0 < pid <= PID_MAX:
+        return f"not a pid: {pid}"
+    return ""
+
+
+class HeartbeatBook:
+    """The actors that beat: actor id -> {pid, state, last_seen, received, stats}.
+
+    A beat that cannot be an actor's is refused; stats over ``MAX_STATS_BYTES`` are kept
+    out (the beat still counts for liveness); past ``MAX_ACTORS`` ids a new id is refused
+    (the actors already known keep their places; silent ones are forgotten after
+    ``forget_after`` seconds)."""
+
+    def __init__(self, forget_after: float, clock=time.time):
+        self.forget_after = forget_after
+        self.clock = clock
+        self.actors: dict[str, dict] = {}
+        self.refused: Counter = Counter()
+
+    def note(self, actor: str, pid: int, sent: float, state: str, stats: dict,
+             interval: float = 0.0) -> str:
+        """Record a beat; '' when taken, else why it was refused.  ``interval``: when the
+        actor's next beat is due at the latest (an idle actor beats rarely)."""
+        problem = beat_problem(actor, pid)
+        if not problem and actor not in self.actors and len(self.actors) >= MAX_ACTORS:
+            self.forget_silent()
+            if len(self.actors) >= MAX_ACTORS:
+                problem = f"already {MAX_ACTORS} actors known"
+        if problem:
+            self.refused[problem.split(":")[0]] += 1
+            return problem
+        size = len(msgpack.packb(stats, use_bin_type=True, unicode_errors="surrogateescape"))
+        if size > MAX_STATS_BYTES:
+            self.refused["stats too large"] += 1
+            stats = {"stats_dropped_bytes": size}
+        self.actors[actor] = {"pid": pid, "state": state[:MAX_STATE_CHARS],
+                              "last_seen": sent, "received": self.clock(),
+                              "interval": interval, "stats": stats}
+        return ""
+
+    def forget_silent(self) -> None:
+        now = self.clock()
+        for actor_id in [a for a, info in self.actors.items()
+                         if now - info["received"] > self.forget_after]:
+            del self.actors[actor_id]
+
 
 class RestartLoopDetector:
-    """New pids of autonomous processes within a trailing window."""
+    """New pids of autonomous processes working in the workspace, within a trailing window.
 
-    def __init__(self, patterns, limit: int, window: float, sample_every: float = 1.0):
+    Only processes whose working directory is in the workspace, or whose command line names
+    it, count: an agent elsewhere on the machine (another user's, another workspace's) is
+    not this workspace's restart loop."""
+
+    def __init__(self, patterns, limit: int, window: float, sample_every: float = 1.0,
+                 workspace: str | os.PathLike | None = None):
+        self.workspace = os.path.realpath(workspace) if workspace is not None else None
         self.matcher = AutonomousMatcher(patterns)
         self.limit = limit
         self.window = window
@@ -34,7 +105,8 @@ class RestartLoopDetector:
                 name = proc.info["name"] or ""
             except psutil.Error:
                 continue  # exited while listed: nothing to count
-            if proc.info["pid"] != self.own_pid and self.matcher.matches(cmdline, name):
+            if (proc.info["pid"] != self.own_pid and self.matcher.matches(cmdline, name)
+                    and self.works_here(proc, cmdline)):
                 current[proc.info["pid"]] = cmdline
         if self.baseline_taken:
             for pid in set(current) - self.known:
@@ -43,6 +115,15 @@ class RestartLoopDetector:
         self.known = set(current)
         while self.starts and self.starts[0][0] < now - self.window:
             self.starts.popleft()
+
+    def works_here(self, proc: psutil.Process, cmdline: str) -> bool:
+        if self.workspace is None or self.workspace in cmdline:
+            return True
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:  # gone, or not ours to look at: not known to work here
+            return False
+        return Path(cwd) == Path(self.workspace) or Path(cwd).is_relative_to(self.workspace)
 
     def looping(self) -> str:
         """'' or a sentence saying the autonomous system restarts in a loop."""

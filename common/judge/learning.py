@@ -36,6 +36,15 @@ MIN_CONFIDENCE = 0.9
 NEVER_TEACH = frozenset({Technique.AGENT_JOURNAL, Technique.AGENT_MARK})
 
 
+def learnable(path: str) -> bool:
+    """A workspace path a change could carry: valid (``bad_path_reason``), with no empty or
+    ``.`` component, and not inside ``.git`` (never watched: only a forged frame names it)."""
+    if bad_path_reason(path):
+        return False
+    parts = path.split("/")
+    return parts[0] != ".git" and not any(part in ("", ".") for part in parts)
+
+
 class LearnedStore:
     """The learned paths on disk: ``{"version": 1, "paths": {path: {...}}}``."""
 
@@ -125,7 +134,7 @@ class Learner:
         if (step.verdict != Writer.SYSTEM or step.confidence < MIN_CONFIDENCE
                 or step.technique in NEVER_TEACH):
             return None
-        if bad_path_reason(path):  # never learn a path no change could carry
+        if not learnable(path):  # never learn a path no change could carry
             return None
         now = self.clock()
         seen = self.counts.setdefault(path, deque(maxlen=self.after))

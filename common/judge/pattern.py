@@ -59,7 +59,9 @@ class PatternJudge:
             return PatternStep(Action.BLOCK, L1Reason.EDITOR_JUNK, change.junk)
         if change.path in ignored:
             return PatternStep(Action.BLOCK, L1Reason.IGNORED)
-        if change.rule is not None:
+        if change.rule is not None and change.rule.timed_out:
+            step = PatternStep(Action.ANALYZE, L1Reason.RULE_TIMED_OUT, change.rule.text)
+        elif change.rule is not None:
             step = PatternStep(change.rule.action, L1Reason.RULE, change.rule.text)
         else:
             step = PatternStep(self.config.default_action, L1Reason.DEFAULT)

@@ -6,18 +6,26 @@ Rules file format, one rule per line (blank lines and ``#`` comments ignored)::
 
 ACTION is BLOCK, ALLOW or ANALYZE (any case).  REGEX ends at the first ``:`` that is not
 preceded by a backslash (write a literal colon as ``\\:``) and is matched with
-``re.fullmatch`` against the workspace-relative POSIX path.  The first matching rule wins.
+``fullmatch`` against the workspace-relative POSIX path.  The first matching rule wins.
+
+Rules run in bounded time (:mod:`gitsieve.common.config.bounded_regex`).  A rule whose
+match times out on a path decides nothing for it: the path gets ANALYZE (the process and
+content layers decide, so a person's edit is still committed and churn still dropped),
+marked ``timed_out``, and one warning names the rule.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gitsieve.common.config.bounded_regex import BoundedPattern, RegexTimeout
+from gitsieve.common.config.bounded_regex import error as RegexError
 from gitsieve.common.protocol.messages import RuleMatch
 from gitsieve.common.protocol.states import Action
 
@@ -25,8 +33,16 @@ log = logging.getLogger(__name__)
 
 ACTIONS = tuple(Action)
 
+MAX_RULES_BYTES = 1024 * 1024
 # The regex part ends at the first colon with no backslash right before it.
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # unresolvable (a symlink loop): not provably inside
+        return False
 
 
 class RulesError(Exception):
@@ -44,13 +60,16 @@ class Rule:
     regex: str
     description: str = ""
     line: int = 0
-    pattern: re.Pattern = field(init=False, repr=False, compare=False)
+    pattern: BoundedPattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        # Compiled once here; an invalid regex raises re.error for the parser to report.
-        object.__setattr__(self, "pattern", re.compile(self.regex))
+        # Compiled once here; an invalid regex raises RegexError for the parser to report.
+        object.__setattr__(self, "pattern", BoundedPattern(
+            self.regex, f"rule {self.action}:{self.regex} (line {self.line})",
+            "such paths get ANALYZE: the process and content layers decide"))
 
     def matches(self, path: str) -> bool:
+        """Raises RegexTimeout when the match takes too long."""
         return self.pattern.fullmatch(path) is not None
 
     def describe(self) -> str:
@@ -62,12 +81,34 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class TimedOutRule:
+    """A rule whose match ran out of time on a path: it decides nothing, so the path is
+    analysed (ANALYZE) rather than blocked or let through by a guess."""
+
+    rule: Rule
+    action: Action = Action.ANALYZE
+
+    @property
+    def line(self) -> int:
+        return self.rule.line
+
+    def as_match(self) -> RuleMatch:
+        return RuleMatch(action=Action.ANALYZE, line=self.rule.line,
+                         text=f"{self.rule.describe()} timed out: analysed instead",
+                         timed_out=True)
+
+
+@dataclass(frozen=True)
 class RuleSet:
     rules: tuple[Rule, ...] = ()
     source: str = ""
 
     @classmethod
-    def parse(cls, text: str, source: str = "<rules>") -> "RuleSet":
+    def parse(cls, text: str, source: str = "<rules>", echo: bool = True) -> "RuleSet":
+        """``echo=False``: errors never quote the file's text (a file outside the
+        workspace, /etc/shadow say, must not leak a line into a message or a log)."""
+        def shown(part: str) -> str:
+            return f" {part!r}" if echo else ""
         rules = []
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
@@ -78,7 +119,7 @@ class RuleSet:
                 raise RulesError(source, number, "expected ACTION:REGEX[:DESCRIPTION]")
             action = action.strip().upper()
             if action not in Action.__members__:
-                raise RulesError(source, number, f"unknown action {action!r}; "
+                raise RulesError(source, number, f"unknown action{shown(action)}; "
                                  f"expected one of {', '.join(ACTIONS)}")
             parts = _UNESCAPED_COLON.split(rest, maxsplit=1)
             regex = parts[0].strip()
@@ -87,25 +128,45 @@ class RuleSet:
                 raise RulesError(source, number, "empty regex")
             try:
                 rules.append(Rule(Action(action), regex, description, number))
-            except re.error as exc:
-                raise RulesError(source, number, f"bad regex {regex!r}: {exc}") from None
+            except RegexError as exc:
+                raise RulesError(source, number, f"bad regex{shown(regex)}"
+                                 + (f": {exc}" if echo else "")) from None
         return cls(tuple(rules), source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RuleSet":
-        """Parse the rules file at ``path``; a missing file is an empty rule set."""
+    def load(cls, path: str | os.PathLike, workspace: str | os.PathLike | None = None
+             ) -> "RuleSet":
+        """Parse the rules file at ``path``; a missing file is an empty rule set.  Errors
+        quote the file only when it lies inside ``workspace``.  FIFOs, devices and files
+        over ``MAX_RULES_BYTES`` are refused (they would block or stall the reader)."""
+        echo = workspace is not None and _inside(Path(path), Path(workspace))
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return cls((), str(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RulesError(path, None, f"cannot read rules file: {exc}") from None
-        return cls.parse(text, str(path))
+        except OSError as exc:
+            raise RulesError(path, None, f"cannot read rules file: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise RulesError(path, None, "rules file is not a regular file")
+            data = handle.read(MAX_RULES_BYTES + 1)
+        if len(data) > MAX_RULES_BYTES:
+            raise RulesError(path, None, f"rules file larger than {MAX_RULES_BYTES} bytes")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RulesError(path, None, "rules file is not UTF-8 text") from None
+        return cls.parse(text, str(path), echo)
 
-    def match(self, path: str) -> Rule | None:
+    def match(self, path: str) -> Rule | TimedOutRule | None:
         for rule in self.rules:
-            if rule.matches(path):
-                return rule
+            try:
+                if rule.matches(path):
+                    return rule
+            except RegexTimeout:
+                # Later rules must not decide either: the timed-out rule might have matched.
+                return TimedOutRule(rule)
         return None
 
     def __len__(self) -> int:
@@ -152,8 +213,10 @@ class RuleCache:
     """
 
     def __init__(self, path: str | os.PathLike, check_interval: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 workspace: str | os.PathLike | None = None):
         self.path = Path(path)
+        self.workspace = workspace
         self.check_interval = check_interval
         self.clock = clock
         self.rules = RuleSet((), str(self.path))
@@ -183,7 +246,7 @@ class RuleCache:
             return self.rules
         self._signature = signature
         try:
-            self.rules = RuleSet.load(self.path)
+            self.rules = RuleSet.load(self.path, self.workspace)
         except RulesError as exc:
             self.error = str(exc)
             if self.rules.rules:
@@ -195,5 +258,5 @@ class RuleCache:
         self.reloads += 1
         return self.rules
 
-    def match(self, path: str) -> Rule | None:
+    def match(self, path: str) -> Rule | TimedOutRule | None:
         return self.refresh().match(path)

@@ -54,6 +54,8 @@ class RuleMatch:
     action: Action
     line: int
     text: str  # the rule as written, for people: ACTION:REGEX (line N: description)
+    # the rule's match ran out of time: it decided nothing and the path is analysed
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)

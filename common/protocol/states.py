@@ -77,6 +77,7 @@ class L1Reason(StrEnum):
     IGNORED = "ignored"
     RULE = "rule"
     DEFAULT = "default"
+    RULE_TIMED_OUT = "rule-timed-out"
 
 
 class L2Reason(StrEnum):
@@ -109,6 +110,7 @@ class L3Reason(StrEnum):
     LARGE_FILE_UNREADABLE = "large-file-unreadable"
     LARGE_FILE_IDENTICAL = "large-file-identical"
     SAME_AS_USER_VERSION = "same-as-user-version"
+    TIMESTAMP_ONLY = "timestamp-only"
 
 
 _TEXT = {
@@ -116,6 +118,7 @@ _TEXT = {
     L1Reason.IGNORED: "ignored by git",
     L1Reason.RULE: "{detail}",
     L1Reason.DEFAULT: "[filter] default",
+    L1Reason.RULE_TIMED_OUT: "{detail}",
     L2Reason.NO_WRITER_SEEN: "no write by a known process seen",
     L2Reason.NO_AUTONOMOUS_WRITER_SEEN: "no autonomous writer seen",
     L2Reason.REMOVER_UNOBSERVABLE: "deleted: no writer to observe",
@@ -142,6 +145,8 @@ _TEXT = {
     L3Reason.LARGE_FILE_IDENTICAL: "identical to HEAD (large file, same object id)",
     L3Reason.SAME_AS_USER_VERSION: "only volatile tokens changed since the version already "
                                    "judged the user's",
+    L3Reason.TIMESTAMP_ONLY: "its only content is a timestamp (or another volatile token), "
+                             "by a writer not known to be you",
 }
 
 

@@ -84,6 +84,9 @@ class ContentStep:
     # digest of the version blind to volatile data (USER verdicts): a later version that
     # differs only in volatile data is the same change, not a new one
     masked: str | None = None
+    # sha1 of the version's exact bytes (USER verdicts): the same bytes reported again are
+    # still the user's change
+    exact: str | None = None
 
 
 Step = PatternStep | ProcessStep | ContentStep

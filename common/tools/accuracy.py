@@ -165,7 +165,7 @@ class Harness:
         self.user = Helper(self.root, "user-editor")
         self.agent = (Helper(self.root, WRAPPED_AGENT_NAME, wrapped=True)
                       if mode == AGENT_MODE else Helper(self.root, self.agent_name))
-        self.rules = RuleCache(self.config.patterns_file)
+        self.rules = RuleCache(self.config.patterns_file, workspace=self.config.workspace)
         self.l1 = PatternJudge(self.config)
         self.l2 = ProcessJudge(self.config)
         self.l3 = ContentJudge(self.config, self.git)

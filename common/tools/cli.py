@@ -42,7 +42,7 @@ def load_config(args) -> config_mod.Config:
 def validate_rules(config: config_mod.Config) -> None:
     from gitsieve.common.judge import rules
     try:
-        rules.RuleSet.load(config.patterns_file)
+        rules.RuleSet.load(config.patterns_file, config.workspace)
     except rules.RulesError as exc:
         raise UsageError(str(exc)) from None
 

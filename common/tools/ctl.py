@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import zmq
 
@@ -22,12 +24,14 @@ from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.git.gateway import Git, GitError
 from gitsieve.common.judge.learning import LearnedStore
+from gitsieve.common.judge.loop import LOOPS_FILE
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Decision
 from gitsieve.common.protocol.states import WAITS_ON_A_PERSON, Hold
 from gitsieve.common.protocol.trail import as_dict, describe
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
+STUCK_SETTLE = 0.5  # seconds a hold only a person ends must last before flush reports it
 LAYER_PREFIXES = {"l1": "L1", "l2": "L2", "l3": "L3"}
 
 
@@ -37,7 +41,36 @@ class CtlError(Exception):
         self.code = code
 
 
+def _owner_name(path: Path) -> str:
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return "someone else"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def access_problem(path: Path) -> str:
+    """'' or "permission denied: DIR (owned by NAME)" for the first directory on the way to
+    ``path`` (``path`` included) this user may not enter, or a ``.git`` it may not read."""
+    path = Path(os.path.abspath(path))
+    for directory in (*reversed(path.parents), path, path / ".git"):
+        if directory.name == ".git" and not directory.exists():
+            break
+        if os.path.isdir(directory) and not os.access(directory, os.X_OK | (
+                os.R_OK if directory.name == ".git" else 0)):
+            return f"permission denied: {directory} (owned by {_owner_name(directory)})"
+    return ""
+
+
 def _not_running(config) -> CtlError:
+    for directory in (config.runtime_dir, Path(config.endpoints.ipc_dir)):
+        problem = access_problem(directory)
+        if problem:
+            return CtlError(f"{problem}; its gitsieve is not yours to ask: run this as "
+                            f"{_owner_name(directory)} (or root)", EXIT_UNREACHABLE)
     return CtlError(f"gitsieve is not running on {config.workspace} (no actor answered on "
                     f"{config.endpoints.ipc_dir}); start it with `gitsieve run`",
                     EXIT_UNREACHABLE)
@@ -186,6 +219,10 @@ class Status(Command):
         if health:
             verdict = "ok" if health.get("ok") else "NOT OK: " + "; ".join(health.get("reasons", []))
             lines.append(f"health: {verdict}")
+        for actor in data["actors"]:
+            for held in actor.get("held_paths") or ():
+                lines.append(f"held by the {actor['name']}: {held['path']}: "
+                             f"{held['held_reason']}")
         return "\n".join(lines)
 
 
@@ -280,7 +317,9 @@ class Explain(Command):
                      f"{_clock(decision['observed'])}, decided {_clock(decision['received'])}")
         for step in decision["trail"]:
             lines.append(f"  {step_text(step)}")
-        if not decision["commit"]:
+        if decision.get("hold"):
+            lines.append(f"  => held by the debouncer: {decision['held_reason']}")
+        elif not decision["commit"]:
             lines.append(f"  => not committed ({decision['action']})")
         elif decision["pending"]:
             lines.append(f"  => debouncing: quiet period {decision['quiet']}s, due in "
@@ -396,14 +435,21 @@ class Flush(Command):
         deadline = started + max(0.0, args.timeout)
         barrier = ask(config, "watcher", "reconcile", timeout=10.0)
         after = (barrier["epoch"], barrier["seq_before"])
+        stuck_since = None
         while True:
             ask(config, "debouncer", "flush")
             report = self.check(config, after)
             idle = report.pop("idle")
             if report["ok"]:
                 break
-            stuck = idle and report["executor_hold"] in WAITS_ON_A_PERSON
-            if stuck or time.monotonic() >= deadline:
+            stuck = idle and (report["executor_hold"] in WAITS_ON_A_PERSON or (
+                report["held"] and all(item.get("hold") in WAITS_ON_A_PERSON
+                                       for item in report["held"])))
+            # "idle" cannot see a change between two actors (in a socket): only a hold that
+            # lasts STUCK_SETTLE is one to stop waiting on
+            stuck_since = (stuck_since or time.monotonic()) if stuck else None
+            if (stuck and time.monotonic() - stuck_since >= STUCK_SETTLE) or (
+                    time.monotonic() >= deadline):
                 break
             time.sleep(0.1)
         report["waited"] = round(time.monotonic() - started, 3)
@@ -427,6 +473,9 @@ class Flush(Command):
             record = decided.get(path)
             if record is None or (record["epoch"], record["seq"]) <= after:
                 held.append({"path": path, "reason": "not decided yet (still in the pipeline)"})
+            elif record.get("hold"):
+                held.append({"path": path, "hold": record["hold"],
+                             "reason": f"held by the debouncer: {record['held_reason']}"})
             elif not record["commit"]:
                 last = record["trail"][-1] if record["trail"] else {}
                 skipped.append({"path": path, "action": record["action"],
@@ -473,7 +522,8 @@ class Flush(Command):
 
 class Learned(Command):
     name = "learned"
-    help = "list learned BLOCK paths, or forget one (--forget PATH) or all (--all)"
+    help = ("list learned BLOCK paths and feedback-loop holds, or forget / release one "
+            "(--forget PATH) or all (--all)")
 
     def add_arguments(self, parser):
         group = parser.add_mutually_exclusive_group()
@@ -491,15 +541,19 @@ class Learned(Command):
         if running:
             forgotten = ask(config, "debouncer", "forget", {"path": path}).get("forgotten")
         else:
-            store = LearnedStore(config.learned_file)
-            learned = store.load()
+            stores = (LearnedStore(config.learned_file),
+                      LearnedStore(config.learned_file.with_name(LOOPS_FILE)))
+            learned, loops = (store.load() for store in stores)
             if not forgetting:
                 return {"learned": [{"path": p, **e} for p, e in sorted(learned.items())],
-                        "counting": {}, "source": str(config.learned_file)}
-            forgotten = bool(learned) if path is None else path in learned
-            if forgotten:
-                store.save({} if path is None else
-                           {p: e for p, e in learned.items() if p != path})
+                        "counting": {}, "source": str(config.learned_file),
+                        "loops": [{"path": p, **e} for p, e in sorted(loops.items())]}
+            forgotten = False
+            for store, entries in zip(stores, (learned, loops)):
+                if path is None and entries or path in entries:
+                    store.save({} if path is None else
+                               {p: e for p, e in entries.items() if p != path})
+                    forgotten = True
         if not forgotten:
             raise CtlError(f"nothing learned for {path or 'any path'}", EXIT_DAEMON)
         return {"forgotten": path or "every path"}
@@ -518,6 +572,12 @@ class Learned(Command):
         counting = data.get("counting") or {}
         if counting:
             lines.append(f"{len(counting)} paths being counted toward learning")
+        loops = data.get("loops") or []
+        if loops:
+            lines.append(f"{len(loops)} paths held as feedback loops (--forget releases)")
+            for entry in loops:
+                lines.append(f"  {entry['path']}  held {_clock(entry.get('held_at'))} after "
+                             f"{entry.get('reactions')} changes right after commits")
         return "\n".join(lines)
 
 
@@ -556,8 +616,14 @@ def main(argv: list[str] | None = None, prog: str = "actorctl") -> int:
     args.json = getattr(args, "json", False)
     try:
         config = config_mod.load_from_arguments(args)
-    except config_mod.ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+    except (config_mod.ConfigError, OSError) as exc:
+        # "not a git repository" is what git says of a directory it may not read
+        workspace = getattr(args, "workspace", None) or os.environ.get("GITSIEVE_WORKSPACE")
+        where = Path(workspace or os.getcwd())
+        problem = access_problem(where)
+        if not problem and "dubious ownership" in str(exc):
+            problem = f"permission denied: {where} is owned by {_owner_name(where)} ({exc})"
+        print(f"{prog}: {problem or exc}", file=sys.stderr)
         return EXIT_USAGE
     command: Command = args.command_object
     try:

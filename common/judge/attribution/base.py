@@ -8,10 +8,10 @@ make_attributor` picks one from ``[filter] attribution``.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from gitsieve.common.config.bounded_regex import BoundedPattern, RegexTimeout
 from gitsieve.common.protocol.states import ProcessAction, Technique, Writer
 from gitsieve.common.protocol.trail import ProcessStep
 
@@ -52,15 +52,31 @@ class Attribution:
             writes_until=self.writes_until)
 
 
+def found_in(pattern: BoundedPattern, text: str) -> bool:
+    """``pattern`` searched in ``text``; a search that runs out of time finds nothing (the
+    process is then not known as autonomous: its writes are never dropped on a guess)."""
+    try:
+        return pattern.search(text) is not None
+    except RegexTimeout:
+        return False
+
+
+def bounded(pattern: str | BoundedPattern, what: str) -> BoundedPattern:
+    if isinstance(pattern, BoundedPattern):
+        return pattern
+    return BoundedPattern(pattern, f"{what} {pattern!r}",
+                          "a process it times out on is not taken as autonomous")
+
+
 class AutonomousMatcher:
     """``config.autonomous_processes``: regexes searched in a command line or process name."""
 
-    def __init__(self, patterns: Iterable[str | re.Pattern]):
-        self.patterns = tuple(p if isinstance(p, re.Pattern) else re.compile(p)
-                              for p in patterns)
+    def __init__(self, patterns: Iterable[str | BoundedPattern]):
+        self.patterns = tuple(bounded(p, "[filter] autonomous_processes") for p in patterns)
 
     def matches(self, cmdline: str, name: str = "") -> bool:
-        return any(p.search(cmdline) or (name and p.search(name)) for p in self.patterns)
+        return any(found_in(p, cmdline) or (name and found_in(p, name))
+                   for p in self.patterns)
 
 
 

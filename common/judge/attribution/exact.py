@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from gitsieve.common.judge.attribution.base import (
     USER,
     Attribution,
     AutonomousMatcher,
+    bounded,
+    found_in,
 )
 from gitsieve.common.judge.attribution.events import (
     ARRIVALS,
@@ -73,7 +74,7 @@ class WriterRules:
                  cgroups: Iterable[str] = (), units: Iterable[str] = ()):
         self.matcher = AutonomousMatcher(processes)
         self.uids = frozenset(uids)
-        self.cgroups = tuple(re.compile(p) for p in cgroups)
+        self.cgroups = tuple(bounded(p, "[filter] autonomous_cgroups") for p in cgroups)
         self.units = tuple(units)
 
     @classmethod
@@ -95,7 +96,7 @@ class WriterRules:
             return "autonomous_processes"
         if info.uid in self.uids:
             return f"autonomous_uids ({info.uid})"
-        if any(pattern.search(info.cgroup) for pattern in self.cgroups):
+        if any(found_in(pattern, info.cgroup) for pattern in self.cgroups):
             return "autonomous_cgroups"
         unit = self._unit_of(info.cgroup) if self.units else ""
         return f"autonomous_units ({unit})" if unit else ""

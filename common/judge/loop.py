@@ -1,0 +1,232 @@
+"""The loop breaker: a path that changes only because gitsieve committed is held.  Socket-free.
+
+Attribution can be wrong (the unprivileged sampler, a helper gap, an overflow), so this is
+the last line of defence against the feedback loop a commit -> a write -> a commit ... that
+an agent reacting to HEAD makes.  The debouncer feeds it every Decision and each moment one
+of gitsieve's commits moved HEAD, looked up before each decision so that a reaction is never
+judged before the commit it reacts to is known; all times are wall-clock seconds
+(``Decision.observed`` is stamped by the watcher).
+
+A change of a path is a *reaction* when its writer is not positively the person (SYSTEM or
+UNKNOWN; SELF is gitsieve's own git and ignored), it is the path's first change since one of
+gitsieve's commits, it was observed within ``[loop] window`` seconds of that commit, and the
+path answered every commit since its previous reaction within that window.  Any other
+change of the path starts the count again; a reaction that is not committed (churn a layer
+dropped) neither counts nor ends the count.  ``[loop] after`` reactions in a row and the path
+is held (``Hold.FEEDBACK_LOOP``): never committed again until a write positively attributed
+to the person, or ``gitsieve learned --forget PATH``, releases it.  Holds are saved beside
+the learned paths (``loops.json`` in the runtime directory).
+
+Timing alone cannot tell a reactive writer from an editor that saves every couple of seconds
+while gitsieve commits each save: both change shortly after each commit.  So the last
+reaction must follow a *probe*: when a path is one reaction short, the judge asks the
+debouncer to release nothing for a few seconds (longer than the path's quiet period plus the
+window, with some jitter).  A writer that changes on its own schedule changes during the
+probe, with no commit to react to, and is cleared; a reactive writer stays silent until the
+next commit, and its reaction to that commit holds it.  The probe costs the person at most
+those seconds of sync latency, and only while a path is suspected.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitsieve.common.judge.learning import LearnedStore, learnable
+from gitsieve.common.protocol.messages import Decision
+from gitsieve.common.protocol.states import Action, Hold, Why, Writer
+from gitsieve.common.protocol.trail import ProcessStep, step_of
+
+log = logging.getLogger(__name__)
+
+LOOPS_FILE = "loops.json"  # beside learned.json
+TRACKED_PATHS = 10_000  # paths whose recent changes are followed (least recent dropped)
+COMMITS_KEPT = 256  # recent commit moments kept (only those within a window matter)
+# A probe lasts the path's quiet period + the window + this, plus up to PROBE_JITTER more.
+PROBE_MARGIN = 1.5
+PROBE_JITTER = 1.0
+PROBE_MIN = 3.0
+# A change reaches the debouncer some time after it was observed (a loaded pipeline takes
+# seconds): the count of a path that left a commit unanswered is dropped only this long
+# after that commit's window closed.  (A late change is judged by its observed time anyway:
+# this only forgets suspects that went quiet.)
+ARRIVAL_SLACK = 30.0
+
+
+@dataclass
+class Track:
+    """What the judge follows of one path."""
+
+    last_change: float = float("-inf")  # observed time of its newest change
+    reactions: int = 0  # reactions in a row
+    unanswered: float | None = None  # earliest commit since its last reaction
+    probe_started: float | None = None  # a probe runs for this path (wall time)
+    probe_ends: float = 0.0
+    probed: bool = False  # a probe ended with the path silent: the next reaction holds
+
+
+class LoopJudge:
+    def __init__(self, config, clock=time.time, rng: random.Random | None = None):
+        self.config = config
+        self.after = max(2, config.loop_after) if config.loop_after else 0
+        self.window = config.loop_window
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.store = LearnedStore(Path(config.learned_file).with_name(LOOPS_FILE))
+        self.held: dict[str, dict] = self.store.load()
+        self.tracks: OrderedDict[str, Track] = OrderedDict()
+        self.suspects: set[str] = set()  # tracked paths with reactions > 0
+        self.commits: deque[float] = deque(maxlen=COMMITS_KEPT)  # sorted moments
+
+    # ----- inputs ------------------------------------------------------------------------
+    def note_commit(self, moved_at: float) -> None:
+        """One of gitsieve's commits moved HEAD at ``moved_at`` (wall time)."""
+        if self.commits and moved_at < self.commits[-1]:
+            bisect.insort(self.commits, moved_at)  # a report that arrived late
+        else:
+            self.commits.append(moved_at)
+        for path in self.suspects:
+            track = self.tracks[path]
+            if track.probe_started is not None and moved_at >= track.probe_started:
+                # a commit during the probe (an executor backlog): it proves nothing
+                self._start_probe(path, track)
+            elif track.unanswered is None and track.last_change < moved_at:
+                track.unanswered = moved_at
+
+    def observe(self, decision: Decision) -> str | None:
+        """Feed one (non-stale) Decision; "held" or "released" when a hold changed."""
+        if not self.after:
+            return None
+        step = step_of(decision.trail, ProcessStep)
+        path = decision.path
+        if step is not None and step.verdict == Writer.USER:
+            self._forget_track(path)
+            if path in self.held:
+                return self.release(path, f"written by your process {step.pid}")
+            return None
+        if (step is not None and step.verdict == Writer.SELF) or (
+                step is None and decision.action == Action.BLOCK) or path in self.held:
+            return None  # gitsieve's own git; never committable; already held
+        if not learnable(path):
+            return None
+        return self._change(path, decision.observed, decision.commit)
+
+    def tick(self, now: float | None = None) -> None:
+        """End probes that ran their time and give up on commits left unanswered."""
+        now = self.clock() if now is None else now
+        for path in list(self.suspects):
+            track = self.tracks[path]
+            if track.probe_started is not None and now >= track.probe_ends:
+                track.probe_started, track.probed = None, True
+            elif (track.unanswered is not None
+                  and now > track.unanswered + self.window + ARRIVAL_SLACK):
+                self._reset(path, track)  # it let a commit pass: not a reaction to commits
+
+    # ----- the count -----------------------------------------------------------------
+    def _change(self, path: str, observed: float, committing: bool) -> str | None:
+        track = self.tracks.get(path)
+        if track is None:
+            track = self.tracks[path] = Track()
+            while len(self.tracks) > TRACKED_PATHS:
+                gone, _ = self.tracks.popitem(last=False)
+                self.suspects.discard(gone)
+        self.tracks.move_to_end(path)
+        commit = self._latest_commit(observed)
+        reaction = (commit is not None and track.last_change < commit
+                    and observed - commit <= self.window
+                    and (track.unanswered is None
+                         or observed - track.unanswered <= self.window))
+        log.debug("%s changed at %.3f: latest commit %s, last change %.3f, unanswered %s: %s",
+                  path, observed, commit, track.last_change, track.unanswered,
+                  "reaction" if reaction else "not a reaction")
+        track.last_change = max(track.last_change, observed)
+        if not reaction:
+            self._reset(path, track)
+            return None
+        track.unanswered = None
+        if track.probe_started is not None or not committing:
+            # reacting to a commit made during the probe (the probe restarted), or a change
+            # that will not be committed: it cannot feed a loop, nor does it end the count
+            return None
+        track.reactions += 1
+        self.suspects.add(path)
+        if track.reactions >= self.after and track.probed:
+            return self._hold(path, track)
+        if track.reactions >= self.after - 1 and not track.probed:
+            self._start_probe(path, track)
+        return None
+
+    def _latest_commit(self, moment: float) -> float | None:
+        index = bisect.bisect_right(self.commits, moment)
+        return self.commits[index - 1] if index else None
+
+    def _start_probe(self, path: str, track: Track) -> None:
+        now = self.clock()
+        quiet = self.config.debounce_for(path, Action.ANALYZE)
+        length = max(PROBE_MIN, quiet + self.window + PROBE_MARGIN)
+        track.probe_started = now
+        track.probe_ends = now + length + self.rng.uniform(0.0, PROBE_JITTER)
+        track.probed = False
+
+    def _reset(self, path: str, track: Track) -> None:
+        track.reactions, track.unanswered = 0, None
+        track.probe_started, track.probed = None, False
+        self.suspects.discard(path)
+
+    def _forget_track(self, path: str) -> None:
+        if self.tracks.pop(path, None) is not None:
+            self.suspects.discard(path)
+
+    def _hold(self, path: str, track: Track) -> str:
+        self._forget_track(path)
+        self.held[path] = {"held_at": self.clock(), "reactions": track.reactions,
+                           "window_seconds": self.window}
+        self.store.save(self.held)
+        log.warning("%s is held as a feedback loop: changed right after %d of gitsieve's "
+                    "commits in a row and at no other time (release it with `gitsieve "
+                    "learned --forget %s`, or by editing it yourself)", path,
+                    track.reactions, path)
+        return "held"
+
+    # ----- what the debouncer asks -----------------------------------------------------
+    def why_held(self, path: str) -> Why | None:
+        entry = self.held.get(path)
+        if entry is None:
+            return None
+        return Why(Hold.FEEDBACK_LOOP, f"it changed right after {entry.get('reactions', '?')} "
+                                       "of gitsieve's commits in a row and at no other time; "
+                                       "your own write, or `gitsieve learned --forget PATH`, "
+                                       "releases it")
+
+    def probe_remaining(self, now: float | None = None) -> float:
+        """Seconds the debouncer should still release nothing (0: none)."""
+        now = self.clock() if now is None else now
+        ends = [self.tracks[p].probe_ends for p in self.suspects
+                if self.tracks[p].probe_started is not None]
+        return max(0.0, max(ends) - now) if ends else 0.0
+
+    def release(self, path: str | None, reason: str = "released by command") -> str | None:
+        """Release ``path`` (None: every held path); "released" when one was held."""
+        if path is None:
+            changed = bool(self.held)
+            self.held.clear()
+        else:
+            changed = self.held.pop(path, None) is not None
+            self._forget_track(path)
+        if not changed:
+            return None
+        self.store.save(self.held)
+        log.info("feedback-loop hold released on %s: %s",
+                 path if path is not None else "every path", reason)
+        return "released"
+
+    def listing(self) -> list[dict]:
+        return [{"path": path, **entry} for path, entry in sorted(self.held.items())]
+
+    def status(self) -> dict:
+        return {"held": len(self.held), "suspects": len(self.suspects),
+                "probe_remaining": round(self.probe_remaining(), 3)}

@@ -1,0 +1,343 @@
+"""The loop breaker (common.judge.loop): reactive writers are held, editors never are.
+
+The pure judge is driven by a small discrete-time model of the pipeline around it: writers
+change files, the Debounce judge (the real one) releases paths after their quiet period
+unless the loop judge probes, a commit moves HEAD a little later, and a reactive writer
+rewrites its file shortly after each HEAD move.  The debouncer actor's wiring (held paths
+never batched, explain, status, forget, persistence) is tested with its fake sockets."""
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from conftest import FakeSocket
+from gitsieve.actors.debouncer import Debouncer, head_moved_at
+from gitsieve.common.judge.debounce import Debounce
+from gitsieve.common.judge.loop import LOOPS_FILE, LoopJudge
+from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    Content,
+    Hold,
+    L2Reason,
+    L3Reason,
+    Mode,
+    Writer,
+)
+from gitsieve.common.protocol.trail import ContentStep, ProcessStep
+
+DEFAULTS = "[debounce]\nallow = 0.5\ndefault = 1\nmax_wait = 5\n"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_seq = iter(range(1, 10_000_000))
+
+
+def change(path: str, observed: float, writer: Writer | None = Writer.UNKNOWN,
+           commit: bool = True, action: Action = Action.ANALYZE) -> Decision:
+    trail = ()
+    if writer is not None:
+        trail = (ProcessStep(writer, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, Mode.PSUTIL,
+                             pid=4242 if writer == Writer.USER else None),)
+    if commit:
+        trail += (ContentStep(Content.USER, L3Reason.CONTENT_CHANGED),)
+    return Decision(path=path, kind=ChangeKind.WRITE, seq=next(_seq), epoch=1.0,
+                    observed=observed, commit=commit, action=action, trail=trail)
+
+
+@pytest.fixture
+def config(workspace):
+    workspace.config(DEFAULTS)
+    return workspace.load()
+
+
+def judge_for(config, clock) -> LoopJudge:
+    return LoopJudge(config, clock=clock, rng=random.Random(7))
+
+
+class Pipeline:
+    """Writers -> debounce (real judge) -> commits, in steps of ``STEP`` seconds.
+
+    ``latency``: observation -> the debouncer; ``git``: release -> HEAD moved; a reactive
+    writer reacts ``reaction`` seconds after HEAD moved."""
+
+    STEP = 0.01
+
+    def __init__(self, config, latency=0.05, git=0.15, cooldown=0.5):
+        self.clock = Clock()
+        self.loops = judge_for(config, self.clock)
+        self.debounce = Debounce(config)
+        self.latency, self.git, self.cooldown = latency, git, cooldown
+        self.in_flight: list[tuple[float, Decision]] = []  # (arrival, decision)
+        self.commit_at: float | None = None  # when the running commit moves HEAD
+        self.committing: list[str] = []
+        self.last_commit = float("-inf")
+        self.commits: dict[str, int] = {}
+        self.head_moves: list[float] = []
+
+    def write(self, path: str, writer: Writer = Writer.UNKNOWN) -> None:
+        now = self.clock.now
+        self.in_flight.append((now + self.latency, change(path, now, writer)))
+
+    def step(self) -> None:
+        self.clock.now = round(self.clock.now + self.STEP, 6)
+        now = self.clock.now
+        for arrival, decision in [item for item in self.in_flight if item[0] <= now]:
+            self.in_flight.remove((arrival, decision))
+            if self.loops.observe(decision) == "held" or decision.path in self.loops.held:
+                self.debounce.pending.discard(decision.path)
+                continue
+            self.debounce.add(decision, now)
+        self.loops.tick(now)
+        if self.commit_at is not None and now >= self.commit_at:
+            for path in self.committing:
+                self.commits[path] = self.commits.get(path, 0) + 1
+            self.loops.note_commit(self.commit_at)
+            self.head_moves.append(self.commit_at)
+            self.last_commit, self.commit_at = now, None
+        if (self.commit_at is None and not self.loops.probe_remaining(now)
+                and now - self.last_commit >= self.cooldown):
+            due = [path for path, _ in self.debounce.take_due(now)]
+            if due:
+                self.committing, self.commit_at = due, now + self.git
+
+    def run(self, seconds: float, writers) -> None:
+        """``writers``: callables (pipeline, now) called every step."""
+        for _ in range(int(seconds / self.STEP)):
+            self.step()
+            for writer in writers:
+                writer(self, self.clock.now)
+
+
+def periodic(path: str, period: float, start: float = 0.0):
+    state = {"next": None}
+
+    def write(pipe: Pipeline, now: float) -> None:
+        if state["next"] is None:
+            state["next"] = now + start
+        if now >= state["next"]:
+            state["next"] += period
+            pipe.write(path)
+    return write
+
+
+def reactive(path: str, delay: float):
+    """Rewrites ``path`` ``delay`` seconds after every HEAD move (once per move seen)."""
+    state = {"seen": 0, "due": []}
+
+    def write(pipe: Pipeline, now: float) -> None:
+        while state["seen"] < len(pipe.head_moves):
+            state["due"].append(pipe.head_moves[state["seen"]] + delay)
+            state["seen"] += 1
+        if state["due"] and now >= state["due"][0]:
+            state["due"].pop(0)
+            pipe.write(path)
+    return write
+
+
+def once(path: str, at: float):
+    state = {"done": False}
+
+    def write(pipe: Pipeline, now: float) -> None:
+        if not state["done"] and now >= 1000.0 + at:
+            state["done"] = True
+            pipe.write(path)
+    return write
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.3, 0.8])
+def test_a_file_rewritten_after_every_commit_is_held_after_a_few_commits(config, delay):
+    pipe = Pipeline(config)
+    pipe.run(30, [once("user.md", 0.5), reactive("status.md", delay)])
+    assert "status.md" in pipe.loops.held
+    assert pipe.commits.get("status.md", 0) <= 3
+    assert pipe.loops.why_held("status.md").hold == Hold.FEEDBACK_LOOP
+    assert "user.md" not in pipe.loops.held and pipe.commits["user.md"] == 1
+    assert pipe.loops.probe_remaining() == 0  # no probe once it is held
+
+
+def test_reactions_to_other_paths_commits_are_held_too(config):
+    """Commits of a person's steady edits elsewhere make the agent react each time."""
+    pipe = Pipeline(config)
+    pipe.run(40, [periodic("notes.md", 4.0), reactive("status.md", 0.2)])
+    assert "status.md" in pipe.loops.held
+    assert pipe.commits.get("status.md", 0) <= 3
+    assert "notes.md" not in pipe.loops.held and pipe.commits["notes.md"] >= 8
+
+
+@pytest.mark.parametrize("period", [0.3, 0.7, 1.0, 1.003, 1.02, 1.3, 1.7, 2.0, 2.5, 3.0,
+                                    4.0, 5.0, 6.0, 8.0])
+def test_an_editor_saving_on_its_own_schedule_is_never_held(config, period):
+    pipe = Pipeline(config)
+    pipe.run(120, [periodic("draft.md", period)])
+    assert "draft.md" not in pipe.loops.held
+    assert pipe.commits["draft.md"] >= 10
+
+
+@pytest.mark.parametrize("period", [1.0, 1.5, 2.0])
+def test_two_files_saved_alternately_are_never_held(config, period):
+    """Each file's save falls right after the other's commit: only the probe tells."""
+    pipe = Pipeline(config)
+    pipe.run(120, [periodic("a.md", period), periodic("b.md", period, start=period / 2)])
+    assert not pipe.loops.held
+
+
+def test_an_editor_beside_a_reactive_agent_is_never_held(config):
+    pipe = Pipeline(config)
+    pipe.run(90, [periodic("draft.md", 1.0), periodic("other.md", 2.2),
+                  reactive("status.md", 0.1)])
+    assert set(pipe.loops.held) <= {"status.md"}
+    assert pipe.commits["draft.md"] >= 10
+
+
+def test_the_persons_writes_are_never_held_and_release_a_hold(config):
+    clock = Clock()
+    loops = judge_for(config, clock)
+    for round_ in range(10):  # the person's own reactions to commits: never counted
+        loops.note_commit(clock.now)
+        assert loops.observe(change("mine.md", clock.now + 0.1, Writer.USER)) is None
+        clock.now += 5
+    assert not loops.held and not loops.suspects
+    loops.held["agent.md"] = {"reactions": 3}
+    assert loops.observe(change("agent.md", clock.now, Writer.USER)) == "released"
+    assert "agent.md" not in loops.held
+
+
+def test_gitsieves_own_writes_and_blocked_paths_are_not_counted(config):
+    clock = Clock()
+    loops = judge_for(config, clock)
+    for _ in range(10):
+        loops.note_commit(clock.now)
+        loops.observe(change("moved-by-rebase.md", clock.now + 0.1, Writer.SELF))
+        loops.observe(change(".claude/autonomous/s.json", clock.now + 0.1, None,
+                             commit=False, action=Action.BLOCK))
+        clock.now += 3
+        loops.tick()
+    assert not loops.suspects and not loops.held
+
+
+def test_a_commit_left_unanswered_ends_the_count(config):
+    clock = Clock()
+    loops = judge_for(config, clock)
+    loops.note_commit(clock.now)
+    loops.observe(change("s.md", clock.now + 0.2))
+    assert loops.tracks["s.md"].reactions == 1
+    clock.now += 2
+    loops.note_commit(clock.now)  # no reaction to this one...
+    loops.observe(change("s.md", clock.now + 5))  # ...this change comes too late for it
+    assert loops.tracks["s.md"].reactions == 0 and "s.md" not in loops.suspects
+    loops.note_commit(clock.now + 10)
+    loops.observe(change("s.md", clock.now + 10.1))
+    assert loops.tracks["s.md"].reactions == 1
+    loops.note_commit(clock.now + 11)
+    clock.now += 60  # a suspect that went quiet is forgotten
+    loops.tick()
+    assert loops.tracks["s.md"].reactions == 0 and "s.md" not in loops.suspects
+
+
+def test_a_reaction_that_reaches_the_debouncer_late_still_counts(config):
+    """Judged by when the watcher saw it, not by when a loaded pipeline delivered it."""
+    clock = Clock()
+    loops = judge_for(config, clock)
+    loops.note_commit(clock.now)
+    loops.observe(change("s.md", clock.now + 0.2))
+    loops.note_commit(clock.now + 1)
+    clock.now += 6  # the reaction to the second commit is still in the pipeline
+    loops.tick()
+    loops.observe(change("s.md", clock.now - 4.7))
+    assert loops.tracks["s.md"].reactions == 2
+
+
+def test_holds_survive_a_restart_and_forget_releases(config):
+    clock = Clock()
+    pipe = Pipeline(config)
+    pipe.run(30, [once("user.md", 0.5), reactive("status.md", 0.1)])
+    assert "status.md" in pipe.loops.held
+    assert (config.learned_file.parent / LOOPS_FILE).exists()
+    again = judge_for(config, clock)
+    assert again.why_held("status.md").hold == Hold.FEEDBACK_LOOP
+    assert again.release("status.md") == "released"
+    assert judge_for(config, clock).why_held("status.md") is None
+
+
+def test_after_zero_turns_the_breaker_off(workspace):
+    workspace.config(DEFAULTS + "[loop]\nafter = 0\n")
+    pipe = Pipeline(workspace.load())
+    pipe.run(20, [once("user.md", 0.5), reactive("status.md", 0.1)])
+    assert not pipe.loops.held and pipe.commits["status.md"] > 3
+
+
+# ----- the debouncer actor's wiring -----------------------------------------------------
+@pytest.fixture
+def deb(config):
+    debouncer = Debouncer(config)
+    debouncer.clock = Clock()
+    debouncer.batches_out = FakeSocket()
+    yield debouncer
+    debouncer.close()
+
+
+def test_debouncer_never_batches_a_held_path_shows_it_and_forget_releases_it(deb, config):
+    deb.loops.held["status.md"] = {"reactions": 3}
+    deb.on_decision(change("status.md", 50.0))
+    deb.on_decision(change("user.md", 50.0, Writer.USER))
+    deb.clock.now += 60
+    deb.on_tick(deb.clock.now)
+    batched = [p for m in deb.batches_out.messages() if isinstance(m, Batch) for p in m.paths]
+    assert batched == ["user.md"]
+    record = deb.explain_paths(["status.md"])["paths"]["status.md"]
+    assert record["hold"] == Hold.FEEDBACK_LOOP and "feedback loop" in record["held_reason"]
+    status = deb.status()
+    assert status["held_paths"][0]["path"] == "status.md" and status["loops"]["held"] == 1
+    assert deb.learned_listing()["loops"][0]["path"] == "status.md"
+    assert deb.forget_learned("status.md") == {"forgotten": True}
+    assert "hold" not in deb.explain_paths(["status.md"])["paths"]["status.md"]
+    deb.clock.now += 60
+    deb.on_tick(deb.clock.now)
+    batched = [p for m in deb.batches_out.messages() if isinstance(m, Batch) for p in m.paths]
+    assert batched == ["user.md", "status.md"]  # its latest change, debounced again
+
+
+def test_debouncer_releases_nothing_while_probing(deb):
+    deb.loops.after = 2
+    moved = 100.0
+    deb.loops.note_commit(moved)
+    deb.on_decision(change("status.md", moved + 0.1))  # one short: a probe starts
+    assert deb.loops.probe_remaining() > 0
+    deb.on_decision(change("user.md", moved + 0.2, Writer.USER))
+    deb.clock.now += 2
+    deb.on_tick(deb.clock.now)
+    assert not deb.batches_out.frames
+    assert deb.wakeup_in() > 0
+
+
+def test_head_moves_are_seen_before_the_changes_that_react_to_them(deb, workspace):
+    """The CommitReport comes after the push; an agent's reaction can arrive first.  Only
+    gitsieve's own moves of HEAD count (its reflog message), not the person's commits."""
+    workspace.write("mine.txt", "mine\n")
+    workspace.git("add", "mine.txt")
+    workspace.git("commit", "-q", "-m", "the person's commit")
+    deb.on_decision(change("other.md", time.time()))
+    assert not deb.loops.commits
+    workspace.write("x.txt", "x\n")
+    workspace.git("add", "x.txt")
+    tree = workspace.git("write-tree").strip()
+    new = workspace.git("commit-tree", tree, "-p", "HEAD", "-m", "sync").strip()
+    workspace.git("update-ref", "-m", "gitsieve: sync", "HEAD", new)
+    moved = (workspace.root / ".git/logs/HEAD").stat().st_mtime
+    assert head_moved_at(workspace.root / ".git") == (moved, True)
+    deb.on_decision(change("status.md", moved + 0.2))  # no report yet
+    assert list(deb.loops.commits) == [moved] and deb.loops.tracks["status.md"].reactions == 1
+    deb.on_commit_report(CommitReport(batch_ids=(1,), paths=("x.txt",), commit="ab" * 20,
+                                      pushed=True, error="", finished=moved + 2.0))
+    assert list(deb.loops.commits) == [moved]  # the same move, noted once
