@@ -208,9 +208,11 @@ class Debouncer(Actor):
             due_in = self.debounce.due_in(path, now)
             hold = self.debounce.hold(path, now)
             found[path] = {**record, "pending": due_in is not None,
-                           "due_in": None if due_in is None else round(due_in, 3),
-                           "hold": None if hold is None else hold.hold,
-                           "held_reason": "" if hold is None else hold.text}
+                           "due_in": None if due_in is None else round(due_in, 3)}
+            if hold is not None:  # open for writing; a loop hold is in the record itself
+                found[path].update(hold=hold.hold, held_reason=hold.text)
+            found[path].setdefault("hold", None)
+            found[path].setdefault("held_reason", "")
         return {"paths": found}
 
     def flush_now(self) -> dict:

@@ -301,7 +301,7 @@ def test_debouncer_never_batches_a_held_path_shows_it_and_forget_releases_it(deb
     assert status["held_paths"][0]["path"] == "status.md" and status["loops"]["held"] == 1
     assert deb.learned_listing()["loops"][0]["path"] == "status.md"
     assert deb.forget_learned("status.md") == {"forgotten": True}
-    assert "hold" not in deb.explain_paths(["status.md"])["paths"]["status.md"]
+    assert deb.explain_paths(["status.md"])["paths"]["status.md"]["hold"] is None
     deb.clock.now += 60
     deb.on_tick(deb.clock.now)
     batched = [p for m in deb.batches_out.messages() if isinstance(m, Batch) for p in m.paths]

@@ -106,7 +106,7 @@ def cmd_bench_agent(args) -> int:
     from gitsieve.common.tools import bench
     if args.root is not None and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
-    return bench.run_agent(args.repeats, args.files, args.megabytes, args.root)
+    return bench.run_agent(args.repeats, args.files or 10_000, args.megabytes, args.root)
 
 
 def cmd_test(args) -> int:
@@ -168,14 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU and wakeups of an untouched workspace while the machine "
                             "writes elsewhere")
     bench.add_argument("--files", type=int, default=0,
-                       help="files in the workspace (storm: 200, idle: 500)")
+                       help="files in the workspace (storm: 200, idle: 500) or written per "
+                            "run (agent: 10000)")
     bench.set_defaults(func=cmd_bench)
     bench.add_argument("--agent", action="store_true",
                        help="instead: what gitsieve agent costs the processes it wraps")
     bench.add_argument("--repeats", type=int, default=5,
                        help="--agent: interleaved bare/wrapped runs (default 5)")
-    bench.add_argument("--files", type=int, default=10_000,
-                       help="--agent: small files written per run (default 10000)")
     bench.add_argument("--megabytes", type=int, default=100,
                        help="--agent: 1 MB files written per run (default 100)")
     bench.add_argument("--root", help="--agent: where the files go (default: the temp "
