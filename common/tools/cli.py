@@ -89,6 +89,10 @@ def cmd_init(args) -> int:
 
 def cmd_bench(args) -> int:
     from gitsieve.common.tools import bench
+    if args.dirty:
+        return bench.run_dirty(args.dirty)
+    if args.tree:
+        return bench.run_tree(args.tree, edits=min(args.edits, 20), debounce=args.debounce)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
 
 
@@ -122,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quiet period for the edited paths, seconds (default 0.5)")
     bench.add_argument("--no-churn", action="store_true",
                        help="without the simulated autonomous process")
+    bench.add_argument("--dirty", type=int, default=0, metavar="N",
+                       help="scenario: N untracked files at start; time until all are on the "
+                            "remote, against git add -A && git commit && git push")
+    bench.add_argument("--tree", type=int, default=0, metavar="N",
+                       help="scenario: edits on a committed tree of N files; per-edit time "
+                            "beyond the debounce, against git add && commit and git push")
     bench.set_defaults(func=cmd_bench)
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
