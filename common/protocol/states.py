@@ -100,6 +100,7 @@ class L3Reason(StrEnum):
     LARGE_FILE_UNREADABLE = "large-file-unreadable"
     LARGE_FILE_IDENTICAL = "large-file-identical"
     SAME_AS_USER_VERSION = "same-as-user-version"
+    MODE_CHANGED = "mode-changed"
 
 
 _TEXT = {
@@ -131,6 +132,7 @@ _TEXT = {
     L3Reason.LARGE_FILE_IDENTICAL: "identical to HEAD (large file, same object id)",
     L3Reason.SAME_AS_USER_VERSION: "only volatile tokens changed since the version already "
                                    "judged the user's",
+    L3Reason.MODE_CHANGED: "mode changed: {detail}",
 }
 
 
@@ -161,6 +163,7 @@ class Hold(StrEnum):
     OVERSIZED = "oversized"                  # new or grown past [guard] max_new_file_mb
     NESTED_REPOSITORY = "nested-repository"  # a repository inside the workspace
     HISTORY_REWRITTEN = "history-rewritten"  # pushed history was amended or rebased
+    GIT_REFUSED = "git-refused"              # git refuses the path (an unsupported file ...)
 
 
 # Holds that only a person ends (or time, for the rate limit): `actorctl flush` stops
@@ -169,7 +172,7 @@ WAITS_ON_A_PERSON = frozenset({Hold.PAUSED, Hold.HEALTH, Hold.HEALTH_STALE, Hold
                                Hold.BRANCH, Hold.PUSH_STOPPED, Hold.RUNAWAY,
                                Hold.STAGED_BY_YOU, Hold.FEEDBACK_LOOP, Hold.SECRET,
                                Hold.OVERSIZED, Hold.NESTED_REPOSITORY,
-                               Hold.HISTORY_REWRITTEN})
+                               Hold.HISTORY_REWRITTEN, Hold.GIT_REFUSED})
 
 _TEXT.update({
     Hold.NOTHING: "nothing held",
@@ -191,6 +194,7 @@ _TEXT.update({
     Hold.OVERSIZED: "too large: {detail}",
     Hold.NESTED_REPOSITORY: "a nested git repository: commit in it, or add it as a submodule",
     Hold.HISTORY_REWRITTEN: "history rewritten: {detail}",
+    Hold.GIT_REFUSED: "git refuses it: {detail}",
 })
 
 
