@@ -25,7 +25,7 @@ from gitsieve.common.judge.debounce import Debounce
 from gitsieve.common.judge.learning import Learner
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
-from gitsieve.common.protocol.trail import as_dict
+from gitsieve.common.protocol.trail import as_dict, written_by_user
 
 MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
@@ -52,6 +52,7 @@ class Debouncer(Actor):
         self.last_commit: dict = {}
         self._next_forget = 0.0
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
+        self.user_written: set[str] = set()  # pending paths a user process wrote (trail)
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -69,6 +70,8 @@ class Debouncer(Actor):
         if not self.debounce.add(decision, self.clock()):
             self.stats["stale"] += 1
             return
+        if decision.commit and written_by_user(decision.trail):
+            self.user_written.add(decision.path)  # the Batch says so: never a runaway
         self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
 
     def on_commit_report(self, report: CommitReport) -> None:
@@ -88,7 +91,9 @@ class Debouncer(Actor):
             batch = Batch(batch_id=self.next_batch_id, paths=tuple(p for p, _ in chunk),
                           observed=tuple(state.observed for _, state in chunk),
                           created=time.time(),
-                          recheck=tuple(p for p, state in chunk if state.recheck))
+                          recheck=tuple(p for p, state in chunk if state.recheck),
+                          user_written=tuple(p for p, _ in chunk if p in self.user_written))
+            self.user_written.difference_update(p for p, _ in chunk)
             self.next_batch_id += 1
             self.backlog.append(messages.encode(batch))
             self.stats["batches"] += 1

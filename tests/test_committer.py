@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
 from conftest import faulty_git, git
 from gitsieve.common import config as config_mod
 from gitsieve.common.git.committer import TRAILER, Committer
+from gitsieve.common.protocol.states import Hold, Why
 
 
 def make(workspace, extra: str = "") -> Committer:
@@ -429,7 +431,7 @@ def test_index_refresh_left_pending_when_the_lock_is_taken_then_done(workspace):
 
     def lock_before_reset(*args, **kwargs):
         # The user's git takes index.lock just before the committer resets the index.
-        if args and args[0] == "reset" and not locked:
+        if "--index-info" in args and not locked:
             locked.append(True)
             workspace.path(".git/index.lock").write_text("")
         return original(*args, **kwargs)
@@ -437,10 +439,10 @@ def test_index_refresh_left_pending_when_the_lock_is_taken_then_done(workspace):
     committer._git = lock_before_reset
     result = committer.commit(["a.txt"], attempts=0)
     assert result.commit == workspace.head() and result.error == ""
-    assert committer.index_refresh_pending == {"a.txt"}
+    assert set(committer.index_refresh_pending) == {"a.txt"}
     workspace.path(".git/index.lock").unlink()
     assert committer.refresh_user_index(attempts=0)
-    assert committer.index_refresh_pending == set()
+    assert committer.index_refresh_pending == {}
     assert workspace.git("status", "--porcelain=v1", "a.txt") == ""
 
 
@@ -465,3 +467,252 @@ def test_recheck_drops_paths_that_now_differ_from_head_only_in_volatile_data(wor
     # without the re-check flag the same volatile-only change is committed as asked
     result = committer.commit(["state.json"], push=False)
     assert result.commit and workspace.committed_paths_since("HEAD~1") == {"state.json"}
+
+
+# ----- issue 11/13/14: the person's index, paths git refuses, forged batches, modes ----------
+def unsynced(workspace) -> str:
+    """`git status` beyond the test's own (uncommitted) config file."""
+    return "".join(line for line in workspace.git("status", "--porcelain=v1").splitlines(True)
+                   if not line.endswith(".gitsieve.toml\n"))
+
+
+def _partly_staged(workspace, rel: str) -> None:
+    """Two separate hunks in ``rel``; the first staged with a real `git add -p`."""
+    lines = [f"line {number}\n" for number in range(1, 21)]
+    workspace.write(rel, "".join(lines))
+    workspace.git("add", rel)
+    workspace.git("commit", "-q", "-m", f"base {rel}")
+    lines[0], lines[-1] = "first hunk\n", "second hunk\n"
+    workspace.write(rel, "".join(lines))
+    staged = subprocess.run(["git", "add", "-p", "--", rel], cwd=workspace.root,
+                            input="y\nn\n", text=True, capture_output=True)
+    assert staged.returncode == 0, staged.stderr
+    assert "first hunk" in workspace.git("diff", "--cached")
+    assert "second hunk" in workspace.git("diff")  # one hunk staged, one not
+
+
+def test_partly_staged_path_is_held_the_rest_synced_then_synced_after_the_users_commit(
+        workspace):
+    """Issue 11: one of two hunks staged with `git add -p`: gitsieve committed both and
+    reset the index entry, so the person's `git commit` said "nothing to commit"."""
+    _partly_staged(workspace, "partial.txt")
+    workspace.write("fully.txt", "staged whole\n")
+    workspace.git("add", "fully.txt")
+    workspace.write("other.txt", "not staged\n")
+    workspace.write("ita.txt", "intent to add\n")
+    workspace.git("add", "-N", "ita.txt")
+    before = workspace.head()
+    committer = make(workspace)
+    result = committer.commit(["partial.txt", "fully.txt", "other.txt", "ita.txt"])
+    assert result.commit and result.error == ""
+    assert result.held_paths == {"partial.txt": Why(Hold.STAGED_BY_YOU)}
+    assert workspace.committed_paths_since(before) == {"fully.txt", "other.txt", "ita.txt"}
+    assert workspace.show("HEAD:partial.txt").startswith("line 1\n")
+    # the person's staging is intact: their own commit takes exactly the staged hunk
+    assert workspace.git("diff", "--cached", "--name-only").split() == ["partial.txt"]
+    workspace.git("commit", "-q", "-m", "my first hunk")
+    assert workspace.show("HEAD:partial.txt").startswith("first hunk\n")
+    assert "second hunk" not in workspace.show("HEAD:partial.txt")
+    # committed (or unstaged), the path is theirs no longer: it syncs
+    result = committer.commit(["partial.txt"])
+    assert result.commit and result.held_paths == {}
+    assert workspace.show("HEAD:partial.txt").endswith("second hunk\n")
+    assert unsynced(workspace) == ""
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_unstaging_releases_a_held_path(workspace):
+    _partly_staged(workspace, "partial.txt")
+    committer = make(workspace, 'remote = ""\n')
+    assert committer.commit(["partial.txt"]).held_paths == {
+        "partial.txt": Why(Hold.STAGED_BY_YOU)}
+    workspace.git("restore", "--staged", "partial.txt")
+    result = committer.commit(["partial.txt"])
+    assert result.commit and result.statuses == {"partial.txt": "M"}
+    assert unsynced(workspace) == ""
+
+
+def test_a_directory_replaced_by_a_symlink_is_committed_as_git_records_it(workspace):
+    """Issue 14: `mv d d.real && ln -s d.real d && echo x >> d.real/f.txt`: check-ignore
+    failed on d/f.txt ("beyond a symbolic link") and the whole batch was retried forever."""
+    workspace.write("d/f.txt", "f\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "d")
+    before = workspace.head()
+    os.rename(workspace.path("d"), workspace.path("d.real"))
+    os.symlink("d.real", workspace.path("d"))
+    with open(workspace.path("d.real/f.txt"), "a") as handle:
+        handle.write("x\n")
+    workspace.write("unrelated.txt", "u\n")
+    result = make(workspace).commit(["d/f.txt", "d", "d.real/f.txt", "unrelated.txt"])
+    assert result.error == "" and result.held_paths == {}
+    assert result.statuses == {"d": "A", "d/f.txt": "D", "d.real/f.txt": "A",
+                               "unrelated.txt": "A"}
+    assert workspace.git("cat-file", "-p", "HEAD:d").strip() == "d.real"
+    assert workspace.git("ls-tree", "HEAD", "d").split()[0] == "120000"
+    assert unsynced(workspace) == ""
+    assert workspace.git("rev-parse", "HEAD^").strip() == before
+    # the reverse: the link replaced by a directory again
+    os.unlink(workspace.path("d"))
+    os.rename(workspace.path("d.real"), workspace.path("d"))
+    result = make(workspace).commit(["d", "d/f.txt", "d.real/f.txt"])
+    assert result.statuses == {"d": "D", "d/f.txt": "A", "d.real/f.txt": "D"}
+    assert unsynced(workspace) == ""
+
+
+def test_a_file_replaced_by_a_directory_commits_the_files_deletion(workspace):
+    workspace.write("thing", "a file\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "thing")
+    workspace.path("thing").unlink()
+    workspace.write("thing/inside.txt", "now a directory\n")
+    result = make(workspace).commit(["thing", "thing/inside.txt"])
+    assert result.statuses == {"thing": "D", "thing/inside.txt": "A"}
+    assert unsynced(workspace) == ""
+
+
+def test_a_path_git_refuses_is_held_alone_and_the_rest_is_committed(workspace):
+    """One path git refuses (a FIFO: "unsupported file type") never holds the others."""
+    os.mkfifo(workspace.path("a-fifo"))
+    names = [f"n{number}.txt" for number in range(5)]
+    for name in names:
+        workspace.write(name, name)
+    before = workspace.head()
+    result = make(workspace).commit(["a-fifo", *names])
+    assert result.error == "" and result.commit
+    assert set(result.held_paths) == {"a-fifo"}
+    assert result.held_paths["a-fifo"].hold == Hold.GIT_REFUSED
+    assert "unsupported file type" in result.held_paths["a-fifo"].text
+    assert workspace.committed_paths_since(before) == set(names)
+
+
+def test_a_nested_repository_is_held_with_its_reason(workspace):
+    nested = workspace.path("vendor/lib")
+    nested.mkdir(parents=True)
+    git(nested, "init", "-q")
+    workspace.write("vendor/lib/code.c", "int x;\n")
+    workspace.write("mine.txt", "mine\n")
+    result = make(workspace).commit(["vendor/lib/code.c", "vendor/lib", "mine.txt"])
+    assert result.statuses == {"mine.txt": "A"}
+    assert {path: why.hold for path, why in result.held_paths.items()} == {
+        "vendor/lib/code.c": Hold.NESTED_REPOSITORY, "vendor/lib": Hold.NESTED_REPOSITORY}
+    assert "nested git repository" in result.held_paths["vendor/lib"].text
+
+
+def test_a_forged_batch_never_commits_a_block_path_or_an_unchanged_one(workspace):
+    """Issue 14: the executor re-checks what a (possibly forged) Batch names."""
+    workspace.patterns("BLOCK:secrets/.*:never\n")
+    workspace.write("secrets/token.txt", "hunter2\n")
+    workspace.write("notes.txt~", "editor backup\n")
+    before = workspace.head()
+    committer = make(workspace)
+    result = committer.commit(["secrets/token.txt", "notes.txt~", "README.md", ".git/config",
+                               "../outside", "a/" + "x" * 300])
+    assert result.commit is None and result.error == ""
+    assert workspace.head() == before
+    assert committer.refused_by_rule == 2
+    assert set(result.dropped) >= {"secrets/token.txt", "notes.txt~", ".git/config",
+                                   "../outside"}
+
+
+def test_a_pure_mode_change_is_committed_even_when_rechecked(workspace):
+    """Issue 11: `chmod +x` was never committed (the re-check called it identical)."""
+    workspace.write("run.sh", "echo hi\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "script")
+    os.chmod(workspace.path("run.sh"), 0o755)
+    result = make(workspace).commit(["run.sh"], recheck={"run.sh"})
+    assert result.commit and result.statuses == {"run.sh": "M"}
+    assert workspace.git("ls-tree", "HEAD", "run.sh").split()[0] == "100755"
+    assert unsynced(workspace) == ""
+
+
+def test_non_utf8_names_added_modified_renamed_and_deleted(workspace):
+    """Issue 14: names that are not UTF-8 work in every git call (never on a command
+    line)."""
+    raw = os.fsdecode(b"caf\xe9.txt")
+    moved = os.fsdecode(b"d\xfcr/caf\xe9-2.txt")
+    committer = make(workspace)
+    workspace.path(raw).write_text("one\n")
+    assert committer.commit([raw]).statuses == {raw: "A"}
+    workspace.path(raw).write_text("two\n")
+    assert committer.commit([raw], recheck={raw}).statuses == {raw: "M"}
+    workspace.path(moved).parent.mkdir()
+    os.rename(workspace.path(raw), workspace.path(moved))
+    assert committer.commit([raw, moved]).statuses == {raw: "D", moved: "A"}
+    workspace.path(moved).unlink()
+    result = committer.commit([moved], recheck={moved})
+    assert result.statuses == {moved: "D"} and result.error == ""
+    assert unsynced(workspace) == ""
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_the_temp_index_is_reused_and_check_ignore_never_reads_the_index(workspace,
+                                                                          monkeypatch):
+    """Issue 13: the commit path must not grow with the tree: HEAD's tree is read into the
+    temp index only when someone else moved HEAD."""
+    committer = make(workspace, 'remote = ""\n')
+    calls = []
+    original = committer.git.result
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(committer.git, "result", counting)
+    for number in range(3):
+        workspace.write(f"f{number}.txt", f"{number}\n")
+        workspace.write("new.ignored", "ignored\n")
+        assert committer.commit([f"f{number}.txt", "new.ignored"]).commit
+    read_trees = [args for args in calls if args[0] == "read-tree"]
+    assert len(read_trees) == 1  # the first commit only
+    ignores = [args for args in calls if args[0] == "check-ignore"]
+    assert ignores and all("--no-index" in args for args in ignores)
+    workspace.write("mine.txt", "the user's own commit\n")
+    workspace.git("add", "mine.txt")
+    workspace.git("commit", "-q", "-m", "mine")
+    workspace.write("f0.txt", "after the user's commit\n")
+    assert committer.commit(["f0.txt"]).commit
+    assert len([args for args in calls if args[0] == "read-tree"]) == 2
+    assert unsynced(workspace) == ""
+
+
+def test_pushed_history_rewritten_is_never_forced_replayed_or_merged_back(workspace):
+    """Issue 11: an amend of a pushed commit: stop pushing with a clear reason; resume
+    when HEAD contains the upstream again."""
+    committer = make(workspace)
+    workspace.write("a.txt", "a\n")
+    assert committer.commit(["a.txt"]).pushed
+    pushed = workspace.head()
+    workspace.git("commit", "-q", "--amend", "-m", "amended after the push")
+    amended = workspace.head()
+    workspace.write("b.txt", "b\n")
+    result = committer.commit(["b.txt"])
+    assert result.commit and not result.pushed
+    assert committer.push_hold.hold == Hold.HISTORY_REWRITTEN
+    assert "origin/main" in committer.history_rewritten and "force" in committer.history_rewritten
+    assert "history rewritten" in result.error
+    assert workspace.remote_head() == pushed  # nothing forced
+    assert workspace.git("rev-parse", "HEAD^").strip() == amended  # nothing replayed
+    assert workspace.git("rev-list", "--count", f"{pushed}..HEAD").strip() == "2"
+    assert committer.push() == (False, result.error)
+    # The person publishes their rewrite: HEAD contains the upstream again.
+    workspace.git("push", "-q", "--force-with-lease", "origin", "main")
+    workspace.write("c.txt", "c\n")
+    result = committer.commit(["c.txt"])
+    assert result.pushed and committer.history_rewritten == "" and committer.push_hold is None
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_push_gate_is_asked_with_the_range_and_can_hold_the_push(workspace):
+    committer = make(workspace)
+    upstream = workspace.head()
+    asked = []
+    committer.push_gate = lambda commits: asked.append(commits) or Why(Hold.SECRET, "a key")
+    workspace.write("a.txt", "a\n")
+    result = committer.commit(["a.txt"])
+    assert result.commit and not result.pushed and "secret found: a key" in result.error
+    assert asked == [f"{upstream}..{result.commit}"]
+    assert workspace.remote_head() == upstream and committer.push_hold.hold == Hold.SECRET
+    committer.push_gate = lambda commits: None
+    assert committer.push() == (True, "") and committer.last_push_sent
+    assert workspace.remote_head() == workspace.head()

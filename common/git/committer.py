@@ -1,10 +1,38 @@
 """Git commit and push mechanics used by the executor.
 
-A sync commits exactly a given set of paths without disturbing the user's index: the tree
-is built in a temporary index (``runtime_dir/sync.index``) read from HEAD, the commit is
-made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
-the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD), and only
-then are the committed paths reset in the user's real index.  Pushes are never forced.
+A sync commits exactly a given set of paths without disturbing the user's index.  The tree
+is built in a temporary index (``runtime_dir/sync.index``) that mirrors HEAD and is kept
+from one commit to the next: it is read from HEAD (``read-tree``, the one step that costs
+as much as the tree is large) only when HEAD moved by someone else's hand.  The paths are
+staged in it with one ``update-index --stdin`` (names on stdin, never on the command line),
+the commit is made with ``write-tree`` and ``commit-tree``, its changes are read with
+``diff-tree`` (which walks only the directories that differ) and it is installed with a
+compare-and-swap ``update-ref`` (a commit the user made meanwhile makes it fail, and the
+sync is rebuilt on the new HEAD).  Only then are the committed entries written into the
+user's real index (``update-index --index-info``), and only where the user left them as
+HEAD had them.  Pushes are never forced.
+
+Before staging, every path is planned (:meth:`Committer.plan`): from the work tree (one
+``lstat`` per path and per directory above it), HEAD's entries (read in bulk, see
+:mod:`.catfile`) and the user's index (one ``diff-index --cached``):
+
+- a path a BLOCK rule or the editor-junk list names, or one that is not a safe
+  workspace-relative path, is never committed, whatever the Batch says;
+- a path below a symbolic link or below a file is gone as far as git is concerned: its
+  deletion is committed (the link itself is an ordinary new path);
+- a directory where HEAD has a file: that file's deletion is committed;
+- a path inside a nested repository (a directory holding ``.git``, a submodule) is held
+  (``Hold.NESTED_REPOSITORY``);
+- a path whose index entry differs from both HEAD and the work tree (part of a change
+  staged by the person, ``git add -p``; intent-to-add entries excepted) is held
+  (``Hold.STAGED_BY_YOU``) until they commit or unstage it; a fully staged path is
+  committed as usual;
+- an ignored, untracked path is dropped; so is a ``recheck`` path whose content now differs
+  from HEAD only in volatile data (the content judge, HEAD's blobs read in one exchange).
+
+Held paths come back in :attr:`CommitResult.held_paths` with their own reason, and one path
+git refuses (an unsupported file type, say) is found by bisection and held alone
+(``Hold.GIT_REFUSED``): the rest is committed.
 
 When a push is rejected because the remote moved, the remote branch is fetched and the
 local commits are replayed on it (``pull_strategy = "rebase"``) or merged with it
@@ -15,20 +43,35 @@ index and work tree move from the old HEAD to the new one with ``git read-tree -
 overwritten), and HEAD moves with a compare-and-swap ``update-ref``.  A conflict changes
 nothing at all: the local commits stay, :attr:`Committer.push_conflict` says why, and the
 caller stops pushing until a later attempt integrates cleanly.
+
+History the remote already has and the person then rewrote (an amend, a rebase: the
+remote-tracking branch, once this branch's own tip, is no longer in HEAD) is never pushed,
+forced, replayed or merged back: :attr:`Committer.history_rewritten` says so until HEAD
+contains the upstream again.  Before every push an optional ``push_gate(range)`` (the
+commits the remote lacks, as ``UPSTREAM..HEAD`` or ``HEAD`` when the remote has none) may
+refuse it with a :class:`Why`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from gitsieve.common.config.loader import Config
+from gitsieve.common.git.catfile import MODE_SYMLINK, Entry, HeadReadError
 from gitsieve.common.git.gateway import Git, GitError, nul_joined, split_nul
+from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
-from gitsieve.common.protocol.states import render
+from gitsieve.common.judge.junk import editor_junk
+from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.judge.worktree import git_mode
+from gitsieve.common.protocol.messages import bad_path_reason
+from gitsieve.common.protocol.states import Action, Hold, Why, render
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +82,20 @@ EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # git's words for a lock someone else holds: worth waiting for, not a real failure.
 _TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot lock ref",
                       "timed out")
+# git's words when one path, not the whole command, is the trouble (update-index).
+_PATH_REFUSED_MARKERS = ("Unable to process path", "unable to index file",
+                         "beyond a symbolic link", "unsupported file type",
+                         "does not exist and --remove not passed", "is a directory",
+                         "Permission denied", "cannot add")
 _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
 # Only the network has a deadline (see gateway.Git: sh polls while one is set).
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
+_ZERO_OID = "0" * 40
+
+# Where a path stands in the work tree (Committer.plan).
+PRESENT, GONE, BEYOND_LINK, DIRECTORY = "present", "gone", "beyond-link", "directory"
+NESTED, UNREADABLE = "nested", "unreadable"
 
 
 class TransientError(Exception):
@@ -68,6 +121,37 @@ class CommitResult:
     retries: int = 0
     statuses: dict = field(default_factory=dict)  # path -> status letter
     transient: bool = False  # the error is a lock or race: retry after a back-off
+    # asked-for paths left out of the commit, each with its own reason (staged by you, a
+    # nested repository, a path git refuses, ...): the executor keeps them held
+    held_paths: dict[str, Why] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What a commit of some paths does with each (see :meth:`Committer.plan`)."""
+
+    stage: list[str] = field(default_factory=list)   # update-index --add --remove
+    remove: list[str] = field(default_factory=list)  # update-index --force-remove
+    held: dict[str, Why] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    # HEAD's entries of the paths that reach the index (for the user's index update)
+    head_entries: dict[str, Entry | None] = field(default_factory=dict)
+    fully_staged: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class UpstreamState:
+    """HEAD against the remote-tracking branch (``[git] remote``/``branch``)."""
+
+    head: str | None
+    upstream: str | None  # None: no remote-tracking branch (never pushed or fetched)
+    ahead: bool = False  # HEAD has commits the upstream lacks
+    rewritten: str = ""  # why HEAD no longer contains pushed history ('' when it does)
+
+    @property
+    def range(self) -> str:
+        """The commits a push would send, as git reads a range."""
+        return f"{self.upstream}..{self.head}" if self.upstream else str(self.head)
 
 
 def _is_transient(exc: GitError) -> bool:
@@ -76,10 +160,45 @@ def _is_transient(exc: GitError) -> bool:
 
 def _safe_relative(path: str) -> bool:
     """A workspace-relative path that cannot reach outside the work tree or into .git."""
-    if not path or path.startswith("/") or "\0" in path:
+    if bad_path_reason(path) is not None:
         return False
     parts = path.split("/")
     return not any(part in ("", ".", "..") for part in parts) and parts[0] != ".git"
+
+
+def _first_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return " ".join(lines)[:300] or "refused"
+
+
+def _raw_diff(out: bytes) -> list[tuple[int, str, int, str, str, str]]:
+    """``--raw -z`` records: (old mode, old oid, new mode, new oid, status, path)."""
+    fields = out.split(b"\0")
+    records = []
+    for index in range(0, len(fields) - 1, 2):
+        meta = fields[index].decode()
+        if not meta.startswith(":"):
+            break
+        old_mode, new_mode, old_oid, new_oid, status = meta[1:].split(" ")
+        records.append((int(old_mode, 8), old_oid, int(new_mode, 8), new_oid, status[:1],
+                        os.fsdecode(fields[index + 1])))
+    return records
+
+
+def _blob_oid(data: bytes, hex_length: int) -> str:
+    """git's object id of ``data`` as a blob (SHA-256 repositories: 64 hex digits)."""
+    digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
+    digest.update(b"blob %d\0" % len(data) + data)
+    return digest.hexdigest()
+
+
+def index_signature(path: Path) -> tuple | None:
+    """A cheap fingerprint of an index file: git rewrites it whole (a new inode)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 class Committer:
@@ -90,19 +209,36 @@ class Committer:
         self.git = git or Git(config.workspace)
         # the content layer's judge: re-checks content-only verdicts, knows HEAD's blobs
         self.content = content or ContentJudge(config, self.git)
+        self.heads = self.content.head  # HEAD's entries and blobs, read in bulk
+        self.rules = RuleCache(config.patterns_file)
         self.sleep = sleep
         self.temp_index = config.runtime_dir / "sync.index"
+        self.user_index = config.git_dir / "index"
         self.retries = 0  # total over this object's life, for status
         self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
+        self.refused_by_rule = 0  # paths a Batch named that a BLOCK rule or junk refuses
         self._identity: tuple[float, dict] | None = None  # (when read, fallback env)
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
+        self.history_rewritten = ""  # why pushed history is no longer in HEAD ('' if it is)
+        self.push_hold: Why | None = None  # why the last push was not made (None: it was)
+        # Asked before every push with the commits the remote lacks ("UPSTREAM..HEAD", or
+        # "HEAD" when it has none); a Why stops the push (see the module docstring).
+        self.push_gate: Callable[[str], Why | None] | None = None
+        self.last_push_sent = False  # the last push() sent commits (not only found none)
         # An integration whose update-ref failed left index and work tree at this commit
         # and could not put them back yet: nothing else happens until that is done.
         self.unfinished_rollback: str | None = None
         self.integrations = 0  # times the remote's commits were integrated before a push
-        # Committed paths whose entries in the user's index still show the old content
-        # (index.lock was busy): refreshed on a later call of refresh_user_index().
-        self.index_refresh_pending: set[str] = set()
+        # Committed paths whose entries in the user's index still show the version before
+        # the commit (index.lock was busy): path -> that entry (mode, oid; mode 0: none).
+        # Written on a later call of refresh_user_index(), unless the person changed it.
+        self.index_refresh_pending: dict[str, tuple[int, str]] = {}
+        # The commit the temp index mirrors ("" for the empty tree, None: unknown) and the
+        # temp index's signature when it did.
+        self._index_base: str | None = None
+        self._temp_signature: tuple | None = None
+        # The user's index against HEAD, as last read: ((signature, head), {path: entry})
+        self._staged: tuple | None = None
 
     # ----- small git helpers ------------------------------------------------------------
     def _git(self, *args, input: bytes | None = None, temp_index: bool = False,
@@ -123,12 +259,17 @@ class Committer:
             return None
 
     def current_branch(self) -> str | None:
-        """The checked-out branch name, or None when HEAD is detached."""
+        """The checked-out branch name, or None when HEAD is detached (read from the git
+        directory's HEAD file: no process)."""
         try:
-            ref = self._text("symbolic-ref", "-q", "HEAD")
-        except GitError:
-            return None
-        return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+            head = (self.config.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            try:
+                head = "ref: " + self._text("symbolic-ref", "-q", "HEAD")
+            except GitError:
+                return None
+        prefix = "ref: refs/heads/"
+        return head[len(prefix):] if head.startswith(prefix) else None
 
     def branch_hold_reason(self) -> tuple[str | None, str]:
         """(branch, '') when commits are allowed, else (branch, reason to hold)."""
@@ -161,44 +302,238 @@ class Committer:
         self._identity = (now, env)
         return env
 
-    def _in_head(self, head: str | None, paths: list[str]) -> set[str]:
-        """The subset of ``paths`` HEAD has (read through cat-file --batch: names need not
-        be UTF-8, and none goes on a command line)."""
-        if head is None:
-            return set()
-        return {path for path in paths if self.content.head.get(path) is not None}
+    def _head_now(self) -> tuple[str, str] | None:
+        """(commit, tree) of HEAD through the persistent cat-file child."""
+        try:
+            return self.heads.head()
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD: {exc}") from None
 
-    def committable(self, paths, head: str | None,
-                    recheck: set[str] | frozenset = frozenset()) -> tuple[list[str], list[str]]:
-        """Split ``paths`` into (to commit, dropped): ignored, unsafe, directories, and
-        paths that neither exist nor are tracked (a temp file renamed away) are dropped, and
-        so are ``recheck`` paths whose content now differs from HEAD only in volatile data."""
-        wanted, dropped = [], []
-        for path in dict.fromkeys(paths):
+    # ----- planning -------------------------------------------------------------------------
+    def _refused_by_rule(self, path: str) -> bool:
+        """A BLOCK rule or the editor-junk list names the path: never committed, whatever
+        a (possibly forged) Batch says."""
+        junk = editor_junk(path)
+        rule = None if junk else self.rules.match(path)
+        if not junk and (rule is None or rule.action != Action.BLOCK):
+            return False
+        self.refused_by_rule += 1
+        log.warning("not committing %s: %s (a Batch named a path L1 never lets through)",
+                    path, f"editor junk ({junk})" if junk else rule.describe())
+        return True
+
+    def _dir_state(self, rel: str) -> tuple[str, str]:
+        try:
+            info = os.lstat(self.root / rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE, ""
+        except OSError as exc:
+            return UNREADABLE, exc.strerror or str(exc)
+        if stat.S_ISLNK(info.st_mode):
+            return BEYOND_LINK, rel
+        if not stat.S_ISDIR(info.st_mode):
+            return GONE, ""  # a file where a directory was: nothing can be below it
+        if os.path.lexists(self.root / rel / ".git"):
+            return NESTED, rel
+        return DIRECTORY, ""
+
+    def _where(self, path: str, dirs: dict[str, tuple[str, str]]) -> tuple[str, str]:
+        """Where ``path`` stands in the work tree: (PRESENT | GONE | BEYOND_LINK |
+        DIRECTORY | NESTED | UNREADABLE, detail); ``dirs`` caches the directories above."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            state = dirs.get(prefix)
+            if state is None:
+                state = dirs[prefix] = self._dir_state(prefix)
+            if state[0] != DIRECTORY:
+                return state
+        try:
+            info = os.lstat(self.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE, ""
+        except OSError as exc:  # cannot be looked at: neither committed nor deleted
+            return UNREADABLE, exc.strerror or str(exc)
+        if stat.S_ISDIR(info.st_mode):
+            if os.path.lexists(self.root / path / ".git"):
+                return NESTED, path
+            return DIRECTORY, ""
+        return PRESENT, ""
+
+    def _user_index_changes(self, head: tuple[str, str] | None) -> dict[str, tuple[int, str]]:
+        """Paths whose entry in the user's index differs from HEAD's: path -> the index's
+        (mode, oid), mode 0 when the index has none.  Intent-to-add entries are not
+        changes.  Read again only when the index file or HEAD changed."""
+        key = (index_signature(self.user_index), head[0] if head else None)
+        if self._staged is not None and self._staged[0] == key and key[0] is not None:
+            return self._staged[1]
+        out = self._git("--no-optional-locks", "diff-index", "--cached",
+                        "--ita-invisible-in-index", "--no-renames", "--raw", "-z",
+                        head[0] if head else EMPTY_TREE)
+        changes = {path: (new_mode, new_oid)
+                   for _, _, new_mode, new_oid, _, path in _raw_diff(out)}
+        self._staged = (key, changes)
+        return changes
+
+    def _work_entries(self, paths: list[str], where: dict,
+                      hex_length: int) -> dict[str, tuple[int, str]]:
+        """The (mode, oid) git would record for each path from the work tree (0: none)."""
+        found: dict[str, tuple[int, str]] = {}
+        hashed = []
+        for path in paths:
+            if where[path][0] != PRESENT:
+                found[path] = (0, _ZERO_OID)
+                continue
             full = self.root / path
-            if not _safe_relative(path) or (full.is_dir() and not full.is_symlink()):
-                dropped.append(path)
-            else:
-                wanted.append(path)
-        ignored = self.git.ignored(wanted)
-        wanted = [p for p in wanted if p not in ignored]
-        missing = [p for p in wanted if not os.path.lexists(self.root / p)]
-        tracked_missing = self._in_head(head, missing)
-        gone = {p for p in missing if p not in tracked_missing}
-        dropped += sorted(ignored) + sorted(gone)
-        wanted = [p for p in wanted if p not in gone]
-        stale = {p for p in wanted if p in recheck and not self._still_a_change(p)}
-        dropped += sorted(stale)
-        return [p for p in wanted if p not in stale], dropped
+            try:
+                info = os.lstat(full)
+                if stat.S_ISLNK(info.st_mode):
+                    target = os.fsencode(os.readlink(full))
+                    found[path] = (MODE_SYMLINK, _blob_oid(target, hex_length))
+                elif "\n" in path:  # hash-object reads one name a line
+                    found[path] = (git_mode(info.st_mode), git_blob_id(str(full), hex_length))
+                else:
+                    found[path] = (git_mode(info.st_mode), "")
+                    hashed.append(path)
+            except OSError:
+                found[path] = (0, _ZERO_OID)
+        if hashed:
+            # git's own hash: clean filters (autocrlf, LFS) apply as they would on `git add`
+            out = self._git("hash-object", "--stdin-paths",
+                            input=b"".join(os.fsencode(path) + b"\n" for path in hashed))
+            for path, oid in zip(hashed, out.decode().split()):
+                found[path] = (found[path][0], oid)
+        return found
 
-    def _still_a_change(self, path: str) -> bool:
-        """Whether the content rules still call ``path`` a change worth committing."""
-        verdict = self.content.still_a_change(path)
-        if not verdict.commit:
-            self.rechecked_dropped += 1
-            log.info("not committing %s: %s (re-checked against HEAD)", path,
-                     render(verdict.reason, verdict.detail))
-        return verdict.commit
+    def _apply_staging(self, plan: Plan, where: dict, staged: dict) -> None:
+        """Hold the paths whose index entry is the person's own partial staging; note the
+        fully staged ones (their index entry is already the version committed)."""
+        candidates = [path for path in plan.stage + plan.remove if path in staged]
+        if not candidates:
+            return
+        work = self._work_entries(candidates, where, len(staged[candidates[0]][1]))
+        executable_bit = self.content.executable_bit()
+        held = set()
+        for path in candidates:
+            index_mode, index_oid = staged[path]
+            work_mode, work_oid = work[path]
+            if not executable_bit and index_mode and work_mode and MODE_SYMLINK not in (
+                    index_mode, work_mode):
+                work_mode = index_mode  # core.fileMode = false: git keeps the index's mode
+            if index_mode == work_mode and (not index_mode or index_oid == work_oid):
+                plan.fully_staged.add(path)
+            else:
+                held.add(path)
+                plan.held[path] = Why(Hold.STAGED_BY_YOU)
+        plan.stage = [path for path in plan.stage if path not in held]
+        plan.remove = [path for path in plan.remove if path not in held]
+
+    def _check_ignore(self, paths: list[str], found: set[str]) -> None:
+        # --no-index: whether git would ignore the path, whatever the user's index holds
+        # (tracked paths are never candidates), at a cost that does not grow with the tree.
+        # The "./" prefix keeps a name starting with ":" from reading as pathspec magic.
+        data = b"".join(b"./" + os.fsencode(path) + b"\0" for path in paths)
+        code, out, stderr = self.git.result("check-ignore", "--no-index", "-z", "--stdin",
+                                            input=data, env={"GIT_LITERAL_PATHSPECS": "0"})
+        if code == 1:
+            return
+        if code != 0:
+            raise GitError(("check-ignore", "--no-index", "-z", "--stdin"), code, stderr)
+        found.update(path[2:] if path.startswith("./") else path for path in split_nul(out))
+
+    def _bisect(self, paths: list[str], run: Callable[[list[str]], None],
+                refused: dict[str, Why]) -> None:
+        """``run(paths)``; when git refuses, halve until the paths it refuses are alone,
+        and hold each of those with git's words (the rest goes on).  A failure that is not
+        about one path (a lock, a full disk) is raised."""
+        try:
+            run(paths)
+        except GitError as exc:
+            if _is_transient(exc) or exc.exit_code < 0:
+                raise
+            if len(paths) == 1:
+                if not any(marker in exc.stderr for marker in _PATH_REFUSED_MARKERS):
+                    raise
+                refused[paths[0]] = Why(Hold.GIT_REFUSED, _first_error(exc.stderr))
+                log.warning("holding %s: git refuses it: %s", paths[0],
+                            _first_error(exc.stderr))
+                return
+            middle = len(paths) // 2
+            self._bisect(paths[:middle], run, refused)
+            self._bisect(paths[middle:], run, refused)
+
+    def plan(self, paths, head: tuple[str, str] | None,
+             recheck: set[str] | frozenset = frozenset()) -> Plan:
+        """What committing ``paths`` on ``head`` does with each (see the module docstring):
+        staged from the work tree, force-removed, held with a reason, or dropped."""
+        plan = Plan()
+        where: dict[str, tuple[str, str]] = {}
+        dirs: dict[str, tuple[str, str]] = {}
+        for path in dict.fromkeys(paths):
+            if not isinstance(path, str) or not _safe_relative(path) \
+                    or self._refused_by_rule(path):
+                plan.dropped.append(path)
+                continue
+            where[path] = self._where(path, dirs)
+            state, detail = where[path]
+            if state == NESTED:
+                plan.held[path] = Why(Hold.NESTED_REPOSITORY, detail)
+            elif state == UNREADABLE:
+                plan.held[path] = Why(Hold.GIT_REFUSED, f"cannot be looked at: {detail}")
+        candidates = [path for path in where if path not in plan.held]
+        try:
+            entries = self.heads.entries(candidates)
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD's entries: {exc}") from None
+        staged = self._user_index_changes(head)
+        # Entries left as HEAD had them before an earlier commit (refresh pending) are not
+        # the person's staging.
+        staged = {path: entry for path, entry in staged.items()
+                  if self.index_refresh_pending.get(path) != entry}
+        present = []
+        for path in candidates:
+            state = where[path][0]
+            entry = entries[path]
+            committed = entry is not None and not entry.is_tree
+            if state == PRESENT:
+                present.append(path)
+            elif state == DIRECTORY:
+                if entry is not None and entry.is_gitlink:
+                    plan.held[path] = Why(Hold.NESTED_REPOSITORY, path)  # a submodule
+                elif committed:
+                    plan.remove.append(path)  # a directory where HEAD has a file
+                else:
+                    plan.dropped.append(path)  # its files are paths of their own
+            elif committed or path in staged:
+                # gone from the work tree; below a symbolic link counts as gone, as for git
+                (plan.remove if state == BEYOND_LINK else plan.stage).append(path)
+            else:
+                plan.dropped.append(path)  # never committed and gone (a temp file)
+        untracked = [path for path in present if entries[path] is None and path not in staged]
+        ignored: set[str] = set()
+        if untracked:
+            self._bisect(untracked, lambda chunk: self._check_ignore(chunk, ignored),
+                         plan.held)
+        for path in present:
+            if path in ignored:
+                plan.dropped.append(path)
+            elif path not in plan.held:
+                plan.stage.append(path)
+        self._apply_staging(plan, where, staged)
+        rechecked = [path for path in plan.stage if path in recheck
+                     and where[path][0] == PRESENT and path not in plan.fully_staged
+                     and entries[path] is not None and entries[path].is_blob]
+        if rechecked:
+            stale = set()
+            for path, verdict in self.content.still_changes(rechecked).items():
+                if not verdict.commit:
+                    stale.add(path)
+                    self.rechecked_dropped += 1
+                    log.info("not committing %s: %s (re-checked against HEAD)", path,
+                             render(verdict.reason, verdict.detail))
+            plan.stage = [path for path in plan.stage if path not in stale]
+            plan.dropped += sorted(stale)
+        return plan
 
     # ----- the commit ---------------------------------------------------------------------
     def commit(self, paths, push: bool = True, attempts: int | None = None,
@@ -243,66 +578,99 @@ class Committer:
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
         self._finish_rollback()
-        self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.temp_index, Path(f"{self.temp_index}.lock")):
-            # Only this (single) executor uses the temp index, so any lock is a leftover.
-            stale.unlink(missing_ok=True)
+        self.config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for round_number in range(_CAS_ROUNDS):
             if round_number:
                 # HEAD moved: the user may have switched branches, not only committed.
                 result.held = self.branch_hold_reason()[1]
                 if result.held:
                     return
-            head = self.head()
-            wanted, dropped = self.committable(paths, head, recheck)
-            result.dropped = tuple(dropped)
-            if not wanted:
+            head = self._head_now()
+            plan = self.plan(paths, head, recheck)
+            result.dropped, result.held_paths = tuple(plan.dropped), dict(plan.held)
+            if not plan.stage and not plan.remove:
                 return
-            new = self._build_commit(head, wanted, result)
+            new, changes = self._build_commit(head, plan, result)
             if new is None:
                 return
+            old = head[0] if head else ""
             try:
-                self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, head or "")
+                self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, old)
             except GitError:
                 current = self.head()
                 if current == new:
                     # update-ref did its work but died before saying so (killed, say).
                     log.info("update-ref reported failure but HEAD is the new commit")
-                elif current != head:
+                elif current != (old or None):
                     log.info("HEAD moved during sync; rebuilding on the new HEAD")
                     continue
                 else:
                     raise
+            self._index_base = new  # the temp index holds exactly the new commit's tree
             result.commit = new
-            self.index_refresh_pending.update(result.paths)
+            for old_mode, old_oid, _, _, _, path in changes:
+                self.index_refresh_pending.setdefault(path, (old_mode, old_oid))
             self.refresh_user_index(attempts)
             return
         raise TransientError("HEAD kept moving during the sync")
 
-    def _build_commit(self, head: str | None, wanted: list[str],
-                      result: CommitResult) -> str | None:
-        """Stage ``wanted`` on top of ``head`` in the temp index; the new commit or None."""
+    def _mirror(self, head: tuple[str, str] | None) -> None:
+        """Make the temp index hold HEAD's tree: kept from the last commit when HEAD is
+        still that commit, read from HEAD only when someone else moved it."""
+        base = head[0] if head else ""
+        signature = index_signature(self.temp_index)
+        if base == self._index_base and signature is not None \
+                and signature == self._temp_signature:
+            return
+        self._index_base = None
+        # Only this (single) executor uses the temp index, so any lock is a leftover.
+        Path(f"{self.temp_index}.lock").unlink(missing_ok=True)
         if head:
-            self._git("read-tree", head, temp_index=True)
+            self._git("read-tree", head[0], temp_index=True)
         else:
             self._git("read-tree", "--empty", temp_index=True)
-        self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
-                  input=nul_joined(wanted), temp_index=True)
-        tree = self._text("write-tree", temp_index=True)
-        base_tree = self._text("rev-parse", f"{head}^{{tree}}") if head else EMPTY_TREE
+        self._index_base = base
+        self._temp_signature = index_signature(self.temp_index)
+
+    def _update_temp(self, options: tuple[str, ...], paths: list[str]) -> None:
+        self._git("update-index", *options, "-z", "--stdin", input=nul_joined(paths),
+                  temp_index=True)
+
+    def _build_commit(self, head: tuple[str, str] | None, plan: Plan,
+                      result: CommitResult) -> tuple[str | None, list]:
+        """Stage the plan on top of ``head`` in the temp index; (the new commit or None,
+        its changes as ``diff-tree`` records)."""
+        self._mirror(head)
+        base_tree = head[1] if head else EMPTY_TREE
+        try:
+            refused: dict[str, Why] = {}
+            if plan.remove:
+                self._bisect(plan.remove,
+                             lambda chunk: self._update_temp(("--force-remove",), chunk),
+                             refused)
+            if plan.stage:
+                self._bisect(plan.stage, lambda chunk: self._update_temp(
+                    ("--add", "--remove", "--replace"), chunk), refused)
+            tree = self._text("write-tree", temp_index=True)
+        except BaseException:
+            self._index_base = None  # whatever it holds now, it is not HEAD's tree
+            raise
+        result.held_paths.update(refused)
+        self._temp_signature = index_signature(self.temp_index)
         if tree == base_tree:
-            return None
-        out = self._git("diff-index", "--cached", "--name-status", "-z", head or EMPTY_TREE,
-                        temp_index=True)
-        fields = split_nul(out)
-        statuses = dict(zip(fields[1::2], fields[0::2]))
+            return None, []  # the temp index still holds HEAD's tree
+        self._index_base = None  # until update-ref makes the new commit HEAD
+        changes = _raw_diff(self._git("diff-tree", "-r", "-z", "--raw", "--no-renames",
+                                      base_tree, tree))
+        statuses = {path: status for _, _, _, _, status, path in changes}
         result.statuses = statuses
         result.paths = tuple(statuses)
         message = self.message(statuses)
-        parents = ["-p", head] if head else []
-        return self._text("commit-tree", tree, *parents, "-F", "-",
-                          input=message.encode("utf-8", "surrogateescape"),
-                          env=self._identity_env())
+        parents = ["-p", head[0]] if head else []
+        new = self._text("commit-tree", tree, *parents, "-F", "-",
+                         input=message.encode("utf-8", "surrogateescape"),
+                         env=self._identity_env())
+        return new, changes
 
     @staticmethod
     def message(statuses: dict) -> str:
@@ -313,48 +681,133 @@ class Committer:
         lines += ["", TRAILER, ""]
         return "\n".join(lines)
 
+    # ----- the user's index ----------------------------------------------------------------
     def refresh_user_index(self, attempts: int | None = None) -> bool:
-        """Make the user's index match HEAD for the committed paths only; True when no
-        refresh is left pending.  ``attempts=0``: one try, the rest kept for later."""
+        """Write HEAD's entries into the user's index for the committed paths whose entry
+        is still the one from before the commit (an entry the person changed meanwhile is
+        theirs and stays); True when no refresh is left pending.  ``attempts=0``: one try,
+        the rest kept for later."""
         if not self.index_refresh_pending:
             return True
         attempts = self.config.retry_attempts if attempts is None else attempts
-        paths = sorted(self.index_refresh_pending)
         attempt = 0
         while True:
             try:
-                self._git("reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul",
-                          input=nul_joined(paths))
-                self.index_refresh_pending.difference_update(paths)
+                self._refresh_once()
                 return True
             except GitError as exc:
                 if not _is_transient(exc) or attempt >= attempts:
                     # The commit stands; until refreshed the index shows the paths as staged
-                    # changes, so the paths stay pending and a later call tries again.
+                    # changes, so they stay pending and a later call tries again.
                     log.warning("commit made but the index was not refreshed yet: %s", exc)
                     return False
                 attempt += 1
                 self.retries += 1
                 self.sleep(self.config.retry_backoff * attempt)
 
+    def _refresh_once(self) -> None:
+        if (self.config.git_dir / "index.lock").exists():
+            raise GitError(("update-index",), 128, "index.lock exists")
+        # The index against HEAD now: a pending path not listed already agrees with HEAD;
+        # one listed with the entry from before the commit gets HEAD's (the diff's old
+        # side); any other entry is the person's own.
+        out = self._git("--no-optional-locks", "diff-index", "--cached",
+                        "--ita-invisible-in-index", "--no-renames", "--raw", "-z",
+                        self.head() or EMPTY_TREE)
+        lines = []
+        for head_mode, head_oid, index_mode, index_oid, _, path in _raw_diff(out):
+            before = self.index_refresh_pending.get(path)
+            if before is None or index_mode != before[0] or (
+                    index_mode and index_oid != before[1]):
+                continue
+            shown = f"{head_mode:o} {head_oid}" if head_mode else f"0 {_ZERO_OID}"
+            lines.append(shown.encode() + b"\t" + os.fsencode(path) + b"\0")
+        if lines:
+            self._git("update-index", "-z", "--index-info", input=b"".join(lines))
+        self.index_refresh_pending.clear()
+
     # ----- push and history ---------------------------------------------------------------
+    def upstream_state(self, branch: str) -> UpstreamState:
+        """HEAD against ``[git] remote``/``branch``'s remote-tracking branch: whether it is
+        ahead, and whether history the remote has (once this branch's own) was rewritten."""
+        tracking = f"refs/remotes/{self.config.remote}/{branch}"
+        try:
+            head, upstream = self.heads.reader.objects(
+                [b"HEAD", tracking.encode()], keep=lambda kind, size: False)
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD and {tracking}: {exc}") from None
+        head = head.oid if head is not None and head.kind == "commit" else None
+        upstream = upstream.oid if upstream is not None and upstream.kind == "commit" else None
+        if head is None or upstream == head:
+            return UpstreamState(head, upstream)
+        if upstream is None or self._is_ancestor(upstream, head):
+            return UpstreamState(head, upstream, ahead=True)
+        # The upstream is not in HEAD: the remote moved (a fetch brought commits this
+        # branch never had), or this branch dropped commits it had pushed.
+        lost = set(self._text("rev-list", upstream, f"^{head}").split())
+        if lost & self._once_on_branch(branch):
+            shown = f"{self.config.remote}/{branch}"
+            return UpstreamState(head, upstream, rewritten=(
+                f"HEAD no longer contains {shown} ({upstream[:10]}), which this branch "
+                f"pushed (an amend or a rebase?); gitsieve never forces a push: publish it "
+                f"yourself (git push --force-with-lease) or bring {shown} back into HEAD"))
+        return UpstreamState(head, upstream, ahead=not self._is_ancestor(head, upstream))
+
+    def _once_on_branch(self, branch: str) -> set[str]:
+        """Every commit the branch's reflog says it pointed at."""
+        code, out, _ = self.git.result("log", "-g", "--format=%H", f"refs/heads/{branch}",
+                                       "--")
+        return set(out.decode().split()) if code == 0 else set()
+
+    def _gate(self, state: UpstreamState) -> Why | None:
+        if self.push_gate is None:
+            return None
+        why = self.push_gate(state.range)
+        if why is not None:
+            self.push_hold = why
+            log.warning("push held: %s", why.text)
+        return why
+
     def push(self, branch: str | None = None) -> tuple[bool, str]:
-        """Push the branch to the configured remote, never forced; (pushed, error)."""
+        """Push the branch to the configured remote, never forced; (pushed, error).
+        ``pushed`` is also true when the remote already had everything
+        (:attr:`last_push_sent` tells the two apart); :attr:`push_hold` says why a push
+        was not made."""
+        self.last_push_sent = False
         if not self.config.remote:
             return False, ""
         branch = branch or self.current_branch()
         if branch is None:
             return False, "push: HEAD is detached"
+        try:
+            state = self.upstream_state(branch)
+        except (GitError, TransientError) as exc:
+            return False, f"push failed: {exc}"
+        if state.rewritten:
+            if state.rewritten != self.history_rewritten:
+                log.warning("push stopped: %s", state.rewritten)
+            self.history_rewritten = state.rewritten
+            self.push_hold = Why(Hold.HISTORY_REWRITTEN, state.rewritten)
+            return False, f"push stopped: {self.push_hold.text}"
+        if self.history_rewritten:
+            log.info("HEAD contains the upstream again: pushing resumes")
+            self.history_rewritten = ""
+        if not state.ahead:
+            self.push_hold, self.push_conflict = None, ""
+            return True, ""
         ref = f"refs/heads/{branch}"
         # Stopped by a conflict, no push is tried until the remote's commits integrate (the
         # user resolved it, dropped a blocking edit, or the remote moved again).
         rejected = bool(self.push_conflict)
         if not rejected:
+            if self._gate(state):
+                return False, f"push held: {self.push_hold.text}"
             try:
                 self._push_ref(ref)
             except GitError as exc:
                 if not any(marker in exc.stderr for marker in _REJECTED_MARKERS):
                     log.warning("push failed; the commit stays local: %s", exc)
+                    self.push_hold = None
                     return False, f"push failed: {exc}"
                 log.info("push rejected: the remote moved; integrating its commits (%s)",
                          self.config.pull_strategy)
@@ -362,16 +815,22 @@ class Committer:
         if rejected:
             try:
                 self.integrate_remote(branch)
+                if self._gate(self.upstream_state(branch)):
+                    return False, f"push held: {self.push_hold.text}"
                 self._push_ref(ref)
             except PushConflict as conflict:
                 if str(conflict) != self.push_conflict:  # once, not at every re-check
                     log.warning("push stopped: %s; commits continue locally", conflict)
                 self.push_conflict = str(conflict)
+                self.push_hold = Why(Hold.PUSH_STOPPED, self.push_conflict)
                 return False, f"push stopped: {conflict}"
             except (GitError, TransientError) as exc:
                 log.warning("push failed after integrating the remote: %s", exc)
+                self.push_hold = None
                 return False, f"push failed: {exc}"
         self.push_conflict = ""
+        self.push_hold = None
+        self.last_push_sent = True
         return True, ""
 
     def _push_ref(self, ref: str) -> None:
@@ -499,19 +958,6 @@ class Committer:
                       "%s", self.unfinished_rollback[:10], exc)
             raise TransientError(f"rolling back an interrupted integration: {exc}") from None
         self.unfinished_rollback = None
-
-    def unpushed(self) -> bool:
-        """Whether the branch has commits its remote-tracking ref does not (a push failed
-        earlier, perhaps in a previous run).  False when unknown: no remote or no ref."""
-        branch = self.current_branch()
-        if not self.config.remote or branch is None:
-            return False
-        try:
-            out = self._text("rev-list", "--count",
-                             f"refs/remotes/{self.config.remote}/{branch}..HEAD")
-        except GitError:  # no tracking ref (never pushed or fetched): nothing to compare
-            return False
-        return out.isdigit() and int(out) > 0
 
     def past_commit_times(self) -> list[float]:
         """Commit times of gitsieve's own commits within the last 24 hours."""
