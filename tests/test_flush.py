@@ -186,3 +186,30 @@ def test_rewritten_pushed_history_stops_pushing_and_is_listed(running):
     code, report = flush(ws)
     assert code == ctl.EXIT_OK, report
     assert ws.remote_head() == ws.head()
+
+
+def test_names_that_are_not_utf8_sync_added_modified_renamed_deleted(running):
+    """Issue 14: deleting a committed file whose name is not UTF-8 crashed the executor."""
+    ws = running
+    raw = os.fsencode(str(ws.root)) + b"/caf\xe9.txt"
+    moved = os.fsencode(str(ws.root)) + b"/n\xfcw/caf\xe9 2.txt"
+
+    def on_remote() -> set[bytes]:
+        out = subprocess.run(["git", "ls-tree", "-r", "-z", "--name-only", "main"],
+                             cwd=ws.remote, capture_output=True, check=True).stdout
+        return set(out.split(b"\0"))
+    with open(raw, "wb") as handle:
+        handle.write(b"one\n")
+    assert flush(ws)[0] == ctl.EXIT_OK and b"caf\xe9.txt" in on_remote()
+    with open(raw, "ab") as handle:
+        handle.write(b"two\n")
+    assert flush(ws)[0] == ctl.EXIT_OK
+    os.makedirs(os.path.dirname(moved))
+    os.rename(raw, moved)
+    assert flush(ws)[0] == ctl.EXIT_OK
+    assert b"caf\xe9.txt" not in on_remote() and b"n\xfcw/caf\xe9 2.txt" in on_remote()
+    os.unlink(moved)
+    code, report = flush(ws)
+    assert code == ctl.EXIT_OK, report
+    assert b"n\xfcw/caf\xe9 2.txt" not in on_remote()
+    assert ws.remote_head() == ws.head()
