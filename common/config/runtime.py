@@ -27,6 +27,16 @@ def _owner_of(config: Config) -> int:
     return os.stat(config.workspace).st_uid if os.geteuid() == 0 else os.geteuid()
 
 
+def give_to_directory_owner(fd: int, directory: Path) -> None:
+    """Root writing a file into someone else's (runtime) directory: the file is theirs, so
+    their own gitsieve can use it later."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(directory).st_uid
+    if owner != 0 and os.fstat(fd).st_uid != owner:
+        os.fchown(fd, owner, -1)
+
+
 def _refuse(path: Path, why: str) -> RuntimeDirError:
     return RuntimeDirError(str(path), f"runtime directory refused: {why}; set [runtime] dir "
                                       "to an empty directory of your own, or leave it unset")
@@ -75,6 +85,9 @@ def prepare_runtime_dir(config: Config) -> None:
         marker.write_text("gitsieve runtime directory: sockets, lock, logs\n")
     for sub in (config.log_dir,):
         sub.mkdir(mode=0o700, exist_ok=True)
+    if owner != os.geteuid():  # root on someone else's tree: what stays here is theirs
+        for made in (marker, config.log_dir):
+            os.chown(made, owner, -1)
     _prepare_alias(config)
 
 

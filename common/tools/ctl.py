@@ -122,7 +122,7 @@ def step_text(step: dict) -> str:
 def executor_line(executor: dict) -> str:
     """The executor's holds for `status`: the paths it holds and why, and the push."""
     parts = [f"executor: {executor.get('held', 0)} held"]
-    if executor.get("hold"):
+    if executor.get("hold") not in (None, Hold.NOTHING):
         parts[0] += f" ({executor['held_reason']}) [{executor['hold']}]"
     own = executor.get("path_holds") or {}
     if own:

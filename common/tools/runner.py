@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitsieve.common.config import Config, prepare_runtime_dir
+from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class InstanceLock:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        give_to_directory_owner(fd, self.path.parent)
         self.fd = fd
 
     def release(self) -> None:
