@@ -369,3 +369,50 @@ def run_tree(files: int, edits: int = 20, debounce: float = 0.5) -> int:
               f"CPU-s per commit")
     print(f"  edits never pushed: {missed}")
     return 0 if not missed else 1
+
+
+def run_large(megabytes: int = 60) -> int:
+    """``--large MB``: a file of MB random bytes moved into the workspace; the executor's
+    RSS and its control latency sampled until the file is on the remote."""
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-large-"))
+    runner = None
+    try:
+        root, remote = _plain_workspace(base, 0.5)
+        config, runner = _start_gitsieve(root)
+        wait_until_running(config, len(actor_ids(config)))
+        time.sleep(2.0)
+        executor = psutil.Process(control.request(config, "executor", "status",
+                                                  timeout=2).data["pid"])
+        idle_rss = executor.memory_info().rss / 2 ** 20
+        size = megabytes * 2 ** 20
+        staged = base / "large.tmp"  # written beside, then moved in: one complete version
+        with open(staged, "wb") as handle:
+            handle.write(os.urandom(size))
+        started = time.monotonic()
+        os.replace(staged, root / "large.bin")
+        peak, slowest, samples, unanswered = idle_rss, 0.0, 0, 0
+        while time.monotonic() - started < 300:
+            peak = max(peak, executor.memory_info().rss / 2 ** 20)
+            asked = time.monotonic()
+            try:
+                control.request(config, "executor", "status", timeout=5.0)
+                slowest = max(slowest, time.monotonic() - asked)
+            except control.Unreachable:
+                unanswered += 1
+            samples += 1
+            code, out, _ = Git(remote).result("cat-file", "-s", "main:large.bin")
+            if code == 0 and out.strip() == str(size).encode():
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        settled_rss = executor.memory_info().rss / 2 ** 20
+    finally:
+        _stop(runner)
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"gitsieve bench --large {megabytes}: {os.cpu_count()} cpus")
+    print(f"  write -> on the remote: {elapsed:.2f} s")
+    print(f"  executor RSS: idle {idle_rss:.1f} MiB, peak while committing {peak:.1f} MiB, "
+          f"after {settled_rss:.1f} MiB")
+    print(f"  control requests meanwhile: {samples}, slowest answer {slowest * 1000:.0f} ms, "
+          f"unanswered within 5 s: {unanswered}")
+    return 0

@@ -93,6 +93,8 @@ def cmd_bench(args) -> int:
         return bench.run_dirty(args.dirty)
     if args.tree:
         return bench.run_tree(args.tree, edits=min(args.edits, 20), debounce=args.debounce)
+    if args.large:
+        return bench.run_large(args.large)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
 
 
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tree", type=int, default=0, metavar="N",
                        help="scenario: edits on a committed tree of N files; per-edit time "
                             "beyond the debounce, against git add && commit and git push")
+    bench.add_argument("--large", type=int, default=0, metavar="MB",
+                       help="scenario: one file of MB random bytes; executor RSS and control "
+                            "latency while it is committed and pushed")
     bench.set_defaults(func=cmd_bench)
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
