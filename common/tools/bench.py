@@ -253,6 +253,20 @@ def _gitsieve_tree_cpu(runner: subprocess.Popen) -> float:
     return total
 
 
+def actor_cpu(config) -> dict[str, float]:
+    """CPU seconds of every actor, the git children it reaped included."""
+    spent = {}
+    for actor_id in control.known_actors(config):
+        try:
+            pid = control.request(config, actor_id, "status", timeout=1.0).data["pid"]
+            times = psutil.Process(pid).cpu_times()
+        except (control.Unreachable, psutil.Error, KeyError):
+            continue
+        spent[actor_id] = (times.user + times.system + times.children_user
+                           + times.children_system)
+    return spent
+
+
 def _start_gitsieve(root: Path):
     config = config_mod.load(root)
     runner = subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.cli", "run",
@@ -302,6 +316,7 @@ def run_dirty(count: int, timeout: float = 600.0) -> int:
                     break
             time.sleep(0.05)
         cpu = _gitsieve_tree_cpu(runner)
+        per_actor = actor_cpu(config)
         commits = int(_git(root, "rev-list", "--count", "HEAD").strip()) - 1
     finally:
         _stop(runner)
@@ -314,6 +329,8 @@ def run_dirty(count: int, timeout: float = 600.0) -> int:
     print(f"  gitsieve, start to every file on the remote: {elapsed:.2f} s "
           f"({elapsed / floor:.1f}x the floor; target <= 3x), {commits} commit(s), "
           f"{cpu:.1f} CPU-s")
+    print("  CPU-s by actor (git children included): " + ", ".join(
+        f"{name} {seconds:.1f}" for name, seconds in sorted(per_actor.items())))
     return 0
 
 

@@ -478,7 +478,7 @@ class Flush(Command):
                       "reason": f"{shown}, configured for {config.branch!r}: nothing is "
                                 f"committed or pushed until it is checked out again"}
         push = None
-        if branch is None and state["upstream"] is not None \
+        if branch is None and state["upstream"] is not None and state["head"] is not None \
                 and state["head"] != state["upstream"]:
             push = {"hold": executor.get("push_hold"),
                     "reason": executor.get("push_reason") or "HEAD is not on the remote yet",
