@@ -647,33 +647,40 @@ def test_non_utf8_names_added_modified_renamed_and_deleted(workspace):
     assert workspace.remote_head() == workspace.head()
 
 
-def test_the_temp_index_is_reused_and_check_ignore_never_reads_the_index(workspace,
-                                                                          monkeypatch):
-    """Issue 13: the commit path must not grow with the tree: HEAD's tree is read into the
-    temp index only when someone else moved HEAD."""
+def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
+    """Issue 13: the commit path must not grow with the tree.  Before, every commit read
+    HEAD's whole tree into a temporary index (read-tree), wrote it back (write-tree) and
+    reset the user's index by pathspec.  Now an edit of a tracked file costs hash-object,
+    mktree (only the trees along the path), commit-tree, update-ref and the user's index
+    entry; the user's index is read again only when someone else changed it."""
     committer = make(workspace, 'remote = ""\n')
     calls = []
     original = committer.git.result
 
     def counting(*args, **kwargs):
-        calls.append(args)
+        calls.append(args[0] if args[0] != "--no-optional-locks" else args[1])
         return original(*args, **kwargs)
     monkeypatch.setattr(committer.git, "result", counting)
-    for number in range(3):
-        workspace.write(f"f{number}.txt", f"{number}\n")
-        workspace.write("new.ignored", "ignored\n")
-        assert committer.commit([f"f{number}.txt", "new.ignored"]).commit
-    read_trees = [args for args in calls if args[0] == "read-tree"]
-    assert len(read_trees) == 1  # the first commit only
-    ignores = [args for args in calls if args[0] == "check-ignore"]
-    assert ignores and all("--no-index" in args for args in ignores)
+    workspace.write("deep/er/f.txt", "0\n")
+    workspace.write("new.ignored", "ignored\n")
+    assert committer.commit(["deep/er/f.txt", "new.ignored"]).commit
+    assert "check-ignore" in calls  # a new path: is it ignored?
+    for number in range(1, 3):
+        calls.clear()
+        workspace.write("deep/er/f.txt", f"{number}\n")
+        assert committer.commit(["deep/er/f.txt"]).statuses == {"deep/er/f.txt": "M"}
+        assert sorted(calls) == ["commit-tree", "hash-object", "mktree", "update-index",
+                                 "update-ref"], calls
+    assert not {"read-tree", "write-tree", "reset", "add", "ls-files"} & set(calls)
     workspace.write("mine.txt", "the user's own commit\n")
     workspace.git("add", "mine.txt")
     workspace.git("commit", "-q", "-m", "mine")
-    workspace.write("f0.txt", "after the user's commit\n")
-    assert committer.commit(["f0.txt"]).commit
-    assert len([args for args in calls if args[0] == "read-tree"]) == 2
+    calls.clear()
+    workspace.write("deep/er/f.txt", "after the user's commit\n")
+    assert committer.commit(["deep/er/f.txt"]).commit
+    assert calls.count("diff-index") == 1  # their index changed: read once
     assert unsynced(workspace) == ""
+    assert workspace.git("diff", "--cached", "--name-only") == ""
 
 
 def test_pushed_history_rewritten_is_never_forced_replayed_or_merged_back(workspace):

@@ -363,11 +363,11 @@ def test_handler_lock_retry_is_scheduled_not_slept(workspace):
 # ----- issues 8, 11, 14: git work off the loop, per-path holds, user-written paths ---------
 def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, tmp_path):
     """Issue 11: while a large file was committed the executor did not answer its control
-    socket for 10-20 s.  Here git is made slow (faulty-git sleeps in update-index): status
+    socket for 10-20 s.  Here git is made slow (faulty-git sleeps in hash-object): status
     and explain are answered meanwhile, the health monitor sees no restart, and the commit
     then completes."""
     from conftest import faulty_git
-    env, rules = faulty_git(tmp_path, "^update-index.*--replace sleep-before:4 1\n")
+    env, rules = faulty_git(tmp_path, "^hash-object sleep-before:4 1\n")
     h = harness()
     h.start("health")
     h.actors("executor", workspace.root, env=env)
@@ -389,7 +389,7 @@ def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, t
     # the same loop sends the heartbeats: the health monitor never saw it fall silent
     restarts = control.request(h.config, "health", "status", timeout=1.0).data["restarts"]
     assert restarts.get("executor", 0) == 0
-    assert workspace.head() == before  # still inside update-index
+    assert workspace.head() == before  # still hashing
     h.wait_committed("big.bin", timeout=20)
     wait_for(lambda: h.status().get("busy") is None and h.status().get("held") == 0,
              timeout=10, message="job finished")

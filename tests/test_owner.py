@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST_CONFIG, ROOT, USER_PYTHON, Gitsieve, create_workspace
-from gitsieve.common.config import loader
 from gitsieve.common.git import gateway
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates users)")
@@ -52,8 +51,6 @@ def test_root_on_a_users_repository_leaves_nothing_of_roots_and_their_git_still_
         assert flush.returncode == 0, flush.stdout + flush.stderr
         assert ws.remote_head() == ws.git("rev-parse", "HEAD").strip()
         assert "notes/new dir/a.txt" in ws.git("ls-tree", "-r", "--name-only", "HEAD")
-        cfg = loader.load(ws.root)
-        assert (cfg.runtime_dir / "sync.index").stat().st_uid == user.uid
         assert foreign_files(ws.root, ws.remote, owner=user.uid) == []
     finally:
         code, _ = gitsieve.stop()

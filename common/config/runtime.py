@@ -1,4 +1,4 @@
-"""The runtime directory: sockets, lock, logs, learned paths, the temporary index.
+"""The runtime directory: sockets, lock, logs, learned paths, metrics.
 
 It must be private: a directory (not a symlink) owned by the work tree's owner, mode 0700,
 and either empty or holding gitsieve's marker file (so a restart finds its own directory,

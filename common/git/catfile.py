@@ -234,6 +234,32 @@ class TreeWalker:
             _, evicted = self.trees.popitem(last=False)
             self.cached_entries -= len(evicted)
 
+    def tree(self, oid: str) -> dict[bytes, tuple[int, str]]:
+        """The entries of one tree object: name -> (mode, object id).  Do not modify."""
+        self._load({oid})
+        return self.trees[oid]
+
+    def remember(self, oid: str, entries: dict[bytes, tuple[int, str]]) -> None:
+        """A tree written here: known without asking git for it again."""
+        if oid not in self.trees:
+            self.trees[oid] = entries
+            self.cached_entries += len(entries)
+
+    def blobs(self, tree: str, prefix: bytes) -> list[tuple[bytes, int, str]]:
+        """Every non-tree entry below ``tree``: (prefix + path, mode, object id)."""
+        found, pending = [], [(tree, prefix)]
+        while pending:
+            self._load({oid for oid, _ in pending})
+            deeper = []
+            for oid, at in pending:
+                for name, (mode, entry_oid) in self.trees[oid].items():
+                    if mode == MODE_TREE:
+                        deeper.append((entry_oid, at + name + b"/"))
+                    else:
+                        found.append((at + name, mode, entry_oid))
+            pending = deeper
+        return found
+
     def entries(self, tree: str, paths: Iterable[str]) -> dict[str, Entry | None]:
         """Each path's entry in ``tree`` (None: not there, or below a file or gitlink)."""
         found: dict[str, Entry | None] = {}

@@ -1,16 +1,16 @@
 """Git commit and push mechanics used by the executor.
 
-A sync commits exactly a given set of paths without disturbing the user's index.  The tree
-is built in a temporary index (``runtime_dir/sync.index``) that mirrors HEAD and is kept
-from one commit to the next: it is read from HEAD (``read-tree``, the one step that costs
-as much as the tree is large) only when HEAD moved by someone else's hand.  The paths are
-staged in it with one ``update-index --stdin`` (names on stdin, never on the command line),
-the commit is made with ``write-tree`` and ``commit-tree``, its changes are read with
-``diff-tree`` (which walks only the directories that differ) and it is installed with a
-compare-and-swap ``update-ref`` (a commit the user made meanwhile makes it fail, and the
-sync is rebuilt on the new HEAD).  Only then are the committed entries written into the
-user's real index (``update-index --index-info``), and only where the user left them as
-HEAD had them.  Pushes are never forced.
+A sync commits exactly a given set of paths without touching the user's index until the
+commit stands, and at the cost of what changed, not of the tree's size: the new versions
+are hashed into objects in one ``hash-object -w --stdin-paths`` (names on stdin, never on
+the command line; clean filters apply as on ``git add``), the trees along the changed
+paths are composed here from HEAD's trees (read by object id through the persistent
+cat-file child, see :mod:`.catfile`) and written in one ``mktree --batch``, the commit is
+made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
+the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD).  No
+index holding the whole tree is read or written for it.  Only then are the committed
+entries written into the user's real index (``update-index --index-info``), and only
+where the user left them as HEAD had them.  Pushes are never forced.
 
 Before staging, every path is planned (:meth:`Committer.plan`): from the work tree (one
 ``lstat`` per path and per directory above it), HEAD's entries (read in bulk, see
@@ -30,9 +30,9 @@ Before staging, every path is planned (:meth:`Committer.plan`): from the work tr
 - an ignored, untracked path is dropped; so is a ``recheck`` path whose content now differs
   from HEAD only in volatile data (the content judge, HEAD's blobs read in one exchange).
 
-Held paths come back in :attr:`CommitResult.held_paths` with their own reason, and one path
-git refuses (an unsupported file type, say) is found by bisection and held alone
-(``Hold.GIT_REFUSED``): the rest is committed.
+Held paths come back in :attr:`CommitResult.held_paths` with their own reason: a path git
+refuses (a FIFO, a socket; a file git cannot read, found by bisection) is held alone
+(``Hold.GIT_REFUSED``) and the rest is committed.
 
 When a push is rejected because the remote moved, the remote branch is fetched and the
 local commits are replayed on it (``pull_strategy = "rebase"``) or merged with it
@@ -56,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass, field
@@ -63,8 +64,14 @@ from pathlib import Path
 from typing import Callable
 
 from gitsieve.common.config.loader import Config
-from gitsieve.common.git.catfile import MODE_SYMLINK, Entry, HeadReadError
-from gitsieve.common.git.gateway import Git, GitError, nul_joined, split_nul
+from gitsieve.common.git.catfile import (
+    MODE_GITLINK,
+    MODE_SYMLINK,
+    MODE_TREE,
+    Entry,
+    HeadReadError,
+)
+from gitsieve.common.git.gateway import Git, GitError, split_nul
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
 from gitsieve.common.judge.junk import editor_junk
@@ -82,11 +89,11 @@ EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # git's words for a lock someone else holds: worth waiting for, not a real failure.
 _TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot lock ref",
                       "timed out")
-# git's words when one path, not the whole command, is the trouble (update-index).
-_PATH_REFUSED_MARKERS = ("Unable to process path", "unable to index file",
+# git's words when one path, not the whole command, is the trouble (hash-object,
+# check-ignore).
+_PATH_REFUSED_MARKERS = ("Unable to process path", "unable to index file", "Unable to hash",
                          "beyond a symbolic link", "unsupported file type",
-                         "does not exist and --remove not passed", "is a directory",
-                         "Permission denied", "cannot add")
+                         "Permission denied", "cannot open", "unable to open")
 _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
 # Only the network has a deadline (see gateway.Git: sh polls while one is set).
 _IDENTITY_TTL = 60.0
@@ -95,7 +102,7 @@ _ZERO_OID = "0" * 40
 
 # Where a path stands in the work tree (Committer.plan).
 PRESENT, GONE, BEYOND_LINK, DIRECTORY = "present", "gone", "beyond-link", "directory"
-NESTED, UNREADABLE = "nested", "unreadable"
+NESTED, REFUSED = "nested", "refused"
 
 
 class TransientError(Exception):
@@ -130,11 +137,11 @@ class CommitResult:
 class Plan:
     """What a commit of some paths does with each (see :meth:`Committer.plan`)."""
 
-    stage: list[str] = field(default_factory=list)   # update-index --add --remove
-    remove: list[str] = field(default_factory=list)  # update-index --force-remove
+    stage: list[str] = field(default_factory=list)   # from the work tree (gone: deleted)
+    remove: list[str] = field(default_factory=list)  # deleted (below a link, a directory)
     held: dict[str, Why] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
-    # HEAD's entries of the paths that reach the index (for the user's index update)
+    where: dict[str, str] = field(default_factory=dict)  # path -> PRESENT, GONE, ...
     head_entries: dict[str, Entry | None] = field(default_factory=dict)
     fully_staged: set[str] = field(default_factory=set)
 
@@ -162,8 +169,9 @@ def _safe_relative(path: str) -> bool:
     """A workspace-relative path that cannot reach outside the work tree or into .git."""
     if bad_path_reason(path) is not None:
         return False
-    parts = path.split("/")
-    return not any(part in ("", ".", "..") for part in parts) and parts[0] != ".git"
+    # git records no path with a ".git" component anywhere (any case), nor "." or "..".
+    return not any(part in ("", ".", "..") or part.lower() == ".git"
+                   for part in path.split("/"))
 
 
 def _first_error(stderr: str) -> str:
@@ -192,6 +200,51 @@ def _blob_oid(data: bytes, hex_length: int) -> str:
     return digest.hexdigest()
 
 
+_KEEP = object()  # a tree node with no change of its own, only below it
+
+
+def tree_id(entries: dict[bytes, tuple[int, str]], hex_length: int) -> str:
+    """git's object id of a tree with these entries (name -> (mode, oid)), in git's order:
+    names compared as bytes, a tree's as if it ended in "/"."""
+    ordered = sorted(entries.items(),
+                     key=lambda item: item[0] + b"/" if item[1][0] == MODE_TREE else item[0])
+    body = b"".join(b"%o %s\0" % (mode, name) + bytes.fromhex(oid)
+                    for name, (mode, oid) in ordered)
+    digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
+    digest.update(b"tree %d\0" % len(body) + body)
+    return digest.hexdigest()
+
+
+_NEEDS_QUOTES = re.compile(rb'[^\x20-\x7e]|["\\]')
+
+
+def _c_quoted(name: bytes) -> bytes:
+    """A name as ``ls-tree`` prints it (and ``mktree`` reads it): C-quoted when it holds
+    a control character, a quote, a backslash or a byte beyond ASCII."""
+    if not _NEEDS_QUOTES.search(name):
+        return name
+    quoted = bytearray(b'"')
+    for byte in name:
+        if byte in (0x22, 0x5C):
+            quoted += b"\\" + bytes([byte])
+        elif 0x20 <= byte < 0x7F:
+            quoted.append(byte)
+        else:
+            quoted += b"\\%03o" % byte
+    return bytes(quoted + b'"')
+
+
+def _same_entry(one: tuple[int, str], other: tuple[int, str]) -> bool:
+    """Two (mode, oid) entries alike (mode 0: no entry, whatever the oid says)."""
+    return one[0] == other[0] and (not one[0] or one[1] == other[1])
+
+
+def _index_line(mode: int, oid: str, path: str) -> bytes:
+    """One ``update-index -z --index-info`` record (mode 0 removes the entry)."""
+    shown = f"{mode:o} {oid}" if mode else f"0 {_ZERO_OID}"
+    return shown.encode() + b"\t" + os.fsencode(path) + b"\0"
+
+
 def index_signature(path: Path) -> tuple | None:
     """A cheap fingerprint of an index file: git rewrites it whole (a new inode)."""
     try:
@@ -212,7 +265,6 @@ class Committer:
         self.heads = self.content.head  # HEAD's entries and blobs, read in bulk
         self.rules = RuleCache(config.patterns_file)
         self.sleep = sleep
-        self.temp_index = config.runtime_dir / "sync.index"
         self.user_index = config.git_dir / "index"
         self.retries = 0  # total over this object's life, for status
         self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
@@ -233,20 +285,13 @@ class Committer:
         # the commit (index.lock was busy): path -> that entry (mode, oid; mode 0: none).
         # Written on a later call of refresh_user_index(), unless the person changed it.
         self.index_refresh_pending: dict[str, tuple[int, str]] = {}
-        # The commit the temp index mirrors ("" for the empty tree, None: unknown) and the
-        # temp index's signature when it did.
-        self._index_base: str | None = None
-        self._temp_signature: tuple | None = None
         # The user's index against HEAD, as last read: ((signature, head), {path: entry})
         self._staged: tuple | None = None
 
     # ----- small git helpers ------------------------------------------------------------
-    def _git(self, *args, input: bytes | None = None, temp_index: bool = False,
-             env: dict | None = None, timeout: float | None = None) -> bytes:
-        extra = dict(env or {})
-        if temp_index:
-            extra["GIT_INDEX_FILE"] = str(self.temp_index)
-        return self.git.run(*args, input=input, env=extra, timeout=timeout)
+    def _git(self, *args, input: bytes | None = None, env: dict | None = None,
+             timeout: float | None = None) -> bytes:
+        return self.git.run(*args, input=input, env=env, timeout=timeout)
 
     def _text(self, *args, **kwargs) -> str:
         return os.fsdecode(self._git(*args, **kwargs)).strip()
@@ -328,7 +373,7 @@ class Committer:
         except (FileNotFoundError, NotADirectoryError):
             return GONE, ""
         except OSError as exc:
-            return UNREADABLE, exc.strerror or str(exc)
+            return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
         if stat.S_ISLNK(info.st_mode):
             return BEYOND_LINK, rel
         if not stat.S_ISDIR(info.st_mode):
@@ -339,7 +384,7 @@ class Committer:
 
     def _where(self, path: str, dirs: dict[str, tuple[str, str]]) -> tuple[str, str]:
         """Where ``path`` stands in the work tree: (PRESENT | GONE | BEYOND_LINK |
-        DIRECTORY | NESTED | UNREADABLE, detail); ``dirs`` caches the directories above."""
+        DIRECTORY | NESTED | REFUSED, detail); ``dirs`` caches the directories above."""
         parts = path.split("/")
         for depth in range(1, len(parts)):
             prefix = "/".join(parts[:depth])
@@ -353,11 +398,14 @@ class Committer:
         except (FileNotFoundError, NotADirectoryError):
             return GONE, ""
         except OSError as exc:  # cannot be looked at: neither committed nor deleted
-            return UNREADABLE, exc.strerror or str(exc)
+            return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
         if stat.S_ISDIR(info.st_mode):
             if os.path.lexists(self.root / path / ".git"):
                 return NESTED, path
             return DIRECTORY, ""
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+            # never opened: reading a FIFO would block
+            return REFUSED, "unsupported file type (a FIFO, socket or device)"
         return PRESENT, ""
 
     def _user_index_changes(self, head: tuple[str, str] | None) -> dict[str, tuple[int, str]]:
@@ -478,8 +526,8 @@ class Committer:
             state, detail = where[path]
             if state == NESTED:
                 plan.held[path] = Why(Hold.NESTED_REPOSITORY, detail)
-            elif state == UNREADABLE:
-                plan.held[path] = Why(Hold.GIT_REFUSED, f"cannot be looked at: {detail}")
+            elif state == REFUSED:
+                plan.held[path] = Why(Hold.GIT_REFUSED, detail)
         candidates = [path for path in where if path not in plan.held]
         try:
             entries = self.heads.entries(candidates)
@@ -519,6 +567,8 @@ class Committer:
                 plan.dropped.append(path)
             elif path not in plan.held:
                 plan.stage.append(path)
+        plan.where = {path: state for path, (state, _) in where.items()}
+        plan.head_entries = entries
         self._apply_staging(plan, where, staged)
         rechecked = [path for path in plan.stage if path in recheck
                      and where[path][0] == PRESENT and path not in plan.fully_staged
@@ -606,63 +656,181 @@ class Committer:
                     continue
                 else:
                     raise
-            self._index_base = new  # the temp index holds exactly the new commit's tree
             result.commit = new
-            for old_mode, old_oid, _, _, _, path in changes:
-                self.index_refresh_pending.setdefault(path, (old_mode, old_oid))
-            self.refresh_user_index(attempts)
+            self._after_commit(plan, changes, new, attempts)
             return
         raise TransientError("HEAD kept moving during the sync")
 
-    def _mirror(self, head: tuple[str, str] | None) -> None:
-        """Make the temp index hold HEAD's tree: kept from the last commit when HEAD is
-        still that commit, read from HEAD only when someone else moved it."""
-        base = head[0] if head else ""
-        signature = index_signature(self.temp_index)
-        if base == self._index_base and signature is not None \
-                and signature == self._temp_signature:
-            return
-        self._index_base = None
-        # Only this (single) executor uses the temp index, so any lock is a leftover.
-        Path(f"{self.temp_index}.lock").unlink(missing_ok=True)
-        if head:
-            self._git("read-tree", head[0], temp_index=True)
-        else:
-            self._git("read-tree", "--empty", temp_index=True)
-        self._index_base = base
-        self._temp_signature = index_signature(self.temp_index)
+    # ----- objects and trees -----------------------------------------------------------------
+    def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:
+        # git's own hashing: clean filters (autocrlf, LFS) apply as on `git add`
+        out = self._git("hash-object", "-w", "--stdin-paths",
+                        input=b"".join(os.fsencode(path) + b"\n" for path in paths))
+        oids = out.decode().split()
+        if len(oids) != len(paths):
+            raise GitError(("hash-object",), 128, f"{len(oids)} ids for {len(paths)} paths")
+        found.update(zip(paths, oids))
 
-    def _update_temp(self, options: tuple[str, ...], paths: list[str]) -> None:
-        self._git("update-index", *options, "-z", "--stdin", input=nul_joined(paths),
-                  temp_index=True)
+    def _hash_contents(self, contents: list[bytes], filters_for: str | None = None) -> list[str]:
+        """Object ids of literal contents (link targets; a name hash-object cannot read
+        a line of), written through files in the runtime directory: one process for all."""
+        made = []
+        try:
+            for number, data in enumerate(contents):
+                temp = self.config.runtime_dir / f".object-{os.getpid()}-{number}"
+                # readable by git when it runs as the tree's owner
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                made.append(temp)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            options = ["--path", filters_for] if filters_for else ["--no-filters"]
+            out = self._git("hash-object", "-w", *options, "--stdin-paths",
+                            input=b"".join(os.fsencode(str(temp)) + b"\n" for temp in made))
+        finally:
+            for temp in made:
+                temp.unlink(missing_ok=True)
+        return out.decode().split()
+
+    def _new_entries(self, plan: Plan) -> dict[str, tuple[int, str] | None]:
+        """Each staged path's new entry (mode, oid), None for a deletion; paths git cannot
+        read are held (plan.held) and left out."""
+        present = [path for path in plan.stage if plan.where[path] == PRESENT]
+        changes: dict[str, tuple[int, str] | None] = {
+            path: None for path in plan.stage + plan.remove if plan.where[path] != PRESENT}
+        modes, regular, links = {}, [], []
+        executable_bit = self.content.executable_bit()
+        for path in present:
+            try:
+                info = os.lstat(self.root / path)
+                if stat.S_ISLNK(info.st_mode):
+                    links.append((path, os.fsencode(os.readlink(self.root / path))))
+                    continue
+            except OSError:  # gone since it was planned: a deletion, as git would see it
+                changes[path] = None
+                continue
+            mode = git_mode(info.st_mode)
+            head = plan.head_entries.get(path)
+            if not executable_bit:  # core.fileMode = false: git keeps the recorded mode
+                mode = head.mode if head is not None and head.is_blob \
+                    and head.mode != MODE_SYMLINK else 0o100644
+            modes[path] = mode
+            regular.append(path)
+        oids: dict[str, str] = {}
+        plain = [path for path in regular if "\n" not in path]  # hash-object reads lines
+        if plain:
+            self._bisect(plain, lambda chunk: self._hash_files(chunk, oids), plan.held)
+        for path in regular:
+            if "\n" in path:
+                with open(self.root / path, "rb") as handle:
+                    shown = os.fsencode(path).decode("utf-8", "surrogateescape")
+                    oids[path] = self._hash_contents([handle.read()], shown if shown.isprintable()
+                                                     else None)[0]
+        for path in regular:
+            if path in oids:
+                changes[path] = (modes[path], oids[path])
+        if links:
+            for (path, _), oid in zip(links, self._hash_contents([t for _, t in links])):
+                changes[path] = (MODE_SYMLINK, oid)
+        return changes
+
+    def _compose(self, head_tree: str | None, changes: dict[str, tuple[int, str] | None],
+                 hex_length: int) -> tuple[str | None, list[tuple[str, dict]], list]:
+        """The new root tree with ``changes`` applied to ``head_tree``: (its oid or None
+        when empty, the new trees children first, the changes as diff records)."""
+        root: dict[bytes, list] = {}  # name -> [entry or _KEEP, children]
+        for path, entry in changes.items():
+            node_children = root
+            parts = os.fsencode(path).split(b"/")
+            for part in parts[:-1]:
+                node_children = node_children.setdefault(part, [_KEEP, {}])[1]
+            node_children.setdefault(parts[-1], [_KEEP, {}])[0] = entry
+        walker = self.heads.walker
+        trees: list[tuple[str, dict]] = []
+        records: list = []
+
+        def report(old, new, path: bytes) -> None:
+            old_blob = old is not None and old[0] != MODE_TREE
+            new_blob = new is not None and new[0] != MODE_TREE
+            if old is not None and old[0] == MODE_TREE and not (new and new[0] == MODE_TREE):
+                for below, mode, oid in walker.blobs(old[1], path + b"/"):
+                    records.append((mode, oid, 0, _ZERO_OID, "D", os.fsdecode(below)))
+            if old_blob and new_blob:
+                if old != new:
+                    kind = "T" if (old[0] == MODE_SYMLINK) != (new[0] == MODE_SYMLINK) \
+                        or MODE_GITLINK in (old[0], new[0]) else "M"
+                    records.append((old[0], old[1], new[0], new[1], kind, os.fsdecode(path)))
+            elif old_blob:
+                records.append((old[0], old[1], 0, _ZERO_OID, "D", os.fsdecode(path)))
+            elif new_blob:
+                records.append((0, _ZERO_OID, new[0], new[1], "A", os.fsdecode(path)))
+
+        def write(children: dict, base: str | None, prefix: bytes) -> str | None:
+            entries = dict(walker.tree(base)) if base else {}
+            for name, (entry, below) in children.items():
+                path = prefix + name
+                old = entries.get(name)
+                if entry is not _KEEP and entry is not None:
+                    new = entry  # a file or a link here; anything below it is gone
+                elif entry is None and not below:
+                    new = None
+                else:
+                    keep_below = entry is _KEEP and old is not None and old[0] == MODE_TREE
+                    sub = write(below, old[1] if keep_below else None, path + b"/")
+                    new = (MODE_TREE, sub) if sub else None
+                report(old, new, path)
+                if new is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = new
+            if not entries:
+                return None
+            oid = tree_id(entries, hex_length)
+            trees.append((oid, entries))
+            return oid
+
+        return write(root, head_tree, b""), trees, records
+
+    def _write_trees(self, trees: list[tuple[str, dict]]) -> None:
+        """Write the composed trees (children first) with one ``mktree --batch``; git's
+        ids must be the ones computed here."""
+        lines = []
+        for _, entries in trees:
+            for name, (mode, oid) in entries.items():
+                kind = "tree" if mode == MODE_TREE else "commit" if mode == MODE_GITLINK \
+                    else "blob"
+                lines.append(b"%06o %s %s\t%s\n" % (mode, kind.encode(), oid.encode(),
+                                                     _c_quoted(name)))
+            lines.append(b"\n")
+        # --missing: no existence check of every entry (thousands in a large directory);
+        # they come from HEAD's trees or were just written, and the ids are checked below.
+        written = self._git("mktree", "--missing", "--batch",
+                            input=b"".join(lines)).decode().split()
+        expected = [oid for oid, _ in trees]
+        if written != expected:
+            raise GitError(("mktree", "--batch"), 128,
+                           f"tree ids differ: git wrote {written[:3]}, expected {expected[:3]}")
+        for oid, entries in trees:
+            self.heads.walker.remember(oid, entries)
 
     def _build_commit(self, head: tuple[str, str] | None, plan: Plan,
                       result: CommitResult) -> tuple[str | None, list]:
-        """Stage the plan on top of ``head`` in the temp index; (the new commit or None,
-        its changes as ``diff-tree`` records)."""
-        self._mirror(head)
-        base_tree = head[1] if head else EMPTY_TREE
-        try:
-            refused: dict[str, Why] = {}
-            if plan.remove:
-                self._bisect(plan.remove,
-                             lambda chunk: self._update_temp(("--force-remove",), chunk),
-                             refused)
-            if plan.stage:
-                self._bisect(plan.stage, lambda chunk: self._update_temp(
-                    ("--add", "--remove", "--replace"), chunk), refused)
-            tree = self._text("write-tree", temp_index=True)
-        except BaseException:
-            self._index_base = None  # whatever it holds now, it is not HEAD's tree
-            raise
-        result.held_paths.update(refused)
-        self._temp_signature = index_signature(self.temp_index)
-        if tree == base_tree:
-            return None, []  # the temp index still holds HEAD's tree
-        self._index_base = None  # until update-ref makes the new commit HEAD
-        changes = _raw_diff(self._git("diff-tree", "-r", "-z", "--raw", "--no-renames",
-                                      base_tree, tree))
-        statuses = {path: status for _, _, _, _, status, path in changes}
+        """The commit of the plan on top of ``head`` (None when nothing differs) and its
+        changes as diff records."""
+        changes = self._new_entries(plan)
+        result.held_paths.update(plan.held)
+        if not changes:
+            return None, []
+        hex_length = len(head[1]) if head else len(next(
+            (entry[1] for entry in changes.values() if entry), "0" * 40))
+        tree, trees, records = self._compose(head[1] if head else None, changes, hex_length)
+        if not records:
+            return None, []  # every path as HEAD has it: nothing to commit
+        if trees:
+            self._write_trees(trees)
+        tree = tree or EMPTY_TREE
+        if tree == EMPTY_TREE:
+            self._git("mktree", input=b"")  # the empty tree must exist to be committed
+        statuses = {path: status for _, _, _, _, status, path in records}
         result.statuses = statuses
         result.paths = tuple(statuses)
         message = self.message(statuses)
@@ -670,7 +838,7 @@ class Committer:
         new = self._text("commit-tree", tree, *parents, "-F", "-",
                          input=message.encode("utf-8", "surrogateescape"),
                          env=self._identity_env())
-        return new, changes
+        return new, records
 
     @staticmethod
     def message(statuses: dict) -> str:
@@ -682,6 +850,38 @@ class Committer:
         return "\n".join(lines)
 
     # ----- the user's index ----------------------------------------------------------------
+    def _after_commit(self, plan: Plan, records: list, new: str, attempts: int) -> None:
+        """Write the committed entries into the user's index where it still holds HEAD's
+        version from before the commit.  When the index is as the plan read it (the usual
+        case), what it holds is known without reading it again; otherwise
+        :meth:`refresh_user_index` checks against the index now."""
+        for old_mode, old_oid, _, _, _, path in records:
+            self.index_refresh_pending.setdefault(path, (old_mode, old_oid))
+        key, staged = self._staged or ((None, None), {})
+        signature = index_signature(self.user_index)
+        committed = {record[5] for record in records}
+        if signature is None or key[0] != signature or set(self.index_refresh_pending) != \
+                committed or (self.config.git_dir / "index.lock").exists():
+            self.refresh_user_index(attempts)
+            return
+        lines = [_index_line(new_mode, new_oid, path)
+                 for old_mode, old_oid, new_mode, new_oid, _, path in records
+                 if _same_entry(staged.get(path, (old_mode, old_oid)), (old_mode, old_oid))]
+        try:
+            if lines:
+                self._git("update-index", "-z", "--index-info", input=b"".join(lines))
+        except GitError as exc:
+            if not _is_transient(exc):
+                log.warning("commit made but the index was not refreshed yet: %s", exc)
+                return
+            self.refresh_user_index(attempts)
+            return
+        self.index_refresh_pending.clear()
+        # The index now agrees with the new HEAD on the committed paths; the rest of what
+        # the person staged is unchanged.
+        self._staged = ((index_signature(self.user_index), new),
+                        {path: entry for path, entry in staged.items() if path not in committed})
+
     def refresh_user_index(self, attempts: int | None = None) -> bool:
         """Write HEAD's entries into the user's index for the committed paths whose entry
         is still the one from before the commit (an entry the person changed meanwhile is
@@ -717,11 +917,9 @@ class Committer:
         lines = []
         for head_mode, head_oid, index_mode, index_oid, _, path in _raw_diff(out):
             before = self.index_refresh_pending.get(path)
-            if before is None or index_mode != before[0] or (
-                    index_mode and index_oid != before[1]):
+            if before is None or not _same_entry((index_mode, index_oid), before):
                 continue
-            shown = f"{head_mode:o} {head_oid}" if head_mode else f"0 {_ZERO_OID}"
-            lines.append(shown.encode() + b"\t" + os.fsencode(path) + b"\0")
+            lines.append(_index_line(head_mode, head_oid, path))
         if lines:
             self._git("update-index", "-z", "--index-info", input=b"".join(lines))
         self.index_refresh_pending.clear()
