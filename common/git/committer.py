@@ -131,6 +131,7 @@ class CommitResult:
     # asked-for paths left out of the commit, each with its own reason (staged by you, a
     # nested repository, a path git refuses, ...): the executor keeps them held
     held_paths: dict[str, Why] = field(default_factory=dict)
+    parent: str | None = None  # the commit the new one was made on
 
 
 @dataclass
@@ -620,7 +621,7 @@ class Committer:
         if result.held:
             return result
         if result.commit and push and self.config.remote:
-            result.pushed, result.error = self.push(branch)
+            result.pushed, result.error = self.push(branch, result.parent)
         return result
 
     def _commit_once(self, paths: list[str], result: CommitResult, attempts: int,
@@ -656,7 +657,7 @@ class Committer:
                     continue
                 else:
                     raise
-            result.commit = new
+            result.commit, result.parent = new, old or None
             self._after_commit(plan, changes, new, attempts)
             return
         raise TransientError("HEAD kept moving during the sync")
@@ -925,9 +926,10 @@ class Committer:
         self.index_refresh_pending.clear()
 
     # ----- push and history ---------------------------------------------------------------
-    def upstream_state(self, branch: str) -> UpstreamState:
+    def upstream_state(self, branch: str, parent: str | None = None) -> UpstreamState:
         """HEAD against ``[git] remote``/``branch``'s remote-tracking branch: whether it is
-        ahead, and whether history the remote has (once this branch's own) was rewritten."""
+        ahead, and whether history the remote has (once this branch's own) was rewritten.
+        ``parent``: a commit known to be in HEAD (the one a sync commit was made on)."""
         tracking = f"refs/remotes/{self.config.remote}/{branch}"
         try:
             head, upstream = self.heads.reader.objects(
@@ -938,7 +940,7 @@ class Committer:
         upstream = upstream.oid if upstream is not None and upstream.kind == "commit" else None
         if head is None or upstream == head:
             return UpstreamState(head, upstream)
-        if upstream is None or self._is_ancestor(upstream, head):
+        if upstream is None or upstream == parent or self._is_ancestor(upstream, head):
             return UpstreamState(head, upstream, ahead=True)
         # The upstream is not in HEAD: the remote moved (a fetch brought commits this
         # branch never had), or this branch dropped commits it had pushed.
@@ -966,7 +968,7 @@ class Committer:
             log.warning("push held: %s", why.text)
         return why
 
-    def push(self, branch: str | None = None) -> tuple[bool, str]:
+    def push(self, branch: str | None = None, parent: str | None = None) -> tuple[bool, str]:
         """Push the branch to the configured remote, never forced; (pushed, error).
         ``pushed`` is also true when the remote already had everything
         (:attr:`last_push_sent` tells the two apart); :attr:`push_hold` says why a push
@@ -978,7 +980,7 @@ class Committer:
         if branch is None:
             return False, "push: HEAD is detached"
         try:
-            state = self.upstream_state(branch)
+            state = self.upstream_state(branch, parent)
         except (GitError, TransientError) as exc:
             return False, f"push failed: {exc}"
         if state.rewritten:
