@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource as rusage
 import shutil
 import signal
 import statistics
@@ -280,10 +281,17 @@ def _stop(runner) -> None:
         runner.wait(15)
 
 
-def _timed(step) -> float:
+def _timed(step, cpu: list | None = None) -> float:
+    """Seconds ``step`` took; the CPU seconds of the processes it ran are appended to
+    ``cpu``."""
+    before = rusage.getrusage(rusage.RUSAGE_CHILDREN)
     started = time.monotonic()
     step()
-    return time.monotonic() - started
+    elapsed = time.monotonic() - started
+    after = rusage.getrusage(rusage.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return elapsed
 
 
 def run_dirty(count: int, timeout: float = 600.0) -> int:
@@ -295,9 +303,10 @@ def run_dirty(count: int, timeout: float = 600.0) -> int:
         (base / "floor").mkdir()
         floor_root, _ = _plain_workspace(base / "floor", 0.5)
         _write_files(floor_root, count, 100)
+        floor_cpu: list[float] = []
         floor = _timed(lambda: (_git(floor_root, "add", "-A"),
                                 _git(floor_root, "commit", "-q", "-m", "floor"),
-                                _git(floor_root, "push", "-q", "origin", "main")))
+                                _git(floor_root, "push", "-q", "origin", "main")), floor_cpu)
         (base / "run").mkdir()
         root, remote = _plain_workspace(base / "run", 0.5)
         _write_files(root, count, 100)
@@ -322,7 +331,7 @@ def run_dirty(count: int, timeout: float = 600.0) -> int:
         _stop(runner)
         shutil.rmtree(base, ignore_errors=True)
     print(f"gitsieve bench --dirty {count}: {os.cpu_count()} cpus")
-    print(f"  git add -A && git commit && git push: {floor:.2f} s")
+    print(f"  git add -A && git commit && git push: {floor:.2f} s, {floor_cpu[0]:.1f} CPU-s")
     if elapsed is None:
         print(f"  gitsieve: only {on_remote} of {count} files on the remote after {timeout:.0f} s")
         return 1
@@ -346,13 +355,15 @@ def run_tree(files: int, edits: int = 20, debounce: float = 0.5) -> int:
         _git(root, "add", "-A")
         _git(root, "commit", "-q", "-m", "tree")
         _git(root, "push", "-q", "origin", "main")
-        floor_commit, floor_push = [], []
+        floor_commit, floor_push, floor_cpu = [], [], []
         for number in range(3):
             rel = paths[number * 7]
             (root / rel).write_text(f"floor {number}\n")
             floor_commit.append(_timed(lambda: (_git(root, "add", "--", rel),
-                                                _git(root, "commit", "-q", "-m", "floor"))))
-            floor_push.append(_timed(lambda: _git(root, "push", "-q", "origin", "main")))
+                                                _git(root, "commit", "-q", "-m", "floor")),
+                                       floor_cpu))
+            floor_push.append(_timed(lambda: _git(root, "push", "-q", "origin", "main"),
+                                     floor_cpu))
         config, runner = _start_gitsieve(root)
         wait_until_running(config, len(actor_ids(config)), timeout=120)
         time.sleep(3.0)  # the start's reconcile settles
@@ -376,7 +387,8 @@ def run_tree(files: int, edits: int = 20, debounce: float = 0.5) -> int:
     print(f"gitsieve bench --tree {files}: {edits} edits, debounce {debounce:.2f} s, "
           f"{os.cpu_count()} cpus")
     print(f"  floor: git add && git commit {min(floor_commit):.3f} s, "
-          f"git push {min(floor_push):.3f} s (min of 3)")
+          f"git push {min(floor_push):.3f} s (min of 3); {sum(floor_cpu) / 3:.3f} CPU-s "
+          f"per edit")
     if latencies:
         over = [value - debounce for value in latencies]
         print(f"  gitsieve edit -> on the remote, beyond the debounce: p50 "
