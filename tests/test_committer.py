@@ -723,3 +723,50 @@ def test_push_gate_is_asked_with_the_range_and_can_hold_the_push(workspace):
     committer.push_gate = lambda commits: None
     assert committer.push() == (True, "") and committer.last_push_sent
     assert workspace.remote_head() == workspace.head()
+
+
+def test_trees_composed_from_head_keep_their_neighbours_and_drop_emptied_directories(
+        workspace, tmp_path):
+    """The trees along the changed paths are built here: every other entry (a submodule's
+    gitlink, an executable, a link) is kept; a directory emptied by deletions goes."""
+    sub_origin = tmp_path / "sub-origin"
+    git(tmp_path, "init", "-q", "-b", "main", str(sub_origin))
+    (sub_origin / "s.txt").write_text("s\n")
+    git(sub_origin, "add", "-A")
+    git(sub_origin, "-c", "user.name=x", "-c", "user.email=y", "commit", "-q", "-m", "s")
+    workspace.git("-c", "protocol.file.allow=always", "submodule", "add", "-q",
+                  str(sub_origin), "lib/sub")
+    workspace.write("lib/tool.sh", "echo\n")
+    os.chmod(workspace.path("lib/tool.sh"), 0o755)
+    os.symlink("tool.sh", workspace.path("lib/link"))
+    workspace.write("lib/only/one.txt", "1\n")
+    workspace.write("odd\nname.txt", "newline\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    before = workspace.git("ls-tree", "-r", "HEAD").splitlines()
+    workspace.write("lib/new.txt", "new\n")
+    workspace.path("lib/only/one.txt").unlink()
+    workspace.write("odd\nname.txt", "changed\n")
+    result = make(workspace, 'remote = ""\n').commit(
+        ["lib/new.txt", "lib/only/one.txt", "odd\nname.txt"])
+    assert result.statuses == {"lib/new.txt": "A", "lib/only/one.txt": "D",
+                               "odd\nname.txt": "M"}
+    after = workspace.git("ls-tree", "-r", "HEAD").splitlines()
+    kept = [line for line in before if "one.txt" not in line and "name.txt" not in line]
+    assert set(kept) <= set(after)  # gitlink, mode 100755, the link: as they were
+    assert "lib/only" not in workspace.git("ls-tree", "-r", "-t", "--name-only", "HEAD")
+    assert workspace.git("fsck", "--no-progress", "--no-dangling") == ""
+    assert unsynced(workspace) == ""
+
+
+def test_deleting_every_file_commits_the_empty_tree(tmp_path):
+    root = tmp_path / "lonely"
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    (root / "only.txt").write_text("x\n")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=x", "-c", "user.email=y", "commit", "-q", "-m", "one")
+    (root / config_mod.CONFIG_NAME).write_text('[git]\nremote = ""\n')
+    (root / "only.txt").unlink()
+    result = Committer(config_mod.load(root)).commit(["only.txt"])
+    assert result.statuses == {"only.txt": "D"}
+    assert git(root, "ls-tree", "HEAD") == ""
