@@ -770,3 +770,20 @@ def test_deleting_every_file_commits_the_empty_tree(tmp_path):
     result = Committer(config_mod.load(root)).commit(["only.txt"])
     assert result.statuses == {"only.txt": "D"}
     assert git(root, "ls-tree", "HEAD") == ""
+
+
+def test_path_gate_holds_the_paths_it_names_and_the_rest_is_committed(workspace):
+    committer = make(workspace, 'remote = ""\n')
+    asked = []
+
+    def gate(paths):
+        asked.append(sorted(paths))
+        return {"key.pem": Why(Hold.SECRET, "a private key")}
+    committer.path_gate = gate
+    workspace.write("key.pem", "-----BEGIN PRIVATE KEY-----\n")
+    workspace.write("notes.txt", "fine\n")
+    workspace.path("README.md").unlink()
+    result = committer.commit(["key.pem", "notes.txt", "README.md"])
+    assert asked == [["key.pem", "notes.txt"]]  # deletions carry no content to check
+    assert result.held_paths == {"key.pem": Why(Hold.SECRET, "a private key")}
+    assert result.statuses == {"notes.txt": "A", "README.md": "D"}

@@ -32,7 +32,8 @@ Before staging, every path is planned (:meth:`Committer.plan`): from the work tr
 
 Held paths come back in :attr:`CommitResult.held_paths` with their own reason: a path git
 refuses (a FIFO, a socket; a file git cannot read, found by bisection) is held alone
-(``Hold.GIT_REFUSED``) and the rest is committed.
+(``Hold.GIT_REFUSED``) and the rest is committed; so is a path an optional
+``path_gate(paths) -> {path: Why}`` holds (the guard: a secret, a file too large).
 
 When a push is rejected because the remote moved, the remote branch is fetched and the
 local commits are replayed on it (``pull_strategy = "rebase"``) or merged with it
@@ -277,6 +278,10 @@ class Committer:
         # Asked before every push with the commits the remote lacks ("UPSTREAM..HEAD", or
         # "HEAD" when it has none); a Why stops the push (see the module docstring).
         self.push_gate: Callable[[str], Why | None] | None = None
+        # Asked at every commit with the paths whose work-tree version is about to be
+        # committed (new or changed, not deletions); the paths it names are held with its
+        # Why and the rest is committed.
+        self.path_gate: Callable[[list[str]], dict[str, Why]] | None = None
         self.last_push_sent = False  # the last push() sent commits (not only found none)
         # An integration whose update-ref failed left index and work tree at this commit
         # and could not put them back yet: nothing else happens until that is done.
@@ -571,6 +576,12 @@ class Committer:
         plan.where = {path: state for path, (state, _) in where.items()}
         plan.head_entries = entries
         self._apply_staging(plan, where, staged)
+        if self.path_gate is not None:
+            present = [path for path in plan.stage if where[path][0] == PRESENT]
+            gated = {path: why for path, why in (self.path_gate(present) or {}).items()
+                     if path in plan.stage}
+            plan.held.update(gated)
+            plan.stage = [path for path in plan.stage if path not in gated]
         rechecked = [path for path in plan.stage if path in recheck
                      and where[path][0] == PRESENT and path not in plan.fully_staged
                      and entries[path] is not None and entries[path].is_blob]
