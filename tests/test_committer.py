@@ -787,3 +787,15 @@ def test_path_gate_holds_the_paths_it_names_and_the_rest_is_committed(workspace)
     assert asked == [["key.pem", "notes.txt"]]  # deletions carry no content to check
     assert result.held_paths == {"key.pem": Why(Hold.SECRET, "a private key")}
     assert result.statuses == {"notes.txt": "A", "README.md": "D"}
+
+
+def test_a_large_committed_file_leaves_a_refreshed_index_entry(workspace):
+    """Entries written from HEAD carry no stat data; for a large file that would mean a
+    hash at every `git status`: the index is refreshed once instead (content-checked)."""
+    committer = make(workspace, 'remote = ""\n')
+    workspace.path("big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    assert committer.commit(["big.bin"]).commit
+    entry = subprocess.run(["git", "ls-files", "--debug", "big.bin"], cwd=workspace.root,
+                           capture_output=True, text=True, check=True).stdout
+    assert "size: 2097152" in entry  # stat data recorded
+    assert unsynced(workspace) == ""

@@ -100,6 +100,8 @@ _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for t
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
 _ZERO_OID = "0" * 40
+# After committing a file this large the user's index is refreshed (see _after_commit).
+_REFRESH_AFTER_BYTES = 1024 * 1024
 
 # Where a path stands in the work tree (Committer.plan).
 PRESENT, GONE, BEYOND_LINK, DIRECTORY = "present", "gone", "beyond-link", "directory"
@@ -146,6 +148,7 @@ class Plan:
     where: dict[str, str] = field(default_factory=dict)  # path -> PRESENT, GONE, ...
     head_entries: dict[str, Entry | None] = field(default_factory=dict)
     fully_staged: set[str] = field(default_factory=set)
+    largest: int = 0  # bytes of the largest file committed from the work tree
 
 
 @dataclass(frozen=True)
@@ -721,6 +724,7 @@ class Committer:
                 changes[path] = None
                 continue
             mode = git_mode(info.st_mode)
+            plan.largest = max(plan.largest, info.st_size)
             head = plan.head_entries.get(path)
             if not executable_bit:  # core.fileMode = false: git keeps the recorded mode
                 mode = head.mode if head is not None and head.is_blob \
@@ -889,6 +893,14 @@ class Committer:
             self.refresh_user_index(attempts)
             return
         self.index_refresh_pending.clear()
+        if plan.largest >= _REFRESH_AFTER_BYTES:
+            # Entries written from HEAD carry no stat data: every `git status` would hash
+            # this file again until the person's own git refreshes the index.  A refresh
+            # (content-checked: a newer version stays a change) records it once.
+            code, _, stderr = self.git.result("update-index", "-q", "--refresh")
+            if code not in (0, 1):
+                log.info("index not refreshed after committing a large file: %s",
+                         stderr.strip())
         # The index now agrees with the new HEAD on the committed paths; the rest of what
         # the person staged is unchanged.
         self._staged = ((index_signature(self.user_index), new),
