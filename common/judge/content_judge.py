@@ -136,10 +136,6 @@ class ContentJudge:
         while len(self.user_versions) > USER_VERSIONS_KEPT:
             self.user_versions.popitem(last=False)
 
-    def still_a_change(self, path: str) -> ContentVerdict:
-        """The commit-time re-check of a change judged by content alone."""
-        return self.still_changes([path])[path]
-
     def still_changes(self, paths) -> dict[str, ContentVerdict]:
         """The commit-time re-check of many paths: HEAD's versions read in one exchange."""
         paths = list(dict.fromkeys(paths))
