@@ -391,7 +391,9 @@ class Executor(Actor):
             self.held.pop(path, None)
             self.recheck.discard(path)
             self.user_written.discard(path)
-        batch_ids = job.batch_ids if not self.held else ()
+        # The batches this attempt took are done with (a path still held is kept by path,
+        # so a long hold never makes this list grow).
+        batch_ids = job.batch_ids
         self.held_batches = [b for b in self.held_batches if b not in batch_ids]
         self.note_committed([path for path in job.paths if path not in self.path_holds],
                             result)
