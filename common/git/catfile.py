@@ -230,7 +230,12 @@ class TreeWalker:
             entries = parse_tree(obj.data, len(oid) // 2)
             self.trees[oid] = entries
             self.cached_entries += len(entries)
-        while self.cached_entries > self.max_entries and len(self.trees) > len(oids):
+        self._trim(len(oids))
+
+    def _trim(self, keep: int) -> None:
+        """Forget the least recently used trees beyond the cap (never the ``keep`` most
+        recent: the ones in use)."""
+        while self.cached_entries > self.max_entries and len(self.trees) > keep:
             _, evicted = self.trees.popitem(last=False)
             self.cached_entries -= len(evicted)
 
@@ -244,6 +249,7 @@ class TreeWalker:
         if oid not in self.trees:
             self.trees[oid] = entries
             self.cached_entries += len(entries)
+            self._trim(1)
 
     def blobs(self, tree: str, prefix: bytes) -> list[tuple[bytes, int, str]]:
         """Every non-tree entry below ``tree``: (prefix + path, mode, object id)."""
