@@ -70,6 +70,7 @@ class Job:
     push: bool = False
     batch_ids: tuple[int, ...] = ()
     started: float = 0.0
+    refs: tuple | None = None  # the refs as the loop last saw them when the job started
     result: CommitResult | None = None
     failure: BaseException | None = None
 
@@ -312,7 +313,7 @@ class Executor(Actor):
     # ----- the worker thread ---------------------------------------------------------------
     def run_job(self, job: Job) -> None:
         """Start ``job`` in the worker thread (inline when the loop is not running)."""
-        job.started = self.clock()
+        job.started, job.refs = self.clock(), self.refs_token
         self.job = job
         self.changed_during_job = set()
         self.stats["attempts" if job.paths else f"{job.kind}_jobs"] += 1
@@ -362,7 +363,7 @@ class Executor(Actor):
             elif job.paths:
                 self.after_commit(job, job.result)
             elif job.push:
-                self.after_push_job(job.result)
+                self.after_push_job(job, job.result)
 
     def after_commit(self, job: Job, result: CommitResult) -> None:
         self.stats["retries"] += result.retries
@@ -377,10 +378,11 @@ class Executor(Actor):
             if path in self.held and path not in self.changed_during_job:
                 self.path_holds[path] = why
                 self.stats["paths_held"] += 1
-        if result.held_paths:
-            # Decided on the index and HEAD this job left (its own commit moved both):
-            # only a later change of theirs may clear the reasons.
-            self.holds_token = self.tokens()[1]
+        _, holds = self.tokens()
+        if result.held_paths and holds[1] == self.committer.index_basis:
+            # Decided on the index as it is now (as read, or as this job's own commit left
+            # it): only a later change may clear the reasons.
+            self.holds_token = holds
         settled = [path for path in job.paths if path not in self.path_holds
                    and path not in self.changed_during_job]
         if result.commit:
@@ -408,21 +410,24 @@ class Executor(Actor):
             self.log.info("committed %s: %s%s", result.commit[:10], shown,
                           " (pushed)" if result.pushed else "")
             if job.push:
-                self._after_push(result.pushed, result.error)
+                self._after_push(result.pushed, result.error, job)
         self._report(batch_ids, result)
 
-    def after_push_job(self, result: CommitResult) -> None:
+    def after_push_job(self, job: Job, result: CommitResult) -> None:
         if self.committer.last_push_sent or result.error:
             self.stats["push_retries"] += 1
-        self._after_push(result.pushed, result.error)
+        self._after_push(result.pushed, result.error, job)
         if self.committer.last_push_sent or result.error:
             self._report((), result)
 
-    def _after_push(self, pushed: bool, error: str) -> None:
+    def _after_push(self, pushed: bool, error: str, job: Job) -> None:
         if pushed:
             if self.committer.last_push_sent:
                 self.stats["pushes"] += 1
-            self.push_pending, self.push_failures = False, 0
+            # Refs that moved while the job ran (the person committed) need a look of
+            # their own: the job may have seen HEAD before their commit.
+            self.push_pending = self.refs_token != job.refs
+            self.push_failures = 0
             self.push_retry_at = 0.0
         elif self.config.remote:
             self.push_pending = True

@@ -479,3 +479,27 @@ def test_handler_the_persons_own_commits_are_pushed(workspace):
         assert executor.stats["pushes"] == 1 and not executor.push_pending
     finally:
         executor.close()
+
+
+def test_handler_a_commit_made_while_a_push_runs_is_pushed_too(workspace):
+    """The push job may read HEAD just before the person's commit lands; the loop saw the
+    refs move meanwhile, so another look is due (a flaky test found it)."""
+    executor = handler_executor(workspace)
+    original = executor.committer.push
+
+    def push_then_the_person_commits(*args, **kwargs):
+        outcome = original(*args, **kwargs)
+        if not workspace.path("mine.txt").exists():
+            workspace.write("mine.txt", "mine\n")
+            workspace.git("add", "mine.txt")
+            workspace.git("commit", "-q", "-m", "mine")
+            executor.watch_refs(executor.clock())  # what the loop does while a job runs
+        return outcome
+    executor.committer.push = push_then_the_person_commits
+    try:
+        executor.on_tick(0)  # the first look at the refs: a push check
+        assert executor.push_pending  # the refs moved while it ran
+        executor.on_tick(0)
+        assert workspace.remote_head() == workspace.head() and not executor.push_pending
+    finally:
+        executor.close()

@@ -213,3 +213,23 @@ def test_names_that_are_not_utf8_sync_added_modified_renamed_deleted(running):
     assert code == ctl.EXIT_OK, report
     assert b"n\xfcw/caf\xe9 2.txt" not in on_remote()
     assert ws.remote_head() == ws.head()
+
+
+def test_a_directory_replaced_by_a_symlink_never_blocks_later_commits(running):
+    """Issue 14: `mv d d.real && ln -s d.real d && echo x >> d.real/f.txt`, then an
+    unrelated edit: it was never pushed (check-ignore failed on d/f.txt, the whole batch
+    retried forever)."""
+    ws = running
+    ws.write("d/f.txt", "f\n")
+    assert flush(ws)[0] == ctl.EXIT_OK
+    os.rename(ws.path("d"), ws.path("d.real"))
+    os.symlink("d.real", ws.path("d"))
+    with open(ws.path("d.real/f.txt"), "a") as handle:
+        handle.write("x\n")
+    ws.write("notes/unrelated.txt", "must sync\n")
+    code, report = flush(ws)
+    assert code == ctl.EXIT_OK, report
+    tree = ws.git("ls-tree", "-r", "origin/main").splitlines()
+    assert any(line.startswith("120000") and line.endswith("\td") for line in tree)
+    names = {line.split("\t", 1)[1] for line in tree}
+    assert {"d.real/f.txt", "notes/unrelated.txt"} <= names and "d/f.txt" not in names

@@ -296,6 +296,9 @@ class Committer:
         self.index_refresh_pending: dict[str, tuple[int, str]] = {}
         # The user's index against HEAD, as last read: ((signature, head), {path: entry})
         self._staged: tuple | None = None
+        # The user's index signature the last plan decided on (as read, or as this
+        # committer's own write after the commit left it)
+        self.index_basis: tuple | None = None
 
     # ----- small git helpers ------------------------------------------------------------
     def _git(self, *args, input: bytes | None = None, env: dict | None = None,
@@ -422,6 +425,7 @@ class Committer:
         (mode, oid), mode 0 when the index has none.  Intent-to-add entries are not
         changes.  Read again only when the index file or HEAD changed."""
         key = (index_signature(self.user_index), head[0] if head else None)
+        self.index_basis = key[0]
         if self._staged is not None and self._staged[0] == key and key[0] is not None:
             return self._staged[1]
         out = self._git("--no-optional-locks", "diff-index", "--cached",
@@ -903,7 +907,8 @@ class Committer:
                          stderr.strip())
         # The index now agrees with the new HEAD on the committed paths; the rest of what
         # the person staged is unchanged.
-        self._staged = ((index_signature(self.user_index), new),
+        self.index_basis = index_signature(self.user_index)
+        self._staged = ((self.index_basis, new),
                         {path: entry for path, entry in staged.items() if path not in committed})
 
     def refresh_user_index(self, attempts: int | None = None) -> bool:
