@@ -367,7 +367,7 @@ def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, t
     and explain are answered meanwhile, the health monitor sees no restart, and the commit
     then completes."""
     from conftest import faulty_git
-    env, rules = faulty_git(tmp_path, "^hash-object sleep-before:4 1\n")
+    env, rules = faulty_git(tmp_path, "^hash-object sleep-before:6 1\n")
     h = harness()
     h.start("health")
     h.actors("executor", workspace.root, env=env)
@@ -378,18 +378,18 @@ def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, t
     log = rules.with_name(rules.name + ".log")
     wait_for(lambda: log.exists() and log.read_text(), timeout=15, message="git slowed")
     answered = []
-    for _ in range(5):
+    while len(answered) < 4:  # git sleeps 6 s: the loop must answer meanwhile
         reply = control.request(h.config, "executor", "status", timeout=1.0)
         answered.append(reply.data["busy"])
-        time.sleep(0.3)
+        explained = control.request(h.config, "executor", "explain", {"paths": ["big.bin"]},
+                                    timeout=1.0).data["paths"]["big.bin"]
+        time.sleep(0.2)
+    assert workspace.head() == before  # still hashing
     assert all(busy and busy["kind"] == "commit" for busy in answered), answered
-    explained = control.request(h.config, "executor", "explain", {"paths": ["big.bin"]},
-                                timeout=1.0).data["paths"]["big.bin"]
     assert explained["held"] and explained["held_reason"] == "being committed now"
     # the same loop sends the heartbeats: the health monitor never saw it fall silent
     restarts = control.request(h.config, "health", "status", timeout=1.0).data["restarts"]
     assert restarts.get("executor", 0) == 0
-    assert workspace.head() == before  # still hashing
     h.wait_committed("big.bin", timeout=20)
     wait_for(lambda: h.status().get("busy") is None and h.status().get("held") == 0,
              timeout=10, message="job finished")
