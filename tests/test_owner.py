@@ -17,9 +17,9 @@ from gitsieve.common.git import gateway
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates users)")
 
 
-def foreign_files(*trees: Path, owner: int) -> list[str]:
-    """Files and directories below ``trees`` not owned by ``owner`` (the live instance's
-    sockets aside: they go with it)."""
+def foreign_files(*trees: Path, owner: int, group: int) -> list[str]:
+    """Files and directories below ``trees`` not owned by ``owner`` and ``group`` (the live
+    instance's sockets aside: they go with it)."""
     found = []
     for tree in trees:
         for directory, names, files in os.walk(tree):
@@ -27,7 +27,8 @@ def foreign_files(*trees: Path, owner: int) -> list[str]:
                 full = os.path.join(directory, name)
                 if name.endswith(".sock"):
                     continue
-                if os.lstat(full).st_uid != owner:
+                info = os.lstat(full)
+                if (info.st_uid, info.st_gid) != (owner, group):
                     found.append(full)
     return found
 
@@ -51,11 +52,11 @@ def test_root_on_a_users_repository_leaves_nothing_of_roots_and_their_git_still_
         assert flush.returncode == 0, flush.stdout + flush.stderr
         assert ws.remote_head() == ws.git("rev-parse", "HEAD").strip()
         assert "notes/new dir/a.txt" in ws.git("ls-tree", "-r", "--name-only", "HEAD")
-        assert foreign_files(ws.root, ws.remote, owner=user.uid) == []
+        assert foreign_files(ws.root, ws.remote, owner=user.uid, group=user.gid) == []
     finally:
         code, _ = gitsieve.stop()
         assert code == 0, gitsieve.log()
-    assert foreign_files(ws.root, ws.remote, owner=user.uid) == []
+    assert foreign_files(ws.root, ws.remote, owner=user.uid, group=user.gid) == []
     # the owner's own git goes on working: commit, push, gc
     ws.write("own.txt", "my own commit\n")
     ws.git("add", "own.txt")

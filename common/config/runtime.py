@@ -32,9 +32,9 @@ def give_to_directory_owner(fd: int, directory: Path) -> None:
     their own gitsieve can use it later."""
     if os.geteuid() != 0:
         return
-    owner = os.stat(directory).st_uid
-    if owner != 0 and os.fstat(fd).st_uid != owner:
-        os.fchown(fd, owner, -1)
+    info = os.stat(directory)
+    if info.st_uid != 0 and os.fstat(fd).st_uid != info.st_uid:
+        os.fchown(fd, info.st_uid, info.st_gid)
 
 
 def _refuse(path: Path, why: str) -> RuntimeDirError:
@@ -74,7 +74,7 @@ def prepare_runtime_dir(config: Config) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, 0o700)
         if owner != os.geteuid():
-            os.chown(path, owner, -1)
+            os.chown(path, owner, os.stat(config.workspace).st_gid)
     except FileExistsError:
         pass  # checked below
     except OSError as exc:
@@ -86,8 +86,9 @@ def prepare_runtime_dir(config: Config) -> None:
     for sub in (config.log_dir,):
         sub.mkdir(mode=0o700, exist_ok=True)
     if owner != os.geteuid():  # root on someone else's tree: what stays here is theirs
+        group = os.stat(path).st_gid
         for made in (marker, config.log_dir):
-            os.chown(made, owner, -1)
+            os.chown(made, owner, group)
     _prepare_alias(config)
 
 
