@@ -407,7 +407,8 @@ class Executor(Actor):
                                 "finished": time.time(), "pushed": result.pushed}
             shown = ", ".join(result.paths[:5]) + (
                 f" and {len(result.paths) - 5} more" if len(result.paths) > 5 else "")
-            self.log.info("committed %s: %s%s", result.commit[:10], shown,
+            self.log.info("committed %s in %.2fs: %s%s", result.commit[:10],
+                          self.clock() - job.started, shown,
                           " (pushed)" if result.pushed else "")
             if job.push:
                 self._after_push(result.pushed, result.error, job)

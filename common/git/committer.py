@@ -593,13 +593,15 @@ class Committer:
                      and where[path][0] == PRESENT and path not in plan.fully_staged
                      and entries[path] is not None and entries[path].is_blob]
         if rechecked:
-            stale = set()
+            stale = {}
             for path, verdict in self.content.still_changes(rechecked).items():
                 if not verdict.commit:
-                    stale.add(path)
+                    stale[path] = render(verdict.reason, verdict.detail)
                     self.rechecked_dropped += 1
-                    log.info("not committing %s: %s (re-checked against HEAD)", path,
-                             render(verdict.reason, verdict.detail))
+            if stale:  # one line, not one per path: a reconcile may bring thousands
+                shown = ", ".join(f"{path} ({why})" for path, why in list(stale.items())[:3])
+                log.info("not committing %d path(s) re-checked against HEAD: %s%s",
+                         len(stale), shown, " ..." if len(stale) > 3 else "")
             plan.stage = [path for path in plan.stage if path not in stale]
             plan.dropped += sorted(stale)
         return plan
