@@ -30,7 +30,7 @@ from gitsieve.common.judge.learning import Learner
 from gitsieve.common.judge.loop import LoopJudge
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
-from gitsieve.common.protocol.trail import as_dict
+from gitsieve.common.protocol.trail import as_dict, written_by_user
 
 MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
@@ -63,6 +63,7 @@ class Debouncer(Actor):
         self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
         seen = head_moved_at(config.git_dir)  # HEAD's last move before we started
         self.head_seen = seen[0] if seen else float("-inf")
+        self.user_written: set[str] = set()  # pending paths a user process wrote (trail)
 
     def setup(self) -> None:
         decisions = self.bind(zmq.PULL, self.config.endpoints.decisions)
@@ -92,6 +93,8 @@ class Debouncer(Actor):
         if self.debounce.intake(decision, self.clock()) == Intake.STALE:
             self.stats["stale"] += 1
             return
+        if decision.commit and written_by_user(decision.trail):
+            self.user_written.add(decision.path)  # the Batch says so: never a runaway
         self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
 
     def on_commit_report(self, report: CommitReport) -> None:
@@ -114,7 +117,9 @@ class Debouncer(Actor):
             batch = Batch(batch_id=self.next_batch_id, paths=tuple(p for p, _ in chunk),
                           observed=tuple(state.observed for _, state in chunk),
                           created=time.time(),
-                          recheck=tuple(p for p, state in chunk if state.recheck))
+                          recheck=tuple(p for p, state in chunk if state.recheck),
+                          user_written=tuple(p for p, _ in chunk if p in self.user_written))
+            self.user_written.difference_update(p for p, _ in chunk)
             self.next_batch_id += 1
             self.backlog.append(messages.encode(batch))
             self.stats["batches"] += 1

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
 from conftest import faulty_git, git
 from gitsieve.common import config as config_mod
 from gitsieve.common.git.committer import TRAILER, Committer
+from gitsieve.common.protocol.states import Hold, Why
 
 
 def make(workspace, extra: str = "") -> Committer:
@@ -429,7 +431,7 @@ def test_index_refresh_left_pending_when_the_lock_is_taken_then_done(workspace):
 
     def lock_before_reset(*args, **kwargs):
         # The user's git takes index.lock just before the committer resets the index.
-        if args and args[0] == "reset" and not locked:
+        if "--index-info" in args and not locked:
             locked.append(True)
             workspace.path(".git/index.lock").write_text("")
         return original(*args, **kwargs)
@@ -437,10 +439,10 @@ def test_index_refresh_left_pending_when_the_lock_is_taken_then_done(workspace):
     committer._git = lock_before_reset
     result = committer.commit(["a.txt"], attempts=0)
     assert result.commit == workspace.head() and result.error == ""
-    assert committer.index_refresh_pending == {"a.txt"}
+    assert set(committer.index_refresh_pending) == {"a.txt"}
     workspace.path(".git/index.lock").unlink()
     assert committer.refresh_user_index(attempts=0)
-    assert committer.index_refresh_pending == set()
+    assert committer.index_refresh_pending == {}
     assert workspace.git("status", "--porcelain=v1", "a.txt") == ""
 
 
@@ -465,3 +467,335 @@ def test_recheck_drops_paths_that_now_differ_from_head_only_in_volatile_data(wor
     # without the re-check flag the same volatile-only change is committed as asked
     result = committer.commit(["state.json"], push=False)
     assert result.commit and workspace.committed_paths_since("HEAD~1") == {"state.json"}
+
+
+# ----- issue 11/13/14: the person's index, paths git refuses, forged batches, modes ----------
+def unsynced(workspace) -> str:
+    """`git status` beyond the test's own (uncommitted) config file."""
+    return "".join(line for line in workspace.git("status", "--porcelain=v1").splitlines(True)
+                   if not line.endswith(".gitsieve.toml\n"))
+
+
+def _partly_staged(workspace, rel: str) -> None:
+    """Two separate hunks in ``rel``; the first staged with a real `git add -p`."""
+    lines = [f"line {number}\n" for number in range(1, 21)]
+    workspace.write(rel, "".join(lines))
+    workspace.git("add", rel)
+    workspace.git("commit", "-q", "-m", f"base {rel}")
+    lines[0], lines[-1] = "first hunk\n", "second hunk\n"
+    workspace.write(rel, "".join(lines))
+    staged = subprocess.run(["git", "add", "-p", "--", rel], cwd=workspace.root,
+                            input="y\nn\n", text=True, capture_output=True)
+    assert staged.returncode == 0, staged.stderr
+    assert "first hunk" in workspace.git("diff", "--cached")
+    assert "second hunk" in workspace.git("diff")  # one hunk staged, one not
+
+
+def test_partly_staged_path_is_held_the_rest_synced_then_synced_after_the_users_commit(
+        workspace):
+    """Issue 11: one of two hunks staged with `git add -p`: gitsieve committed both and
+    reset the index entry, so the person's `git commit` said "nothing to commit"."""
+    _partly_staged(workspace, "partial.txt")
+    workspace.write("fully.txt", "staged whole\n")
+    workspace.git("add", "fully.txt")
+    workspace.write("other.txt", "not staged\n")
+    workspace.write("ita.txt", "intent to add\n")
+    workspace.git("add", "-N", "ita.txt")
+    before = workspace.head()
+    committer = make(workspace)
+    result = committer.commit(["partial.txt", "fully.txt", "other.txt", "ita.txt"])
+    assert result.commit and result.error == ""
+    assert result.held_paths == {"partial.txt": Why(Hold.STAGED_BY_YOU)}
+    assert workspace.committed_paths_since(before) == {"fully.txt", "other.txt", "ita.txt"}
+    assert workspace.show("HEAD:partial.txt").startswith("line 1\n")
+    # the person's staging is intact: their own commit takes exactly the staged hunk
+    assert workspace.git("diff", "--cached", "--name-only").split() == ["partial.txt"]
+    workspace.git("commit", "-q", "-m", "my first hunk")
+    assert workspace.show("HEAD:partial.txt").startswith("first hunk\n")
+    assert "second hunk" not in workspace.show("HEAD:partial.txt")
+    # committed (or unstaged), the path is theirs no longer: it syncs
+    result = committer.commit(["partial.txt"])
+    assert result.commit and result.held_paths == {}
+    assert workspace.show("HEAD:partial.txt").endswith("second hunk\n")
+    assert unsynced(workspace) == ""
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_unstaging_releases_a_held_path(workspace):
+    _partly_staged(workspace, "partial.txt")
+    committer = make(workspace, 'remote = ""\n')
+    assert committer.commit(["partial.txt"]).held_paths == {
+        "partial.txt": Why(Hold.STAGED_BY_YOU)}
+    workspace.git("restore", "--staged", "partial.txt")
+    result = committer.commit(["partial.txt"])
+    assert result.commit and result.statuses == {"partial.txt": "M"}
+    assert unsynced(workspace) == ""
+
+
+def test_a_directory_replaced_by_a_symlink_is_committed_as_git_records_it(workspace):
+    """Issue 14: `mv d d.real && ln -s d.real d && echo x >> d.real/f.txt`: check-ignore
+    failed on d/f.txt ("beyond a symbolic link") and the whole batch was retried forever."""
+    workspace.write("d/f.txt", "f\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "d")
+    before = workspace.head()
+    os.rename(workspace.path("d"), workspace.path("d.real"))
+    os.symlink("d.real", workspace.path("d"))
+    with open(workspace.path("d.real/f.txt"), "a") as handle:
+        handle.write("x\n")
+    workspace.write("unrelated.txt", "u\n")
+    result = make(workspace).commit(["d/f.txt", "d", "d.real/f.txt", "unrelated.txt"])
+    assert result.error == "" and result.held_paths == {}
+    assert result.statuses == {"d": "A", "d/f.txt": "D", "d.real/f.txt": "A",
+                               "unrelated.txt": "A"}
+    assert workspace.git("cat-file", "-p", "HEAD:d").strip() == "d.real"
+    assert workspace.git("ls-tree", "HEAD", "d").split()[0] == "120000"
+    assert unsynced(workspace) == ""
+    assert workspace.git("rev-parse", "HEAD^").strip() == before
+    # the reverse: the link replaced by a directory again
+    os.unlink(workspace.path("d"))
+    os.rename(workspace.path("d.real"), workspace.path("d"))
+    result = make(workspace).commit(["d", "d/f.txt", "d.real/f.txt"])
+    assert result.statuses == {"d": "D", "d/f.txt": "A", "d.real/f.txt": "D"}
+    assert unsynced(workspace) == ""
+
+
+def test_a_file_replaced_by_a_directory_commits_the_files_deletion(workspace):
+    workspace.write("thing", "a file\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "thing")
+    workspace.path("thing").unlink()
+    workspace.write("thing/inside.txt", "now a directory\n")
+    result = make(workspace).commit(["thing", "thing/inside.txt"])
+    assert result.statuses == {"thing": "D", "thing/inside.txt": "A"}
+    assert unsynced(workspace) == ""
+
+
+def test_a_path_git_refuses_is_held_alone_and_the_rest_is_committed(workspace):
+    """One path git refuses (a FIFO: "unsupported file type") never holds the others."""
+    os.mkfifo(workspace.path("a-fifo"))
+    names = [f"n{number}.txt" for number in range(5)]
+    for name in names:
+        workspace.write(name, name)
+    before = workspace.head()
+    result = make(workspace).commit(["a-fifo", *names])
+    assert result.error == "" and result.commit
+    assert set(result.held_paths) == {"a-fifo"}
+    assert result.held_paths["a-fifo"].hold == Hold.GIT_REFUSED
+    assert "unsupported file type" in result.held_paths["a-fifo"].text
+    assert workspace.committed_paths_since(before) == set(names)
+
+
+def test_a_nested_repository_is_held_with_its_reason(workspace):
+    nested = workspace.path("vendor/lib")
+    nested.mkdir(parents=True)
+    git(nested, "init", "-q")
+    workspace.write("vendor/lib/code.c", "int x;\n")
+    workspace.write("mine.txt", "mine\n")
+    result = make(workspace).commit(["vendor/lib/code.c", "vendor/lib", "mine.txt"])
+    assert result.statuses == {"mine.txt": "A"}
+    assert {path: why.hold for path, why in result.held_paths.items()} == {
+        "vendor/lib/code.c": Hold.NESTED_REPOSITORY, "vendor/lib": Hold.NESTED_REPOSITORY}
+    assert "nested git repository" in result.held_paths["vendor/lib"].text
+
+
+def test_a_forged_batch_never_commits_a_block_path_or_an_unchanged_one(workspace):
+    """Issue 14: the executor re-checks what a (possibly forged) Batch names."""
+    workspace.patterns("BLOCK:secrets/.*:never\n")
+    workspace.write("secrets/token.txt", "hunter2\n")
+    workspace.write("notes.txt~", "editor backup\n")
+    before = workspace.head()
+    committer = make(workspace)
+    result = committer.commit(["secrets/token.txt", "notes.txt~", "README.md", ".git/config",
+                               "../outside", "a/" + "x" * 300])
+    assert result.commit is None and result.error == ""
+    assert workspace.head() == before
+    assert committer.refused_by_rule == 2
+    assert set(result.dropped) >= {"secrets/token.txt", "notes.txt~", ".git/config",
+                                   "../outside"}
+
+
+def test_a_pure_mode_change_is_committed_even_when_rechecked(workspace):
+    """Issue 11: `chmod +x` was never committed (the re-check called it identical)."""
+    workspace.write("run.sh", "echo hi\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "script")
+    os.chmod(workspace.path("run.sh"), 0o755)
+    result = make(workspace).commit(["run.sh"], recheck={"run.sh"})
+    assert result.commit and result.statuses == {"run.sh": "M"}
+    assert workspace.git("ls-tree", "HEAD", "run.sh").split()[0] == "100755"
+    assert unsynced(workspace) == ""
+
+
+def test_non_utf8_names_added_modified_renamed_and_deleted(workspace):
+    """Issue 14: names that are not UTF-8 work in every git call (never on a command
+    line)."""
+    raw = os.fsdecode(b"caf\xe9.txt")
+    moved = os.fsdecode(b"d\xfcr/caf\xe9-2.txt")
+    committer = make(workspace)
+    workspace.path(raw).write_text("one\n")
+    assert committer.commit([raw]).statuses == {raw: "A"}
+    workspace.path(raw).write_text("two\n")
+    assert committer.commit([raw], recheck={raw}).statuses == {raw: "M"}
+    workspace.path(moved).parent.mkdir()
+    os.rename(workspace.path(raw), workspace.path(moved))
+    assert committer.commit([raw, moved]).statuses == {raw: "D", moved: "A"}
+    workspace.path(moved).unlink()
+    result = committer.commit([moved], recheck={moved})
+    assert result.statuses == {moved: "D"} and result.error == ""
+    assert unsynced(workspace) == ""
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
+    """Issue 13: the commit path must not grow with the tree.  Before, every commit read
+    HEAD's whole tree into a temporary index (read-tree), wrote it back (write-tree) and
+    reset the user's index by pathspec.  Now an edit of a tracked file costs hash-object,
+    mktree (only the trees along the path), commit-tree, update-ref and the user's index
+    entry; the user's index is read again only when someone else changed it."""
+    committer = make(workspace, 'remote = ""\n')
+    calls = []
+    original = committer.git.result
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args[0] != "--no-optional-locks" else args[1])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(committer.git, "result", counting)
+    workspace.write("deep/er/f.txt", "0\n")
+    workspace.write("new.ignored", "ignored\n")
+    assert committer.commit(["deep/er/f.txt", "new.ignored"]).commit
+    assert "check-ignore" in calls  # a new path: is it ignored?
+    for number in range(1, 3):
+        calls.clear()
+        workspace.write("deep/er/f.txt", f"{number}\n")
+        assert committer.commit(["deep/er/f.txt"]).statuses == {"deep/er/f.txt": "M"}
+        assert sorted(calls) == ["commit-tree", "hash-object", "mktree", "update-index",
+                                 "update-ref"], calls
+    assert not {"read-tree", "write-tree", "reset", "add", "ls-files"} & set(calls)
+    workspace.write("mine.txt", "the user's own commit\n")
+    workspace.git("add", "mine.txt")
+    workspace.git("commit", "-q", "-m", "mine")
+    calls.clear()
+    workspace.write("deep/er/f.txt", "after the user's commit\n")
+    assert committer.commit(["deep/er/f.txt"]).commit
+    assert calls.count("diff-index") == 1  # their index changed: read once
+    assert unsynced(workspace) == ""
+    assert workspace.git("diff", "--cached", "--name-only") == ""
+
+
+def test_pushed_history_rewritten_is_never_forced_replayed_or_merged_back(workspace):
+    """Issue 11: an amend of a pushed commit: stop pushing with a clear reason; resume
+    when HEAD contains the upstream again."""
+    committer = make(workspace)
+    workspace.write("a.txt", "a\n")
+    assert committer.commit(["a.txt"]).pushed
+    pushed = workspace.head()
+    workspace.git("commit", "-q", "--amend", "-m", "amended after the push")
+    amended = workspace.head()
+    workspace.write("b.txt", "b\n")
+    result = committer.commit(["b.txt"])
+    assert result.commit and not result.pushed
+    assert committer.push_hold.hold == Hold.HISTORY_REWRITTEN
+    assert "origin/main" in committer.history_rewritten and "force" in committer.history_rewritten
+    assert "history rewritten" in result.error
+    assert workspace.remote_head() == pushed  # nothing forced
+    assert workspace.git("rev-parse", "HEAD^").strip() == amended  # nothing replayed
+    assert workspace.git("rev-list", "--count", f"{pushed}..HEAD").strip() == "2"
+    assert committer.push() == (False, result.error)
+    # The person publishes their rewrite: HEAD contains the upstream again.
+    workspace.git("push", "-q", "--force-with-lease", "origin", "main")
+    workspace.write("c.txt", "c\n")
+    result = committer.commit(["c.txt"])
+    assert result.pushed and committer.history_rewritten == "" and committer.push_hold is None
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_push_gate_is_asked_with_the_range_and_can_hold_the_push(workspace):
+    committer = make(workspace)
+    upstream = workspace.head()
+    asked = []
+    committer.push_gate = lambda commits: asked.append(commits) or Why(Hold.SECRET, "a key")
+    workspace.write("a.txt", "a\n")
+    result = committer.commit(["a.txt"])
+    assert result.commit and not result.pushed and "secret found: a key" in result.error
+    assert asked == [f"{upstream}..{result.commit}"]
+    assert workspace.remote_head() == upstream and committer.push_hold.hold == Hold.SECRET
+    committer.push_gate = lambda commits: None
+    assert committer.push() == (True, "") and committer.last_push_sent
+    assert workspace.remote_head() == workspace.head()
+
+
+def test_trees_composed_from_head_keep_their_neighbours_and_drop_emptied_directories(
+        workspace, tmp_path):
+    """The trees along the changed paths are built here: every other entry (a submodule's
+    gitlink, an executable, a link) is kept; a directory emptied by deletions goes."""
+    sub_origin = tmp_path / "sub-origin"
+    git(tmp_path, "init", "-q", "-b", "main", str(sub_origin))
+    (sub_origin / "s.txt").write_text("s\n")
+    git(sub_origin, "add", "-A")
+    git(sub_origin, "-c", "user.name=x", "-c", "user.email=y", "commit", "-q", "-m", "s")
+    workspace.git("-c", "protocol.file.allow=always", "submodule", "add", "-q",
+                  str(sub_origin), "lib/sub")
+    workspace.write("lib/tool.sh", "echo\n")
+    os.chmod(workspace.path("lib/tool.sh"), 0o755)
+    os.symlink("tool.sh", workspace.path("lib/link"))
+    workspace.write("lib/only/one.txt", "1\n")
+    workspace.write("odd\nname.txt", "newline\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    before = workspace.git("ls-tree", "-r", "HEAD").splitlines()
+    workspace.write("lib/new.txt", "new\n")
+    workspace.path("lib/only/one.txt").unlink()
+    workspace.write("odd\nname.txt", "changed\n")
+    result = make(workspace, 'remote = ""\n').commit(
+        ["lib/new.txt", "lib/only/one.txt", "odd\nname.txt"])
+    assert result.statuses == {"lib/new.txt": "A", "lib/only/one.txt": "D",
+                               "odd\nname.txt": "M"}
+    after = workspace.git("ls-tree", "-r", "HEAD").splitlines()
+    kept = [line for line in before if "one.txt" not in line and "name.txt" not in line]
+    assert set(kept) <= set(after)  # gitlink, mode 100755, the link: as they were
+    assert "lib/only" not in workspace.git("ls-tree", "-r", "-t", "--name-only", "HEAD")
+    assert workspace.git("fsck", "--no-progress", "--no-dangling") == ""
+    assert unsynced(workspace) == ""
+
+
+def test_deleting_every_file_commits_the_empty_tree(tmp_path):
+    root = tmp_path / "lonely"
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    (root / "only.txt").write_text("x\n")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=x", "-c", "user.email=y", "commit", "-q", "-m", "one")
+    (root / config_mod.CONFIG_NAME).write_text('[git]\nremote = ""\n')
+    (root / "only.txt").unlink()
+    result = Committer(config_mod.load(root)).commit(["only.txt"])
+    assert result.statuses == {"only.txt": "D"}
+    assert git(root, "ls-tree", "HEAD") == ""
+
+
+def test_path_gate_holds_the_paths_it_names_and_the_rest_is_committed(workspace):
+    committer = make(workspace, 'remote = ""\n')
+    asked = []
+
+    def gate(paths):
+        asked.append(sorted(paths))
+        return {"key.pem": Why(Hold.SECRET, "a private key")}
+    committer.path_gate = gate
+    workspace.write("key.pem", "-----BEGIN PRIVATE KEY-----\n")
+    workspace.write("notes.txt", "fine\n")
+    workspace.path("README.md").unlink()
+    result = committer.commit(["key.pem", "notes.txt", "README.md"])
+    assert asked == [["key.pem", "notes.txt"]]  # deletions carry no content to check
+    assert result.held_paths == {"key.pem": Why(Hold.SECRET, "a private key")}
+    assert result.statuses == {"notes.txt": "A", "README.md": "D"}
+
+
+def test_a_large_committed_file_leaves_a_refreshed_index_entry(workspace):
+    """Entries written from HEAD carry no stat data; for a large file that would mean a
+    hash at every `git status`: the index is refreshed once instead (content-checked)."""
+    committer = make(workspace, 'remote = ""\n')
+    workspace.path("big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    assert committer.commit(["big.bin"]).commit
+    entry = subprocess.run(["git", "ls-files", "--debug", "big.bin"], cwd=workspace.root,
+                           capture_output=True, text=True, check=True).stdout
+    assert "size: 2097152" in entry  # stat data recorded
+    assert unsynced(workspace) == ""

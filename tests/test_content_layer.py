@@ -140,20 +140,18 @@ def test_a_directory_or_fifo_at_the_path_is_user_and_never_blocks(workspace, lay
                                                 "not a regular file")
 
 
-def test_names_with_spaces_and_newlines(workspace, layer, monkeypatch):
-    reader = layer.head.reader
-    fallbacks = []  # paths read outside the persistent cat-file --batch child
-    one_by_one = reader._read_one
-    monkeypatch.setattr(reader, "_read_one",
-                        lambda rev, path: fallbacks.append(path) or one_by_one(rev, path))
-    for name in ("dir with space/s s.json", "odd\nname.json"):
-        workspace.write(name, status_json(1))
+def test_names_with_spaces_newlines_and_not_utf8(workspace, layer):
+    """Names never travel in a cat-file request (trees are read by object id): a newline
+    or a name that is not UTF-8 is looked up through the same child as any other."""
+    names = ["dir with space/s s.json", "odd\nname.json", os.fsdecode(b"caf\xe9.json")]
+    for name in names:
+        workspace.path(name).parent.mkdir(parents=True, exist_ok=True)
+        workspace.path(name).write_text(status_json(1))
     commit_all(workspace)
-    for name in ("dir with space/s s.json", "odd\nname.json"):
-        workspace.write(name, status_json(5))
+    for name in names:
+        workspace.path(name).write_text(status_json(5))
         assert verdict_of(decide(layer, name))[0] == Content.SYSTEM
-    assert fallbacks == ["odd\nname.json"]  # only the newline name skipped cat-file
-    assert reader.starts == 1
+    assert layer.head.reader.starts == 1
 
 
 def test_symlink_is_compared_by_its_target(workspace, layer):
@@ -234,20 +232,78 @@ def test_large_files_are_compared_by_object_id(workspace):
 
 
 def test_cat_file_reader_reads_head_and_reports_missing(workspace):
+    from gitsieve.common.git.catfile import MODE_EXECUTABLE, MODE_FILE, MODE_TREE, TreeWalker
     reader = CatFileBatch(Git(workspace.root), size_cap=1024)
+    walker = TreeWalker(reader)
     try:
-        blob = reader.read("HEAD", "README.md")
-        assert blob.data == b"workspace\n" and blob.size == 10 and len(blob.oid) == 40
-        assert reader.read("HEAD", "no/such/file") is None
+        head = reader.objects([b"HEAD"])[0]
+        assert head.kind == "commit"
+        tree = head.data.split(b"\n")[0].split()[1].decode()
         workspace.path("sub").mkdir()
         workspace.write("sub/x", "x")
+        workspace.write("run.sh", "echo\n")
+        os.chmod(workspace.path("run.sh"), 0o755)
+        workspace.write("big", "b" * 5000)
         commit_all(workspace)
-        assert reader.read("HEAD", "sub") is None  # a tree in HEAD, not a file version
-        assert reader.read("HEAD", "sub/x").data == b"x"
+        found = walker.entries(workspace.git("rev-parse", "HEAD^{tree}").strip(),
+                               ["README.md", "sub", "sub/x", "run.sh", "no/such/file",
+                                "README.md/below", "big"])
+        assert found["README.md"].mode == MODE_FILE and found["sub"].mode == MODE_TREE
+        assert found["run.sh"].mode == MODE_EXECUTABLE
+        assert found["no/such/file"] is None and found["README.md/below"] is None
+        blobs = reader.objects([found["sub/x"].oid.encode(), found["big"].oid.encode(),
+                                b"0" * 40])
+        assert blobs[0].data == b"x" and blobs[0].size == 1
+        assert blobs[1].data is None and blobs[1].size == 5000  # over the cap: not kept
+        assert blobs[2] is None
+        assert walker.entries(tree, ["README.md"])["README.md"].is_blob  # the older tree
         assert reader.starts == 1
     finally:
         reader.close()
     assert reader.child is None
+
+
+def test_many_objects_are_read_in_one_pipelined_exchange(workspace, layer):
+    """Requests are written while answers are read: thousands of blobs, larger together
+    than any pipe buffer, cost one exchange and no deadlock."""
+    for number in range(3000):
+        workspace.write(f"many/f{number:04d}.txt", f"{number}\n" * 40)
+    commit_all(workspace)
+    paths = [f"many/f{number:04d}.txt" for number in range(3000)]
+    before = layer.head.reader.requests
+    blobs = layer.head.get_many(paths)
+    assert all(blobs[path].data == f"{int(path[6:10])}\n".encode() * 40 for path in paths)
+    # HEAD, two trees, 3000 blobs: not a round trip per path
+    assert layer.head.reader.requests - before == 3003
+    assert layer.head.reader.starts == 1
+
+
+def test_a_pure_mode_change_is_a_change_and_core_filemode_is_honoured(workspace, layer):
+    """Issue 11: `chmod +x` on a tracked script was judged identical to HEAD."""
+    workspace.write("run.sh", "echo hi\n")
+    workspace.write("state.json", status_json(1))
+    commit_all(workspace)
+    os.chmod(workspace.path("run.sh"), 0o755)
+    step = decide(layer, "run.sh")
+    assert verdict_of(step) == (Content.USER, L3Reason.MODE_CHANGED)
+    assert reason_text(step) == "mode changed: executable bit set (100644 -> 100755)"
+    # a volatile-only rewrite that also sets the executable bit is still a change
+    workspace.write("state.json", status_json(2))
+    os.chmod(workspace.path("state.json"), 0o755)
+    assert verdict_of(decide(layer, "state.json")) == (Content.USER, L3Reason.MODE_CHANGED)
+    # ... and the re-check at commit time says so too (in bulk)
+    assert {path: verdict.reason for path, verdict in
+            layer.still_changes(["run.sh", "state.json"]).items()} == {
+        "run.sh": L3Reason.MODE_CHANGED, "state.json": L3Reason.MODE_CHANGED}
+    commit_all(workspace)
+    assert verdict_of(decide(layer, "run.sh"))[0] == Content.UNCHANGED
+    workspace.git("config", "core.fileMode", "false")
+    judge = Judge(workspace.load())
+    try:
+        os.chmod(workspace.path("run.sh"), 0o644)
+        assert verdict_of(decide(judge, "run.sh"))[0] == Content.UNCHANGED
+    finally:
+        judge.close()
 
 
 # ----- real processes --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from gitsieve.common.actor import control
 from gitsieve.common.judge.limits import RateLimiter
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
-from gitsieve.common.protocol.states import Hold
+from gitsieve.common.protocol.states import Hold, Why
 
 BASE_CONFIG = """\
 [health]
@@ -142,7 +142,7 @@ def test_rate_limit_holds_then_commits_without_losing_paths(harness, workspace):
     h.wait_committed("third.txt")
     assert workspace.committed_paths_since(after_first) == {"second.txt", "third.txt"}
     assert workspace.commit_count() == 3
-    assert h.status()["held"] == 0
+    wait_for(lambda: h.status().get("held") == 0, timeout=10, message="nothing held")
 
 
 def test_health_not_ok_holds_and_resumes(harness, workspace):
@@ -231,15 +231,14 @@ def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
         executor.on_health(HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="",
                                         checked=time.time()))
         executor.on_tick(0)
-        (report,) = [messages.decode(f) for f in executor.reports_out.frames]
-        assert report.commit is None and "feature" in report.error
-        assert report.held == ("f.txt",) and report.batch_ids == (7,)
-        assert executor.held == {"f.txt": 1.0}
-        assert "back-off" in executor.held_reason.text
-        assert workspace.head() == before
-        # Back on the configured branch, once the back-off is over, the path is committed.
+        # Held with the branch as its reason: no attempt, no back-off, nothing pushed.
+        assert executor.held == {"f.txt": 1.0} and executor.stats["attempts"] == 0
+        assert executor.held_reason == Why(
+            Hold.BRANCH, "on branch 'feature', configured for 'main'")
+        assert executor.explain_paths(["f.txt"])["paths"]["f.txt"]["hold"] == Hold.BRANCH
+        assert executor.reports_out.frames == [] and workspace.head() == before
+        # Back on the configured branch, the path is committed at once.
         workspace.git("checkout", "-q", "main")
-        executor.retry_at = 0.0
         executor.on_tick(0)
         assert executor.held == {} and executor.stats["commits"] == 1
         assert "f.txt" in workspace.files_at()
@@ -346,6 +345,8 @@ def test_handler_lock_retry_is_scheduled_not_slept(workspace):
         assert slept == []  # the loop never slept inside the commit
         assert executor.held == {"a.txt": 1.0}
         assert executor.held_reason.hold == Hold.COMMIT_BACKOFF
+        executor.on_tick(0)  # the push check the first look at the refs asked for
+        assert not executor.push_pending
         assert 0 < executor.wakeup_in() <= 1.5 * 0.3  # jittered first back-off
         first = executor.retry_at
         executor.retry_at = 0.0
@@ -355,5 +356,150 @@ def test_handler_lock_retry_is_scheduled_not_slept(workspace):
         executor.retry_at = 0.0
         executor.on_tick(0)
         assert executor.held == {} and "a.txt" in workspace.files_at()
+    finally:
+        executor.close()
+
+
+# ----- issues 8, 11, 14: git work off the loop, per-path holds, user-written paths ---------
+def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, tmp_path):
+    """Issue 11: while a large file was committed the executor did not answer its control
+    socket for 10-20 s.  Here git is made slow (faulty-git sleeps in hash-object): status
+    and explain are answered meanwhile, the health monitor sees no restart, and the commit
+    then completes."""
+    from conftest import faulty_git
+    env, rules = faulty_git(tmp_path, "^hash-object sleep-before:6 1\n")
+    h = harness()
+    h.start("health")
+    h.actors("executor", workspace.root, env=env)
+    wait_for(lambda: h.status(), timeout=15, message="executor control")
+    workspace.write("big.bin", "x" * 100_000)
+    before = workspace.head()
+    h.send("big.bin")
+    log = rules.with_name(rules.name + ".log")
+    wait_for(lambda: log.exists() and log.read_text(), timeout=15, message="git slowed")
+    answered = []
+    while len(answered) < 4:  # git sleeps 6 s: the loop must answer meanwhile
+        reply = control.request(h.config, "executor", "status", timeout=1.0)
+        answered.append(reply.data["busy"])
+        explained = control.request(h.config, "executor", "explain", {"paths": ["big.bin"]},
+                                    timeout=1.0).data["paths"]["big.bin"]
+        time.sleep(0.2)
+    assert workspace.head() == before  # still hashing
+    assert all(busy and busy["kind"] == "commit" for busy in answered), answered
+    assert explained["held"] and explained["held_reason"] == "being committed now"
+    # the same loop sends the heartbeats: the health monitor never saw it fall silent
+    restarts = control.request(h.config, "health", "status", timeout=1.0).data["restarts"]
+    assert restarts.get("executor", 0) == 0
+    h.wait_committed("big.bin", timeout=20)
+    wait_for(lambda: h.status().get("busy") is None and h.status().get("held") == 0,
+             timeout=10, message="job finished")
+
+
+def test_handler_a_partly_staged_path_is_held_alone_and_retried_when_the_index_changes(
+        workspace):
+    """Per-path holds: the person's partial staging holds that path only, with its own
+    reason in explain; it is tried again when the index changes."""
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
+    try:
+        lines = [f"line {number}\n" for number in range(1, 21)]
+        workspace.write("partial.txt", "".join(lines))
+        workspace.git("add", "partial.txt")
+        workspace.git("commit", "-q", "-m", "base")
+        lines[0], lines[-1] = "first hunk\n", "second hunk\n"
+        workspace.write("partial.txt", "".join(lines))
+        import subprocess
+        subprocess.run(["git", "add", "-p", "--", "partial.txt"], cwd=workspace.root,
+                       input="y\nn\n", text=True, check=True, capture_output=True)
+        workspace.write("other.txt", "other\n")
+        executor.on_batch(Batch(batch_id=1, paths=("partial.txt", "other.txt"),
+                                observed=(1.0, 1.0), created=1.0))
+        executor.on_tick(0)
+        assert "other.txt" in workspace.files_at()
+        assert executor.held == {"partial.txt": 1.0}
+        assert executor.path_holds == {"partial.txt": Why(Hold.STAGED_BY_YOU)}
+        explained = executor.explain_paths(["partial.txt"])["paths"]["partial.txt"]
+        assert explained["hold"] == Hold.STAGED_BY_YOU and "staged by you" in \
+            explained["held_reason"]
+        assert executor.held_paths()["reasons"]["partial.txt"]["hold"] == Hold.STAGED_BY_YOU
+        attempts = executor.stats["attempts"]
+        executor.on_tick(0)
+        assert executor.stats["attempts"] == attempts  # nothing changed: not tried again
+        workspace.git("commit", "-q", "-m", "my hunk")  # the index (and HEAD) moves
+        executor.on_tick(0)
+        assert executor.held == {} and executor.path_holds == {}
+        assert workspace.show("HEAD:partial.txt").endswith("second hunk\n")
+    finally:
+        executor.close()
+
+
+def test_handler_runaway_cap_never_holds_a_change_the_person_wrote(workspace):
+    """Issue 8: changes attributed to the person are never held by the runaway cap."""
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n"
+                                "max_commits_per_hour = 0\nmax_commits_per_day = 0\n"
+                                "runaway_commits_per_hour = 2\n")
+    try:
+        for round_number in range(4):
+            workspace.write("notes.md", f"my edit {round_number}\n")
+            executor.on_batch(Batch(batch_id=round_number, paths=("notes.md",),
+                                    observed=(1.0,), created=1.0,
+                                    user_written=("notes.md",)))
+            executor.on_tick(0)
+            assert executor.held == {}, executor.held_reason
+        assert workspace.show("HEAD:notes.md") == "my edit 3\n"
+        assert executor.stats["commits"] == 4
+        # the same path rewritten by someone not known to be the person is capped
+        workspace.write("notes.md", "rewritten by a process\n")
+        executor.on_batch(Batch(batch_id=9, paths=("notes.md",), observed=(1.0,),
+                                created=1.0))
+        executor.on_tick(0)
+        assert executor.held == {"notes.md": 1.0}
+        assert executor.held_reason.hold == Hold.RUNAWAY
+        # ... until the person writes it again
+        executor.on_batch(Batch(batch_id=10, paths=("notes.md",), observed=(1.0,),
+                                created=1.0, user_written=("notes.md",)))
+        executor.on_tick(0)
+        assert executor.held == {}
+    finally:
+        executor.close()
+
+
+def test_handler_the_persons_own_commits_are_pushed(workspace):
+    """Issue 11: a user's own commit was pushed only with gitsieve's next commit."""
+    executor = handler_executor(workspace)
+    try:
+        executor.on_tick(0)
+        assert not executor.push_pending  # nothing ahead at start
+        workspace.write("mine.txt", "mine\n")
+        workspace.git("add", "mine.txt")
+        workspace.git("commit", "-q", "-m", "mine")
+        executor.on_tick(0)  # HEAD moved: noticed by stat, pushed
+        assert workspace.remote_head() == workspace.head()
+        assert not executor.push_pending and executor.stats["pushes"] == 1
+        executor.on_tick(0)
+        assert executor.stats["pushes"] == 1 and not executor.push_pending
+    finally:
+        executor.close()
+
+
+def test_handler_a_commit_made_while_a_push_runs_is_pushed_too(workspace):
+    """The push job may read HEAD just before the person's commit lands; the loop saw the
+    refs move meanwhile, so another look is due (a flaky test found it)."""
+    executor = handler_executor(workspace)
+    original = executor.committer.push
+
+    def push_then_the_person_commits(*args, **kwargs):
+        outcome = original(*args, **kwargs)
+        if not workspace.path("mine.txt").exists():
+            workspace.write("mine.txt", "mine\n")
+            workspace.git("add", "mine.txt")
+            workspace.git("commit", "-q", "-m", "mine")
+            executor.watch_refs(executor.clock())  # what the loop does while a job runs
+        return outcome
+    executor.committer.push = push_then_the_person_commits
+    try:
+        executor.on_tick(0)  # the first look at the refs: a push check
+        assert executor.push_pending  # the refs moved while it ran
+        executor.on_tick(0)
+        assert workspace.remote_head() == workspace.head() and not executor.push_pending
     finally:
         executor.close()

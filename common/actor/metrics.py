@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from gitsieve.common.config.runtime import give_to_directory_owner
+
 # Actor id prefix -> the layer its verdict counts belong to.
 LAYER_OF = {"l1": "L1", "l2": "L2", "l3": "L3"}
 
@@ -87,6 +89,7 @@ def write_atomic(path: Path, data: dict) -> None:
     see a half-written file."""
     fd, temp = tempfile.mkstemp(prefix=".metrics-", dir=path.parent)
     try:
+        give_to_directory_owner(fd, path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=1, sort_keys=True, default=str)
         os.replace(temp, path)

@@ -1,4 +1,4 @@
-"""The runtime directory: sockets, lock, logs, learned paths, the temporary index.
+"""The runtime directory: sockets, lock, logs, learned paths, metrics.
 
 It must be private: a directory (not a symlink) owned by the work tree's owner, mode 0700,
 and either empty or holding gitsieve's marker file (so a restart finds its own directory,
@@ -25,6 +25,16 @@ class RuntimeDirError(ConfigError):
 
 def _owner_of(config: Config) -> int:
     return os.stat(config.workspace).st_uid if os.geteuid() == 0 else os.geteuid()
+
+
+def give_to_directory_owner(fd: int, directory: Path) -> None:
+    """Root writing a file into someone else's (runtime) directory: the file is theirs, so
+    their own gitsieve can use it later."""
+    if os.geteuid() != 0:
+        return
+    info = os.stat(directory)
+    if info.st_uid != 0 and os.fstat(fd).st_uid != info.st_uid:
+        os.fchown(fd, info.st_uid, info.st_gid)
 
 
 def _refuse(path: Path, why: str) -> RuntimeDirError:
@@ -64,7 +74,7 @@ def prepare_runtime_dir(config: Config) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, 0o700)
         if owner != os.geteuid():
-            os.chown(path, owner, -1)
+            os.chown(path, owner, os.stat(config.workspace).st_gid)
     except FileExistsError:
         pass  # checked below
     except OSError as exc:
@@ -75,6 +85,10 @@ def prepare_runtime_dir(config: Config) -> None:
         marker.write_text("gitsieve runtime directory: sockets, lock, logs\n")
     for sub in (config.log_dir,):
         sub.mkdir(mode=0o700, exist_ok=True)
+    if owner != os.geteuid():  # root on someone else's tree: what stays here is theirs
+        group = os.stat(path).st_gid
+        for made in (marker, config.log_dir):
+            os.chown(made, owner, group)
     _prepare_alias(config)
 
 

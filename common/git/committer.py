@@ -1,10 +1,39 @@
 """Git commit and push mechanics used by the executor.
 
-A sync commits exactly a given set of paths without disturbing the user's index: the tree
-is built in a temporary index (``runtime_dir/sync.index``) read from HEAD, the commit is
+A sync commits exactly a given set of paths without touching the user's index until the
+commit stands, and at the cost of what changed, not of the tree's size: the new versions
+are hashed into objects in one ``hash-object -w --stdin-paths`` (names on stdin, never on
+the command line; clean filters apply as on ``git add``), the trees along the changed
+paths are composed here from HEAD's trees (read by object id through the persistent
+cat-file child, see :mod:`.catfile`) and written in one ``mktree --batch``, the commit is
 made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
-the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD), and only
-then are the committed paths reset in the user's real index.  Pushes are never forced.
+the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD).  No
+index holding the whole tree is read or written for it.  Only then are the committed
+entries written into the user's real index (``update-index --index-info``), and only
+where the user left them as HEAD had them.  Pushes are never forced.
+
+Before staging, every path is planned (:meth:`Committer.plan`): from the work tree (one
+``lstat`` per path and per directory above it), HEAD's entries (read in bulk, see
+:mod:`.catfile`) and the user's index (one ``diff-index --cached``):
+
+- a path a BLOCK rule or the editor-junk list names, or one that is not a safe
+  workspace-relative path, is never committed, whatever the Batch says;
+- a path below a symbolic link or below a file is gone as far as git is concerned: its
+  deletion is committed (the link itself is an ordinary new path);
+- a directory where HEAD has a file: that file's deletion is committed;
+- a path inside a nested repository (a directory holding ``.git``, a submodule) is held
+  (``Hold.NESTED_REPOSITORY``);
+- a path whose index entry differs from both HEAD and the work tree (part of a change
+  staged by the person, ``git add -p``; intent-to-add entries excepted) is held
+  (``Hold.STAGED_BY_YOU``) until they commit or unstage it; a fully staged path is
+  committed as usual;
+- an ignored, untracked path is dropped; so is a ``recheck`` path whose content now differs
+  from HEAD only in volatile data (the content judge, HEAD's blobs read in one exchange).
+
+Held paths come back in :attr:`CommitResult.held_paths` with their own reason: a path git
+refuses (a FIFO, a socket; a file git cannot read, found by bisection) is held alone
+(``Hold.GIT_REFUSED``) and the rest is committed; so is a path an optional
+``path_gate(paths) -> {path: Why}`` holds (the guard: a secret, a file too large).
 
 When a push is rejected because the remote moved, the remote branch is fetched and the
 local commits are replayed on it (``pull_strategy = "rebase"``) or merged with it
@@ -15,20 +44,42 @@ index and work tree move from the old HEAD to the new one with ``git read-tree -
 overwritten), and HEAD moves with a compare-and-swap ``update-ref``.  A conflict changes
 nothing at all: the local commits stay, :attr:`Committer.push_conflict` says why, and the
 caller stops pushing until a later attempt integrates cleanly.
+
+History the remote already has and the person then rewrote (an amend, a rebase: the
+remote-tracking branch, once this branch's own tip, is no longer in HEAD) is never pushed,
+forced, replayed or merged back: :attr:`Committer.history_rewritten` says so until HEAD
+contains the upstream again.  Before every push an optional ``push_gate(range)`` (the
+commits the remote lacks, as ``UPSTREAM..HEAD`` or ``HEAD`` when the remote has none) may
+refuse it with a :class:`Why`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from gitsieve.common.config.loader import Config
-from gitsieve.common.git.gateway import Git, GitError, nul_joined, split_nul
+from gitsieve.common.git.catfile import (
+    MODE_GITLINK,
+    MODE_SYMLINK,
+    MODE_TREE,
+    Entry,
+    HeadReadError,
+)
+from gitsieve.common.git.gateway import Git, GitError, split_nul
+from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
-from gitsieve.common.protocol.states import render
+from gitsieve.common.judge.junk import editor_junk
+from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.judge.worktree import git_mode
+from gitsieve.common.protocol.messages import bad_path_reason
+from gitsieve.common.protocol.states import Action, Hold, Why, render
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +90,22 @@ EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # git's words for a lock someone else holds: worth waiting for, not a real failure.
 _TRANSIENT_MARKERS = ("index.lock", "File exists", "Unable to create", "cannot lock ref",
                       "timed out")
+# git's words when one path, not the whole command, is the trouble (hash-object,
+# check-ignore).
+_PATH_REFUSED_MARKERS = ("Unable to process path", "unable to index file", "Unable to hash",
+                         "beyond a symbolic link", "unsupported file type",
+                         "Permission denied", "cannot open", "unable to open")
 _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for this attempt
 # Only the network has a deadline (see gateway.Git: sh polls while one is set).
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
+_ZERO_OID = "0" * 40
+# After committing a file this large the user's index is refreshed (see _after_commit).
+_REFRESH_AFTER_BYTES = 1024 * 1024
+
+# Where a path stands in the work tree (Committer.plan).
+PRESENT, GONE, BEYOND_LINK, DIRECTORY = "present", "gone", "beyond-link", "directory"
+NESTED, REFUSED = "nested", "refused"
 
 
 class TransientError(Exception):
@@ -68,6 +131,39 @@ class CommitResult:
     retries: int = 0
     statuses: dict = field(default_factory=dict)  # path -> status letter
     transient: bool = False  # the error is a lock or race: retry after a back-off
+    # asked-for paths left out of the commit, each with its own reason (staged by you, a
+    # nested repository, a path git refuses, ...): the executor keeps them held
+    held_paths: dict[str, Why] = field(default_factory=dict)
+    parent: str | None = None  # the commit the new one was made on
+
+
+@dataclass
+class Plan:
+    """What a commit of some paths does with each (see :meth:`Committer.plan`)."""
+
+    stage: list[str] = field(default_factory=list)   # from the work tree (gone: deleted)
+    remove: list[str] = field(default_factory=list)  # deleted (below a link, a directory)
+    held: dict[str, Why] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)  # path -> PRESENT, GONE, ...
+    head_entries: dict[str, Entry | None] = field(default_factory=dict)
+    fully_staged: set[str] = field(default_factory=set)
+    largest: int = 0  # bytes of the largest file committed from the work tree
+
+
+@dataclass(frozen=True)
+class UpstreamState:
+    """HEAD against the remote-tracking branch (``[git] remote``/``branch``)."""
+
+    head: str | None
+    upstream: str | None  # None: no remote-tracking branch (never pushed or fetched)
+    ahead: bool = False  # HEAD has commits the upstream lacks
+    rewritten: str = ""  # why HEAD no longer contains pushed history ('' when it does)
+
+    @property
+    def range(self) -> str:
+        """The commits a push would send, as git reads a range."""
+        return f"{self.upstream}..{self.head}" if self.upstream else str(self.head)
 
 
 def _is_transient(exc: GitError) -> bool:
@@ -76,10 +172,91 @@ def _is_transient(exc: GitError) -> bool:
 
 def _safe_relative(path: str) -> bool:
     """A workspace-relative path that cannot reach outside the work tree or into .git."""
-    if not path or path.startswith("/") or "\0" in path:
+    if bad_path_reason(path) is not None:
         return False
-    parts = path.split("/")
-    return not any(part in ("", ".", "..") for part in parts) and parts[0] != ".git"
+    # git records no path with a ".git" component anywhere (any case), nor "." or "..".
+    return not any(part in ("", ".", "..") or part.lower() == ".git"
+                   for part in path.split("/"))
+
+
+def _first_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return " ".join(lines)[:300] or "refused"
+
+
+def _raw_diff(out: bytes) -> list[tuple[int, str, int, str, str, str]]:
+    """``--raw -z`` records: (old mode, old oid, new mode, new oid, status, path)."""
+    fields = out.split(b"\0")
+    records = []
+    for index in range(0, len(fields) - 1, 2):
+        meta = fields[index].decode()
+        if not meta.startswith(":"):
+            break
+        old_mode, new_mode, old_oid, new_oid, status = meta[1:].split(" ")
+        records.append((int(old_mode, 8), old_oid, int(new_mode, 8), new_oid, status[:1],
+                        os.fsdecode(fields[index + 1])))
+    return records
+
+
+def _blob_oid(data: bytes, hex_length: int) -> str:
+    """git's object id of ``data`` as a blob (SHA-256 repositories: 64 hex digits)."""
+    digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
+    digest.update(b"blob %d\0" % len(data) + data)
+    return digest.hexdigest()
+
+
+_KEEP = object()  # a tree node with no change of its own, only below it
+
+
+def tree_id(entries: dict[bytes, tuple[int, str]], hex_length: int) -> str:
+    """git's object id of a tree with these entries (name -> (mode, oid)), in git's order:
+    names compared as bytes, a tree's as if it ended in "/"."""
+    ordered = sorted(entries.items(),
+                     key=lambda item: item[0] + b"/" if item[1][0] == MODE_TREE else item[0])
+    body = b"".join(b"%o %s\0" % (mode, name) + bytes.fromhex(oid)
+                    for name, (mode, oid) in ordered)
+    digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
+    digest.update(b"tree %d\0" % len(body) + body)
+    return digest.hexdigest()
+
+
+_NEEDS_QUOTES = re.compile(rb'[^\x20-\x7e]|["\\]')
+
+
+def _c_quoted(name: bytes) -> bytes:
+    """A name as ``ls-tree`` prints it (and ``mktree`` reads it): C-quoted when it holds
+    a control character, a quote, a backslash or a byte beyond ASCII."""
+    if not _NEEDS_QUOTES.search(name):
+        return name
+    quoted = bytearray(b'"')
+    for byte in name:
+        if byte in (0x22, 0x5C):
+            quoted += b"\\" + bytes([byte])
+        elif 0x20 <= byte < 0x7F:
+            quoted.append(byte)
+        else:
+            quoted += b"\\%03o" % byte
+    return bytes(quoted + b'"')
+
+
+def _same_entry(one: tuple[int, str], other: tuple[int, str]) -> bool:
+    """Two (mode, oid) entries alike (mode 0: no entry, whatever the oid says)."""
+    return one[0] == other[0] and (not one[0] or one[1] == other[1])
+
+
+def _index_line(mode: int, oid: str, path: str) -> bytes:
+    """One ``update-index -z --index-info`` record (mode 0 removes the entry)."""
+    shown = f"{mode:o} {oid}" if mode else f"0 {_ZERO_OID}"
+    return shown.encode() + b"\t" + os.fsencode(path) + b"\0"
+
+
+def index_signature(path: Path) -> tuple | None:
+    """A cheap fingerprint of an index file: git rewrites it whole (a new inode)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 class Committer:
@@ -90,27 +267,43 @@ class Committer:
         self.git = git or Git(config.workspace)
         # the content layer's judge: re-checks content-only verdicts, knows HEAD's blobs
         self.content = content or ContentJudge(config, self.git)
+        self.heads = self.content.head  # HEAD's entries and blobs, read in bulk
+        self.rules = RuleCache(config.patterns_file)
         self.sleep = sleep
-        self.temp_index = config.runtime_dir / "sync.index"
+        self.user_index = config.git_dir / "index"
         self.retries = 0  # total over this object's life, for status
         self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
+        self.refused_by_rule = 0  # paths a Batch named that a BLOCK rule or junk refuses
         self._identity: tuple[float, dict] | None = None  # (when read, fallback env)
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
+        self.history_rewritten = ""  # why pushed history is no longer in HEAD ('' if it is)
+        self.push_hold: Why | None = None  # why the last push was not made (None: it was)
+        # Asked before every push with the commits the remote lacks ("UPSTREAM..HEAD", or
+        # "HEAD" when it has none); a Why stops the push (see the module docstring).
+        self.push_gate: Callable[[str], Why | None] | None = None
+        # Asked at every commit with the paths whose work-tree version is about to be
+        # committed (new or changed, not deletions); the paths it names are held with its
+        # Why and the rest is committed.
+        self.path_gate: Callable[[list[str]], dict[str, Why]] | None = None
+        self.last_push_sent = False  # the last push() sent commits (not only found none)
         # An integration whose update-ref failed left index and work tree at this commit
         # and could not put them back yet: nothing else happens until that is done.
         self.unfinished_rollback: str | None = None
         self.integrations = 0  # times the remote's commits were integrated before a push
-        # Committed paths whose entries in the user's index still show the old content
-        # (index.lock was busy): refreshed on a later call of refresh_user_index().
-        self.index_refresh_pending: set[str] = set()
+        # Committed paths whose entries in the user's index still show the version before
+        # the commit (index.lock was busy): path -> that entry (mode, oid; mode 0: none).
+        # Written on a later call of refresh_user_index(), unless the person changed it.
+        self.index_refresh_pending: dict[str, tuple[int, str]] = {}
+        # The user's index against HEAD, as last read: ((signature, head), {path: entry})
+        self._staged: tuple | None = None
+        # The user's index signature the last plan decided on (as read, or as this
+        # committer's own write after the commit left it)
+        self.index_basis: tuple | None = None
 
     # ----- small git helpers ------------------------------------------------------------
-    def _git(self, *args, input: bytes | None = None, temp_index: bool = False,
-             env: dict | None = None, timeout: float | None = None) -> bytes:
-        extra = dict(env or {})
-        if temp_index:
-            extra["GIT_INDEX_FILE"] = str(self.temp_index)
-        return self.git.run(*args, input=input, env=extra, timeout=timeout)
+    def _git(self, *args, input: bytes | None = None, env: dict | None = None,
+             timeout: float | None = None) -> bytes:
+        return self.git.run(*args, input=input, env=env, timeout=timeout)
 
     def _text(self, *args, **kwargs) -> str:
         return os.fsdecode(self._git(*args, **kwargs)).strip()
@@ -123,12 +316,17 @@ class Committer:
             return None
 
     def current_branch(self) -> str | None:
-        """The checked-out branch name, or None when HEAD is detached."""
+        """The checked-out branch name, or None when HEAD is detached (read from the git
+        directory's HEAD file: no process)."""
         try:
-            ref = self._text("symbolic-ref", "-q", "HEAD")
-        except GitError:
-            return None
-        return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+            head = (self.config.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            try:
+                head = "ref: " + self._text("symbolic-ref", "-q", "HEAD")
+            except GitError:
+                return None
+        prefix = "ref: refs/heads/"
+        return head[len(prefix):] if head.startswith(prefix) else None
 
     def branch_hold_reason(self) -> tuple[str | None, str]:
         """(branch, '') when commits are allowed, else (branch, reason to hold)."""
@@ -161,44 +359,252 @@ class Committer:
         self._identity = (now, env)
         return env
 
-    def _in_head(self, head: str | None, paths: list[str]) -> set[str]:
-        """The subset of ``paths`` HEAD has (read through cat-file --batch: names need not
-        be UTF-8, and none goes on a command line)."""
-        if head is None:
-            return set()
-        return {path for path in paths if self.content.head.get(path) is not None}
+    def _head_now(self) -> tuple[str, str] | None:
+        """(commit, tree) of HEAD through the persistent cat-file child."""
+        try:
+            return self.heads.head()
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD: {exc}") from None
 
-    def committable(self, paths, head: str | None,
-                    recheck: set[str] | frozenset = frozenset()) -> tuple[list[str], list[str]]:
-        """Split ``paths`` into (to commit, dropped): ignored, unsafe, directories, and
-        paths that neither exist nor are tracked (a temp file renamed away) are dropped, and
-        so are ``recheck`` paths whose content now differs from HEAD only in volatile data."""
-        wanted, dropped = [], []
-        for path in dict.fromkeys(paths):
+    # ----- planning -------------------------------------------------------------------------
+    def _refused_by_rule(self, path: str) -> bool:
+        """A BLOCK rule or the editor-junk list names the path: never committed, whatever
+        a (possibly forged) Batch says."""
+        junk = editor_junk(path)
+        rule = None if junk else self.rules.match(path)
+        if not junk and (rule is None or rule.action != Action.BLOCK):
+            return False
+        self.refused_by_rule += 1
+        log.warning("not committing %s: %s (a Batch named a path L1 never lets through)",
+                    path, f"editor junk ({junk})" if junk else rule.describe())
+        return True
+
+    def _dir_state(self, rel: str) -> tuple[str, str]:
+        try:
+            info = os.lstat(self.root / rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE, ""
+        except OSError as exc:
+            return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
+        if stat.S_ISLNK(info.st_mode):
+            return BEYOND_LINK, rel
+        if not stat.S_ISDIR(info.st_mode):
+            return GONE, ""  # a file where a directory was: nothing can be below it
+        if os.path.lexists(self.root / rel / ".git"):
+            return NESTED, rel
+        return DIRECTORY, ""
+
+    def _where(self, path: str, dirs: dict[str, tuple[str, str]]) -> tuple[str, str]:
+        """Where ``path`` stands in the work tree: (PRESENT | GONE | BEYOND_LINK |
+        DIRECTORY | NESTED | REFUSED, detail); ``dirs`` caches the directories above."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            state = dirs.get(prefix)
+            if state is None:
+                state = dirs[prefix] = self._dir_state(prefix)
+            if state[0] != DIRECTORY:
+                return state
+        try:
+            info = os.lstat(self.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            return GONE, ""
+        except OSError as exc:  # cannot be looked at: neither committed nor deleted
+            return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
+        if stat.S_ISDIR(info.st_mode):
+            if os.path.lexists(self.root / path / ".git"):
+                return NESTED, path
+            return DIRECTORY, ""
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+            # never opened: reading a FIFO would block
+            return REFUSED, "unsupported file type (a FIFO, socket or device)"
+        return PRESENT, ""
+
+    def _user_index_changes(self, head: tuple[str, str] | None) -> dict[str, tuple[int, str]]:
+        """Paths whose entry in the user's index differs from HEAD's: path -> the index's
+        (mode, oid), mode 0 when the index has none.  Intent-to-add entries are not
+        changes.  Read again only when the index file or HEAD changed."""
+        key = (index_signature(self.user_index), head[0] if head else None)
+        self.index_basis = key[0]
+        if self._staged is not None and self._staged[0] == key and key[0] is not None:
+            return self._staged[1]
+        out = self._git("--no-optional-locks", "diff-index", "--cached",
+                        "--ita-invisible-in-index", "--no-renames", "--raw", "-z",
+                        head[0] if head else EMPTY_TREE)
+        changes = {path: (new_mode, new_oid)
+                   for _, _, new_mode, new_oid, _, path in _raw_diff(out)}
+        self._staged = (key, changes)
+        return changes
+
+    def _work_entries(self, paths: list[str], where: dict,
+                      hex_length: int) -> dict[str, tuple[int, str]]:
+        """The (mode, oid) git would record for each path from the work tree (0: none)."""
+        found: dict[str, tuple[int, str]] = {}
+        hashed = []
+        for path in paths:
+            if where[path][0] != PRESENT:
+                found[path] = (0, _ZERO_OID)
+                continue
             full = self.root / path
-            if not _safe_relative(path) or (full.is_dir() and not full.is_symlink()):
-                dropped.append(path)
-            else:
-                wanted.append(path)
-        ignored = self.git.ignored(wanted)
-        wanted = [p for p in wanted if p not in ignored]
-        missing = [p for p in wanted if not os.path.lexists(self.root / p)]
-        tracked_missing = self._in_head(head, missing)
-        gone = {p for p in missing if p not in tracked_missing}
-        dropped += sorted(ignored) + sorted(gone)
-        wanted = [p for p in wanted if p not in gone]
-        stale = {p for p in wanted if p in recheck and not self._still_a_change(p)}
-        dropped += sorted(stale)
-        return [p for p in wanted if p not in stale], dropped
+            try:
+                info = os.lstat(full)
+                if stat.S_ISLNK(info.st_mode):
+                    target = os.fsencode(os.readlink(full))
+                    found[path] = (MODE_SYMLINK, _blob_oid(target, hex_length))
+                elif "\n" in path:  # hash-object reads one name a line
+                    found[path] = (git_mode(info.st_mode), git_blob_id(str(full), hex_length))
+                else:
+                    found[path] = (git_mode(info.st_mode), "")
+                    hashed.append(path)
+            except OSError:
+                found[path] = (0, _ZERO_OID)
+        if hashed:
+            # git's own hash: clean filters (autocrlf, LFS) apply as they would on `git add`
+            out = self._git("hash-object", "--stdin-paths",
+                            input=b"".join(os.fsencode(path) + b"\n" for path in hashed))
+            for path, oid in zip(hashed, out.decode().split()):
+                found[path] = (found[path][0], oid)
+        return found
 
-    def _still_a_change(self, path: str) -> bool:
-        """Whether the content rules still call ``path`` a change worth committing."""
-        verdict = self.content.still_a_change(path)
-        if not verdict.commit:
-            self.rechecked_dropped += 1
-            log.info("not committing %s: %s (re-checked against HEAD)", path,
-                     render(verdict.reason, verdict.detail))
-        return verdict.commit
+    def _apply_staging(self, plan: Plan, where: dict, staged: dict) -> None:
+        """Hold the paths whose index entry is the person's own partial staging; note the
+        fully staged ones (their index entry is already the version committed)."""
+        candidates = [path for path in plan.stage + plan.remove if path in staged]
+        if not candidates:
+            return
+        work = self._work_entries(candidates, where, len(staged[candidates[0]][1]))
+        executable_bit = self.content.executable_bit()
+        held = set()
+        for path in candidates:
+            index_mode, index_oid = staged[path]
+            work_mode, work_oid = work[path]
+            if not executable_bit and index_mode and work_mode and MODE_SYMLINK not in (
+                    index_mode, work_mode):
+                work_mode = index_mode  # core.fileMode = false: git keeps the index's mode
+            if index_mode == work_mode and (not index_mode or index_oid == work_oid):
+                plan.fully_staged.add(path)
+            else:
+                held.add(path)
+                plan.held[path] = Why(Hold.STAGED_BY_YOU)
+        plan.stage = [path for path in plan.stage if path not in held]
+        plan.remove = [path for path in plan.remove if path not in held]
+
+    def _check_ignore(self, paths: list[str], found: set[str]) -> None:
+        # --no-index: whether git would ignore the path, whatever the user's index holds
+        # (tracked paths are never candidates), at a cost that does not grow with the tree.
+        # The "./" prefix keeps a name starting with ":" from reading as pathspec magic.
+        data = b"".join(b"./" + os.fsencode(path) + b"\0" for path in paths)
+        code, out, stderr = self.git.result("check-ignore", "--no-index", "-z", "--stdin",
+                                            input=data, env={"GIT_LITERAL_PATHSPECS": "0"})
+        if code == 1:
+            return
+        if code != 0:
+            raise GitError(("check-ignore", "--no-index", "-z", "--stdin"), code, stderr)
+        found.update(path[2:] if path.startswith("./") else path for path in split_nul(out))
+
+    def _bisect(self, paths: list[str], run: Callable[[list[str]], None],
+                refused: dict[str, Why]) -> None:
+        """``run(paths)``; when git refuses, halve until the paths it refuses are alone,
+        and hold each of those with git's words (the rest goes on).  A failure that is not
+        about one path (a lock, a full disk) is raised."""
+        try:
+            run(paths)
+        except GitError as exc:
+            if _is_transient(exc) or exc.exit_code < 0:
+                raise
+            if len(paths) == 1:
+                if not any(marker in exc.stderr for marker in _PATH_REFUSED_MARKERS):
+                    raise
+                refused[paths[0]] = Why(Hold.GIT_REFUSED, _first_error(exc.stderr))
+                log.warning("holding %s: git refuses it: %s", paths[0],
+                            _first_error(exc.stderr))
+                return
+            middle = len(paths) // 2
+            self._bisect(paths[:middle], run, refused)
+            self._bisect(paths[middle:], run, refused)
+
+    def plan(self, paths, head: tuple[str, str] | None,
+             recheck: set[str] | frozenset = frozenset()) -> Plan:
+        """What committing ``paths`` on ``head`` does with each (see the module docstring):
+        staged from the work tree, force-removed, held with a reason, or dropped."""
+        plan = Plan()
+        where: dict[str, tuple[str, str]] = {}
+        dirs: dict[str, tuple[str, str]] = {}
+        for path in dict.fromkeys(paths):
+            if not isinstance(path, str) or not _safe_relative(path) \
+                    or self._refused_by_rule(path):
+                plan.dropped.append(path)
+                continue
+            where[path] = self._where(path, dirs)
+            state, detail = where[path]
+            if state == NESTED:
+                plan.held[path] = Why(Hold.NESTED_REPOSITORY, detail)
+            elif state == REFUSED:
+                plan.held[path] = Why(Hold.GIT_REFUSED, detail)
+        candidates = [path for path in where if path not in plan.held]
+        try:
+            entries = self.heads.entries(candidates)
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD's entries: {exc}") from None
+        staged = self._user_index_changes(head)
+        # Entries left as HEAD had them before an earlier commit (refresh pending) are not
+        # the person's staging.
+        staged = {path: entry for path, entry in staged.items()
+                  if self.index_refresh_pending.get(path) != entry}
+        present = []
+        for path in candidates:
+            state = where[path][0]
+            entry = entries[path]
+            committed = entry is not None and not entry.is_tree
+            if state == PRESENT:
+                present.append(path)
+            elif state == DIRECTORY:
+                if entry is not None and entry.is_gitlink:
+                    plan.held[path] = Why(Hold.NESTED_REPOSITORY, path)  # a submodule
+                elif committed:
+                    plan.remove.append(path)  # a directory where HEAD has a file
+                else:
+                    plan.dropped.append(path)  # its files are paths of their own
+            elif committed or path in staged:
+                # gone from the work tree; below a symbolic link counts as gone, as for git
+                (plan.remove if state == BEYOND_LINK else plan.stage).append(path)
+            else:
+                plan.dropped.append(path)  # never committed and gone (a temp file)
+        untracked = [path for path in present if entries[path] is None and path not in staged]
+        ignored: set[str] = set()
+        if untracked:
+            self._bisect(untracked, lambda chunk: self._check_ignore(chunk, ignored),
+                         plan.held)
+        for path in present:
+            if path in ignored:
+                plan.dropped.append(path)
+            elif path not in plan.held:
+                plan.stage.append(path)
+        plan.where = {path: state for path, (state, _) in where.items()}
+        plan.head_entries = entries
+        self._apply_staging(plan, where, staged)
+        if self.path_gate is not None:
+            present = [path for path in plan.stage if where[path][0] == PRESENT]
+            gated = {path: why for path, why in (self.path_gate(present) or {}).items()
+                     if path in plan.stage}
+            plan.held.update(gated)
+            plan.stage = [path for path in plan.stage if path not in gated]
+        rechecked = [path for path in plan.stage if path in recheck
+                     and where[path][0] == PRESENT and path not in plan.fully_staged
+                     and entries[path] is not None and entries[path].is_blob]
+        if rechecked:
+            stale = {}
+            for path, verdict in self.content.still_changes(rechecked).items():
+                if not verdict.commit:
+                    stale[path] = render(verdict.reason, verdict.detail)
+                    self.rechecked_dropped += 1
+            if stale:  # one line, not one per path: a reconcile may bring thousands
+                shown = ", ".join(f"{path} ({why})" for path, why in list(stale.items())[:3])
+                log.info("not committing %d path(s) re-checked against HEAD: %s%s",
+                         len(stale), shown, " ..." if len(stale) > 3 else "")
+            plan.stage = [path for path in plan.stage if path not in stale]
+            plan.dropped += sorted(stale)
+        return plan
 
     # ----- the commit ---------------------------------------------------------------------
     def commit(self, paths, push: bool = True, attempts: int | None = None,
@@ -235,7 +641,7 @@ class Committer:
         if result.held:
             return result
         if result.commit and push and self.config.remote:
-            result.pushed, result.error = self.push(branch)
+            result.pushed, result.error = self.push(branch, result.parent)
         return result
 
     def _commit_once(self, paths: list[str], result: CommitResult, attempts: int,
@@ -243,66 +649,218 @@ class Committer:
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
         self._finish_rollback()
-        self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.temp_index, Path(f"{self.temp_index}.lock")):
-            # Only this (single) executor uses the temp index, so any lock is a leftover.
-            stale.unlink(missing_ok=True)
+        self.config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for round_number in range(_CAS_ROUNDS):
             if round_number:
                 # HEAD moved: the user may have switched branches, not only committed.
                 result.held = self.branch_hold_reason()[1]
                 if result.held:
                     return
-            head = self.head()
-            wanted, dropped = self.committable(paths, head, recheck)
-            result.dropped = tuple(dropped)
-            if not wanted:
+            head = self._head_now()
+            plan = self.plan(paths, head, recheck)
+            result.dropped, result.held_paths = tuple(plan.dropped), dict(plan.held)
+            if not plan.stage and not plan.remove:
                 return
-            new = self._build_commit(head, wanted, result)
+            new, changes = self._build_commit(head, plan, result)
             if new is None:
                 return
+            old = head[0] if head else ""
             try:
-                self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, head or "")
+                self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, old)
             except GitError:
                 current = self.head()
                 if current == new:
                     # update-ref did its work but died before saying so (killed, say).
                     log.info("update-ref reported failure but HEAD is the new commit")
-                elif current != head:
+                elif current != (old or None):
                     log.info("HEAD moved during sync; rebuilding on the new HEAD")
                     continue
                 else:
                     raise
-            result.commit = new
-            self.index_refresh_pending.update(result.paths)
-            self.refresh_user_index(attempts)
+            result.commit, result.parent = new, old or None
+            self._after_commit(plan, changes, new, attempts)
             return
         raise TransientError("HEAD kept moving during the sync")
 
-    def _build_commit(self, head: str | None, wanted: list[str],
-                      result: CommitResult) -> str | None:
-        """Stage ``wanted`` on top of ``head`` in the temp index; the new commit or None."""
-        if head:
-            self._git("read-tree", head, temp_index=True)
-        else:
-            self._git("read-tree", "--empty", temp_index=True)
-        self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
-                  input=nul_joined(wanted), temp_index=True)
-        tree = self._text("write-tree", temp_index=True)
-        base_tree = self._text("rev-parse", f"{head}^{{tree}}") if head else EMPTY_TREE
-        if tree == base_tree:
-            return None
-        out = self._git("diff-index", "--cached", "--name-status", "-z", head or EMPTY_TREE,
-                        temp_index=True)
-        fields = split_nul(out)
-        statuses = dict(zip(fields[1::2], fields[0::2]))
+    # ----- objects and trees -----------------------------------------------------------------
+    def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:
+        # git's own hashing: clean filters (autocrlf, LFS) apply as on `git add`
+        out = self._git("hash-object", "-w", "--stdin-paths",
+                        input=b"".join(os.fsencode(path) + b"\n" for path in paths))
+        oids = out.decode().split()
+        if len(oids) != len(paths):
+            raise GitError(("hash-object",), 128, f"{len(oids)} ids for {len(paths)} paths")
+        found.update(zip(paths, oids))
+
+    def _hash_contents(self, contents: list[bytes], filters_for: str | None = None) -> list[str]:
+        """Object ids of literal contents (link targets; a name hash-object cannot read
+        a line of), written through files in the runtime directory: one process for all."""
+        made = []
+        try:
+            for number, data in enumerate(contents):
+                temp = self.config.runtime_dir / f".object-{os.getpid()}-{number}"
+                # readable by git when it runs as the tree's owner
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                made.append(temp)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            options = ["--path", filters_for] if filters_for else ["--no-filters"]
+            out = self._git("hash-object", "-w", *options, "--stdin-paths",
+                            input=b"".join(os.fsencode(str(temp)) + b"\n" for temp in made))
+        finally:
+            for temp in made:
+                temp.unlink(missing_ok=True)
+        return out.decode().split()
+
+    def _new_entries(self, plan: Plan) -> dict[str, tuple[int, str] | None]:
+        """Each staged path's new entry (mode, oid), None for a deletion; paths git cannot
+        read are held (plan.held) and left out."""
+        present = [path for path in plan.stage if plan.where[path] == PRESENT]
+        changes: dict[str, tuple[int, str] | None] = {
+            path: None for path in plan.stage + plan.remove if plan.where[path] != PRESENT}
+        modes, regular, links = {}, [], []
+        executable_bit = self.content.executable_bit()
+        for path in present:
+            try:
+                info = os.lstat(self.root / path)
+                if stat.S_ISLNK(info.st_mode):
+                    links.append((path, os.fsencode(os.readlink(self.root / path))))
+                    continue
+            except OSError:  # gone since it was planned: a deletion, as git would see it
+                changes[path] = None
+                continue
+            mode = git_mode(info.st_mode)
+            plan.largest = max(plan.largest, info.st_size)
+            head = plan.head_entries.get(path)
+            if not executable_bit:  # core.fileMode = false: git keeps the recorded mode
+                mode = head.mode if head is not None and head.is_blob \
+                    and head.mode != MODE_SYMLINK else 0o100644
+            modes[path] = mode
+            regular.append(path)
+        oids: dict[str, str] = {}
+        plain = [path for path in regular if "\n" not in path]  # hash-object reads lines
+        if plain:
+            self._bisect(plain, lambda chunk: self._hash_files(chunk, oids), plan.held)
+        for path in regular:
+            if "\n" in path:
+                with open(self.root / path, "rb") as handle:
+                    shown = os.fsencode(path).decode("utf-8", "surrogateescape")
+                    oids[path] = self._hash_contents([handle.read()], shown if shown.isprintable()
+                                                     else None)[0]
+        for path in regular:
+            if path in oids:
+                changes[path] = (modes[path], oids[path])
+        if links:
+            for (path, _), oid in zip(links, self._hash_contents([t for _, t in links])):
+                changes[path] = (MODE_SYMLINK, oid)
+        return changes
+
+    def _compose(self, head_tree: str | None, changes: dict[str, tuple[int, str] | None],
+                 hex_length: int) -> tuple[str | None, list[tuple[str, dict]], list]:
+        """The new root tree with ``changes`` applied to ``head_tree``: (its oid or None
+        when empty, the new trees children first, the changes as diff records)."""
+        root: dict[bytes, list] = {}  # name -> [entry or _KEEP, children]
+        for path, entry in changes.items():
+            node_children = root
+            parts = os.fsencode(path).split(b"/")
+            for part in parts[:-1]:
+                node_children = node_children.setdefault(part, [_KEEP, {}])[1]
+            node_children.setdefault(parts[-1], [_KEEP, {}])[0] = entry
+        walker = self.heads.walker
+        trees: list[tuple[str, dict]] = []
+        records: list = []
+
+        def report(old, new, path: bytes) -> None:
+            old_blob = old is not None and old[0] != MODE_TREE
+            new_blob = new is not None and new[0] != MODE_TREE
+            if old is not None and old[0] == MODE_TREE and not (new and new[0] == MODE_TREE):
+                for below, mode, oid in walker.blobs(old[1], path + b"/"):
+                    records.append((mode, oid, 0, _ZERO_OID, "D", os.fsdecode(below)))
+            if old_blob and new_blob:
+                if old != new:
+                    kind = "T" if (old[0] == MODE_SYMLINK) != (new[0] == MODE_SYMLINK) \
+                        or MODE_GITLINK in (old[0], new[0]) else "M"
+                    records.append((old[0], old[1], new[0], new[1], kind, os.fsdecode(path)))
+            elif old_blob:
+                records.append((old[0], old[1], 0, _ZERO_OID, "D", os.fsdecode(path)))
+            elif new_blob:
+                records.append((0, _ZERO_OID, new[0], new[1], "A", os.fsdecode(path)))
+
+        def write(children: dict, base: str | None, prefix: bytes) -> str | None:
+            entries = dict(walker.tree(base)) if base else {}
+            for name, (entry, below) in children.items():
+                path = prefix + name
+                old = entries.get(name)
+                if entry is not _KEEP and entry is not None:
+                    new = entry  # a file or a link here; anything below it is gone
+                elif entry is None and not below:
+                    new = None
+                else:
+                    keep_below = entry is _KEEP and old is not None and old[0] == MODE_TREE
+                    sub = write(below, old[1] if keep_below else None, path + b"/")
+                    new = (MODE_TREE, sub) if sub else None
+                report(old, new, path)
+                if new is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = new
+            if not entries:
+                return None
+            oid = tree_id(entries, hex_length)
+            trees.append((oid, entries))
+            return oid
+
+        return write(root, head_tree, b""), trees, records
+
+    def _write_trees(self, trees: list[tuple[str, dict]]) -> None:
+        """Write the composed trees (children first) with one ``mktree --batch``; git's
+        ids must be the ones computed here."""
+        lines = []
+        for _, entries in trees:
+            for name, (mode, oid) in entries.items():
+                kind = "tree" if mode == MODE_TREE else "commit" if mode == MODE_GITLINK \
+                    else "blob"
+                lines.append(b"%06o %s %s\t%s\n" % (mode, kind.encode(), oid.encode(),
+                                                     _c_quoted(name)))
+            lines.append(b"\n")
+        # --missing: no existence check of every entry (thousands in a large directory);
+        # they come from HEAD's trees or were just written, and the ids are checked below.
+        written = self._git("mktree", "--missing", "--batch",
+                            input=b"".join(lines)).decode().split()
+        expected = [oid for oid, _ in trees]
+        if written != expected:
+            raise GitError(("mktree", "--batch"), 128,
+                           f"tree ids differ: git wrote {written[:3]}, expected {expected[:3]}")
+        for oid, entries in trees:
+            self.heads.walker.remember(oid, entries)
+
+    def _build_commit(self, head: tuple[str, str] | None, plan: Plan,
+                      result: CommitResult) -> tuple[str | None, list]:
+        """The commit of the plan on top of ``head`` (None when nothing differs) and its
+        changes as diff records."""
+        changes = self._new_entries(plan)
+        result.held_paths.update(plan.held)
+        if not changes:
+            return None, []
+        hex_length = len(head[1]) if head else len(next(
+            (entry[1] for entry in changes.values() if entry), "0" * 40))
+        tree, trees, records = self._compose(head[1] if head else None, changes, hex_length)
+        if not records:
+            return None, []  # every path as HEAD has it: nothing to commit
+        if trees:
+            self._write_trees(trees)
+        tree = tree or EMPTY_TREE
+        if tree == EMPTY_TREE:
+            self._git("mktree", input=b"")  # the empty tree must exist to be committed
+        statuses = {path: status for _, _, _, _, status, path in records}
         result.statuses = statuses
         result.paths = tuple(statuses)
         message = self.message(statuses)
-        parents = ["-p", head] if head else []
-        return self._text("commit-tree", tree, *parents, "-F", "-",
-                          input=message.encode("utf-8", "surrogateescape"),
-                          env=self._identity_env())
+        parents = ["-p", head[0]] if head else []
+        new = self._text("commit-tree", tree, *parents, "-F", "-",
+                         input=message.encode("utf-8", "surrogateescape"),
+                         env=self._identity_env())
+        return new, records
 
     @staticmethod
     def message(statuses: dict) -> str:
@@ -313,48 +871,173 @@ class Committer:
         lines += ["", TRAILER, ""]
         return "\n".join(lines)
 
+    # ----- the user's index ----------------------------------------------------------------
+    def _after_commit(self, plan: Plan, records: list, new: str, attempts: int) -> None:
+        """Write the committed entries into the user's index where it still holds HEAD's
+        version from before the commit.  When the index is as the plan read it (the usual
+        case), what it holds is known without reading it again; otherwise
+        :meth:`refresh_user_index` checks against the index now."""
+        for old_mode, old_oid, _, _, _, path in records:
+            self.index_refresh_pending.setdefault(path, (old_mode, old_oid))
+        key, staged = self._staged or ((None, None), {})
+        signature = index_signature(self.user_index)
+        committed = {record[5] for record in records}
+        if signature is None or key[0] != signature or set(self.index_refresh_pending) != \
+                committed or (self.config.git_dir / "index.lock").exists():
+            self.refresh_user_index(attempts)
+            return
+        lines = [_index_line(new_mode, new_oid, path)
+                 for old_mode, old_oid, new_mode, new_oid, _, path in records
+                 if _same_entry(staged.get(path, (old_mode, old_oid)), (old_mode, old_oid))]
+        try:
+            if lines:
+                self._git("update-index", "-z", "--index-info", input=b"".join(lines))
+        except GitError as exc:
+            if not _is_transient(exc):
+                log.warning("commit made but the index was not refreshed yet: %s", exc)
+                return
+            self.refresh_user_index(attempts)
+            return
+        self.index_refresh_pending.clear()
+        if plan.largest >= _REFRESH_AFTER_BYTES:
+            # Entries written from HEAD carry no stat data: every `git status` would hash
+            # this file again until the person's own git refreshes the index.  A refresh
+            # (content-checked: a newer version stays a change) records it once.
+            code, _, stderr = self.git.result("update-index", "-q", "--refresh")
+            if code not in (0, 1):
+                log.info("index not refreshed after committing a large file: %s",
+                         stderr.strip())
+        # The index now agrees with the new HEAD on the committed paths; the rest of what
+        # the person staged is unchanged.
+        self.index_basis = index_signature(self.user_index)
+        self._staged = ((self.index_basis, new),
+                        {path: entry for path, entry in staged.items() if path not in committed})
+
     def refresh_user_index(self, attempts: int | None = None) -> bool:
-        """Make the user's index match HEAD for the committed paths only; True when no
-        refresh is left pending.  ``attempts=0``: one try, the rest kept for later."""
+        """Write HEAD's entries into the user's index for the committed paths whose entry
+        is still the one from before the commit (an entry the person changed meanwhile is
+        theirs and stays); True when no refresh is left pending.  ``attempts=0``: one try,
+        the rest kept for later."""
         if not self.index_refresh_pending:
             return True
         attempts = self.config.retry_attempts if attempts is None else attempts
-        paths = sorted(self.index_refresh_pending)
         attempt = 0
         while True:
             try:
-                self._git("reset", "-q", "--pathspec-from-file=-", "--pathspec-file-nul",
-                          input=nul_joined(paths))
-                self.index_refresh_pending.difference_update(paths)
+                self._refresh_once()
                 return True
             except GitError as exc:
                 if not _is_transient(exc) or attempt >= attempts:
                     # The commit stands; until refreshed the index shows the paths as staged
-                    # changes, so the paths stay pending and a later call tries again.
+                    # changes, so they stay pending and a later call tries again.
                     log.warning("commit made but the index was not refreshed yet: %s", exc)
                     return False
                 attempt += 1
                 self.retries += 1
                 self.sleep(self.config.retry_backoff * attempt)
 
+    def _refresh_once(self) -> None:
+        if (self.config.git_dir / "index.lock").exists():
+            raise GitError(("update-index",), 128, "index.lock exists")
+        # The index against HEAD now: a pending path not listed already agrees with HEAD;
+        # one listed with the entry from before the commit gets HEAD's (the diff's old
+        # side); any other entry is the person's own.
+        out = self._git("--no-optional-locks", "diff-index", "--cached",
+                        "--ita-invisible-in-index", "--no-renames", "--raw", "-z",
+                        self.head() or EMPTY_TREE)
+        lines = []
+        for head_mode, head_oid, index_mode, index_oid, _, path in _raw_diff(out):
+            before = self.index_refresh_pending.get(path)
+            if before is None or not _same_entry((index_mode, index_oid), before):
+                continue
+            lines.append(_index_line(head_mode, head_oid, path))
+        if lines:
+            self._git("update-index", "-z", "--index-info", input=b"".join(lines))
+        self.index_refresh_pending.clear()
+
     # ----- push and history ---------------------------------------------------------------
-    def push(self, branch: str | None = None) -> tuple[bool, str]:
-        """Push the branch to the configured remote, never forced; (pushed, error)."""
+    def upstream_state(self, branch: str, parent: str | None = None) -> UpstreamState:
+        """HEAD against ``[git] remote``/``branch``'s remote-tracking branch: whether it is
+        ahead, and whether history the remote has (once this branch's own) was rewritten.
+        ``parent``: a commit known to be in HEAD (the one a sync commit was made on)."""
+        tracking = f"refs/remotes/{self.config.remote}/{branch}"
+        try:
+            head, upstream = self.heads.reader.objects(
+                [b"HEAD", tracking.encode()], keep=lambda kind, size: False)
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD and {tracking}: {exc}") from None
+        head = head.oid if head is not None and head.kind == "commit" else None
+        upstream = upstream.oid if upstream is not None and upstream.kind == "commit" else None
+        if head is None or upstream == head:
+            return UpstreamState(head, upstream)
+        if upstream is None or upstream == parent or self._is_ancestor(upstream, head):
+            return UpstreamState(head, upstream, ahead=True)
+        # The upstream is not in HEAD: the remote moved (a fetch brought commits this
+        # branch never had), or this branch dropped commits it had pushed.
+        lost = set(self._text("rev-list", upstream, f"^{head}").split())
+        if lost & self._once_on_branch(branch):
+            shown = f"{self.config.remote}/{branch}"
+            return UpstreamState(head, upstream, rewritten=(
+                f"HEAD no longer contains {shown} ({upstream[:10]}), which this branch "
+                f"pushed (an amend or a rebase?); gitsieve never forces a push: publish it "
+                f"yourself (git push --force-with-lease) or bring {shown} back into HEAD"))
+        return UpstreamState(head, upstream, ahead=not self._is_ancestor(head, upstream))
+
+    def _once_on_branch(self, branch: str) -> set[str]:
+        """Every commit the branch's reflog says it pointed at."""
+        code, out, _ = self.git.result("log", "-g", "--format=%H", f"refs/heads/{branch}",
+                                       "--")
+        return set(out.decode().split()) if code == 0 else set()
+
+    def _gate(self, state: UpstreamState) -> Why | None:
+        if self.push_gate is None:
+            return None
+        why = self.push_gate(state.range)
+        if why is not None:
+            self.push_hold = why
+            log.warning("push held: %s", why.text)
+        return why
+
+    def push(self, branch: str | None = None, parent: str | None = None) -> tuple[bool, str]:
+        """Push the branch to the configured remote, never forced; (pushed, error).
+        ``pushed`` is also true when the remote already had everything
+        (:attr:`last_push_sent` tells the two apart); :attr:`push_hold` says why a push
+        was not made."""
+        self.last_push_sent = False
         if not self.config.remote:
             return False, ""
         branch = branch or self.current_branch()
         if branch is None:
             return False, "push: HEAD is detached"
+        try:
+            state = self.upstream_state(branch, parent)
+        except (GitError, TransientError) as exc:
+            return False, f"push failed: {exc}"
+        if state.rewritten:
+            if state.rewritten != self.history_rewritten:
+                log.warning("push stopped: %s", state.rewritten)
+            self.history_rewritten = state.rewritten
+            self.push_hold = Why(Hold.HISTORY_REWRITTEN, state.rewritten)
+            return False, f"push stopped: {self.push_hold.text}"
+        if self.history_rewritten:
+            log.info("HEAD contains the upstream again: pushing resumes")
+            self.history_rewritten = ""
+        if not state.ahead:
+            self.push_hold, self.push_conflict = None, ""
+            return True, ""
         ref = f"refs/heads/{branch}"
         # Stopped by a conflict, no push is tried until the remote's commits integrate (the
         # user resolved it, dropped a blocking edit, or the remote moved again).
         rejected = bool(self.push_conflict)
         if not rejected:
+            if self._gate(state):
+                return False, f"push held: {self.push_hold.text}"
             try:
                 self._push_ref(ref)
             except GitError as exc:
                 if not any(marker in exc.stderr for marker in _REJECTED_MARKERS):
                     log.warning("push failed; the commit stays local: %s", exc)
+                    self.push_hold = None
                     return False, f"push failed: {exc}"
                 log.info("push rejected: the remote moved; integrating its commits (%s)",
                          self.config.pull_strategy)
@@ -362,16 +1045,22 @@ class Committer:
         if rejected:
             try:
                 self.integrate_remote(branch)
+                if self._gate(self.upstream_state(branch)):
+                    return False, f"push held: {self.push_hold.text}"
                 self._push_ref(ref)
             except PushConflict as conflict:
                 if str(conflict) != self.push_conflict:  # once, not at every re-check
                     log.warning("push stopped: %s; commits continue locally", conflict)
                 self.push_conflict = str(conflict)
+                self.push_hold = Why(Hold.PUSH_STOPPED, self.push_conflict)
                 return False, f"push stopped: {conflict}"
             except (GitError, TransientError) as exc:
                 log.warning("push failed after integrating the remote: %s", exc)
+                self.push_hold = None
                 return False, f"push failed: {exc}"
         self.push_conflict = ""
+        self.push_hold = None
+        self.last_push_sent = True
         return True, ""
 
     def _push_ref(self, ref: str) -> None:
@@ -499,19 +1188,6 @@ class Committer:
                       "%s", self.unfinished_rollback[:10], exc)
             raise TransientError(f"rolling back an interrupted integration: {exc}") from None
         self.unfinished_rollback = None
-
-    def unpushed(self) -> bool:
-        """Whether the branch has commits its remote-tracking ref does not (a push failed
-        earlier, perhaps in a previous run).  False when unknown: no remote or no ref."""
-        branch = self.current_branch()
-        if not self.config.remote or branch is None:
-            return False
-        try:
-            out = self._text("rev-list", "--count",
-                             f"refs/remotes/{self.config.remote}/{branch}..HEAD")
-        except GitError:  # no tracking ref (never pushed or fetched): nothing to compare
-            return False
-        return out.isdigit() and int(out) > 0
 
     def past_commit_times(self) -> list[float]:
         """Commit times of gitsieve's own commits within the last 24 hours."""

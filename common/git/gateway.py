@@ -1,9 +1,15 @@
 """The one place gitsieve spawns git, through the ``sh`` package.
 
 Every git child runs in the work tree as the work tree's owner (when gitsieve runs as root
-on someone else's tree: their uid, groups and HOME, so no object or ref is ever left owned
-by anyone else), with ``GITSIEVE_GIT=1`` in its environment (process attribution knows it
-as gitsieve's own) and ``LC_ALL=C`` (git's messages are parsed in a few places).
+on someone else's tree: their uid, primary and supplementary groups (``initgroups``), HOME,
+USER, and none of this process's per-user locations such as ``XDG_CONFIG_HOME``, so git
+reads their configuration and no object or ref is ever left owned by anyone else; files
+get this process's umask, adjusted by git for ``core.sharedRepository``), with
+``GITSIEVE_GIT=1`` in its environment (process attribution knows it as gitsieve's own) and
+``LC_ALL=C`` (git's messages are parsed in a few places).  :func:`discover` finds whose
+tree it is from the directory holding ``.git`` and refuses, in one line naming the cause
+and the fix, what cannot work (someone else's repository when not root, an owner with no
+account, a git directory owned by someone else than the work tree).
 Read-only calls pass ``--no-optional-locks`` so that watching never contends with the
 user's own git commands for ``index.lock``.
 
@@ -21,12 +27,15 @@ import logging
 import os
 import pwd
 import select
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Inputs larger than this reach git through an in-memory file instead of sh's feeder.
+_FEED_LIMIT = 64 * 1024
 # Every git child of gitsieve carries this, so process attribution recognises our own git.
 GITSIEVE_ENV_MARK = "GITSIEVE_GIT"
 # Every actor process carries its actor id in this variable from its start (the runner sets
@@ -37,6 +46,11 @@ ACTOR_ENV_MARK = "GITSIEVE_ACTOR"
 
 class NotARepository(Exception):
     pass
+
+
+class RepositoryRefused(NotARepository):
+    """A repository git cannot be run on as it should (someone else's, no account, no
+    access): ``str()`` names the cause and the fix in one line."""
 
 
 class GitError(Exception):
@@ -53,6 +67,7 @@ class Owner:
 
     uid: int | None = None
     home: str | None = None
+    name: str | None = None  # None with a uid: the uid has no account
 
     @classmethod
     def of(cls, root: Path) -> "Owner":
@@ -66,10 +81,17 @@ class Owner:
         if uid == 0:
             return cls()
         try:
-            home = pwd.getpwuid(uid).pw_dir
-        except KeyError:  # a uid with no passwd entry: no home to offer
-            home = "/"
-        return cls(uid, home)
+            entry = pwd.getpwuid(uid)
+        except KeyError:  # a uid with no passwd entry: discover() refuses such a tree
+            return cls(uid, "/", None)
+        return cls(uid, entry.pw_dir, entry.pw_name)
+
+
+def account_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid} (no account)"
 
 
 def nul_joined(paths) -> bytes:
@@ -81,12 +103,21 @@ def split_nul(data: bytes) -> list[str]:
     return [os.fsdecode(item) for item in data.split(b"\0") if item]
 
 
+# This process's per-user locations: git run as another user reads that user's instead.
+_PER_USER_ENV = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR",
+                 "GIT_CONFIG_GLOBAL", "SSH_AUTH_SOCK", "GNUPGHOME")
+
+
 def git_env(extra: dict | None = None, owner: Owner = Owner()) -> dict:
     env = dict(os.environ)
     env.update({"LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", GITSIEVE_ENV_MARK: "1",
                 "GIT_LITERAL_PATHSPECS": "1"})
-    if owner.home is not None:
-        env["HOME"] = owner.home
+    if owner.uid is not None:
+        for name in _PER_USER_ENV:
+            env.pop(name, None)
+        env["HOME"] = owner.home or "/"
+        if owner.name:
+            env["USER"] = env["LOGNAME"] = owner.name
     if extra:
         env.update(extra)
     return env
@@ -124,8 +155,19 @@ class Git:
         """(exit code, stdout, stderr) whatever the exit code; GitError only when git could
         not run or timed out."""
         sh = _sh()
+        stdin = input
+        if input is not None and len(input) > _FEED_LIMIT:
+            # sh feeds bytes through a thread in small pieces; a large input goes faster as
+            # an in-memory file given to git as its stdin (open already: whoever git runs
+            # as can read it).
+            fd = os.memfd_create("git-stdin", os.MFD_CLOEXEC)
+            view = memoryview(input)
+            while view:
+                view = view[os.write(fd, view):]
+            os.lseek(fd, 0, os.SEEK_SET)
+            stdin = os.fdopen(fd, "rb")
         try:
-            done = self._git()(*args, _in=input, _return_cmd=True, _ok_code=range(256),
+            done = self._git()(*args, _in=stdin, _return_cmd=True, _ok_code=range(256),
                                **self._options(env, timeout))
         except sh.TimeoutException:
             raise GitError(args, -1, f"timed out after {timeout}s") from None
@@ -133,6 +175,9 @@ class Git:
             return exc.exit_code, exc.stdout, f"killed by signal {-exc.exit_code}"
         except (OSError, sh.ForkException) as exc:
             raise GitError(args, -1, f"cannot run git: {exc}") from None
+        finally:
+            if stdin is not input:
+                stdin.close()
         stderr = done.stderr.decode("utf-8", "replace") if done.stderr else ""
         return done.exit_code, done.stdout, stderr
 
@@ -264,18 +309,84 @@ class BackgroundGit:
             self.running.process.kill()
 
 
+def _repository_top(path: Path) -> Path | None:
+    """The nearest directory at or above ``path`` holding ``.git``: whose tree it is decides
+    whom git runs as, before git can be asked (found without running git)."""
+    for candidate in (path, *path.parents):
+        try:
+            if os.path.lexists(candidate / ".git"):
+                return candidate
+        except OSError:
+            return None
+    return None
+
+
+def _refusal(path: Path, top: Path, stderr: str, owner: Owner) -> str | None:
+    """The cause and the fix, when git refused for a reason a person can act on."""
+    me = account_name(os.geteuid() if owner.uid is None else owner.uid)
+    if "dubious ownership" in stderr:
+        return (f"git refuses the repository at {top}: it belongs to "
+                f"{account_name(os.stat(top).st_uid)}, not to you ({me}) ('dubious "
+                f"ownership'); run gitsieve as its owner (or as root, which runs git as the "
+                f"owner), or trust it: git config --global --add safe.directory {top}")
+    if "Permission denied" in stderr:
+        return f"permission denied: {path} (for {me}): {' '.join(stderr.split())[:200]}"
+    return None
+
+
 def discover(path: Path) -> tuple[Path, Path]:
-    """(work tree root, absolute git dir) of the repository holding ``path``."""
+    """(work tree root, absolute git dir) of the repository holding ``path``.
+
+    Git runs as the owner of the work tree (the directory holding ``.git``, whatever
+    directory below it was named).  A repository git cannot run on as it should raises
+    :class:`RepositoryRefused` naming the cause and the fix: someone else's repository
+    when not root, a tree whose owner has no account, a git directory owned by someone
+    other than the work tree, no access."""
     path = Path(path)
-    if not path.is_dir():
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        parent = next((p for p in path.parents if os.access(p, os.F_OK)), path.parent)
+        owner = account_name(os.stat(parent).st_uid) if parent.exists() else "someone else"
+        raise RepositoryRefused(f"permission denied: {path} (for {account_name(os.geteuid())}"
+                                f"; {parent} belongs to {owner})") from None
+    except OSError:
+        raise NotARepository(f"not a directory: {path}") from None
+    if not stat.S_ISDIR(info.st_mode):
         raise NotARepository(f"not a directory: {path}")
-    code, stdout, stderr = Git(path).result("rev-parse", "--show-toplevel",
-                                            "--absolute-git-dir")
+    top = _repository_top(path.absolute()) or path
+    owner = Owner.of(top)
+    if owner.uid is not None and owner.name is None:
+        raise RepositoryRefused(f"{top} belongs to uid {owner.uid}, which has no account: "
+                                f"git cannot run as the work tree's owner; give the tree to "
+                                f"an existing user (chown -R)")
+    if owner.uid is not None:
+        _refuse_mixed(top / ".git", top, owner)
+    code, stdout, stderr = Git(path, owner).result("rev-parse", "--show-toplevel",
+                                                   "--absolute-git-dir")
     if code != 0:
-        detail = " (git refuses a repository owned by someone else: 'dubious ownership')" \
-            if "dubious ownership" in stderr else ""
-        raise NotARepository(f"not a git repository: {path}{detail}")
+        refusal = _refusal(path, top, stderr, owner)
+        if refusal:
+            raise RepositoryRefused(refusal)
+        raise NotARepository(f"not a git repository: {path}")
     lines = os.fsdecode(stdout).splitlines()
     if len(lines) != 2:
         raise NotARepository(f"not a git work tree (bare repository?): {path}")
-    return Path(lines[0]), Path(lines[1])
+    root, git_dir = Path(lines[0]), Path(lines[1])
+    if owner.uid is not None:
+        _refuse_mixed(git_dir, root, owner)
+    return root, git_dir
+
+
+def _refuse_mixed(git_dir: Path, root: Path, owner: Owner) -> None:
+    """A git directory someone else owns: git, run as the work tree's owner, could not
+    write there (and calls it 'dubious ownership')."""
+    try:
+        info = os.lstat(git_dir)
+    except OSError:
+        return  # git says what is wrong
+    if stat.S_ISDIR(info.st_mode) and info.st_uid != owner.uid:
+        raise RepositoryRefused(
+            f"{git_dir} belongs to {account_name(info.st_uid)}, the work tree {root} to "
+            f"{account_name(owner.uid)}: gitsieve runs git as the work tree's owner, who "
+            f"could not write there; chown -R {owner.name} {git_dir}")

@@ -269,6 +269,23 @@ def classify(path: str, head: bytes | None, work: bytes | None,
     return ContentVerdict(USER, L3Reason.CONTENT_CHANGED)
 
 
+def mode_change(head_mode: int, work_mode: int, executable_bit: bool = True) -> str:
+    """How the file's mode changed from HEAD's ('' when it did not): the executable bit
+    (unless ``executable_bit`` is off, as with ``core.fileMode = false``), or a file turned
+    into a symbolic link or back."""
+    if not head_mode or not work_mode or head_mode == work_mode:
+        return ""
+    links = (head_mode == 0o120000, work_mode == 0o120000)
+    if links == (False, True):
+        return "file -> symbolic link"
+    if links == (True, False):
+        return "symbolic link -> file"
+    if not executable_bit:
+        return ""
+    set_or_cleared = "set" if work_mode & 0o111 else "cleared"
+    return f"executable bit {set_or_cleared} ({head_mode:o} -> {work_mode:o})"
+
+
 def git_blob_id(path: str, hex_length: int = 40) -> str:
     """Git's object id for the file at ``path`` as a blob, hashed in chunks (big files).
 

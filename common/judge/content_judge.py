@@ -3,15 +3,18 @@
 It reads the work tree's version (:func:`.worktree.read_work`: size-capped, never blocking
 on a FIFO) and HEAD's (:class:`~gitsieve.common.git.catfile.HeadVersions`: one persistent
 ``cat-file --batch``), then applies :func:`.content.classify`.  A change L2 attributed to a
-user process is only refused when identical to HEAD.  Files over ``[filter]
+user process is only refused when identical to HEAD.  The mode counts as well as the
+bytes: a file whose executable bit (``core.fileMode``) or type (file, symbolic link) differs
+from HEAD's is a change even when its bytes are HEAD's.  Files over ``[filter]
 max_analyze_bytes`` are compared by size, then git object id.  A version that differs from
 the last version judged USER (by any worker; USER steps carry its ``masked`` digest, which
 the L3 actor learns from the debouncer's feed) only in volatile tokens is SYSTEM: that user
 change is already being committed, and a timestamp rewrite judged while its commit is in
 flight (HEAD not yet moved) must not make a second commit.
 
-The executor's commit-time re-check calls :meth:`ContentJudge.still_a_change`: the same
-reading, the same rules, one implementation.
+The executor's commit-time re-check calls :meth:`ContentJudge.still_changes`: the same
+reading, the same rules, one implementation, HEAD's versions of every path read in one
+exchange.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from gitsieve.common.judge.content import (
     compile_volatile,
     git_blob_id,
     masked_digest,
+    mode_change,
 )
 from gitsieve.common.judge.worktree import WorkFile, read_work
 from gitsieve.common.protocol.messages import Change
@@ -62,37 +66,60 @@ class ContentJudge:
     def __init__(self, config, git: Git | None = None,
                  on_error: Callable[[str], None] | None = None):
         self.config = config
+        self.git = git or Git(config.workspace)
         self.size_cap = config.max_analyze_bytes
         self.volatile = compile_volatile(config.text_volatile_patterns)
-        self.head = HeadVersions(git or Git(config.workspace), config.git_dir, self.size_cap)
+        self.head = HeadVersions(self.git, config.git_dir, self.size_cap)
         # path -> (masked digest, sha1 of the exact bytes) of the last version judged USER
         self.user_versions: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self.on_error = on_error or (lambda what: None)
+        self._file_mode: bool | None = None  # core.fileMode, read when first needed
 
-    def verdict(self, path: str, user_writer: bool = False) -> tuple[ContentVerdict, WorkFile]:
-        """The rules' verdict on ``path`` now, with the work-tree side it read."""
+    def executable_bit(self) -> bool:
+        """Whether git records the executable bit here (``core.fileMode``, default true)."""
+        if self._file_mode is None:
+            code, out, _ = self.git.result("config", "--bool", "core.fileMode")
+            self._file_mode = not (code == 0 and out.strip() == b"false")
+        return self._file_mode
+
+    def verdict(self, path: str, user_writer: bool = False,
+                head: HeadBlob | None | bool = False) -> tuple[ContentVerdict, WorkFile, str]:
+        """The rules' verdict on ``path`` now, with the work-tree side it read and how the
+        mode changed from HEAD's ('' when it did not).  ``head``: HEAD's blob when the
+        caller read it already (False: read it here)."""
         work = read_work(self.config.workspace / path, self.size_cap)
         if work.problem:
-            return ContentVerdict(USER, L3Reason.WORK_FILE_PROBLEM, work.problem), work
-        try:
-            head = self.head.get(path)
-        except HeadReadError as exc:
-            # git cannot answer: commit (git itself decides what differs), say why.
-            self.on_error(f"cat-file: {exc}")
-            log.warning("cannot read HEAD's %s: %s", path, exc)
-            return ContentVerdict(USER, L3Reason.CONTENT_CHANGED), work
+            return ContentVerdict(USER, L3Reason.WORK_FILE_PROBLEM, work.problem), work, ""
+        if head is False:
+            try:
+                head = self.head.get(path)
+            except HeadReadError as exc:
+                # git cannot answer: commit (git itself decides what differs), say why.
+                self.on_error(f"cat-file: {exc}")
+                log.warning("cannot read HEAD's %s: %s", path, exc)
+                return ContentVerdict(USER, L3Reason.CONTENT_CHANGED), work, ""
         if work.data is None and not work.large_path:
             # deleted: the rules only ask whether HEAD had the file, not for its bytes
-            return classify(path, None if head is None else b"", None), work
+            return classify(path, None if head is None else b"", None), work, ""
+        mode = ""
+        if head is not None and head.mode != work.mode:
+            mode = mode_change(head.mode, work.mode,
+                               head.mode == 0o120000 or work.mode == 0o120000
+                               or self.executable_bit())
         if work.large_path or (head is not None and head.data is None):
-            return large_file_verdict(head, work), work
-        return classify(path, head.data if head else None, work.data,
-                        self.config.volatile_keys, self.size_cap, self.volatile,
-                        user_writer), work
+            found = large_file_verdict(head, work)
+        else:
+            found = classify(path, head.data if head else None, work.data,
+                             self.config.volatile_keys, self.size_cap, self.volatile,
+                             user_writer)
+        if mode and found.verdict != Content.USER:
+            # A pure mode change (chmod +x) is a change git records: commit it.
+            found = ContentVerdict(USER, L3Reason.MODE_CHANGED, mode)
+        return found, work, mode
 
     def judge(self, change: Change) -> ContentStep:
         user_writer = written_by_user(change.trail)
-        verdict, work = self.verdict(change.path, user_writer)
+        verdict, work, mode = self.verdict(change.path, user_writer)
         digest = exact = None
         if verdict.verdict == Content.USER and change.kind != ChangeKind.DELETE:
             digest = masked_digest(change.path, work.data, self.config.volatile_keys,
@@ -101,8 +128,8 @@ class ContentJudge:
             known_masked, known_exact = self.user_versions.get(change.path, (None, None))
             # The same bytes again are the same user change reported again (the first
             # report may have died with a restarted actor): still the user's.
-            if not user_writer and digest is not None and known_masked == digest and (
-                    known_exact != exact):
+            if (not user_writer and not mode and digest is not None
+                    and known_masked == digest and known_exact != exact):
                 verdict = ContentVerdict(Content.SYSTEM, L3Reason.SAME_AS_USER_VERSION)
             elif digest is not None:
                 self.note_user_version(change.path, digest, exact)
@@ -116,9 +143,16 @@ class ContentJudge:
         while len(self.user_versions) > USER_VERSIONS_KEPT:
             self.user_versions.popitem(last=False)
 
-    def still_a_change(self, path: str) -> ContentVerdict:
-        """The commit-time re-check of a change judged by content alone."""
-        return self.verdict(path)[0]
+    def still_changes(self, paths) -> dict[str, ContentVerdict]:
+        """The commit-time re-check of many paths: HEAD's versions read in one exchange."""
+        paths = list(dict.fromkeys(paths))
+        try:
+            heads = self.head.get_many(paths)
+        except HeadReadError as exc:
+            self.on_error(f"cat-file: {exc}")
+            log.warning("cannot read HEAD's versions of %d paths: %s", len(paths), exc)
+            return {path: ContentVerdict(USER, L3Reason.CONTENT_CHANGED) for path in paths}
+        return {path: self.verdict(path, head=heads[path])[0] for path in paths}
 
     def status(self) -> dict:
         return self.head.status()

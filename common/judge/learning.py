@@ -21,6 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.protocol.messages import bad_path_reason
 from gitsieve.common.protocol.states import Technique, Writer
 from gitsieve.common.protocol.trail import ProcessStep, step_of
@@ -72,6 +73,7 @@ class LearnedStore:
                           sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=".learned-", dir=self.path.parent)
         try:
+            give_to_directory_owner(fd, self.path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
             os.replace(tmp, self.path)

@@ -17,6 +17,14 @@ class WorkFile:
     size: int = 0
     problem: str = ""
     large_path: str = ""  # set instead of data for files over the size cap
+    mode: int = 0  # as git records it: 0o100644, 0o100755 or 0o120000 (0: no file)
+
+
+def git_mode(st_mode: int) -> int:
+    """The mode git records for a file of this ``st_mode`` (the owner's executable bit)."""
+    if stat.S_ISLNK(st_mode):
+        return 0o120000
+    return 0o100755 if st_mode & stat.S_IXUSR else 0o100644
 
 
 def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
@@ -33,13 +41,14 @@ def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
             return WorkFile(None)
         except OSError as exc:  # replaced by a non-link since lstat, or unreadable
             return WorkFile(None, problem=f"unreadable link: {exc.strerror or exc}")
-        return WorkFile(target, len(target))
+        return WorkFile(target, len(target), mode=0o120000)
     if stat.S_ISDIR(info.st_mode):
         return WorkFile(None, problem="is a directory now")
     if not stat.S_ISREG(info.st_mode):  # never open a fifo or device: it could block
         return WorkFile(None, problem="not a regular file")
+    mode = git_mode(info.st_mode)
     if info.st_size > size_cap:
-        return WorkFile(None, info.st_size, large_path=str(abs_path))
+        return WorkFile(None, info.st_size, large_path=str(abs_path), mode=mode)
     try:
         # O_NONBLOCK|O_NOFOLLOW: if the path was swapped for a fifo or link since lstat,
         # fail or return at once instead of blocking the worker.
@@ -56,5 +65,5 @@ def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
         except OSError as exc:
             return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
     if len(data) > size_cap:
-        return WorkFile(None, len(data), large_path=str(abs_path))
-    return WorkFile(data, len(data))
+        return WorkFile(None, len(data), large_path=str(abs_path), mode=mode)
+    return WorkFile(data, len(data), mode=mode)

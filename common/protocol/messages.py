@@ -125,6 +125,9 @@ class Batch:
     # Paths committed only because the content layer saw a change by an unknown writer:
     # the executor re-checks them against HEAD right before committing (see Debouncer).
     recheck: tuple[str, ...] = ()
+    # Paths whose pending change a user process positively wrote (L2 USER): never capped
+    # as runaways, never held as a loop.
+    user_written: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class L3Reason(StrEnum):
     LARGE_FILE_IDENTICAL = "large-file-identical"
     SAME_AS_USER_VERSION = "same-as-user-version"
     TIMESTAMP_ONLY = "timestamp-only"
+    MODE_CHANGED = "mode-changed"
 
 
 _TEXT = {
@@ -147,6 +148,7 @@ _TEXT = {
                                    "judged the user's",
     L3Reason.TIMESTAMP_ONLY: "its only content is a timestamp (or another volatile token), "
                              "by a writer not known to be you",
+    L3Reason.MODE_CHANGED: "mode changed: {detail}",
 }
 
 
@@ -177,6 +179,7 @@ class Hold(StrEnum):
     OVERSIZED = "oversized"                  # new or grown past [guard] max_new_file_mb
     NESTED_REPOSITORY = "nested-repository"  # a repository inside the workspace
     HISTORY_REWRITTEN = "history-rewritten"  # pushed history was amended or rebased
+    GIT_REFUSED = "git-refused"              # git refuses the path (an unsupported file ...)
 
 
 # Holds that only a person ends (or time, for the rate limit): `actorctl flush` stops
@@ -185,7 +188,7 @@ WAITS_ON_A_PERSON = frozenset({Hold.PAUSED, Hold.HEALTH, Hold.HEALTH_STALE, Hold
                                Hold.BRANCH, Hold.PUSH_STOPPED, Hold.RUNAWAY,
                                Hold.STAGED_BY_YOU, Hold.FEEDBACK_LOOP, Hold.SECRET,
                                Hold.OVERSIZED, Hold.NESTED_REPOSITORY,
-                               Hold.HISTORY_REWRITTEN})
+                               Hold.HISTORY_REWRITTEN, Hold.GIT_REFUSED})
 
 _TEXT.update({
     Hold.NOTHING: "nothing held",
@@ -207,6 +210,7 @@ _TEXT.update({
     Hold.OVERSIZED: "too large: {detail}",
     Hold.NESTED_REPOSITORY: "a nested git repository: commit in it, or add it as a submodule",
     Hold.HISTORY_REWRITTEN: "history rewritten: {detail}",
+    Hold.GIT_REFUSED: "git refuses it: {detail}",
 })
 
 

@@ -90,9 +90,15 @@ def cmd_init(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from gitsieve.common.tools import bench
+    from gitsieve.common.tools import bench, bench_git
     if args.agent:
         return cmd_bench_agent(args)
+    if args.dirty:
+        return bench_git.run_dirty(args.dirty)
+    if args.tree:
+        return bench_git.run_tree(args.tree, edits=min(args.edits, 20), debounce=args.debounce)
+    if args.large:
+        return bench_git.run_large(args.large)
     if args.storm is not None:
         return bench.storm(args.storm, seconds=args.seconds, files=args.files or 200,
                            debounce=args.debounce)
@@ -170,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--files", type=int, default=0,
                        help="files in the workspace (storm: 200, idle: 500) or written per "
                             "run (agent: 10000)")
+    bench.add_argument("--dirty", type=int, default=0, metavar="N",
+                       help="scenario: N untracked files at start; time until all are on the "
+                            "remote, against git add -A && git commit && git push")
+    bench.add_argument("--tree", type=int, default=0, metavar="N",
+                       help="scenario: edits on a committed tree of N files; per-edit time "
+                            "beyond the debounce, against git add && commit and git push")
+    bench.add_argument("--large", type=int, default=0, metavar="MB",
+                       help="scenario: one file of MB random bytes; executor RSS and control "
+                            "latency while it is committed and pushed")
     bench.set_defaults(func=cmd_bench)
     bench.add_argument("--agent", action="store_true",
                        help="instead: what gitsieve agent costs the processes it wraps")

@@ -27,7 +27,7 @@ from gitsieve.common.judge.learning import LearnedStore
 from gitsieve.common.judge.loop import LOOPS_FILE
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Decision
-from gitsieve.common.protocol.states import WAITS_ON_A_PERSON, Hold
+from gitsieve.common.protocol.states import WAITS_ON_A_PERSON, Hold, render
 from gitsieve.common.protocol.trail import as_dict, describe
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
@@ -152,6 +152,26 @@ def step_text(step: dict) -> str:
             f"{step.get('reason_text', '')}{extra}")
 
 
+def executor_line(executor: dict) -> str:
+    """The executor's holds for `status`: the paths it holds and why, and the push."""
+    parts = [f"executor: {executor.get('held', 0)} held"]
+    if executor.get("hold") not in (None, Hold.NOTHING):
+        parts[0] += f" ({executor['held_reason']}) [{executor['hold']}]"
+    own = executor.get("path_holds") or {}
+    if own:
+        parts.append("held paths by reason: " + ", ".join(
+            f"{hold} {count}" for hold, count in sorted(own.items())))
+    if executor.get("busy"):
+        busy = executor["busy"]
+        parts.append(f"{busy['kind']} of {busy['paths']} path(s) running for "
+                     f"{busy['seconds']}s")
+    if executor.get("push_hold"):
+        parts.append(f"push: {executor['push_reason']} [{executor['push_hold']}]")
+    elif executor.get("push_pending"):
+        parts.append("push pending")
+    return "; ".join(parts)
+
+
 def decision_line(decision: Decision) -> str:
     trail = " -> ".join(describe(step) for step in decision.trail)
     verdict = "COMMIT" if decision.commit else "SKIP"
@@ -215,6 +235,10 @@ class Status(Command):
                       if actor.get("attribution")]
         if techniques:
             lines.append("attribution: " + ", ".join(techniques))
+        executor = next((a for a in data["actors"] if a["name"] == "executor"
+                         and a["state"] != "unreachable"), None)
+        if executor is not None:
+            lines.append(executor_line(executor))
         health = data.get("health")
         if health:
             verdict = "ok" if health.get("ok") else "NOT OK: " + "; ".join(health.get("reasons", []))
@@ -337,7 +361,8 @@ class Explain(Command):
                          f"were dropped)")
         executed = data["executor"] or {}
         if executed.get("held"):
-            lines.append(f"  held by the executor: {executed['held_reason']}")
+            tag = f" [{executed['hold']}]" if executed.get("hold") else ""
+            lines.append(f"  held by the executor: {executed['held_reason']}{tag}")
         elif executed.get("commit"):
             pushed = {True: "pushed", False: "not pushed yet", None: "no remote"}
             lines.append(f"  committed in {executed['commit'][:12]} at "
@@ -439,40 +464,65 @@ class Flush(Command):
         while True:
             ask(config, "debouncer", "flush")
             report = self.check(config, after)
-            idle = report.pop("idle")
+            idle, stuck = report.pop("idle"), report.pop("waits_on_a_person")
             if report["ok"]:
                 break
-            stuck = idle and (report["executor_hold"] in WAITS_ON_A_PERSON or (
-                report["held"] and all(item.get("hold") in WAITS_ON_A_PERSON
-                                       for item in report["held"])))
             # "idle" cannot see a change between two actors (in a socket): only a hold that
             # lasts STUCK_SETTLE is one to stop waiting on
+            stuck = idle and stuck
             stuck_since = (stuck_since or time.monotonic()) if stuck else None
             if (stuck and time.monotonic() - stuck_since >= STUCK_SETTLE) or (
                     time.monotonic() >= deadline):
                 break
             time.sleep(0.1)
         report["waited"] = round(time.monotonic() - started, 3)
-        report["head"] = Git(config.workspace).head()
         return report
 
     @staticmethod
+    def git_state(config) -> dict:
+        """HEAD, the checked-out branch and the upstream (``[git] remote``/``branch``'s
+        remote-tracking branch; None when there is none to compare with)."""
+        git = Git(config.workspace)
+        try:
+            dirty = git.dirty_paths()
+        except GitError as exc:
+            raise CtlError(f"git status failed: {exc}", EXIT_DAEMON) from None
+        code, out, _ = git.result("symbolic-ref", "-q", "HEAD")
+        ref = out.decode().strip() if code == 0 else ""
+        branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+        upstream = None
+        remotes = git.result("remote")[1].decode().split()
+        if config.remote and config.remote in remotes and branch:
+            code, out, _ = git.result("rev-parse", "--verify", "-q",
+                                      f"refs/remotes/{config.remote}/{branch}")
+            upstream = out.decode().strip() if code == 0 else ""
+        return {"dirty": dirty, "head": git.head(), "branch": branch, "upstream": upstream}
+
+    @staticmethod
     def check(config, after: tuple) -> dict:
-        """One look at the pipeline and at ``git status``."""
+        """One look at the pipeline and at git: every dirty path is committed, decided
+        against, or listed with the reason it is held (a Hold value and its text)."""
         router = ask(config, "router", "status")
         debouncer = ask(config, "debouncer", "status")
         executor = ask(config, "executor", "status")
-        try:
-            dirty = [p for p in Git(config.workspace).dirty_paths() if not p.endswith("/")]
-        except GitError as exc:
-            raise CtlError(f"git status failed: {exc}", EXIT_DAEMON) from None
+        state = Flush.git_state(config)
+        nested = [p for p in state["dirty"] if p.endswith("/")]
+        dirty = [p for p in state["dirty"] if not p.endswith("/")]
         decided = ask(config, "debouncer", "explain", {"paths": dirty})["paths"] if dirty else {}
         executed = ask(config, "executor", "explain", {"paths": dirty})["paths"] if dirty else {}
         held, skipped = [], []
+        for path in nested:  # git lists a repository inside the work tree as a directory
+            held.append({"path": path, "hold": Hold.NESTED_REPOSITORY,
+                         "reason": render(Hold.NESTED_REPOSITORY)})
         for path in dirty:
             record = decided.get(path)
-            if record is None or (record["epoch"], record["seq"]) <= after:
-                held.append({"path": path, "reason": "not decided yet (still in the pipeline)"})
+            mine = executed.get(path) or {}
+            if mine.get("held"):
+                held.append({"path": path, "hold": mine.get("hold"),
+                             "reason": f"held by the executor: {mine['held_reason']}"})
+            elif record is None or (record["epoch"], record["seq"]) <= after:
+                held.append({"path": path, "hold": None,
+                             "reason": "not decided yet (still in the pipeline)"})
             elif record.get("hold"):
                 held.append({"path": path, "hold": record["hold"],
                              "reason": f"held by the debouncer: {record['held_reason']}"})
@@ -480,24 +530,42 @@ class Flush(Command):
                 last = record["trail"][-1] if record["trail"] else {}
                 skipped.append({"path": path, "action": record["action"],
                                 "reason": step_text(last) if last else record["action"]})
-            elif (executed.get(path) or {}).get("held"):
-                held.append({"path": path,
-                             "reason": f"held by the executor: {executor['held_reason']}"})
             elif record["pending"]:
-                held.append({"path": path, "reason": record.get("held_reason")
+                held.append({"path": path, "hold": None,
+                             "reason": record.get("held_reason")
                              or f"debouncing (due in {record['due_in']}s)"})
             else:
-                held.append({"path": path, "reason": "released to the executor, not committed "
-                                                     "yet (a newer change may be in flight)"})
-        push_pending = bool(executor.get("push_pending"))
+                held.append({"path": path, "hold": None,
+                             "reason": "released to the executor, not committed yet (a newer "
+                                       "change may be in flight)"})
+        branch = None
+        if config.branch and state["branch"] != config.branch:
+            shown = f"on branch {state['branch']!r}" if state["branch"] else "HEAD is detached"
+            branch = {"hold": Hold.BRANCH,
+                      "reason": f"{shown}, configured for {config.branch!r}: nothing is "
+                                f"committed or pushed until it is checked out again"}
+        push = None
+        if branch is None and state["upstream"] is not None and state["head"] is not None \
+                and state["head"] != state["upstream"]:
+            push = {"hold": executor.get("push_hold"),
+                    "reason": executor.get("push_reason") or "HEAD is not on the remote yet",
+                    "head": state["head"], "upstream": state["upstream"] or None}
         idle = (not router.get("queue") and not debouncer.get("queue")
-                and not debouncer.get("backlog_batches"))
-        ok = idle and not held and not executor.get("held") and not push_pending
-        hold = executor.get("hold")
+                and not debouncer.get("backlog_batches") and not executor.get("busy"))
+        ok = idle and not held and branch is None and push is None
+        holds = [item["hold"] for item in held] + [part["hold"] for part in (branch, push)
+                                                   if part is not None]
+        executor_hold = executor.get("hold")
+        if executor_hold in WAITS_ON_A_PERSON:
+            holds += [executor_hold]  # paused, health, ... even with no dirty path left
         return {"ok": ok, "idle": idle, "held": held, "not_synced_by_decision": skipped,
-                "push_pending": push_pending,
-                "executor_hold": None if hold in (None, Hold.NOTHING) else hold,
-                "executor_reason": "" if hold in (None, Hold.NOTHING)
+                "branch": branch, "push": push, "push_pending": push is not None,
+                "waits_on_a_person": bool(holds) and all(
+                    hold in WAITS_ON_A_PERSON for hold in holds),
+                "head": state["head"], "upstream": state["upstream"],
+                "executor_hold": None if executor_hold in (None, Hold.NOTHING)
+                else executor_hold,
+                "executor_reason": "" if executor_hold in (None, Hold.NOTHING)
                 else executor.get("held_reason", "")}
 
     def exit_code(self, data: dict) -> int:
@@ -506,15 +574,22 @@ class Flush(Command):
     def render(self, data: dict) -> str:
         lines = []
         if data["ok"]:
-            lines.append(f"flushed in {data['waited']}s: every change is committed"
-                         f"{'' if data['push_pending'] else ' and pushed'} "
+            pushed = " and pushed" if data["upstream"] is not None else " (nothing to push to)"
+            lines.append(f"flushed in {data['waited']}s: every change is committed{pushed} "
                          f"(HEAD {(data['head'] or '-')[:12]})")
         else:
             lines.append(f"not flushed after {data['waited']}s:")
+            if data["branch"]:
+                lines.append(f"  {data['branch']['reason']} [{data['branch']['hold']}]")
             for item in data["held"]:
-                lines.append(f"  held {item['path']}: {item['reason']}")
-            if data["push_pending"]:
-                lines.append(f"  push pending: {data['executor_reason']}")
+                tag = f" [{item['hold']}]" if item["hold"] else ""
+                lines.append(f"  held {item['path']}: {item['reason']}{tag}")
+            if data["push"]:
+                push = data["push"]
+                tag = f" [{push['hold']}]" if push["hold"] else ""
+                upstream = (push["upstream"] or "none")[:12]
+                lines.append(f"  not pushed (HEAD {(push['head'] or '-')[:12]}, upstream "
+                             f"{upstream}): {push['reason']}{tag}")
         for item in data["not_synced_by_decision"]:
             lines.append(f"  not synced by decision: {item['path']}: {item['reason']}")
         return "\n".join(lines)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from gitsieve.common.actor.base import TITLE_ENV, set_title
 from gitsieve.common.config import Config, prepare_runtime_dir
+from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class InstanceLock:
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        give_to_directory_owner(fd, self.path.parent)
         self.fd = fd
 
     def release(self) -> None:
