@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from gitsieve.common.config.runtime import give_to_directory_owner
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "watcher-run"
@@ -39,6 +41,7 @@ def _write(path: Path, run: int, reserved: int) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}")
     with open(temp, "w", encoding="ascii") as handle:
         handle.write(f"{run} {reserved}\n")
+        give_to_directory_owner(handle.fileno(), path.parent)
     os.replace(temp, path)
 
 
