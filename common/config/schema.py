@@ -164,6 +164,18 @@ KEYS: tuple[Key, ...] = (
         "0: never", minimum=0, maximum=86400, unit="s"),
     Key("runtime", "log_level", str, "INFO", "log level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    # [guard]
+    Key("guard", "secrets", bool, True, "hold a path whose content or name holds a secret "
+        "(tokens, keys, passwords, .env, id_rsa, ...), and stop a push of commits holding "
+        "one", attr="guard_secrets"),
+    Key("guard", "max_new_file_mb", float, 10, "a new file above this size, or a tracked "
+        "file grown past it, is held (store it with git-lfs); 0: no limit", minimum=0,
+        maximum=1_000_000, unit="MiB"),
+    Key("guard", "allowlist_file", str, ".gitsieve-allow", "released fingerprints, paths "
+        "(path:GLOB) and rules (rule:ID [GLOB]), one a line, relative to the workspace; "
+        "empty: none"),
+    Key("guard", "inline_allow", bool, True, "a `gitsieve:allow` comment on a finding's line "
+        "releases it"),
 )
 
 PROFILES = ("default", "conservative")

@@ -23,12 +23,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from gitsieve.common.config.loader import Config
 from gitsieve.common.git.gateway import Git, GitError, nul_joined, split_nul
 from gitsieve.common.judge.content_judge import ContentJudge
-from gitsieve.common.protocol.states import render
+from gitsieve.common.protocol.states import Why, render
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,43 @@ class CommitResult:
     retries: int = 0
     statuses: dict = field(default_factory=dict)  # path -> status letter
     transient: bool = False  # the error is a lock or race: retry after a back-off
+    # asked-for paths kept out of the commit, each with its own reason (see CommitGate)
+    held_paths: dict[str, Why] = field(default_factory=dict)
+
+
+# ----- hooks: per-path holds and the push gate --------------------------------------------
+# The guard (common/judge/guard/gate.py) plugs in here; the committer knows nothing of
+# secrets or sizes, only that a hook may keep a path out of a commit, or stop a push.
+
+
+@dataclass(frozen=True)
+class StagedEntry:
+    """One path of a sync commit as staged in the temporary index (``diff-index --raw``)."""
+
+    path: str
+    status: str  # A, M, T or D
+    old_mode: str
+    new_mode: str
+    old_oid: str
+    new_oid: str
+
+
+@dataclass(frozen=True)
+class PushRange:
+    """What a push would send: ``head`` and every commit it reaches that no
+    ``refs/remotes/<remote>/*`` ref reaches."""
+
+    head: str
+    remote: str
+    branch: str
+
+
+class CommitGate(Protocol):
+    def before_staging(self, paths: list[str], head: str | None) -> dict[str, Why]:
+        """Paths to keep out of the commit before they are staged."""
+
+    def staged(self, entries: list[StagedEntry]) -> dict[str, Why]:
+        """Paths to keep out, judged on the blobs staged for them."""
 
 
 def _is_transient(exc: GitError) -> bool:
@@ -103,6 +140,10 @@ class Committer:
         # Committed paths whose entries in the user's index still show the old content
         # (index.lock was busy): refreshed on a later call of refresh_user_index().
         self.index_refresh_pending: set[str] = set()
+        # Hooks (see CommitGate): None means every committable path goes in, every push goes.
+        self.commit_gate: CommitGate | None = None
+        self.push_gate: Callable[[PushRange], Why | None] | None = None
+        self.push_held: Why | None = None  # why the push gate stopped the last push
 
     # ----- small git helpers ------------------------------------------------------------
     def _git(self, *args, input: bytes | None = None, temp_index: bool = False,
@@ -282,12 +323,20 @@ class Committer:
     def _build_commit(self, head: str | None, wanted: list[str],
                       result: CommitResult) -> str | None:
         """Stage ``wanted`` on top of ``head`` in the temp index; the new commit or None."""
+        held: dict[str, Why] = {}
+        if self.commit_gate is not None:
+            held = self.commit_gate.before_staging(wanted, head)
+            wanted = [path for path in wanted if path not in held]
+        result.held_paths = held
         if head:
             self._git("read-tree", head, temp_index=True)
         else:
             self._git("read-tree", "--empty", temp_index=True)
-        self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
-                  input=nul_joined(wanted), temp_index=True)
+        if wanted:
+            self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
+                      input=nul_joined(wanted), temp_index=True)
+        if self.commit_gate is not None:
+            held.update(self._gate_staged(head))
         tree = self._text("write-tree", temp_index=True)
         base_tree = self._text("rev-parse", f"{head}^{{tree}}") if head else EMPTY_TREE
         if tree == base_tree:
@@ -303,6 +352,28 @@ class Committer:
         return self._text("commit-tree", tree, *parents, "-F", "-",
                           input=message.encode("utf-8", "surrogateescape"),
                           env=self._identity_env())
+
+    def _gate_staged(self, head: str | None) -> dict[str, Why]:
+        """Ask the commit gate about the staged blobs; put back HEAD's entry (or none) in
+        the temporary index for each path it holds."""
+        out = self._git("diff-index", "--cached", "--raw", "-z", "--no-renames",
+                        head or EMPTY_TREE, temp_index=True)
+        fields = out.split(b"\0")
+        entries = []
+        for meta, path in zip(fields[0::2], fields[1::2]):
+            if not meta.startswith(b":"):
+                continue
+            old_mode, new_mode, old_oid, new_oid, status = meta[1:].decode().split(" ")
+            entries.append(StagedEntry(os.fsdecode(path), status[:1], old_mode, new_mode,
+                                       old_oid, new_oid))
+        held = self.commit_gate.staged(entries)
+        if held:
+            restore = b"".join(
+                (f"{e.old_mode} {e.old_oid}\t" if e.old_mode != "000000"
+                 else f"0 {'0' * len(e.old_oid)}\t").encode() + os.fsencode(e.path) + b"\0"
+                for e in entries if e.path in held)
+            self._git("update-index", "-z", "--index-info", input=restore, temp_index=True)
+        return held
 
     @staticmethod
     def message(statuses: dict) -> str:
@@ -346,6 +417,9 @@ class Committer:
         if branch is None:
             return False, "push: HEAD is detached"
         ref = f"refs/heads/{branch}"
+        gated = self._check_push_gate(branch)
+        if gated:
+            return False, gated
         # Stopped by a conflict, no push is tried until the remote's commits integrate (the
         # user resolved it, dropped a blocking edit, or the remote moved again).
         rejected = bool(self.push_conflict)
@@ -362,6 +436,9 @@ class Committer:
         if rejected:
             try:
                 self.integrate_remote(branch)
+                gated = self._check_push_gate(branch)
+                if gated:
+                    return False, gated
                 self._push_ref(ref)
             except PushConflict as conflict:
                 if str(conflict) != self.push_conflict:  # once, not at every re-check
@@ -373,6 +450,22 @@ class Committer:
                 return False, f"push failed: {exc}"
         self.push_conflict = ""
         return True, ""
+
+    def _check_push_gate(self, branch: str) -> str:
+        """'' when the push gate lets HEAD's unpushed commits go, else why not."""
+        head = self.head()
+        if self.push_gate is None or head is None:
+            self.push_held = None
+            return ""
+        try:
+            why = self.push_gate(PushRange(head, self.config.remote, branch))
+        except Exception as exc:  # the gate could not tell: nothing goes out meanwhile
+            log.warning("push not checked, so not pushed: %s", exc)
+            return f"push failed: checking what it would send: {exc}"
+        if why is not None and why != self.push_held:
+            log.warning("push held: %s", why.text)
+        self.push_held = why
+        return "" if why is None else why.text
 
     def _push_ref(self, ref: str) -> None:
         # Not --porcelain: the ref table, "[rejected]" included, then goes to stderr, which

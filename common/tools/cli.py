@@ -1,6 +1,6 @@
 """``gitsieve`` command line.
 
-- ``run``, ``init``, ``bench``, ``test``: here.
+- ``run``, ``init``, ``release``, ``bench``, ``test``: here.
 - ``status``, ``explain``, ``flush``, ``learned``, ``pause``, ``resume``, ``stats`` and
   ``debug`` (= ``tail``): the actorctl commands (:mod:`.ctl`), one implementation each.
 
@@ -46,11 +46,25 @@ def validate_rules(config: config_mod.Config) -> None:
         raise UsageError(str(exc)) from None
 
 
+def validate_guard(config: config_mod.Config) -> None:
+    """[guard] allowlist_file inside the workspace, and every line of it valid."""
+    from gitsieve.common.judge.guard.allowlist import AllowlistError
+    from gitsieve.common.judge.guard.gate import allowlist_path, read_allowlist
+    try:
+        path = allowlist_path(config)
+        if path is not None:
+            read_allowlist(path, config.workspace)
+    except ValueError as exc:  # AllowlistError included: every bad line, file:line: reason
+        problems = exc.problems if isinstance(exc, AllowlistError) else (str(exc),)
+        raise UsageError("; ".join(problems)) from None
+
+
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
     from gitsieve.common.tools.runner import AlreadyRunning, Runner
     config = load_config(args)
     validate_rules(config)
+    validate_guard(config)
     try:
         config_mod.prepare_runtime_dir(config)
     except config_mod.RuntimeDirError as exc:
@@ -84,6 +98,42 @@ def cmd_init(args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_release(args) -> int:
+    """Record the current versions of PATHs as released: the guard lets exactly that content
+    be committed and pushed (gitsieve running or not); a later change is checked again."""
+    from gitsieve.common.judge.guard.gate import versions_to_release
+    from gitsieve.common.judge.guard.store import GuardStoreError, ReleaseStore
+    from gitsieve.common.tools.ctl import CtlError, workspace_path
+    config = load_config(args)
+    try:
+        config_mod.prepare_runtime_dir(config)
+    except config_mod.RuntimeDirError as exc:
+        raise UsageError(str(exc)) from None
+    git = gateway.Git(config.workspace)
+    released: dict[str, str] = {}
+    for text in args.paths:
+        try:
+            path = workspace_path(config, text)
+        except CtlError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            versions = versions_to_release(config, git, path)
+        except gateway.GitError as exc:
+            raise UsageError(f"{text}: git failed: {exc}") from None
+        if not versions:
+            raise UsageError(f"{text}: nothing to release: no such file, and no commit "
+                             "waiting to be pushed has it")
+        released.update(versions)
+        shown = ", ".join(oid[:10] for oid in versions)
+        print(f"released {path} ({len(versions)} version(s): {shown}): that content is "
+              "committed and pushed as it is; a later change is checked again")
+    try:
+        ReleaseStore(config.runtime_dir, config.workspace).add(released)
+    except GuardStoreError as exc:
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -123,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-churn", action="store_true",
                        help="without the simulated autonomous process")
     bench.set_defaults(func=cmd_bench)
+
+    release = sub.add_parser(
+        "release", help="let a path the guard holds (a secret, too large) be committed and "
+                        "pushed as it is now, once")
+    release.add_argument("paths", nargs="+", metavar="PATH",
+                         help="file path (absolute, or relative to here or to the workspace)")
+    config_mod.add_location_arguments(release)
+    release.set_defaults(func=cmd_release)
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
     test.add_argument("--mode", choices=("fanotify", "psutil", "both"), default="both")
