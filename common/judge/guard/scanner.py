@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
+import ahocorasick_rs
+
 from gitsieve.common.judge.guard.findings import Finding, Fingerprinter, RuleId
 from gitsieve.common.judge.guard.placeholders import looks_like_placeholder
 from gitsieve.common.judge.guard.rules import (
@@ -90,6 +92,7 @@ class SecretScanner:
         self._fingerprints = Fingerprinter(key)
         self._rules = tuple(rules)
         self._binary_rules = tuple(rule for rule in self._rules if rule.binary)
+        self._anchors = _Anchors(self._rules)
         self.inline_allow = inline_allow
         self.stats: Counter[str] = Counter()
 
@@ -140,9 +143,10 @@ class SecretScanner:
         binary = is_binary(data) if binary is None else binary
         if binary:
             self.stats["binary_scans"] += 1
-        matches = self._matches(path, data, self._binary_rules if binary else self._rules)
+        anchors = self._anchors.index(data)
+        matches = self._matches(path, anchors, self._binary_rules if binary else self._rules)
         if not binary:
-            matches.extend(self._decoded_matches(path, data))
+            matches.extend(self._decoded_matches(path, anchors))
         for match in _without_overlaps(matches):
             finding = self._content_finding(path, data, match, first_line)
             if finding is not None:
@@ -152,8 +156,9 @@ class SecretScanner:
 
     # --- matching ----------------------------------------------------------------------------
 
-    def _matches(self, path: str, data: bytes, rules: Sequence[ContentRule]) -> list[_Match]:
-        anchors = _AnchorIndex(data)
+    def _matches(self, path: str, anchors: "_AnchorIndex",
+                 rules: Sequence[ContentRule]) -> list[_Match]:
+        data = anchors.data
         matches: list[_Match] = []
         for rule in rules:
             if not rule.applies_to(path):
@@ -189,11 +194,12 @@ class SecretScanner:
             rule.normalise(secret) if rule.normalise else secret,
         )
 
-    def _decoded_matches(self, path: str, data: bytes) -> list[_Match]:
+    def _decoded_matches(self, path: str, anchors: "_AnchorIndex") -> list[_Match]:
         """Secrets inside base64 values: in Kubernetes Secrets and kubeconfigs, and any
         base64 that decodes to a PEM block. Each points at its base64 value."""
-        in_context = any(anchor in data for anchor in BASE64_CONTEXT_ANCHORS)
-        if not in_context and BASE64_PEM_ANCHOR not in data:
+        data = anchors.data
+        in_context = any(anchors.positions(anchor, True) for anchor in BASE64_CONTEXT_ANCHORS)
+        if not in_context and not anchors.positions(BASE64_PEM_ANCHOR, True):
             return []
         matches = []
         for value in BASE64_VALUE.finditer(data):
@@ -206,7 +212,7 @@ class SecretScanner:
                 decoded = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 continue
-            for inner in self._matches(path, decoded, self._rules):
+            for inner in self._matches(path, self._anchors.index(decoded), self._rules):
                 matches.append(
                     _Match(
                         inner.rule,
@@ -249,44 +255,54 @@ class SecretScanner:
         )
 
 
-class _AnchorIndex:
-    """Where a file's anchors occur, found once per file and shared by the rules using them."""
+class _Anchors:
+    """Every anchor of a rule set in two Aho-Corasick automata (exact ones, and lower-case
+    ones searched in the lowered data): one pass over a file finds them all, where a
+    substring search per anchor would pass over it a hundred times."""
 
-    def __init__(self, data: bytes):
-        self._data = data
-        self._lowered: bytes | None = None
-        self._positions: dict[tuple[bytes, bool], list[int]] = {}
+    def __init__(self, rules: Sequence[ContentRule]):
+        exact = {a for rule in rules if rule.exact_anchors for a in rule.anchors}
+        exact.update((BASE64_PEM_ANCHOR, *BASE64_CONTEXT_ANCHORS))
+        self.exact = sorted(exact)
+        self.folded = sorted({a for rule in rules if not rule.exact_anchors for a in rule.anchors})
+        self._exact = ahocorasick_rs.BytesAhoCorasick(self.exact)
+        self._folded = ahocorasick_rs.BytesAhoCorasick(self.folded) if self.folded else None
+
+    def index(self, data: bytes) -> "_AnchorIndex":
+        found: dict[tuple[bytes, bool], list[int]] = {}
+        for number, start, _ in self._exact.find_matches_as_indexes(data, overlapping=True):
+            found.setdefault((self.exact[number], True), []).append(start)
+        if self._folded is not None:
+            for number, start, _ in self._folded.find_matches_as_indexes(data.lower(),
+                                                                         overlapping=True):
+                found.setdefault((self.folded[number], False), []).append(start)
+        return _AnchorIndex(data, found)
+
+
+class _AnchorIndex:
+    """Where one file's anchors occur, shared by the rules using them."""
+
+    def __init__(self, data: bytes, found: dict[tuple[bytes, bool], list[int]]):
+        self.data = data
+        self._found = found
+
+    def positions(self, anchor: bytes, exact: bool) -> list[int]:
+        return self._found.get((anchor, exact), [])
 
     def regions(self, rule: ContentRule) -> list[tuple[int, int]]:
         """Merged byte ranges worth running ``rule``'s regex on: the lines (or, in long
         lines, windows) that hold one of its anchors; for multi-line rules, from the
         anchor's line onwards."""
-        positions = [p for anchor in rule.anchors for p in self._find(anchor, rule.exact_anchors)]
+        positions = [p for anchor in rule.anchors
+                     for p in self.positions(anchor, rule.exact_anchors)]
         if not positions:
             return []
+        data = self.data
         if rule.multiline:
-            data = self._data
             return _merged(
                 (data.rfind(b"\n", 0, p) + 1, min(len(data), p + PEM_REACH)) for p in positions
             )
-        return _merged(_region(self._data, position) for position in positions)
-
-    def _find(self, anchor: bytes, exact: bool) -> list[int]:
-        key = (anchor, exact)
-        found = self._positions.get(key)
-        if found is None:
-            if exact:
-                haystack = self._data
-            else:
-                if self._lowered is None:
-                    self._lowered = self._data.lower()
-                haystack = self._lowered
-            found, position = [], haystack.find(anchor)
-            while position >= 0:
-                found.append(position)
-                position = haystack.find(anchor, position + len(anchor))
-            self._positions[key] = found
-        return found
+        return _merged(_region(data, position) for position in positions)
 
 
 def _region(data: bytes, position: int) -> tuple[int, int]:
