@@ -25,6 +25,8 @@ import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.committer import CommitResult, Committer
+from gitsieve.common.git.head import head_token
+from gitsieve.common.judge.guard.gate import CommitGuard
 from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
 from gitsieve.common.protocol.states import Hold, Why
@@ -72,6 +74,10 @@ class Executor(Actor):
         self.committed: OrderedDict[str, dict] = OrderedDict()  # path -> last commit (LRU)
         self.batches_in = None
         self.reports_out = None
+        # Per-path holds (the guard's: a secret, too large): each path with its own reason.
+        self.path_holds: dict[str, Why] = {}
+        self.guard: CommitGuard | None = None
+        self._guard_head: tuple | None = None  # HEAD when the holds were last judged
 
     def setup(self) -> None:
         self.batches_in = self.connect(zmq.PULL, self.config.endpoints.batches)
@@ -82,6 +88,7 @@ class Executor(Actor):
         for moment in self.committer.past_commit_times():
             self.limiter.record(moment)
         self.push_pending = self.committer.unpushed()  # left by a predecessor
+        self.attach_guard()
 
     # ----- inputs ---------------------------------------------------------------------
     def on_batch(self, batch: Batch) -> None:
@@ -141,6 +148,8 @@ class Executor(Actor):
         """Why a pending push may not run now, and for how long (None when it may)."""
         if now >= self.push_retry_at:
             return None, 0.0
+        if self.committer.push_held is not None:
+            return self.committer.push_held, self.push_retry_at - now
         left = f"(next {'check' if self.committer.push_conflict else 'try'} in " \
                f"{self.push_retry_at - now:.1f}s)"
         if self.committer.push_conflict:
@@ -159,6 +168,7 @@ class Executor(Actor):
     # ----- acting ---------------------------------------------------------------------
     def on_tick(self, now: float) -> None:
         now = self.clock()  # the injectable clock, so handler tests control time
+        self.guard_tick()
         if not self.held and not self.push_pending:
             self.held_reason = Why(Hold.NOTHING)
             return
@@ -210,7 +220,8 @@ class Executor(Actor):
                 self.held.pop(path, None)
                 self.recheck.discard(path)
             self.held_batches = [b for b in self.held_batches if b not in batch_ids]
-            self.note_committed(paths, result)
+            self.note_path_holds(paths, result.held_paths)
+            self.note_committed([p for p in paths if p not in result.held_paths], result)
             self.failures = 0
             if result.commit:
                 self.limiter.record()
@@ -236,6 +247,8 @@ class Executor(Actor):
             self.stats["pushes"] += 1
             self.push_pending, self.push_failures = False, 0
             self.push_retry_at = 0.0
+        elif self.committer.push_held is not None:
+            self.hold_push()
         elif self.config.remote:
             self.push_pending = True
             self._push_back_off(error)
@@ -336,19 +349,22 @@ class Executor(Actor):
         found = {}
         for path in paths[:EXPLAIN_PATHS]:
             record = dict(self.committed.get(path) or {})
-            held = path in self.held
+            held = path in self.held or path in self.path_holds
             if record.get("commit"):
                 # Pushes carry every earlier commit, so no pending push means it is pushed.
                 record["pushed"] = (not self.push_pending) if self.config.remote else None
-            found[path] = {**record, "held": held,
-                           **(self.reason_fields() if held else {"hold": None,
-                                                                "held_reason": ""})}
+            if path in self.path_holds:
+                reason = {"hold": self.path_holds[path].hold,
+                          "held_reason": self.path_holds[path].text}
+            else:
+                reason = self.reason_fields() if held else {"hold": None, "held_reason": ""}
+            found[path] = {**record, "held": held, **reason}
         return {"paths": found, "push_pending": self.push_pending, "paused": self.paused}
 
     def held_paths(self, limit: int = 1000) -> dict:
         paths = sorted(self.held)
         return {"total": len(paths), "paths": paths[:max(0, int(limit))],
-                **self.reason_fields()}
+                **self.reason_fields(), "path_holds": self.path_hold_list(limit)}
 
     def queue_depth(self) -> int:
         return len(self.held)
@@ -362,7 +378,7 @@ class Executor(Actor):
                 "paused": self.paused, "rate_limit_waits": self.stats["rate_limit_waits"],
                 "push_retries": self.stats["push_retries"], "backoffs": self.stats["backoffs"],
                 "rechecked_dropped": self.committer.rechecked_dropped,
-                **self.recovery_status()}
+                **self.recovery_status(), **self.guard_status()}
 
     def recovery_status(self) -> dict:
         """Push and commit recovery state: back-offs, a conflict with the remote, runaways."""
@@ -376,6 +392,66 @@ class Executor(Actor):
                 "index_refresh_pending": len(self.committer.index_refresh_pending),
                 "unfinished_rollback": self.committer.unfinished_rollback,
                 "runaways": self.runaway.runaways()}
+
+    # ----- guard hooks (issue 12): per-path holds and the push gate --------------------
+    def attach_guard(self) -> None:
+        """Plug the guard into the committer ([guard] secrets, max_new_file_mb)."""
+        if not (self.config.guard_secrets or self.config.max_new_file_mb):
+            return
+        self.guard = CommitGuard(self.config, self.committer.git)
+        self.committer.commit_gate = self.guard
+        self.committer.push_gate = self.guard.push_gate
+        self._guard_head = head_token(self.config.git_dir)
+
+    def guard_tick(self) -> None:
+        """A release, an allowlist edit or HEAD moving may clear holds: the held paths are
+        tried again and a held push is checked again at once."""
+        if self.guard is None:
+            return
+        head = head_token(self.config.git_dir)
+        changed = self.guard.refresh() or head != self._guard_head
+        self._guard_head = head
+        if not changed:
+            return
+        for path in self.path_holds:
+            self.held.setdefault(path, time.time())
+        if self.committer.push_held is not None:
+            self.push_retry_at = 0.0
+
+    def note_path_holds(self, paths: list[str], held: dict[str, Why]) -> None:
+        """Keep the paths the committer kept out, each with its reason (logged once)."""
+        for path in paths:
+            why = held.get(path)
+            if why is None:
+                self.path_holds.pop(path, None)
+                continue
+            if self.path_holds.get(path) != why:
+                self.log.warning("held %s: %s", path, why.text)
+                self.stats["path_holds"] += 1
+            self.path_holds[path] = why
+
+    def hold_push(self) -> None:
+        """The push gate stopped the push: checked again on a release, an allowlist edit or
+        a move of HEAD (guard_tick), else after push_backoff_max."""
+        self.push_pending = True
+        self.push_retry_at = self.clock() + self.config.push_backoff_max
+        self.stats["pushes_held"] += 1
+
+    def path_hold_list(self, limit: int = 50) -> list[dict]:
+        return [{"path": path, "hold": why.hold, "held_reason": why.text}
+                for path, why in sorted(self.path_holds.items())[:max(0, int(limit))]]
+
+    def guard_status(self) -> dict:
+        status = {"path_holds": self.path_hold_list(), "path_holds_total": len(self.path_holds),
+                  "push_held": "" if self.committer.push_held is None
+                  else self.committer.push_held.text}
+        if self.guard is not None:
+            status["guard"] = self.guard.status()
+        return status
+
+    def shutdown(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
 
 
 if __name__ == "__main__":

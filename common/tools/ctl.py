@@ -182,6 +182,11 @@ class Status(Command):
         if health:
             verdict = "ok" if health.get("ok") else "NOT OK: " + "; ".join(health.get("reasons", []))
             lines.append(f"health: {verdict}")
+        executor = next((a for a in data["actors"] if a["name"] == "executor"), {})
+        for hold in executor.get("path_holds") or ():
+            lines.append(f"held {hold['path']}: {hold['held_reason']}")
+        if executor.get("push_held"):
+            lines.append(executor["push_held"])
         return "\n".join(lines)
 
 
@@ -386,7 +391,10 @@ class Flush(Command):
             idle = report.pop("idle")
             if report["ok"]:
                 break
-            stuck = idle and report["executor_hold"] in WAITS_ON_A_PERSON
+            # Only a person ends the executor's hold, or every path's own hold.
+            stuck = idle and (report["executor_hold"] in WAITS_ON_A_PERSON or (
+                report["held"] and not report["push_pending"]
+                and all(item.get("hold") in WAITS_ON_A_PERSON for item in report["held"])))
             if stuck or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
@@ -416,8 +424,10 @@ class Flush(Command):
                 skipped.append({"path": path, "action": record["action"],
                                 "reason": step_text(last) if last else record["action"]})
             elif (executed.get(path) or {}).get("held"):
+                # The path's own reason (a secret, too large), else the executor's.
                 held.append({"path": path,
-                             "reason": f"held by the executor: {executor['held_reason']}"})
+                             "reason": f"held by the executor: {executed[path]['held_reason']}",
+                             "hold": executed[path].get("hold")})
             elif record["pending"]:
                 held.append({"path": path, "reason": f"debouncing (due in {record['due_in']}s)"})
             else:

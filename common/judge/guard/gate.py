@@ -38,6 +38,7 @@ _WINDOW = 64  # blob requests written ahead of the answers (64 short lines: neve
 _READ = 256 * 1024
 # Unpushed commits searched for the one that brought a held blob (only on a finding).
 _COMMITS_SEARCHED = 500
+_OTHERS_NAMED = 20  # further held paths a push hold names (by path and rule)
 _GITSIEVE_TRAILER = "Synced-by: gitsieve"
 
 
@@ -316,21 +317,29 @@ class CommitGuard:
         held = self._judge_blobs(blobs)
         if not held:
             return None
-        path, why = next(iter(held.items()))
-        oid = dict(blobs)[path]
-        return self._push_why(push, path, oid, len(held))
+        return self._push_why(push, held, dict(blobs))
 
-    def _push_why(self, push, path: str, oid: str, count: int) -> Why:
-        held = self.judge.held(path, oid, self.judge.findings(path, oid))
-        commit, ours = self._commit_bringing(push, oid)
+    def _push_why(self, push, held: dict[str, Why], oids: dict[str, str]) -> Why:
+        """The first held path in full, with its commit; the others by path and rule."""
+        path, *others = sorted(held)
+        findings = self._held_findings(path, oids[path])
+        commit, ours = self._commit_bringing(push, oids[path])
         who = "gitsieve's sync commit" if ours else "your commit"
         release = f"gitsieve release {shlex.quote(path)}"
         remedy = (f"you run `{release}` to push it as it is" if ours else
                   "you remove it from that commit yourself (git commit --amend, git rebase "
                   f"-i) or run `{release}`")
-        others = f"; {count - 1} more path(s) held" if count > 1 else ""
-        return Why(Hold.SECRET, f"in {who} {commit[:10]} (not pushed): {describe(held)}"
-                                f"{others}; nothing is pushed until {remedy}")
+        also = ""
+        if others:
+            named = [f"{other} ({self._held_findings(other, oids[other])[0].rule.value})"
+                     for other in others[:_OTHERS_NAMED]]
+            more = len(others) - len(named)
+            also = f"; also held: {', '.join(named)}{f' and {more} more' if more else ''}"
+        return Why(Hold.SECRET, f"in {who} {commit[:10]} (not pushed): {describe(findings)}"
+                                f"{also}; nothing is pushed until {remedy}")
+
+    def _held_findings(self, path: str, oid: str) -> list:
+        return self.judge.held(path, oid, self.judge.findings(path, oid))
 
     def _commit_bringing(self, push, oid: str) -> tuple[str, bool]:
         """(the oldest unpushed commit whose changes add ``oid``, whether gitsieve made it)."""
