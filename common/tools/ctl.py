@@ -28,6 +28,8 @@ from gitsieve.common.protocol.states import WAITS_ON_A_PERSON, Hold
 from gitsieve.common.protocol.trail import as_dict, describe
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_DAEMON = 0, 1, 2, 3
+# Holds the executor keeps on one path for its own reason (see CommitResult.held_paths).
+PATH_HOLDS = frozenset({Hold.SECRET, Hold.OVERSIZED})
 LAYER_PREFIXES = {"l1": "L1", "l2": "L2", "l3": "L3"}
 
 
@@ -417,17 +419,23 @@ class Flush(Command):
         held, skipped = [], []
         for path in dirty:
             record = decided.get(path)
-            if record is None or (record["epoch"], record["seq"]) <= after:
+            execution = executed.get(path) or {}
+            if execution.get("held") and execution.get("hold") in PATH_HOLDS:
+                # Held for its own reason (a secret, too large): the executor keeps it
+                # whatever a later decision says, until the reason clears.
+                held.append({"path": path,
+                             "reason": f"held by the executor: {execution['held_reason']}",
+                             "hold": execution["hold"]})
+            elif record is None or (record["epoch"], record["seq"]) <= after:
                 held.append({"path": path, "reason": "not decided yet (still in the pipeline)"})
             elif not record["commit"]:
                 last = record["trail"][-1] if record["trail"] else {}
                 skipped.append({"path": path, "action": record["action"],
                                 "reason": step_text(last) if last else record["action"]})
-            elif (executed.get(path) or {}).get("held"):
-                # The path's own reason (a secret, too large), else the executor's.
+            elif execution.get("held"):
                 held.append({"path": path,
-                             "reason": f"held by the executor: {executed[path]['held_reason']}",
-                             "hold": executed[path].get("hold")})
+                             "reason": f"held by the executor: {execution['held_reason']}",
+                             "hold": execution.get("hold")})
             elif record["pending"]:
                 held.append({"path": path, "reason": f"debouncing (due in {record['due_in']}s)"})
             else:
