@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from gitsieve.common.config.loader import Config
-from gitsieve.common.git.gateway import Git, GitError, nul_joined, split_nul
+from gitsieve.common.git.gateway import Git, GitError, nul_joined
 from gitsieve.common.judge.content_judge import ContentJudge
 from gitsieve.common.protocol.states import Why, render
 
@@ -335,16 +335,16 @@ class Committer:
         if wanted:
             self._git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
                       input=nul_joined(wanted), temp_index=True)
-        if self.commit_gate is not None:
-            held.update(self._gate_staged(head))
-        tree = self._text("write-tree", temp_index=True)
-        base_tree = self._text("rev-parse", f"{head}^{{tree}}") if head else EMPTY_TREE
-        if tree == base_tree:
+        # One diff-index says what the commit would hold (none: nothing to commit) and
+        # gives the commit gate the staged blob ids.
+        entries = self._staged_entries(head)
+        if self.commit_gate is not None and entries:
+            held.update(self._hold_staged(entries))
+            entries = [entry for entry in entries if entry.path not in held]
+        if not entries:
             return None
-        out = self._git("diff-index", "--cached", "--name-status", "-z", head or EMPTY_TREE,
-                        temp_index=True)
-        fields = split_nul(out)
-        statuses = dict(zip(fields[1::2], fields[0::2]))
+        tree = self._text("write-tree", temp_index=True)
+        statuses = {entry.path: entry.status for entry in entries}
         result.statuses = statuses
         result.paths = tuple(statuses)
         message = self.message(statuses)
@@ -353,9 +353,8 @@ class Committer:
                           input=message.encode("utf-8", "surrogateescape"),
                           env=self._identity_env())
 
-    def _gate_staged(self, head: str | None) -> dict[str, Why]:
-        """Ask the commit gate about the staged blobs; put back HEAD's entry (or none) in
-        the temporary index for each path it holds."""
+    def _staged_entries(self, head: str | None) -> list[StagedEntry]:
+        """How the temporary index differs from ``head``, path by path."""
         out = self._git("diff-index", "--cached", "--raw", "-z", "--no-renames",
                         head or EMPTY_TREE, temp_index=True)
         fields = out.split(b"\0")
@@ -366,6 +365,11 @@ class Committer:
             old_mode, new_mode, old_oid, new_oid, status = meta[1:].decode().split(" ")
             entries.append(StagedEntry(os.fsdecode(path), status[:1], old_mode, new_mode,
                                        old_oid, new_oid))
+        return entries
+
+    def _hold_staged(self, entries: list[StagedEntry]) -> dict[str, Why]:
+        """Ask the commit gate about the staged blobs; put back HEAD's entry (or none) in
+        the temporary index for each path it holds."""
         held = self.commit_gate.staged(entries)
         if held:
             restore = b"".join(
