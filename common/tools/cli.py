@@ -139,6 +139,8 @@ def cmd_release(args) -> int:
 
 def cmd_bench(args) -> int:
     from gitsieve.common.tools import bench
+    if args.guard:
+        return bench.run_guard(edits=args.edits, debounce=args.debounce, files=args.files)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn)
 
 
@@ -172,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quiet period for the edited paths, seconds (default 0.5)")
     bench.add_argument("--no-churn", action="store_true",
                        help="without the simulated autonomous process")
+    bench.add_argument("--guard", action="store_true",
+                       help="the guard's cost instead: per file scanned, its share of "
+                            "edit-to-commit latency, a dirty start with and without it")
+    bench.add_argument("--files", type=int, default=10_000,
+                       help="files of the --guard dirty start (default 10000)")
     bench.set_defaults(func=cmd_bench)
 
     release = sub.add_parser(

@@ -19,6 +19,7 @@ import logging
 import os
 import shlex
 import time
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +40,7 @@ _READ = 256 * 1024
 # Unpushed commits searched for the one that brought a held blob (only on a finding).
 _COMMITS_SEARCHED = 500
 _OTHERS_NAMED = 20  # further held paths a push hold names (by path and rule)
+_TIMINGS = 1000
 _GITSIEVE_TRAILER = "Synced-by: gitsieve"
 
 
@@ -170,6 +172,9 @@ class CommitGuard:
         self.allowlist_file = allowlist_path(config)
         self._allowlist_signature: tuple | None = None
         self.allowlist_problem = ""  # why the allowlist file is not in force ('' when it is)
+        # Seconds each check took (the last _TIMINGS), for status and `gitsieve bench`.
+        self.timings: dict[str, deque] = {name: deque(maxlen=_TIMINGS)
+                                          for name in ("size", "staged", "push")}
         self.refresh()
 
     def close(self) -> None:
@@ -209,6 +214,10 @@ class CommitGuard:
         except what ``.gitattributes`` routes to git-lfs and what was released."""
         if not self.judge.settings.limit_bytes:
             return {}
+        with _Timed(self.timings["size"]):
+            return self._oversized(paths, head)
+
+    def _oversized(self, paths: list[str], head: str | None) -> dict[str, Why]:
         self.refresh()
         large = {}
         for path in paths:
@@ -267,10 +276,11 @@ class CommitGuard:
         StagedEntry values, as ``diff-index --raw`` reports them)."""
         if not self.judge.settings.secrets:
             return {}
-        self.refresh()
-        blobs = [(entry.path, entry.new_oid) for entry in entries
-                 if entry.status != "D" and entry.new_mode not in ("160000", "000000")]
-        return self._judge_blobs(blobs)
+        with _Timed(self.timings["staged"]):
+            self.refresh()
+            blobs = [(entry.path, entry.new_oid) for entry in entries
+                     if entry.status != "D" and entry.new_mode not in ("160000", "000000")]
+            return self._judge_blobs(blobs)
 
     def _judge_blobs(self, blobs: list[tuple[str, str]]) -> dict[str, Why]:
         """{path: why} for the (path, blob id) pairs that hold; each blob not judged before
@@ -303,6 +313,10 @@ class CommitGuard:
         in a commit the remote does not have. GuardError when git cannot tell."""
         if not self.judge.settings.secrets:
             return None
+        with _Timed(self.timings["push"]):
+            return self._push_check(push)
+
+    def _push_check(self, push) -> Why | None:
         self.refresh()
         try:
             out = self.git.run("rev-list", "--objects", "--filter=object:type=blob",
@@ -355,8 +369,31 @@ class CommitGuard:
         return found, _GITSIEVE_TRAILER in self.git.text("show", "-s", "--format=%B", found)
 
     def status(self) -> dict:
+        timings = {}
+        for name, window in self.timings.items():
+            ordered = sorted(window)
+            if ordered:
+                timings[name] = {
+                    "count": len(ordered),
+                    "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+                    "p99_ms": round(ordered[min(len(ordered) - 1,
+                                                int(len(ordered) * 0.99))] * 1000, 3),
+                    "total_s": round(sum(ordered), 3)}
         return {**self.judge.status(), "allowlist_problem": self.allowlist_problem,
-                "releases": len(self.judge.released)}
+                "releases": len(self.judge.released), "timings": timings}
+
+
+class _Timed:
+    """Adds the seconds its block took to a window."""
+
+    def __init__(self, window: deque):
+        self.window = window
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+
+    def __exit__(self, *_exc):
+        self.window.append(time.perf_counter() - self.started)
 
 
 def versions_to_release(config: Config, git: Git, path: str) -> dict[str, str]:
