@@ -11,7 +11,7 @@ import sys
 import pytest
 from guard_corpus import ALNUM, Randomness
 
-from conftest import create_workspace, git
+from conftest import create_workspace, faulty_git, git
 from gitsieve.common import config as config_mod
 from gitsieve.common.git.committer import Committer
 from gitsieve.common.judge.guard.gate import CommitGuard, versions_to_release
@@ -326,3 +326,41 @@ def test_first_push_to_an_empty_remote_scans_the_whole_history(tmp_path):
     finally:
         guard.close()
     assert not pushed and "old.txt:1:1: GitHub token" in why
+
+
+# --- the guard fails closed ------------------------------------------------------------------
+
+def use_faulty_git(tmp_path, monkeypatch, rules: str):
+    env, rules_file = faulty_git(tmp_path, rules)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return rules_file
+
+
+def test_when_the_push_cannot_be_checked_nothing_is_pushed(workspace, guarded, tmp_path,
+                                                          monkeypatch):
+    committer, _ = guarded()
+    before = workspace.remote_head()
+    use_faulty_git(tmp_path, monkeypatch, "^rev-list.--objects fail\n")
+    workspace.write("notes.txt", "clean\n")
+
+    result = committer.commit(["notes.txt"])
+
+    assert result.commit and not result.pushed
+    assert result.error.startswith("push failed: checking what it would send:")
+    assert committer.push_held is None  # a failure (retried with back-off), not a hold
+    assert workspace.remote_head() == before
+
+
+def test_when_a_staged_blob_cannot_be_read_nothing_is_committed(workspace, guarded, tmp_path,
+                                                                monkeypatch):
+    committer, guard = guarded()
+    head = workspace.head()
+    use_faulty_git(tmp_path, monkeypatch, "^cat-file.--batch$ fail\n")
+    guard.reader.close()  # the next read starts a new (faulty) cat-file
+    workspace.write("notes.txt", "clean\n")
+
+    result = committer.commit(["notes.txt"], attempts=0)
+
+    assert result.commit is None and "cat-file" in result.error
+    assert workspace.head() == head

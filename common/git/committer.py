@@ -457,14 +457,15 @@ class Committer:
 
     def _check_push_gate(self, branch: str) -> str:
         """'' when the push gate lets HEAD's unpushed commits go, else why not."""
-        head = self.head()
-        if self.push_gate is None or head is None:
+        head = self.head() if self.push_gate is not None else None
+        if head is None:
             self.push_held = None
             return ""
         try:
             why = self.push_gate(PushRange(head, self.config.remote, branch))
         except Exception as exc:  # the gate could not tell: nothing goes out meanwhile
             log.warning("push not checked, so not pushed: %s", exc)
+            self.push_held = None  # a failure, retried with the push back-off
             return f"push failed: checking what it would send: {exc}"
         if why is not None and why != self.push_held:
             log.warning("push held: %s", why.text)

@@ -44,8 +44,10 @@ _TIMINGS = 1000
 _GITSIEVE_TRAILER = "Synced-by: gitsieve"
 
 
-class GuardError(Exception):
-    """The guard could not read what it must check (git failed): nothing passes meanwhile."""
+def _blob_error(reason: str) -> GitError:
+    """The guard could not read what it must check: a git failure like any other, so the
+    commit fails (and is retried after a back-off) instead of passing unchecked."""
+    return GitError(("cat-file", "--batch"), -1, reason)
 
 
 def settings_of(config: Config) -> GuardSettings:
@@ -107,7 +109,7 @@ class BlobReader:
 
     def blobs(self, oids: list[str]) -> Iterator[tuple[str, Iterator[bytes]]]:
         """(oid, its content in pieces) for each of ``oids``, in order. Each piece iterator
-        must be used up before the next blob is asked for. GuardError when git fails."""
+        must be used up before the next blob is asked for. GitError when git fails."""
         if not oids:
             return
         child = self._running()
@@ -124,13 +126,13 @@ class BlobReader:
             return operation(*args)
         except (OSError, TimeoutError) as exc:
             self.close()
-            raise GuardError(f"reading blobs with git cat-file: {exc}") from None
+            raise _blob_error(str(exc)) from None
 
     def _fill(self, deadline: float) -> None:
         chunk = self._guarded(self.child.read, deadline, _READ)
         if not chunk:
             self.close()
-            raise GuardError("git cat-file exited")
+            raise _blob_error("git cat-file exited")
         self._buffer += chunk
 
     def _pieces(self, oid: str) -> Iterator[bytes]:
@@ -141,7 +143,7 @@ class BlobReader:
         del self._buffer[:end + 1]
         if len(header) != 3 or header[1] != b"blob" or not header[2].isdigit():
             self.close()
-            raise GuardError(f"blob {oid}: git cat-file answered {b' '.join(header)[:100]!r}")
+            raise _blob_error(f"blob {oid}: answered {b' '.join(header)[:100]!r}")
         remaining = int(header[2])
         while remaining > 0:
             if not self._buffer:
@@ -155,7 +157,7 @@ class BlobReader:
             self._fill(deadline)
         if self._buffer[:1] != b"\n":
             self.close()
-            raise GuardError("git cat-file lost its framing")
+            raise _blob_error("git cat-file lost its framing")
         del self._buffer[:1]
         self._unanswered -= 1
 
@@ -171,6 +173,7 @@ class CommitGuard:
         self.reader = BlobReader(git)
         self.allowlist_file = allowlist_path(config)
         self._allowlist_signature: tuple | None = None
+        self._releases_signature: tuple | None = None
         self.allowlist_problem = ""  # why the allowlist file is not in force ('' when it is)
         # Seconds each check took (the last _TIMINGS), for status and `gitsieve bench`.
         self.timings: dict[str, deque] = {name: deque(maxlen=_TIMINGS)
@@ -186,10 +189,13 @@ class CommitGuard:
         """Re-read the allowlist file and the release records if they changed; True when
         either did (a held path may then be committed, a held push may go)."""
         changed = False
-        records = self.releases.records()
-        if frozenset(records) != self.judge.released:
-            self.judge.set_released(records)
-            changed = True
+        signature = self.releases.signature()
+        if signature != self._releases_signature:
+            self._releases_signature = signature
+            released = frozenset(self.releases.records())
+            if released != self.judge.released:
+                self.judge.set_released(released)
+                changed = True
         signature = _signature(self.allowlist_file)
         if signature != self._allowlist_signature:
             self._allowlist_signature = signature
@@ -294,7 +300,7 @@ class CommitGuard:
             for (path, oid), (_, pieces) in zip(reading,
                                                 self.reader.blobs([o for _, o in reading])):
                 self.judge.findings(path, oid, pieces)
-        except GuardError:
+        except GitError:
             raise
         except Exception:
             self.reader.close()  # a scan failed mid-blob: the reader is out of step
@@ -310,7 +316,7 @@ class CommitGuard:
 
     def push_gate(self, push) -> Why | None:
         """Why the push of ``push`` (the committer's PushRange) must not happen: a held blob
-        in a commit the remote does not have. GuardError when git cannot tell."""
+        in a commit the remote does not have. GitError when git cannot tell."""
         if not self.judge.settings.secrets:
             return None
         with _Timed(self.timings["push"]):
@@ -318,11 +324,8 @@ class CommitGuard:
 
     def _push_check(self, push) -> Why | None:
         self.refresh()
-        try:
-            out = self.git.run("rev-list", "--objects", "--filter=object:type=blob",
-                               push.head, "--not", f"--remotes={push.remote}")
-        except GitError as exc:
-            raise GuardError(f"listing what the push would send: {exc}") from None
+        out = self.git.run("rev-list", "--objects", "--filter=object:type=blob",
+                           push.head, "--not", f"--remotes={push.remote}")
         blobs = []
         for line in out.split(b"\n"):
             oid, _, path = line.partition(b" ")
