@@ -372,6 +372,37 @@ def _dirty_start_run(guard_on: bool, files: list[tuple[str, bytes]]) -> dict:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _dirty_commit_run(guard_on: bool, files: list[tuple[str, bytes]]) -> dict:
+    """The executor's part of a dirty start alone: one sync commit (and its push) of
+    ``files``, through the committer with and without the guard's hooks."""
+    from gitsieve.common.git.committer import Committer
+    from gitsieve.common.judge.guard.gate import CommitGuard
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-commit-"))
+    guard = None
+    try:
+        root = make_workspace(base, 0.5)
+        for rel, data in files:
+            target = root / "src" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        config = config_mod.load(root)
+        config_mod.prepare_runtime_dir(config)
+        committer = Committer(config)
+        if guard_on:
+            guard = CommitGuard(config, committer.git)
+            committer.commit_gate, committer.push_gate = guard, guard.push_gate
+        started = time.monotonic()
+        result = committer.commit([f"src/{rel}" for rel, _ in files])
+        elapsed = time.monotonic() - started
+        return {"seconds": elapsed, "committed": len(result.paths),
+                "held": sorted(result.held_paths), "pushed": result.pushed,
+                "guard": guard.status()["timings"] if guard else {}}
+    finally:
+        if guard is not None:
+            guard.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def run_guard(edits: int = 40, debounce: float = 0.5, files: int = 10_000,
               rounds: int = 200) -> int:
     """The guard's cost: per blob scanned (p50/p99), its memory, its share of
@@ -413,6 +444,20 @@ def run_guard(edits: int = 40, debounce: float = 0.5, files: int = 10_000,
 
     real = _real_files(files)
     megabytes = sum(len(data) for _, data in real) / 1e6
+    print(f"\nthe dirty start's sync commit: {len(real)} real files ({megabytes:.1f} MB, the "
+          "standard library) committed and pushed in one commit by the committer")
+    commits = {on: _dirty_commit_run(on, real) for on in (False, True)}
+    for on, result in commits.items():
+        guard = result["guard"]
+        inside = ", ".join(f"{name} {value['total_s']:.2f} s" for name, value in guard.items())
+        print(f"  guard {'on ' if on else 'off'}: {result['seconds']:6.2f} s, "
+              f"{result['committed']} committed, {len(result['held'])} held, pushed "
+              f"{result['pushed']}" + (f"; guard: {inside}" if on else ""))
+    if commits[True]["held"]:
+        print("  held by the guard: " + ", ".join(commits[True]["held"][:10]))
+    print(f"  added by the guard: "
+          f"{commits[True]['seconds'] / commits[False]['seconds'] - 1:+.0%}")
+
     print(f"\ndirty start: {len(real)} real files ({megabytes:.1f} MB, the standard library) "
           "written while gitsieve was stopped; seconds from `gitsieve run` to all committed")
     dirty = {on: _dirty_start_run(on, real) for on in (False, True)}
