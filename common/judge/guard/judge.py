@@ -69,6 +69,9 @@ class GuardJudge:
     def is_cached(self, oid: str, path: str) -> bool:
         return self.cache_key(oid, path) in self._cache
 
+    def has(self, key: bytes) -> bool:
+        return key in self._cache
+
     def findings(self, path: str, oid: str, pieces: Iterable[bytes] | None = None) -> list[Finding]:
         """Every finding for blob ``oid`` at ``path`` before allowlist and releases; the
         content is read from ``pieces`` only when the blob is not cached."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
+import functools
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -696,7 +696,11 @@ SPECIAL_BASENAMES = frozenset({".npmrc", ".pypirc", ".netrc", "_netrc"})
 
 def name_rule(path: str) -> RuleId | None:
     """The rule a file's name alone triggers, if any."""
-    base = posixpath.basename(path)
+    return _name_rule(posixpath.basename(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_rule(base: str) -> RuleId | None:
     lower = base.lower()
     if lower == ".env" or (
         lower.startswith(".env.") and lower.split(".")[-1] not in ENV_TEMPLATE_SUFFIXES
@@ -706,21 +710,21 @@ def name_rule(path: str) -> RuleId | None:
         return RuleId.SSH_PRIVATE_KEY_FILE
     if posixpath.splitext(lower)[1] in KEYSTORE_EXTENSIONS:
         return RuleId.KEYSTORE_FILE
-    if fnmatch.fnmatchcase(lower, "credentials*.json"):
+    if _CREDENTIALS_NAME.fullmatch(lower):
         return RuleId.CREDENTIALS_FILE
     if lower == ".git-credentials":
         return RuleId.GIT_CREDENTIALS_FILE
     return None
 
 
-def _is_service_account_name(lower: str) -> bool:
-    return fnmatch.fnmatchcase(lower, "service?account*.json")
+_CREDENTIALS_NAME = re.compile(r"credentials.*\.json", re.DOTALL)
+_SERVICE_ACCOUNT_NAME = re.compile(r"service.account.*\.json", re.DOTALL)
 
 
 def name_and_content_rule(path: str, data: bytes) -> RuleId | None:
     """Rules that need both: a service-account JSON with its key, a DER-encoded private key."""
     lower = posixpath.basename(path).lower()
-    if _is_service_account_name(lower) and _SERVICE_ACCOUNT_PRIVATE_KEY.search(data):
+    if _SERVICE_ACCOUNT_NAME.fullmatch(lower) and _SERVICE_ACCOUNT_PRIVATE_KEY.search(data):
         return RuleId.CREDENTIALS_FILE
     if posixpath.splitext(lower)[1] in DER_KEY_EXTENSIONS and is_der_sequence(data):
         return RuleId.KEYSTORE_FILE
@@ -730,14 +734,18 @@ def name_and_content_rule(path: str, data: bytes) -> RuleId | None:
 def content_profile(path: str) -> str:
     """What of a path's name the content scan depends on: equal profiles give equal
     content findings for equal bytes, so results are cached by (blob id, profile)."""
-    lower = posixpath.basename(path).lower()
-    base = posixpath.basename(path)
+    return _content_profile(posixpath.basename(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_profile(base: str) -> str:
+    lower = base.lower()
     extension = posixpath.splitext(lower)[1]
     return "|".join(
         (
             base if base in SPECIAL_BASENAMES else "",
             "code" if extension in CODE_EXTENSIONS else "",
-            "sa" if _is_service_account_name(lower) else "",
+            "sa" if _SERVICE_ACCOUNT_NAME.fullmatch(lower) else "",
             "der" if extension in DER_KEY_EXTENSIONS else "",
         )
     )

@@ -91,7 +91,6 @@ class SecretScanner:
     ):
         self._fingerprints = Fingerprinter(key)
         self._rules = tuple(rules)
-        self._binary_rules = tuple(rule for rule in self._rules if rule.binary)
         self._anchors = _Anchors(self._rules)
         self.inline_allow = inline_allow
         self.stats: Counter[str] = Counter()
@@ -144,7 +143,7 @@ class SecretScanner:
         if binary:
             self.stats["binary_scans"] += 1
         anchors = self._anchors.index(data)
-        matches = self._matches(path, anchors, self._binary_rules if binary else self._rules)
+        matches = self._matches(path, anchors, binary)
         if not binary:
             matches.extend(self._decoded_matches(path, anchors))
         for match in _without_overlaps(matches):
@@ -156,17 +155,13 @@ class SecretScanner:
 
     # --- matching ----------------------------------------------------------------------------
 
-    def _matches(self, path: str, anchors: "_AnchorIndex",
-                 rules: Sequence[ContentRule]) -> list[_Match]:
+    def _matches(self, path: str, anchors: "_AnchorIndex", binary: bool) -> list[_Match]:
         data = anchors.data
         matches: list[_Match] = []
-        for rule in rules:
+        for rule in anchors.woken(binary):
             if not rule.applies_to(path):
                 continue
-            regions = anchors.regions(rule)
-            if not regions:
-                continue
-            for start, end in regions:  # disjoint: no match is seen twice
+            for start, end in anchors.regions(rule):  # disjoint: no match is seen twice
                 for match in rule.pattern.finditer(data, start, end):
                     found = self._accepted(rule, match, path)
                     if found is not None:
@@ -212,7 +207,7 @@ class SecretScanner:
                 decoded = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 continue
-            for inner in self._matches(path, self._anchors.index(decoded), self._rules):
+            for inner in self._matches(path, self._anchors.index(decoded), False):
                 matches.append(
                     _Match(
                         inner.rule,
@@ -267,6 +262,13 @@ class _Anchors:
         self.folded = sorted({a for rule in rules if not rule.exact_anchors for a in rule.anchors})
         self._exact = ahocorasick_rs.BytesAhoCorasick(self.exact)
         self._folded = ahocorasick_rs.BytesAhoCorasick(self.folded) if self.folded else None
+        # anchor -> the numbers of the rules it wakes, so a file runs only those rules
+        self.rules = tuple(rules)
+        self.rules_of: dict[tuple[bytes, bool], frozenset[int]] = {}
+        for number, rule in enumerate(self.rules):
+            for anchor in rule.anchors:
+                key = (anchor, rule.exact_anchors)
+                self.rules_of[key] = self.rules_of.get(key, frozenset()) | {number}
 
     def index(self, data: bytes) -> "_AnchorIndex":
         found: dict[tuple[bytes, bool], list[int]] = {}
@@ -276,15 +278,27 @@ class _Anchors:
             for number, start, _ in self._folded.find_matches_as_indexes(data.lower(),
                                                                          overlapping=True):
                 found.setdefault((self.folded[number], False), []).append(start)
-        return _AnchorIndex(data, found)
+        return _AnchorIndex(data, found, self)
 
 
 class _AnchorIndex:
     """Where one file's anchors occur, shared by the rules using them."""
 
-    def __init__(self, data: bytes, found: dict[tuple[bytes, bool], list[int]]):
+    def __init__(self, data: bytes, found: dict[tuple[bytes, bool], list[int]],
+                 anchors: _Anchors):
         self.data = data
         self._found = found
+        self._anchors = anchors
+
+    def woken(self, binary: bool) -> list[ContentRule]:
+        """The rules with an anchor in the data, in rule order (for binary data: only the
+        rules made for it)."""
+        if not self._found:
+            return []
+        rules_of = self._anchors.rules_of
+        numbers = set().union(*(rules_of.get(key, ()) for key in self._found))
+        rules = self._anchors.rules
+        return [rules[n] for n in sorted(numbers) if not binary or rules[n].binary]
 
     def positions(self, anchor: bytes, exact: bool) -> list[int]:
         return self._found.get((anchor, exact), [])
