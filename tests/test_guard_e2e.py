@@ -14,11 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-
 import guard_corpus as corpus
-from conftest import ROOT, Gitsieve, create_workspace, wait_for
+import pytest
 from guard_corpus import ALNUM, Randomness
+
+from conftest import ROOT, Gitsieve, create_workspace, wait_for
 
 SYNC_TIMEOUT = 30.0
 MIB = 1 << 20
