@@ -45,6 +45,7 @@ import zmq
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.committer import CommitResult, Committer, index_signature
 from gitsieve.common.git.head import head_token
+from gitsieve.common.judge.guard.gate import CommitGuard
 from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
 from gitsieve.common.protocol.states import Hold, Why
@@ -98,6 +99,8 @@ class Executor(Actor):
         self.recheck: set[str] = set()  # held paths to re-check against HEAD (Batch.recheck)
         self.user_written: set[str] = set()  # held paths a user process wrote (never capped)
         self.path_holds: dict[str, Why] = {}  # held paths with a reason of their own
+        self.logged_holds: dict[str, Why] = {}  # the reason last logged for each held path
+        self.guard: CommitGuard | None = None  # attached in setup (it needs the runtime dir)
         self.held_batches: list[int] = []
         self.held_reason: Why | None = Why(Hold.NOTHING)
         self.health: HealthStatus | None = None
@@ -140,6 +143,18 @@ class Executor(Actor):
         self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watch_fd(self._wake[0], self._job_done)
         self.offload = True
+        self.attach_guard()
+
+    def attach_guard(self) -> None:
+        """The guard (issue 12) on the committer's hooks: a file too large is held before
+        it is hashed, the exact blobs of a commit are scanned for secrets, and so is every
+        push's content the remote lacks ([guard] secrets, max_new_file_mb)."""
+        if not (self.config.guard_secrets or self.config.max_new_file_mb):
+            return
+        self.guard = CommitGuard(self.config, self.committer.git)
+        self.committer.path_gate = self.guard.before_staging
+        self.committer.blob_gate = self.guard.check_blobs
+        self.committer.push_gate = self.guard.push_gate
 
     # ----- inputs ---------------------------------------------------------------------
     def on_batch(self, batch: Batch) -> None:
@@ -256,7 +271,9 @@ class Executor(Actor):
         git_dir = self.config.git_dir
         branch = self.committer.current_branch() or ""
         tracking = git_dir / "refs" / "remotes" / self.config.remote / branch
-        refs = (head_token(git_dir), index_signature(tracking) if branch else None)
+        # a release recorded or an allowlist edited may free held paths and a held push
+        decided = self.guard.signatures() if self.guard is not None else None
+        refs = (head_token(git_dir), index_signature(tracking) if branch else None, decided)
         return refs, (refs, index_signature(self.committer.user_index))
 
     def watch_refs(self, now: float) -> None:
@@ -378,6 +395,11 @@ class Executor(Actor):
             if path in self.held and path not in self.changed_during_job:
                 self.path_holds[path] = why
                 self.stats["paths_held"] += 1
+                if self.logged_holds.get(path) != why:  # once per reason, not per retry
+                    self.logged_holds[path] = why
+                    self.log.warning("held %s: %s", path, why.text)
+        for path in [p for p in self.logged_holds if p not in self.held]:
+            del self.logged_holds[path]
         _, holds = self.tokens()
         if result.held_paths and holds[1] == self.committer.index_basis:
             # Decided on the index as it is now (as read, or as this job's own commit left
@@ -502,6 +524,8 @@ class Executor(Actor):
                                  self.job.kind, STOP_WAIT)
                 return
         self.committer.content.close()
+        if self.guard is not None:
+            self.guard.close()
         if self._wake is not None:
             for fd in self._wake:
                 os.close(fd)
@@ -612,6 +636,9 @@ class Executor(Actor):
             "seconds": round(now - self.job.started, 1)}
         return {"held": len(self.held), **self.reason_fields(),
                 "path_holds": own, "busy": busy,
+                "held_paths": [{"path": path, "hold": why.hold, "held_reason": why.text}
+                               for path, why in sorted(self.path_holds.items())[:50]],
+                "guard": None if self.guard is None else self.guard.status(),
                 "commits": self.stats["commits"], "pushes": self.stats["pushes"],
                 "retries": self.stats["retries"], "push_pending": self.push_pending,
                 **self.push_fields(),

@@ -776,7 +776,7 @@ def test_path_gate_holds_the_paths_it_names_and_the_rest_is_committed(workspace)
     committer = make(workspace, 'remote = ""\n')
     asked = []
 
-    def gate(paths):
+    def gate(paths, head):
         asked.append(sorted(paths))
         return {"key.pem": Why(Hold.SECRET, "a private key")}
     committer.path_gate = gate

@@ -179,6 +179,18 @@ KEYS: tuple[Key, ...] = (
         attr="loop_after", minimum=0, maximum=100),
     Key("loop", "window", float, 1.5, "...right after: within this many seconds of the commit",
         attr="loop_window", minimum=0.1, maximum=60, unit="s"),
+    # [guard]
+    Key("guard", "secrets", bool, True, "hold a path whose content or name holds a secret "
+        "(tokens, keys, passwords, .env, id_rsa, ...), and stop a push of commits holding "
+        "one", attr="guard_secrets"),
+    Key("guard", "max_new_file_mb", float, 10, "a new file above this size, or a tracked "
+        "file grown past it, is held (store it with git-lfs); 0: no limit", minimum=0,
+        maximum=1_000_000, unit="MiB"),
+    Key("guard", "allowlist_file", str, ".gitsieve-allow", "released fingerprints, paths "
+        "(path:GLOB) and rules (rule:ID [GLOB]), one a line, relative to the workspace; "
+        "empty: none"),
+    Key("guard", "inline_allow", bool, True, "a `gitsieve:allow` comment on a finding's line "
+        "releases it"),
 )
 
 PROFILES = ("default", "conservative")

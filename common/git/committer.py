@@ -282,9 +282,12 @@ class Committer:
         # "HEAD" when it has none); a Why stops the push (see the module docstring).
         self.push_gate: Callable[[str], Why | None] | None = None
         # Asked at every commit with the paths whose work-tree version is about to be
-        # committed (new or changed, not deletions); the paths it names are held with its
-        # Why and the rest is committed.
-        self.path_gate: Callable[[list[str]], dict[str, Why]] | None = None
+        # committed (new or changed, not deletions) and HEAD's commit; the paths it names
+        # are held with its Why and the rest is committed.
+        self.path_gate: Callable[[list[str], str | None], dict[str, Why]] | None = None
+        # Asked with (path, blob id) of every blob about to be committed, once hashed: the
+        # exact bytes of the commit (the guard scans them); the paths it names are held.
+        self.blob_gate: Callable[[list[tuple[str, str]]], dict[str, Why]] | None = None
         self.last_push_sent = False  # the last push() sent commits (not only found none)
         # An integration whose update-ref failed left index and work tree at this commit
         # and could not put them back yet: nothing else happens until that is done.
@@ -585,7 +588,8 @@ class Committer:
         self._apply_staging(plan, where, staged)
         if self.path_gate is not None:
             present = [path for path in plan.stage if where[path][0] == PRESENT]
-            gated = {path: why for path, why in (self.path_gate(present) or {}).items()
+            gated = {path: why for path, why in
+                     (self.path_gate(present, head[0] if head else None) or {}).items()
                      if path in plan.stage}
             plan.held.update(gated)
             plan.stage = [path for path in plan.stage if path not in gated]
@@ -839,6 +843,13 @@ class Committer:
         """The commit of the plan on top of ``head`` (None when nothing differs) and its
         changes as diff records."""
         changes = self._new_entries(plan)
+        if self.blob_gate is not None:
+            blobs = [(path, entry[1]) for path, entry in changes.items()
+                     if entry is not None and entry[0] != MODE_GITLINK]
+            gated = self.blob_gate(blobs) if blobs else {}
+            plan.held.update(gated)
+            for path in gated:  # kept out: HEAD's entry stays in the composed tree
+                del changes[path]
         result.held_paths.update(plan.held)
         if not changes:
             return None, []
@@ -989,14 +1000,23 @@ class Committer:
                                        "--")
         return set(out.decode().split()) if code == 0 else set()
 
-    def _gate(self, state: UpstreamState) -> Why | None:
+    def _gate(self, state: UpstreamState) -> str:
+        """'' when the push gate lets the push go, else why not: "push held: ..." (a hold,
+        :attr:`push_hold`) or "push failed: ..." when the gate could not tell (nothing goes
+        out unchecked; retried with the push back-off)."""
         if self.push_gate is None:
-            return None
-        why = self.push_gate(state.range)
-        if why is not None:
-            self.push_hold = why
+            return ""
+        try:
+            why = self.push_gate(state.range)
+        except Exception as exc:  # the gate could not read what it must check
+            log.warning("push not checked, so not pushed: %s", exc)
+            return f"push failed: checking what it would send: {exc}"
+        if why is None:
+            return ""
+        if why != self.push_hold:
             log.warning("push held: %s", why.text)
-        return why
+        self.push_hold = why
+        return f"push held: {why.text}"
 
     def push(self, branch: str | None = None, parent: str | None = None) -> tuple[bool, str]:
         """Push the branch to the configured remote, never forced; (pushed, error).
@@ -1030,8 +1050,9 @@ class Committer:
         # user resolved it, dropped a blocking edit, or the remote moved again).
         rejected = bool(self.push_conflict)
         if not rejected:
-            if self._gate(state):
-                return False, f"push held: {self.push_hold.text}"
+            gated = self._gate(state)
+            if gated:
+                return False, gated
             try:
                 self._push_ref(ref)
             except GitError as exc:
@@ -1045,8 +1066,9 @@ class Committer:
         if rejected:
             try:
                 self.integrate_remote(branch)
-                if self._gate(self.upstream_state(branch)):
-                    return False, f"push held: {self.push_hold.text}"
+                gated = self._gate(self.upstream_state(branch))
+                if gated:
+                    return False, gated
                 self._push_ref(ref)
             except PushConflict as conflict:
                 if str(conflict) != self.push_conflict:  # once, not at every re-check

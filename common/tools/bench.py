@@ -49,7 +49,7 @@ def _git(cwd: Path, *args: str) -> str:
     return os.fsdecode(Git(cwd).run(*args, env=_IDENTITY))
 
 
-def make_workspace(base: Path, debounce: float) -> Path:
+def make_workspace(base: Path, debounce: float, extra_config: str = "") -> Path:
     remote, root = base / "remote.git", base / "ws"
     _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
     _git(base, "init", "-q", "-b", "main", str(root))
@@ -75,7 +75,7 @@ max_commits_per_day = 100000
 cooldown_seconds = 0
 [health]
 interval = 0.5
-""")
+""" + extra_config)
     subprocess.run([sys.executable, str(resource(*CHURN)), "--workspace", str(root), "--prepare"],
                    check=True)
     _git(root, "add", "-A")

@@ -1,6 +1,6 @@
 """``gitsieve`` command line.
 
-- ``run``, ``init``, ``bench``, ``test``, ``helper``: here.
+- ``run``, ``init``, ``release``, ``bench``, ``test``, ``helper``: here.
 - ``agent`` and ``mark``: :mod:`gitsieve.common.agent.command`.
 - ``status``, ``explain``, ``flush``, ``learned``, ``pause``, ``resume``, ``stats`` and
   ``debug`` (= ``tail``): the actorctl commands (:mod:`.ctl`), one implementation each.
@@ -47,11 +47,25 @@ def validate_rules(config: config_mod.Config) -> None:
         raise UsageError(str(exc)) from None
 
 
+def validate_guard(config: config_mod.Config) -> None:
+    """[guard] allowlist_file inside the workspace, and every line of it valid."""
+    from gitsieve.common.judge.guard.allowlist import AllowlistError
+    from gitsieve.common.judge.guard.gate import allowlist_path, read_allowlist
+    try:
+        path = allowlist_path(config)
+        if path is not None:
+            read_allowlist(path, config.workspace)
+    except ValueError as exc:  # AllowlistError included: every bad line, file:line: reason
+        problems = exc.problems if isinstance(exc, AllowlistError) else (str(exc),)
+        raise UsageError("; ".join(problems)) from None
+
+
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
     from gitsieve.common.tools.runner import AlreadyRunning, Runner, reexec_marked
     config = load_config(args)
     validate_rules(config)
+    validate_guard(config)
     try:
         config_mod.prepare_runtime_dir(config)
     except config_mod.RuntimeDirError as exc:
@@ -89,10 +103,50 @@ def cmd_init(args) -> int:
     return 0
 
 
+def cmd_release(args) -> int:
+    """Record the current versions of PATHs as released: the guard lets exactly that content
+    be committed and pushed (gitsieve running or not); a later change is checked again."""
+    from gitsieve.common.judge.guard.gate import versions_to_release
+    from gitsieve.common.judge.guard.store import GuardStoreError, ReleaseStore
+    from gitsieve.common.tools.ctl import CtlError, workspace_path
+    config = load_config(args)
+    try:
+        config_mod.prepare_runtime_dir(config)
+    except config_mod.RuntimeDirError as exc:
+        raise UsageError(str(exc)) from None
+    git = gateway.Git(config.workspace)
+    released: dict[str, str] = {}
+    for text in args.paths:
+        try:
+            path = workspace_path(config, text)
+        except CtlError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            versions = versions_to_release(config, git, path)
+        except gateway.GitError as exc:
+            raise UsageError(f"{text}: git failed: {exc}") from None
+        if not versions:
+            raise UsageError(f"{text}: nothing to release: no such file, and no commit "
+                             "waiting to be pushed has it")
+        released.update(versions)
+        shown = ", ".join(oid[:10] for oid in versions)
+        print(f"released {path} ({len(versions)} version(s): {shown}): that content is "
+              "committed and pushed as it is; a later change is checked again")
+    try:
+        ReleaseStore(config.runtime_dir, config.workspace).add(released)
+    except GuardStoreError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def cmd_bench(args) -> int:
     from gitsieve.common.tools import bench, bench_git
     if args.agent:
         return cmd_bench_agent(args)
+    if args.guard:
+        from gitsieve.common.tools import bench_guard
+        return bench_guard.run_guard(edits=args.edits, debounce=args.debounce,
+                                     files=args.files or 10_000)
     if args.dirty:
         return bench_git.run_dirty(args.dirty)
     if args.tree:
@@ -175,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "writes elsewhere")
     bench.add_argument("--files", type=int, default=0,
                        help="files in the workspace (storm: 200, idle: 500) or written per "
-                            "run (agent: 10000)")
+                            "run (agent, guard: 10000)")
     bench.add_argument("--dirty", type=int, default=0, metavar="N",
                        help="scenario: N untracked files at start; time until all are on the "
                             "remote, against git add -A && git commit && git push")
@@ -185,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--large", type=int, default=0, metavar="MB",
                        help="scenario: one file of MB random bytes; executor RSS and control "
                             "latency while it is committed and pushed")
+    bench.add_argument("--guard", action="store_true",
+                       help="the guard's cost instead: per file scanned, its share of "
+                            "edit-to-commit latency, a dirty start with and without it "
+                            "(--files: 10000)")
     bench.set_defaults(func=cmd_bench)
     bench.add_argument("--agent", action="store_true",
                        help="instead: what gitsieve agent costs the processes it wraps")
@@ -194,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--agent: 1 MB files written per run (default 100)")
     bench.add_argument("--root", help="--agent: where the files go (default: the temp "
                                       "directory; /dev/shm shows the cost without a disk)")
+
+    release = sub.add_parser(
+        "release", help="let a path the guard holds (a secret, too large) be committed and "
+                        "pushed as it is now, once")
+    release.add_argument("paths", nargs="+", metavar="PATH",
+                         help="file path (absolute, or relative to here or to the workspace)")
+    config_mod.add_location_arguments(release)
+    release.set_defaults(func=cmd_release)
 
     test = sub.add_parser("test", help="measure L1-L3 accuracy on the labelled corpus")
     test.add_argument("--mode", choices=("fanotify", "helper", "psutil", "agent", "both", "all"),

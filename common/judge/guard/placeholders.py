@@ -1,0 +1,141 @@
+"""Telling a real secret from the example, template or reference that stands in for one.
+
+Documentation, templates and tests are full of token-shaped text (``AKIA...EXAMPLE``,
+``ghp_xxxx``, ``${DB_PASSWORD}``, ``postgres://user:password@localhost``). Holding those
+would teach people to release holds without reading them, so every match passes these
+checks before it becomes a finding. The markers are long enough (or carry punctuation
+that token alphabets lack) that a random token contains one with a probability far
+below one in a million.
+"""
+
+import base64
+import binascii
+import math
+import re
+from collections import Counter
+
+_PLACEHOLDER_MARKERS = re.compile(
+    rb"(?i)example|placeholder|changeme|change[_-]me|redacted|dummy"
+    rb"|x{6,}|\*{3,}|\.\.\.|<[^>\s]*>|\$\{|\{\{|%\(|\$\(|#\{"
+    rb"|your[_-]|[_-]here(?![a-z0-9])|insert[_-]|replace[_-]?me|0{8,}|12345678|abcdefgh"
+)
+
+# Values that configuration samples and local development defaults use for passwords.
+COMMON_PASSWORDS = frozenset(
+    p.encode()
+    for p in """
+    password passw0rd p@ssw0rd p@ssword password1 password12 password123 pass pass123 pass1234
+    passwd pwd changeme changeme1 changeme123 secret secret1 secret12 secret123 admin admin1
+    admin123 admin1234 administrator root toor test test123 test1234 testing testpass testpassword
+    guest letmein qwerty qwerty123 welcome welcome1 default postgres mysql redis hunter2 mongo
+    123456 12345678 123456789 1234567890 user username foobar foo bar baz none null empty
+    sample mypassword yourpassword s3cr3t secretpassword supersecret topsecret
+""".split()
+)
+
+# How stored password hashes start: a hash is not the password.
+_HASH_PREFIXES = (
+    b"$2a$",
+    b"$2b$",
+    b"$2y$",
+    b"$argon2",
+    b"$5$",
+    b"$6$",
+    b"$y$",
+    b"$1$",
+    b"pbkdf2",
+    b"argon2",
+    b"bcrypt$",
+    b"sha1$",
+    b"sha256:",
+    b"sha512:",
+    b"{ssha}",
+    b"{sha}",
+)
+
+# References to a value kept elsewhere: an environment variable, a vault, a template.
+_REFERENCE_START = (b"$", b"%", b"{", b"<", b"@", b"&", b"*")
+_REFERENCE_MARKERS = (
+    b"os.environ",
+    b"process.env",
+    b"getenv",
+    b"env[",
+    b"env(",
+    b"secrets.",
+    b"vault:",
+    b"${",
+    b"{{",
+    b"#{",
+    b"$(",
+)
+
+# A value naming what it stands for ("generatedwebdavpassword1") describes, it does not hide.
+_DESCRIPTIVE = re.compile(rb"(?i)passw(?:or)?d|secret")
+_IDENTIFIER_LIKE = re.compile(
+    rb"[A-Za-z]+|[a-z0-9]+(?:[_.\-][a-z0-9]+)+|[A-Z0-9]+(?:[_.\-][A-Z0-9]+)+|[a-z]+(?:[A-Z][a-z0-9]*)+"
+)
+
+
+def shannon_entropy(data: bytes) -> float:
+    """Bits per byte of ``data``'s own byte distribution."""
+    if not data:
+        return 0.0
+    total = len(data)
+    return -sum(n / total * math.log2(n / total) for n in Counter(data).values())
+
+
+def looks_like_placeholder(secret: bytes) -> bool:
+    """True for text that stands in for a token: example markers, masks, repeated characters."""
+    if _PLACEHOLDER_MARKERS.search(secret):
+        return True
+    most_common = Counter(secret).most_common(1)
+    return not most_common or most_common[0][1] * 2 > len(secret)
+
+
+def looks_like_password_placeholder(value: bytes) -> bool:
+    """Stricter check for free-form passwords, which have no token format to lean on."""
+    lowered = value.lower()
+    return (
+        looks_like_placeholder(value)
+        or lowered in COMMON_PASSWORDS
+        or lowered.startswith(_REFERENCE_START)
+        or any(marker in lowered for marker in _REFERENCE_MARKERS)
+        or lowered.startswith(_HASH_PREFIXES)
+    )
+
+
+def looks_like_password(value: bytes) -> bool:
+    """Whether a value assigned to a password-like key reads as a literal secret.
+
+    It must not be a placeholder or a reference, must mix at least two kinds of
+    character, must not read as an identifier, path or URL, and must carry some
+    entropy. Whitespace rules it out: such values are messages, not passwords.
+    """
+    if not 8 <= len(value) <= 128 or looks_like_password_placeholder(value):
+        return False
+    if any(c in value for c in b" \t") or b"://" in value or value.startswith((b"/", b"./", b"~/")):
+        return False
+    if _IDENTIFIER_LIKE.fullmatch(value) or _DESCRIPTIVE.search(value) or _encodes_prose(value):
+        return False
+    kinds = sum(
+        (
+            any(chr(c).islower() for c in value),
+            any(chr(c).isupper() for c in value),
+            any(chr(c).isdigit() for c in value),
+            any(not chr(c).isalnum() for c in value),
+        )
+    )
+    return kinds >= 2 and shannon_entropy(value) >= 2.5
+
+
+def _encodes_prose(value: bytes) -> bool:
+    """Base64 of a phrase ("not my real password") is an example, not a password."""
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return (
+        decoded.isascii()
+        and decoded.decode().isprintable()
+        and (b" " in decoded or _DESCRIPTIVE.search(decoded) is not None)
+    )

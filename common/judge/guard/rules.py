@@ -1,0 +1,768 @@
+"""The guard's rules: token formats, secrets that need context, and file-name rules.
+
+Every content rule names its anchors: substrings one of which must occur in the file
+before its regex runs at all, and then only on the lines (in long lines: windows) that
+hold one. Anchors of token formats are their exact, case-sensitive prefixes (``ghp_``,
+``AKIA``, ``-----BEGIN``); context rules use lower-case words found case-insensitively
+(``secret``, ``password``). Most files hold none of the anchors, so most files cost one
+substring search per anchor and no regex at all. Every regex is bytes, and puts the
+secret in the group ``secret`` (assignments: in whichever quoting group matched).
+
+Which kinds exist follows the public rule sets of gitleaks and of the providers' own
+documentation; the regexes are gitsieve's. Tokens are matched by format and never
+validated, so no request ever leaves the machine.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import unquote_to_bytes
+
+from gitsieve.common.judge.guard.findings import RuleId
+from gitsieve.common.judge.guard.placeholders import (
+    looks_like_password,
+    looks_like_password_placeholder,
+    looks_like_placeholder,
+    shannon_entropy,
+)
+
+# Files whose unquoted right-hand sides are code (names, calls), not literal values.
+CODE_EXTENSIONS = frozenset(
+    """
+    .py .pyi .js .mjs .cjs .jsx .ts .tsx .java .kt .kts .scala .groovy .go .rs .rb .php .cs .fs
+    .c .h .cc .cpp .hpp .m .mm .swift .dart .lua .pl .pm .r .jl .ex .exs .erl .clj .vue .svelte
+""".split()
+)
+
+_ASSIGN = (
+    rb"[\"']?[ \t]{0,3}(?::[ \t]*[A-Za-z_][\w\[\]., ]{0,30}[ \t]*)?(?:=>|:=|\?=|=(?!=)|:)[ \t]{0,3}"
+)
+# A bare value after ":" needs a space first (YAML), which keeps "arn:...:secret:name" out.
+_QUOTED_OR_BARE = (
+    rb"(?:\"(?P<dq>[^\"\r\n]{1,200})\"|'(?P<sq>[^'\r\n]{1,200})'|`(?P<bq>[^`\r\n]{1,200})`"
+    rb"|(?<![^:\s]:)(?P<bare>[^\s\"'`#;,]{1,200}))"
+)
+
+# How far a private key block may reach from its BEGIN line (a PGP key with subkeys
+# runs to several KB).
+PEM_REACH = 32 * 1024
+
+# Priorities when matches overlap: a rule made for the exact format beats the generic
+# password rule.
+PRIORITY_FORMAT, PRIORITY_GENERIC = 0, 2
+
+
+@dataclass(frozen=True)
+class ContentRule:
+    """A regex rule run only where one of its anchors occurs.
+
+    ``exact_anchors``: the anchors are case-sensitive token prefixes; otherwise they are
+    lower-case words found case-insensitively. ``accept(match, path)`` has the last word
+    on a match (entropy, format, context). ``basenames`` limits the rule to files of those
+    names. ``detector`` names the format (default: the rule id), ``description`` says it
+    for people. ``multiline`` rules (private key blocks) search from the anchor's line
+    onwards instead of within it; ``binary`` rules also run on binary data.
+    ``normalise`` turns the matched secret into the bytes that are fingerprinted (a PEM
+    body without its line breaks, so one key has one fingerprint however it is quoted).
+    """
+
+    rule: RuleId
+    anchors: tuple[bytes, ...]
+    pattern: re.Pattern
+    accept: Callable[[re.Match, str], bool] | None = None
+    basenames: frozenset[str] = field(default=frozenset())
+    exact_anchors: bool = False
+    detector: str = ""
+    description: str = ""
+    priority: int = PRIORITY_FORMAT
+    multiline: bool = False
+    binary: bool = False
+    normalise: Callable[[bytes], bytes] | None = None
+    locate_whole_match: bool = False
+
+    def __post_init__(self):
+        if not self.exact_anchors and any(a != a.lower() for a in self.anchors):
+            raise ValueError(f"{self.rule.value}: case-insensitive anchors must be lower-case")
+        if not self.detector:
+            object.__setattr__(self, "detector", self.rule.value)
+        if not self.description:
+            object.__setattr__(self, "description", self.rule.description)
+
+    def applies_to(self, path: str) -> bool:
+        return not self.basenames or posixpath.basename(path) in self.basenames
+
+
+_SECRET_GROUPS = ("secret", "dq", "sq", "bq", "bare")
+
+
+def _secret_group(match: re.Match) -> str:
+    """The group holding the secret: ``secret``, or whichever quoting group matched."""
+    groups = match.groupdict()
+    for name in _SECRET_GROUPS:
+        if groups.get(name) is not None:
+            return name
+    raise ValueError(f"pattern {match.re.pattern!r} has no secret group")
+
+
+def secret_of(match: re.Match) -> bytes:
+    return match.group(_secret_group(match))
+
+
+def secret_span(match: re.Match) -> tuple[int, int]:
+    return match.span(_secret_group(match))
+
+
+# --- acceptance checks -------------------------------------------------------------------------
+
+
+def _min_entropy(bits: float) -> Callable[[re.Match, str], bool]:
+    def accept(match: re.Match, path: str) -> bool:
+        return shannon_entropy(secret_of(match)) >= bits
+
+    return accept
+
+
+def _mixed_case(bits: float) -> Callable[[re.Match, str], bool]:
+    """Random tokens over letters hold both cases; words and identifiers mostly do not."""
+
+    def accept(match: re.Match, path: str) -> bool:
+        secret = secret_of(match)
+        return (
+            secret.lower() != secret
+            and secret.upper() != secret
+            and shannon_entropy(secret) >= bits
+        )
+
+    return accept
+
+
+def _mixed_base64_secret(match: re.Match, path: str) -> bool:
+    """AWS secret keys: 40 base64 characters mixing cases and digits, as random keys do."""
+    secret = secret_of(match)
+    kinds = sum(
+        (
+            any(65 <= c <= 90 for c in secret),
+            any(97 <= c <= 122 for c in secret),
+            any(48 <= c <= 57 or c in b"+/" for c in secret),
+        )
+    )
+    return kinds == 3 and shannon_entropy(secret) >= 4.0
+
+
+def _sas_signature(match: re.Match, path: str) -> bool:
+    """A SAS URL signs with HMAC-SHA256: the signature is 43 base64 characters plus '='."""
+    line = match.string[match.pos : match.endpos]
+    signature = unquote_to_bytes(secret_of(match)).rstrip(b"=")
+    return (
+        b"sv=" in line
+        and len(signature) == 43
+        and re.fullmatch(rb"[A-Za-z0-9+/]+", signature) is not None
+    )
+
+
+def _credential_value(match: re.Match, path: str) -> bool:
+    return not looks_like_password_placeholder(secret_of(match).strip(b"\"'"))
+
+
+def _password_assignment(match: re.Match, path: str) -> bool:
+    """Quoted literals anywhere; unquoted values only outside code, where they are literals."""
+    if match.group("bare") is not None and posixpath.splitext(path)[1].lower() in CODE_EXTENSIONS:
+        return False
+    return looks_like_password(secret_of(match))
+
+
+def _b64url_json(segment: bytes) -> bytes | None:
+    try:
+        return base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _jwt(match: re.Match, path: str) -> bool:
+    """A signed JWT: its header is JSON naming an algorithm, its claims are not an example."""
+    header, claims, _ = secret_of(match).split(b".", 2)
+    decoded_header, decoded_claims = _b64url_json(header), _b64url_json(claims)
+    if decoded_header is None or decoded_claims is None:
+        return False
+    if b'"alg"' not in decoded_header or b'"none"' in decoded_header.lower():
+        return False
+    return not looks_like_placeholder(decoded_claims)
+
+
+_URL_USER = re.compile(rb"//([^\s:@/\"'<>]{0,64}):$")
+# Words people put where a URL's password goes in examples.
+_URL_PASSWORD_WORDS = frozenset(
+    b"""token secret pass pwd apikey api_key mytoken access_token password1 xxx x""".split()
+)
+
+
+def _url_password(match: re.Match, path: str) -> bool:
+    password = secret_of(match)
+    if len(password) < 4 or looks_like_password_placeholder(password):
+        return False
+    if password.lower() in _URL_PASSWORD_WORDS or password.isdigit():
+        return False
+    user = _URL_USER.search(match.string, match.start(), match.start("secret"))
+    return not (user and user.group(1) == password)
+
+
+def _pem_body(block: bytes) -> bytes:
+    """The key material of a PEM block: base64 lines, without headers and line breaks."""
+    body = block.replace(b"\\r", b"\n").replace(b"\\n", b"\n")
+    lines = [line.strip() for line in body.splitlines()]
+    return b"".join(line for line in lines if line and b":" not in line)
+
+
+def _private_key_block(match: re.Match, path: str) -> bool:
+    """Key material, not a stand-in: enough base64 and no placeholder marker."""
+    body = _pem_body(secret_of(match))
+    return (
+        len(body) >= 64
+        and re.fullmatch(rb"[A-Za-z0-9+/=]+", body) is not None
+        and not looks_like_placeholder(body)
+    )
+
+
+# --- the rules --------------------------------------------------------------------------------
+
+
+def _token(
+    rule: RuleId,
+    detector: str,
+    description: str,
+    anchors: tuple[str, ...],
+    body: bytes,
+    accept: Callable[[re.Match, str], bool] | None = None,
+    edge: bytes = rb"A-Za-z0-9_",
+) -> ContentRule:
+    """A token with a fixed prefix: ``body`` matched whole, not inside a longer word."""
+    pattern = re.compile(rb"(?<![" + edge + rb"])(?P<secret>" + body + rb")(?![" + edge + rb"])")
+    return ContentRule(
+        rule,
+        tuple(anchor.encode() for anchor in anchors),
+        pattern,
+        accept or _min_entropy(3.0),
+        exact_anchors=True,
+        detector=detector,
+        description=description,
+    )
+
+
+_DASHED = rb"A-Za-z0-9_-"
+
+TOKEN_RULES: tuple[ContentRule, ...] = (
+    _token(
+        RuleId.AWS_ACCESS_KEY_ID,
+        "aws-access-key-id",
+        "AWS access key ID",
+        ("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+        rb"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16}",
+        edge=rb"A-Za-z0-9",
+    ),
+    _token(
+        RuleId.GCP_API_KEY,
+        "gcp-api-key",
+        "Google Cloud / Google AI API key",
+        ("AIza",),
+        rb"AIza[0-9A-Za-z_-]{35}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.GCP_OAUTH_CLIENT_SECRET,
+        "gcp-oauth-client-secret",
+        "Google OAuth client secret",
+        ("GOCSPX-",),
+        rb"GOCSPX-[A-Za-z0-9_-]{28}",
+        _min_entropy(3.5),
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "google-oauth-access-token",
+        "Google OAuth access token",
+        ("ya29.",),
+        rb"ya29\.[0-9A-Za-z_-]{30,}",
+        _min_entropy(3.5),
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.AZURE_AD_CLIENT_SECRET,
+        "azure-ad-client-secret",
+        "Azure AD (Entra ID) client secret",
+        ("Q~",),
+        rb"[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}",
+        _min_entropy(3.5),
+        edge=rb"A-Za-z0-9_~.-",
+    ),
+    _token(
+        RuleId.GITHUB_TOKEN,
+        "github-token",
+        "GitHub token",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        rb"gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}",
+    ),
+    _token(
+        RuleId.GITLAB_TOKEN,
+        "gitlab-token",
+        "GitLab token",
+        (
+            "glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "glft-", "glimt-", "glsoat-",
+            "gloas-", "glagent-", "glffct-", "glwt-", "GR1348941",
+        ),
+        rb"(?:glpat|gldt|glrt|glptt|glcbt|glft|glimt|glsoat|gloas|glagent|glffct|glwt)-"
+        rb"[A-Za-z0-9_-]{20,255}(?:\.[A-Za-z0-9_-]{2,40}){0,3}|GR1348941[A-Za-z0-9_-]{20,}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.SLACK_TOKEN,
+        "slack-token",
+        "Slack token",
+        ("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxs-", "xoxr-", "xoxe", "xapp-"),
+        rb"xox[abposr]-\d+-[0-9A-Za-z-]{8,250}|xoxe(?:\.xox[bp])?-\d-[A-Z0-9]{140,170}"
+        rb"|xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]{32,}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.SLACK_WEBHOOK,
+        "slack-webhook",
+        "Slack incoming webhook URL",
+        ("hooks.slack.com",),
+        rb"https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]{20,150}",
+        _min_entropy(3.5),
+        edge=rb"A-Za-z0-9_/+-",
+    ),
+    _token(
+        RuleId.STRIPE_SECRET_KEY,
+        "stripe-secret-key",
+        "Stripe secret or restricted key",
+        ("sk_live_", "rk_live_"),
+        rb"[sr]k_live_[A-Za-z0-9]{20,247}",
+    ),
+    _token(
+        RuleId.OPENAI_API_KEY,
+        "openai-api-key",
+        "OpenAI API key",
+        ("sk-proj-", "sk-svcacct-", "sk-admin-", "sk-None-", "T3BlbkFJ"),
+        rb"sk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_-]{40,300}"
+        rb"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.ANTHROPIC_API_KEY,
+        "anthropic-api-key",
+        "Anthropic API key",
+        ("sk-ant-",),
+        rb"sk-ant-(?:api|admin|oat|ort)\d{2}-[A-Za-z0-9_-]{80,120}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.HUGGINGFACE_TOKEN,
+        "huggingface-token",
+        "Hugging Face token",
+        ("hf_", "api_org_"),
+        rb"(?:hf|api_org)_[A-Za-z]{34}",
+        _mixed_case(3.5),
+    ),
+    _token(
+        RuleId.AI_PROVIDER_KEY, "groq-api-key", "Groq API key", ("gsk_",), rb"gsk_[A-Za-z0-9]{52}"
+    ),
+    _token(
+        RuleId.AI_PROVIDER_KEY, "xai-api-key", "xAI API key", ("xai-",), rb"xai-[A-Za-z0-9]{80}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.AI_PROVIDER_KEY,
+        "replicate-api-token",
+        "Replicate API token",
+        ("r8_",),
+        rb"r8_[A-Za-z0-9]{37}",
+    ),
+    _token(
+        RuleId.AI_PROVIDER_KEY,
+        "openrouter-api-key",
+        "OpenRouter API key",
+        ("sk-or-v1-",),
+        rb"sk-or-v1-[a-f0-9]{64}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.AI_PROVIDER_KEY,
+        "perplexity-api-key",
+        "Perplexity API key",
+        ("pplx-",),
+        rb"pplx-[A-Za-z0-9]{48}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.AI_PROVIDER_KEY,
+        "langsmith-api-key",
+        "LangSmith API key",
+        ("lsv2_",),
+        rb"lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10}",
+    ),
+    _token(RuleId.NPM_TOKEN, "npm-token", "npm access token", ("npm_",), rb"npm_[A-Za-z0-9]{36}"),
+    _token(
+        RuleId.PYPI_TOKEN,
+        "pypi-token",
+        "PyPI API token",
+        ("pypi-AgE",),
+        rb"pypi-AgE(?:IcHlwaS5vcmc|NdGVzdC5weXBpLm9yZw)[A-Za-z0-9_-]{50,}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.JWT,
+        "jwt",
+        "JSON Web Token",
+        ("eyJ",),
+        rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
+        _jwt,
+        edge=rb"A-Za-z0-9_.-",
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "sendgrid-api-key",
+        "SendGrid API key",
+        ("SG.",),
+        rb"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN, "mailgun-api-key", "Mailgun API key", ("key-",),
+        rb"key-[0-9a-f]{32}", edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "mailchimp-api-key",
+        "Mailchimp API key",
+        ("-us",),
+        rb"[0-9a-f]{32}-us[0-9]{1,2}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "age-secret-key",
+        "age secret key",
+        ("AGE-SECRET-KEY-1",),
+        rb"AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "digitalocean-token",
+        "DigitalOcean token",
+        ("dop_v1_", "doo_v1_", "dor_v1_"),
+        rb"do[por]_v1_[a-f0-9]{64}",
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "shopify-token",
+        "Shopify access token or shared secret",
+        ("shpat_", "shpca_", "shppa_", "shpss_"),
+        rb"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}",
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "databricks-token",
+        "Databricks access token",
+        ("dapi",),
+        rb"dapi[a-f0-9]{32}(?:-[0-9])?",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "atlassian-api-token",
+        "Atlassian API token",
+        ("ATATT3",),
+        rb"ATATT3[A-Za-z0-9_=-]{150,250}",
+        _min_entropy(4.0),
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN, "heroku-api-key", "Heroku API key", ("HRKU-",),
+        rb"HRKU-[A-Za-z0-9_-]{40,80}", edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "vault-token",
+        "HashiCorp Vault token",
+        ("hvs.", "hvb."),
+        rb"hv[sb]\.[A-Za-z0-9_-]{24,}",
+        _min_entropy(3.5),
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "terraform-cloud-token",
+        "Terraform Cloud / HCP token",
+        (".atlasv1.",),
+        rb"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "doppler-token",
+        "Doppler token",
+        ("dp.",),
+        rb"dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}",
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN, "linear-api-key", "Linear API key", ("lin_api_",),
+        rb"lin_api_[A-Za-z0-9]{40}",
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN, "postman-api-key", "Postman API key", ("PMAK-",),
+        rb"PMAK-[a-f0-9]{24}-[a-f0-9]{34}", edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "sentry-token",
+        "Sentry auth token",
+        ("sntrys_", "sntryu_"),
+        rb"sntrys_[A-Za-z0-9+/=_]{60,}|sntryu_[a-f0-9]{64}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "grafana-token",
+        "Grafana token",
+        ("glc_", "glsa_"),
+        rb"glc_[A-Za-z0-9+/]{32,400}={0,2}|glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "telegram-bot-token",
+        "Telegram bot token",
+        (":AA",),
+        rb"[0-9]{8,10}:AA[A-Za-z0-9_-]{33}",
+        edge=_DASHED,
+    ),
+    _token(
+        RuleId.PROVIDER_TOKEN,
+        "square-token",
+        "Square access token or secret",
+        ("sq0atp-", "sq0csp-"),
+        rb"sq0(?:atp|csp)-[A-Za-z0-9_-]{22,43}",
+        edge=_DASHED,
+    ),
+)
+
+PRIVATE_KEY_RULE = ContentRule(
+    RuleId.PRIVATE_KEY,
+    (b"-----BEGIN",),
+    # Raw, or inside a JSON/YAML string with escaped line breaks (a GCP service account);
+    # the body is checked by _private_key_block (base64 once headers are left out).
+    re.compile(
+        rb"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40}?)PRIVATE KEY(?: BLOCK)?-----"
+        rb"(?P<secret>[\s\S]{40,%d}?)"
+        rb"-----END [A-Z0-9 ]{0,40}?PRIVATE KEY(?: BLOCK)?-----" % PEM_REACH
+    ),
+    _private_key_block,
+    exact_anchors=True,
+    multiline=True,
+    binary=True,
+    normalise=_pem_body,
+    locate_whole_match=True,
+)
+
+CONTEXT_RULES: tuple[ContentRule, ...] = (
+    ContentRule(
+        RuleId.AWS_SECRET_ACCESS_KEY,
+        (b"secret",),
+        re.compile(
+            rb"(?i:aws_?secret_?access_?key|secret_?access_?key|aws_?secret(?:_?key)?)"
+            + _ASSIGN
+            + rb"[\"']?(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+        ),
+        _mixed_base64_secret,
+    ),
+    ContentRule(
+        RuleId.AZURE_STORAGE_ACCOUNT_KEY,
+        (b"accountkey", b"storage"),
+        re.compile(
+            rb"(?i:AccountKey=|(?:azure|storage)[\w.-]{0,30}?key[\"']?[ \t]*[=:][ \t]*[\"']?)"
+            rb"(?P<secret>[A-Za-z0-9+/]{86}==)"
+        ),
+        _min_entropy(4.5),
+    ),
+    ContentRule(
+        RuleId.AZURE_STORAGE_ACCOUNT_KEY,
+        (b"sharedaccesskey=",),
+        re.compile(rb"(?i:SharedAccessKey=)(?P<secret>[A-Za-z0-9+/]{43}=)"),
+        _min_entropy(4.0),
+        detector="azure-shared-access-key",
+        description="Azure Service Bus / Event Hubs shared access key",
+    ),
+    ContentRule(
+        RuleId.AZURE_SAS_TOKEN,
+        (b"sig=",),
+        re.compile(rb"[?&]sig=(?P<secret>[A-Za-z0-9%+/]{40,120}(?:%3[Dd]|=){0,2})"),
+        _sas_signature,
+    ),
+    ContentRule(
+        RuleId.URL_PASSWORD,
+        (b"://",),
+        re.compile(
+            rb"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:@/\"'<>]{0,64}:"
+            rb"(?P<secret>[^\s@/\"'<>]{1,128})@[A-Za-z0-9_.-]+"
+        ),
+        _url_password,
+    ),
+    ContentRule(
+        RuleId.TWILIO_AUTH_TOKEN,
+        (b"twilio",),
+        re.compile(
+            rb"(?i:twilio[\w.-]{0,30}?(?:auth_?token|token|secret))"
+            + _ASSIGN
+            + rb"[\"']?(?P<secret>[0-9a-f]{32})(?![0-9A-Za-z])"
+        ),
+        _min_entropy(3.0),
+    ),
+    ContentRule(
+        RuleId.NPMRC_CREDENTIAL,
+        (b"_auth", b"_password"),
+        re.compile(
+            rb"(?m)^[ \t]*(?:\S*:)?_(?:authToken|auth|password)[ \t]*=[ \t]*(?P<secret>\S+)"
+        ),
+        _credential_value,
+        frozenset({".npmrc"}),
+    ),
+    ContentRule(
+        RuleId.PYPIRC_CREDENTIAL,
+        (b"password",),
+        re.compile(rb"(?m)^[ \t]*password[ \t]*[=:][ \t]*(?P<secret>\S+)"),
+        _credential_value,
+        frozenset({".pypirc"}),
+    ),
+    ContentRule(
+        RuleId.NETRC_CREDENTIAL,
+        (b"password",),
+        re.compile(rb"(?<![A-Za-z0-9_])password[ \t]+(?P<secret>\S+)"),
+        _credential_value,
+        frozenset({".netrc", "_netrc"}),
+    ),
+    ContentRule(
+        RuleId.PASSWORD_ASSIGNMENT,
+        (b"passw", b"passphrase", b"pwd", b"secret", b"api_key", b"apikey", b"api-key", b"api.key"),
+        re.compile(
+            rb"(?<![A-Za-z0-9_:])(?i:[A-Za-z0-9_.-]{0,40}?"
+            rb"(?:password|passwd|passphrase|pwd|secret|secret[_.-]?key|api[_.-]?key|apikey"
+            rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret))"
+            + _ASSIGN
+            + _QUOTED_OR_BARE
+        ),
+        _password_assignment,
+        priority=PRIORITY_GENERIC,
+    ),
+)
+
+CONTENT_RULES: tuple[ContentRule, ...] = TOKEN_RULES + (PRIVATE_KEY_RULE,) + CONTEXT_RULES
+
+# Base64 that decodes to "-----BEGIN": a PEM file stored base64-wrapped (Kubernetes
+# Secrets, kubeconfig ``client-key-data``, CI variables).
+BASE64_PEM_ANCHOR = b"LS0tLS1CRUdJTi"
+# Where base64 values hold secrets by design: their decoded form is scanned too.
+BASE64_CONTEXT_ANCHORS = (b"kind: Secret", b'"kind": "Secret"', b"-data:", b'-data":')
+BASE64_VALUE = re.compile(
+    rb"(?<![A-Za-z0-9+/])(?P<value>[A-Za-z0-9+/]{20,}={0,2})(?![A-Za-z0-9+/=])"
+)
+
+
+def detector_ids() -> frozenset[str]:
+    """Every detector id a finding may carry (allowlists may name these)."""
+    return frozenset(rule.detector for rule in CONTENT_RULES)
+
+
+# --- file-name rules ---------------------------------------------------------------------------
+
+SSH_PRIVATE_KEY_NAMES = frozenset(
+    {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "id_xmss"}
+)
+KEYSTORE_EXTENSIONS = frozenset({".p12", ".pfx", ".jks", ".keystore", ".bks"})
+# .env variants that are committed on purpose as templates for the real one.
+ENV_TEMPLATE_SUFFIXES = frozenset(
+    {"example", "sample", "template", "dist", "defaults", "default", "schema", "tpl"}
+)
+DER_KEY_EXTENSIONS = frozenset({".key", ".pk8"})
+_SERVICE_ACCOUNT_PRIVATE_KEY = re.compile(rb'"private_key"\s*:\s*"-----BEGIN')
+# Names whose content rules differ (see ContentRule.basenames).
+SPECIAL_BASENAMES = frozenset({".npmrc", ".pypirc", ".netrc", "_netrc"})
+
+
+def name_rule(path: str) -> RuleId | None:
+    """The rule a file's name alone triggers, if any."""
+    return _name_rule(posixpath.basename(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_rule(base: str) -> RuleId | None:
+    lower = base.lower()
+    if lower == ".env" or (
+        lower.startswith(".env.") and lower.split(".")[-1] not in ENV_TEMPLATE_SUFFIXES
+    ):
+        return RuleId.ENV_FILE
+    if lower in SSH_PRIVATE_KEY_NAMES:
+        return RuleId.SSH_PRIVATE_KEY_FILE
+    if posixpath.splitext(lower)[1] in KEYSTORE_EXTENSIONS:
+        return RuleId.KEYSTORE_FILE
+    if _CREDENTIALS_NAME.fullmatch(lower):
+        return RuleId.CREDENTIALS_FILE
+    if lower == ".git-credentials":
+        return RuleId.GIT_CREDENTIALS_FILE
+    return None
+
+
+_CREDENTIALS_NAME = re.compile(r"credentials.*\.json", re.DOTALL)
+_SERVICE_ACCOUNT_NAME = re.compile(r"service.account.*\.json", re.DOTALL)
+
+
+def name_and_content_rule(path: str, data: bytes) -> RuleId | None:
+    """Rules that need both: a service-account JSON with its key, a DER-encoded private key."""
+    lower = posixpath.basename(path).lower()
+    if _SERVICE_ACCOUNT_NAME.fullmatch(lower) and _SERVICE_ACCOUNT_PRIVATE_KEY.search(data):
+        return RuleId.CREDENTIALS_FILE
+    if posixpath.splitext(lower)[1] in DER_KEY_EXTENSIONS and is_der_sequence(data):
+        return RuleId.KEYSTORE_FILE
+    return None
+
+
+def content_profile(path: str) -> str:
+    """What of a path's name the content scan depends on: equal profiles give equal
+    content findings for equal bytes, so results are cached by (blob id, profile)."""
+    return _content_profile(posixpath.basename(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_profile(base: str) -> str:
+    lower = base.lower()
+    extension = posixpath.splitext(lower)[1]
+    return "|".join(
+        (
+            base if base in SPECIAL_BASENAMES else "",
+            "code" if extension in CODE_EXTENSIONS else "",
+            "sa" if _SERVICE_ACCOUNT_NAME.fullmatch(lower) else "",
+            "der" if extension in DER_KEY_EXTENSIONS else "",
+        )
+    )
+
+
+def is_der_sequence(data: bytes) -> bool:
+    """Whether ``data`` is exactly one DER-encoded ASN.1 SEQUENCE, as a binary key file is.
+
+    A PEM key in a .key file is the content rules' job; this catches the binary form,
+    checking the encoded length so that text starting with "0" does not pass.
+    """
+    if len(data) < 2 or data[0] != 0x30:
+        return False
+    first = data[1]
+    if first < 0x80:
+        return first == len(data) - 2
+    width = first & 0x7F
+    if not 1 <= width <= 4 or len(data) < 2 + width:
+        return False
+    return int.from_bytes(data[2 : 2 + width], "big") == len(data) - 2 - width

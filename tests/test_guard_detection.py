@@ -1,0 +1,560 @@
+"""The guard's detection core, pure: paths and bytes in, findings out.
+
+The corpus is made at collection, so that each planted secret and each benign file is its
+own test case: random tokens in each provider's format and real keys (openssl,
+ssh-keygen, gpg), built at run time; no token-shaped literal sits in the repository.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import subprocess
+import tempfile
+from pathlib import Path
+
+import guard_corpus as corpus
+import pytest
+from guard_corpus import ALNUM, KeyMaker, Randomness, stdlib_text, synthetic_minified_js
+
+from gitsieve.common.judge.guard.allowlist import Allowlist, AllowlistError, EntryKind, compile_glob
+from gitsieve.common.judge.guard.findings import (
+    Finding,
+    FindingKind,
+    Fingerprinter,
+    RuleId,
+    git_blob_id,
+)
+from gitsieve.common.judge.guard.rules import CONTENT_RULES, content_profile
+from gitsieve.common.judge.guard.scanner import SecretScanner, is_binary
+from gitsieve.common.judge.guard.sizeguard import lfs_track_command, oversized
+
+KEY = bytes(range(32))
+MIB = 1 << 20
+
+with tempfile.TemporaryDirectory(prefix="guard-corpus-") as _made_in:
+    PLANTED = corpus.planted_secrets(Path(_made_in))
+    NAMED = corpus.named_files(Path(_made_in))
+    BENIGN = corpus.benign_files(Path(_made_in))
+
+
+@pytest.fixture(scope="module")
+def scanner() -> SecretScanner:
+    return SecretScanner(key=KEY)
+
+
+def shown_text(finding: Finding) -> str:
+    """Everything a Finding could show: its repr, its rendering and each field."""
+    fields = [str(getattr(finding, f.name)) for f in dataclasses.fields(finding)]
+    return "\n".join([repr(finding), finding.render(), *fields])
+
+
+def assert_never_shown(finding: Finding, secret: bytes) -> None:
+    text = shown_text(finding).encode()
+    pieces = {secret[i : i + 12] for i in range(0, max(1, len(secret) - 11))}
+    assert not [piece for piece in pieces if piece in text], \
+        f"{finding.rule.value} shows part of its secret"
+
+
+# --- the corpus ----------------------------------------------------------------------------
+
+
+def test_the_corpus_plants_enough_kinds():
+    assert len({p.kind for p in PLANTED}) >= 60
+    assert len({b.kind for b in BENIGN}) >= 20
+
+
+def test_every_detector_is_exercised_by_the_corpus(scanner):
+    """A rule no planted secret reaches could be broken without any test noticing."""
+    seen = {f.detector for p in PLANTED for f in scanner.scan(p.path, p.content)}
+    assert {rule.detector for rule in CONTENT_RULES} - seen == set()
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=lambda p: p.kind)
+def test_planted_secret_is_found_and_never_shown(scanner, planted):
+    findings = scanner.scan(planted.path, planted.content)
+
+    assert planted.rule in {f.rule.value for f in findings}
+    found = next(f for f in findings if f.rule.value == planted.rule)
+    assert found.kind is FindingKind.SECRET
+    assert found.line >= 1 and found.column >= 1
+    assert len(found.fingerprint) == 32
+    for finding in findings:
+        assert_never_shown(finding, planted.secret)
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=lambda p: p.kind)
+def test_finding_points_at_the_secret(scanner, planted):
+    """Line and column lead the person to the secret (a key block: to its BEGIN line)."""
+    finding = next(
+        f for f in scanner.scan(planted.path, planted.content) if f.rule.value == planted.rule
+    )
+    line = planted.content.split(b"\n")[finding.line - 1]
+    if finding.rule is RuleId.PRIVATE_KEY:
+        assert b"-----BEGIN" in line[finding.column - 1 :]
+    else:
+        assert planted.secret[:8] in line[finding.column - 1 :]
+
+
+@pytest.mark.parametrize("named", NAMED, ids=lambda n: n.kind)
+def test_file_named_like_a_secret_is_held(scanner, named):
+    findings = scanner.scan(named.path, named.content)
+
+    whole_file = [f for f in findings if f.kind is FindingKind.FILE_NAME]
+    assert [f.rule.value for f in whole_file] == [named.rule]
+    assert (whole_file[0].line, whole_file[0].column) == (0, 0)
+
+
+@pytest.mark.parametrize("benign", BENIGN, ids=lambda b: b.kind)
+def test_benign_file_that_looks_random_is_clean(scanner, benign):
+    assert [f.render() for f in scanner.scan(benign.path, benign.content)] == []
+
+
+def test_issue_12_reproduction(scanner, tmp_path):
+    """The four files that were pushed in the issue: three are held, the public key is not."""
+    r = Randomness(12)
+    secret_key = r.mixed(ALNUM + "+/", 40)
+    token = "gh" + "p_" + r.mixed(ALNUM, 36)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "id_rsa")],
+        check=True,
+    )
+
+    env = scanner.scan(
+        "config/.env", f"AWS_REGION=eu-west-1\nAWS_SECRET_ACCESS_KEY={secret_key}\n".encode()
+    )
+    notes = scanner.scan("docs/notes.md", f"# Notes\n\nGitHub token: {token}\n".encode())
+    private = scanner.scan("id_rsa", (tmp_path / "id_rsa").read_bytes())
+    public = scanner.scan("id_rsa.pub", (tmp_path / "id_rsa.pub").read_bytes())
+
+    assert {f.rule for f in env} == {RuleId.ENV_FILE, RuleId.AWS_SECRET_ACCESS_KEY}
+    assert [(f.rule, f.line) for f in notes] == [(RuleId.GITHUB_TOKEN, 3)]
+    assert {f.rule for f in private} == {RuleId.SSH_PRIVATE_KEY_FILE, RuleId.PRIVATE_KEY}
+    assert public == []
+
+
+def test_an_edit_that_removes_the_secret_is_clean(scanner):
+    token = "gl" + "pat-" + Randomness(3).mixed(ALNUM, 20)
+    before = f"deploy:\n  token: {token}\n".encode()
+    after = b"deploy:\n  token: ${GITLAB_TOKEN}\n"
+    assert [f.rule for f in scanner.scan("ci.yml", before)] == [RuleId.GITLAB_TOKEN]
+    assert scanner.scan("ci.yml", after) == []
+
+
+def test_base64_encoded_secrets_in_a_kubernetes_secret_are_found(scanner, tmp_path):
+    token = ("gh" + "p_" + Randomness(4).mixed(ALNUM, 36)).encode()
+    key = KeyMaker(tmp_path).pkcs8()
+    manifest = (b"apiVersion: v1\nkind: Secret\ndata:\n  token: " + base64.b64encode(token)
+                + b"\n  tls.key: " + base64.b64encode(key) + b"\n")
+    findings = scanner.scan("k8s/secret.yaml", manifest)
+    assert [(f.rule, f.line) for f in findings] == [(RuleId.GITHUB_TOKEN, 4),
+                                                    (RuleId.PRIVATE_KEY, 5)]
+    assert "base64" in findings[0].description
+    assert_never_shown(findings[0], token)
+    # A base64-wrapped PEM block is found wherever it is (a kubeconfig, a CI variable).
+    elsewhere = scanner.scan("ci/vars.txt", b"KEY=" + base64.b64encode(key) + b"\n")
+    assert [f.rule for f in elsewhere] == [RuleId.PRIVATE_KEY]
+
+
+def test_same_secret_twice_is_two_findings_with_one_fingerprint(scanner):
+    r = Randomness(5)
+    token = "xo" + "xb-" + r.text("0123456789", 11) + "-" + r.text("0123456789", 13) + "-" \
+        + r.mixed(ALNUM, 24)
+    findings = scanner.scan("bot.env.txt", f"A={token}\nB={token}\n".encode())
+    assert [f.line for f in findings] == [1, 2]
+    assert findings[0].fingerprint == findings[1].fingerprint
+
+
+def test_one_key_has_one_fingerprint_raw_or_json_escaped(scanner, tmp_path):
+    key = KeyMaker(tmp_path).pkcs8()
+    (raw,) = scanner.scan("a.txt", key)
+    (escaped,) = scanner.scan("b.json", b'{"k": "' + key.replace(b"\n", b"\\n") + b'"}')
+    assert raw.fingerprint == escaped.fingerprint
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "aws_access_key_id = AKIAIOSFODNN7EXAMPLE",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "token: " + "gh" + "p_" + "x" * 36,
+        "token: " + "gh" + "p_" + "0" * 36,
+        "STRIPE=" + "sk" + "_live_" + "X" * 24,
+        "key = " + "AI" + "za" + "<your-google-api-key-goes-here>",
+        "url: postgres://user:password@localhost:5432/app",
+        "url: postgres://postgres:postgres@db:5432/app",
+        "url: mysql://app:${DB_PASSWORD}@db/app",
+        "url: https://deploy:<token>@git.example.org/repo.git",
+        "url: redis://:****@cache:6379",
+        "url: https://user:token@github.com/org/repo.git",
+        'client_secret = "' + "abc1" + "Q~" + "x" * 34 + '"',
+        "slack: " + "xo" + "xb-your-token-here",
+        "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n<paste your key here>\n"
+        "-----END OPENSSH PRIVATE KEY-----",
+        # jwt.io's example token: the claims are an example (John Doe, 1234567890)
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwi"
+        "aWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    ],
+    ids=lambda t: t.split("\n")[0][:40],
+)
+def test_placeholders_are_not_findings(scanner, text):
+    assert scanner.scan("docs/example.md", text.encode()) == []
+
+
+PASSWORD = "Zq8!vR2m#Lx"
+
+
+@pytest.mark.parametrize(
+    "path,text",
+    [
+        ("settings.py", f'DB_PASSWORD = "{PASSWORD}"'),
+        ("settings.py", f"password: str = '{PASSWORD}'"),
+        ("app.js", f"const config = {{ apiKey: `{PASSWORD}` }};"),
+        ("config.yaml", f"database:\n  password: {PASSWORD}"),
+        ("app.ini", f"[db]\npasswd={PASSWORD}"),
+        ("deploy.sh", f"export ADMIN_PASSWORD={PASSWORD}"),
+        ("config.json", f'{{"client_secret": "{PASSWORD}"}}'),
+        ("Settings.cs", f'var secretKey = "{PASSWORD}";'),
+        ("django/settings.py", "SECRET_KEY = 'django-insecure-9x!k2@p#t7m$w4q&z1'"),
+    ],
+)
+def test_password_assignment_with_strong_context_is_found(scanner, path, text):
+    assert RuleId.PASSWORD_ASSIGNMENT in {f.rule for f in scanner.scan(path, text.encode())}
+
+
+@pytest.mark.parametrize(
+    "path,text",
+    [
+        ("auth.py", "password = request.POST['password']"),
+        ("auth.py", "password = get_password_from_vault()"),
+        ("auth.py", "if password == 'Zq8!vR2m#Lx':"),
+        ("auth.py",
+         "PASSWORD_HASH = '$2b$12$KIXQJ2ZkbT1v9yQm1p0eUeW4Pp9pEo0g6Yy3bVbqkq7Yx0m4dGm1W'"),
+        ("auth.py", "api_key = settings.API_KEY"),
+        ("auth.py", "secret_name = 'prod/db/credentials'"),
+        ("config.yaml", "password: ${DB_PASSWORD}"),
+        ("config.yaml", "password: '{{ vault_db_password }}'"),
+        ("config.yaml", "password: changeme123"),
+        ("config.yaml", "password: Password123"),
+        ("messages.json", '{"password": "Your password must have 8 characters"}'),
+        ("config.yaml", "secret: MY_SECRET_NAME"),
+        ("config.yaml", "api_key: my.vault.path"),
+        ("main.go", 'password := os.Getenv("PASSWORD")'),
+        ("forms.html", '<input type="password" name="password" placeholder="Password">'),
+        ("README.md", "  password: 'bm90IG15IHJlYWwgcGFzc3dvcmQ=',"),
+        ("README.md",
+         '"SecretArn": "arn:aws:secretsmanager:us-west-2:123456789012:secret:MySecret1-a1b2c3"'),
+        ("webdav.json", '"Password": "generatedwebdavpassword1"'),
+    ],
+)
+def test_password_like_names_without_a_literal_secret_are_not_findings(scanner, path, text):
+    assert scanner.scan(path, text.encode()) == []
+
+
+@pytest.mark.parametrize("path", [".env.example", "config/.env.sample", ".env.template",
+                                  ".env.dist"])
+def test_env_templates_are_not_held_by_name(scanner, path):
+    assert scanner.filename_findings(path) == []
+
+
+@pytest.mark.parametrize(
+    "path,rule",
+    [
+        (".env", RuleId.ENV_FILE),
+        ("app/.env.local", RuleId.ENV_FILE),
+        (".env.production", RuleId.ENV_FILE),
+        ("id_dsa", RuleId.SSH_PRIVATE_KEY_FILE),
+        ("home/.ssh/id_ecdsa", RuleId.SSH_PRIVATE_KEY_FILE),
+        ("certs/store.pfx", RuleId.KEYSTORE_FILE),
+        ("app/release.keystore", RuleId.KEYSTORE_FILE),
+        ("credentials-prod.json", RuleId.CREDENTIALS_FILE),
+        (".git-credentials", RuleId.GIT_CREDENTIALS_FILE),
+    ],
+)
+def test_filename_rules(scanner, path, rule):
+    assert [f.rule for f in scanner.filename_findings(path)] == [rule]
+
+
+@pytest.mark.parametrize("path", ["id_rsa.pub", "id_ed25519.pub", "environment.py", "server.pem",
+                                  "service-account.json", "credentials.yaml", "docs/env.md"])
+def test_names_that_are_not_secret_by_themselves(scanner, path):
+    assert scanner.filename_findings(path) == []
+
+
+def test_service_account_json_without_a_key_is_not_held(scanner):
+    assert scanner.scan("service-account-ci.json",
+                        b'{"type": "service_account", "client_email": "x"}') == []
+
+
+@pytest.mark.parametrize(
+    "path,text",
+    [
+        (".npmrc", "//registry.npmjs.org/:_authToken=${NPM_TOKEN}\n"),
+        (".npmrc", "registry=https://npm.example.org/\nalways-auth=true\n"),
+        (".pypirc", "[pypi]\nusername = __token__\n"),
+        (".pypirc", "[pypi]\npassword = ${PYPI_PASSWORD}\n"),
+        (".netrc", "machine example.org login deploy\n"),
+    ],
+)
+def test_package_manager_config_without_a_credential_is_clean(scanner, path, text):
+    assert scanner.scan(path, text.encode()) == []
+
+
+def test_content_profile_separates_only_what_changes_the_rules():
+    assert content_profile("a/x.txt") == content_profile("b/y.md")
+    assert content_profile("a/x.py") != content_profile("a/x.txt")
+    assert content_profile("web/.npmrc") != content_profile("web/npmrc")
+    assert content_profile("k/service-account-1.json") != content_profile("k/other.json")
+
+
+# --- content edge cases ----------------------------------------------------------------------
+
+_r = Randomness(41)
+GITHUB = ("gh" + "p_" + _r.mixed(ALNUM, 36)).encode()
+AWS_SECRET = _r.mixed(ALNUM + "+/", 40).encode()
+
+
+def rules_and_lines(findings):
+    return [(f.rule, f.line) for f in findings]
+
+
+def test_latin1_text_is_scanned_and_columns_count_bytes(scanner):
+    data = ("# Konfiguration für den Server, Straße 5\n".encode("latin-1") + b"jeton = \xe9"
+            + GITHUB + b"\n")
+    (finding,) = scanner.scan("conf/server.properties", data)
+    assert (finding.rule, finding.line, finding.column) == (RuleId.GITHUB_TOKEN, 2, 10)
+
+
+def test_invalid_utf8_around_a_secret_does_not_hide_it(scanner):
+    data = b"\xff\xc3(\x80 garbage \xed\xa0\x80\n" + b"aws_secret_access_key=" + AWS_SECRET \
+        + b"\n\xfe"
+    assert rules_and_lines(scanner.scan("creds.txt", data)) == [(RuleId.AWS_SECRET_ACCESS_KEY, 2)]
+
+
+def test_crlf_line_endings(scanner):
+    data = b"a = 1\r\nb = 2\r\ntoken = '" + GITHUB + b"'\r\n"
+    (finding,) = scanner.scan("win.ini", data)
+    assert (finding.line, finding.column) == (3, 10)
+
+
+def test_binary_data_is_checked_for_private_keys_only(scanner, tmp_path):
+    key = KeyMaker(tmp_path).pkcs8()
+    blob = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4
+    assert is_binary(blob)
+    assert scanner.scan("bin/tool", blob + b"token=" + GITHUB + b"\x00") == []
+    assert rules_and_lines(scanner.scan("bin/tool", blob + b"\n" + key + b"\x00")) == [
+        (RuleId.PRIVATE_KEY, blob.count(b"\n") + 2)]
+
+
+def test_nul_after_the_probe_window_is_text(scanner):
+    data = b"x" * 8000 + b"\x00\ntoken " + GITHUB + b"\n"
+    assert not is_binary(data)
+    assert rules_and_lines(scanner.scan("data.txt", data)) == [(RuleId.GITHUB_TOKEN, 2)]
+
+
+def test_der_private_key_file_is_held_by_name_and_form(scanner, tmp_path):
+    pem = KeyMaker(tmp_path).pkcs8()
+    der = subprocess.run(["openssl", "pkey", "-outform", "DER"], input=pem, capture_output=True,
+                         check=True).stdout
+    assert [f.rule for f in scanner.scan("certs/client.key", der)] == [RuleId.KEYSTORE_FILE]
+    assert scanner.scan("certs/notes.key", b"0 keys here, see README\n") == []
+
+
+def test_five_megabyte_file(scanner):
+    body = stdlib_text(100_000) * 50
+    assert scanner.scan("big/corpus.py", body) == []
+    (finding,) = scanner.scan("big/corpus.py", body + b"\nAPI = '" + GITHUB + b"'\n")
+    assert finding.line == body.count(b"\n") + 2
+
+
+def test_a_piece_of_a_large_blob_reports_lines_of_the_whole(scanner):
+    (finding,) = scanner.scan("big.txt", b"a\nb '" + GITHUB + b"'\n", first_line=1001)
+    assert (finding.line, finding.column) == (1002, 4)
+
+
+def test_secret_deep_in_a_long_minified_line(scanner):
+    bundle = synthetic_minified_js(Randomness(42), size=120_000).rstrip(b"\n")
+    assert b"\n" not in bundle[:100_000]
+    inserted = bundle[:60_000] + b';var c={aws_secret_access_key:"' + AWS_SECRET + b'"};' \
+        + bundle[60_000:]
+    (finding,) = scanner.scan("static/app.min.js", inserted)
+    assert finding.rule is RuleId.AWS_SECRET_ACCESS_KEY
+    assert (finding.line, finding.column) == (1, inserted.index(AWS_SECRET) + 1)
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"\x00", b"-----BEGIN"])
+def test_degenerate_inputs(scanner, data):
+    assert scanner.scan("empty", data) == []
+
+
+# --- allowlists ------------------------------------------------------------------------------
+
+_a = Randomness(21)
+GH = "gh" + "p_" + _a.mixed(ALNUM, 36)
+STRIPE = "sk" + "_live_" + _a.mixed(ALNUM, 30)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f'TOKEN = "{GH}"  # gitsieve:allow',
+        f'const token = "{GH}"; // gitsieve:allow',
+        f"token: {GH} # gitsieve:allow=github-token",
+        f'<meta name="t" content="{GH}"> <!-- gitsieve:allow=github-token -->',
+        f"SELECT '{GH}'; -- gitsieve:allow=jwt,github-token",
+        f"/* gitsieve:allow */ token = '{GH}'",
+    ],
+)
+def test_inline_marker_on_the_line_allows(scanner, line):
+    assert scanner.scan("src/app.txt", line.encode() + b"\n") == []
+
+
+def test_inline_marker_is_ignored_when_switched_off():
+    strict = SecretScanner(key=KEY, inline_allow=False)
+    assert [f.rule for f in strict.scan("a.py", f'T = "{GH}"  # gitsieve:allow\n'.encode())] \
+        == [RuleId.GITHUB_TOKEN]
+
+
+def test_inline_marker_for_another_rule_does_not_allow(scanner):
+    findings = scanner.scan("src/app.py", f'TOKEN = "{GH}"  # gitsieve:allow=jwt\n'.encode())
+    assert [f.rule for f in findings] == [RuleId.GITHUB_TOKEN]
+
+
+def test_inline_marker_only_covers_its_own_line(scanner):
+    text = f"# gitsieve:allow\na = '{GH}'\nb = '{STRIPE}'  # gitsieve:allow\n"
+    assert rules_and_lines(scanner.scan("src/app.py", text.encode())) == [
+        (RuleId.GITHUB_TOKEN, 2)]
+
+
+def test_allowlist_file_entries(scanner):
+    (github_finding,) = scanner.scan("docs/a.md", GH.encode())
+    sendgrid = "SG." + _a.mixed(ALNUM, 22) + "." + _a.mixed(ALNUM, 43)
+    allowlist = Allowlist.parse(
+        "# releases, one per line\n"
+        f"{github_finding.fingerprint.upper()}   # the demo token in the docs\n"
+        "path:tests/fixtures/**\n"
+        "rule:stripe-secret-key billing/*.rb\n"
+        "rule:sendgrid-api-key\n",
+        known_rule_ids=scanner.known_rule_ids,
+    )
+    assert [e.kind for e in allowlist.entries] == [EntryKind.FINGERPRINT, EntryKind.PATH,
+                                                   EntryKind.RULE, EntryKind.RULE]
+    (elsewhere,) = scanner.scan("src/other.py", f"t = '{GH}'".encode())
+    assert allowlist.allowing(elsewhere).origin == ".gitsieve-allow:2"
+    other_token = scanner.scan("src/other.py", ("gh" + "p_" + _a.mixed(ALNUM, 36)).encode())
+    assert allowlist.filter(other_token) == other_token
+    assert allowlist.filter(scanner.scan("tests/fixtures/deep/.env",
+                                         f"T={STRIPE}\n".encode())) == []
+    assert allowlist.filter(scanner.scan("billing/pay.rb", f"k = '{STRIPE}'".encode())) == []
+    assert [f.rule for f in allowlist.filter(scanner.scan("shop/pay.rb",
+                                                          f"k = '{STRIPE}'".encode()))] \
+        == [RuleId.STRIPE_SECRET_KEY]
+    # rule: may name a detector id, which covers that format only
+    assert allowlist.filter(scanner.scan("mail.py", f"k = '{sendgrid}'".encode())) == []
+    assert allowlist.entries[3].render() == ".gitsieve-allow:5: rule:sendgrid-api-key"
+
+
+def test_rule_entry_covers_size_findings_too():
+    allowlist = Allowlist.parse("rule:oversized-new-file data/**\n")
+    held = oversized("data/train.parquet", 60 * MIB, 10 * MIB, head_size=None, lfs_routed=False)
+    assert allowlist.filter([held]) == []
+
+
+def test_every_bad_line_is_reported_with_file_and_line():
+    text = "\n".join(["# fine", "abc123", "path:", "rule:no-such-rule", "rule:jwt a/** b/**",
+                      "path:src/[abc", "path:!secrets/**", "path:../outside", "allow everything",
+                      "path:tests/**"])
+    with pytest.raises(AllowlistError) as raised:
+        Allowlist.parse(text, source="ws/.gitsieve-allow")
+    problems = raised.value.problems
+    assert [p.split(": ", 1)[0] for p in problems] == [f"ws/.gitsieve-allow:{n}"
+                                                       for n in range(2, 10)]
+    assert "32 hex characters" in problems[0]
+    assert "unknown rule id 'no-such-rule'" in problems[2]
+
+
+def test_detector_ids_need_the_scanners_known_ids(scanner):
+    with pytest.raises(AllowlistError, match="unknown rule id 'sendgrid-api-key'"):
+        Allowlist.parse("rule:sendgrid-api-key")
+    assert Allowlist.parse("rule:sendgrid-api-key", known_rule_ids=scanner.known_rule_ids)
+
+
+@pytest.mark.parametrize(
+    "glob,path,expected",
+    [
+        ("*.pem", "a/b/server.pem", True),
+        ("*.pem", "server.pem.txt", False),
+        ("tests/fixtures", "tests/fixtures/keys/a.pem", True),
+        ("tests/fixtures", "src/tests/fixtures/a.pem", False),
+        ("fixtures", "src/tests/fixtures/a.pem", True),
+        ("/docs/*.md", "docs/a.md", True),
+        ("docs/*.md", "docs/sub/a.md", False),
+        ("docs/**/*.md", "docs/sub/deeper/a.md", True),
+        ("docs/**/*.md", "docs/a.md", True),
+        ("key[0-9].txt", "keyA.txt", False),
+        ("key[!0-9].txt", "keyA.txt", True),
+    ],
+)
+def test_glob_semantics_follow_gitignore(glob, path, expected):
+    assert bool(compile_glob(glob).fullmatch(path)) is expected
+
+
+def test_set_aside_matches_are_counted_not_shown(scanner):
+    before = scanner.stats.copy()
+    scanner.scan("src/a.py", f'T = "{GH}"  # gitsieve:allow\nK = "AKIAIOSFODNN7EXAMPLE"\n'.encode())
+    assert scanner.stats["inline_allowed"] == before["inline_allowed"] + 1
+    assert scanner.stats["placeholders"] > before["placeholders"]
+
+
+# --- fingerprints and blob ids ---------------------------------------------------------------
+
+TOKEN = "np" + "m_" + Randomness(31).mixed(ALNUM, 36)
+
+
+def fingerprint_of(scanner, path, text):
+    (finding,) = scanner.scan(path, text.encode())
+    return finding.fingerprint
+
+
+def test_fingerprint_recognises_the_same_secret_again_and_is_keyed(scanner):
+    first = fingerprint_of(scanner, "a/publish.sh", f"npm token {TOKEN}\n")
+    assert first == fingerprint_of(SecretScanner(key=KEY), "c.txt", TOKEN)
+    assert first != fingerprint_of(SecretScanner(key=b"another installation key"), "c", TOKEN)
+    assert first not in (hashlib.sha256(TOKEN.encode()).hexdigest(),
+                         hashlib.sha1(TOKEN.encode()).hexdigest())
+    assert first == hmac.new(KEY, b"secret\0" + TOKEN.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def test_key_is_checked_and_never_shown():
+    with pytest.raises(ValueError, match="at least 16"):
+        Fingerprinter(b"short")
+    assert KEY.hex() not in repr(Fingerprinter(KEY))
+
+
+@pytest.mark.parametrize("object_format", ["sha1", "sha256"])
+def test_git_blob_id_matches_git(tmp_path, object_format):
+    subprocess.run(["git", "init", "-q", f"--object-format={object_format}", str(tmp_path)],
+                   check=True)
+    for data in (b"", b"hello\n", bytes(range(256)) * 40):
+        expected = subprocess.run(["git", "-C", str(tmp_path), "hash-object", "--stdin"],
+                                  input=data, capture_output=True, check=True).stdout
+        assert git_blob_id(data, object_format) == expected.decode().strip()
+
+
+# --- the size guard --------------------------------------------------------------------------
+
+
+def test_size_guard():
+    limit = 10 * MIB
+    held = oversized("data/dump.bin", 60 * MIB, limit, head_size=None, lfs_routed=False)
+    assert held.rule is RuleId.OVERSIZED_NEW_FILE and held.kind is FindingKind.SIZE
+    assert 'git lfs track "*.bin"' in held.description
+    assert "60.0 MiB > 10.0 MiB" in held.render()
+    assert oversized("data/small.bin", 5 * MIB, limit, head_size=None, lfs_routed=False) is None
+    assert oversized("media/film.mp4", 600 * MIB, limit, head_size=None, lfs_routed=True) is None
+    grown = oversized("logs/app.log", 11 * MIB, limit, head_size=4 * MIB, lfs_routed=False)
+    assert grown.rule is RuleId.OVERSIZED_GROWTH
+    assert oversized("big.psd", 70 * MIB, limit, head_size=60 * MIB, lfs_routed=False) is None
+    assert lfs_track_command("bin/tool") == 'git lfs track "bin/tool"'
