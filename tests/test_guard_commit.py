@@ -136,7 +136,7 @@ def test_release_records_are_private_and_the_key_too(workspace, guarded):
     runtime = workspace.load().runtime_dir
     for name in (KEY_FILE, "guard-releases.json"):
         assert (os.stat(runtime / name).st_mode & 0o777) == 0o600, name
-    records = ReleaseStore(runtime, workspace.root).records()
+    records = ReleaseStore(runtime).records()
     assert [record["path"] for record in records.values()] == ["x.txt"]
 
 

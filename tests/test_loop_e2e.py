@@ -68,9 +68,8 @@ class UserGitsieve:
     def stop(self) -> int:
         """SIGTERM to gitsieve itself (runuser, its parent, would die of it instead)."""
         if self.proc.poll() is None:
-            runner = [child for child in psutil.Process(self.proc.pid).children(recursive=True)
-                      if "gitsieve.common.tools.cli" in " ".join(child.cmdline())]
-            for child in runner[:1]:
+            # runuser's only child is the runner ("gitsieve: run WS" once it titled itself).
+            for child in psutil.Process(self.proc.pid).children():
                 child.terminate()
             try:
                 self.proc.wait(15)

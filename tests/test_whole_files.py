@@ -3,7 +3,8 @@
 - A file written in pieces (64 KiB every 0.25 s for 5 s, then closed) and a 60 MB file
   written by ``head -c 60M /dev/urandom`` reach the remote in exactly one commit each,
   the final version: no intermediate size is ever committed.  In exact (fanotify) and
-  psutil attribution as root, and as an ordinary user.
+  psutil attribution as root, and as an ordinary user.  (The size guard is raised here;
+  ``test_guard`` holds such a file at the default limit.)
 - A rename is one commit: into a directory created just before (its watch did not exist
   yet), a case-only rename, and a file <-> directory swap, each with a real ``mv``.
 """
@@ -40,6 +41,8 @@ FAST = """
     max_commits_per_day = 100000
     [health]
     interval = 0.5
+    [guard]
+    max_new_file_mb = 100  # the 60 MB file is the point here, not the size guard
 """
 
 

@@ -64,6 +64,8 @@ from typing import Iterable, Iterator, Sequence
 
 import msgpack
 
+from gitsieve.common.config.runtime import give_to_directory_owner
+
 log = logging.getLogger(__name__)
 
 PID_BITS = 22  # pid_max is at most 2**22
@@ -223,14 +225,6 @@ def ensure_directory(directory: Path) -> Path:
     return directory
 
 
-def _give_to_directory_owner(fd: int, directory: Path) -> None:
-    """Root writing into someone's journal: the file is theirs, so their gitsieve reads it."""
-    if os.geteuid() == 0:
-        info = os.stat(directory)
-        if info.st_uid != 0:
-            os.fchown(fd, info.st_uid, info.st_gid)
-
-
 # ----- encoding ------------------------------------------------------------------------------
 def _decode(item: object) -> Record | None:
     if not isinstance(item, list) or len(item) != 8:
@@ -322,7 +316,7 @@ def _write_segment(directory: Path, name: str, records: Sequence[Record]) -> int
     temporary = directory / f".{name}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        _give_to_directory_owner(fd, directory)
+        give_to_directory_owner(fd, directory)
         _write_all(fd, data)
     finally:
         os.close(fd)
@@ -370,7 +364,7 @@ class JournalWriter:
     def _open_segment(self, name: str) -> int:
         fd = os.open(self.directory / name,
                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        _give_to_directory_owner(fd, self.directory)
+        give_to_directory_owner(fd, self.directory)
         return fd
 
     def append(self, entries: Sequence[tuple[Op, bytes, int]],
@@ -464,7 +458,7 @@ def merge_dead_segments(directory: Path, merger: str, serial: int, policy: Reten
     """
     lock_fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        _give_to_directory_owner(lock_fd, directory)
+        give_to_directory_owner(lock_fd, directory)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

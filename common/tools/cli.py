@@ -133,7 +133,7 @@ def cmd_release(args) -> int:
         print(f"released {path} ({len(versions)} version(s): {shown}): that content is "
               "committed and pushed as it is; a later change is checked again")
     try:
-        ReleaseStore(config.runtime_dir, config.workspace).add(released)
+        ReleaseStore(config.runtime_dir).add(released)
     except GuardStoreError as exc:
         raise UsageError(str(exc)) from None
     return 0

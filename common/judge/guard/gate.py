@@ -179,9 +179,9 @@ class CommitGuard:
 
     def __init__(self, config: Config, git: Git):
         self.config, self.git = config, git
-        self.judge = GuardJudge(installation_key(config.runtime_dir, config.workspace),
+        self.judge = GuardJudge(installation_key(config.runtime_dir),
                                 settings_of(config))
-        self.releases = ReleaseStore(config.runtime_dir, config.workspace)
+        self.releases = ReleaseStore(config.runtime_dir)
         self.reader = BlobReader(git)
         self.allowlist_file = allowlist_path(config)
         self._allowlist_signature: tuple | None = None

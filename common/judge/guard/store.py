@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.judge.guard.findings import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,13 @@ class GuardStoreError(Exception):
     """A key or release file that cannot be read or written; ``str()`` says which and why."""
 
 
-def owner_uid(workspace: Path) -> int:
-    """Whose files these are: the work tree's owner when running as root, else ours."""
-    return os.stat(workspace).st_uid if os.geteuid() == 0 else os.geteuid()
-
-
-def _write_private(path: Path, data: bytes, owner: int) -> None:
-    """Write ``path`` atomically, mode 0600, owned by ``owner``."""
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically, mode 0600, owned as its directory is."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
                  0o600)
     try:
-        if owner != os.geteuid():
-            os.fchown(fd, owner, -1)
+        give_to_directory_owner(fd, path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -57,7 +52,7 @@ def _write_private(path: Path, data: bytes, owner: int) -> None:
     os.replace(temp, path)
 
 
-def installation_key(runtime_dir: Path, workspace: Path) -> bytes:
+def installation_key(runtime_dir: Path) -> bytes:
     """The fingerprint key of this installation, made (32 random bytes, 0600) on first use."""
     path = runtime_dir / KEY_FILE
     try:
@@ -67,14 +62,12 @@ def installation_key(runtime_dir: Path, workspace: Path) -> bytes:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:  # made meanwhile by another process: use theirs
-            return installation_key(runtime_dir, workspace)
+            return installation_key(runtime_dir)
         except OSError as exc:
             raise GuardStoreError(f"{path}: cannot create the fingerprint key: "
                                   f"{exc.strerror}") from None
-        owner = owner_uid(workspace)
         with os.fdopen(fd, "wb") as handle:
-            if owner != os.geteuid():
-                os.fchown(handle.fileno(), owner, -1)
+            give_to_directory_owner(handle.fileno(), runtime_dir)
             handle.write(key)
         return key
     except OSError as exc:
@@ -94,10 +87,9 @@ def installation_key(runtime_dir: Path, workspace: Path) -> bytes:
 class ReleaseStore:
     """The release records: ``{blob id: {"path": path, "released": unix time}}``."""
 
-    def __init__(self, runtime_dir: Path, workspace: Path):
+    def __init__(self, runtime_dir: Path):
         self.path = runtime_dir / RELEASES_FILE
         self.lock_path = runtime_dir / (RELEASES_FILE + ".lock")
-        self.workspace = workspace
         self._signature: tuple | None = None
         self._records: dict[str, dict] = {}
 
@@ -134,14 +126,12 @@ class ReleaseStore:
 
     def add(self, released: dict[str, str]) -> int:
         """Record ``{blob id: path}``; the number of new records."""
-        owner = owner_uid(self.workspace)
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise GuardStoreError(f"{self.lock_path}: {exc.strerror}") from None
         try:
-            if owner != os.geteuid():
-                os.fchown(fd, owner, -1)
+            give_to_directory_owner(fd, self.lock_path.parent)
             fcntl.flock(fd, fcntl.LOCK_EX)
             records = self._read()
             now = round(time.time(), 3)
@@ -153,7 +143,7 @@ class ReleaseStore:
             while len(records) > MAX_RELEASES:
                 records.pop(next(iter(records)))
             _write_private(self.path, json.dumps({"version": 1, "releases": records},
-                                                 indent=1).encode(), owner)
+                                                 indent=1).encode())
             return new
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
