@@ -71,6 +71,42 @@ def test_a_closed_record_extends_the_window_and_a_held_file_is_always_the_agents
     assert claim.action is ProcessAction.HELD_OPEN and claim.record.pid == 8
 
 
+def test_a_version_read_before_the_agents_next_write_open_was_recorded_stays_its(journal):
+    # L2 read the version the 100.0 open wrote; the agent's next open (101.0) was recorded
+    # before L2 read the journal (a file rewritten every 0.3-1 s, a loaded machine)
+    journal.touches.add([record(Op.OPEN_WRITE, "stamp", 100.0, 1),
+                         record(Op.OPEN_WRITE, "stamp", 101.0, 2)])
+    assert journal.claim_version("stamp", 100.01, NO_BLOB).record.seq == 1
+    assert journal.claim_version("stamp", 101.01, NO_BLOB).record.seq == 2
+    assert journal.claim_version("stamp", 100.6, NO_BLOB) is None  # between: not the agent's
+    journal.touches.add([record(Op.UNLINK, "stamp", 102.0, 3)])
+    assert journal.claim_version("stamp", 100.01, NO_BLOB) is None  # removed since
+
+
+def test_the_overlay_reads_the_version_before_the_journal(tmp_path):
+    """The agent writes its next version while L2 reads the journal: the version L2 saw
+    was the agent's, and is judged so (read the other way round, the new version would
+    be judged against a journal that lacks its record)."""
+    target = tmp_path / "stamp.txt"
+    target.write_text("v1\n")
+    journal = AgentJournal(tmp_path / "journal", tmp_path, holds_open=lambda *_: False)
+    pending = [record(Op.OPEN_WRITE, "stamp.txt", os.lstat(target).st_ctime, 1)]
+
+    def refresh() -> None:  # the journal as read now, then the agent's next write
+        journal.touches.add(pending)
+        pending.clear()
+        time.sleep(WRITE_WINDOW + 0.1)
+        pending.append(record(Op.OPEN_WRITE, "stamp.txt", time.time(), 2))
+        target.write_text("v2\n")
+
+    journal.refresh = refresh
+    overlay = JournalOverlay(None, NoWriter(), journal)
+    found = overlay.attribute(target, time.time())
+    assert found is not None and found.writer == Writer.SYSTEM
+    assert found.pid == 7 and found.technique is Technique.AGENT_JOURNAL
+    overlay.close()
+
+
 def test_a_directory_the_agent_moved_carries_its_files(journal):
     journal.touches.add([record(Op.RENAME_TO, "build", 100.0, 1)])
     assert journal.claim_version("build/deep/x.o", 50.0, NO_BLOB).action is (
@@ -157,6 +193,20 @@ def test_marked_versions_are_system_until_someone_changes_them(workspace, l2):
     assert judge(l2, workspace, "other.md").verdict == Writer.UNKNOWN
     workspace.write("notes.md", "then mine\n")
     assert judge(l2, workspace, "notes.md").verdict == Writer.UNKNOWN
+
+
+class NoWriter:
+    """A base attributor that knows no writer (psutil without a sighting)."""
+
+    mode = Mode.PSUTIL
+
+    def attribute(self, abs_path, observed, since=0.0):
+        return None
+
+    attribute_removal = attribute
+
+    def close(self) -> None:
+        """Nothing held."""
 
 
 class NamedWriter:

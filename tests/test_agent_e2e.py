@@ -221,7 +221,13 @@ def check(session: Session, setup: str, edited: set[str], head_before_tail: str,
         "a commit while only the agent ran:\n" + session.user.run(
             "git", "-C", str(session.ws.remote), "log", "--stat",
             f"{head_before_tail}..main").stdout)
-    assert not leaked, f"agent paths committed: {leaked}"
+    if leaked:  # what each layer said, and the agent's own log of those paths
+        explained = control.request(session.config, "debouncer", "explain",
+                                    {"paths": leaked}, timeout=2.0).data
+        own = [entry for entry in entries if entry["path"] in leaked]
+        log = session.gitsieve_log.read_text(errors="replace")
+        raise AssertionError(f"agent paths committed: {leaked}\nexplain: {explained}\n"
+                             f"agent log: {own[-20:]}\ngitsieve log: {log[-6000:]}")
     assert edited <= committed
     removed = {entry["path"] for entry in entries if entry["kind"] in ("rm", "mv-away")}
     assert set(SEEDS) <= removed, "the agent did not get to the committed files"

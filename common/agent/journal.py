@@ -84,6 +84,9 @@ LATE_CHECK = 0.2
 # A file's ctime is read from the kernel's coarse clock: up to a tick behind time.time().
 CTIME_SLACK = 0.05
 WRITE_WINDOW = LATE_CHECK + CTIME_SLACK
+# Write records kept per path besides the newest (readers only): L2 may read a file's
+# version a moment before the agent's next write-open of it is recorded.
+EARLIER_WRITES = 3
 
 
 class Op(enum.IntEnum):
@@ -635,13 +638,17 @@ class JournalReader:
 
 
 class AgentTouches:
-    """The newest journal record per (path, family), bounded like the journal: a path's
-    records older than its newest REMOVAL are dropped, removals expire after the policy's
-    retention (the newest ``max_removals`` are kept), everything after ``max_age``."""
+    """The newest journal record per (path, family), and a path's few write records before
+    its newest, bounded like the journal: a path's records older than its newest REMOVAL
+    are dropped, removals expire after the policy's retention (the newest ``max_removals``
+    are kept), everything after ``max_age``."""
 
     def __init__(self, policy: RetentionPolicy = RetentionPolicy()) -> None:
         self.policy = policy
         self._newest: dict[tuple[str, Family], Record] = {}
+        # Earlier write records per path, oldest first: a version read just before the
+        # agent's next write-open was recorded is still judged by its own record.
+        self._earlier_writes: dict[str, tuple[Record, ...]] = {}
         self._removals = 0
 
     def add(self, records: Iterable[Record]) -> None:
@@ -651,11 +658,16 @@ class AgentTouches:
             key = (record.path, family)
             held = newest.get(key)
             if held is not None and record.wall < held.wall:
+                if family is Family.WRITE:
+                    self._keep_earlier(record)
                 continue
             if held is None and family is Family.REMOVAL:
                 self._removals += 1
+            if held is not None and family is Family.WRITE:
+                self._keep_earlier(held)
             newest[key] = record
             if family is Family.REMOVAL:
+                self._earlier_writes.pop(record.path, None)
                 for other in (Family.WRITE, Family.MARK, Family.HOLD):
                     earlier = newest.get((record.path, other))
                     if earlier is not None and earlier.wall < record.wall:
@@ -663,8 +675,20 @@ class AgentTouches:
         if self._removals > self.policy.max_removals:
             self.expire(time.time())
 
+    def _keep_earlier(self, record: Record) -> None:
+        kept = sorted(self._earlier_writes.get(record.path, ()) + (record,),
+                      key=lambda item: item.wall)
+        self._earlier_writes[record.path] = tuple(kept[-EARLIER_WRITES:])
+
     def newest(self, path: str, family: Family) -> Record | None:
         return self._newest.get((path, family))
+
+    def writes(self, path: str) -> list[Record]:
+        """``path``'s write records kept, newest first."""
+        newest = self._newest.get((path, Family.WRITE))
+        if newest is None:
+            return []
+        return [newest, *reversed(self._earlier_writes.get(path, ()))]
 
     def moved_with(self, path: str, family: Family) -> Record | None:
         """The newest rename of a directory above ``path`` (into place for WRITE, away
@@ -694,6 +718,8 @@ class AgentTouches:
                      if record.wall < now - policy.max_age)
         for key in stale:
             del self._newest[key]
+            if key[1] is Family.WRITE:
+                self._earlier_writes.pop(key[0], None)
         self._removals = sum(1 for key in self._newest if key[1] is Family.REMOVAL)
         return len(stale)
 

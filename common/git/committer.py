@@ -33,7 +33,8 @@ Before staging, every path is planned (:meth:`Committer.plan`): from the work tr
 Held paths come back in :attr:`CommitResult.held_paths` with their own reason: a path git
 refuses (a FIFO, a socket; a file git cannot read, found by bisection) is held alone
 (``Hold.GIT_REFUSED``) and the rest is committed; so is a path an optional
-``path_gate(paths) -> {path: Why}`` holds (the guard: a secret, a file too large).
+``path_gate(paths, head) -> {path: Why}`` (before hashing: a file too large) or
+``blob_gate([(path, blob id)]) -> {path: Why}`` (the exact blobs: a secret) holds.
 
 When a push is rejected because the remote moved, the remote branch is fetched and the
 local commits are replayed on it (``pull_strategy = "rebase"``) or merged with it

@@ -45,26 +45,21 @@ _IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
              "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
 
 
+AUTONOMOUS_NAME = "claude-autonomous"
+
+
 def _git(cwd: Path, *args: str) -> str:
     return os.fsdecode(Git(cwd).run(*args, env=_IDENTITY))
 
 
-def make_workspace(base: Path, debounce: float, extra_config: str = "") -> Path:
-    remote, root = base / "remote.git", base / "ws"
-    _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
-    _git(base, "init", "-q", "-b", "main", str(root))
-    _git(root, "config", "user.name", "bench")
-    _git(root, "config", "user.email", "bench@localhost")
-    _git(root, "remote", "add", "origin", str(remote))
-    (root / "docs").mkdir()
-    (root / "notes").mkdir()
-    patterns = root / ".claude/sync-filter/system-patterns.conf"
-    patterns.parent.mkdir(parents=True)
-    patterns.write_text(PATTERNS)
-    (root / config_mod.CONFIG_NAME).write_text(f"""\
-[filter]
-autonomous_processes = ["claude-autonomous"]
-process_cache_ttl = 1
+def bench_config(debounce: float, *, autonomous: bool = True, fast_health: bool = True,
+                 filter_lines: str = "", extra: str = "") -> str:
+    """The benchmarks' config: quiet periods of ``debounce`` s, no rate limits;
+    ``autonomous``: the simulated agent's name is an autonomous process; ``fast_health``:
+    health verdicts every 0.5 s (not for CPU figures); ``filter_lines`` go into
+    ``[filter]``, ``extra`` (whole sections) at the end."""
+    names = f'autonomous_processes = ["{AUTONOMOUS_NAME}"]\n' if autonomous else ""
+    return (f"[filter]\n{names}{filter_lines}" if names or filter_lines else "") + f"""\
 [debounce]
 allow = {debounce}
 default = {debounce}
@@ -73,9 +68,30 @@ rules = []
 max_commits_per_hour = 100000
 max_commits_per_day = 100000
 cooldown_seconds = 0
-[health]
-interval = 0.5
-""" + extra_config)
+""" + ("[health]\ninterval = 0.5\n" if fast_health else "") + extra
+
+
+def bare_workspace(base: Path, config_text: str) -> Path:
+    """A work tree with a bare ``origin``, ``config_text`` as its (uncommitted) config."""
+    remote, root = base / "remote.git", base / "ws"
+    _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
+    _git(base, "init", "-q", "-b", "main", str(root))
+    _git(root, "config", "user.name", "bench")
+    _git(root, "config", "user.email", "bench@localhost")
+    _git(root, "remote", "add", "origin", str(remote))
+    (root / config_mod.CONFIG_NAME).write_text(config_text)
+    return root
+
+
+def make_workspace(base: Path, debounce: float, extra_config: str = "") -> Path:
+    """The latency bench's work tree: rules file, docs/ and notes/, the churn prepared."""
+    root = bare_workspace(base, bench_config(debounce, filter_lines="process_cache_ttl = 1\n",
+                                             extra=extra_config))
+    (root / "docs").mkdir()
+    (root / "notes").mkdir()
+    patterns = root / ".claude/sync-filter/system-patterns.conf"
+    patterns.parent.mkdir(parents=True)
+    patterns.write_text(PATTERNS)
     subprocess.run([sys.executable, str(resource(*CHURN)), "--workspace", str(root), "--prepare"],
                    check=True)
     _git(root, "add", "-A")
@@ -195,33 +211,6 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True, rest: float 
 
 
 # ----- shared by the scenarios below ---------------------------------------------------------
-AUTONOMOUS_NAME = "claude-autonomous"
-STORM_CONFIG = """\
-[filter]
-autonomous_processes = ["claude-autonomous"]
-[debounce]
-allow = {debounce}
-default = {debounce}
-rules = []
-[limits]
-max_commits_per_hour = 100000
-max_commits_per_day = 100000
-cooldown_seconds = 0
-"""
-
-
-def bare_workspace(base: Path, config_text: str) -> Path:
-    """A work tree with a bare ``origin``, ``config_text`` as its committed config."""
-    remote, root = base / "remote.git", base / "ws"
-    _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
-    _git(base, "init", "-q", "-b", "main", str(root))
-    _git(root, "config", "user.name", "bench")
-    _git(root, "config", "user.email", "bench@localhost")
-    _git(root, "remote", "add", "origin", str(remote))
-    (root / config_mod.CONFIG_NAME).write_text(config_text)
-    return root
-
-
 def commit_all(root: Path, message: str) -> None:
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", message)
@@ -392,7 +381,7 @@ def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float 
     base = Path(tempfile.mkdtemp(prefix="gitsieve-storm-"))
     runner = writer = None
     try:
-        root = bare_workspace(base, STORM_CONFIG.format(debounce=debounce))
+        root = bare_workspace(base, bench_config(debounce, fast_health=False))
         (root / "agent").mkdir()
         for index in range(files):
             (root / "agent" / f"state-{index:03d}.txt").write_text("initial\n")
@@ -482,8 +471,8 @@ def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0) -
     base = Path(tempfile.mkdtemp(prefix="gitsieve-idle-"))
     runner = writer = None
     try:
-        root = bare_workspace(base, STORM_CONFIG.format(debounce=0.5)
-                              + f"[watcher]\nreconcile_interval = {max(1.0, seconds / 2):g}\n")
+        root = bare_workspace(base, bench_config(
+            0.5, fast_health=False, extra=f"[watcher]\nreconcile_interval = {max(1.0, seconds / 2):g}\n"))
         for index in range(files):
             folder = root / f"d{index // 1000:03d}"
             folder.mkdir(exist_ok=True)

@@ -20,37 +20,24 @@ import psutil
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.git.gateway import Git
-from gitsieve.common.tools.bench import _git, percentile, time_edit, wait_until_running
+from gitsieve.common.tools.bench import (
+    _git,
+    bare_workspace,
+    bench_config,
+    commit_all,
+    percentile,
+    time_edit,
+    wait_until_running,
+)
 from gitsieve.common.tools.runner import actor_ids
 
+
 # ----- git-cost scenarios (issue 13): a dirty start and a big tree, against the git floor --
-_SCENARIO_CONFIG = """\
-[debounce]
-allow = {debounce}
-default = {debounce}
-rules = []
-[limits]
-max_commits_per_hour = 100000
-max_commits_per_day = 100000
-cooldown_seconds = 0
-[health]
-interval = 0.5
-"""
-
-
 def _plain_workspace(base: Path, debounce: float) -> tuple[Path, Path]:
     """(work tree, bare remote) with a committed config, pushed; nothing else."""
-    remote, root = base / "remote.git", base / "ws"
-    _git(base, "init", "-q", "--bare", "-b", "main", str(remote))
-    _git(base, "init", "-q", "-b", "main", str(root))
-    _git(root, "config", "user.name", "bench")
-    _git(root, "config", "user.email", "bench@localhost")
-    _git(root, "remote", "add", "origin", str(remote))
-    (root / config_mod.CONFIG_NAME).write_text(_SCENARIO_CONFIG.format(debounce=debounce))
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", "bench start")
-    _git(root, "push", "-q", "-u", "origin", "main")
-    return root, remote
+    root = bare_workspace(base, bench_config(debounce, autonomous=False))
+    commit_all(root, "bench start")
+    return root, base / "remote.git"
 
 
 def _write_files(root: Path, count: int, per_dir: int, prefix: str = "data") -> list[str]:

@@ -152,10 +152,9 @@ class AgentJournal:
         hold = touches.newest(path, Family.HOLD)
         if hold is not None and hold.op is Op.HELD and self._held(hold):
             return Claim(hold, Technique.AGENT_JOURNAL, ProcessAction.HELD_OPEN)
-        write = touches.newest(path, Family.WRITE)
-        if write is not None:
+        for number, write in enumerate(touches.writes(path)):
             end = write.wall + WRITE_WINDOW
-            if hold is not None and hold.wall >= write.wall:
+            if number == 0 and hold is not None and hold.wall >= write.wall:
                 end = max(end, hold.wall + CTIME_SLACK)  # held open until then
             if write.wall - CTIME_SLACK <= ctime <= end:
                 return Claim(write, Technique.AGENT_JOURNAL, ACTION_OF[write.op])
@@ -232,12 +231,14 @@ class JournalOverlay:
         found = self.base.attribute(abs_path, observed, since)
         if found is not None and found.writer in (SYSTEM, SELF):
             return found
-        self.journal.refresh()
-        path = self._relative(abs_path)
+        # The version first, then the journal: the record of whatever wrote that version
+        # was appended before its write-open proceeded, so it is read now.
         try:
             ctime = os.lstat(abs_path).st_ctime
         except FileNotFoundError:
             return found  # gone meanwhile: its deletion is judged on its own
+        self.journal.refresh()
+        path = self._relative(abs_path)
         claim = self.journal.claim_version(path, ctime, lambda: git_blob_id(abs_path))
         return self._combine(path, claim, found)
 
@@ -246,10 +247,10 @@ class JournalOverlay:
         found = self.base.attribute_removal(abs_path, observed, since)
         if found is not None and found.writer in (SYSTEM, SELF):
             return found
-        self.journal.refresh()
-        path = self._relative(abs_path)
         if os.path.lexists(abs_path):
             return found  # back already: the write that brought it is judged on its own
+        self.journal.refresh()  # after the look: a removal is recorded before it proceeds
+        path = self._relative(abs_path)
         return self._combine(path, self.journal.claim_absence(path), found)
 
     def _combine(self, path: str, claim: Claim | None,
