@@ -117,6 +117,21 @@ def test_every_command_says_clearly_when_gitsieve_is_not_running(workspace, comm
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", [["pause"], ["flush", "--timeout", "1"], ["explain", "x"]])
+def test_socket_files_left_by_a_killed_gitsieve_mean_not_running(workspace, command):
+    """``kill -9`` leaves the control sockets' files behind; nothing listens on them."""
+    import socket
+    runtime = workspace.load().runtime_dir
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for actor_id in ("watcher", "debouncer", "executor"):
+        left = socket.socket(socket.AF_UNIX)
+        left.bind(str(runtime / f"ctl-{actor_id}.sock"))
+        left.close()
+    result = actorctl(workspace, *command)
+    assert result.returncode == ctl.EXIT_UNREACHABLE
+    assert "gitsieve is not running" in result.stderr, result.stderr
+
+
 def test_learned_works_on_the_file_while_gitsieve_is_stopped(workspace):
     result = actorctl(workspace, "learned")
     assert result.returncode == 0 and "0 learned BLOCK paths" in result.stdout

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
 
 import zmq
 
@@ -17,12 +18,16 @@ class Unreachable(Exception):
 
 def request(config: Config, actor_id: str, command: str, args: dict | None = None,
             timeout: float = 2.0) -> ControlReply:
-    """Send one control command to ``actor_id``; raise Unreachable on timeout."""
+    """Send one control command to ``actor_id``; raise Unreachable on timeout, or at once
+    when nothing listens on its socket."""
+    endpoint = config.endpoints.control(actor_id)
+    if endpoint.startswith("ipc://"):
+        _check_listening(endpoint[len("ipc://"):], actor_id)
     context = zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.linger = 0
     try:
-        sock.connect(config.endpoints.control(actor_id))
+        sock.connect(endpoint)
         sock.send(messages.encode(ControlRequest(command=command, args=args or {})))
         if not sock.poll(int(timeout * 1000)):
             raise Unreachable(f"{actor_id} did not answer within {timeout}s")
@@ -32,6 +37,34 @@ def request(config: Config, actor_id: str, command: str, args: dict | None = Non
         return reply
     finally:
         sock.close(linger=0)
+
+
+def _check_listening(path: str, actor_id: str) -> None:
+    """A socket file left by a killed actor refuses connections: say so without waiting
+    out the timeout (ZeroMQ would queue the request and wait)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise Unreachable(f"{actor_id} is not listening ({exc.strerror})") from None
+    except OSError:
+        return  # e.g. no permission: the request itself tells
+    finally:
+        probe.close()
+
+
+def any_listening(config: Config) -> bool:
+    """Whether any actor's control socket accepts connections (socket files left by a
+    killed gitsieve do not)."""
+    for actor_id in known_actors(config):
+        endpoint = config.endpoints.control(actor_id)
+        try:
+            if endpoint.startswith("ipc://"):
+                _check_listening(endpoint[len("ipc://"):], actor_id)
+        except Unreachable:
+            continue
+        return True
+    return False
 
 
 def known_actors(config: Config) -> list[str]:

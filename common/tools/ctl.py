@@ -82,7 +82,7 @@ def ask(config, actor_id: str, command: str, args: dict | None = None,
     try:
         reply = control.request(config, actor_id, command, args, timeout=timeout)
     except control.Unreachable:
-        if not control.known_actors(config):
+        if not control.any_listening(config):
             raise _not_running(config) from None
         raise CtlError(f"the {actor_id} actor did not answer on "
                        f"{config.endpoints.control(actor_id)}; check `actorctl status` and "
