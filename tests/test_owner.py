@@ -93,6 +93,23 @@ def test_someone_elses_repository_is_refused_with_cause_and_fix(ordinary_user):
         subprocess.run(["rm", "-rf", str(base)], check=True)
 
 
+@pytest.mark.parametrize("locked", [".", ".git"])
+def test_a_work_tree_its_owner_cannot_read_is_one_clear_line(user_workspace, locked):
+    """chmod 000 on one's own tree (or its .git): git cannot even start there."""
+    ws = user_workspace
+    target = (ws.root / locked).resolve()
+    os.chmod(target, 0)
+    try:
+        result = ws.user.run(USER_PYTHON, "-m", "gitsieve.common.tools.cli", "run",
+                             "--workspace", str(ws.root))
+    finally:
+        os.chmod(target, 0o755)
+    message = result.stderr.strip()
+    assert result.returncode == 2, result
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert "permission denied" in message and str(target) in message
+
+
 def test_a_tree_whose_owner_has_no_account_is_refused(tmp_path):
     ws = create_workspace(tmp_path)
     subprocess.run(["chown", "-R", "54321:54321", str(ws.root)], check=True)

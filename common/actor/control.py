@@ -17,11 +17,12 @@ class Unreachable(Exception):
 
 
 def request(config: Config, actor_id: str, command: str, args: dict | None = None,
-            timeout: float = 2.0) -> ControlReply:
-    """Send one control command to ``actor_id``; raise Unreachable on timeout, or at once
-    when nothing listens on its socket."""
+            timeout: float = 2.0, listening: bool = False) -> ControlReply:
+    """Send one control command to ``actor_id``; raise Unreachable on timeout.  With
+    ``listening`` raise it at once when nothing listens on the socket now (a person
+    asking); without, an actor still starting has ``timeout`` to bind it."""
     endpoint = config.endpoints.control(actor_id)
-    if endpoint.startswith("ipc://"):
+    if listening and endpoint.startswith("ipc://"):
         _check_listening(endpoint[len("ipc://"):], actor_id)
     context = zmq.Context.instance()
     sock = context.socket(zmq.REQ)

@@ -354,6 +354,12 @@ def discover(path: Path) -> tuple[Path, Path]:
         raise NotARepository(f"not a directory: {path}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise NotARepository(f"not a directory: {path}")
+    for needed in (path, path / ".git"):
+        if os.path.isdir(needed) and not os.access(needed, os.R_OK | os.X_OK):
+            raise RepositoryRefused(
+                f"permission denied: {needed} (mode {stat.S_IMODE(os.stat(needed).st_mode):o}, "
+                f"owner {account_name(os.stat(needed).st_uid)}) cannot be read by "
+                f"{account_name(os.geteuid())}")
     top = _repository_top(path.absolute()) or path
     owner = Owner.of(top)
     if owner.uid is not None and owner.name is None:

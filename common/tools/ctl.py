@@ -80,7 +80,8 @@ def ask(config, actor_id: str, command: str, args: dict | None = None,
         timeout: float = 2.0) -> dict:
     """One control command; unreachable -> exit 1, an actor's error -> exit 3."""
     try:
-        reply = control.request(config, actor_id, command, args, timeout=timeout)
+        reply = control.request(config, actor_id, command, args, timeout=timeout,
+                                listening=True)
     except control.Unreachable:
         if not control.any_listening(config):
             raise _not_running(config) from None
@@ -96,7 +97,8 @@ def all_statuses(config, timeout: float = 1.0) -> list[dict]:
     actors = []
     for actor_id in control.known_actors(config):
         try:
-            reply = control.request(config, actor_id, "status", timeout=timeout)
+            reply = control.request(config, actor_id, "status", timeout=timeout,
+                                    listening=True)
         except control.Unreachable:
             actors.append({"name": actor_id, "pid": None, "state": "unreachable"})
             continue
