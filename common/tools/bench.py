@@ -168,14 +168,14 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True, rest: float 
         time.sleep(1.0)
         ref = config.git_dir / "refs" / "heads" / "main"
         results: dict[str, list[float]] = {"ALLOW (docs/)": [], "ANALYZE (notes/)": []}
-        missed = 0
+        missed: list[str] = []  # "number path" of edits not committed within the timeout
         for number in range(edits):
             kind, rel = (("ALLOW (docs/)", f"docs/page-{number % 5}.md") if number % 2 == 0
                          else ("ANALYZE (notes/)", f"notes/note-{number % 5}.txt"))
             latency = time_edit(root, ref, rel, f"edit {number} {random.random()}\n",
                                 timeout=debounce + 10)
             if latency is None:
-                missed += 1
+                missed.append(f"#{number} {rel}")
             else:
                 results[kind].append(latency)
             time.sleep(0.1 + random.random() * 0.2)
@@ -203,7 +203,8 @@ def run(edits: int = 60, debounce: float = 0.5, churn: bool = True, rest: float 
         print(f"over debounce: p50 +{percentile(everything, .5) - debounce:.3f} s "
               f"(target +0.15), p90 +{percentile(everything, .9) - debounce:.3f} s "
               f"(target +0.40); mean {statistics.mean(everything):.3f} s")
-    print(f"edits never committed: {missed}; commits touching churn files: "
+    print(f"edits not committed within {debounce + 10:g} s: {len(missed)} {missed[:5]}; "
+          f"commits touching churn files: "
           f"{len(churn_commits) - 1} (the first is the setup commit)")
     print("actor RSS (MiB): " + ", ".join(f"{name} {mb:.1f}" for name, mb in sorted(memory.items()))
           + f"; total {sum(memory.values()):.1f}")
