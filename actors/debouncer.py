@@ -178,7 +178,7 @@ class Debouncer(Actor):
             "path": decision.path, "kind": decision.kind, "seq": decision.seq,
             "epoch": decision.epoch, "observed": decision.observed,
             "commit": decision.commit, "action": decision.action,
-            "trail": [as_dict(step) for step in decision.trail],
+            "trail": decision.trail,  # rendered (as_dict) only when explained
             "received": time.time(),
             "quiet": self.config.debounce_for(decision.path, decision.action)
             if decision.commit else None,
@@ -212,7 +212,8 @@ class Debouncer(Actor):
                 continue
             due_in = self.debounce.due_in(path, now)
             hold = self.debounce.hold(path, now)
-            found[path] = {**record, "pending": due_in is not None,
+            found[path] = {**record, "trail": [as_dict(step) for step in record["trail"]],
+                           "pending": due_in is not None,
                            "due_in": None if due_in is None else round(due_in, 3)}
             if hold is not None:  # open for writing; a loop hold is in the record itself
                 found[path].update(hold=hold.hold, held_reason=hold.text)

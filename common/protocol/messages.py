@@ -259,7 +259,13 @@ _HINTS = {cls: typing.get_type_hints(cls) for cls in (*MESSAGE_TYPES.values(), *
 
 
 # ----- encoding ----------------------------------------------------------------------------
+_PLAIN = (str, int, float, bool, bytes, type(None))
+_WIRE_NAMES: dict[type, tuple[str, ...]] = {}  # a dataclass's field names, looked up once
+
+
 def _to_wire(value):
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, enum.Enum):
         return value.value
     if type(value) in STEP_TYPES.values():
@@ -272,7 +278,10 @@ def _to_wire(value):
 
 
 def _fields_to_wire(value) -> dict:
-    return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    names = _WIRE_NAMES.get(type(value))
+    if names is None:
+        names = _WIRE_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    return {name: _to_wire(getattr(value, name)) for name in names}
 
 
 def encode(message) -> bytes:
@@ -284,48 +293,85 @@ def encode(message) -> bytes:
 
 
 # ----- decoding ----------------------------------------------------------------------------
-def _coerce(value, hint, name: str):
-    """Check ``value`` against a field annotation and build the typed value."""
+# Each annotation is turned once into a checker-builder ``(value, name) -> typed value``
+# (``name`` only for the error), and each class into a plan of its fields: decoding then
+# costs a call per field, not a walk through typing's introspection.
+_Coercer = typing.Callable[[object, str], object]
+_COERCERS: dict[object, _Coercer] = {}
+_PLANS: dict[type, tuple[frozenset, tuple[tuple[str, _Coercer, bool], ...]]] = {}
+
+
+def _coercer(hint) -> _Coercer:
+    """The coercer of one field annotation (made on first use)."""
+    found = _COERCERS.get(hint)
+    if found is None:
+        found = _COERCERS[hint] = _make_coercer(hint)
+    return found
+
+
+def _make_coercer(hint) -> _Coercer:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if set(options) >= set(STEP_TYPES.values()):
-            return _step(value, name)
-        for option in options:
-            try:
-                return _coerce(value, option, name)
-            except BadMessage:
-                continue
-        raise BadMessage(f"field {name!r}: {type(value).__name__} not allowed")
+            return _step
+        choices = tuple(_coercer(option) for option in options)
+
+        def one_of(value, name):
+            for choice in choices:
+                try:
+                    return choice(value, name)
+                except BadMessage:
+                    continue
+            raise BadMessage(f"field {name!r}: {type(value).__name__} not allowed")
+        return one_of
     if hint is type(None):
-        if value is None:
-            return None
-        raise BadMessage(f"field {name!r}: expected None")
+        def nothing(value, name):
+            if value is None:
+                return None
+            raise BadMessage(f"field {name!r}: expected None")
+        return nothing
     if origin is tuple or hint is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise BadMessage(f"field {name!r}: expected a list")
         args = typing.get_args(hint)
-        if args and args[-1] is Ellipsis:
-            return tuple(_coerce(item, args[0], name) for item in value)
-        return tuple(value)
+        item = _coercer(args[0]) if args and args[-1] is Ellipsis else None
+
+        def sequence(value, name):
+            if not isinstance(value, (list, tuple)):
+                raise BadMessage(f"field {name!r}: expected a list")
+            return tuple(value) if item is None else tuple(item(each, name) for each in value)
+        return sequence
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        if not isinstance(value, str):
-            raise BadMessage(f"field {name!r}: expected a {hint.__name__} value")
-        try:
-            return hint(value)
-        except ValueError:
-            raise BadMessage(f"field {name!r}: {value!r} is not a {hint.__name__}") from None
+        members = {each.value: each for each in hint}
+
+        def member(value, name):
+            if not isinstance(value, str):
+                raise BadMessage(f"field {name!r}: expected a {hint.__name__} value")
+            found = members.get(value)
+            if found is None:
+                raise BadMessage(f"field {name!r}: {value!r} is not a {hint.__name__}")
+            return found
+        return member
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, name)
+        return lambda value, name: _build(hint, value, name)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadMessage(f"field {name!r}: expected a number")
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise BadMessage(f"field {name!r}: expected an integer")
-    if not isinstance(value, hint):
-        raise BadMessage(f"field {name!r}: expected {hint.__name__}, got {type(value).__name__}")
-    return value
+        def number(value, name):
+            if type(value) is float:
+                return value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadMessage(f"field {name!r}: expected a number")
+            return float(value)
+        return number
+
+    def instance(value, name):
+        if type(value) is hint:
+            return value
+        if hint is int and isinstance(value, bool):
+            raise BadMessage(f"field {name!r}: expected an integer")
+        if not isinstance(value, hint):
+            raise BadMessage(f"field {name!r}: expected {hint.__name__}, got "
+                             f"{type(value).__name__}")
+        return value
+    return instance
 
 
 def _step(value, name: str):
@@ -338,19 +384,30 @@ def _step(value, name: str):
     return _build(cls, body, f"{name}.{layer}")
 
 
+def _plan(cls) -> tuple[frozenset, tuple[tuple[str, _Coercer, bool], ...]]:
+    """A class's field names, and per field its coercer and whether it is required."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = _HINTS[cls]
+        plan = _PLANS[cls] = (frozenset(hints), tuple(
+            (f.name, _coercer(hints[f.name]),
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)))
+    return plan
+
+
 def _build(cls, body, name: str):
     if not isinstance(body, dict):
         raise BadMessage(f"{name}: expected a map")
-    hints = _HINTS[cls]
-    unknown = set(body) - set(hints)
-    if unknown:
-        raise BadMessage(f"{name}: unknown fields {sorted(map(str, unknown))}")
+    names, fields = _plan(cls)
+    if not names.issuperset(body):
+        raise BadMessage(f"{name}: unknown fields {sorted(map(str, set(body) - names))}")
     values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            values[f.name] = _coerce(body[f.name], hints[f.name], f"{name}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise BadMessage(f"{name}: missing field {f.name!r}")
+    for field_name, coerce, required in fields:
+        if field_name in body:
+            values[field_name] = coerce(body[field_name], f"{name}.{field_name}")
+        elif required:
+            raise BadMessage(f"{name}: missing field {field_name!r}")
     return cls(**values)
 
 
