@@ -74,6 +74,11 @@ class Job:
     refs: tuple | None = None  # the refs as the loop last saw them when the job started
     result: CommitResult | None = None
     failure: BaseException | None = None
+    # membership tests while the job runs: a Batch of thousands of paths asks for each
+    path_set: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path_set = frozenset(self.paths)
 
     @property
     def kind(self) -> str:
@@ -176,7 +181,7 @@ class Executor(Actor):
             if path in user_written:
                 self.user_written.add(path)
             self.path_holds.pop(path, None)  # changed again: its reason may have cleared
-            if self.job is not None and path in self.job.paths:
+            if self.job is not None and path in self.job.path_set:
                 self.changed_during_job.add(path)
         self.held_batches.append(batch.batch_id)
 
@@ -543,7 +548,7 @@ class Executor(Actor):
         why = self.path_holds.get(path)
         if why is not None:
             return {"hold": why.hold, "held_reason": why.text}
-        if self.job is not None and path in self.job.paths:
+        if self.job is not None and path in self.job.path_set:
             return {"hold": None, "held_reason": "being committed now"}
         if self.held_reason is None or self.held_reason.hold == Hold.NOTHING:
             return {"hold": None, "held_reason": "waiting for the next commit"}
