@@ -8,7 +8,10 @@ Every ``config.health_interval`` seconds, and at once when the verdict changes, 
 publishes a HealthStatus.  Not ok when free disk on the workspace's file system is under
 ``config.min_free_mb``, when a git operation is in progress in ``config.git_dir`` (merge,
 rebase, am, cherry-pick, revert, bisect) or HEAD is detached.  The checks are plain stat
-calls, so they run every ``CHECK_EVERY`` seconds to catch a verdict change promptly.
+calls; they run at once when an entry of the git directory changes (inotify: an operation
+starting or ending, HEAD rewritten, a lock made) and every ``health_interval`` otherwise
+(free disk), so an idle workspace costs a wakeup every interval, not four a second.
+Without inotify they run every ``POLL_CHECK_EVERY`` seconds.
 Every ``config.metrics_interval`` seconds it writes ``config.metrics_file`` (common.metrics)
 from the heartbeats plus psutil, and it counts restarts (an actor beating with a new pid).
 Also (common.integrity): ``git fsck --connectivity-only`` every ``fsck_interval`` in a
@@ -23,6 +26,8 @@ import os
 import time
 
 import zmq
+from inotify_simple import INotify
+from inotify_simple import flags as inotify_flags
 
 from gitsieve.common.actor import metrics
 from gitsieve.common.actor.base import Actor, main
@@ -31,7 +36,11 @@ from gitsieve.common.git.gateway import Git
 from gitsieve.common.judge.health import HeartbeatBook, RestartLoopDetector
 from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
-CHECK_EVERY = 0.25  # seconds between (cheap) checks; publishing follows the interval
+POLL_CHECK_EVERY = 0.25  # seconds between checks when the git dir cannot be watched
+# What, in the git directory itself, can change the verdict (its subdirectories cannot:
+# markers and HEAD are its direct entries).
+GIT_DIR_EVENTS = (inotify_flags.CREATE | inotify_flags.DELETE | inotify_flags.MOVED_TO
+                  | inotify_flags.MOVED_FROM | inotify_flags.CLOSE_WRITE)
 STALE_LOCK_CHECK_EVERY = 1.0  # seconds; the check lists processes when a lock is old
 AUTONOMOUS_SCAN_EVERY = 5.0  # seconds between scans for autonomous processes starting
 ACTOR_SILENT_AFTER = 5  # heartbeat intervals without a beat before an actor counts as silent
@@ -58,6 +67,7 @@ class Health(Actor):
         self.publisher = None
         self._next_check = 0.0
         self._next_publish = 0.0
+        self.git_dir_events: INotify | None = None  # set up in setup()
         self.restarts: dict[str, int] = {}  # actor id -> times its pid changed (restarted)
         self.resources = metrics.ResourceSampler()
         self._next_metrics = 0.0
@@ -67,6 +77,25 @@ class Health(Actor):
         self.publisher = self.bind(zmq.PUB, self.config.endpoints.health, hwm=100)
         heartbeats = self.bind(zmq.PULL, self.config.endpoints.heartbeat, hwm=10_000)
         self.add_input(heartbeats, {Heartbeat: self.on_heartbeat})
+        try:
+            events = INotify(inheritable=False, nonblocking=True)
+        except OSError as exc:
+            self.log.warning("cannot watch %s (%s): checking every %gs instead",
+                             self.config.git_dir, exc, POLL_CHECK_EVERY)
+            return
+        try:
+            events.add_watch(self.config.git_dir, GIT_DIR_EVENTS)
+        except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
+            events.close()
+            self.log.warning("cannot watch %s (%s): checking every %gs instead",
+                             self.config.git_dir, exc, POLL_CHECK_EVERY)
+            return
+        self.git_dir_events = events
+        self.watch_fd(events.fileno(), self.on_git_dir_changed)
+
+    def on_git_dir_changed(self) -> None:
+        self.git_dir_events.read(timeout=0)
+        self._next_check = 0.0  # this round's tick checks
 
     # ----- inputs ---------------------------------------------------------------------
     def on_heartbeat(self, beat: Heartbeat) -> None:
@@ -171,7 +200,9 @@ class Health(Actor):
         self.run_recovery_checks(now)
         if now < self._next_check:
             return
-        self._next_check = now + min(CHECK_EVERY, self.config.health_interval)
+        every = self.config.health_interval
+        self._next_check = now + (every if self.git_dir_events is not None
+                                  else min(POLL_CHECK_EVERY, every))
         status = self.evaluate()
         previous = self.verdict
         changed = previous is None or (previous.ok, previous.reasons) != (status.ok,
@@ -238,6 +269,8 @@ class Health(Actor):
 
     def shutdown(self) -> None:
         self.fsck.stop()
+        if self.git_dir_events is not None:
+            self.git_dir_events.close()
 
 
 if __name__ == "__main__":

@@ -102,6 +102,31 @@ def test_heartbeat_aggregation_in_handler(health):
     assert actors["l2-01"]["alive"] is True
 
 
+def test_a_git_operation_is_noticed_at_once_whatever_the_interval(workspace, actors):
+    """The gate checks follow the git directory's changes (inotify): with a 60 s interval a
+    merge starting, a detached HEAD and their ends still change the verdict at once."""
+    workspace.config("[health]\ninterval = 60\n")
+    config = workspace.load()
+    actors("health", workspace.root)
+
+    def verdict():
+        try:
+            return control.request(config, "health", "status", timeout=1).data["health"]
+        except control.Unreachable:
+            return None
+    wait_for(lambda: (verdict() or {}).get("ok") is True, 15, message="an ok verdict")
+    git_dir = workspace.path(".git")
+    (git_dir / "MERGE_HEAD").write_text(workspace.head() + "\n")
+    wait_for(lambda: verdict()["operation"] == "merge", 10, message="the merge noticed")
+    (git_dir / "MERGE_HEAD").unlink()
+    wait_for(lambda: verdict()["ok"], 10, message="ok again")
+    workspace.git("checkout", "-q", "--detach")
+    wait_for(lambda: verdict()["operation"] == "detached HEAD", 10,
+             message="the detached HEAD noticed")
+    workspace.git("checkout", "-q", "main")
+    wait_for(lambda: verdict()["ok"], 10, message="ok on the branch again")
+
+
 def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors):
     workspace.config("[health]\ninterval = 0.3\n[runtime]\nheartbeat_interval = 0.2\n")
     config = workspace.load()

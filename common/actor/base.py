@@ -38,6 +38,7 @@ from gitsieve.common.protocol.messages import (
     Change,
     ControlReply,
     ControlRequest,
+    HealthStatus,
     Heartbeat,
 )
 
@@ -50,6 +51,9 @@ ROUND_BUDGET = 0.2
 # The same failure of a tick or callback is logged in full at most this often (seconds);
 # every occurrence is still counted.
 _ERROR_LOG_INTERVAL = 60.0
+# Liveness traffic (heartbeats, health verdicts) is not work: an actor that only exchanges
+# it is idle, and beats less often.
+_LIVENESS = (Heartbeat, HealthStatus)
 # setproctitle leaves the environment area alone with this set: attribution reads a
 # process's mark from /proc/PID/environ.
 TITLE_ENV = "SPT_NOENV"
@@ -178,7 +182,10 @@ class Actor:
 
     def send(self, sock: zmq.Socket, message) -> bool:
         """Encode and send; a full or absent peer is counted, never fatal."""
-        return self._send_frames(sock, [messages.encode(message)], type(message).__name__)
+        sent = self._send_frames(sock, [messages.encode(message)], type(message).__name__)
+        if sent and isinstance(message, _LIVENESS):
+            self.stats["liveness_out"] += 1
+        return sent
 
     def send_change(self, sock: zmq.Socket, change: Change, priority: bool) -> bool:
         """Send a Change into a stage queue (route frame + body)."""
@@ -271,6 +278,8 @@ class Actor:
                 handler = handlers.get(type(message))
                 if handler is None:
                     raise BadMessage(f"unexpected {type(message).__name__} on this socket")
+                if isinstance(message, _LIVENESS):
+                    self.stats["liveness_in"] += 1
             except BadMessage as exc:
                 self.stats["bad_frames"] += 1
                 self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
@@ -331,8 +340,10 @@ class Actor:
             return
         # Idle (no message in or out since the last beat, nothing held): beat up to
         # IDLE_FACTOR times less often, and say so, so health's silence check follows.
-        activity = (self.stats["messages_in"], self.stats["messages_out"],
-                    self.stats["errors"], self.queue_depth())
+        stats = self.stats
+        activity = (stats["messages_in"] - stats["liveness_in"],
+                    stats["messages_out"] - stats["liveness_out"], stats["errors"],
+                    self.queue_depth())
         self._quiet_beats = self._quiet_beats + 1 if activity == self._last_activity \
             and not activity[3] else 0
         self._last_activity = activity
