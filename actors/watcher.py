@@ -71,9 +71,33 @@ RESTART_RECONCILE_DELAY = 0.5
 # A path sent and not seen decided is "in flight" (a reconcile skips it) this long at most.
 IN_FLIGHT_EXPIRY = 30.0
 MAX_IN_FLIGHT = 100_000  # marks kept; past it the oldest go (their paths are sent again)
+# Versions L2 judged an autonomous process's (or gitsieve's own) write, kept so that a
+# reconcile does not send them again: judged later, their writes are out of the exact
+# techniques' lookback and the sampler's sight, and the same version would come back
+# UNKNOWN.  Past the cap the oldest go (their paths are judged again).
+MAX_SETTLED = 50_000
+_SETTLING_WRITERS = ("SYSTEM", "SELF")
 MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
 _FEED_LIMIT = 5000  # feed frames read per poll round
 
+
+
+def version_of(path: str) -> int | None:
+    """A version's identity: its inode, size, mtime and ctime (any write, chmod or rename
+    changes one of them); None when it is gone."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return hash((info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+
+
+def _writer_of(trail) -> str | None:
+    """The L2 verdict in a raw (wire) trail: ``[[layer, fields], ...]``."""
+    for layer, fields in trail:
+        if layer == "L2":
+            return fields["verdict"]
+    return None
 
 class Watcher(Actor):
     name = "watcher"
@@ -91,6 +115,7 @@ class Watcher(Actor):
         self.moves = MoveTracker(window=max(config.debounce_default, 1.0))
         self.next_match = 0.0
         self.in_flight: OrderedDict[str, tuple[int, float]] = OrderedDict()  # seq, sent at
+        self.settled: OrderedDict[str, int] = OrderedDict()  # path -> version_of() (LRU)
         self.router_lost = 0  # changes the router reported lost or dropped, as last seen
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
@@ -291,6 +316,7 @@ class Watcher(Actor):
         frames = messages.stage_frames(change, priority=urgent(change))
         self.last_report[path] = now
         self.trailing.pop(path, None)
+        self.settled.pop(path, None)  # a new change: the next decision settles it again
         self.in_flight[path] = (self.seq, now)
         self.in_flight.move_to_end(path)
         while len(self.in_flight) > MAX_IN_FLIGHT:
@@ -328,6 +354,9 @@ class Watcher(Actor):
             if skip_in_flight and path in self.in_flight:
                 self.stats["reconcile_in_flight"] += 1
                 continue
+            if self.is_settled(path):
+                self.stats["reconcile_settled"] += 1
+                continue
             kind = WRITE if os.path.lexists(self._abs(path)) else DELETE
             self.emit(path, kind, observed, source="reconcile")
         self.stats["reconciles"] += 1
@@ -348,6 +377,8 @@ class Watcher(Actor):
                 if name != "Decision":
                     raise ValueError(f"unexpected {name!r}")
                 path, epoch, seq = body["path"], body["epoch"], body["seq"]
+                settles = body["commit"] is False and _writer_of(body["trail"]) in \
+                    _SETTLING_WRITERS
             except Exception as exc:  # msgpack raises several unrelated types on bad input
                 self.stats["bad_frames"] += 1
                 self.log.debug("feed: unreadable frame: %s", exc)
@@ -356,6 +387,31 @@ class Watcher(Actor):
             if mark is not None and epoch == self.epoch and isinstance(seq, int) \
                     and seq >= mark[0]:
                 del self.in_flight[path]
+                # the decision on the newest change sent: its version is settled if an
+                # autonomous writer made it (a later write sends a change, which unsettles)
+                if settles:
+                    self._settle(path)
+                else:
+                    self.settled.pop(path, None)
+
+    def _settle(self, path: str) -> None:
+        version = version_of(self._abs(path))
+        if version is None:
+            return
+        self.settled[path] = version
+        self.settled.move_to_end(path)
+        while len(self.settled) > MAX_SETTLED:
+            self.settled.popitem(last=False)
+
+    def is_settled(self, path: str) -> bool:
+        """Whether ``path`` is still the version a settling decision judged."""
+        version = self.settled.get(path)
+        if version is None:
+            return False
+        if version_of(self._abs(path)) == version:
+            return True
+        del self.settled[path]
+        return False
 
     def _expire_in_flight(self, now: float) -> None:
         while self.in_flight:
@@ -637,7 +693,8 @@ class Watcher(Actor):
                 "events_folded": self.stats["events_folded"],
                 "reconciles": self.stats["reconciles"],
                 "reconcile_in_flight": self.stats["reconcile_in_flight"],
-                "in_flight": len(self.in_flight),
+                "reconcile_settled": self.stats["reconcile_settled"],
+                "in_flight": len(self.in_flight), "settled": len(self.settled),
                 "open_for_writing": sum(1 for w in self.writing.paths.values() if w.open_since),
                 "moves_matched": self.stats["moves_matched"],
                 "restart_reconciles": self.stats["restart_reconciles"],

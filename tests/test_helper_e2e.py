@@ -150,7 +150,11 @@ def test_churn_beside_user_edits_with_the_helper(ordinary_user, user_workspace, 
         agent_files = {entry["path"] for entry in written if entry["kind"] == "new"}
         committed = set(committed_since(ws, setup))
         assert len(agent_files) >= 40
-        assert not agent_files & committed, f"agent files committed: {agent_files & committed}"
+        leaked = sorted(agent_files & committed)
+        if leaked:  # what each layer said, and the log, for the next time it happens
+            explained = as_user(user, "explain", leaked[0], "--workspace", str(ws.root)).stdout
+            raise AssertionError(f"agent files committed: {leaked}\n{explained}\n"
+                                 f"{log_path.read_text()[-5000:]}")
         assert not {REACTIVE, STAMPED} & committed
         assert any(entry["kind"] == "react" for entry in written)
         assert committed <= set(edits)

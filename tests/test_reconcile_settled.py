@@ -1,0 +1,80 @@
+"""A reconcile long after an autonomous process wrote a file must not commit it.
+
+The periodic reconcile (and the ones after an actor restart, and `actorctl flush`) sends
+every dirty path again.  Judged again seconds later, an agent's untracked file has no write
+left in the exact techniques' lookback (nor in the sampler's sight), so L2 said UNKNOWN and
+L3 committed it as a new file: after any commit, within one reconcile interval.  The
+watcher now keeps the version a SYSTEM verdict judged and does not send it again while it
+is unchanged.  Both attribution modes, as root; a real ``gitsieve run``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from conftest import FAST_CONFIG, Gitsieve, create_workspace, git, wait_for
+from gitsieve.common.actor import control
+
+AGENT = textwrap.dedent("""
+    import os, sys, time, setproctitle
+    setproctitle.setproctitle(sys.argv[1])
+    for name in sys.argv[3:]:
+        with open(os.path.join(sys.argv[2], name), "w") as out:
+            out.write('{"analysis": "%s", "findings": [1, 2, 3]}\\n' % name)
+            out.flush()
+            time.sleep(1.5)  # held open: the unprivileged sampler sees it too
+""")
+
+
+def watcher_status(ws) -> dict:
+    return control.request(ws.load(), "watcher", "status", timeout=5).data
+
+
+def committed(ws) -> set[str]:
+    out = git(ws.remote, "log", "--format=", "--name-only", "main")
+    return {line for line in out.splitlines() if line}
+
+
+@pytest.mark.parametrize("mode", ["fanotify", "psutil"])
+def test_a_reconcile_after_a_commit_leaves_the_agents_files_alone(tmp_path, mode):
+    if mode == "fanotify" and os.geteuid() != 0:
+        pytest.skip("exact attribution needs root")
+    ws = create_workspace(tmp_path)
+    tag = f"claude-autonomous-{uuid.uuid4().hex[:8]}"
+    ws.config(FAST_CONFIG + f"""
+[filter]
+autonomous_processes = ["{tag}"]
+attribution = "{mode}"
+process_cache_ttl = 0.5
+[watcher]
+reconcile_interval = 1
+""")
+    git(ws.root, "add", "-A")
+    git(ws.root, "commit", "-q", "-m", "config")
+    git(ws.root, "push", "-q", "origin", "main")
+    gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
+    try:
+        gitsieve.wait_running()
+        (ws.root / "out").mkdir()
+        files = [f"agent-{number}.json" for number in range(2)]
+        subprocess.run([sys.executable, "-c", AGENT, tag, str(ws.root / "out"), *files],
+                       check=True, timeout=30)
+        time.sleep(3)  # judged: SYSTEM, and out of every lookback
+        (ws.root / "notes.md").write_text("the person's note\n")  # HEAD moves
+        wait_for(lambda: "notes.md" in committed(ws), 30, 0.2, "the person's note pushed")
+        reconciles = watcher_status(ws)["reconciles"]
+        wait_for(lambda: watcher_status(ws)["reconciles"] >= reconciles + 3, 30, 0.2,
+                 "three reconciles after the commit")
+        time.sleep(1.5)  # what they sent is decided and, wrongly, committed by now
+        leaked = sorted({f"out/{name}" for name in files} & committed(ws))
+        assert not leaked, f"agent files committed at a reconcile: {leaked}\n{gitsieve.log()}"
+        assert watcher_status(ws)["reconcile_settled"] > 0
+    finally:
+        code, _ = gitsieve.stop()
+    assert code == 0
