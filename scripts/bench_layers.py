@@ -9,9 +9,11 @@
   (file read, JSON parse of both sides, comparison), and the pure comparison alone.
 - Stage: Changes/s through real processes and sockets: watcher-side PUSH -> router ->
   the L1 process -> router's l2 queue, with the configured ``[workers] stage_window``.
+- Codec: µs to encode and to decode (with every field checked) a Decision carrying all
+  three trail steps, what every layer pays per message.
 
 Usage: python scripts/bench_layers.py [--paths 200000] [--events 2000] [--rounds 200]
-                                      [--stage 20000]
+                                      [--stage 20000] [--codec 20000]
 """
 from __future__ import annotations
 
@@ -27,8 +29,20 @@ from pathlib import Path
 from gitsieve.common import config as config_mod
 from gitsieve.common.git.gateway import Git
 from gitsieve.common.judge.rules import RuleCache
-from gitsieve.common.protocol.messages import Change
-from gitsieve.common.protocol.states import ChangeKind
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Change, Decision
+from gitsieve.common.protocol.states import (
+    Action,
+    ChangeKind,
+    Content,
+    L1Reason,
+    L2Reason,
+    L3Reason,
+    Mode,
+    Technique,
+    Writer,
+)
+from gitsieve.common.protocol.trail import ContentStep, PatternStep, ProcessStep
 
 IDENTITY = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
             "GIT_COMMITTER_EMAIL": "b@b"}
@@ -208,12 +222,35 @@ def bench_stage(base: Path, count: int) -> None:
         context.destroy(linger=0)
 
 
+def bench_codec(count: int) -> None:
+    decision = Decision(
+        path="data/d00001/f000123.txt", kind=ChangeKind.WRITE, seq=123, epoch=3.0,
+        observed=1234.5, commit=True, action=Action.ANALYZE, trail=(
+            PatternStep(Action.ANALYZE, L1Reason.DEFAULT),
+            ProcessStep(Writer.UNKNOWN, L2Reason.IDENTIFIED, Mode.FANOTIFY,
+                        Technique.FANOTIFY, 1234, "python3 editor.py", 1.0, writes=1,
+                        writes_until=12.0),
+            ContentStep(Content.USER, next(iter(L3Reason)), "", "ab" * 20, "cd" * 20)))
+    frame = messages.encode(decision)
+    started = time.perf_counter()
+    for _ in range(count):
+        messages.encode(decision)
+    encode_us = (time.perf_counter() - started) / count * 1e6
+    started = time.perf_counter()
+    for _ in range(count):
+        messages.decode(frame)
+    decode_us = (time.perf_counter() - started) / count * 1e6
+    print(f"Codec  Decision with three trail steps ({len(frame)} bytes): encode "
+          f"{encode_us:.1f} us, decode {decode_us:.1f} us")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=200_000)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--stage", type=int, default=20_000)
+    parser.add_argument("--codec", type=int, default=20_000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gitsieve-bench-") as base:
         for name in ("l1", "l2", "l3", "stage"):
@@ -222,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_l2(Path(base), args.events)
         bench_l3(Path(base), args.rounds)
         bench_stage(Path(base), args.stage)
+    bench_codec(args.codec)
     return 0
 
 
