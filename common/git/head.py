@@ -1,29 +1,42 @@
 """Where HEAD points, read from the git directory's files (no git process)."""
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
+
+# git dir -> its common dir (a linked worktree keeps its branch refs there); fixed for the
+# life of a git dir, so read once: head_token runs for every change L3 judges.
+_COMMON_DIRS: dict[str, str] = {}
 
 
-def head_token(git_dir: Path) -> tuple:
+def _common_dir(git_dir: str) -> str:
+    common = _COMMON_DIRS.get(git_dir)
+    if common is None:
+        try:
+            with open(os.path.join(git_dir, "commondir"), encoding="utf-8") as source:
+                common = os.path.realpath(os.path.join(git_dir, source.read().strip()))
+        except FileNotFoundError:
+            common = git_dir
+        _COMMON_DIRS[git_dir] = common
+    return common
+
+
+def head_token(git_dir: str | os.PathLike) -> tuple:
     """Cheap fingerprint of where HEAD points: changes whenever a commit moves it."""
+    git_dir = os.fspath(git_dir)
     try:
-        head = (git_dir / "HEAD").read_text()
-        commondir = git_dir / "commondir"
-        # a linked worktree keeps its branch refs in the common dir
-        common = ((git_dir / commondir.read_text().strip()).resolve()
-                  if commondir.exists() else git_dir)
+        with open(os.path.join(git_dir, "HEAD"), encoding="utf-8") as source:
+            head = source.read()
+        common = _common_dir(git_dir)
     except OSError as exc:  # mid-rewrite by git: a token that matches nothing cached
         return ("unreadable", str(exc), time.monotonic())
     parts: list = [head]
     if head.startswith("ref: "):
         ref = head[5:].strip()
-        for candidate in (common / ref, common / "packed-refs"):
+        for candidate in (os.path.join(common, ref), os.path.join(common, "packed-refs")):
             try:
-                info = candidate.stat()
+                info = os.stat(candidate)
                 parts.append((info.st_ino, info.st_mtime_ns, info.st_size))
             except OSError:  # no loose ref / no packed-refs file: absence is part of the token
                 parts.append(None)
     return tuple(parts)
-
-
