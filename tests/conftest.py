@@ -2,6 +2,7 @@
 and actor processes started for real and always reaped."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -382,18 +383,26 @@ class OrdinaryUser:
                  str(path), text).check_returncode()
 
 
-@pytest.fixture
-def ordinary_user(user_site):
-    """A fresh unprivileged user (removed afterwards, with every process of theirs)."""
+@contextlib.contextmanager
+def temporary_user(site: Path, prefix: str):
+    """A fresh unprivileged user named ``prefix`` + random hex, removed afterwards with
+    every process of theirs."""
     import uuid
-    name = f"gsu{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
     try:
-        yield OrdinaryUser(name, user_site)
+        yield OrdinaryUser(name, site)
     finally:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         time.sleep(0.2)
         subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+
+
+@pytest.fixture
+def ordinary_user(user_site):
+    """A fresh unprivileged user (removed afterwards, with every process of theirs)."""
+    with temporary_user(user_site, "gsu") as user:
+        yield user
 
 
 class UserWorkspace(Workspace):

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from conftest import ROOT, USER_PYTHON, OrdinaryUser, wait_for
+from conftest import ROOT, USER_PYTHON, OrdinaryUser, temporary_user, wait_for
 from gitsieve.common.helper.client import HelperClient, HelperUnavailable
 from gitsieve.common.helper.protocol import (
     HEADER,
@@ -130,14 +129,8 @@ def helper(run_dir, start_helper) -> Helper:
 @pytest.fixture
 def another_user(user_site):
     """A second ordinary user (removed afterwards, with every process of theirs)."""
-    name = f"gsv{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
-    try:
-        yield OrdinaryUser(name, user_site)
-    finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-        time.sleep(0.2)
-        subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+    with temporary_user(user_site, "gsv") as user:
+        yield user
 
 
 class Probe:

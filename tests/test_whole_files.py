@@ -17,7 +17,14 @@ import time
 
 import pytest
 
-from conftest import USER_PYTHON, Gitsieve, create_workspace, processes_mentioning, wait_for
+from conftest import (
+    FAST_CONFIG,
+    USER_PYTHON,
+    Gitsieve,
+    create_workspace,
+    processes_mentioning,
+    wait_for,
+)
 
 SYNC_TIMEOUT = 120.0
 SLOW_WRITER = textwrap.dedent("""
@@ -30,20 +37,8 @@ SLOW_WRITER = textwrap.dedent("""
 """)
 SLOW_SIZE = 20 * 64 * 1024
 BIG_SIZE = 60 * 1024 * 1024
-FAST = """
-    [debounce]
-    allow = 0.2
-    default = 0.3
-    rules = []
-    [limits]
-    cooldown_seconds = 0
-    max_commits_per_hour = 100000
-    max_commits_per_day = 100000
-    [health]
-    interval = 0.5
-    [guard]
-    max_new_file_mb = 100  # the 60 MB file is the point here, not the size guard
-"""
+# the 60 MB file is the point here, not the size guard (test_guard holds it at the default)
+FAST = FAST_CONFIG + "[guard]\nmax_new_file_mb = 100\n"
 
 
 def remote_git(remote, *args) -> str:
