@@ -342,6 +342,32 @@ def test_autonomous_restart_loop_is_reported_and_never_gates(workspace):
         actor.close()
 
 
+def test_a_young_process_is_read_again_until_it_has_execd(workspace):
+    """The scan keeps each pid's command line once the process is SETTLED_AGE old; one seen
+    before it exec'd its program must still be recognised after it does."""
+    tag = f"gitsieve-test-late-exec-{os.getpid()}"
+    workspace.config(f'[filter]\nautonomous_processes = ["{tag}"]\n')
+    actor = Health(workspace.load())
+    detector = actor.autonomous
+    detector.sample_every = 0.0
+    becomes_agent = ("import os, sys, time; time.sleep(0.6); os.execv(sys.executable, "
+                     "[sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[1][::-1]])")
+    proc = subprocess.Popen([sys.executable, "-c", becomes_agent, tag[::-1]],
+                            cwd=workspace.root)
+    try:
+        detector.sample(time.monotonic())  # baseline: not an agent yet
+        assert proc.pid not in detector.known
+        wait_for(lambda: tag in " ".join(psutil.Process(proc.pid).cmdline()), 10,
+                 message="the program exec'd")
+        detector.sample(time.monotonic())
+        assert proc.pid in detector.known
+        assert [pid for _, pid, _ in detector.starts] == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
+        actor.close()
+
+
 def test_autonomous_processes_elsewhere_on_the_machine_are_not_this_workspaces_loop(
         workspace, tmp_path):
     """Issue 11: "restarting in a loop" appeared in a workspace with no agent, because the

@@ -21,6 +21,7 @@ MAX_STATS_BYTES = 256 * 1024
 MAX_STATE_CHARS = 32
 ACTOR_ID = re.compile(r"[a-z][a-z0-9_]{0,31}(-[0-9]{2,4})?")
 PID_MAX = 4 * 1024 * 1024  # the kernel's ceiling for pid_max
+SETTLED_AGE = 2.0  # seconds: a process this old has long exec'd its program
 
 
 def beat_problem(actor: str, pid: int) -> str:
@@ -74,6 +75,13 @@ class HeartbeatBook:
             del self.actors[actor_id]
 
 
+def _pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return psutil.pids()
+
+
 class RestartLoopDetector:
     """New pids of autonomous processes working in the workspace, within a trailing window.
 
@@ -93,21 +101,29 @@ class RestartLoopDetector:
         self.baseline_taken = False
         self.next_sample = 0.0
         self.own_pid = os.getpid()
+        self.cmdlines: dict[int, str] = {}  # pid -> its command line if autonomous, else ''
 
     def sample(self, now: float) -> None:
         if not self.matcher.patterns or now < self.next_sample:
             return
         self.next_sample = now + self.sample_every
         current: dict[int, str] = {}
-        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-            try:
-                cmdline = " ".join(proc.info["cmdline"] or [])
-                name = proc.info["name"] or ""
-            except psutil.Error:
-                continue  # exited while listed: nothing to count
-            if (proc.info["pid"] != self.own_pid and self.matcher.matches(cmdline, name)
-                    and self.works_here(proc, cmdline)):
-                current[proc.info["pid"]] = cmdline
+        seen: dict[int, str] = {}
+        for pid in _pids():
+            # A pid's command line is read until it is SETTLED_AGE old, then kept: a scan
+            # of a busy machine costs a listing of /proc, not two reads per process.  (A
+            # young process may not have exec'd yet; a pid reused between two scans would
+            # need pid_max to wrap within sample_every.)
+            cmdline = self.cmdlines.get(pid)
+            if cmdline is None:
+                cmdline, settled = self._matching_cmdline(pid)
+                if settled:
+                    seen[pid] = cmdline
+            else:
+                seen[pid] = cmdline
+            if cmdline and self.works_here(pid, cmdline):
+                current[pid] = cmdline
+        self.cmdlines = seen
         if self.baseline_taken:
             for pid in set(current) - self.known:
                 self.starts.append((now, pid, current[pid][:200]))
@@ -116,11 +132,26 @@ class RestartLoopDetector:
         while self.starts and self.starts[0][0] < now - self.window:
             self.starts.popleft()
 
-    def works_here(self, proc: psutil.Process, cmdline: str) -> bool:
+    def _matching_cmdline(self, pid: int) -> tuple[str, bool]:
+        """(the command line of ``pid`` when it is an autonomous process, else '';
+        whether that can be kept: the process is old enough to have exec'd)."""
+        if pid == self.own_pid:
+            return "", True
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                cmdline = " ".join(proc.cmdline())
+                name = proc.name()
+                settled = time.time() - proc.create_time() >= SETTLED_AGE
+        except psutil.Error:
+            return "", False  # exited while listed, or not ours to read: nothing to count
+        return (cmdline if self.matcher.matches(cmdline, name) else ""), settled
+
+    def works_here(self, pid: int, cmdline: str) -> bool:
         if self.workspace is None or self.workspace in cmdline:
             return True
         try:
-            cwd = proc.cwd()
+            cwd = psutil.Process(pid).cwd()
         except psutil.Error:  # gone, or not ours to look at: not known to work here
             return False
         return Path(cwd) == Path(self.workspace) or Path(cwd).is_relative_to(self.workspace)
