@@ -324,12 +324,14 @@ class CommitWatcher:
         self.root, self.ref = root, ref
         self.pending: list[tuple[str, str, float]] = []  # (path, content, written)
         self.latency: dict[str, float] = {}
+        self.written_wall: dict[str, float] = {}
         self.seen = ref.read_text() if ref.exists() else ""
 
     def edit(self, rel: str, content: str) -> None:
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         written = time.monotonic()
+        self.written_wall[rel] = time.time()
         target.write_text(content)
         self.pending.append((rel, content, written))
 
@@ -355,6 +357,36 @@ class CommitWatcher:
         while self.pending and time.monotonic() < deadline:
             self.poll()
             time.sleep(0.01)
+
+
+def stage_breakdown(config, edits: "CommitWatcher") -> str:
+    """Where the timed edits' latency went, p50/p90 per stage: write -> the watcher's
+    observation -> the debouncer's receipt (the layers) -> batched -> committed."""
+    paths = sorted(edits.latency)
+    try:
+        reply = control.request(config, "debouncer", "explain", {"paths": paths}, timeout=5.0)
+    except control.Unreachable:
+        return ""
+    found = reply.data.get("paths", {}) if reply.ok else {}
+    stages: dict[str, list[float]] = {"watch": [], "layers": [], "debounce": [], "commit": []}
+    for rel in paths:
+        record = found.get(rel)
+        if not record or rel not in edits.written_wall:
+            continue
+        written = edits.written_wall[rel]
+        committed = written + edits.latency[rel]
+        marks = [written, record["observed"], record["received"],
+                 record["batched"] or committed, committed]
+        for name, start, end in zip(stages, marks, marks[1:]):
+            stages[name].append(end - start)
+    if not stages["watch"]:
+        return ""
+    parts = []
+    for name, values in stages.items():
+        values.sort()
+        parts.append(f"{name} {values[len(values) // 2]:.2f}/"
+                     f"{values[min(len(values) - 1, int(len(values) * 0.9))]:.2f}")
+    return "where the time went, p50/p90 s: " + ", ".join(parts)
 
 
 def storm_writer(root: Path, rate: float, seconds: float, files: int) -> int:
@@ -434,6 +466,7 @@ def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float 
         l2 = [actor_status(config, f"l2-{i:02d}") for i in range(1, config.l2_workers + 1)]
         agent_commits = _git(root, "log", "--format=%H", "--", "agent").split()
         missed = [rel for rel, _, _ in edits.pending]
+        stages = stage_breakdown(config, edits)
     finally:
         stop_process(writer)
         stop_process(runner)
@@ -448,6 +481,8 @@ def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float 
         print(f"user-edit latency during the storm: n {len(during)}, p50 "
               f"{percentile(during, .5):.2f} s, p90 {percentile(during, .9):.2f} s, max "
               f"{max(during):.2f} s (target p90 <= {debounce + 0.5:.2f} s)")
+    if stages:
+        print(stages)
     recovery = edits.latency.get("notes/after-storm.txt")
     print("recovery: an edit 1 s after the storm committed in "
           + (f"{recovery:.2f} s" if recovery is not None else "(never)") + " (target <= 2 s)")
