@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the helper runs as ro
 
 CHURN_SECONDS = 20.0
 QUIET_TAIL = 8.0
+SLOW_EDIT = 10.0  # seconds after the churn: an edit slower than this is reported
 REACTIVE = ".claude/contexts/head-status.md"   # rewritten on every HEAD change
 STAMPED = ".claude/contexts/stamp.txt"         # rewritten by short-lived children
 TIMEOUT = 60.0
@@ -122,7 +124,8 @@ def test_churn_beside_user_edits_with_the_helper(ordinary_user, user_workspace, 
 
         agent_sim = user.site / "share" / "gitsieve" / "scripts" / "agent_sim.py"
         agent = user.popen(USER_PYTHON, str(agent_sim), "run", "--name", tag, "--workspace", str(ws.root),
-                           "--duration", str(CHURN_SECONDS + QUIET_TAIL + 30),
+                           # It outlives every wait below; the finally block stops it.
+                           "--duration", "900",
                            "--interval", "0.4", "--shared", REACTIVE, "--child-file",
                            STAMPED, "--log", str(agent_log))
         # The user's edits while the agent churns: new notes with real content, and edits
@@ -137,8 +140,14 @@ def test_churn_beside_user_edits_with_the_helper(ordinary_user, user_workspace, 
             ws.write(path, edits[path])
             time.sleep(2.0)
         for path, text in edits.items():
+            waited = time.monotonic()
             wait_for(lambda: remote_file(ws, path) == text, TIMEOUT,
                      message=f"the user's {path} on the remote")
+            waited = time.monotonic() - waited
+            if waited > SLOW_EDIT:  # synced, but slowly: say where it waited
+                explained = as_user(user, "explain", path, "--workspace", str(ws.root)).stdout
+                warnings.warn(f"{path} took {waited:.1f}s more to reach the remote:\n"
+                              f"{explained}")
         # Only the agent now: it goes on writing, and reacts to the last commits.
         settled = remote_head(ws)
         time.sleep(QUIET_TAIL)
