@@ -7,8 +7,8 @@ Sockets:
   - PUSH  connect  endpoints.decisions        Decision out: BLOCK / ALLOW verdicts
 Messages in: Change.  Messages out: Change, Decision.
 
-Changes are buffered by the handler and judged in ``on_tick``, so one ``git check-ignore``
-serves a whole poll round instead of one git process per event.
+Changes are buffered by the handler and judged in ``on_tick``: one exchange with a
+long-lived ``git check-ignore`` (common.git.ignore) serves a whole poll round.
 """
 from __future__ import annotations
 
@@ -59,8 +59,13 @@ class PatternLayer(Actor):
     def queue_depth(self) -> int:
         return len(self.buffer)
 
+    def shutdown(self) -> None:
+        self.judge.close()
+
     def extra_status(self) -> dict:
         return {"ignore_checks": self.judge.ignore_checks,
+                "ignore_process_starts": self.judge.ignore.starts,
+                "ignore_fallbacks": self.judge.ignore.fallbacks,
                 **{key: count for key, count in self.stats.items()
                    if key.startswith("verdict_")}}
 

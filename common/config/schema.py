@@ -160,7 +160,7 @@ KEYS: tuple[Key, ...] = (
         attr="l2_workers", minimum=1, maximum=16),
     Key("workers", "l3", int, 2, "content-layer workers under gitsieve run",
         attr="l3_workers", minimum=1, maximum=16),
-    Key("workers", "stage_window", int, 32, "changes one layer worker may hold; the rest "
+    Key("workers", "stage_window", int, 128, "changes one layer worker may hold; the rest "
         "wait in the router, where a person's change goes first and a path waits once",
         minimum=1, maximum=100_000),
     # [runtime]

@@ -9,7 +9,7 @@ import time
 _COMMON_DIRS: dict[str, str] = {}
 
 
-def _common_dir(git_dir: str) -> str:
+def common_dir(git_dir: str) -> str:
     common = _COMMON_DIRS.get(git_dir)
     if common is None:
         try:
@@ -27,7 +27,7 @@ def head_token(git_dir: str | os.PathLike) -> tuple:
     try:
         with open(os.path.join(git_dir, "HEAD"), encoding="utf-8") as source:
             head = source.read()
-        common = _common_dir(git_dir)
+        common = common_dir(git_dir)
     except OSError as exc:  # mid-rewrite by git: a token that matches nothing cached
         return ("unreadable", str(exc), time.monotonic())
     parts: list = [head]

@@ -3,7 +3,7 @@
 Order of checks per change: editor junk (BLOCK), ignored by git (BLOCK), the rule the
 watcher matched (its action), else ``config.default_action``.  Junk and the rule are facts
 the watcher established once and carried on the Change; this judge only adds what needs
-git (``check-ignore``, one call for a whole batch) and the learned set.  An ANALYZE path
+git (``check-ignore``, one long-lived process answering every batch) and the learned set.  An ANALYZE path
 learned as system-only (:mod:`.learning`) is marked ``learned`` so that L2 drops it unless
 the writer is positively the user.  Socket-free: the L1 actor, ``gitsieve test`` and the
 benchmarks call it directly.
@@ -14,6 +14,7 @@ import logging
 from typing import Callable
 
 from gitsieve.common.git import gateway
+from gitsieve.common.git.ignore import IgnoreChecker
 from gitsieve.common.judge.junk import editor_junk
 from gitsieve.common.judge.learning import LearnedSet
 from gitsieve.common.judge.rules import RuleCache
@@ -43,6 +44,7 @@ class PatternJudge:
     def __init__(self, config, on_error: Callable[[str], None] | None = None):
         self.config = config
         self.git = gateway.Git(config.workspace)
+        self.ignore = IgnoreChecker(self.git, config.git_dir)
         self.learned = LearnedSet(config.learned_file)
         self.on_error = on_error or (lambda what: None)
         self.ignore_checks = 0
@@ -74,10 +76,13 @@ class PatternJudge:
             return set()
         self.ignore_checks += 1
         try:
-            return self.git.ignored(paths)
+            return self.ignore.ignored(paths)
         except gateway.GitError as exc:
             # Fail open to the rules: a broken git also stops the executor, and the error
             # is counted and shown in status rather than stalling the whole stage.
             self.on_error(f"check-ignore: {exc}")
             log.error("git check-ignore failed for %d paths: %s", len(paths), exc)
             return set()
+
+    def close(self) -> None:
+        self.ignore.close()

@@ -1,0 +1,142 @@
+"""Which paths git ignores, answered by one long-lived ``git check-ignore --stdin``.
+
+L1 asks once per poll round.  A process per round was most of L1's CPU in a dirty start
+(70 % of its samples were spawning ``check-ignore``), so :class:`IgnoreChecker` keeps one
+child and streams the paths through it (``-v -n``: a record per path, so the answers are
+framed).  The child reads the index and each directory's ``.gitignore`` once, so it is
+replaced whenever that could be stale: the index, ``info/exclude`` or the global excludes
+file changed (stat), a ``.gitignore`` is among the paths asked about, or it is older than
+``max_age``.  When it fails (a path beyond a symbolic link makes git exit) the batch is
+answered by a one-shot ``check-ignore``, exactly as before, so errors read the same.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from pathlib import Path
+
+from gitsieve.common.git.gateway import Git, GitChild, GitError
+from gitsieve.common.git.head import common_dir
+
+log = logging.getLogger(__name__)
+
+MAX_AGE = 30.0  # seconds: a bound on staleness from what the stat checks cannot see
+ANSWER_TIMEOUT = 10.0  # seconds without a byte from the child: it is stuck
+_PIPE_CHUNK = 4096
+_READ_CHUNK = 256 * 1024
+_FIELDS = 4  # source, line number, pattern, path
+
+
+def _stat_key(path: Path | None) -> tuple | None:
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+class IgnoreChecker:
+    def __init__(self, git: Git, git_dir: Path, max_age: float = MAX_AGE,
+                 timeout: float = ANSWER_TIMEOUT):
+        self.git = git
+        self.git_dir = Path(git_dir)
+        self.max_age = max_age
+        self.timeout = timeout
+        self.child: GitChild | None = None
+        self.started = 0.0
+        self.basis: tuple = ()
+        self.starts = 0
+        self.fallbacks = 0
+        self._excludes: tuple[Path | None, ...] | None = None
+
+    def ignored(self, paths: list[str]) -> set[str]:
+        """The subset of ``paths`` that git ignores (tracked files never are); GitError
+        when git cannot say."""
+        if not paths:
+            return set()
+        try:
+            return self._exchange(paths)
+        except (OSError, TimeoutError, ValueError) as exc:
+            log.debug("check-ignore child failed (%s): one-shot for %d paths", exc, len(paths))
+            self.close()
+            self.fallbacks += 1
+            return self.git.ignored(paths)
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.close()
+            self.child = None
+
+    # ----------------------------------------------------------------------------------
+    def _basis(self) -> tuple:
+        common = Path(common_dir(os.fspath(self.git_dir)))
+        return (_stat_key(self.git_dir / "index"), _stat_key(common / "info" / "exclude"),
+                *(_stat_key(path) for path in self._excludes_files()))
+
+    def _excludes_files(self) -> tuple[Path | None, ...]:
+        if self._excludes is None:
+            code, out, _ = self.git.result("config", "--path", "--get", "core.excludesFile")
+            configured = Path(os.fsdecode(out.strip())) if code == 0 and out.strip() else None
+            home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+                os.path.expanduser("~"), ".config")
+            self._excludes = (configured, Path(home) / "git" / "ignore")
+        return self._excludes
+
+    def _running(self, paths: list[str]) -> GitChild:
+        now = time.monotonic()
+        basis = self._basis()
+        stale = (self.child is None or not self.child.alive() or basis != self.basis
+                 or now - self.started > self.max_age
+                 or any(os.path.basename(path) == ".gitignore" for path in paths))
+        if stale:
+            self.close()
+            # check-ignore rejects every pathspec magic, the literal one included, so
+            # literal mode is off; the "./" prefix keeps a leading ":" from reading as magic.
+            self.child = self.git.spawn("check-ignore", "-z", "--stdin", "-v", "-n",
+                                        env={"GIT_LITERAL_PATHSPECS": "0"})
+            self.started, self.basis = now, basis
+            self.starts += 1
+        return self.child
+
+    def _exchange(self, paths: list[str]) -> set[str]:
+        child = self._running(paths)
+        pending = bytearray(b"".join(b"./" + os.fsencode(path) + b"\0" for path in paths))
+        buffer = bytearray()
+        fields: list[bytes] = []
+        found: set[str] = set()
+        answered = 0
+        deadline = time.monotonic() + self.timeout
+        while answered < len(paths):
+            writers = [child.stdin] if pending else []
+            readable, writable, _ = select.select([child.stdout], writers, [],
+                                                  max(0.0, deadline - time.monotonic()))
+            if not readable and not writable:
+                raise TimeoutError(f"git check-ignore gave no answer within {self.timeout}s")
+            if writable:
+                del pending[:os.write(child.stdin, pending[:_PIPE_CHUNK])]
+            if not readable:
+                continue
+            chunk = os.read(child.stdout, _READ_CHUNK)
+            if not chunk:
+                raise OSError("git check-ignore exited")
+            deadline = time.monotonic() + self.timeout
+            buffer += chunk
+            *complete, rest = bytes(buffer).split(b"\0")
+            buffer = bytearray(rest)
+            for field in complete:
+                fields.append(field)
+                if len(fields) < _FIELDS:
+                    continue
+                source, _, pattern, path = fields
+                fields = []
+                expected = b"./" + os.fsencode(paths[answered])
+                if path != expected:
+                    raise ValueError(f"check-ignore answered {path[:200]!r} for {expected[:200]!r}")
+                if source and not pattern.startswith(b"!"):
+                    found.add(paths[answered])
+                answered += 1
+        return found
