@@ -160,6 +160,7 @@ class Executor(Actor):
         self.committer.path_gate = self.guard.before_staging
         self.committer.blob_gate = self.guard.check_blobs
         self.committer.push_gate = self.guard.push_gate
+        self.committer.sync_commit_made = self.guard.sync_commit_made
 
     # ----- inputs ---------------------------------------------------------------------
     def on_batch(self, batch: Batch) -> None:

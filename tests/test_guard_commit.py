@@ -42,6 +42,7 @@ def guarded(workspace):
         committer.path_gate = guard.before_staging
         committer.blob_gate = guard.check_blobs
         committer.push_gate = guard.push_gate
+        committer.sync_commit_made = guard.sync_commit_made
         made.append(guard)
         return committer, guard
 
@@ -276,6 +277,45 @@ def test_a_persons_own_commit_with_a_secret_stops_the_push_until_they_fix_it(wor
     assert committer.push() == (True, "")
     assert committer.push_hold is None
     assert "deploy/keys.txt" in workspace.files_at("origin/main")
+
+
+def test_a_sync_commit_on_a_cleared_commit_is_pushed_without_walking_history(workspace,
+                                                                             guarded):
+    committer, guard = guarded()
+    workspace.write("one.txt", "first\n")
+    assert committer.commit(["one.txt"]).pushed
+    assert guard.push_checks_skipped == 0  # the first push walks what the remote lacks
+    workspace.write("two.txt", "second\n")
+    result = committer.commit(["two.txt"])
+    assert result.pushed and workspace.remote_head() == result.commit
+    assert guard.push_checks_skipped == 1
+
+
+def test_a_persons_secret_under_a_sync_commit_is_still_found(workspace, guarded):
+    committer, guard = guarded()
+    workspace.write("one.txt", "first\n")
+    assert committer.commit(["one.txt"]).pushed
+    workspace.write("deploy/keys.txt", f"stripe {STRIPE}\n")
+    workspace.git("add", "deploy/keys.txt")
+    workspace.git("commit", "-q", "-m", "add keys")
+    workspace.write("two.txt", "second\n")
+    result = committer.commit(["two.txt"])
+    assert result.commit and not result.pushed
+    assert committer.push_hold.hold is Hold.SECRET
+    assert guard.push_checks_skipped == 0
+
+
+def test_an_allowlist_entry_removed_before_the_push_holds_it(workspace, guarded):
+    committer, guard = guarded()
+    workspace.write(".gitsieve-allow", "path:fixtures/**\n")
+    assert committer.commit([".gitsieve-allow"]).pushed
+    workspace.write("fixtures/b.txt", f"{STRIPE}\n")
+    result = committer.commit(["fixtures/b.txt"], push=False)
+    assert result.paths == ("fixtures/b.txt",)  # allowed when committed
+    workspace.path(".gitsieve-allow").unlink()  # the person takes the permission back
+    pushed, error = committer.push()
+    assert not pushed and error.startswith("push held: secret found")
+    assert guard.push_checks_skipped == 0
 
 
 def test_a_persons_held_commit_is_pushed_once_released(workspace, guarded):

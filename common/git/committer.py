@@ -289,6 +289,9 @@ class Committer:
         # Asked with (path, blob id) of every blob about to be committed, once hashed: the
         # exact bytes of the commit (the guard scans them); the paths it names are held.
         self.blob_gate: Callable[[list[tuple[str, str]]], dict[str, Why]] | None = None
+        # Told (parent, commit) after each sync commit, all of whose blobs the blob gate
+        # passed.
+        self.sync_commit_made: Callable[[str | None, str], None] | None = None
         self.last_push_sent = False  # the last push() sent commits (not only found none)
         # An integration whose update-ref failed left index and work tree at this commit
         # and could not put them back yet: nothing else happens until that is done.
@@ -683,6 +686,8 @@ class Committer:
                 else:
                     raise
             result.commit, result.parent = new, old or None
+            if self.sync_commit_made is not None and self.blob_gate is not None:
+                self.sync_commit_made(result.parent, new)
             self._after_commit(plan, changes, new, attempts)
             return
         raise TransientError("HEAD kept moving during the sync")
