@@ -61,7 +61,8 @@ class Debouncer(Actor):
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
         self.loops = LoopJudge(config)
         self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
-        seen = head_moved_at(config.git_dir)  # HEAD's last move before we started
+        self.reflog = HeadReflog(config.git_dir)
+        seen = self.reflog.moved_at()  # HEAD's last move before we started
         self.head_seen = seen[0] if seen else float("-inf")
         self.user_written: set[str] = set()  # pending paths a user process wrote (trail)
 
@@ -293,7 +294,7 @@ class Debouncer(Actor):
         decision and every tick: its mtime is when HEAD last moved, its last entry's message
         says whether gitsieve moved it.  ``reported``: a CommitReport's finish time, the
         moment used when HEAD has no reflog."""
-        found = head_moved_at(self.config.git_dir)
+        found = self.reflog.moved_at()
         if found is None:
             if reported is not None:
                 self.loops.note_commit(reported)
@@ -339,11 +340,33 @@ class Debouncer(Actor):
 OWN_REFLOG_PREFIX = b"gitsieve: "
 
 
+class HeadReflog:
+    """:func:`head_moved_at`, read again only when the reflog's stat changed: it is asked
+    before every decision (a stat, not an open and a read, per change)."""
+
+    def __init__(self, git_dir):
+        self.path = os.path.join(os.fspath(git_dir), "logs", "HEAD")
+        self.key: tuple | None = None
+        self.found: tuple[float, bool] | None = None
+
+    def moved_at(self) -> tuple[float, bool] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            self.key = self.found = None
+            return None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if key != self.key:
+            self.key, self.found = key, head_moved_at(os.path.dirname(os.path.dirname(
+                self.path)))
+        return self.found
+
+
 def head_moved_at(git_dir) -> tuple[float, bool] | None:
     """When HEAD last moved (wall time: its reflog's mtime) and whether gitsieve moved it
     (the reflog entry's message); None when HEAD has no reflog."""
     try:
-        with open(git_dir / "logs" / "HEAD", "rb") as handle:
+        with open(os.path.join(git_dir, "logs", "HEAD"), "rb") as handle:
             moved = os.fstat(handle.fileno()).st_mtime
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
             last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]

@@ -230,7 +230,10 @@ class Executor(Actor):
         wait = self.limiter.wait_time()
         if wait > 0:  # the rate limit only paces commits; a push is never held by it
             return Why(Hold.RATE_LIMIT, f"{self.limiter.reason()}, {wait:.1f}s left"), wait
-        if self.held and not self.committable():
+        # Asked at every tick: stop at the first committable path instead of sorting
+        # thousands of held ones (a dirty start holds them all while a commit runs).
+        if self.held and not any(path not in self.path_holds and not self.capped(path)
+                                 for path in self.held):
             free = [path for path in self.held if path not in self.path_holds]
             if free:
                 caps = [self.runaway.wait_time(path) for path in free]
