@@ -469,6 +469,46 @@ def test_recheck_drops_paths_that_now_differ_from_head_only_in_volatile_data(wor
     assert result.commit and workspace.committed_paths_since("HEAD~1") == {"state.json"}
 
 
+def test_a_rewrite_caught_between_truncation_and_write_is_not_committed(workspace):
+    """`date > stamp`: the shell empties the file, then date writes.  A re-check that read
+    it in between took the empty file for a change, and the agent's timestamp was committed
+    (test_gauntlet_without_helper, psutil mode, once under a full suite's load)."""
+    workspace.write("stamp.txt", "updated: 2026-01-01T10:00:00.000000+00:00\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    committer = make(workspace)
+    base = workspace.head()
+    path = workspace.path("stamp.txt")
+
+    def rewrite() -> None:
+        with open(path, "w") as handle:  # truncated now; written 80 ms later
+            time.sleep(0.08)
+            handle.write("updated: 2026-11-30T10:58:01.123456+00:00\n")
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        while path.stat().st_size:  # the commit comes while the file is empty
+            time.sleep(0.001)
+        result = committer.commit(["stamp.txt"], push=False, recheck={"stamp.txt"})
+    finally:
+        writer.join()
+    assert workspace.head() == base and result.commit is None
+    assert "stamp.txt" in result.dropped
+
+
+def test_a_file_the_person_emptied_is_committed(workspace):
+    workspace.write("notes.txt", "some notes\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    workspace.write("notes.txt", "")
+    old = time.time() - 5
+    os.utime(workspace.path("notes.txt"), (old, old))
+    result = make(workspace).commit(["notes.txt"], push=False, recheck={"notes.txt"})
+    assert result.statuses == {"notes.txt": "M"}
+    assert workspace.show("HEAD:notes.txt") == ""
+
+
 # ----- issue 11/13/14: the person's index, paths git refuses, forged batches, modes ----------
 def unsynced(workspace) -> str:
     """`git status` beyond the test's own (uncommitted) config file."""

@@ -103,6 +103,13 @@ _PUSH_TIMEOUT = 120.0
 _ZERO_OID = "0" * 40
 # After committing a file this large the user's index is refreshed (see _after_commit).
 _REFRESH_AFTER_BYTES = 1024 * 1024
+# A file rewritten in place (`date > f`, open(..., "w")) is empty between its truncation and
+# the first write: an emptied file modified this recently is given this long to fill again
+# before the re-check reads it.
+_TRUNCATED_RECENTLY = 1.0  # seconds since its modification
+_TRUNCATION_SETTLE = 0.25  # seconds waited at most, per commit
+_EMPTY_BLOBS = ("e69de29bb2d1d6434b8b29ae775ad8c2e48c5391",
+                "473a0f4c3be8a93681a267e3b1e9a7dcda1185436fe141f7749120a303721813")
 
 # Where a path stands in the work tree (Committer.plan).
 PRESENT, GONE, BEYOND_LINK, DIRECTORY = "present", "gone", "beyond-link", "directory"
@@ -601,6 +608,7 @@ class Committer:
                      and where[path][0] == PRESENT and path not in plan.fully_staged
                      and entries[path] is not None and entries[path].is_blob]
         if rechecked:
+            self._let_rewrites_fill(rechecked, entries)
             stale = {}
             for path, verdict in self.content.still_changes(rechecked).items():
                 if not verdict.commit:
@@ -613,6 +621,27 @@ class Committer:
             plan.stage = [path for path in plan.stage if path not in stale]
             plan.dropped += sorted(stale)
         return plan
+
+    def _let_rewrites_fill(self, paths: list[str], entries: dict) -> None:
+        """Wait (briefly, bounded) while any of ``paths`` is empty, modified moments ago,
+        and not empty in HEAD: a writer truncated it and has not written yet.  Read then,
+        an agent's timestamp rewrite looks like the file emptied, a change to commit."""
+        deadline = time.monotonic() + _TRUNCATION_SETTLE
+        waiting = [path for path in paths if entries[path].oid not in _EMPTY_BLOBS]
+        while waiting:
+            now = time.time()
+            emptied = []
+            for path in waiting:
+                try:
+                    info = os.lstat(self.root / path)
+                except OSError:
+                    continue  # gone: the re-check says what that means
+                if info.st_size == 0 and now - info.st_mtime < _TRUNCATED_RECENTLY:
+                    emptied.append(path)
+            waiting = emptied
+            if not waiting or time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
 
     # ----- the commit ---------------------------------------------------------------------
     def commit(self, paths, push: bool = True, attempts: int | None = None,
