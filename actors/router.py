@@ -78,7 +78,8 @@ class Router(Actor):
             except BadMessage as exc:
                 self._bad(stage, str(exc))
                 continue
-            if not stage.put(route.path, body, route.priority, route.observed, time.monotonic()):
+            if not stage.put(route.path, body, route.priority, route.observed, time.monotonic(),
+                             route.order):
                 self.log.warning("router: %s backlog full; a change of %r dropped (the "
                                  "watcher's reconcile sends it again)", stage.name, route.path)
         self._forward(stage)

@@ -497,6 +497,38 @@ def test_a_rewrite_caught_between_truncation_and_write_is_not_committed(workspac
     assert "stamp.txt" in result.dropped
 
 
+def test_a_new_file_caught_between_creation_and_write_is_not_committed(workspace):
+    """`date > new.stamp` creates the file empty, then date writes: L3 read it empty ("a
+    new file"), and the timestamp that followed was committed unchecked."""
+    committer = make(workspace)
+    base = workspace.head()
+    path = workspace.path("heartbeat.ns")
+
+    def create() -> None:
+        with open(path, "w") as handle:
+            time.sleep(0.08)
+            handle.write("1796035650926626804\n")
+
+    writer = threading.Thread(target=create)
+    writer.start()
+    try:
+        while not path.exists():
+            time.sleep(0.001)
+        result = committer.commit(["heartbeat.ns"], push=False, recheck={"heartbeat.ns"})
+    finally:
+        writer.join()
+    assert workspace.head() == base and result.commit is None
+    assert "heartbeat.ns" in result.dropped
+
+
+def test_a_new_empty_file_of_the_persons_is_committed(workspace):
+    workspace.write("pkg/__init__.py", "")
+    old = time.time() - 5
+    os.utime(workspace.path("pkg/__init__.py"), (old, old))
+    result = make(workspace).commit(["pkg/__init__.py"], push=False, recheck={"pkg/__init__.py"})
+    assert result.statuses == {"pkg/__init__.py": "A"}
+
+
 def test_a_file_the_person_emptied_is_committed(workspace):
     workspace.write("notes.txt", "some notes\n")
     workspace.git("add", "-A")

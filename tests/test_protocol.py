@@ -267,7 +267,8 @@ def test_stage_frames_carry_a_route_and_the_change(priority, path):
     change = dataclasses.replace(SAMPLES[0], path=path)
     route_frame, body = messages.stage_frames(change, priority)
     raw_path = path.encode("utf-8", "surrogateescape")
-    route = Route(priority, raw_path, change.observed)
+    route = Route(priority, raw_path, change.observed, change.epoch, change.seq)
+    assert route.order == (change.epoch, change.seq)
     assert route_frame == route.encode()
     assert route_frame[:1] == (b"\1" if priority else b"\0")
     assert route_frame.endswith(raw_path)
@@ -277,19 +278,22 @@ def test_stage_frames_carry_a_route_and_the_change(priority, path):
 
 
 def test_longest_route_frame_passes():
-    longest = Route(False, b"x" * messages.PATH_MAX, 1.5).encode()
-    assert Route.decode(longest) == Route(False, b"x" * messages.PATH_MAX, 1.5)
+    longest = Route(False, b"x" * messages.PATH_MAX, 1.5, 3.0, 2 ** 64 - 1).encode()
+    assert Route.decode(longest) == Route(False, b"x" * messages.PATH_MAX, 1.5, 3.0, 2 ** 64 - 1)
 
 
 @pytest.mark.parametrize("frame", [
     b"",
-    b"\x02" + bytes(8) + b"a",                 # not a priority byte
+    b"\x02" + bytes(24) + b"a",                # not a priority byte
     b"a/b",                                     # a path without its priority byte
-    b"\x01" + bytes(8),                         # no path
-    b"\x01" + bytes(8) + b"x" * (messages.PATH_MAX + 1),   # longer than any path
-    b"\x01" + b"\x7f\xf0" + bytes(6) + b"a",   # observed is infinite
+    b"\x01" + bytes(24),                        # no path
+    b"\x01" + bytes(8) + b"a",                  # the frame before it carried the order
+    b"\x01" + bytes(24) + b"x" * (messages.PATH_MAX + 1),  # longer than any path
+    b"\x01" + b"\x7f\xf0" + bytes(22) + b"a",  # observed is infinite
+    b"\x01" + bytes(8) + b"\xff\xf0" + bytes(14) + b"a",  # epoch is -infinity
     messages.encode(SAMPLES[0]),                # a message body where the route belongs
-], ids=["empty", "bad-priority", "no-priority", "no-path", "too-long", "infinite", "body"])
+], ids=["empty", "bad-priority", "no-priority", "no-path", "no-order", "too-long", "infinite",
+        "bad-epoch", "body"])
 def test_bad_route_frames_are_bad_messages(frame):
     with pytest.raises(BadMessage, match="route frame"):
         Route.decode(frame)

@@ -139,6 +139,28 @@ def test_a_storm_on_few_paths_queues_each_path_once_with_its_earliest_observatio
         assert change.seq >= 490 and change.observed == 100.0  # newest body, first seen
 
 
+def test_an_older_change_arriving_late_never_replaces_the_newer_one(router):
+    """Two L2 workers judge a path's two changes in parallel; the older can reach L3's queue
+    last.  It replaced the newer one there: a file's "still open for writing" change
+    outlived its close, and the person's edit waited for the open-file bound or a
+    reconcile (40 s in test_gauntlet_without_helper)."""
+    cfg, context, producer = router
+    opened = Change(path="notes/edit.md", kind=ChangeKind.WRITE, seq=200, epoch=1.0,
+                    observed=100.0, open_since=5.0)
+    closed = Change(path="notes/edit.md", kind=ChangeKind.WRITE, seq=201, epoch=1.0,
+                    observed=100.1)
+    producer.send_multipart(messages.stage_frames(closed, priority=False))
+    producer.send_multipart(messages.stage_frames(opened, priority=False))
+    wait_for(lambda: stage_status(cfg)["replaced"] == 1, 10, message="merged")
+    worker = stage_reader(context, cfg, "l2", window=10)
+    assert worker.sock.poll(5000)
+    body, earliest = worker.sock.recv_multipart()
+    got = messages.with_earliest(messages.decode(body), earliest)
+    assert (got.seq, got.open_since, got.observed) == (201, 0.0, 100.0)
+    assert not worker.sock.poll(300)
+    assert stage_status(cfg)["late"] == 1
+
+
 def test_a_path_not_seen_lately_overtakes_a_storm_of_hot_paths(router):
     cfg, context, producer = router
     worker = stage_reader(context, cfg, "l2", window=1)

@@ -83,6 +83,7 @@ class Waiting:
     body: bytes
     observed: float  # the earliest observation of the changes merged here
     merged: bool = False
+    order: tuple[float, int] = (0.0, 0)  # (epoch, seq) of the change whose body this is
 
 
 MAX_BACKLOG = 200_000
@@ -106,17 +107,22 @@ class StageQueue:
         self.replaced = 0  # changes merged into one already waiting for the same path
         self.dropped = 0  # changes refused at MAX_BACKLOG (a reconcile sends them again)
         self.lost = 0  # changes in flight at workers that disappeared
+        self.late = 0  # changes older than the one waiting for their path (merged, not kept)
 
     def backlog(self) -> int:
         return len(self.urgent) + len(self.cold) + len(self.normal)
 
     def put(self, path: bytes, body: bytes, priority: bool, observed: float,
-            now: float) -> bool:
-        """Queue a change (replacing the path's waiting one); False if dropped at the cap."""
+            now: float, order: tuple[float, int] = (0.0, 0)) -> bool:
+        """Queue a change (merged with the path's waiting one, whose body the newer of the
+        two by ``order`` keeps); False if dropped at the cap."""
         for lane in self.lanes:
             waiting = lane.get(path)
             if waiting is not None:
-                waiting.body = body
+                if order >= waiting.order:  # an older change arriving late keeps nothing
+                    waiting.body, waiting.order = body, order
+                else:
+                    self.late += 1
                 waiting.observed = min(waiting.observed, observed)
                 waiting.merged = True
                 self.replaced += 1
@@ -129,7 +135,7 @@ class StageQueue:
         last = self.recent.get(path)
         cold = last is None or now - last > HOT_WINDOW
         lane = self.urgent if priority else self.cold if cold else self.normal
-        lane[path] = Waiting(body, observed)
+        lane[path] = Waiting(body, observed, order=order)
         return True
 
     def next(self) -> tuple[bytes, Waiting] | None:
@@ -179,7 +185,7 @@ class StageQueue:
 
     def status(self) -> dict:
         return {"backlog": self.backlog(), "urgent": len(self.urgent), "cold": len(self.cold),
-                "forwarded": self.forwarded, "replaced": self.replaced,
+                "forwarded": self.forwarded, "replaced": self.replaced, "late": self.late,
                 "dropped": self.dropped, "lost": self.lost,
                 "workers": {w.name: {"in_flight": w.in_flight(), "credit": w.credit()}
                             for w in self.workers.values()}}

@@ -604,9 +604,11 @@ class Committer:
                      if path in plan.stage}
             plan.held.update(gated)
             plan.stage = [path for path in plan.stage if path not in gated]
+        # New files too: L3 may have read one between its creation and its first write
+        # (empty: "a new file"), and the version now may be a timestamp alone.
         rechecked = [path for path in plan.stage if path in recheck
                      and where[path][0] == PRESENT and path not in plan.fully_staged
-                     and entries[path] is not None and entries[path].is_blob]
+                     and (entries[path] is None or entries[path].is_blob)]
         if rechecked:
             self._let_rewrites_fill(rechecked, entries)
             stale = {}
@@ -624,10 +626,12 @@ class Committer:
 
     def _let_rewrites_fill(self, paths: list[str], entries: dict) -> None:
         """Wait (briefly, bounded) while any of ``paths`` is empty, modified moments ago,
-        and not empty in HEAD: a writer truncated it and has not written yet.  Read then,
-        an agent's timestamp rewrite looks like the file emptied, a change to commit."""
+        and not empty in HEAD (or new): a writer created or truncated it and has not written
+        yet.  Read then, an agent's timestamp (re)write looks like a new empty file or an
+        emptied one, a change to commit."""
         deadline = time.monotonic() + _TRUNCATION_SETTLE
-        waiting = [path for path in paths if entries[path].oid not in _EMPTY_BLOBS]
+        waiting = [path for path in paths
+                   if entries[path] is None or entries[path].oid not in _EMPTY_BLOBS]
         while waiting:
             now = time.time()
             emptied = []

@@ -442,34 +442,49 @@ def decode(frame: bytes):
 class Route:
     """What the router needs of a Change in a stage queue, in a frame of its own: whether
     it goes ahead of the rest (ALLOW areas, writers known to be the user's), when it was
-    observed (the router keeps the earliest of the changes of one path it merges) and its
-    path.  Wire: a priority byte, the observation as a big-endian double, the path."""
+    observed (the router keeps the earliest of the changes of one path it merges), the
+    change's order ``(epoch, seq)`` (of two changes of one path, the router keeps the newer,
+    whichever arrives last: workers in parallel can deliver them out of order) and its path.
+    Wire: a priority byte, the observation and the epoch as big-endian doubles, the seq as a
+    big-endian unsigned 64-bit integer, the path."""
 
     priority: bool
     path: bytes
     observed: float = 0.0
+    epoch: float = 0.0
+    seq: int = 0
+
+    @property
+    def order(self) -> tuple[float, int]:
+        return self.epoch, self.seq
 
     def encode(self) -> bytes:
-        return (b"\1" if self.priority else b"\0") + _STAMP.pack(self.observed) + self.path
+        return (b"\1" if self.priority else b"\0") + _ROUTE_NUMBERS.pack(
+            self.observed, self.epoch, self.seq) + self.path
 
     @classmethod
     def decode(cls, frame: bytes) -> "Route":
-        head = 1 + _STAMP.size
+        head = 1 + _ROUTE_NUMBERS.size
         if len(frame) <= head or frame[:1] not in (b"\0", b"\1") or \
                 len(frame) > PATH_MAX + head:
-            raise BadMessage("route frame is not [priority byte, observed, path]")
-        observed = _STAMP.unpack_from(frame, 1)[0]
+            raise BadMessage("route frame is not [priority byte, observed, epoch, seq, path]")
+        observed, epoch, seq = _ROUTE_NUMBERS.unpack_from(frame, 1)
         if not 0.0 <= observed < float("inf"):
             raise BadMessage("route frame: observed is not a time")
-        return cls(frame[:1] == b"\1", bytes(frame[head:]), observed)
+        if not 0.0 <= epoch < float("inf"):
+            raise BadMessage("route frame: epoch is not a run number")
+        return cls(frame[:1] == b"\1", bytes(frame[head:]), observed, epoch, seq)
 
 
 _STAMP = struct.Struct(">d")
+_ROUTE_NUMBERS = struct.Struct(">ddQ")
+_SEQ_MAX = 2 ** 64 - 1
 
 
 def stage_frames(change: Change, priority: bool) -> list[bytes]:
     """The two frames a Change travels as through a stage queue."""
-    route = Route(priority, change.path.encode("utf-8", "surrogateescape"), change.observed)
+    route = Route(priority, change.path.encode("utf-8", "surrogateescape"), change.observed,
+                  float(change.epoch), min(max(0, change.seq), _SEQ_MAX))
     return [route.encode(), encode(change)]
 
 
