@@ -25,6 +25,7 @@ import zmq
 
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.git.head import file_signature
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
 from gitsieve.common.judge.learning import Learner
 from gitsieve.common.judge.loop import LoopJudge
@@ -350,12 +351,10 @@ class HeadReflog:
         self.found: tuple[float, bool] | None = None
 
     def moved_at(self) -> tuple[float, bool] | None:
-        try:
-            info = os.stat(self.path)
-        except OSError:
+        key = file_signature(self.path)
+        if key is None:
             self.key = self.found = None
             return None
-        key = (info.st_ino, info.st_mtime_ns, info.st_size)
         if key != self.key:
             self.key, self.found = key, head_moved_at(os.path.dirname(os.path.dirname(
                 self.path)))

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.git.committer import CommitResult, Committer, index_signature
-from gitsieve.common.git.head import head_token
+from gitsieve.common.git.committer import CommitResult, Committer
+from gitsieve.common.git.head import file_signature, head_token
 from gitsieve.common.judge.guard.gate import CommitGuard
 from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
@@ -282,8 +282,8 @@ class Executor(Actor):
         tracking = git_dir / "refs" / "remotes" / self.config.remote / branch
         # a release recorded or an allowlist edited may free held paths and a held push
         decided = self.guard.signatures() if self.guard is not None else None
-        refs = (head_token(git_dir), index_signature(tracking) if branch else None, decided)
-        return refs, (refs, index_signature(self.committer.user_index))
+        refs = (head_token(git_dir), file_signature(tracking) if branch else None, decided)
+        return refs, (refs, file_signature(self.committer.user_index))
 
     def watch_refs(self, now: float) -> None:
         """Notice HEAD, the branch, the upstream or the user's index moving (by stat, no

@@ -469,6 +469,31 @@ def test_recheck_drops_paths_that_now_differ_from_head_only_in_volatile_data(wor
     assert result.commit and workspace.committed_paths_since("HEAD~1") == {"state.json"}
 
 
+def commit_mid_rewrite(committer, path, text: str):
+    """Commit ``path`` (re-checked) while a writer holds it open and empty: created or
+    truncated, with ``text`` written 80 ms later (`date > f`)."""
+    def rewrite() -> None:
+        with open(path, "w") as handle:
+            time.sleep(0.08)
+            handle.write(text)
+
+    def empty_now() -> bool:
+        try:
+            return path.stat().st_size == 0
+        except FileNotFoundError:
+            return False
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        while not empty_now():
+            time.sleep(0.001)
+        rel = path.name
+        return committer.commit([rel], push=False, recheck={rel})
+    finally:
+        writer.join()
+
+
 def test_a_rewrite_caught_between_truncation_and_write_is_not_committed(workspace):
     """`date > stamp`: the shell empties the file, then date writes.  A re-check that read
     it in between took the empty file for a change, and the agent's timestamp was committed
@@ -476,23 +501,9 @@ def test_a_rewrite_caught_between_truncation_and_write_is_not_committed(workspac
     workspace.write("stamp.txt", "updated: 2026-01-01T10:00:00.000000+00:00\n")
     workspace.git("add", "-A")
     workspace.git("commit", "-q", "-m", "base")
-    committer = make(workspace)
     base = workspace.head()
-    path = workspace.path("stamp.txt")
-
-    def rewrite() -> None:
-        with open(path, "w") as handle:  # truncated now; written 80 ms later
-            time.sleep(0.08)
-            handle.write("updated: 2026-11-30T10:58:01.123456+00:00\n")
-
-    writer = threading.Thread(target=rewrite)
-    writer.start()
-    try:
-        while path.stat().st_size:  # the commit comes while the file is empty
-            time.sleep(0.001)
-        result = committer.commit(["stamp.txt"], push=False, recheck={"stamp.txt"})
-    finally:
-        writer.join()
+    result = commit_mid_rewrite(make(workspace), workspace.path("stamp.txt"),
+                                "updated: 2026-11-30T10:58:01.123456+00:00\n")
     assert workspace.head() == base and result.commit is None
     assert "stamp.txt" in result.dropped
 
@@ -502,21 +513,8 @@ def test_a_new_file_caught_between_creation_and_write_is_not_committed(workspace
     new file"), and the timestamp that followed was committed unchecked."""
     committer = make(workspace)
     base = workspace.head()
-    path = workspace.path("heartbeat.ns")
-
-    def create() -> None:
-        with open(path, "w") as handle:
-            time.sleep(0.08)
-            handle.write("1796035650926626804\n")
-
-    writer = threading.Thread(target=create)
-    writer.start()
-    try:
-        while not path.exists():
-            time.sleep(0.001)
-        result = committer.commit(["heartbeat.ns"], push=False, recheck={"heartbeat.ns"})
-    finally:
-        writer.join()
+    result = commit_mid_rewrite(committer, workspace.path("heartbeat.ns"),
+                                "1796035650926626804\n")
     assert workspace.head() == base and result.commit is None
     assert "heartbeat.ns" in result.dropped
 

@@ -62,7 +62,6 @@ import re
 import stat
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from gitsieve.common.config.loader import Config
@@ -74,6 +73,7 @@ from gitsieve.common.git.catfile import (
     HeadReadError,
 )
 from gitsieve.common.git.gateway import Git, GitError, split_nul
+from gitsieve.common.git.head import file_signature
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
 from gitsieve.common.judge.junk import editor_junk
@@ -258,15 +258,6 @@ def _index_line(mode: int, oid: str, path: str) -> bytes:
     return shown.encode() + b"\t" + os.fsencode(path) + b"\0"
 
 
-def index_signature(path: Path) -> tuple | None:
-    """A cheap fingerprint of an index file: git rewrites it whole (a new inode)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_mtime_ns, info.st_size)
-
-
 class Committer:
     def __init__(self, config: Config, sleep: Callable[[float], None] = time.sleep,
                  git: Git | None = None, content: ContentJudge | None = None):
@@ -438,7 +429,7 @@ class Committer:
         """Paths whose entry in the user's index differs from HEAD's: path -> the index's
         (mode, oid), mode 0 when the index has none.  Intent-to-add entries are not
         changes.  Read again only when the index file or HEAD changed."""
-        key = (index_signature(self.user_index), head[0] if head else None)
+        key = (file_signature(self.user_index), head[0] if head else None)
         self.index_basis = key[0]
         if self._staged is not None and self._staged[0] == key and key[0] is not None:
             return self._staged[1]
@@ -930,7 +921,7 @@ class Committer:
         for old_mode, old_oid, _, _, _, path in records:
             self.index_refresh_pending.setdefault(path, (old_mode, old_oid))
         key, staged = self._staged or ((None, None), {})
-        signature = index_signature(self.user_index)
+        signature = file_signature(self.user_index)
         committed = {record[5] for record in records}
         if signature is None or key[0] != signature or set(self.index_refresh_pending) != \
                 committed or (self.config.git_dir / "index.lock").exists():
@@ -959,7 +950,7 @@ class Committer:
                          stderr.strip())
         # The index now agrees with the new HEAD on the committed paths; the rest of what
         # the person staged is unchanged.
-        self.index_basis = index_signature(self.user_index)
+        self.index_basis = file_signature(self.user_index)
         self._staged = ((self.index_basis, new),
                         {path: entry for path, entry in staged.items() if path not in committed})
 

@@ -21,6 +21,18 @@ def common_dir(git_dir: str) -> str:
     return common
 
 
+def file_signature(path: str | os.PathLike | None) -> tuple | None:
+    """A cheap fingerprint of a file git (or gitsieve) rewrites: inode, mtime and size;
+    None when it is missing (or no path is given)."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 def head_token(git_dir: str | os.PathLike) -> tuple:
     """Cheap fingerprint of where HEAD points: changes whenever a commit moves it."""
     git_dir = os.fspath(git_dir)
@@ -34,9 +46,6 @@ def head_token(git_dir: str | os.PathLike) -> tuple:
     if head.startswith("ref: "):
         ref = head[5:].strip()
         for candidate in (os.path.join(common, ref), os.path.join(common, "packed-refs")):
-            try:
-                info = os.stat(candidate)
-                parts.append((info.st_ino, info.st_mtime_ns, info.st_size))
-            except OSError:  # no loose ref / no packed-refs file: absence is part of the token
-                parts.append(None)
+            # no loose ref / no packed-refs file: absence (None) is part of the token
+            parts.append(file_signature(candidate))
     return tuple(parts)

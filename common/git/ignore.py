@@ -17,8 +17,8 @@ import select
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitChild, GitError
-from gitsieve.common.git.head import common_dir
+from gitsieve.common.git.gateway import Git, GitChild
+from gitsieve.common.git.head import common_dir, file_signature
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,6 @@ ANSWER_TIMEOUT = 10.0  # seconds without a byte from the child: it is stuck
 _PIPE_CHUNK = 4096
 _READ_CHUNK = 256 * 1024
 _FIELDS = 4  # source, line number, pattern, path
-
-
-def _stat_key(path: Path | None) -> tuple | None:
-    if path is None:
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 class IgnoreChecker:
@@ -74,8 +64,8 @@ class IgnoreChecker:
     # ----------------------------------------------------------------------------------
     def _basis(self) -> tuple:
         common = Path(common_dir(os.fspath(self.git_dir)))
-        return (_stat_key(self.git_dir / "index"), _stat_key(common / "info" / "exclude"),
-                *(_stat_key(path) for path in self._excludes_files()))
+        return (file_signature(self.git_dir / "index"), file_signature(common / "info" / "exclude"),
+                *(file_signature(path) for path in self._excludes_files()))
 
     def _excludes_files(self) -> tuple[Path | None, ...]:
         if self._excludes is None:

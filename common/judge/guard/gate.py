@@ -26,6 +26,7 @@ from typing import Iterator
 
 from gitsieve.common.config.loader import Config
 from gitsieve.common.git.gateway import Git, GitChild, GitError, nul_joined, split_nul
+from gitsieve.common.git.head import file_signature
 from gitsieve.common.judge.guard.allowlist import Allowlist, AllowlistError
 from gitsieve.common.judge.guard.findings import git_blob_id
 from gitsieve.common.judge.guard.judge import MIB, GuardJudge, GuardSettings, describe
@@ -213,7 +214,7 @@ class CommitGuard:
             if released != self.judge.released:
                 self.judge.set_released(released)
                 changed = True
-        signature = _signature(self.allowlist_file)
+        signature = file_signature(self.allowlist_file)
         if signature != self._allowlist_signature:
             self._allowlist_signature = signature
             changed = True
@@ -306,7 +307,7 @@ class CommitGuard:
     def signatures(self) -> tuple:
         """The release records' and the allowlist's file signatures (stat only, safe from
         another thread): when they change, held paths and a held push are worth a retry."""
-        return self.releases.signature(), _signature(self.allowlist_file)
+        return self.releases.signature(), file_signature(self.allowlist_file)
 
     def _judge_blobs(self, blobs: list[tuple[str, str]]) -> dict[str, Why]:
         """{path: why} for the (path, blob id) pairs that hold; each blob not judged before
@@ -465,13 +466,3 @@ def versions_to_release(config: Config, git: Git, path: str) -> dict[str, str]:
                 if len(meta) == 5 and meta[4] != b"D":
                     versions.setdefault(meta[3].decode(), path)
     return versions
-
-
-def _signature(path: Path | None) -> tuple | None:
-    if path is None:
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns, info.st_size
