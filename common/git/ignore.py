@@ -17,7 +17,7 @@ import select
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitChild
+from gitsieve.common.git.gateway import Git, GitChild, git_env
 from gitsieve.common.git.head import common_dir, file_signature
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ class IgnoreChecker:
         if self._excludes is None:
             code, out, _ = self.git.result("config", "--path", "--get", "core.excludesFile")
             configured = Path(os.fsdecode(out.strip())) if code == 0 and out.strip() else None
-            home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
-                os.path.expanduser("~"), ".config")
+            env = git_env(owner=self.git.owner)  # git's own HOME: the work tree owner's
+            home = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "/"), ".config")
             self._excludes = (configured, Path(home) / "git" / "ignore")
         return self._excludes
 
