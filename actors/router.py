@@ -139,7 +139,10 @@ class Router(Actor):
         return sum(stage.backlog() for stage in self.stages.values())
 
     def extra_status(self) -> dict:
-        return {"stages": {name: stage.status() for name, stage in self.stages.items()}}
+        stages = {name: stage.status() for name, stage in self.stages.items()}
+        # the one figure the health monitor publishes: the watcher sends these again
+        lost = sum(stage["lost"] + stage["dropped"] for stage in stages.values())
+        return {"changes_lost": lost, "stages": stages}
 
 
 if __name__ == "__main__":

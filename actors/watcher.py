@@ -28,7 +28,8 @@ catches whatever inotify missed; it sends only paths not already in flight (sent
 decision for them seen on the debouncer's feed yet; a mark expires after
 ``IN_FLIGHT_EXPIRY`` seconds, and all marks go when any actor restarts or the router reports
 changes lost).  ZeroMQ drops what was in flight to a process that dies, so whenever the
-health monitor's actors map shows an actor restarted (new pid) or newly appeared, the
+health monitor's actors map shows an actor restarted (new pid), or newly appeared having
+started after this run's first change, or the router's count of changes lost grew, the
 watcher reconciles again (``RESTART_RECONCILE_DELAY`` later, coalescing a burst of restarts
 into one): the file system and ``git status`` are the source of truth.
 
@@ -54,6 +55,7 @@ from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.gateway import Git, GitError, nul_joined
 from gitsieve.common.judge.content import git_blob_id
+from gitsieve.common.judge.health import nonnegative_count
 from gitsieve.common.judge.pattern import observe, urgent
 from gitsieve.common.judge.rules import RuleCache
 from gitsieve.common.judge.writing import MoveTracker, WriteTracker, Writing
@@ -131,7 +133,7 @@ class Watcher(Actor):
         # reconcile after any actor restarts: the health monitor's actors map
         self.actor_pids: dict[str, int] = {}
         self.actor_alive: dict[str, bool] = {}
-        self.health_seen = False
+        self.first_sent: float | None = None  # wall clock of this run's first change
         self.restart_reconcile_at: float | None = None
         self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
 
@@ -323,6 +325,8 @@ class Watcher(Actor):
             self.in_flight.popitem(last=False)
         self.stats["changes_sent"] += 1
         self.stats[f"changes_{source}"] += 1
+        if self.first_sent is None:
+            self.first_sent = time.time()
         self.unsent.append(frames)
         self._flush()
 
@@ -704,7 +708,9 @@ class Watcher(Actor):
     # ----- reconcile after any actor restarts -------------------------------------------
     def on_health(self, status: HealthStatus) -> None:
         """Schedule a reconcile when an actor has a new pid, came back after being silent,
-        or appears for the first time (not counting the first status this watcher sees)."""
+        or is seen for the first time having started after this watcher sent its first
+        change (it may have replaced a predecessor that took some); or when the router
+        counts changes lost."""
         changed = []
         for actor_id, info in status.actors.items():
             if actor_id == self.actor_id:
@@ -715,13 +721,16 @@ class Watcher(Actor):
                 continue
             alive = info.get("alive") is not False
             known_pid = self.actor_pids.get(actor_id)
-            if self.health_seen and (known_pid != pid or
-                                     (alive and not self.actor_alive.get(actor_id, True))):
+            if known_pid is None:
+                restarted = self._started_since_first_sent(info.get("started"))
+            else:
+                restarted = known_pid != pid or (alive and not self.actor_alive[actor_id])
+            if restarted:
                 changed.append(f"{actor_id} (pid {known_pid} -> {pid})")
             self.actor_pids[actor_id] = pid
             self.actor_alive[actor_id] = alive
-        self.health_seen = True
-        lost = self._router_lost(status.actors.get("router"))
+        router = status.actors.get("router")
+        lost = nonnegative_count(router.get("changes_lost")) if isinstance(router, dict) else 0
         if lost > self.router_lost:
             changed.append(f"router lost {lost - self.router_lost} change(s)")
         self.router_lost = lost
@@ -734,20 +743,14 @@ class Watcher(Actor):
             if self.restart_reconcile_at is None:
                 self.restart_reconcile_at = time.monotonic() + RESTART_RECONCILE_DELAY
 
-    @staticmethod
-    def _router_lost(info) -> int:
-        """Changes the router counted lost (with departed workers) or dropped at its cap."""
-        stats = info.get("stats") if isinstance(info, dict) else None
-        stages = stats.get("stages") if isinstance(stats, dict) else None
-        if not isinstance(stages, dict):
-            return 0
-        total = 0
-        for stage in stages.values():
-            if isinstance(stage, dict):
-                for key in ("lost", "dropped"):
-                    value = stage.get(key, 0)
-                    total += value if isinstance(value, int) else 0
-        return total
+    def _started_since_first_sent(self, started) -> bool:
+        """A newly seen actor may have replaced one that took changes: it did if it started
+        after this run's first change (a start time not given counts as after)."""
+        if self.first_sent is None:
+            return False
+        if not isinstance(started, (int, float)) or isinstance(started, bool):
+            return True
+        return started >= self.first_sent
 
     def shutdown(self) -> None:
         self.inotify.close()

@@ -200,10 +200,12 @@ def health_with(actors: dict) -> HealthStatus:
 
 def test_watcher_schedules_reconcile_on_new_pid_reappearance_and_new_actor(workspace):
     watcher = Watcher(workspace.load())
+    before = time.time() - 5.0
     try:
         watcher.on_health(health_with({"executor": {"pid": 10, "alive": True},
                                        "watcher": {"pid": os.getpid(), "alive": True}}))
-        assert watcher.restart_reconcile_at is None  # the first status is the baseline
+        assert watcher.restart_reconcile_at is None  # nothing sent yet: nothing to lose
+        watcher.first_sent = time.time()
         watcher.on_health(health_with({"executor": {"pid": 10, "alive": True}}))
         assert watcher.restart_reconcile_at is None  # nothing changed
         watcher.on_health(health_with({"executor": {"pid": 11, "alive": True}}))
@@ -215,8 +217,15 @@ def test_watcher_schedules_reconcile_on_new_pid_reappearance_and_new_actor(works
         watcher.on_health(health_with({"executor": {"pid": 11, "alive": True}}))
         assert watcher.restart_reconcile_at is not None  # came back
         watcher.restart_reconcile_at = None
+        watcher.on_health(health_with({"executor": {"pid": 11},
+                                       "l1": {"pid": 4, "started": before}}))
+        assert watcher.restart_reconcile_at is None  # new to us, but there all along
         watcher.on_health(health_with({"executor": {"pid": 11}, "l3-02": {"pid": 5}}))
-        assert watcher.restart_reconcile_at is not None  # a newly appeared actor
+        assert watcher.restart_reconcile_at is not None  # new, start not known
+        watcher.restart_reconcile_at = None
+        watcher.on_health(health_with({"executor": {"pid": 11},
+                                       "l3-01": {"pid": 6, "started": time.time()}}))
+        assert watcher.restart_reconcile_at is not None  # started after our first change
         watcher.restart_reconcile_at = None
         watcher.on_health(health_with({"executor": "garbage", "l1": {"pid": "x"}}))
         assert watcher.restart_reconcile_at is None
@@ -224,3 +233,32 @@ def test_watcher_schedules_reconcile_on_new_pid_reappearance_and_new_actor(works
     finally:
         watcher.shutdown()
         watcher.close()
+
+
+def test_the_watcher_learns_of_router_losses_through_the_health_monitors_published_map(
+        workspace):
+    """The published map carries no stats: the router's count of lost changes must reach
+    the watcher all the same, and so must when each actor started (so actors seen for the
+    first time at startup, older than the watcher's first change, cause no reconcile)."""
+    from gitsieve.actors.health import Health
+    from gitsieve.common.protocol.messages import Heartbeat
+    health, watcher = Health(workspace.load()), Watcher(workspace.load())
+
+    def router_beat(lost: int) -> None:
+        stats = {"uptime": 30.0, "changes_lost": lost,
+                 "stages": {"l2": {"lost": lost, "dropped": 0}}}
+        health.on_heartbeat(Heartbeat(actor="router", pid=4242, sent=time.time(),
+                                      state="running", stats=stats))
+    try:
+        watcher.first_sent = time.time() - 1.0
+        router_beat(0)
+        watcher.on_health(health.evaluate())
+        assert watcher.restart_reconcile_at is None  # started 30 s ago: no predecessor
+        watcher.in_flight["a.txt"] = (1, time.monotonic())
+        router_beat(3)
+        watcher.on_health(health.evaluate())
+        assert watcher.restart_reconcile_at is not None and not watcher.in_flight
+        assert "router lost 3 change(s)" in watcher.restarts_seen
+    finally:
+        watcher.shutdown()
+        health.close()

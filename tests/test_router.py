@@ -88,6 +88,8 @@ def test_workers_share_by_credit_and_a_departed_worker_gets_nothing_more(router)
     # The departed worker is forgotten once silent, its 4 changes counted as lost.
     second.announce(received=taken)
     wait_for(lambda: stage_status(cfg)["lost"] == 4, 10, message="first forgotten")
+    # the one figure the health monitor passes on to the watcher
+    assert control.request(cfg, "router", "status", timeout=5).data["changes_lost"] == 4
     assert list(stage_status(cfg)["workers"]) == ["second"]
 
 

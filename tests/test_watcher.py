@@ -397,9 +397,9 @@ def test_changes_the_router_lost_or_dropped_make_the_watcher_reconcile(bare_watc
     watcher, _ = bare_watcher
 
     def health(lost: int, dropped: int) -> HealthStatus:
-        stats = {"stages": {"l2": {"lost": lost, "dropped": dropped}}}
         return HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="", checked=1.0,
-                            actors={"router": {"pid": 7, "alive": True, "stats": stats}})
+                            actors={"router": {"pid": 7, "alive": True,
+                                               "changes_lost": lost + dropped}})
     watcher.on_health(health(0, 0))
     watcher.in_flight["a.txt"] = (1, time.monotonic())
     watcher.on_health(health(0, 0))

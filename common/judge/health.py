@@ -34,7 +34,11 @@ def beat_problem(actor: str, pid: int) -> str:
 
 
 class HeartbeatBook:
-    """The actors that beat: actor id -> {pid, state, last_seen, received, stats}.
+    """The actors that beat: actor id -> {pid, state, last_seen, received, interval,
+    started, changes_lost, stats}.  ``started`` (wall clock) tells a newly seen actor that
+    was there all along from one that replaced an unseen predecessor; ``changes_lost`` is
+    the count of changes the actor reports it lost (the router: with departed workers, or
+    dropped at its cap), so the watcher can send them again.
 
     A beat that cannot be an actor's is refused; stats over ``MAX_STATS_BYTES`` are kept
     out (the beat still counts for liveness); past ``MAX_ACTORS`` ids a new id is refused
@@ -59,13 +63,15 @@ class HeartbeatBook:
         if problem:
             self.refused[problem.split(":")[0]] += 1
             return problem
+        started, lost = _started(sent, stats), nonnegative_count(stats.get("changes_lost"))
         size = len(msgpack.packb(stats, use_bin_type=True, unicode_errors="surrogateescape"))
         if size > MAX_STATS_BYTES:
             self.refused["stats too large"] += 1
             stats = {"stats_dropped_bytes": size}
         self.actors[actor] = {"pid": pid, "state": state[:MAX_STATE_CHARS],
                               "last_seen": sent, "received": self.clock(),
-                              "interval": interval, "stats": stats}
+                              "interval": interval, "started": started,
+                              "changes_lost": lost, "stats": stats}
         return ""
 
     def forget_silent(self) -> None:
@@ -73,6 +79,20 @@ class HeartbeatBook:
         for actor_id in [a for a, info in self.actors.items()
                          if now - info["received"] > self.forget_after]:
             del self.actors[actor_id]
+
+
+def nonnegative_count(value) -> int:
+    """A non-negative count from an actor's stats (0 when absent or not a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _started(sent: float, stats: dict) -> float:
+    """When the beating process started (wall clock): the beat's time less its uptime."""
+    uptime = stats.get("uptime")
+    if isinstance(uptime, (int, float)) and not isinstance(uptime, bool) and \
+            0 <= uptime < float("inf"):
+        return sent - uptime
+    return sent
 
 
 def _pids() -> list[int]:
