@@ -5,7 +5,8 @@ Sockets:
                                               Ready (credit) out, see common.actor
   - PUSH  connect  endpoints.decisions        one Decision per Change
   - SUB   connect  endpoints.commits          CommitReport: HEAD moved, drop the HEAD cache
-  - SUB   connect  endpoints.feed             Decision (debouncer's live feed): the versions
+  - SUB   connect  endpoints.feed             Decision (debouncer's live feed, topics
+                                              feed.CONTENT_TOPICS): the versions
                                               other workers judged USER
 Messages in: Change, CommitReport, Decision (feed).  Out: Decision with
 ``commit = verdict == USER`` and a ContentStep.
@@ -16,7 +17,8 @@ from __future__ import annotations
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.judge.content_judge import ContentJudge
+from gitsieve.common.judge import feed as feed_topics
+from gitsieve.common.judge.content_judge import ContentJudge, remembered_version
 from gitsieve.common.protocol.messages import Change, CommitReport, Decision, decide
 from gitsieve.common.protocol.states import Content
 from gitsieve.common.protocol.trail import ContentStep, l1_action, step_of
@@ -33,10 +35,10 @@ class ContentLayer(Actor):
         endpoints = self.config.endpoints
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
         commits = self.connect(zmq.SUB, endpoints.commits)
-        feed = self.connect(zmq.SUB, endpoints.feed, hwm=10_000)
         self.take_stage("l3", {Change: self.on_change})
         self.add_input(commits, {CommitReport: self.on_commit})
-        self.add_input(feed, {Decision: self.on_feed})
+        self.subscribe(endpoints.feed, feed_topics.CONTENT_TOPICS, {Decision: self.on_feed},
+                       hwm=10_000)
 
     def on_commit(self, report: CommitReport) -> None:
         self.stats["commit_reports"] += 1
@@ -44,7 +46,7 @@ class ContentLayer(Actor):
 
     def on_feed(self, decision: Decision) -> None:
         step = step_of(decision.trail, ContentStep)
-        if step is not None and step.verdict == Content.USER and step.masked is not None:
+        if step is not None and remembered_version(step):
             self.judge.note_user_version(decision.path, step.masked, step.exact)
 
     def on_change(self, change: Change) -> None:

@@ -4,7 +4,8 @@ Sockets:
   - PULL  bind     endpoints.decisions  in:  Decision (from l1, l2, l3)
   - PUSH  bind     endpoints.batches    out: Batch (to the executor)
   - SUB   connect  endpoints.commits    in:  CommitReport (status only)
-  - PUB   bind     endpoints.feed       out: Decision (every one received, for `actorctl tail`)
+  - PUB   bind     endpoints.feed       out: [topic, Decision] (every one received, for
+                                       `actorctl tail`; topics: common.judge.feed)
 
 Which paths are due is :class:`~gitsieve.common.judge.debounce.Debounce`'s judgement;
 this actor publishes every decision on the feed, keeps the latest per path for
@@ -26,6 +27,7 @@ import zmq
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.head import file_signature
+from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
 from gitsieve.common.judge.learning import Learner
 from gitsieve.common.judge.loop import LoopJudge
@@ -166,8 +168,11 @@ class Debouncer(Actor):
     def note_decision(self, decision: Decision, stale: bool) -> None:
         """Publish the decision on the live feed and remember it as the path's latest."""
         if self.feed is not None:
+            # the frame as it came when there is one: decoded and checked, not re-encoded
+            frame = self.handling_frame or messages.encode(decision)
             try:
-                self.feed.send(messages.encode(decision), zmq.NOBLOCK)
+                self.feed.send_multipart([feed_topics.topic_of(decision.trail), frame],
+                                         zmq.NOBLOCK)
                 self.stats["feed_published"] += 1
             except zmq.Again:  # a PUB only refuses when its queue is full: a slow tail
                 self.stats["feed_dropped"] += 1

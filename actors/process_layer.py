@@ -6,7 +6,8 @@ Sockets:
   - PUSH  connect  endpoints.stage_in("l3")   Changes with a USER or UNKNOWN writer, to L3
   - PUSH  connect  endpoints.decisions        Decision(commit=False) for SYSTEM/SELF writers
                                               and for learned paths without a user writer
-  - SUB   connect  endpoints.feed             Decision (the debouncer's live feed): which
+  - SUB   connect  endpoints.feed             Decision (the debouncer's live feed, topics
+                                              feed.PROCESS_TOPICS): which
                                               writes other workers already accounted for
   - (exact mode: the fanotify and proc-connector descriptors, or the epoll descriptor
     holding the socket to ``gitsieve helper``, watched in the poll loop)
@@ -21,6 +22,7 @@ import time
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.process import ProcessJudge
 from gitsieve.common.protocol.messages import Change, Decision, decide
@@ -42,9 +44,9 @@ class ProcessLayer(Actor):
         endpoints = self.config.endpoints
         self.to_content = self.connect(zmq.PUSH, endpoints.stage_in("l3"))
         self.decisions = self.connect(zmq.PUSH, endpoints.decisions)
-        feed = self.connect(zmq.SUB, endpoints.feed, hwm=10_000)
         self.take_stage("l2", {Change: self.on_change})
-        self.add_input(feed, {Decision: self.on_feed})
+        self.subscribe(endpoints.feed, feed_topics.PROCESS_TOPICS, {Decision: self.on_feed},
+                       hwm=10_000)
 
     def on_feed(self, decision: Decision) -> None:
         step = step_of(decision.trail, ProcessStep)

@@ -372,16 +372,17 @@ class Watcher(Actor):
         reconcile it saves."""
         for _ in range(_FEED_LIMIT):
             try:
-                frame = self.feed.recv(zmq.NOBLOCK)
+                frames = self.feed.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
+                _topic, frame = frames  # [topic, Decision]: see common.judge.feed
                 _, name, body = msgpack.unpackb(frame, raw=False, strict_map_key=True,
                                                 unicode_errors="surrogateescape")
                 if name != "Decision":
                     raise ValueError(f"unexpected {name!r}")
                 path, epoch, seq = body["path"], body["epoch"], body["seq"]
-                settles = body["commit"] is False and _writer_of(body["trail"]) in \
+                settles = body["commit"] is False and _writer_of(body.get("trail", ())) in \
                     _SETTLING_WRITERS
             except Exception as exc:  # msgpack raises several unrelated types on bad input
                 self.stats["bad_frames"] += 1

@@ -417,3 +417,57 @@ def test_the_pending_set_at_its_cap_releases_early_never_drops(workspace, monkey
     assert due_at(judge, 0.0) == ["a", "b", "c"]
     assert judge.early_releases == 3
     assert due_at(judge, 1.0) == ["d"]
+
+
+def test_the_feed_publishes_each_decision_as_it_came_to_the_layers_that_keep_it(
+        workspace, actors):
+    """A real debouncer: every decision reaches a subscriber to everything (the watcher,
+    ``actorctl tail``) byte for byte; an L2 worker's topics carry only verdicts whose
+    writes it remembers, an L3 worker's only user versions it remembers."""
+    from gitsieve.common.judge import feed as feed_topics
+    config = workspace.load()
+    config_mod.prepare_runtime_dir(config)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    listeners = {name: context.socket(zmq.SUB) for name in ("all", "l2", "l3")}
+    topics = {"all": feed_topics.EVERYTHING, "l2": feed_topics.PROCESS_TOPICS,
+              "l3": feed_topics.CONTENT_TOPICS}
+    accounted = ProcessStep(Writer.SYSTEM, L2Reason.IDENTIFIED, Mode.FANOTIFY,
+                            writes_until=time.time())
+    unknown = ProcessStep(Writer.UNKNOWN, L2Reason.NO_WRITER_SEEN, Mode.FANOTIFY)
+    user = ContentStep(Content.USER, L3Reason.NEW_FILE, masked="m" * 40, exact="e" * 40)
+    sent = {"system.json": with_trail(decision("system.json", commit=False), accounted),
+            "new.md": with_trail(decision("new.md"), unknown, user),
+            "both.md": with_trail(decision("both.md"), accounted, user),
+            "plain.md": with_trail(decision("plain.md", commit=False), unknown)}
+    frames = {path: messages.encode(each) for path, each in sent.items()}
+    try:
+        actors("debouncer", workspace.root)
+        wait_for(lambda: _status(config), timeout=15, message="debouncer control socket")
+        for name, sock in listeners.items():
+            sock.linger = 0
+            for topic in topics[name]:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+            sock.connect(config.endpoints.feed)
+        push.linger = 0
+        push.connect(config.endpoints.decisions)
+        time.sleep(0.3)  # the subscriptions reach the publisher
+        for frame in frames.values():
+            push.send(frame)
+        heard = {name: {} for name in listeners}
+
+        def all_heard() -> bool:
+            for name, sock in listeners.items():
+                while sock.poll(20):
+                    topic, frame = sock.recv_multipart()
+                    heard[name][messages.decode(frame).path] = frame
+            return len(heard["all"]) == len(frames)
+        wait_for(all_heard, timeout=10, message="every decision on the feed")
+        assert heard["all"] == frames  # as they came, not re-encoded
+        assert set(heard["l2"]) == {"system.json", "both.md"}
+        assert set(heard["l3"]) == {"new.md", "both.md"}
+    finally:
+        push.close()
+        for sock in listeners.values():
+            sock.close()
+        context.term()

@@ -254,7 +254,8 @@ def test_fsck_failure_in_a_real_process_pauses_and_resumes(workspace, actors):
 
 
 def test_stale_index_lock_is_reported_not_removed_by_default(workspace):
-    workspace.config("[git]\nstale_lock_age = 60\n")
+    # no fsck: a run in flight is a live git in the work tree, and the lock is then not stale
+    workspace.config("[git]\nstale_lock_age = 60\n[health]\nfsck_interval = 0\n")
     actor = Health(workspace.load())
     lock = workspace.path(".git/index.lock")
     try:

@@ -255,9 +255,9 @@ def test_periodic_reconcile_sends_only_paths_not_in_flight(workspace, start):
         assert status(cfg)["in_flight"] >= 1
 
         def decided_and_resent():
-            feed.send(messages.encode(Decision(
+            feed.send_multipart([b"d", messages.encode(Decision(
                 path="README.md", kind=ChangeKind.WRITE, seq=sent.seq, epoch=sent.epoch,
-                observed=sent.observed, commit=True, action=Action.ANALYZE)))
+                observed=sent.observed, commit=True, action=Action.ANALYZE))])
             return col.of("README.md", source="reconcile")
         wait_for(decided_and_resent, 10, 0.2, message="sent again once decided")
     finally:

@@ -105,6 +105,9 @@ class Actor:
         self.stopping = False
         self._sockets: list[zmq.Socket] = []
         self._inputs: dict[zmq.Socket, dict[type, Callable]] = {}
+        self._topic_inputs: set[zmq.Socket] = set()  # inputs of [topic, frame] messages
+        # the frame of the message being handled, so a handler can pass it on as it came
+        self.handling_frame = b""
         self._fd_handlers: dict[int, Callable[[], object]] = {}
         self._control: zmq.Socket | None = None
         self._heartbeat: zmq.Socket | None = None
@@ -155,6 +158,17 @@ class Actor:
     def add_input(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> None:
         self._inputs[sock] = handlers
         self.poller.register(sock, zmq.POLLIN)
+
+    def subscribe(self, endpoint: str, topics: tuple[bytes, ...],
+                  handlers: dict[type, Callable], hwm: int = 100_000) -> zmq.Socket:
+        """A SUB input of ``[topic, frame]`` messages, taking only ``topics`` (prefixes)."""
+        sock = self._socket(zmq.SUB, hwm)
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(endpoint)
+        self._topic_inputs.add(sock)
+        self.add_input(sock, handlers)
+        return sock
 
     def take_stage(self, stage: str, handlers: dict[type, Callable]) -> zmq.Socket:
         """Become one of ``stage``'s workers (see :mod:`.stage`)."""
@@ -258,6 +272,7 @@ class Actor:
         """Handle what ``sock`` holds (up to _DRAIN_LIMIT frames); return how many."""
         taken = 0
         stage = sock is self._feed_sock
+        topic = sock in self._topic_inputs
         budget_end = time.perf_counter() + ROUND_BUDGET
         while taken < _DRAIN_LIMIT and time.perf_counter() < budget_end:
             try:
@@ -267,14 +282,20 @@ class Actor:
             taken += 1
             self.stats["messages_in"] += 1
             try:
-                if len(frames) != 1 and not (stage and len(frames) == 2):
+                if topic:
+                    if len(frames) != 2:
+                        raise BadMessage(f"{len(frames)} frames, expected [topic, frame]")
+                    frames = frames[1:]
+                elif len(frames) != 1 and not (stage and len(frames) == 2):
                     raise BadMessage(f"{len(frames)} frames, expected 1")
                 message = messages.decode(frames[0])
+                self.handling_frame = frames[0]
                 if len(frames) == 2:
                     if not isinstance(message, Change):
                         raise BadMessage(f"a merge frame with {type(message).__name__}")
                     # the router merged this change with older ones of the path
                     message = messages.with_earliest(message, frames[1])
+                    self.handling_frame = b""  # no longer the message as it came
                 handler = handlers.get(type(message))
                 if handler is None:
                     raise BadMessage(f"unexpected {type(message).__name__} on this socket")
@@ -287,6 +308,7 @@ class Actor:
             started = time.perf_counter()
             name = type(message).__name__
             self._guarded(f"handler for {name}", lambda: handler(message))
+            self.handling_frame = b""
             window = self.latency.get(name)
             if window is None:
                 window = self.latency[name] = LatencyWindow()

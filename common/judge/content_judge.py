@@ -62,6 +62,11 @@ def large_file_verdict(head: HeadBlob | None, work: WorkFile) -> ContentVerdict:
     return ContentVerdict(USER, L3Reason.LARGE_FILE_CHANGED, "object id differs")
 
 
+def remembered_version(step: ContentStep) -> bool:
+    """A verdict whose version every L3 worker remembers (:meth:`ContentJudge.note_user_version`)."""
+    return step.verdict == Content.USER and step.masked is not None
+
+
 class ContentJudge:
     def __init__(self, config, git: Git | None = None,
                  on_error: Callable[[str], None] | None = None):

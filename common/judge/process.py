@@ -38,6 +38,11 @@ from gitsieve.common.protocol.trail import ProcessStep, Suspect, is_learned
 _REPEATABLE = (Writer.SYSTEM, Writer.SELF, Writer.USER)
 
 
+def accountable(step: ProcessStep) -> bool:
+    """A verdict whose weighed writes every L2 worker remembers (:meth:`note_accounted`)."""
+    return step.writes_until is not None and step.verdict in _REPEATABLE
+
+
 class ProcessJudge:
     def __init__(self, config, attributor=None):
         self.config = config
@@ -102,8 +107,7 @@ class ProcessJudge:
     def note_accounted(self, path: str, step: ProcessStep) -> None:
         """Remember the newest write a verdict (ours or another worker's) weighed."""
         until = step.writes_until
-        if (until is not None and step.verdict in _REPEATABLE
-                and until > self.accounted.get(path, (0.0, None))[0]):
+        if accountable(step) and until > self.accounted.get(path, (0.0, None))[0]:
             self.accounted[path] = (until, dataclasses.replace(step, learned=False))
 
     def tick(self, now: float) -> None:

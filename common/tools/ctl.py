@@ -402,7 +402,10 @@ class Tail(Command):
                 if not feed.poll(wait):
                     continue
                 try:
-                    decision = messages.decode(feed.recv())
+                    frames = feed.recv_multipart()
+                    if len(frames) != 2:  # [topic, Decision]: see common.judge.feed
+                        raise messages.BadMessage(f"{len(frames)} frames, expected 2")
+                    decision = messages.decode(frames[1])
                 except messages.BadMessage as exc:
                     print(f"actorctl: skipped a bad frame: {exc}", file=sys.stderr)
                     continue
