@@ -869,3 +869,51 @@ def test_a_large_committed_file_leaves_a_refreshed_index_entry(workspace):
                            capture_output=True, text=True, check=True).stdout
     assert "size: 2097152" in entry  # stat data recorded
     assert unsynced(workspace) == ""
+
+
+def test_the_push_runs_beside_the_update_of_the_persons_index(workspace):
+    """The push needs only the commit: it is on the remote while the person's index is
+    still being written (before, the push waited for it), and the index is written before
+    commit() returns."""
+    committer = make(workspace)
+    workspace.write("notes/a.md", "one\n")
+    seen_remote: list[str | None] = []
+    update_index = committer._after_commit
+
+    def slow_index_update(*args):
+        deadline = time.monotonic() + 10
+        while workspace.remote_head() != workspace.head() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen_remote.append(workspace.remote_head())
+        update_index(*args)
+    committer._after_commit = slow_index_update
+    result = committer.commit(["notes/a.md"])
+    assert result.pushed and not result.error
+    assert seen_remote == [result.commit]  # pushed while the index waited
+    staged = workspace.git("diff", "--cached", "--name-only")
+    assert staged.strip() == ""  # the index holds the commit's entry: nothing left staged
+
+
+def test_integrating_a_moved_remote_waits_for_the_index_update(workspace, tmp_path):
+    """A rejected push integrates the remote's commits, which touches the index: never
+    while the commit's own update of the index is still running."""
+    committer = make(workspace)
+    other_clone_pushes(workspace, tmp_path, {"theirs.txt": "moved the remote\n"})
+    workspace.write("mine.txt", "mine\n")
+    events: list[str] = []
+    update_index, integrate = committer._after_commit, committer.integrate_remote
+
+    def slow_index_update(*args):
+        time.sleep(0.5)  # the push is rejected meanwhile
+        update_index(*args)
+        events.append("index written")
+
+    def recorded_integration(*args):
+        events.append("integrating")
+        return integrate(*args)
+    committer._after_commit, committer.integrate_remote = slow_index_update, \
+        recorded_integration
+    result = committer.commit(["mine.txt"])
+    assert result.pushed and not result.error
+    assert events == ["index written", "integrating"]
+    assert workspace.remote_head() == workspace.head()

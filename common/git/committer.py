@@ -60,6 +60,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -126,6 +127,28 @@ class PushConflict(Exception):
 
 # git's words when a push is refused because the remote has commits we lack.
 _REJECTED_MARKERS = ("[rejected]", "non-fast-forward", "fetch first", "Updates were rejected")
+
+
+class _Background:
+    """``call`` in a thread of its own; :meth:`outcome` waits for its value (or raises
+    what it raised)."""
+
+    def __init__(self, call: Callable[[], object], name: str):
+        self._call, self._value, self._error = call, None, None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the waiting thread, raised there
+            self._error = exc
+
+    def outcome(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 @dataclass
@@ -299,6 +322,9 @@ class Committer:
         # the commit (index.lock was busy): path -> that entry (mode, oid; mode 0: none).
         # Written on a later call of refresh_user_index(), unless the person changed it.
         self.index_refresh_pending: dict[str, tuple[int, str]] = {}
+        # clear while a commit's push runs beside its update of the person's index
+        self._index_written = threading.Event()
+        self._index_written.set()
         # The user's index against HEAD, as last read: ((signature, head), {path: entry})
         self._staged: tuple | None = None
         # The user's index signature the last plan decided on (as read, or as this
@@ -655,7 +681,7 @@ class Committer:
         attempt = 0
         while True:
             try:
-                self._commit_once(list(paths), result, attempts, recheck)
+                index_update = self._commit_once(list(paths), result, attempts, recheck)
                 break
             except (GitError, TransientError) as exc:
                 transient = isinstance(exc, TransientError) or _is_transient(exc)
@@ -670,14 +696,26 @@ class Committer:
                 delay = self.config.retry_backoff * attempt
                 log.info("sync commit: %s; retry %d in %.1fs", exc, attempt, delay)
                 self.sleep(delay)
-        if result.held:
-            return result
         if result.commit and push and self.config.remote:
-            result.pushed, result.error = self.push(branch, result.parent)
+            # The push needs only the new commit; the person's index is written meanwhile
+            # (on a 100k-file tree each takes tens of milliseconds), and both are done
+            # before the commit is reported.
+            self._index_written.clear()
+            pushing = _Background(lambda: self.push(branch, result.parent), name="git-push")
+            try:
+                if index_update is not None:
+                    index_update()
+            finally:
+                self._index_written.set()
+                result.pushed, result.error = pushing.outcome()
+        elif index_update is not None:
+            index_update()
         return result
 
     def _commit_once(self, paths: list[str], result: CommitResult, attempts: int,
-                     recheck: set[str] | frozenset = frozenset()) -> None:
+                     recheck: set[str] | frozenset = frozenset()) -> Callable[[], None] | None:
+        """Make the commit and move HEAD to it; what is left to do then (write the
+        committed entries into the person's index), or None when no commit was made."""
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
         self._finish_rollback()
@@ -712,8 +750,7 @@ class Committer:
             result.commit, result.parent = new, old or None
             if self.sync_commit_made is not None and self.blob_gate is not None:
                 self.sync_commit_made(result.parent, new)
-            self._after_commit(plan, changes, new, attempts)
-            return
+            return lambda: self._after_commit(plan, changes, new, attempts)
         raise TransientError("HEAD kept moving during the sync")
 
     # ----- objects and trees -----------------------------------------------------------------
@@ -1094,6 +1131,8 @@ class Committer:
                          self.config.pull_strategy)
                 rejected = True
         if rejected:
+            # integrating touches the index: never while the commit's own update of it runs
+            self._index_written.wait()
             try:
                 self.integrate_remote(branch)
                 gated = self._gate(self.upstream_state(branch))
