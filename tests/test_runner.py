@@ -47,3 +47,30 @@ def test_a_vanished_workspace_stops_the_run_with_one_line(tmp_path):
     lines = [line for line in gitsieve.log().splitlines() if "vanished (" in line]
     assert len(lines) == 1 and f"the workspace {ws.root} vanished" in lines[0], lines
     assert not processes_mentioning(str(ws.root))
+
+
+def test_a_restarted_actor_runs_on_the_config_the_runner_loaded(tmp_path):
+    """Forks take the runner's config, not the file again: a config broken while gitsieve
+    runs leaves a restarted actor running (and every actor on one config), and no fork
+    copies the pages a second load would write."""
+    ws = create_workspace(tmp_path)
+    ws.fast_config()
+    gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
+    try:
+        gitsieve.wait_running()
+        cfg = ws.load()
+        old = control.request(cfg, "l1", "status").data["pid"]
+        ws.config("[debounce]\ndefault = not a number\n")
+        psutil.Process(old).kill()
+
+        def restarted():
+            try:
+                return control.request(cfg, "l1", "status", timeout=0.5).data["pid"] != old
+            except control.Unreachable:
+                return False
+        wait_for(restarted, 30, message="l1 restarted")
+        assert control.request(cfg, "l1", "status").data["state"] == "running"
+    finally:
+        code, _ = gitsieve.stop()
+    assert code == 0
+    assert not [line for line in gitsieve.log().splitlines() if line.startswith("l1:")]

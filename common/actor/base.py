@@ -436,12 +436,36 @@ class Actor:
         self._beat(now)
 
 
+class _ActorLabel(logging.Filter):
+    """Puts the process's actor id on every record (``%(actor)s``)."""
+
+    label = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.actor = self.label
+        return True
+
+
+_LABEL = _ActorLabel()
+_configured_level: int | None = None
+
+
 def setup_logging(level: str, actor_id: str) -> None:
-    # force: an actor forked by the runner replaces the runner's handlers with its own.
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), stream=sys.stderr, force=True,
-        format=f"%(asctime)s {actor_id} %(levelname)s %(name)s: %(message)s")
+    """Log to stderr at ``level``, each line naming ``actor_id``.  An actor forked by the
+    runner finds the runner's logging set up at the same level and only relabels it:
+    setting a level again walks every logger of every module, and each one touched is a
+    page copied out of those the forks share."""
+    global _configured_level
+    _LABEL.label = actor_id
+    number = getattr(logging, level, logging.INFO)
+    if _configured_level == number:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_LABEL)
+    logging.basicConfig(level=number, handlers=[handler], force=True,
+                        format="%(asctime)s %(actor)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sh").setLevel(logging.WARNING)  # sh logs every command at INFO
+    _configured_level = number
 
 
 def set_title(title: str) -> None:
@@ -470,11 +494,22 @@ def main(actor_class: type[Actor], argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_mod.load_from_arguments(args)
-        actor_id = (actor_class.name if args.instance is None
-                    else f"{actor_class.name}-{args.instance:02d}")
+    except config_mod.ConfigError as exc:  # a bad config or a refused runtime directory
+        print(f"{actor_class.name}: {exc}", file=sys.stderr)
+        return 2
+    return run_actor(actor_class, cfg, args.instance)
+
+
+def run_actor(actor_class: type[Actor], cfg, instance: int | None) -> int:
+    """Run one actor on a loaded config: ``main``'s second half, and what the runner's
+    forks call with the config the runner loaded (loading it again in each fork would
+    copy megabytes of the pages they share)."""
+    try:
+        actor_id = (actor_class.name if instance is None
+                    else f"{actor_class.name}-{instance:02d}")
         setup_logging(cfg.log_level, actor_id)
         set_title(f"gitsieve: {actor_id} {cfg.workspace}")
-        return actor_class(cfg, args.instance).run()
-    except config_mod.ConfigError as exc:  # a bad config or a refused runtime directory
+        return actor_class(cfg, instance).run()
+    except config_mod.ConfigError as exc:  # a refused runtime directory
         print(f"{actor_class.name}: {exc}", file=sys.stderr)
         return 2

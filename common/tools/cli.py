@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
             logging.getLogger(__name__).warning(
                 "remote %r is not configured in %s: commits stay local until it is",
                 config.remote, config.workspace)
-    runner = Runner(config, getattr(args, "config", None))
+    runner = Runner(config)
     try:
         return runner.run()
     except AlreadyRunning as exc:

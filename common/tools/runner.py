@@ -3,7 +3,10 @@ restarts one that dies (with back-off), and stops them all within 5 s on SIGINT/
 
 The runner is a fork server: it imports every actor module once (then ``gc.freeze()``, so
 the collector never writes to the shared pages) and forks each actor from that preloaded
-state, so the actors share the interpreter's and the libraries' pages.  The runner never
+state, so the actors share the interpreter's and the libraries' pages.  Each fork runs its
+actor on the config the runner loaded (loading it again, or setting the log level again,
+would write to pages the forks share), so a config file broken while gitsieve runs never
+keeps a restarted actor down: a changed config takes effect when ``gitsieve run`` restarts.  The runner never
 creates a ZeroMQ context or a thread before forking; each actor makes its own after the
 fork.  Attribution knows gitsieve's own processes by ``GITSIEVE_ACTOR`` in
 ``/proc/PID/environ``, which shows the environment a process was exec'd with: ``gitsieve
@@ -168,9 +171,8 @@ class InstanceLock:
 
 
 class Runner:
-    def __init__(self, config: Config, config_file: str | None = None):
+    def __init__(self, config: Config):
         self.config = config
-        self.config_file = config_file
         self.children = [Child(*spec) for spec in actor_modules(config)]
         self.stopping = False
         self.exit_code = 0
@@ -185,14 +187,6 @@ class Runner:
             importlib.import_module(module)
         gc.collect()
         gc.freeze()
-
-    def _actor_args(self, child: Child) -> list[str]:
-        args = ["--workspace", str(self.config.workspace)]
-        if self.config_file:
-            args += ["--config", str(self.config_file)]
-        if child.instance is not None:
-            args += ["--instance", str(child.instance)]
-        return args
 
     def _spawn(self, child: Child) -> None:
         pid = os.fork()
@@ -218,10 +212,10 @@ class Runner:
                 signal.signal(sig, signal.SIG_DFL)
             os.environ[ACTOR_ENV_MARK] = child.actor_id
             set_title(f"gitsieve: {child.actor_id} {self.config.workspace}")
-            from gitsieve.common.actor.base import main
+            from gitsieve.common.actor.base import run_actor
             module = sys.modules[child.module]
             actor_class = getattr(module, ACTOR_CLASSES[child.module.rsplit(".", 1)[1]])
-            code = main(actor_class, self._actor_args(child))
+            code = run_actor(actor_class, self.config, child.instance)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # whatever happens, the child must not return into the runner
