@@ -67,7 +67,7 @@ class Job:
     or a refresh of the user's index."""
 
     paths: list[str]
-    recheck: set[str] = field(default_factory=set)
+    recheck: dict[str, float] = field(default_factory=dict)  # path -> earliest observation
     push: bool = False
     batch_ids: tuple[int, ...] = ()
     started: float = 0.0
@@ -318,7 +318,9 @@ class Executor(Actor):
         may_push = self.push_wait(now)[0] is None
         if self.held and self.commit_wait(now)[0] is None:
             paths = self.committable()
-            self.run_job(Job(paths=paths, recheck=self.recheck.intersection(paths),
+            # each with its earliest observation: one unchanged since is not read again
+            recheck = {path: self.held.get(path) for path in self.recheck.intersection(paths)}
+            self.run_job(Job(paths=paths, recheck=recheck,
                              push=may_push, batch_ids=tuple(self.held_batches)))
         elif self.push_pending and may_push:
             self.run_job(Job(paths=[], push=True))

@@ -459,7 +459,7 @@ def test_recheck_drops_paths_that_now_differ_from_head_only_in_volatile_data(wor
     workspace.write("real.json", '{"name": "y", "last_update": 2}\n')
     committer = make(workspace)
     result = committer.commit(["state.json", "notes.txt", "real.json"], push=False,
-                              recheck={"state.json", "notes.txt", "real.json"})
+                              recheck=dict.fromkeys(["state.json", "notes.txt", "real.json"]))
     assert result.commit
     assert workspace.committed_paths_since("HEAD~1") == {"real.json"}
     assert {"state.json", "notes.txt"} <= set(result.dropped)
@@ -489,7 +489,7 @@ def commit_mid_rewrite(committer, path, text: str):
         while not empty_now():
             time.sleep(0.001)
         rel = path.name
-        return committer.commit([rel], push=False, recheck={rel})
+        return committer.commit([rel], push=False, recheck=dict.fromkeys([rel]))
     finally:
         writer.join()
 
@@ -523,7 +523,8 @@ def test_a_new_empty_file_of_the_persons_is_committed(workspace):
     workspace.write("pkg/__init__.py", "")
     old = time.time() - 5
     os.utime(workspace.path("pkg/__init__.py"), (old, old))
-    result = make(workspace).commit(["pkg/__init__.py"], push=False, recheck={"pkg/__init__.py"})
+    result = make(workspace).commit(["pkg/__init__.py"], push=False,
+                                    recheck=dict.fromkeys(["pkg/__init__.py"]))
     assert result.statuses == {"pkg/__init__.py": "A"}
 
 
@@ -534,7 +535,8 @@ def test_a_file_the_person_emptied_is_committed(workspace):
     workspace.write("notes.txt", "")
     old = time.time() - 5
     os.utime(workspace.path("notes.txt"), (old, old))
-    result = make(workspace).commit(["notes.txt"], push=False, recheck={"notes.txt"})
+    result = make(workspace).commit(["notes.txt"], push=False,
+                                    recheck=dict.fromkeys(["notes.txt"]))
     assert result.statuses == {"notes.txt": "M"}
     assert workspace.show("HEAD:notes.txt") == ""
 
@@ -691,7 +693,7 @@ def test_a_pure_mode_change_is_committed_even_when_rechecked(workspace):
     workspace.git("add", "-A")
     workspace.git("commit", "-q", "-m", "script")
     os.chmod(workspace.path("run.sh"), 0o755)
-    result = make(workspace).commit(["run.sh"], recheck={"run.sh"})
+    result = make(workspace).commit(["run.sh"], recheck=dict.fromkeys(["run.sh"]))
     assert result.commit and result.statuses == {"run.sh": "M"}
     assert workspace.git("ls-tree", "HEAD", "run.sh").split()[0] == "100755"
     assert unsynced(workspace) == ""
@@ -706,12 +708,12 @@ def test_non_utf8_names_added_modified_renamed_and_deleted(workspace):
     workspace.path(raw).write_text("one\n")
     assert committer.commit([raw]).statuses == {raw: "A"}
     workspace.path(raw).write_text("two\n")
-    assert committer.commit([raw], recheck={raw}).statuses == {raw: "M"}
+    assert committer.commit([raw], recheck=dict.fromkeys([raw])).statuses == {raw: "M"}
     workspace.path(moved).parent.mkdir()
     os.rename(workspace.path(raw), workspace.path(moved))
     assert committer.commit([raw, moved]).statuses == {raw: "D", moved: "A"}
     workspace.path(moved).unlink()
-    result = committer.commit([moved], recheck={moved})
+    result = committer.commit([moved], recheck=dict.fromkeys([moved]))
     assert result.statuses == {moved: "D"} and result.error == ""
     assert unsynced(workspace) == ""
     assert workspace.remote_head() == workspace.head()
@@ -917,3 +919,19 @@ def test_integrating_a_moved_remote_waits_for_the_index_update(workspace, tmp_pa
     assert result.pushed and not result.error
     assert events == ["index written", "integrating"]
     assert workspace.remote_head() == workspace.head()
+
+
+def test_a_new_file_unchanged_since_well_before_its_observation_is_not_read_again(workspace):
+    """The re-check of a new file is the content layer's verdict again: when the file has
+    not changed since well before it was first observed, that verdict, reached reading it
+    after the observation, stands (a dirty start of thousands is not read twice).  Changed
+    since, or observed at an unknown time, it is read again."""
+    committer = make(workspace)
+    for name in ("old.stamp", "fresh.stamp", "unknown.stamp"):
+        workspace.write(name, "1796035650\n")  # a timestamp alone: churn when re-read
+    changed = os.lstat(workspace.path("fresh.stamp")).st_ctime
+    result = committer.commit(["old.stamp", "fresh.stamp", "unknown.stamp"], push=False,
+                              recheck={"old.stamp": changed + 5.0,
+                                       "fresh.stamp": changed - 5.0, "unknown.stamp": None})
+    assert result.statuses == {"old.stamp": "A"}
+    assert set(result.dropped) == {"fresh.stamp", "unknown.stamp"}

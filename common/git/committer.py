@@ -63,7 +63,8 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from gitsieve.common.config.loader import Config
 from gitsieve.common.git.catfile import (
@@ -102,6 +103,8 @@ _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for t
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
 _ZERO_OID = "0" * 40
+# A new file unchanged since this long before its first observation is not re-checked.
+_SETTLED_BEFORE = 1.0
 # After committing a file this large the user's index is refreshed (see _after_commit).
 _REFRESH_AFTER_BYTES = 1024 * 1024
 # A file rewritten in place (`date > f`, open(..., "w")) is empty between its truncation and
@@ -555,7 +558,7 @@ class Committer:
             self._bisect(paths[middle:], run, refused)
 
     def plan(self, paths, head: tuple[str, str] | None,
-             recheck: set[str] | frozenset = frozenset()) -> Plan:
+             recheck: Mapping[str, float | None] = MappingProxyType({})) -> Plan:
         """What committing ``paths`` on ``head`` does with each (see the module docstring):
         staged from the work tree, force-removed, held with a reason, or dropped."""
         plan = Plan()
@@ -625,7 +628,9 @@ class Committer:
         # (empty: "a new file"), and the version now may be a timestamp alone.
         rechecked = [path for path in plan.stage if path in recheck
                      and where[path][0] == PRESENT and path not in plan.fully_staged
-                     and (entries[path] is None or entries[path].is_blob)]
+                     and (entries[path] is None or entries[path].is_blob)
+                     and not (entries[path] is None
+                              and self._unchanged_since(path, recheck.get(path)))]
         if rechecked:
             self._let_rewrites_fill(rechecked, entries)
             stale = {}
@@ -640,6 +645,18 @@ class Committer:
             plan.stage = [path for path in plan.stage if path not in stale]
             plan.dropped += sorted(stale)
         return plan
+
+    def _unchanged_since(self, path: str, observed: float | None) -> bool:
+        """``path`` has not changed since well before ``observed`` (its first observation):
+        by its ctime, which only the kernel sets, with a margin for the coarse clock that
+        stamps it.  A new file's verdict then is the one the content layer reached reading
+        it after that observation, and it is not read again (a dirty start of thousands)."""
+        if observed is None:
+            return False
+        try:
+            return os.lstat(self.root / path).st_ctime < observed - _SETTLED_BEFORE
+        except OSError:
+            return False
 
     def _let_rewrites_fill(self, paths: list[str], entries: dict) -> None:
         """Wait (briefly, bounded) while any of ``paths`` is empty, modified moments ago,
@@ -666,7 +683,7 @@ class Committer:
 
     # ----- the commit ---------------------------------------------------------------------
     def commit(self, paths, push: bool = True, attempts: int | None = None,
-               recheck: set[str] | frozenset = frozenset()) -> CommitResult:
+               recheck: Mapping[str, float | None] = MappingProxyType({})) -> CommitResult:
         """Commit exactly ``paths`` (then push when a remote is configured).
 
         A lock or race is retried ``attempts`` times (default ``config.retry_attempts``)
@@ -713,7 +730,8 @@ class Committer:
         return result
 
     def _commit_once(self, paths: list[str], result: CommitResult, attempts: int,
-                     recheck: set[str] | frozenset = frozenset()) -> Callable[[], None] | None:
+                     recheck: Mapping[str, float | None] = MappingProxyType({})
+                     ) -> Callable[[], None] | None:
         """Make the commit and move HEAD to it; what is left to do then (write the
         committed entries into the person's index), or None when no commit was made."""
         if (self.config.git_dir / "index.lock").exists():
