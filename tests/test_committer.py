@@ -723,8 +723,8 @@ def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
     """Issue 13: the commit path must not grow with the tree.  Before, every commit read
     HEAD's whole tree into a temporary index (read-tree), wrote it back (write-tree) and
     reset the user's index by pathspec.  Now an edit of a tracked file costs hash-object,
-    mktree (only the trees along the path), commit-tree, update-ref and the user's index
-    entry; the user's index is read again only when someone else changed it."""
+    hash-object -t tree (only the trees along the path), commit-tree, update-ref and the
+    user's index entry; the user's index is read again only when someone else changed it."""
     committer = make(workspace, 'remote = ""\n')
     calls = []
     original = committer.git.result
@@ -741,8 +741,8 @@ def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
         calls.clear()
         workspace.write("deep/er/f.txt", f"{number}\n")
         assert committer.commit(["deep/er/f.txt"]).statuses == {"deep/er/f.txt": "M"}
-        assert sorted(calls) == ["commit-tree", "hash-object", "mktree", "update-index",
-                                 "update-ref"], calls
+        assert sorted(calls) == ["commit-tree", "hash-object", "hash-object",
+                                 "update-index", "update-ref"], calls
     assert not {"read-tree", "write-tree", "reset", "add", "ls-files"} & set(calls)
     workspace.write("mine.txt", "the user's own commit\n")
     workspace.git("add", "mine.txt")

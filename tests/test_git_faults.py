@@ -142,7 +142,7 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
         harness, workspace, faulty):
     env, rules = faulty
     rules.write_text(textwrap.dedent("""\
-        ^mktree enospc 1
+        ^hash-object.-w.-t.tree enospc 1
         ^commit-tree kill-before 1
         ^update-ref kill-after 1
         ^push kill-before 1

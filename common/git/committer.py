@@ -5,7 +5,7 @@ commit stands, and at the cost of what changed, not of the tree's size: the new 
 are hashed into objects in one ``hash-object -w --stdin-paths`` (names on stdin, never on
 the command line; clean filters apply as on ``git add``), the trees along the changed
 paths are composed here from HEAD's trees (read by object id through the persistent
-cat-file child, see :mod:`.catfile`) and written in one ``mktree --batch``, the commit is
+cat-file child, see :mod:`.catfile`) and written in one ``hash-object -t tree``, the commit is
 made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
 the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD).  No
 index holding the whole tree is read or written for it.  Only then are the committed
@@ -58,7 +58,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -242,35 +241,16 @@ def _blob_oid(data: bytes, hex_length: int) -> str:
 _KEEP = object()  # a tree node with no change of its own, only below it
 
 
-def tree_id(entries: dict[bytes, tuple[int, str]], hex_length: int) -> str:
-    """git's object id of a tree with these entries (name -> (mode, oid)), in git's order:
-    names compared as bytes, a tree's as if it ended in "/"."""
+def tree_object(entries: dict[bytes, tuple[int, str]], hex_length: int) -> tuple[str, bytes]:
+    """git's object id and body of a tree with these entries (name -> (mode, oid)), in
+    git's order: names compared as bytes, a tree's as if it ended in "/"."""
     ordered = sorted(entries.items(),
                      key=lambda item: item[0] + b"/" if item[1][0] == MODE_TREE else item[0])
     body = b"".join(b"%o %s\0" % (mode, name) + bytes.fromhex(oid)
                     for name, (mode, oid) in ordered)
     digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
     digest.update(b"tree %d\0" % len(body) + body)
-    return digest.hexdigest()
-
-
-_NEEDS_QUOTES = re.compile(rb'[^\x20-\x7e]|["\\]')
-
-
-def _c_quoted(name: bytes) -> bytes:
-    """A name as ``ls-tree`` prints it (and ``mktree`` reads it): C-quoted when it holds
-    a control character, a quote, a backslash or a byte beyond ASCII."""
-    if not _NEEDS_QUOTES.search(name):
-        return name
-    quoted = bytearray(b'"')
-    for byte in name:
-        if byte in (0x22, 0x5C):
-            quoted += b"\\" + bytes([byte])
-        elif 0x20 <= byte < 0x7F:
-            quoted.append(byte)
-        else:
-            quoted += b"\\%03o" % byte
-    return bytes(quoted + b'"')
+    return digest.hexdigest(), body
 
 
 def _same_entry(one: tuple[int, str], other: tuple[int, str]) -> bool:
@@ -781,9 +761,11 @@ class Committer:
             raise GitError(("hash-object",), 128, f"{len(oids)} ids for {len(paths)} paths")
         found.update(zip(paths, oids))
 
-    def _hash_contents(self, contents: list[bytes], filters_for: str | None = None) -> list[str]:
-        """Object ids of literal contents (link targets; a name hash-object cannot read
-        a line of), written through files in the runtime directory: one process for all."""
+    def _hash_contents(self, contents: list[bytes], filters_for: str | None = None,
+                       object_type: str = "blob") -> list[str]:
+        """Object ids of literal contents (link targets, a name hash-object cannot read a
+        line of, trees), written through files in the runtime directory: one process for
+        all."""
         made = []
         try:
             for number, data in enumerate(contents):
@@ -794,7 +776,7 @@ class Committer:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
             options = ["--path", filters_for] if filters_for else ["--no-filters"]
-            out = self._git("hash-object", "-w", *options, "--stdin-paths",
+            out = self._git("hash-object", "-w", "-t", object_type, *options, "--stdin-paths",
                             input=b"".join(os.fsencode(str(temp)) + b"\n" for temp in made))
         finally:
             for temp in made:
@@ -856,7 +838,7 @@ class Committer:
                 node_children = node_children.setdefault(part, [_KEEP, {}])[1]
             node_children.setdefault(parts[-1], [_KEEP, {}])[0] = entry
         walker = self.heads.walker
-        trees: list[tuple[str, dict]] = []
+        trees: list[tuple[str, dict, bytes]] = []
         records: list = []
 
         def report(old, new, path: bytes) -> None:
@@ -895,32 +877,24 @@ class Committer:
                     entries[name] = new
             if not entries:
                 return None
-            oid = tree_id(entries, hex_length)
-            trees.append((oid, entries))
+            oid, body = tree_object(entries, hex_length)
+            trees.append((oid, entries, body))
             return oid
 
         return write(root, head_tree, b""), trees, records
 
-    def _write_trees(self, trees: list[tuple[str, dict]]) -> None:
-        """Write the composed trees (children first) with one ``mktree --batch``; git's
-        ids must be the ones computed here."""
-        lines = []
-        for _, entries in trees:
-            for name, (mode, oid) in entries.items():
-                kind = "tree" if mode == MODE_TREE else "commit" if mode == MODE_GITLINK \
-                    else "blob"
-                lines.append(b"%06o %s %s\t%s\n" % (mode, kind.encode(), oid.encode(),
-                                                     _c_quoted(name)))
-            lines.append(b"\n")
-        # --missing: no existence check of every entry (thousands in a large directory);
-        # they come from HEAD's trees or were just written, and the ids are checked below.
-        written = self._git("mktree", "--missing", "--batch",
-                            input=b"".join(lines)).decode().split()
-        expected = [oid for oid, _ in trees]
+    def _write_trees(self, trees: list[tuple[str, dict, bytes]]) -> None:
+        """Write the composed trees with one ``hash-object -t tree``, as the bodies made
+        here (a large directory's tree is not formatted as text for ``mktree`` to parse
+        back); git's ids must be the ones computed here.  Their entries are not looked up
+        (thousands in a large directory): they come from HEAD's trees or were just
+        written."""
+        written = self._hash_contents([body for _, _, body in trees], object_type="tree")
+        expected = [oid for oid, _, _ in trees]
         if written != expected:
-            raise GitError(("mktree", "--batch"), 128,
+            raise GitError(("hash-object", "-t", "tree"), 128,
                            f"tree ids differ: git wrote {written[:3]}, expected {expected[:3]}")
-        for oid, entries in trees:
+        for oid, entries, _ in trees:
             self.heads.walker.remember(oid, entries)
 
     def _build_commit(self, head: tuple[str, str] | None, plan: Plan,
@@ -947,7 +921,8 @@ class Committer:
             self._write_trees(trees)
         tree = tree or EMPTY_TREE
         if tree == EMPTY_TREE:
-            self._git("mktree", input=b"")  # the empty tree must exist to be committed
+            # the empty tree must exist to be committed
+            self._hash_contents([b""], object_type="tree")
         statuses = {path: status for _, _, _, _, status, path in records}
         result.statuses = statuses
         result.paths = tuple(statuses)
