@@ -170,6 +170,12 @@ class InstanceLock:
             self.fd = None
 
 
+# Imported by actors as they start, not by their modules (L2's attribution choice; the
+# codec git's ASCII output is decoded with).
+_STARTUP_IMPORTS = ("gitsieve.common.helper.client", "gitsieve.common.judge.attribution.helper",
+                    "encodings.ascii")
+
+
 class Runner:
     def __init__(self, config: Config):
         self.config = config
@@ -182,8 +188,9 @@ class Runner:
         self._next_workspace_check = 0.0
 
     def preload(self) -> None:
-        """Import every actor module once, before any fork (no socket, no thread)."""
-        for module in {child.module for child in self.children}:
+        """Import every actor module once, before any fork (no socket, no thread), and the
+        modules actors import only when they start (each would be a private copy)."""
+        for module in {child.module for child in self.children} | set(_STARTUP_IMPORTS):
             importlib.import_module(module)
         gc.collect()
         gc.freeze()
