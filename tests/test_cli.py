@@ -140,3 +140,14 @@ def test_run_lifecycle_single_instance_restart_and_clean_stop(fast_config, tmp_p
         again.wait_running()
     finally:
         assert again.stop()[0] == 0
+
+
+def test_bench_dirty_runs_floor_and_gitsieve_in_turn_and_prints_the_median():
+    """The dirty-start benchmark end to end, small: every file reaches the remote in each
+    run, and the figure printed is the median of the runs' ratios."""
+    result = run_cli("bench", "--dirty", "30", "--repeats", "2", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [line for line in result.stdout.splitlines() if line.strip().startswith("run ")]
+    assert len(runs) == 2 and all("gitsieve, start to every file on the remote" in line
+                                  for line in runs), result.stdout
+    assert "median" in result.stdout and "x the floor" in result.stdout

@@ -148,7 +148,7 @@ def cmd_bench(args) -> int:
         return bench_guard.run_guard(edits=args.edits, debounce=args.debounce,
                                      files=args.files or 10_000)
     if args.dirty:
-        return bench_git.run_dirty(args.dirty)
+        return bench_git.run_dirty(args.dirty, args.repeats or 3)
     if args.tree:
         return bench_git.run_tree(args.tree, edits=min(args.edits, 20), debounce=args.debounce)
     if args.large:
@@ -166,7 +166,7 @@ def cmd_bench_agent(args) -> int:
     from gitsieve.common.tools import bench
     if args.root is not None and not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
-    return bench.run_agent(args.repeats, args.files or 10_000, args.megabytes, args.root)
+    return bench.run_agent(args.repeats or 5, args.files or 10_000, args.megabytes, args.root)
 
 
 def cmd_test(args) -> int:
@@ -246,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     bench.add_argument("--agent", action="store_true",
                        help="instead: what gitsieve agent costs the processes it wraps")
-    bench.add_argument("--repeats", type=int, default=5,
-                       help="--agent: interleaved bare/wrapped runs (default 5)")
+    bench.add_argument("--repeats", type=int, default=0,
+                       help="--agent: interleaved bare/wrapped runs (default 5); --dirty: "
+                            "alternating floor and gitsieve runs (default 3)")
     bench.add_argument("--megabytes", type=int, default=100,
                        help="--agent: 1 MB files written per run (default 100)")
     bench.add_argument("--root", help="--agent: where the files go (default: the temp "
