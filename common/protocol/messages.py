@@ -444,8 +444,9 @@ def _compile_builder(cls):
     """A function ``(body, name) -> cls`` checking and taking each field of ``body`` in
     straight-line code (one generated statement list per class, from its plan): decoding is
     on every hop of every change, and a loop over the plan cost a third of it."""
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: the decoder does not run __post_init__")
+    if hasattr(cls, "__post_init__") or "__slots__" in vars(cls):
+        raise TypeError(f"{cls.__name__}: the decoder fills the instance's __dict__, so "
+                        f"no __post_init__ and no __slots__")
     names, fields = _plan(cls)
     scope = {"BadMessage": BadMessage, "MISSING": _MISSING, "names": names, "cls": cls}
     lines = ["def build(body, name):",
@@ -494,6 +495,13 @@ def _compile_builder(cls):
               "    return message"]
     exec("\n".join(lines), scope)  # noqa: S102 - code made here from the class's own fields
     return scope["build"]
+
+
+# Made at import, so a class the builder cannot serve fails at once, and the runner's forks
+# share the builders.
+for _cls in (*MESSAGE_TYPES.values(), *_NESTED):
+    _BUILDERS[_cls] = _compile_builder(_cls)
+del _cls
 
 
 def decode(frame: bytes):
