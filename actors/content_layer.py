@@ -17,11 +17,16 @@ from __future__ import annotations
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.git.catfile import HeadReadError
 from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.content_judge import ContentJudge, remembered_version
 from gitsieve.common.protocol.messages import Change, CommitReport, Decision, decide
 from gitsieve.common.protocol.states import Content
 from gitsieve.common.protocol.trail import ContentStep, l1_action, step_of
+
+
+# A commit of at most this many paths has HEAD's new trees along them read ahead.
+WARM_PATHS = 64
 
 
 class ContentLayer(Actor):
@@ -43,6 +48,14 @@ class ContentLayer(Actor):
     def on_commit(self, report: CommitReport) -> None:
         self.stats["commit_reports"] += 1
         self.judge.head.drop()
+        if report.commit and len(report.paths) <= WARM_PATHS:
+            # The paths just committed are the likeliest to change next: HEAD's new trees
+            # along them are read now, not while the next edit waits (a 10k-entry
+            # directory on a large tree is tens of milliseconds to read and parse).
+            try:
+                self.judge.head.entries(report.paths)
+            except HeadReadError as exc:
+                self.log.debug("%s: HEAD's new trees not read ahead: %s", self.actor_id, exc)
 
     def on_feed(self, decision: Decision) -> None:
         step = step_of(decision.trail, ContentStep)

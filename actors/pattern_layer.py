@@ -5,7 +5,9 @@ Sockets:
                                               Ready (credit) out, see common.actor
   - PUSH  connect  endpoints.stage_in("l2")   Change out: ANALYZE verdicts, trail extended
   - PUSH  connect  endpoints.decisions        Decision out: BLOCK / ALLOW verdicts
-Messages in: Change.  Messages out: Change, Decision.
+  - SUB   connect  endpoints.commits          CommitReport in: the index changed, so the
+                                              check-ignore child is replaced at once
+Messages in: Change, CommitReport.  Messages out: Change, Decision.
 
 Changes are buffered by the handler and judged in ``on_tick``: one exchange with a
 long-lived ``git check-ignore`` (common.git.ignore) serves a whole poll round.
@@ -18,7 +20,7 @@ import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.pattern import PatternJudge
-from gitsieve.common.protocol.messages import Change, Decision, decide
+from gitsieve.common.protocol.messages import Change, CommitReport, Decision, decide
 from gitsieve.common.protocol.states import Action
 from gitsieve.common.protocol.trail import PatternStep
 
@@ -36,6 +38,13 @@ class PatternLayer(Actor):
         self.to_l2 = self.connect(zmq.PUSH, endpoints.stage_in("l2"))
         self.to_decisions = self.connect(zmq.PUSH, endpoints.decisions)
         self.take_stage("l1", {Change: self.on_change})
+        self.add_input(self.connect(zmq.SUB, endpoints.commits),
+                       {CommitReport: self.on_commit})
+
+    def on_commit(self, _report: CommitReport) -> None:
+        # the commit wrote the index: the check-ignore child reads the new one now, not
+        # when the next edit waits for it
+        self.judge.ignore.refresh()
 
     def on_change(self, change: Change) -> None:
         self.buffer.append(change)

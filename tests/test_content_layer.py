@@ -397,3 +397,25 @@ def test_user_versions_learned_from_the_feed_carry_their_exact_bytes(workspace, 
     assert decide(layer, "notes/f.md").verdict == Content.USER
     workspace.write("notes/f.md", "draft 2024-06-01T10:00:00Z\n")
     assert decide(layer, "notes/f.md").reason == L3Reason.SAME_AS_USER_VERSION
+
+
+def test_a_commit_report_reads_heads_new_trees_along_its_paths_ahead(workspace):
+    """The paths just committed are the likeliest to change next: HEAD's new trees along
+    them are read when the report comes, not when the next change waits for them."""
+    actor = ContentLayer(workspace.load(), instance=1)
+    try:
+        workspace.write("deep/dir/f.txt", "one\n")
+        commit_all(workspace)
+        decide(actor.judge, "deep/dir/f.txt")
+        workspace.write("deep/dir/f.txt", "two\n")
+        commit_all(workspace)
+        new = {workspace.git("rev-parse", f"HEAD:{tree}").strip()
+               for tree in ("", "deep", "deep/dir")}
+        assert not new & set(actor.judge.head.walker.trees)
+        actor.on_commit(CommitReport(batch_ids=(1,), paths=("deep/dir/f.txt",),
+                                     commit=workspace.head(), pushed=True, error="",
+                                     finished=time.time()))
+        assert new <= set(actor.judge.head.walker.trees)
+    finally:
+        actor.shutdown()
+        actor.close()

@@ -70,3 +70,16 @@ def test_a_path_beyond_a_symlink_fails_as_the_one_shot_does_and_the_next_batch_w
         checker.ignored(["a.log", "link/f.log"])
     assert checker.fallbacks == 1
     assert checker.ignored(["a.log", "b.txt"]) == {"a.log"}
+
+
+def test_refresh_replaces_the_child_only_when_the_index_changed(workspace, checker):
+    """After a commit L1 refreshes: the new child reads the new index then, not when the
+    next path waits for it; an unchanged index keeps the child."""
+    workspace.write("later.log", "x\n")
+    assert checker.ignored(["later.log"]) == {"later.log"}
+    checker.refresh()
+    assert checker.starts == 1
+    workspace.git("add", "-f", "later.log")
+    checker.refresh()
+    assert checker.starts == 2
+    assert checker.ignored(["later.log"]) == set() and checker.starts == 2

@@ -76,6 +76,15 @@ class IgnoreChecker:
             self._excludes = (configured, Path(home) / "git" / "ignore")
         return self._excludes
 
+    def refresh(self) -> None:
+        """Replace a running child whose index or excludes changed now, while nothing
+        waits for it (after a commit: the next edit's round then finds a child that has
+        read the new index, which on a large tree takes tens of milliseconds)."""
+        if self.child is not None:
+            basis = self._basis()
+            if basis != self.basis:
+                self._start(time.monotonic(), basis)
+
     def _running(self, paths: list[str]) -> GitChild:
         now = time.monotonic()
         basis = self._basis()
@@ -83,14 +92,17 @@ class IgnoreChecker:
                  or now - self.started > self.max_age
                  or any(os.path.basename(path) == ".gitignore" for path in paths))
         if stale:
-            self.close()
-            # check-ignore rejects every pathspec magic, the literal one included, so
-            # literal mode is off; the "./" prefix keeps a leading ":" from reading as magic.
-            self.child = self.git.spawn("check-ignore", "-z", "--stdin", "-v", "-n",
-                                        env={"GIT_LITERAL_PATHSPECS": "0"})
-            self.started, self.basis = now, basis
-            self.starts += 1
+            self._start(now, basis)
         return self.child
+
+    def _start(self, now: float, basis: tuple) -> None:
+        self.close()
+        # check-ignore rejects every pathspec magic, the literal one included, so literal
+        # mode is off; the "./" prefix keeps a leading ":" from reading as magic.
+        self.child = self.git.spawn("check-ignore", "-z", "--stdin", "-v", "-n",
+                                    env={"GIT_LITERAL_PATHSPECS": "0"})
+        self.started, self.basis = now, basis
+        self.starts += 1
 
     def _exchange(self, paths: list[str]) -> set[str]:
         child = self._running(paths)
