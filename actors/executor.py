@@ -54,6 +54,9 @@ MAX_BACKOFF = 60.0  # seconds; the longest wait between two retries of a failing
 PUSH_BACKOFF_STEP = 2.0  # seconds: pushes retry after 2, 4, 6... s (capped by the config)
 HOLD_RETRY = 60.0  # seconds: paths held with a reason of their own are tried again
 STOP_WAIT = 4.0  # seconds shutdown waits for a running git job (the runner allows 5)
+# A backlog of at least this many paths waiting behind a running commit has its objects
+# written meanwhile, at most this many at a time.
+WRITE_AHEAD_MIN, WRITE_AHEAD_MAX = 64, 5000
 _DRAIN_ROUNDS = 100  # rounds of the base dispatcher (500 messages each) before committing
 # Paths listed in one CommitReport: keeps the frame inside the protocol's array limit.
 _REPORT_PATHS_LIMIT = 100_000
@@ -123,6 +126,9 @@ class Executor(Actor):
         self.paused = False  # set by `actorctl pause`: nothing is committed or pushed
         self.committed: OrderedDict[str, dict] = OrderedDict()  # path -> last commit (LRU)
         self.batches_in = None
+        # objects of waiting paths written while a commit runs (see write_waiting_objects)
+        self._writing_ahead: threading.Thread | None = None
+        self.written_ahead: dict[str, None] = {}  # the paths asked for, oldest first
         self.reports_out = None
         # git work: in a worker thread once the loop runs (inline for handler tests)
         self.offload = False
@@ -306,7 +312,30 @@ class Executor(Actor):
         self.watch_refs(now)
         if self.job is None:
             self.start_work(now)
+        else:
+            self.write_waiting_objects()
         self.note_held_reason(self.current_reason(now))
+
+    def write_waiting_objects(self) -> None:
+        """While a commit runs, write the objects of a backlog waiting for the next one
+        (writing thousands of loose objects is most of a large commit's time, and the
+        running one is mostly pushing meanwhile).  Never for a few paths: a person's edit
+        waits for no extra process."""
+        if self._writing_ahead is not None and self._writing_ahead.is_alive():
+            return
+        waiting = [path for path in self.held
+                   if path not in self.job.path_set and path not in self.written_ahead]
+        if len(waiting) < WRITE_AHEAD_MIN:
+            return
+        waiting = waiting[:WRITE_AHEAD_MAX]
+        self.written_ahead.update(dict.fromkeys(waiting))
+        while len(self.written_ahead) > 4 * WRITE_AHEAD_MAX:
+            self.written_ahead.pop(next(iter(self.written_ahead)))
+        self.stats["objects_written_ahead"] += len(waiting)
+        self._writing_ahead = threading.Thread(target=self.committer.write_objects,
+                                               args=(waiting,), daemon=True,
+                                               name="git-write-ahead")
+        self._writing_ahead.start()
 
     def start_work(self, now: float) -> None:
         if not self.held and not self.push_pending \
@@ -657,6 +686,7 @@ class Executor(Actor):
                 "health_ok": bool(self.health and self.health.ok),
                 "paused": self.paused, "rate_limit_waits": self.stats["rate_limit_waits"],
                 "push_retries": self.stats["push_retries"], "backoffs": self.stats["backoffs"],
+                "objects_written_ahead": self.stats["objects_written_ahead"],
                 "rechecked_dropped": self.committer.rechecked_dropped,
                 "refused_by_rule": self.committer.refused_by_rule,
                 **self.recovery_status()}

@@ -503,3 +503,52 @@ def test_handler_a_commit_made_while_a_push_runs_is_pushed_too(workspace):
         assert workspace.remote_head() == workspace.head() and not executor.push_pending
     finally:
         executor.close()
+
+
+def test_a_backlog_behind_a_running_commit_has_its_objects_written_meanwhile(workspace):
+    """While a commit runs, a backlog of at least WRITE_AHEAD_MIN waiting paths has its
+    blobs written (one process), so the next commit finds them written; a few waiting
+    paths (a person's edit) start nothing, and paths already asked for are not again."""
+    import subprocess
+    from gitsieve.actors.executor import WRITE_AHEAD_MIN, Job
+    executor = Executor(workspace.load())
+    running = [f"running/{n}.txt" for n in range(3)]
+    waiting = [f"waiting/{n:03d}.txt" for n in range(WRITE_AHEAD_MIN)]
+    for path in running + waiting:
+        workspace.write(path, f"content of {path}\n")
+    executor.job = Job(paths=running)
+    for path in running + waiting[:5]:
+        executor.held[path] = time.time()
+    executor.write_waiting_objects()
+    assert executor._writing_ahead is None  # five waiting: not worth a process
+    for path in waiting:
+        executor.held[path] = time.time()
+    executor.write_waiting_objects()
+    executor._writing_ahead.join(30)
+    assert executor.stats["objects_written_ahead"] == WRITE_AHEAD_MIN
+    ids = subprocess.run(["git", "hash-object", "--stdin-paths"], cwd=workspace.root,
+                         input="".join(f"{path}\n" for path in waiting + running),
+                         capture_output=True, text=True, check=True).stdout.split()
+    present = [subprocess.run(["git", "cat-file", "-e", oid], cwd=workspace.root).returncode
+               == 0 for oid in ids]
+    assert present == [True] * len(waiting) + [False] * len(running)
+    executor.write_waiting_objects()
+    assert executor.stats["objects_written_ahead"] == WRITE_AHEAD_MIN  # not asked again
+
+
+def test_objects_are_written_ahead_only_for_regular_files_within_the_size_cap(workspace):
+    import os
+    import subprocess
+    from gitsieve.common.git.committer import Committer
+    workspace.config("[filter]\nmax_analyze_bytes = 2048\n")
+    committer = Committer(workspace.load())
+    workspace.write("small.txt", "small\n")
+    workspace.write("big.bin", "x" * 5000)
+    os.symlink("small.txt", workspace.path("link"))
+    assert committer.write_objects(["small.txt", "big.bin", "link", "gone.txt"]) == 1
+
+    def written(path: str) -> bool:
+        oid = subprocess.run(["git", "hash-object", path], cwd=workspace.root,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "cat-file", "-e", oid], cwd=workspace.root).returncode == 0
+    assert written("small.txt") and not written("big.bin")

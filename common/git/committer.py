@@ -761,6 +761,29 @@ class Committer:
             raise GitError(("hash-object",), 128, f"{len(oids)} ids for {len(paths)} paths")
         found.update(zip(paths, oids))
 
+    def write_objects(self, paths: list[str]) -> int:
+        """Write the blobs of ``paths`` now, ahead of the commit that will take them (one
+        ``hash-object -w``; safe beside a running commit, which touches no object it
+        writes).  That commit then finds each object written and only hashes its file
+        again.  Best effort: only regular files of at most ``max_analyze_bytes``, and a
+        failure (a file gone meanwhile) leaves the rest to the commit.  How many were asked
+        for."""
+        regular = []
+        for path in paths:
+            try:
+                info = os.lstat(self.root / path)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_size <= self.config.max_analyze_bytes:
+                regular.append(path)
+        if regular:
+            code, _, stderr = self.git.result(
+                "hash-object", "-w", "--stdin-paths",
+                input=b"".join(os.fsencode(path) + b"\n" for path in regular))
+            if code != 0:
+                log.debug("objects written ahead stopped early: %s", stderr.strip()[:200])
+        return len(regular)
+
     def _hash_contents(self, contents: list[bytes], filters_for: str | None = None,
                        object_type: str = "blob") -> list[str]:
         """Object ids of literal contents (link targets, a name hash-object cannot read a
