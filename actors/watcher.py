@@ -42,6 +42,7 @@ import dataclasses
 import errno
 import os
 import stat
+import tempfile
 import time
 from collections import OrderedDict, deque
 
@@ -53,6 +54,7 @@ from inotify_simple import flags
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.git.gateway import Git, GitError, nul_joined
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.health import nonnegative_count
@@ -78,6 +80,12 @@ MAX_IN_FLIGHT = 100_000  # marks kept; past it the oldest go (their paths are se
 # techniques' lookback and the sampler's sight, and the same version would come back
 # UNKNOWN.  Past the cap the oldest go (their paths are judged again).
 MAX_SETTLED = 50_000
+# The settled versions outlive a run (a restart's reconcile must not commit an agent's
+# untracked files as new): kept in the runtime dir, saved this often while they change, and
+# at a clean stop.
+SETTLED_FILE = "settled-versions.msgpack"
+SETTLED_SAVE_EVERY = 30.0
+_SETTLED_FILE_MAX = 16 * 1024 * 1024
 _SETTLING_WRITERS = ("SYSTEM", "SELF")
 MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
 _FEED_LIMIT = 5000  # feed frames read per poll round
@@ -118,6 +126,8 @@ class Watcher(Actor):
         self.next_match = 0.0
         self.in_flight: OrderedDict[str, tuple[int, float]] = OrderedDict()  # seq, sent at
         self.settled: OrderedDict[str, int] = OrderedDict()  # path -> version_of() (LRU)
+        self.settled_changed = False  # since the last save
+        self.next_settled_save = 0.0
         self.router_lost = 0  # changes the router reported lost or dropped, as last seen
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
@@ -149,6 +159,7 @@ class Watcher(Actor):
         self.watch_fd(self.inotify.fileno(), self._read_events)
         self._watch_tree("")
         self.log.info("watching %d directories under %s", len(self.wd_to_path), self.root)
+        self._load_settled()
         self.reconcile()
         interval = self.config.reconcile_interval
         self.next_reconcile = time.monotonic() + interval if interval > 0 else None
@@ -405,8 +416,56 @@ class Watcher(Actor):
             return
         self.settled[path] = version
         self.settled.move_to_end(path)
+        self.settled_changed = True
         while len(self.settled) > MAX_SETTLED:
             self.settled.popitem(last=False)
+
+    def _settled_path(self):
+        return self.config.runtime_dir / SETTLED_FILE
+
+    def _load_settled(self) -> None:
+        """The settled versions an earlier run saved; whatever is unreadable is ignored
+        (those paths are judged again, as when nothing was saved)."""
+        try:
+            with open(self._settled_path(), "rb") as handle:
+                data = handle.read(_SETTLED_FILE_MAX + 1)
+            if len(data) > _SETTLED_FILE_MAX:
+                raise ValueError("too large")
+            saved = msgpack.unpackb(data, raw=False, strict_map_key=True,
+                                    unicode_errors="surrogateescape",
+                                    max_map_len=MAX_SETTLED, max_str_len=messages.PATH_MAX,
+                                    max_array_len=0, max_bin_len=0, max_ext_len=0)
+            if not isinstance(saved, dict):
+                raise ValueError("not a map")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, msgpack.UnpackException) as exc:
+            self.log.warning("%s: saved settled versions not used: %s", self.actor_id, exc)
+            return
+        for path, version in saved.items():
+            if isinstance(path, str) and isinstance(version, int) and \
+                    not isinstance(version, bool) and not self.excluded(path):
+                self.settled[path] = version
+        self.stats["settled_loaded"] = len(self.settled)
+
+    def _save_settled(self) -> None:
+        target = self._settled_path()
+        try:
+            fd, temp = tempfile.mkstemp(prefix=".settled-", dir=target.parent)
+            try:
+                give_to_directory_owner(fd, target.parent)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(msgpack.packb(dict(self.settled), use_bin_type=True,
+                                            unicode_errors="surrogateescape"))
+                os.replace(temp, target)
+            except BaseException:
+                os.unlink(temp)
+                raise
+        except OSError as exc:
+            self.record_error(f"cannot save settled versions: {exc}")
+            self.log.warning("%s: cannot save settled versions: %s", self.actor_id, exc)
+            return
+        self.settled_changed = False
 
     def is_settled(self, path: str) -> bool:
         """Whether ``path`` is still the version a settling decision judged."""
@@ -668,6 +727,9 @@ class Watcher(Actor):
             self.restart_reconcile_at = None
             self.stats["restart_reconciles"] += 1
             self.reconcile()
+        if self.settled_changed and now >= self.next_settled_save:
+            self.next_settled_save = now + SETTLED_SAVE_EVERY
+            self._save_settled()
         if len(self.last_report) > 10_000:
             # Bound memory: entries older than the throttle interval no longer matter.
             horizon = now - self.config.modify_interval
@@ -700,6 +762,7 @@ class Watcher(Actor):
                 "reconcile_in_flight": self.stats["reconcile_in_flight"],
                 "reconcile_settled": self.stats["reconcile_settled"],
                 "in_flight": len(self.in_flight), "settled": len(self.settled),
+                "settled_loaded": self.stats["settled_loaded"],
                 "open_for_writing": sum(1 for w in self.writing.paths.values() if w.open_since),
                 "moves_matched": self.stats["moves_matched"],
                 "restart_reconciles": self.stats["restart_reconciles"],
@@ -754,6 +817,8 @@ class Watcher(Actor):
         return started >= self.first_sent
 
     def shutdown(self) -> None:
+        if self.settled_changed:
+            self._save_settled()
         self.inotify.close()
 
 

@@ -78,3 +78,45 @@ reconcile_interval = 1
     finally:
         code, _ = gitsieve.stop()
     assert code == 0
+
+
+def test_a_restart_leaves_the_agents_untracked_files_alone(tmp_path):
+    """The settled versions outlive the run: after gitsieve restarts, its first reconcile
+    sends every dirty path, and an agent's untracked file, judged SYSTEM in the earlier run
+    and unchanged since, must not be committed as a new file (before, the memory was lost
+    with the run).  Unprivileged attribution, the mode with the least to go on."""
+    ws = create_workspace(tmp_path)
+    tag = f"claude-autonomous-{uuid.uuid4().hex[:8]}"
+    ws.config(FAST_CONFIG + f"""
+[filter]
+autonomous_processes = ["{tag}"]
+attribution = "psutil"
+process_cache_ttl = 0.5
+""")
+    git(ws.root, "add", "-A")
+    git(ws.root, "commit", "-q", "-m", "config")
+    git(ws.root, "push", "-q", "origin", "main")
+    files = [f"agent-{number}.json" for number in range(2)]
+    first = Gitsieve(ws, tmp_path / "first.log")
+    try:
+        first.wait_running()
+        (ws.root / "out").mkdir()
+        subprocess.run([sys.executable, "-c", AGENT, tag, str(ws.root / "out"), *files],
+                       check=True, timeout=30)
+        wait_for(lambda: watcher_status(ws)["settled"] >= len(files), 30, 0.2,
+                 "the agent's files judged and settled")
+    finally:
+        code, _ = first.stop()
+    assert code == 0
+    second = Gitsieve(ws, tmp_path / "second.log")
+    try:
+        second.wait_running()
+        (ws.root / "notes.md").write_text("the person's note\n")
+        wait_for(lambda: "notes.md" in committed(ws), 30, 0.2, "the person's note pushed")
+        time.sleep(1.5)  # the start's reconcile: what it sent is decided by now
+        leaked = sorted({f"out/{name}" for name in files} & committed(ws))
+        assert not leaked, f"agent files committed after a restart: {leaked}\n{second.log()}"
+        assert watcher_status(ws)["reconcile_settled"] >= len(files)
+    finally:
+        code, _ = second.stop()
+    assert code == 0
