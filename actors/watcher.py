@@ -42,7 +42,6 @@ import dataclasses
 import errno
 import os
 import stat
-import tempfile
 import time
 from collections import OrderedDict, deque
 
@@ -54,7 +53,7 @@ from inotify_simple import flags
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.config.runtime import give_to_directory_owner
+from gitsieve.common.config.runtime import write_atomic
 from gitsieve.common.git.gateway import Git, GitError, nul_joined
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.health import nonnegative_count
@@ -449,18 +448,10 @@ class Watcher(Actor):
         self.stats["settled_loaded"] = len(self.settled)
 
     def _save_settled(self) -> None:
-        target = self._settled_path()
         try:
-            fd, temp = tempfile.mkstemp(prefix=".settled-", dir=target.parent)
-            try:
-                give_to_directory_owner(fd, target.parent)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(msgpack.packb(dict(self.settled), use_bin_type=True,
-                                            unicode_errors="surrogateescape"))
-                os.replace(temp, target)
-            except BaseException:
-                os.unlink(temp)
-                raise
+            write_atomic(self._settled_path(),
+                         msgpack.packb(dict(self.settled), use_bin_type=True,
+                                       unicode_errors="surrogateescape"))
         except OSError as exc:
             self.record_error(f"cannot save settled versions: {exc}")
             self.log.warning("%s: cannot save settled versions: %s", self.actor_id, exc)

@@ -41,10 +41,9 @@ def committed(ws) -> set[str]:
     return {line for line in out.splitlines() if line}
 
 
-@pytest.mark.parametrize("mode", ["fanotify", "psutil"])
-def test_a_reconcile_after_a_commit_leaves_the_agents_files_alone(tmp_path, mode):
-    if mode == "fanotify" and os.geteuid() != 0:
-        pytest.skip("exact attribution needs root")
+def agent_workspace(tmp_path, mode: str, extra: str = ""):
+    """A pushed workspace whose config names a fresh agent tag and the attribution mode;
+    (workspace, tag)."""
     ws = create_workspace(tmp_path)
     tag = f"claude-autonomous-{uuid.uuid4().hex[:8]}"
     ws.config(FAST_CONFIG + f"""
@@ -52,12 +51,18 @@ def test_a_reconcile_after_a_commit_leaves_the_agents_files_alone(tmp_path, mode
 autonomous_processes = ["{tag}"]
 attribution = "{mode}"
 process_cache_ttl = 0.5
-[watcher]
-reconcile_interval = 1
-""")
+""" + extra)
     git(ws.root, "add", "-A")
     git(ws.root, "commit", "-q", "-m", "config")
     git(ws.root, "push", "-q", "origin", "main")
+    return ws, tag
+
+
+@pytest.mark.parametrize("mode", ["fanotify", "psutil"])
+def test_a_reconcile_after_a_commit_leaves_the_agents_files_alone(tmp_path, mode):
+    if mode == "fanotify" and os.geteuid() != 0:
+        pytest.skip("exact attribution needs root")
+    ws, tag = agent_workspace(tmp_path, mode, "[watcher]\nreconcile_interval = 1\n")
     gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
     try:
         gitsieve.wait_running()
@@ -85,17 +90,7 @@ def test_a_restart_leaves_the_agents_untracked_files_alone(tmp_path):
     sends every dirty path, and an agent's untracked file, judged SYSTEM in the earlier run
     and unchanged since, must not be committed as a new file (before, the memory was lost
     with the run).  Unprivileged attribution, the mode with the least to go on."""
-    ws = create_workspace(tmp_path)
-    tag = f"claude-autonomous-{uuid.uuid4().hex[:8]}"
-    ws.config(FAST_CONFIG + f"""
-[filter]
-autonomous_processes = ["{tag}"]
-attribution = "psutil"
-process_cache_ttl = 0.5
-""")
-    git(ws.root, "add", "-A")
-    git(ws.root, "commit", "-q", "-m", "config")
-    git(ws.root, "push", "-q", "origin", "main")
+    ws, tag = agent_workspace(tmp_path, "psutil")
     files = [f"agent-{number}.json" for number in range(2)]
     first = Gitsieve(ws, tmp_path / "first.log")
     try:

@@ -11,12 +11,22 @@ from gitsieve.common.actor import control
 from gitsieve.common.tools.runner import actor_ids
 
 
-def test_actors_are_forked_titled_and_keep_the_mark(tmp_path):
+def started_run(tmp_path) -> tuple:
+    """A workspace with the fast config and ``gitsieve run`` on it, every actor running."""
     ws = create_workspace(tmp_path)
     ws.fast_config()
     gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
     try:
         gitsieve.wait_running()
+    except BaseException:
+        gitsieve.stop()
+        raise
+    return ws, gitsieve
+
+
+def test_actors_are_forked_titled_and_keep_the_mark(tmp_path):
+    ws, gitsieve = started_run(tmp_path)
+    try:
         cfg = ws.load()
         runner = psutil.Process(gitsieve.proc.pid)
         assert runner.cmdline()[0] == f"gitsieve: run {ws.root}"
@@ -34,11 +44,8 @@ def test_actors_are_forked_titled_and_keep_the_mark(tmp_path):
 
 
 def test_a_vanished_workspace_stops_the_run_with_one_line(tmp_path):
-    ws = create_workspace(tmp_path)
-    ws.fast_config()
-    gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
+    ws, gitsieve = started_run(tmp_path)
     try:
-        gitsieve.wait_running()
         shutil.rmtree(ws.root)
         wait_for(lambda: gitsieve.proc.poll() is not None, 20, message="gitsieve to stop")
     finally:
@@ -53,11 +60,8 @@ def test_a_restarted_actor_runs_on_the_config_the_runner_loaded(tmp_path):
     """Forks take the runner's config, not the file again: a config broken while gitsieve
     runs leaves a restarted actor running (and every actor on one config), and no fork
     copies the pages a second load would write."""
-    ws = create_workspace(tmp_path)
-    ws.fast_config()
-    gitsieve = Gitsieve(ws, tmp_path / "gitsieve.log")
+    ws, gitsieve = started_run(tmp_path)
     try:
-        gitsieve.wait_running()
         cfg = ws.load()
         old = control.request(cfg, "l1", "status").data["pid"]
         ws.config("[debounce]\ndefault = not a number\n")

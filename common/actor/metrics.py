@@ -9,14 +9,12 @@ and ``layers`` sums the ``verdict_*`` counts of every worker of L1, L2 and L3.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
-from gitsieve.common.config.runtime import give_to_directory_owner
+from gitsieve.common.config import runtime
 
 # Actor id prefix -> the layer its verdict counts belong to.
 LAYER_OF = {"l1": "L1", "l2": "L2", "l3": "L3"}
@@ -87,12 +85,5 @@ def build(workspace: str, actors: dict, sampler: ResourceSampler) -> dict:
 def write_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it over: readers never
     see a half-written file."""
-    fd, temp = tempfile.mkstemp(prefix=".metrics-", dir=path.parent)
-    try:
-        give_to_directory_owner(fd, path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1, sort_keys=True, default=str)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    runtime.write_atomic(path, json.dumps(data, indent=1, sort_keys=True,
+                                          default=str).encode("utf-8"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from gitsieve.common.config.endpoints import private_base
@@ -35,6 +36,20 @@ def give_to_directory_owner(fd: int, directory: Path) -> None:
     info = os.stat(directory)
     if info.st_uid != 0 and os.fstat(fd).st_uid != info.st_uid:
         os.fchown(fd, info.st_uid, info.st_gid)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a private temporary file beside it (mode 0600,
+    owned as its directory is): a reader sees the old file or the new one, never half."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        give_to_directory_owner(fd, path.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
 
 
 def _refuse(path: Path, why: str) -> RuntimeDirError:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
-from gitsieve.common.config.runtime import give_to_directory_owner
+from gitsieve.common.config.runtime import write_atomic
 from gitsieve.common.protocol.messages import bad_path_reason
 from gitsieve.common.protocol.states import Technique, Writer
 from gitsieve.common.protocol.trail import ProcessStep, step_of
@@ -71,15 +70,7 @@ class LearnedStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"version": FORMAT_VERSION, "paths": paths}, indent=1,
                           sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=".learned-", dir=self.path.parent)
-        try:
-            give_to_directory_owner(fd, self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomic(self.path, text.encode("utf-8"))
 
 
 class LearnedSet:
