@@ -103,11 +103,11 @@ class Workspace:
         return {p.strip("\n") for p in out.split("\0") if p.strip("\n")}
 
 
-def create_workspace(base: Path) -> Workspace:
+def create_workspace(base: Path, branch: str = "main") -> Workspace:
     remote = base / "remote.git"
     root = base / "ws"
-    git(base, "init", "-q", "--bare", "-b", "main", str(remote))
-    git(base, "init", "-q", "-b", "main", str(root))
+    git(base, "init", "-q", "--bare", "-b", branch, str(remote))
+    git(base, "init", "-q", "-b", branch, str(root))
     for key, value in (("user.name", "Test User"), ("user.email", "user@example.com")):
         git(root, "config", key, value)
     git(root, "remote", "add", "origin", str(remote))
@@ -115,7 +115,7 @@ def create_workspace(base: Path) -> Workspace:
     (root / ".gitignore").write_text("ignored/\n*.ignored\n")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "initial")
-    git(root, "push", "-q", "-u", "origin", "main")
+    git(root, "push", "-q", "-u", "origin", branch)
     return Workspace(root, remote)
 
 

@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from conftest import ROOT, Gitsieve, processes_mentioning, wait_for
+from conftest import ROOT, Gitsieve, create_workspace, processes_mentioning, wait_for
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 
@@ -85,6 +85,42 @@ def test_init_writes_a_valid_commented_config_and_rules(workspace):
     assert ruleset.match(".claude/autonomous/service-status.json").action == "BLOCK"
     again = run_cli("init", str(workspace.root))
     assert again.returncode == 0 and "kept existing" in again.stdout
+
+
+def test_init_names_the_branch_checked_out(tmp_path):
+    ws = create_workspace(tmp_path, branch="master")
+    assert run_cli("init", str(ws.root)).returncode == 0
+    parsed = tomllib.loads((ws.root / config_mod.CONFIG_NAME).read_text())
+    assert parsed["git"]["branch"] == "master"
+    assert ws.load().branch == "master"
+
+
+def test_run_commits_and_pushes_on_a_master_repository_without_a_branch_set(tmp_path):
+    """``git init`` makes master here: with [git] branch unset, a person's edit there is
+    committed and pushed, not held for a branch "main" the repository does not have."""
+    ws = create_workspace(tmp_path, branch="master")
+    ws.fast_config()
+    gitsieve = Gitsieve(ws, tmp_path / "run.log")
+    try:
+        gitsieve.wait_running()
+        ws.write("notes.md", "a person's note\n")
+        wait_for(lambda: "notes.md" in ws.files_at(ws.remote_head("master")), timeout=15,
+                 message="the edit on master was not pushed")
+    finally:
+        gitsieve.stop()
+
+
+def test_run_says_at_start_that_another_branch_holds_every_change(tmp_path):
+    ws = create_workspace(tmp_path)
+    ws.fast_config()
+    ws.git("switch", "-q", "-c", "feature")
+    gitsieve = Gitsieve(ws, tmp_path / "run.log")
+    try:
+        gitsieve.wait_running()
+    finally:
+        gitsieve.stop()
+    assert ("branch 'feature' is checked out, but [git] branch is 'main': changes are held"
+            in gitsieve.log())
 
 
 def test_init_outside_a_repository(tmp_path):

@@ -217,3 +217,23 @@ def test_a_predictable_alias_base_made_by_someone_else_is_refused(workspace, mon
     workspace.config(f'[runtime]\ndir = "{deep}"\n')
     with pytest.raises(config_mod.RuntimeDirError, match="not private"):
         config_mod.prepare_runtime_dir(workspace.load())
+
+
+def test_an_unset_branch_is_one_the_repository_has(tmp_path):
+    """[git] branch left out: "main" where the repository has it, else "master" (what ``git
+    init`` still makes), else any branch, whichever branch is checked out; a branch the
+    file names is kept as written."""
+    from conftest import create_workspace, git
+    for name in ("master", "trunk", "main"):
+        (tmp_path / name).mkdir()
+    on_master = create_workspace(tmp_path / "master", branch="master")
+    assert on_master.load().branch == "master"
+    git(on_master.root, "switch", "-q", "-c", "feature")
+    assert on_master.load().branch == "master"  # the same for every command, any time
+    on_trunk = create_workspace(tmp_path / "trunk", branch="trunk")
+    assert on_trunk.load().branch == ""
+    on_main = create_workspace(tmp_path / "main")
+    git(on_main.root, "switch", "-q", "-c", "master")
+    assert on_main.load().branch == "main"
+    on_master.config('[git]\nbranch = "main"\n')
+    assert on_master.load().branch == "main"

@@ -25,6 +25,7 @@ from gitsieve.common.config.schema import (
     Key,
 )
 from gitsieve.common.git import gateway
+from gitsieve.common.git.head import checked_out_branch
 from gitsieve.common.protocol.states import Action
 
 CONFIG_NAME = ".gitsieve.toml"
@@ -252,4 +253,24 @@ def load(workspace: str | os.PathLike | None = None,
                                                                              key.default))
               for key in KEYS}
     values["default_action"] = Action(values["default_action"])
+    if "branch" not in data.get("git", {}):
+        values["branch"] = branch_to_sync(root, git_dir, values["branch"])
     return Config(root, git_dir, source, values)
+
+
+def branch_to_sync(root: Path, git_dir: Path, default: str) -> str:
+    """The branch gitsieve commits on when the config names none: the default where the
+    repository has it, else ``master`` where it has that (``git init`` still makes it, and
+    holding every change of such a repository is what nobody wants), else any branch.
+    It depends on the repository's branches only, not on which one is checked out, so
+    every command that loads the config agrees with the running actors."""
+    try:
+        if checked_out_branch(git_dir) == default:
+            return default  # the usual case, without a git process
+    except OSError:  # HEAD mid-rewrite: ask git below
+        pass
+    git = gateway.Git(root)
+    for candidate in (default, "master"):
+        if git.result("rev-parse", "--verify", "--quiet", f"refs/heads/{candidate}")[0] == 0:
+            return candidate
+    return ""

@@ -127,7 +127,8 @@ KEYS: tuple[Key, ...] = (
     # [git]
     Key("git", "remote", str, "origin", "push target; empty: commit only"),
     Key("git", "branch", str, "main", "commit only while this branch is checked out; "
-        "empty: any branch"),
+        "empty: any branch; unset in a repository without this branch: \"master\" if it "
+        "has that, else any branch"),
     Key("git", "retry_attempts", int, 3, "retries of a commit that met a lock or a race",
         minimum=0, maximum=100),
     Key("git", "retry_backoff", float, 1, "back-off base for commit retries (n x base)",
@@ -211,18 +212,22 @@ def _toml_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def render_toml(profile: str | None = None) -> str:
-    """The commented config ``gitsieve init`` writes: every key at its default."""
+def render_toml(profile: str | None = None, chosen: dict | None = None) -> str:
+    """The commented config ``gitsieve init`` writes: every key at its default, or at the
+    value ``chosen`` gives for its attribute (what suits this workspace)."""
+    chosen = chosen or {}
     name = profile or "default"
     lines = [f"# gitsieve configuration (TOML), profile {name!r}.  Every key is optional;",
-             "# shown are the defaults of this profile.  `gitsieve init --help` lists profiles.",
+             "# shown are the defaults of this profile, and the branch checked out.",
+             "# `gitsieve init --help` lists profiles.",
              "# Reference: the README's configuration table.", ""]
     for section in SECTIONS:
         lines.append(f"[{section}]")
         for key in (k for k in KEYS if k.section == section):
             extra = f" ({key.range_text()})" if key.range_text() else ""
             lines.append(f"# {key.doc}{extra}")
-            lines.append(f"{key.name} = {_toml_value(key.default_in(profile))}")
+            value = chosen.get(key.attribute, key.default_in(profile))
+            lines.append(f"{key.name} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 

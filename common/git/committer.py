@@ -74,7 +74,7 @@ from gitsieve.common.git.catfile import (
     HeadReadError,
 )
 from gitsieve.common.git.gateway import Git, GitError, split_nul
-from gitsieve.common.git.head import file_signature
+from gitsieve.common.git.head import checked_out_branch, file_signature
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
 from gitsieve.common.judge.junk import editor_junk
@@ -333,13 +333,13 @@ class Committer:
         """The checked-out branch name, or None when HEAD is detached (read from the git
         directory's HEAD file: no process)."""
         try:
-            head = (self.config.git_dir / "HEAD").read_text().strip()
+            return checked_out_branch(self.config.git_dir)
         except OSError:
             try:
-                head = "ref: " + self._text("symbolic-ref", "-q", "HEAD")
+                head = self._text("symbolic-ref", "-q", "HEAD")
             except GitError:
                 return None
-        prefix = "ref: refs/heads/"
+        prefix = "refs/heads/"
         return head[len(prefix):] if head.startswith(prefix) else None
 
     def branch_hold_reason(self) -> tuple[str | None, str]:

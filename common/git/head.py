@@ -33,6 +33,15 @@ def file_signature(path: str | os.PathLike | None) -> tuple | None:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
+def checked_out_branch(git_dir: str | os.PathLike) -> str | None:
+    """The branch HEAD names (born or not), None when HEAD is detached; OSError when the
+    HEAD file cannot be read (git rewrites it by rename, so only briefly)."""
+    with open(os.path.join(git_dir, "HEAD"), encoding="utf-8") as source:
+        head = source.read().strip()
+    prefix = "ref: refs/heads/"
+    return head[len(prefix):] if head.startswith(prefix) else None
+
+
 def head_token(git_dir: str | os.PathLike) -> tuple:
     """Cheap fingerprint of where HEAD points: changes whenever a commit moves it."""
     git_dir = os.fspath(git_dir)

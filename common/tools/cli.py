@@ -19,6 +19,7 @@ from pathlib import Path
 from gitsieve.common import config as config_mod
 from gitsieve.common.config import schema
 from gitsieve.common.git import gateway
+from gitsieve.common.git.head import checked_out_branch
 from gitsieve.common.tools.resources import ResourceMissing
 
 # gitsieve subcommands that are actorctl's: {gitsieve name: actorctl command}
@@ -60,6 +61,26 @@ def validate_guard(config: config_mod.Config) -> None:
         raise UsageError("; ".join(problems)) from None
 
 
+def warn_of_held_start(config: config_mod.Config) -> None:
+    """One line for each setting that keeps what gitsieve would commit local or held, as it
+    starts, rather than a silent hold found later in ``gitsieve status``."""
+    log = logging.getLogger(__name__)
+    if config.remote:
+        remotes = gateway.Git(config.workspace).text("remote").split()
+        if config.remote not in remotes:
+            log.warning("remote %r is not configured in %s: commits stay local until it is",
+                        config.remote, config.workspace)
+    try:
+        branch = checked_out_branch(config.git_dir)
+    except OSError:
+        return  # HEAD mid-rewrite: the executor's own check reports a wrong branch
+    if config.branch and branch != config.branch:
+        shown = f"branch {branch!r} is" if branch else "a detached HEAD is"
+        log.warning("%s checked out, but [git] branch is %r: changes are held until %r is "
+                    "checked out (set [git] branch = \"\" to commit on any branch)",
+                    shown, config.branch, config.branch)
+
+
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
     from gitsieve.common.tools.runner import AlreadyRunning, Runner, reexec_marked
@@ -72,12 +93,7 @@ def cmd_run(args) -> int:
         raise UsageError(str(exc)) from None
     reexec_marked(args.argv, config.workspace)
     setup_logging(config.log_level, "gitsieve")
-    if config.remote:
-        remotes = gateway.Git(config.workspace).text("remote").split()
-        if config.remote not in remotes:
-            logging.getLogger(__name__).warning(
-                "remote %r is not configured in %s: commits stay local until it is",
-                config.remote, config.workspace)
+    warn_of_held_start(config)
     runner = Runner(config)
     try:
         return runner.run()
@@ -88,11 +104,17 @@ def cmd_run(args) -> int:
 def cmd_init(args) -> int:
     from gitsieve.common.judge import rules
     try:
-        root, _ = gateway.discover(Path(args.directory or os.getcwd()))
+        root, git_dir = gateway.discover(Path(args.directory or os.getcwd()))
     except gateway.NotARepository as exc:
         raise UsageError(str(exc)) from None
     profile = None if args.profile == "default" else args.profile
-    for path, text in ((config_mod.default_config_path(root), schema.render_toml(profile)),
+    try:
+        branch = checked_out_branch(git_dir)
+    except OSError:
+        branch = None
+    chosen = {"branch": branch} if branch else {}
+    for path, text in ((config_mod.default_config_path(root),
+                        schema.render_toml(profile, chosen)),
                        (root / PATTERNS_PATH, rules.DEFAULT_PATTERNS)):
         if path.exists() and not args.force:
             print(f"kept existing {path} (use --force to overwrite)")
