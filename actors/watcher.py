@@ -675,19 +675,25 @@ class Watcher(Actor):
             self.emit(arrived, WRITE, observed)
 
     def _index_blobs(self, paths: list[str]) -> dict[str, str]:
+        """The index's blob of each path (stage 0), asked of one ``cat-file --batch-check``
+        (``ls-files`` takes no pathspec on stdin).  Requests are lines: a name with a
+        newline cannot be asked, and stays unpaired (reported as a removal and a write)."""
+        asked = [path for path in paths if "\n" not in path]
+        if not asked:
+            return {}
+        request = b"".join(b":0:" + os.fsencode(path) + b"\n" for path in asked)
         try:
-            out = self.git.run("--literal-pathspecs", "--no-optional-locks", "ls-files",
-                               "--stage", "-z", "--pathspec-from-file=-",
-                               "--pathspec-file-nul", input=nul_joined(paths))
+            out = self.git.run("cat-file", "--batch-check=%(objectname) %(objecttype)",
+                               input=request)
         except GitError as exc:
-            self.record_error(f"ls-files --stage: {exc}")
+            self.record_error(f"cat-file --batch-check: {exc}")
             return {}
         blobs = {}
-        for entry in out.split(b"\0"):
-            meta, _, name = entry.partition(b"\t")
-            fields = meta.split()
-            if len(fields) == 3:
-                blobs[os.fsdecode(name)] = fields[1].decode("ascii", "replace")
+        # One answer line per request: "OID blob", or the request followed by " missing".
+        for path, answer in zip(asked, out.split(b"\n")):
+            oid, _, kind = answer.partition(b" ")
+            if kind == b"blob":
+                blobs[path] = oid.decode("ascii", "replace")
         return blobs
 
     def _blob_of(self, path: str, length: int) -> str | None:

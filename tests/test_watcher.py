@@ -407,3 +407,17 @@ def test_changes_the_router_lost_or_dropped_make_the_watcher_reconcile(bare_watc
     watcher.on_health(health(1, 2))
     assert watcher.restart_reconcile_at is not None and not watcher.in_flight
     assert "router lost 3 change(s)" in watcher.restarts_seen
+
+
+def test_a_move_inotify_could_not_pair_is_paired_by_the_index_blob(bare_watcher, workspace):
+    """A tracked file moved out of sight (its MOVED_TO never came) and the same content
+    appearing elsewhere: the index blob of the removed path pairs them."""
+    watcher, read = bare_watcher
+    (workspace.root / "sub").mkdir()
+    os.rename(workspace.root / "README.md", workspace.root / "sub" / "README.md")
+    read(Event(1, flags.MOVED_FROM, 9, "README.md"))
+    read(Event(2, flags.CREATE, 0, "README.md"), Event(2, flags.CLOSE_WRITE, 0, "README.md"))
+    watcher.next_match = 0.0
+    watcher._match_moves(time.monotonic(), time.time())
+    assert watcher.stats["moves_matched"] == 1
+    assert watcher.stats.get("errors", 0) == 0 and not watcher.last_error

@@ -530,8 +530,8 @@ class Committer:
                 if not any(marker in exc.stderr for marker in _PATH_REFUSED_MARKERS):
                     raise
                 refused[paths[0]] = Why(Hold.GIT_REFUSED, _first_error(exc.stderr))
-                log.warning("holding %s: git refuses it: %s", paths[0],
-                            _first_error(exc.stderr))
+                # The executor logs a hold once per reason; each retry is only a debug line.
+                log.debug("holding %s: git refuses it: %s", paths[0], _first_error(exc.stderr))
                 return
             middle = len(paths) // 2
             self._bisect(paths[:middle], run, refused)
