@@ -44,6 +44,7 @@ import os
 import stat
 import time
 from collections import OrderedDict, deque
+from typing import Callable
 
 import inotify_simple
 import msgpack
@@ -53,12 +54,12 @@ from inotify_simple import flags
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.config.runtime import write_atomic
-from gitsieve.common.git.gateway import Git, GitError, nul_joined
+from gitsieve.common.git.gateway import Git, GitError
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.health import nonnegative_count
 from gitsieve.common.judge.pattern import observe, urgent
 from gitsieve.common.judge.rules import RuleCache
+from gitsieve.common.judge.settled import SettledVersions
 from gitsieve.common.judge.writing import MoveTracker, WriteTracker, Writing
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import DELETE, WRITE, HealthStatus
@@ -74,17 +75,8 @@ RESTART_RECONCILE_DELAY = 0.5
 # A path sent and not seen decided is "in flight" (a reconcile skips it) this long at most.
 IN_FLIGHT_EXPIRY = 30.0
 MAX_IN_FLIGHT = 100_000  # marks kept; past it the oldest go (their paths are sent again)
-# Versions L2 judged an autonomous process's (or gitsieve's own) write, kept so that a
-# reconcile does not send them again: judged later, their writes are out of the exact
-# techniques' lookback and the sampler's sight, and the same version would come back
-# UNKNOWN.  Past the cap the oldest go (their paths are judged again).
-MAX_SETTLED = 50_000
-# The settled versions outlive a run (a restart's reconcile must not commit an agent's
-# untracked files as new): kept in the runtime dir, saved this often while they change, and
-# at a clean stop.
-SETTLED_FILE = "settled-versions.msgpack"
-SETTLED_SAVE_EVERY = 30.0
-_SETTLED_FILE_MAX = 16 * 1024 * 1024
+# Versions L2 judged an autonomous process's (or gitsieve's own) write are settled
+# (common/judge/settled.py): a reconcile does not send them again.
 _SETTLING_WRITERS = ("SYSTEM", "SELF")
 MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
 _FEED_LIMIT = 5000  # feed frames read per poll round
@@ -124,9 +116,7 @@ class Watcher(Actor):
         self.moves = MoveTracker(window=max(config.debounce_default, 1.0))
         self.next_match = 0.0
         self.in_flight: OrderedDict[str, tuple[int, float]] = OrderedDict()  # seq, sent at
-        self.settled: OrderedDict[str, int] = OrderedDict()  # path -> version_of() (LRU)
-        self.settled_changed = False  # since the last save
-        self.next_settled_save = 0.0
+        self.settled = SettledVersions(config.runtime_dir)
         self.router_lost = 0  # changes the router reported lost or dropped, as last seen
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
@@ -158,7 +148,7 @@ class Watcher(Actor):
         self.watch_fd(self.inotify.fileno(), self._read_events)
         self._watch_tree("")
         self.log.info("watching %d directories under %s", len(self.wd_to_path), self.root)
-        self._load_settled()
+        self.stats["settled_loaded"] = self.settled.load(self.excluded)
         self.reconcile()
         interval = self.config.reconcile_interval
         self.next_reconcile = time.monotonic() + interval if interval > 0 else None
@@ -328,7 +318,7 @@ class Watcher(Actor):
         frames = messages.stage_frames(change, priority=urgent(change))
         self.last_report[path] = now
         self.trailing.pop(path, None)
-        self.settled.pop(path, None)  # a new change: the next decision settles it again
+        self.settled.forget(path)  # a new change: the next decision settles it again
         self.in_flight[path] = (self.seq, now)
         self.in_flight.move_to_end(path)
         while len(self.in_flight) > MAX_IN_FLIGHT:
@@ -407,66 +397,24 @@ class Watcher(Actor):
                 if settles:
                     self._settle(path)
                 else:
-                    self.settled.pop(path, None)
+                    self.settled.forget(path)
 
     def _settle(self, path: str) -> None:
         version = version_of(self._abs(path))
-        if version is None:
-            return
-        self.settled[path] = version
-        self.settled.move_to_end(path)
-        self.settled_changed = True
-        while len(self.settled) > MAX_SETTLED:
-            self.settled.popitem(last=False)
+        if version is not None:
+            self.settled.settle(path, version)
 
-    def _settled_path(self):
-        return self.config.runtime_dir / SETTLED_FILE
-
-    def _load_settled(self) -> None:
-        """The settled versions an earlier run saved; whatever is unreadable is ignored
-        (those paths are judged again, as when nothing was saved)."""
+    def _save_settled(self, save: Callable[[], None]) -> None:
         try:
-            with open(self._settled_path(), "rb") as handle:
-                data = handle.read(_SETTLED_FILE_MAX + 1)
-            if len(data) > _SETTLED_FILE_MAX:
-                raise ValueError("too large")
-            saved = msgpack.unpackb(data, raw=False, strict_map_key=True,
-                                    unicode_errors="surrogateescape",
-                                    max_map_len=MAX_SETTLED, max_str_len=messages.PATH_MAX,
-                                    max_array_len=0, max_bin_len=0, max_ext_len=0)
-            if not isinstance(saved, dict):
-                raise ValueError("not a map")
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError, msgpack.UnpackException) as exc:
-            self.log.warning("%s: saved settled versions not used: %s", self.actor_id, exc)
-            return
-        for path, version in saved.items():
-            if isinstance(path, str) and isinstance(version, int) and \
-                    not isinstance(version, bool) and not self.excluded(path):
-                self.settled[path] = version
-        self.stats["settled_loaded"] = len(self.settled)
-
-    def _save_settled(self) -> None:
-        try:
-            write_atomic(self._settled_path(),
-                         msgpack.packb(dict(self.settled), use_bin_type=True,
-                                       unicode_errors="surrogateescape"))
+            save()
         except OSError as exc:
             self.record_error(f"cannot save settled versions: {exc}")
             self.log.warning("%s: cannot save settled versions: %s", self.actor_id, exc)
-            return
-        self.settled_changed = False
 
     def is_settled(self, path: str) -> bool:
         """Whether ``path`` is still the version a settling decision judged."""
-        version = self.settled.get(path)
-        if version is None:
-            return False
-        if version_of(self._abs(path)) == version:
-            return True
-        del self.settled[path]
-        return False
+        return self.settled.get(path) is not None and \
+            self.settled.holds(path, version_of(self._abs(path)))
 
     def _expire_in_flight(self, now: float) -> None:
         while self.in_flight:
@@ -724,9 +672,7 @@ class Watcher(Actor):
             self.restart_reconcile_at = None
             self.stats["restart_reconciles"] += 1
             self.reconcile()
-        if self.settled_changed and now >= self.next_settled_save:
-            self.next_settled_save = now + SETTLED_SAVE_EVERY
-            self._save_settled()
+        self._save_settled(lambda: self.settled.save_due(now))
         if len(self.last_report) > 10_000:
             # Bound memory: entries older than the throttle interval no longer matter.
             horizon = now - self.config.modify_interval
@@ -745,6 +691,9 @@ class Watcher(Actor):
             waits.append(self.next_reconcile - now)
         if self.restart_reconcile_at is not None:
             waits.append(self.restart_reconcile_at - now)
+        journal = self.settled.wakeup_in(now)
+        if journal is not None:
+            waits.append(journal)
         return max(0.0, min(waits)) if waits else None
 
     def queue_depth(self) -> int:
@@ -814,8 +763,8 @@ class Watcher(Actor):
         return started >= self.first_sent
 
     def shutdown(self) -> None:
-        if self.settled_changed:
-            self._save_settled()
+        if self.settled.changed_since_snapshot:
+            self._save_settled(self.settled.save)
         self.inotify.close()
 
 

@@ -12,6 +12,7 @@ from inotify_simple import Event, flags
 
 from conftest import stage_reader, wait_for
 from gitsieve.actors.watcher import Watcher
+from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.judge.pattern import urgent
 from gitsieve.common.protocol import messages
@@ -421,3 +422,23 @@ def test_a_move_inotify_could_not_pair_is_paired_by_the_index_blob(bare_watcher,
     watcher._match_moves(time.monotonic(), time.time())
     assert watcher.stats["moves_matched"] == 1
     assert watcher.stats.get("errors", 0) == 0 and not watcher.last_error
+
+
+def test_a_version_settled_a_second_before_a_kill_is_still_settled_after_it(
+        bare_watcher, workspace):
+    watcher, _ = bare_watcher
+    config_mod.prepare_runtime_dir(watcher.config)  # as its setup does
+    for name in ("one.json", "two.json"):
+        workspace.write(name, "{}\n")
+    now = time.monotonic()
+    watcher._settle("one.json")
+    watcher.on_tick(now)
+    watcher._settle("two.json")
+    watcher.on_tick(now + 1.5)
+    # killed: no shutdown, so nothing more is saved
+    successor = Watcher(workspace.load())
+    try:
+        successor.settled.load(successor.excluded)  # as its setup does
+        assert successor.is_settled("one.json") and successor.is_settled("two.json")
+    finally:
+        successor.close()
