@@ -563,6 +563,7 @@ class Executor(Actor):
                                  "anyway (nothing is left half done: HEAD moves last)",
                                  self.job.kind, STOP_WAIT)
                 return
+        self.committer.close()
         self.committer.content.close()
         if self.guard is not None:
             self.guard.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 from conftest import faulty_git, git
 from gitsieve.common import config as config_mod
 from gitsieve.common.git.committer import TRAILER, Committer
+from gitsieve.common.git.gateway import LineChild
 from gitsieve.common.protocol.states import Hold, Why
 
 
@@ -733,6 +735,12 @@ def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
         calls.append(args[0] if args[0] != "--no-optional-locks" else args[1])
         return original(*args, **kwargs)
     monkeypatch.setattr(committer.git, "result", counting)
+    asked = LineChild.ask
+
+    def counting_requests(line_child, *args, **kwargs):  # a long-lived git's requests
+        calls.append(line_child.args[0])
+        return asked(line_child, *args, **kwargs)
+    monkeypatch.setattr(LineChild, "ask", counting_requests)
     workspace.write("deep/er/f.txt", "0\n")
     workspace.write("new.ignored", "ignored\n")
     assert committer.commit(["deep/er/f.txt", "new.ignored"]).commit
@@ -935,3 +943,87 @@ def test_a_new_file_unchanged_since_well_before_its_observation_is_not_read_agai
                                        "fresh.stamp": changed - 5.0, "unknown.stamp": None})
     assert result.statuses == {"old.stamp": "A"}
     assert set(result.dropped) == {"fresh.stamp", "unknown.stamp"}
+
+
+def test_trees_and_head_go_through_gits_that_outlive_a_commit(workspace):
+    """A commit's trees and HEAD's move are requests to two long-lived gits, not processes
+    of their own; one that has ended is started again, and the commit is made."""
+    committer = make(workspace)
+    spawned = []
+    spawn = committer.git.spawn
+
+    def counting(*args, **kwargs):
+        if args[0] != "cat-file":  # the content judge's reader of HEAD
+            spawned.append(args[0])
+        return spawn(*args, **kwargs)
+    committer.git.spawn = counting
+    for number in range(3):
+        workspace.write("deep/f.txt", f"{number}\n")
+        assert committer.commit(["deep/f.txt"]).pushed
+    assert sorted(spawned) == ["hash-object", "update-ref"]
+    os.kill(committer._head_mover.child.pid, signal.SIGKILL)
+    os.kill(committer._tree_writer.child.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    workspace.write("deep/f.txt", "after the kill\n")
+    assert committer.commit(["deep/f.txt"]).pushed
+    assert workspace.show("HEAD:deep/f.txt") == "after the kill\n"
+    assert workspace.remote_head() == workspace.head()
+    assert len(spawned) == 4
+    committer.close()
+    assert committer._tree_writer.child is None
+
+
+def test_a_git_without_update_ref_transactions_moves_head_one_process_a_commit(workspace):
+    """``update-ref --stdin`` that gives no transaction (git before 2.27, here a refused
+    option): HEAD moves through a plain update-ref, now and from then on."""
+    committer = make(workspace)
+    committer._head_mover = LineChild(committer.git, "update-ref", "--no-such-option",
+                                      "--stdin")
+    for number in range(2):
+        workspace.write("f.txt", f"{number}\n")
+        assert committer.commit(["f.txt"]).pushed
+        assert committer._head_mover is None
+    assert workspace.show("HEAD:f.txt") == "1\n" and workspace.commit_count() == 3
+
+
+def test_a_large_directory_tree_is_patched_and_equals_gits_own(workspace, monkeypatch):
+    """A directory of more than LARGE_TREE entries: the first commit lays its tree out, a
+    later one that only changes files there patches the object ids in place; an added
+    file or a mode change lays it out again.  Every tree is the one git itself writes."""
+    from gitsieve.common.git import committer as committer_mod
+    committer = make(workspace)
+    big = workspace.root / "big"
+    big.mkdir()
+    for number in range(committer_mod.LARGE_TREE + 50):
+        (big / f"f{number:05d}.txt").write_text(f"{number}\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "big directory")
+    layouts = []
+    lay_out = committer_mod.TreeLayout.of
+    monkeypatch.setattr(committer_mod.TreeLayout, "of",
+                        classmethod(lambda cls, entries: layouts.append(len(entries))
+                                    or lay_out(entries)))
+
+    def commit_and_compare(paths: list[str]) -> None:
+        before = workspace.head()
+        assert committer.commit(paths).commit
+        scratch = {**os.environ, "GIT_INDEX_FILE": str(workspace.root / ".git" / "scratch")}
+        for args in (("read-tree", before), ("add", "--", *paths)):
+            subprocess.run(["git", *args], cwd=workspace.root, env=scratch, check=True)
+        written = subprocess.run(["git", "write-tree"], cwd=workspace.root, env=scratch,
+                                 check=True, capture_output=True, text=True).stdout.strip()
+        assert workspace.git("rev-parse", "HEAD^{tree}").strip() == written
+
+    (big / "f00001.txt").write_text("changed\n")
+    commit_and_compare(["big/f00001.txt"])
+    assert layouts == [committer_mod.LARGE_TREE + 50]
+    (big / "f00002.txt").write_text("changed\n")
+    (big / "f00900.txt").write_text("changed too\n")
+    commit_and_compare(["big/f00002.txt", "big/f00900.txt"])
+    assert len(layouts) == 1  # patched, not laid out again
+    (big / "new.txt").write_text("new\n")
+    commit_and_compare(["big/new.txt"])
+    (big / "f00003.txt").chmod(0o755)
+    commit_and_compare(["big/f00003.txt"])
+    assert len(layouts) == 3
+    workspace.git("fsck", "--no-progress")

@@ -61,6 +61,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -73,7 +74,7 @@ from gitsieve.common.git.catfile import (
     Entry,
     HeadReadError,
 )
-from gitsieve.common.git.gateway import Git, GitError, split_nul
+from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul
 from gitsieve.common.git.head import checked_out_branch, file_signature
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
@@ -101,6 +102,11 @@ _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for t
 # Only the network has a deadline (see gateway.Git: sh polls while one is set).
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
+# The index update of a commit waits at most this for the push's git to start first.
+_PUSH_HEAD_START = 0.05
+# Trees of at least this many entries keep their layout (the last LAYOUTS_KEPT made).
+LARGE_TREE = 1024
+LAYOUTS_KEPT = 16
 _ZERO_OID = "0" * 40
 # A new file unchanged since this long before its first observation is not re-checked.
 _SETTLED_BEFORE = 1.0
@@ -241,16 +247,52 @@ def _blob_oid(data: bytes, hex_length: int) -> str:
 _KEEP = object()  # a tree node with no change of its own, only below it
 
 
-def tree_object(entries: dict[bytes, tuple[int, str]], hex_length: int) -> tuple[str, bytes]:
-    """git's object id and body of a tree with these entries (name -> (mode, oid)), in
-    git's order: names compared as bytes, a tree's as if it ended in "/"."""
-    ordered = sorted(entries.items(),
-                     key=lambda item: item[0] + b"/" if item[1][0] == MODE_TREE else item[0])
-    body = b"".join(b"%o %s\0" % (mode, name) + bytes.fromhex(oid)
-                    for name, (mode, oid) in ordered)
+def _in_git_order(entries: dict[bytes, tuple[int, str]]) -> list:
+    """Names compared as bytes, a tree's as if it ended in "/"."""
+    return sorted(entries.items(),
+                  key=lambda item: item[0] + b"/" if item[1][0] == MODE_TREE else item[0])
+
+
+def _tree_id(body: bytes, hex_length: int) -> str:
     digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
     digest.update(b"tree %d\0" % len(body) + body)
-    return digest.hexdigest(), body
+    return digest.hexdigest()
+
+
+def tree_object(entries: dict[bytes, tuple[int, str]], hex_length: int) -> tuple[str, bytes]:
+    """git's object id and body of a tree with these entries (name -> (mode, oid))."""
+    body = b"".join(b"%o %s\0" % (mode, name) + bytes.fromhex(oid)
+                    for name, (mode, oid) in _in_git_order(entries))
+    return _tree_id(body, hex_length), body
+
+
+@dataclass(frozen=True)
+class TreeLayout:
+    """A large tree's body and where each entry's object id lies in it: a commit that
+    changes entries of that directory without adding, removing or retyping any patches
+    those bytes instead of sorting and formatting every entry again."""
+
+    body: bytes
+    oid_at: dict  # name -> offset of its raw object id in body
+
+    @classmethod
+    def of(cls, entries: dict[bytes, tuple[int, str]]) -> "TreeLayout":
+        parts, oid_at, position = [], {}, 0
+        for name, (mode, oid) in _in_git_order(entries):
+            head = b"%o %s\0" % (mode, name)
+            raw = bytes.fromhex(oid)
+            oid_at[name] = position + len(head)
+            position += len(head) + len(raw)
+            parts.append(head + raw)
+        return cls(b"".join(parts), oid_at)
+
+    def patched(self, new_oids: dict[bytes, str]) -> "TreeLayout":
+        body = bytearray(self.body)
+        for name, oid in new_oids.items():
+            raw = bytes.fromhex(oid)
+            start = self.oid_at[name]
+            body[start:start + len(raw)] = raw
+        return TreeLayout(bytes(body), self.oid_at)
 
 
 def _same_entry(one: tuple[int, str], other: tuple[int, str]) -> bool:
@@ -308,6 +350,16 @@ class Committer:
         # clear while a commit's push runs beside its update of the person's index
         self._index_written = threading.Event()
         self._index_written.set()
+        self._layouts: OrderedDict[str, TreeLayout] = OrderedDict()  # large trees made here
+        # set once the push is about to start its git (or will not): the index waits for it
+        self._push_under_way = threading.Event()
+        # Long-lived gits on the path from an edit to the remote: each call saved is a
+        # process (about 5 ms through sh).  Blobs keep a git each time: their clean filters
+        # follow .gitattributes, which a long-lived git would not read again.
+        self._tree_writer = LineChild(self.git, "hash-object", "-w", "-t", "tree",
+                                      "--no-filters", "--stdin-paths")
+        self._head_mover: LineChild | None = LineChild(self.git, "update-ref", "-m",
+                                                       "gitsieve: sync", "--stdin")
         # The user's index against HEAD, as last read: ((signature, head), {path: entry})
         self._staged: tuple | None = None
         # The user's index signature the last plan decided on (as read, or as this
@@ -698,9 +750,13 @@ class Committer:
             # (on a 100k-file tree each takes tens of milliseconds), and both are done
             # before the commit is reported.
             self._index_written.clear()
-            pushing = _Background(lambda: self.push(branch, result.parent), name="git-push")
+            self._push_under_way.clear()
+            pushing = _Background(lambda: self._push_then_signal(branch, result.parent),
+                                  name="git-push")
             try:
                 if index_update is not None:
+                    # The push is the longer of the two: its git starts first.
+                    self._push_under_way.wait(_PUSH_HEAD_START)
                     index_update()
             finally:
                 self._index_written.set()
@@ -734,7 +790,7 @@ class Committer:
                 return
             old = head[0] if head else ""
             try:
-                self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, old)
+                self._advance_head(new, old)
             except GitError:
                 current = self.head()
                 if current == new:
@@ -750,6 +806,37 @@ class Committer:
                 self.sync_commit_made(result.parent, new)
             return lambda: self._after_commit(plan, changes, new, attempts)
         raise TransientError("HEAD kept moving during the sync")
+
+    def _advance_head(self, new: str, old: str) -> None:
+        """HEAD to ``new`` if it is still ``old`` (compare and swap), through the long-lived
+        ``update-ref --stdin`` when it can; GitError when HEAD was not moved."""
+        mover = self._head_mover
+        if old and mover is not None:
+            request = f"start\nupdate HEAD {new} {old}\nprepare\ncommit\n".encode("ascii")
+            try:
+                if mover.ask(request, 3) == [b"start: ok", b"prepare: ok", b"commit: ok"]:
+                    return
+                mover.close()
+            except GitError as exc:
+                log.debug("update-ref --stdin: %s", exc)
+            if not mover.answered.startswith(b"start: ok"):
+                # a git before 2.27 has no transactions on stdin: one process a commit then
+                log.info("update-ref --stdin gave no transaction (%r): HEAD moves with one "
+                         "update-ref a commit", mover.answered[:80])
+                self._head_mover = None
+            current = self.head()
+            if current == new:
+                return
+            if current != old:
+                raise GitError(("update-ref", "HEAD", new, old), 1, "HEAD moved meanwhile")
+            # still at ``old``: nothing was done, the plain command below decides
+        self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, old)
+
+    def close(self) -> None:
+        """End the long-lived gits (the content judge's are its own)."""
+        self._tree_writer.close()
+        if self._head_mover is not None:
+            self._head_mover.close()
 
     # ----- objects and trees -----------------------------------------------------------------
     def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:
@@ -798,9 +885,15 @@ class Committer:
                 made.append(temp)
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
+            request = b"".join(os.fsencode(str(temp)) + b"\n" for temp in made)
+            if object_type == "tree" and len(request) <= LineChild.MAX_REQUEST:
+                try:
+                    return [line.decode() for line in self._tree_writer.ask(request, len(made))]
+                except GitError as exc:
+                    log.info("tree writer: %s; writing the trees with a git of their own", exc)
             options = ["--path", filters_for] if filters_for else ["--no-filters"]
             out = self._git("hash-object", "-w", "-t", object_type, *options, "--stdin-paths",
-                            input=b"".join(os.fsencode(str(temp)) + b"\n" for temp in made))
+                            input=request)
         finally:
             for temp in made:
                 temp.unlink(missing_ok=True)
@@ -882,6 +975,7 @@ class Committer:
 
         def write(children: dict, base: str | None, prefix: bytes) -> str | None:
             entries = dict(walker.tree(base)) if base else {}
+            changed: dict[bytes, tuple] = {}  # name -> (old entry, new entry)
             for name, (entry, below) in children.items():
                 path = prefix + name
                 old = entries.get(name)
@@ -894,17 +988,36 @@ class Committer:
                     sub = write(below, old[1] if keep_below else None, path + b"/")
                     new = (MODE_TREE, sub) if sub else None
                 report(old, new, path)
+                changed[name] = (old, new)
                 if new is None:
                     entries.pop(name, None)
                 else:
                     entries[name] = new
             if not entries:
                 return None
-            oid, body = tree_object(entries, hex_length)
+            oid, body = self._tree_object(base, entries, changed, hex_length)
             trees.append((oid, entries, body))
             return oid
 
         return write(root, head_tree, b""), trees, records
+
+    def _tree_object(self, base: str | None, entries: dict, changed: dict,
+                     hex_length: int) -> tuple[str, bytes]:
+        """(oid, body) of a composed tree; a large one is kept (:class:`TreeLayout`) and
+        patched in place when only object ids of its entries change."""
+        layout = self._layouts.get(base) if base else None
+        if layout is not None and all(old is not None and new is not None and old[0] == new[0]
+                                      for old, new in changed.values()):
+            layout = layout.patched({name: new[1] for name, (_, new) in changed.items()})
+        elif len(entries) >= LARGE_TREE:
+            layout = TreeLayout.of(entries)
+        else:
+            return tree_object(entries, hex_length)
+        oid = _tree_id(layout.body, hex_length)
+        self._layouts[oid] = layout
+        while len(self._layouts) > LAYOUTS_KEPT:
+            self._layouts.popitem(last=False)
+        return oid, layout.body
 
     def _write_trees(self, trees: list[tuple[str, dict, bytes]]) -> None:
         """Write the composed trees with one ``hash-object -t tree``, as the bodies made
@@ -1101,6 +1214,12 @@ class Committer:
         self.push_hold = why
         return f"push held: {why.text}"
 
+    def _push_then_signal(self, branch: str | None, parent: str | None) -> tuple[bool, str]:
+        try:
+            return self.push(branch, parent)
+        finally:
+            self._push_under_way.set()  # no push after all, or it is done
+
     def push(self, branch: str | None = None, parent: str | None = None) -> tuple[bool, str]:
         """Push the branch to the configured remote, never forced; (pushed, error).
         ``pushed`` is also true when the remote already had everything
@@ -1136,6 +1255,7 @@ class Committer:
             gated = self._gate(state)
             if gated:
                 return False, gated
+            self._push_under_way.set()
             try:
                 self._push_ref(ref)
             except GitError as exc:
