@@ -311,6 +311,7 @@ class Executor(Actor):
         now = self.clock()  # the injectable clock, so handler tests control time
         self.watch_refs(now)
         if self.job is None:
+            self.committer.close_idle(time.monotonic())
             self.start_work(now)
         else:
             self.write_waiting_objects()

@@ -107,6 +107,8 @@ _PUSH_HEAD_START = 0.05
 # Trees of at least this many entries keep their layout (the last LAYOUTS_KEPT made).
 LARGE_TREE = 1024
 LAYOUTS_KEPT = 16
+# The long-lived gits of the commit path end after this many seconds without a commit.
+LONG_LIVED_IDLE = 30.0
 _ZERO_OID = "0" * 40
 # A new file unchanged since this long before its first observation is not re-checked.
 _SETTLED_BEFORE = 1.0
@@ -837,6 +839,13 @@ class Committer:
         self._tree_writer.close()
         if self._head_mover is not None:
             self._head_mover.close()
+
+    def close_idle(self, now: float) -> None:
+        """End the long-lived gits after LONG_LIVED_IDLE s without a commit (``now``:
+        monotonic); never while a commit runs."""
+        self._tree_writer.close_if_idle(now, LONG_LIVED_IDLE)
+        if self._head_mover is not None:
+            self._head_mover.close_if_idle(now, LONG_LIVED_IDLE)
 
     # ----- objects and trees -----------------------------------------------------------------
     def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:

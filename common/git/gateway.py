@@ -307,6 +307,7 @@ class LineChild:
         self.git, self.args, self.timeout = git, args, timeout
         self._slot: list[GitChild] = []  # the running child, if any
         self.answered = b""  # what the last request got, complete or not
+        self.used = 0.0  # time.monotonic() of the last request
         # a LineChild dropped without close() (a test's committer) still ends its git
         weakref.finalize(self, LineChild._end, self._slot)
 
@@ -324,6 +325,7 @@ class LineChild:
         if len(request) > self.MAX_REQUEST:
             raise ValueError(f"request of {len(request)} bytes over {self.MAX_REQUEST}")
         self.answered = b""
+        self.used = time.monotonic()
         for fresh in (False, True):
             if fresh or self.child is None or not self.child.alive():
                 self.close()
@@ -354,6 +356,12 @@ class LineChild:
 
     def close(self) -> None:
         self._end(self._slot)
+
+    def close_if_idle(self, now: float, idle: float) -> None:
+        """End the child when it has had no request for ``idle`` s (``now``: monotonic):
+        a git kept for a burst of commits costs memory at rest."""
+        if self._slot and now - self.used >= idle:
+            self.close()
 
 
 class BackgroundGit:
