@@ -104,9 +104,10 @@ _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
 # The index update of a commit waits at most this for the push's git to start first.
 _PUSH_HEAD_START = 0.05
-# Trees of at least this many entries keep their layout (the last LAYOUTS_KEPT made).
+# Trees of at least this many entries keep their layout (the last LAYOUTS_KEPT made: the
+# next commit builds on the trees of the last one).  A 10,000-entry layout is about 1 MB.
 LARGE_TREE = 1024
-LAYOUTS_KEPT = 16
+LAYOUTS_KEPT = 4
 # The long-lived gits of the commit path end after this many seconds without a commit.
 LONG_LIVED_IDLE = 30.0
 _ZERO_OID = "0" * 40
