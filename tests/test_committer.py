@@ -1035,3 +1035,15 @@ def test_a_large_directory_tree_is_patched_and_equals_gits_own(workspace, monkey
     commit_and_compare(["big/f00003.txt"])
     assert len(layouts) == 3
     workspace.git("fsck", "--no-progress")
+
+
+def test_a_long_lived_git_that_cannot_start_leaves_the_commit_to_plain_ones(workspace):
+    committer = make(workspace)
+
+    class Refusing:  # the content judge keeps its own reader of HEAD
+        def spawn(self, *_args, **_kwargs):
+            raise OSError(24, "Too many open files")
+    committer._tree_writer.git = committer._head_mover.git = Refusing()
+    workspace.write("deep/f.txt", "made without long-lived gits\n")
+    result = committer.commit(["deep/f.txt"])
+    assert result.pushed and workspace.show("HEAD:deep/f.txt") == "made without long-lived gits\n"

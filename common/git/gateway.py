@@ -18,8 +18,9 @@ encodes arguments strictly.  They go on stdin (``--pathspec-from-file``, ``--std
 ``cat-file --batch``), NUL-separated and encoded with ``surrogateescape``.
 
 Persistent children (``cat-file --batch``, and :class:`LineChild`'s ``hash-object`` of
-trees and ``update-ref --stdin``) get plain pipes as stdin and stdout (:meth:`Git.spawn`): ``sh``'s streaming callbacks deliver binary output a byte at a time
-when unbuffered, and a request/response protocol cannot wait for a buffer to fill.
+trees and ``update-ref --stdin``) get plain pipes as stdin and stdout (:meth:`Git.spawn`):
+``sh``'s streaming callbacks deliver binary output a byte at a time when unbuffered, and a
+request/response protocol cannot wait for a buffer to fill.
 """
 from __future__ import annotations
 
@@ -327,16 +328,19 @@ class LineChild:
         self.answered = b""
         self.used = time.monotonic()
         for fresh in (False, True):
-            if fresh or self.child is None or not self.child.alive():
-                self.close()
-                self._slot.append(self.git.spawn(*self.args))
             try:
+                if fresh or self.child is None or not self.child.alive():
+                    self.close()
+                    self._slot.append(self.git.spawn(*self.args))
                 self.child.write(request)
                 break
             except BrokenPipeError:  # it ended while idle: nothing of this request was read
                 if fresh:
                     self.close()
                     raise GitError(self.args, -1, "ended before reading the request") from None
+            except (OSError, _sh().ForkException) as exc:
+                self.close()
+                raise GitError(self.args, -1, f"cannot run git: {exc}") from None
         answer = b""
         deadline = time.monotonic() + self.timeout
         try:
