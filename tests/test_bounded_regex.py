@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, processes_mentioning
+from gitsieve.common.config import bounded_regex
 from gitsieve.common.config.bounded_regex import BoundedPattern, RegexTimeout
 from gitsieve.common.judge.attribution.base import AutonomousMatcher
 from gitsieve.common.judge.attribution.exact import WriterRules
@@ -149,3 +150,38 @@ def test_a_fifo_as_rules_file_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(Exception, match="not a regular file"):
         bounded(lambda: RuleSet.load(fifo, tmp_path))
+
+
+NESTED_COUNTS = ["(a{1000}){1000}", "((a{1000}){1000}){4}", "(?:x{999}){999}y",
+                 r"(x{999}){999}\p{L}"]  # the last only regex reads: counted from the text
+
+
+@pytest.mark.parametrize("pattern", NESTED_COUNTS)
+def test_a_pattern_that_unrolls_to_gigabytes_is_refused_before_it_is_compiled(pattern):
+    """Compiling ((a{1000}){1000}){4} took 4 s and 1.3 GB, in every process reading it."""
+    started = time.monotonic()
+    with pytest.raises(bounded_regex.error, match="unroll to more than"):
+        BoundedPattern(pattern)
+    assert time.monotonic() - started < 0.2  # refused, not compiled
+
+
+@pytest.mark.parametrize("pattern", [r"a{65535}", r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+",
+                                     r"(?<=x)\p{L}{3}", r"(?P<y>\d{4})(?(y)a{10}|b{20})",
+                                     r"\{1000\}\{1000\}", r"(?>a{300})+b*"])
+def test_counted_repetitions_of_real_patterns_compile(pattern):
+    assert BoundedPattern(pattern).compiled is not None
+
+
+def test_a_rules_line_that_unrolls_to_gigabytes_stops_run_with_its_line(workspace):
+    workspace.patterns("ALLOW:docs/.*\nBLOCK:((a{1000}){1000}){4}\n")
+    try:
+        result = subprocess.run([sys.executable, "-m", "gitsieve.common.tools.cli", "run",
+                                 "--workspace", str(workspace.root)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        for proc in processes_mentioning(str(workspace.root)):  # it ran: stop every actor
+            proc.kill()
+        raise
+    assert result.returncode == 2
+    assert "system-patterns.conf:2: bad regex" in result.stderr
+    assert "unroll to more than" in result.stderr
