@@ -404,9 +404,9 @@ class Watcher(Actor):
         if version is not None:
             self.settled.settle(path, version)
 
-    def _save_settled(self, save: Callable[[], None]) -> None:
+    def _save_settled(self, save: Callable[..., None], *args) -> None:
         try:
-            save()
+            save(*args)
         except OSError as exc:
             self.record_error(f"cannot save settled versions: {exc}")
             self.log.warning("%s: cannot save settled versions: %s", self.actor_id, exc)
@@ -672,7 +672,7 @@ class Watcher(Actor):
             self.restart_reconcile_at = None
             self.stats["restart_reconciles"] += 1
             self.reconcile()
-        self._save_settled(lambda: self.settled.save_due(now))
+        self._save_settled(self.settled.save_due, now)
         if len(self.last_report) > 10_000:
             # Bound memory: entries older than the throttle interval no longer matter.
             horizon = now - self.config.modify_interval

@@ -1008,9 +1008,10 @@ def test_a_large_directory_tree_is_patched_and_equals_gits_own(workspace, monkey
     workspace.git("commit", "-q", "-m", "big directory")
     layouts = []
     lay_out = committer_mod.TreeLayout.of
-    monkeypatch.setattr(committer_mod.TreeLayout, "of",
-                        classmethod(lambda cls, entries: layouts.append(len(entries))
-                                    or lay_out(entries)))
+    monkeypatch.setattr(committer_mod.TreeLayout, "of",  # large trees laid out
+                        classmethod(lambda cls, entries: (
+                            len(entries) >= committer_mod.LARGE_TREE
+                            and layouts.append(len(entries))) or lay_out(entries)))
 
     def commit_and_compare(paths: list[str]) -> None:
         before = workspace.head()

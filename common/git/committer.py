@@ -262,18 +262,12 @@ def _tree_id(body: bytes, hex_length: int) -> str:
     return digest.hexdigest()
 
 
-def tree_object(entries: dict[bytes, tuple[int, str]], hex_length: int) -> tuple[str, bytes]:
-    """git's object id and body of a tree with these entries (name -> (mode, oid))."""
-    body = b"".join(b"%o %s\0" % (mode, name) + bytes.fromhex(oid)
-                    for name, (mode, oid) in _in_git_order(entries))
-    return _tree_id(body, hex_length), body
-
-
 @dataclass(frozen=True)
 class TreeLayout:
-    """A large tree's body and where each entry's object id lies in it: a commit that
-    changes entries of that directory without adding, removing or retyping any patches
-    those bytes instead of sorting and formatting every entry again."""
+    """A tree's body (entries name -> (mode, oid)) and where each entry's object id lies in
+    it.  A large one is kept: a commit that changes entries of that directory without
+    adding, removing or retyping any patches those bytes instead of sorting and formatting
+    every entry again."""
 
     body: bytes
     oid_at: dict  # name -> offset of its raw object id in body
@@ -835,18 +829,19 @@ class Committer:
             # still at ``old``: nothing was done, the plain command below decides
         self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, old)
 
+    def _long_lived(self) -> list[LineChild]:
+        return [child for child in (self._tree_writer, self._head_mover) if child is not None]
+
     def close(self) -> None:
         """End the long-lived gits (the content judge's are its own)."""
-        self._tree_writer.close()
-        if self._head_mover is not None:
-            self._head_mover.close()
+        for child in self._long_lived():
+            child.close()
 
     def close_idle(self, now: float) -> None:
         """End the long-lived gits after LONG_LIVED_IDLE s without a commit (``now``:
         monotonic); never while a commit runs."""
-        self._tree_writer.close_if_idle(now, LONG_LIVED_IDLE)
-        if self._head_mover is not None:
-            self._head_mover.close_if_idle(now, LONG_LIVED_IDLE)
+        for child in self._long_lived():
+            child.close_if_idle(now, LONG_LIVED_IDLE)
 
     # ----- objects and trees -----------------------------------------------------------------
     def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:
@@ -1019,11 +1014,11 @@ class Committer:
         if layout is not None and all(old is not None and new is not None and old[0] == new[0]
                                       for old, new in changed.values()):
             layout = layout.patched({name: new[1] for name, (_, new) in changed.items()})
-        elif len(entries) >= LARGE_TREE:
-            layout = TreeLayout.of(entries)
         else:
-            return tree_object(entries, hex_length)
+            layout = TreeLayout.of(entries)
         oid = _tree_id(layout.body, hex_length)
+        if len(entries) < LARGE_TREE:
+            return oid, layout.body
         self._layouts[oid] = layout
         while len(self._layouts) > LAYOUTS_KEPT:
             self._layouts.popitem(last=False)

@@ -64,7 +64,6 @@ class SettledVersions:
         self.changed_since_snapshot = False
         self.next_journal = 0.0
         self.next_snapshot = 0.0
-        self.save_errors = 0
 
     def __len__(self) -> int:
         return len(self.versions)
@@ -147,7 +146,7 @@ class SettledVersions:
 
     def save_due(self, now: float) -> None:
         """Append the journal and write the snapshot when they are due (``now``:
-        time.monotonic()).  OSError is raised after counting it; the next round retries."""
+        time.monotonic()).  OSError is raised; the next due time retries."""
         if self.changed_since_snapshot and now >= self.next_snapshot:
             self.next_snapshot = now + SNAPSHOT_EVERY
             self.next_journal = now + JOURNAL_EVERY
@@ -163,36 +162,27 @@ class SettledVersions:
 
     def save(self) -> None:
         """The whole table as the snapshot, then an empty journal."""
+        write_atomic(self.snapshot_path, msgpack.packb(dict(self.versions), use_bin_type=True,
+                                                       unicode_errors="surrogateescape"))
+        self.unjournaled.clear()
+        self.changed_since_snapshot = False
+        # Only now: until the snapshot is in place, the journal holds these entries.
         try:
-            write_atomic(self.snapshot_path,
-                         msgpack.packb(dict(self.versions), use_bin_type=True,
-                                       unicode_errors="surrogateescape"))
-            self.unjournaled.clear()
-            self.changed_since_snapshot = False
-            # Only now: until the snapshot is in place, the journal holds these entries.
-            try:
-                os.truncate(self.journal_path, 0)
-            except FileNotFoundError:
-                pass  # nothing was journaled since the last snapshot
-        except OSError:
-            self.save_errors += 1
-            raise
+            os.truncate(self.journal_path, 0)
+        except FileNotFoundError:
+            pass  # nothing was journaled since the last snapshot
 
     def _append_journal(self) -> None:
         data = b"".join(msgpack.packb(list(entry), use_bin_type=True,
                                       unicode_errors="surrogateescape")
                         for entry in self.unjournaled)
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
         try:
-            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
-            try:
-                give_to_directory_owner(fd, self.journal_path.parent)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-        except OSError:
-            self.save_errors += 1
-            raise
+            give_to_directory_owner(fd, self.journal_path.parent)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         self.unjournaled.clear()
