@@ -68,6 +68,9 @@ class ContentLayer(Actor):
         self.send(self.decisions, decide(change, step.verdict == Content.USER,
                                          l1_action(change.trail), (*change.trail, step)))
 
+    def on_tick(self, now: float) -> None:
+        self.judge.close_idle(now)
+
     def extra_status(self) -> dict:
         return {**{key: count for key, count in self.stats.items() if key.startswith("verdict_")},
                 **self.judge.status(), "commit_reports": self.stats["commit_reports"]}

@@ -312,6 +312,8 @@ class Executor(Actor):
         self.watch_refs(now)
         if self.job is None:
             self.committer.close_idle(time.monotonic())
+            if self.guard is not None:
+                self.guard.close_idle(time.monotonic())
             self.start_work(now)
         else:
             self.write_waiting_objects()

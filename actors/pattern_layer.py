@@ -51,6 +51,7 @@ class PatternLayer(Actor):
 
     def on_tick(self, now: float) -> None:
         if not self.buffer:
+            self.judge.close_idle(now)
             return
         batch, self.buffer = self.buffer, []
         for change, step in zip(batch, self.judge.judge(batch)):

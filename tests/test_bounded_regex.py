@@ -185,3 +185,16 @@ def test_a_rules_line_that_unrolls_to_gigabytes_stops_run_with_its_line(workspac
     assert result.returncode == 2
     assert "system-patterns.conf:2: bad regex" in result.stderr
     assert "unroll to more than" in result.stderr
+
+
+def test_a_pattern_is_compiled_once_per_process_and_the_table_is_bounded():
+    """Every BoundedPattern of one text shares one compiled pattern: the runner compiles
+    the configured ones before it forks, and an actor finds them there."""
+    from gitsieve.common.config import bounded_regex
+    first = bounded_regex.BoundedPattern(r"build [0-9]+ of \w+")
+    again = bounded_regex.BoundedPattern(r"build [0-9]+ of \w+", "another reader")
+    assert again.compiled is first.compiled
+    assert again.search("build 12 of main") is not None
+    for number in range(bounded_regex.COMPILED_KEPT + 5):
+        bounded_regex.compiled(f"filler {number}")
+    assert len(bounded_regex._COMPILED) <= bounded_regex.COMPILED_KEPT

@@ -93,7 +93,8 @@ def test_churn_beside_user_edits_with_the_helper(ordinary_user, user_workspace, 
     user, ws = ordinary_user, user_workspace
     tag = f"claude-autonomous-e2e-{uuid.uuid4().hex[:8]}"
     ws.write(".gitsieve.toml", f'[filter]\nautonomous_processes = ["{tag}"]\n'
-                               f'helper_socket = "{helper_socket}"\n')
+                               f'helper_socket = "{helper_socket}"\n'
+                               '[workers]\nl2 = 2\n')  # scaled: each worker its own client
     ws.write(".claude/sync-filter/system-patterns.conf",
              "ANALYZE:\\.claude/contexts/.*:context files\n")
     ws.write(REACTIVE, "# Head status\n\nupdated: 2024-01-01T00:00:00.000000+00:00\n")

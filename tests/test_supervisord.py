@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -47,14 +48,36 @@ def descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(shutil.which("supervisord") is None, reason="supervisord not installed")
-def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worker(workspace):
+def test_the_shipped_conf_runs_as_many_workers_as_the_config_expects(workspace):
+    """The other actors expect ``[workers]`` workers of each layer: supervisor.conf's
+    ``numprocs`` must match the defaults, or health and status miss or invent a worker."""
+    import re
+    text = SUPERVISOR_CONF.read_text()
+    counts = dict(re.findall(r"\[program:(process_layer|content_layer)\][^[]*?numprocs = (\d+)",
+                             text))
+    cfg = workspace.load()
+    assert counts == {"process_layer": str(cfg.l2_workers), "content_layer": str(cfg.l3_workers)}
+
+
+def scaled_conf(directory: Path, workers: int) -> Path:
+    """The shipped supervisor.conf scaled as the README says: ``numprocs`` of L2 and L3."""
+    text = SUPERVISOR_CONF.read_text()
+    assert text.count("numprocs = 1\n") == 2  # one worker each as shipped
+    conf = directory / "supervisor.conf"
+    conf.write_text(text.replace("numprocs = 1\n", f"numprocs = {workers}\n"))
+    return conf
+
+
+def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worker(workspace,
+                                                                                 tmp_path):
     ws = workspace
-    ws.fast_config()
+    ws.fast_config("[workers]\nl2 = 2\nl3 = 2\n")
     cfg = ws.load()
     expected = set(actor_ids(cfg))
-    assert {"l2-01", "l2-02", "l3-01", "l3-02"} <= expected  # numprocs = 2 for L2 and L3
+    assert {"l2-01", "l2-02", "l3-01", "l3-02"} <= expected
+    conf = scaled_conf(tmp_path, 2)
     env = supervisor_env(ws)
-    supervisord = subprocess.Popen(["supervisord", "-c", str(SUPERVISOR_CONF)], cwd=ROOT,
+    supervisord = subprocess.Popen(["supervisord", "-c", str(conf)], cwd=ROOT,
                                    env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
     seen_pids: set[int] = set()
@@ -83,7 +106,7 @@ def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worke
         seen_pids |= set(statuses(cfg).values()) | descendants(supervisord.pid)
     finally:
         # supervisorctl shutdown is the documented clean stop; SIGTERM if it cannot talk
-        stop = subprocess.run(["supervisorctl", "-c", str(SUPERVISOR_CONF), "shutdown"],
+        stop = subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
         if stop.returncode != 0:
             supervisord.send_signal(signal.SIGTERM)

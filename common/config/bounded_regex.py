@@ -86,6 +86,31 @@ def _weight(items) -> int:
     return total
 
 
+# Compiled patterns by text, shared by every BoundedPattern of that text.  The runner
+# compiles the configured patterns before it forks, so an actor finds them here instead of
+# parsing them again (a parse runs hundreds of the parser's functions, and each one a fork
+# runs copies pages the forks share).  Cleared when full: the rules file may be edited
+# any number of times.
+_COMPILED: dict[str, regex.Pattern] = {}
+COMPILED_KEPT = 1024
+
+
+def compiled(pattern: str) -> regex.Pattern:
+    """``pattern`` compiled, once per process; ``error`` when it is invalid or would unroll
+    to more than ``MAX_EXPANSION`` elements."""
+    found = _COMPILED.get(pattern)
+    if found is None:
+        if expansion(pattern) > MAX_EXPANSION:
+            raise error(f"its counted repetitions unroll to more than {MAX_EXPANSION:,} "
+                        "elements when compiled (seconds and gigabytes in every process); "
+                        "repeat less, or use + or *")
+        found = regex.compile(pattern)  # raises regex.error (= error) when invalid
+        if len(_COMPILED) >= COMPILED_KEPT:
+            _COMPILED.clear()
+        _COMPILED[pattern] = found
+    return found
+
+
 class RegexTimeout(Exception):
     """A configured regex did not finish within its time bound."""
 
@@ -99,12 +124,7 @@ class BoundedPattern:
         self.pattern = pattern
         self.what = what or f"regex {pattern!r}"
         self.consequence = consequence
-        size = expansion(pattern)
-        if size > MAX_EXPANSION:
-            raise error(f"its counted repetitions unroll to more than {MAX_EXPANSION:,} "
-                        "elements when compiled (seconds and gigabytes in every process); "
-                        "repeat less, or use + or *")
-        self.compiled = regex.compile(pattern)  # raises regex.error (= error) when invalid
+        self.compiled = compiled(pattern)
         self.timeouts = 0
 
     def fullmatch(self, text: str):

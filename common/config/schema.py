@@ -157,10 +157,12 @@ KEYS: tuple[Key, ...] = (
     Key("watcher", "modify_interval", float, 1, "a file written but never closed is "
         "reported this often", minimum=0.05, maximum=3600, unit="s"),
     # [workers]
-    Key("workers", "l2", int, 2, "process-layer workers under gitsieve run",
-        attr="l2_workers", minimum=1, maximum=16),
-    Key("workers", "l3", int, 2, "content-layer workers under gitsieve run",
-        attr="l3_workers", minimum=1, maximum=16),
+    # One worker a layer keeps up with an agent's storm on 2 cores (the router sends a path
+    # once, however often it is written); each more costs about 10 MB.
+    Key("workers", "l2", int, 1, "process-layer workers under gitsieve run (each more: "
+        "about 10 MB, worth it with cores to spare)", attr="l2_workers", minimum=1, maximum=16),
+    Key("workers", "l3", int, 1, "content-layer workers under gitsieve run (each more: "
+        "about 10 MB, worth it with cores to spare)", attr="l3_workers", minimum=1, maximum=16),
     Key("workers", "stage_window", int, 128, "changes one layer worker may hold; the rest "
         "wait in the router, where a person's change goes first and a path waits once",
         minimum=1, maximum=100_000),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from gitsieve.common.git.gateway import Git, GitChild
+from gitsieve.common.git.gateway import Git, GitChild, KeptChild
 from gitsieve.common.git.head import head_token
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ class GitObject:
     data: bytes | None  # None: not kept (see CatFileBatch.objects)
 
 
-class CatFileBatch:
-    """A persistent ``git cat-file --batch`` child answering object requests."""
+class CatFileBatch(KeptChild):
+    """A persistent ``git cat-file --batch`` child answering object requests (ended after a
+    rest by ``close_if_idle``)."""
 
     def __init__(self, git: Git, size_cap: int, timeout: float = CAT_FILE_TIMEOUT):
         self.git, self.size_cap, self.timeout = git, size_cap, timeout
@@ -96,6 +97,7 @@ class CatFileBatch:
         self._buffer = bytearray()
 
     def _running(self) -> GitChild:
+        self.used = time.monotonic()
         if self.child is None or not self.child.alive():
             self.close()
             self.child = self.git.spawn("cat-file", "--batch")
@@ -380,3 +382,6 @@ class HeadVersions:
 
     def close(self) -> None:
         self.reader.close()
+
+    def close_idle(self, now: float) -> None:
+        self.reader.close_if_idle(now)

@@ -74,7 +74,7 @@ from gitsieve.common.git.catfile import (
     Entry,
     HeadReadError,
 )
-from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul
+from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git, GitError, LineChild, split_nul
 from gitsieve.common.git.head import checked_out_branch, file_signature
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
@@ -108,8 +108,6 @@ _PUSH_HEAD_START = 0.05
 # next commit builds on the trees of the last one).  A 10,000-entry layout is about 1 MB.
 LARGE_TREE = 1024
 LAYOUTS_KEPT = 4
-# The long-lived gits of the commit path end after this many seconds without a commit.
-LONG_LIVED_IDLE = 30.0
 _ZERO_OID = "0" * 40
 # A new file unchanged since this long before its first observation is not re-checked.
 _SETTLED_BEFORE = 1.0
@@ -839,9 +837,10 @@ class Committer:
 
     def close_idle(self, now: float) -> None:
         """End the long-lived gits after LONG_LIVED_IDLE s without a commit (``now``:
-        monotonic); never while a commit runs."""
+        monotonic), and the content judge's cat-file; never while a commit runs."""
         for child in self._long_lived():
             child.close_if_idle(now, LONG_LIVED_IDLE)
+        self.content.close_idle(now)
 
     # ----- objects and trees -----------------------------------------------------------------
     def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:

@@ -292,7 +292,25 @@ class GitChild:
             os.close(fd)
 
 
-class LineChild:
+# A long-lived git (cat-file, check-ignore, the commit path's) ends after this many seconds
+# without a request: kept through a burst of work, it costs about a megabyte at rest.
+LONG_LIVED_IDLE = 30.0
+
+
+class KeptChild:
+    """A holder of one long-lived git child (``child``, ``close()``) that ends it after a
+    rest; ``used`` is the ``time.monotonic()`` of its last request."""
+
+    used = 0.0
+
+    def close_if_idle(self, now: float, idle: float = LONG_LIVED_IDLE) -> None:
+        """End the child when it has had no request for ``idle`` s (``now``: monotonic);
+        the next request starts another."""
+        if self.child is not None and now - self.used >= idle:
+            self.close()
+
+
+class LineChild(KeptChild):
     """A long-lived git command answering each request with lines (``hash-object
     --stdin-paths``, ``update-ref --stdin``): spawned on first use, and again when it has
     ended, so a request costs a pipe round trip instead of a process (about 5 ms through
@@ -360,12 +378,6 @@ class LineChild:
 
     def close(self) -> None:
         self._end(self._slot)
-
-    def close_if_idle(self, now: float, idle: float) -> None:
-        """End the child when it has had no request for ``idle`` s (``now``: monotonic):
-        a git kept for a burst of commits costs memory at rest."""
-        if self._slot and now - self.used >= idle:
-            self.close()
 
 
 class BackgroundGit:

@@ -17,7 +17,7 @@ import select
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitChild, git_env
+from gitsieve.common.git.gateway import Git, GitChild, KeptChild, git_env
 from gitsieve.common.git.head import common_dir, file_signature
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,10 @@ _READ_CHUNK = 256 * 1024
 _FIELDS = 4  # source, line number, pattern, path
 
 
-class IgnoreChecker:
+class IgnoreChecker(KeptChild):
+    """``git check-ignore`` through one long-lived child, restarted when the index or the
+    excludes change, after ``max_age``, and ended after a rest by ``close_if_idle``."""
+
     def __init__(self, git: Git, git_dir: Path, max_age: float = MAX_AGE,
                  timeout: float = ANSWER_TIMEOUT):
         self.git = git
@@ -86,7 +89,7 @@ class IgnoreChecker:
                 self._start(time.monotonic(), basis)
 
     def _running(self, paths: list[str]) -> GitChild:
-        now = time.monotonic()
+        now = self.used = time.monotonic()
         basis = self._basis()
         stale = (self.child is None or not self.child.alive() or basis != self.basis
                  or now - self.started > self.max_age

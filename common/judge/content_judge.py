@@ -164,3 +164,7 @@ class ContentJudge:
 
     def close(self) -> None:
         self.head.close()
+
+    def close_idle(self, now: float) -> None:
+        """End the cat-file child after a rest (``now``: monotonic)."""
+        self.head.close_idle(now)

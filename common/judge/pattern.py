@@ -86,3 +86,7 @@ class PatternJudge:
 
     def close(self) -> None:
         self.ignore.close()
+
+    def close_idle(self, now: float) -> None:
+        """End the check-ignore child after a rest (``now``: monotonic)."""
+        self.ignore.close_if_idle(now)

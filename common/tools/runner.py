@@ -36,6 +36,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import inotify_simple
+
 from gitsieve.common.actor.base import TITLE_ENV, set_title
 from gitsieve.common.config import Config, prepare_runtime_dir
 from gitsieve.common.config.runtime import give_to_directory_owner
@@ -189,9 +191,20 @@ class Runner:
 
     def preload(self) -> None:
         """Import every actor module once, before any fork (no socket, no thread), and the
-        modules actors import only when they start (each would be a private copy)."""
+        modules actors import only when they start (each would be a private copy).  Then
+        what every fork would do again at its start: the configured regexes compiled (each
+        actor finds them in bounded_regex's table) and libc found."""
         for module in {child.module for child in self.children} | set(_STARTUP_IMPORTS):
             importlib.import_module(module)
+        from gitsieve.common.judge.content import compile_volatile
+        from gitsieve.common.judge.rules import RulesError, RuleSet
+        compile_volatile(self.config.text_volatile_patterns)
+        try:
+            RuleSet.load(self.config.patterns_file, self.config.workspace)
+        except RulesError as exc:  # refused again, and reported, by each actor reading it
+            log.debug("rules file not compiled ahead: %s", exc)
+        # inotify_simple finds libc at its first INotify, by running ldconfig: once, here.
+        inotify_simple.INotify().close()
         gc.collect()
         gc.freeze()
 

@@ -12,7 +12,6 @@ The groups themselves, and which inodes they mark, are :class:`.marks.WorkspaceW
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -71,8 +70,9 @@ _LIBC = None
 def libc():
     global _LIBC
     if _LIBC is None:
-        name = ctypes.util.find_library("c") or "libc.so.6"
-        lib = ctypes.CDLL(name, use_errno=True)
+        # The process's own symbols, libc's among them: find_library would run ldconfig
+        # in each process that asks.
+        lib = ctypes.CDLL(None, use_errno=True)
         try:
             lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
             lib.fanotify_init.restype = ctypes.c_int

@@ -25,7 +25,6 @@ weakness.  One warning per filesystem says so when it happens.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import errno
 import logging
@@ -102,7 +101,7 @@ class _FileHandle(ctypes.Structure):
 
 
 def _libc():
-    lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    lib = ctypes.CDLL(None, use_errno=True)  # libc's symbols, without running ldconfig
     lib.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p,
                                       ctypes.POINTER(_FileHandle),
                                       ctypes.POINTER(ctypes.c_int), ctypes.c_int]

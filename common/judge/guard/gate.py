@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gitsieve.common.config.loader import Config
-from gitsieve.common.git.gateway import Git, GitChild, GitError, nul_joined, split_nul
+from gitsieve.common.git.gateway import Git, GitChild, GitError, KeptChild, nul_joined, split_nul
 from gitsieve.common.git.head import file_signature
 from gitsieve.common.judge.guard.allowlist import Allowlist, AllowlistError
 from gitsieve.common.judge.guard.findings import git_blob_id
@@ -85,9 +85,10 @@ def read_allowlist(path: Path, workspace: Path) -> Allowlist:
                            known_rule_ids=known_rule_ids())
 
 
-class BlobReader:
+class BlobReader(KeptChild):
     """Blob contents through one persistent ``git cat-file --batch``, streamed in pieces,
-    with requests written ahead of the answers (one round trip per window, not per blob)."""
+    with requests written ahead of the answers (one round trip per window, not per blob);
+    ended after a rest by ``close_if_idle``."""
 
     def __init__(self, git: Git, timeout: float = BLOB_TIMEOUT):
         self.git, self.timeout = git, timeout
@@ -96,6 +97,7 @@ class BlobReader:
         self._unanswered = 0  # requests written whose answers were not read to the end
 
     def _running(self) -> GitChild:
+        self.used = time.monotonic()
         if self._unanswered:
             self.close()  # a reader left early: the answers are out of step, start again
         if self.child is None or not self.child.alive():
@@ -200,6 +202,10 @@ class CommitGuard:
 
     def close(self) -> None:
         self.reader.close()
+
+    def close_idle(self, now: float) -> None:
+        """End the cat-file child after a rest (``now``: monotonic); never during a scan."""
+        self.reader.close_if_idle(now)
 
     # --- what the person decided -------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""Light at rest: every long-lived git ends after a rest (and the next request starts
+another), and the work each forked actor would otherwise do again at start (compiling the
+configured regexes, looking libc up with ldconfig) is done once, before the fork."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from gitsieve.actors.content_layer import ContentLayer
+from gitsieve.actors.pattern_layer import PatternLayer
+from gitsieve.common.git.catfile import HeadVersions
+from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git
+from gitsieve.common.git.ignore import IgnoreChecker
+from gitsieve.common.judge.guard.gate import BlobReader
+
+
+def committed(workspace) -> str:
+    """A commit of notes.md and .gitignore; the blob id of notes.md."""
+    workspace.write("notes.md", "hello\n")
+    workspace.write(".gitignore", "*.log\n")
+    workspace.git("add", "notes.md", ".gitignore")
+    workspace.git("commit", "-q", "-m", "notes")
+    return workspace.git("rev-parse", "HEAD:notes.md").strip()
+
+
+def ask_head(workspace, holder: HeadVersions) -> None:
+    holder.drop()  # read again, not from the cache
+    assert holder.get("notes.md").data == b"hello\n"
+
+
+def ask_ignore(workspace, holder: IgnoreChecker) -> None:
+    assert holder.ignored(["x.log", "notes.md"]) == {"x.log"}
+
+
+def ask_blob(workspace, holder: BlobReader) -> None:
+    oid = workspace.git("rev-parse", "HEAD:notes.md").strip()
+    assert [(found, b"".join(pieces)) for found, pieces in holder.blobs([oid])] == [
+        (oid, b"hello\n")]
+
+
+HOLDERS = {
+    "cat-file of HEAD (L3, executor)": (
+        lambda ws: HeadVersions(Git(ws.root), ws.path(".git"), 1 << 20),
+        lambda holder: holder.reader, ask_head),
+    "check-ignore (L1)": (
+        lambda ws: IgnoreChecker(Git(ws.root), ws.path(".git")),
+        lambda holder: holder, ask_ignore),
+    "blob reader (guard)": (
+        lambda ws: BlobReader(Git(ws.root)), lambda holder: holder, ask_blob),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOLDERS))
+def test_a_long_lived_git_ends_after_a_rest_and_the_next_request_starts_another(
+        workspace, kind):
+    make, kept_of, ask = HOLDERS[kind]
+    committed(workspace)
+    holder = make(workspace)
+    kept = kept_of(holder)
+    try:
+        ask(workspace, holder)
+        first = kept.child.pid
+        ask(workspace, holder)
+        assert kept.child.pid == first  # one process serves a burst
+        kept.close_if_idle(time.monotonic() + 1)  # asked a moment ago: kept
+        assert kept.child is not None and psutil.pid_exists(first)
+        kept.close_if_idle(time.monotonic() + LONG_LIVED_IDLE)  # at rest: ended and reaped
+        assert kept.child is None
+        assert not psutil.pid_exists(first)
+        ask(workspace, holder)  # the next request is answered by a new one
+        assert kept.child is not None and kept.child.pid != first
+    finally:
+        holder.close()
+
+
+def test_l1_and_l3_end_their_gits_on_a_tick_after_a_rest(workspace):
+    """The actors' ticks end the children; before, a cat-file per L3 worker and L1's
+    check-ignore stayed for as long as gitsieve ran (about 1 MiB each)."""
+    committed(workspace)
+    cfg = workspace.load()
+    l1, l3 = PatternLayer(cfg), ContentLayer(cfg)
+    try:
+        assert l1.judge.ignored(["x.log", "notes.md"]) == {"x.log"}
+        assert l3.judge.head.get("notes.md").data == b"hello\n"
+        children = [l1.judge.ignore.child.pid, l3.judge.head.reader.child.pid]
+        now = time.monotonic()
+        l1.on_tick(now)
+        l3.on_tick(now)
+        assert all(psutil.pid_exists(pid) for pid in children)
+        l1.on_tick(now + LONG_LIVED_IDLE)
+        l3.on_tick(now + LONG_LIVED_IDLE)
+        assert l1.judge.ignore.child is None and l3.judge.head.reader.child is None
+        assert not any(psutil.pid_exists(pid) for pid in children)
+    finally:
+        l1.judge.close()
+        l3.judge.close()
+
+
+# Run in a process of its own: the preload freezes the collector for good.
+_AFTER_PRELOAD = textwrap.dedent("""
+    import ctypes.util, sys
+    import regex
+    from gitsieve.common import config as config_mod
+    from gitsieve.common.tools.runner import Runner
+
+    cfg = config_mod.load(sys.argv[1])
+    Runner(cfg).preload()
+
+    def refused(*args, **kwargs):
+        raise AssertionError(f"after the preload: {args}")
+    regex.compile = refused  # every configured regex must be compiled already
+    ctypes.util.find_library = refused  # ldconfig must not run again
+
+    import inotify_simple
+    from gitsieve.common.judge.attribution import fanotify, file_identity
+    from gitsieve.common.judge.content_judge import ContentJudge
+    from gitsieve.common.judge.rules import RuleSet
+    inotify_simple.INotify().close()
+    fanotify._LIBC = None
+    fanotify.libc()
+    file_identity._libc()
+    judge = ContentJudge(cfg)
+    assert judge.volatile is not None
+    RuleSet.load(cfg.patterns_file, cfg.workspace)
+    judge.close()
+    print("nothing compiled or looked up again")
+""")
+
+
+def test_what_every_fork_would_do_again_is_done_before_the_fork(workspace):
+    """Compiling the content layer's volatile-text pattern ran the regex parser (hundreds
+    of functions) in L3 and the executor, and finding libc ran ldconfig in L2, the watcher
+    and health: in each fork, copying the pages those functions touched (fails before)."""
+    workspace.fast_config('[filter]\ntext_volatile_patterns = ["build [0-9]+"]\n')
+    workspace.patterns("ANALYZE:notes/.*:notes\nBLOCK:status/.*\\.json:agent status\n")
+    done = subprocess.run([sys.executable, "-c", _AFTER_PRELOAD, str(workspace.root)],
+                          check=False, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "nothing compiled or looked up again" in done.stdout
