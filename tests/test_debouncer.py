@@ -471,3 +471,56 @@ def test_the_feed_publishes_each_decision_as_it_came_to_the_layers_that_keep_it(
         for sock in listeners.values():
             sock.close()
         context.term()
+
+
+def test_the_next_due_path_is_found_as_a_scan_of_every_pending_path_would(workspace):
+    """The due paths come from a heap of due moments, not a scan of the whole backlog
+    (with 10,000 pending paths the scan ran on every poll round).  Random writes, open
+    files, moves, flushes and paths taken away, checked step by step against the scan."""
+    import random
+    workspace.config(OPEN_CONFIG)
+    judge = Debounce(workspace.load())
+    rng = random.Random(20261130)
+    names = [f"p{number}" for number in range(40)]
+    now, released = ORIGIN, 0
+    for step in range(4000):
+        now += rng.choice((0.0, 0.01, 0.1, 0.3, 0.7, 1.5, 3.0))
+        roll = rng.random()
+        if roll < 0.6:
+            path = rng.choice(names)
+            partners = (rng.choice(names),) if rng.random() < 0.1 else ()
+            open_since = now - rng.uniform(0, 25) if rng.random() < 0.1 else 0.0
+            judge.add(written_decision(path, now - rng.uniform(0, 2), open_since=open_since,
+                                       partners=partners, commit=rng.random() < 0.8), now)
+        elif roll < 0.62:
+            judge.make_all_due(now)
+        elif roll < 0.64 and judge.pending:
+            judge.pending.discard(rng.choice(sorted(judge.pending)))  # held by the actor
+        scanned = [judge.due_at(path) for path in judge.pending]
+        expected_next = max(0.0, min(scanned) - now) if scanned else None
+        assert judge.next_due(now) == expected_next, step
+        expected = set()
+        for path in judge.pending:
+            if judge.due_at(path) <= now:
+                expected.update(m for m in judge.component(path) if m in judge.pending)
+        taken = judge.take_due(now)
+        assert [path for path, _ in taken] == sorted(expected), step
+        released += len(taken)
+    assert released > 500  # the walk released plenty, through every kind of step
+
+
+def test_a_poll_round_over_a_large_backlog_looks_at_a_few_paths_not_all(workspace):
+    """A dirty start leaves 10,000 paths pending at once; each poll round asked every one
+    of them for its due moment, twice (fails before: 20,000 per round)."""
+    workspace.config(OPEN_CONFIG)
+    judge = Debounce(workspace.load())
+    for number in range(10_000):
+        judge.add(written_decision(f"data/f{number:05d}", ORIGIN), ORIGIN)
+    asked = []
+    due_at = judge.due_at
+    judge.due_at = lambda path: asked.append(path) or due_at(path)
+    for tick in range(20):  # rounds while nothing is due yet
+        judge.next_due(ORIGIN + tick * 0.01)
+        assert judge.take_due(ORIGIN + tick * 0.01) == []
+    assert len(asked) <= 200
+    assert len(judge.take_due(ORIGIN + 5)) == 10_000 and judge.next_due(ORIGIN + 5) is None

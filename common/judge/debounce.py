@@ -27,6 +27,7 @@ oldest go first: their paths are released on their own).
 """
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -82,6 +83,11 @@ class Debounce:
         # Paths with a commit waiting for their quiet period: the only ones the due checks
         # look at (``paths`` also holds every settled path for an hour).
         self.pending: set[str] = set()
+        # (due moment, path) for the pending paths: never later than the path's own due
+        # moment (a change that makes it earlier pushes a new entry; one that makes it later
+        # leaves an early entry, recomputed when it comes up), so the next due path is found
+        # without looking at every pending one (a backlog of 10,000 paths after a start).
+        self._due: list[tuple[float, str]] = []
         self.links: dict[str, dict[str, float]] = {}  # path -> {partner: linked at}
         self.link_order: deque[tuple[str, str]] = deque()
         self.awaiting: dict[str, float] = {}  # path named by a partner, its decision not in
@@ -127,6 +133,7 @@ class Debounce:
         state.open_since = min(decision.open_since, now)
         self._note_partners(decision, now)
         if not decision.commit:
+            self._schedule(decision.path)  # its open state may move a pending commit
             return Intake.TAKEN  # ordering and open state only: never cancels nor delays
         written = min(decision.written, now) if decision.written else now
         content_only = judged_by_content_alone(decision.trail)
@@ -144,6 +151,7 @@ class Debounce:
             state.recheck = state.recheck and content_only
         state.action = decision.action
         state.quiet = self.config.debounce_for(decision.path, decision.action)
+        self._schedule(decision.path)
         return Intake.TAKEN
 
     def add(self, decision: Decision, now: float) -> bool:
@@ -158,6 +166,7 @@ class Debounce:
             if not state.open_since and state.due(max_wait, open_max) > now:
                 state.quiet, state.last_event, state.first_pending = 0.0, now, now
                 self.early_releases += 1
+        self._rebuild_due()
 
     # ----- moves -----------------------------------------------------------------------
     def _note_partners(self, decision: Decision, now: float) -> None:
@@ -183,6 +192,8 @@ class Debounce:
                 if not linked:
                     del self.links[one]
                     self.awaiting.pop(one, None)
+        self._schedule(first)  # each side may now go sooner, on its own
+        self._schedule(second)
 
     def component(self, path: str) -> list[str]:
         """``path`` and every path linked to it through moves (at most MAX_COMPONENT)."""
@@ -217,14 +228,42 @@ class Debounce:
             return None
         return max(0.0, self.due_at(path) - now)
 
+    def _schedule(self, path: str) -> None:
+        """Note the due moments of ``path`` and the paths moved with it, which a change of
+        its state or links may have made earlier."""
+        for member in self.component(path):
+            if member in self.pending:
+                heapq.heappush(self._due, (self.due_at(member), member))
+        if len(self._due) > 2 * len(self.pending) + 64:
+            self._rebuild_due()  # entries made late by later writes: one per pending path
+
+    def _rebuild_due(self) -> None:
+        self._due = [(self.due_at(path), path) for path in self.pending]
+        heapq.heapify(self._due)
+
+    def _earliest(self) -> tuple[float, str] | None:
+        """The pending path due first, with its due moment (entries found early or for
+        paths no longer pending are corrected or dropped on the way)."""
+        while self._due:
+            due, path = self._due[0]
+            if path not in self.pending:
+                heapq.heappop(self._due)
+                continue
+            actual = self.due_at(path)
+            if actual != due:
+                heapq.heapreplace(self._due, (actual, path))
+                continue
+            return due, path
+        return None
+
     def take_due(self, now: float) -> list[tuple[str, PathState]]:
         """The due paths (sorted, the sides of a move together), no longer pending."""
         released: set[str] = set()
-        for path in self.pending:
-            if path in released or self.due_at(path) > now:
-                continue
-            released.update(m for m in self.component(path) if m in self.pending)
-        self.pending.difference_update(released)
+        while (earliest := self._earliest()) is not None and earliest[0] <= now:
+            path = earliest[1]
+            members = [m for m in self.component(path) if m in self.pending]
+            released.update(members)
+            self.pending.difference_update(members)
         self._expire_links(now)
         return [(path, self.paths[path]) for path in sorted(released)]
 
@@ -239,6 +278,7 @@ class Debounce:
             self._unlink(first, second)
         for path in [p for p, since in self.awaiting.items() if now - since > LINK_KEPT]:
             del self.awaiting[path]
+            self._schedule(path)
 
     def make_all_due(self, now: float) -> int:
         """Every pending path due at once (``actorctl flush``); how many there were.  A path
@@ -247,11 +287,12 @@ class Debounce:
             state = self.paths[path]
             state.quiet = 0.0
             state.last_event = min(state.last_event, now)
+        self._rebuild_due()
         return len(self.pending)
 
     def next_due(self, now: float) -> float | None:
-        dues = [self.due_at(path) for path in self.pending]
-        return max(0.0, min(dues) - now) if dues else None
+        earliest = self._earliest()
+        return None if earliest is None else max(0.0, earliest[0] - now)
 
     # ----- introspection ---------------------------------------------------------------
     def hold(self, path: str, now: float) -> Why | None:
