@@ -311,9 +311,10 @@ class Executor(Actor):
         now = self.clock()  # the injectable clock, so handler tests control time
         self.watch_refs(now)
         if self.job is None:
-            self.committer.close_idle(time.monotonic())
+            monotonic_now = time.monotonic()  # the gits' own clock, not the injectable one
+            self.committer.close_idle(monotonic_now)
             if self.guard is not None:
-                self.guard.close_idle(time.monotonic())
+                self.guard.close_idle(monotonic_now)
             self.start_work(now)
         else:
             self.write_waiting_objects()

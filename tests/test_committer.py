@@ -949,7 +949,7 @@ def test_trees_and_head_go_through_gits_that_outlive_a_commit(workspace):
     """A commit's trees and HEAD's move are requests to two long-lived gits, not processes
     of their own; one that has ended is started again, and the commit is made.  They end
     after a rest."""
-    from gitsieve.common.git import committer as committer_mod
+    from gitsieve.common.git.gateway import LONG_LIVED_IDLE
     committer = make(workspace)
     spawned = []
     spawn = committer.git.spawn
@@ -973,7 +973,7 @@ def test_trees_and_head_go_through_gits_that_outlive_a_commit(workspace):
     assert len(spawned) == 4
     committer.close_idle(time.monotonic() + 1)  # used a moment ago: kept
     assert committer._tree_writer.child is not None
-    committer.close_idle(time.monotonic() + committer_mod.LONG_LIVED_IDLE)  # at rest: ended
+    committer.close_idle(time.monotonic() + LONG_LIVED_IDLE)  # at rest: ended
     assert committer._tree_writer.child is None and committer._head_mover.child is None
     workspace.write("deep/f.txt", "after a rest\n")
     assert committer.commit(["deep/f.txt"]).pushed and len(spawned) == 6

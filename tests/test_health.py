@@ -326,7 +326,9 @@ def test_autonomous_restart_loop_is_reported_and_never_gates(workspace):
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
                                      tag], cwd=workspace.root)  # it works in the workspace
             started.append(proc)
-            wait_for(lambda: proc.pid in {p.pid for p in psutil.process_iter()},
+            # listed with its own command line: between fork and exec it still has pytest's
+            wait_for(lambda: any(p.pid == proc.pid and tag in (p.info["cmdline"] or [])
+                                 for p in psutil.process_iter(["cmdline"])),
                      5, message="agent listed")
             actor.run_recovery_checks(time.monotonic())
             proc.send_signal(signal.SIGKILL)
@@ -385,7 +387,9 @@ def test_autonomous_processes_elsewhere_on_the_machine_are_not_this_workspaces_l
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
                                      tag], cwd=tmp_path)
             started.append(proc)
-            wait_for(lambda: proc.pid in {p.pid for p in psutil.process_iter()},
+            # listed with its own command line: between fork and exec it still has pytest's
+            wait_for(lambda: any(p.pid == proc.pid and tag in (p.info["cmdline"] or [])
+                                 for p in psutil.process_iter(["cmdline"])),
                      5, message="agent listed")
             actor.run_recovery_checks(time.monotonic())
             proc.send_signal(signal.SIGKILL)

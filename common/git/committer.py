@@ -74,7 +74,7 @@ from gitsieve.common.git.catfile import (
     Entry,
     HeadReadError,
 )
-from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git, GitError, LineChild, split_nul
+from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul
 from gitsieve.common.git.head import checked_out_branch, file_signature
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
@@ -836,10 +836,10 @@ class Committer:
             child.close()
 
     def close_idle(self, now: float) -> None:
-        """End the long-lived gits after LONG_LIVED_IDLE s without a commit (``now``:
-        monotonic), and the content judge's cat-file; never while a commit runs."""
+        """End the long-lived gits after a rest (``now``: monotonic), and the content
+        judge's cat-file; never while a commit runs."""
         for child in self._long_lived():
-            child.close_if_idle(now, LONG_LIVED_IDLE)
+            child.close_if_idle(now)
         self.content.close_idle(now)
 
     # ----- objects and trees -----------------------------------------------------------------

@@ -326,7 +326,6 @@ class LineChild(KeptChild):
         self.git, self.args, self.timeout = git, args, timeout
         self._slot: list[GitChild] = []  # the running child, if any
         self.answered = b""  # what the last request got, complete or not
-        self.used = 0.0  # time.monotonic() of the last request
         # a LineChild dropped without close() (a test's committer) still ends its git
         weakref.finalize(self, LineChild._end, self._slot)
 
