@@ -1,5 +1,5 @@
 """Light at rest: every long-lived git ends after a rest (and the next request starts
-another), and the work each forked actor would otherwise do again at start (compiling the
+another), freed heap goes back to the kernel, and the work each forked actor would otherwise do again at start (compiling the
 configured regexes, looking libc up with ldconfig) is done once, before the fork."""
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ import time
 
 import psutil
 import pytest
+import zmq
 
 from gitsieve.actors.content_layer import ContentLayer
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor.base import Actor
+from gitsieve.common.actor.heap import HeapTrim
 from gitsieve.actors.pattern_layer import PatternLayer
 from gitsieve.common.git.catfile import HeadVersions
 from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git
 from gitsieve.common.git.ignore import IgnoreChecker
 from gitsieve.common.judge.guard.gate import BlobReader
+from gitsieve.common.protocol import messages
+from gitsieve.common.protocol.messages import Heartbeat
 
 
 def committed(workspace) -> str:
@@ -144,3 +150,77 @@ def test_what_every_fork_would_do_again_is_done_before_the_fork(workspace):
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "nothing compiled or looked up again" in done.stdout
+
+
+# A fresh interpreter: what it frees must not be hidden by the test process's own heap.
+_FREED_HEAP = textwrap.dedent("""
+    import os, time
+    from gitsieve.common.actor.heap import HeapTrim
+
+    def resident():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    blocks = [bytes(4000) + bytes([n % 256]) for n in range(20_000)]  # 80 MB through malloc
+    kept = blocks[-1]  # the heap's top stays in use: free() alone gives nothing back
+    del blocks
+    trim = HeapTrim(every=0.0)
+    before = resident()
+    assert trim.due(time.monotonic()), "starting up is work: the first rest trims"
+    after = resident()
+    assert not trim.due(time.monotonic()), "nothing handled since: no second trim"
+    trim.worked()
+    assert trim.due(time.monotonic())
+    print(before >> 20, after >> 20)
+""")
+
+
+def test_freed_heap_goes_back_to_the_kernel_after_work():
+    """Before, the pages of a burst an actor handled stayed resident (and in its PSS) for
+    as long as it ran: glibc keeps freed memory for reuse."""
+    done = subprocess.run([sys.executable, "-c", _FREED_HEAP], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split())
+    assert before - after >= 40, f"resident {before} MiB before the trim, {after} after"
+
+
+def test_trims_wait_for_the_interval_and_for_work():
+    trim = HeapTrim(every=30.0)
+    start = time.monotonic()
+    assert not trim.due(start), "the first trim comes an interval after the start"
+    assert trim.due(start + 30.0) and trim.trims == 1
+    assert not trim.due(start + 90.0), "nothing handled since the last trim"
+    trim.worked()
+    assert not trim.due(start + 45.0), "worked, but within the interval"
+    assert trim.due(start + 60.0) and trim.trims == 2
+
+
+class _Listener(Actor):
+    name = "listener"
+
+
+def test_an_actor_trims_on_a_round_after_handling_something(workspace):
+    """The poll loop, with real sockets: a round that handled a message makes the next
+    trim due; rounds with nothing to handle do not."""
+    cfg = workspace.load()
+    config_mod.prepare_runtime_dir(cfg)
+    actor = _Listener(cfg)
+    endpoint = f"ipc://{cfg.runtime_dir}/listener-test"
+    try:
+        actor._heartbeat = actor.connect(zmq.PUSH, cfg.endpoints.heartbeat, hwm=10)
+        actor.add_input(actor.bind(zmq.PULL, endpoint), {Heartbeat: lambda message: None})
+        actor.heap = HeapTrim(every=0.0)
+        actor._round()
+        assert actor.heap.trims == 1  # starting up was work
+        actor._round()
+        assert actor.heap.trims == 1
+        sender = actor.connect(zmq.PUSH, endpoint)
+        sender.send(messages.encode(Heartbeat(actor="test", pid=1, sent=time.time(),
+                                              state="running", stats={}, interval=1.0)))
+        deadline = time.monotonic() + 10
+        while actor.stats["messages_in"] == 0 and time.monotonic() < deadline:
+            actor._round()
+        assert actor.stats["messages_in"] == 1 and actor.heap.trims == 2
+    finally:
+        actor.close()

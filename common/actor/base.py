@@ -30,6 +30,7 @@ from typing import Callable
 import zmq
 
 from gitsieve.common import config as config_mod
+from gitsieve.common.actor.heap import HeapTrim
 from gitsieve.common.actor.stage import IDLE_FACTOR, StageFeed
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 from gitsieve.common.protocol import messages
@@ -117,6 +118,7 @@ class Actor:
         self._quiet_beats = 0
         self._last_activity: tuple = ()
         self._error_logged: dict[str, float] = {}
+        self.heap = HeapTrim()
 
     # ----- sockets -------------------------------------------------------------------
     def _socket(self, kind: int, hwm: int) -> zmq.Socket:
@@ -421,6 +423,8 @@ class Actor:
             if exc.errno == zmq.EINTR:
                 return
             raise
+        if ready:
+            self.heap.worked()
         for sock in ready:
             if sock is self._control:
                 self._serve_control()
@@ -434,6 +438,7 @@ class Actor:
         self._guarded("tick", lambda: self.on_tick(now))
         self._announce(now)
         self._beat(now)
+        self.heap.due(now)
 
 
 class _ActorLabel(logging.Filter):
