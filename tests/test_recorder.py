@@ -20,6 +20,7 @@ from gitsieve.common.judge.attribution.events import (
 )
 from gitsieve.common.judge.attribution.exact import WriterRules, blind, combine
 from gitsieve.common.judge.attribution.file_identity import FileIdentifier
+from gitsieve.common.judge.attribution import recorder as recorder_module
 from gitsieve.common.judge.attribution.recorder import WriteRecorder
 from gitsieve.common.judge.attribution.write_history import Missed
 from gitsieve.common.judge.process import ProcessJudge
@@ -147,3 +148,20 @@ def test_the_judge_never_repeats_an_earlier_user_verdict_over_a_blind_spot(works
     removed = judge.judge(Change(path="a.md", kind=ChangeKind.DELETE, seq=3, epoch=1.0,
                                  observed=observed + 0.2))
     assert removed.verdict == Writer.UNKNOWN and "overflowed" in removed.matched_by
+
+
+def test_relative_paths_resolve_a_directory_again_after_a_moment(tmp_path):
+    """A backlog's changes in one directory resolve it once (RESOLVED_FOR); a directory
+    replaced by a link meanwhile is seen as the link's target after that moment."""
+    recorder = recorder_on(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "dir").mkdir()
+    assert recorder.relative(tmp_path / "dir" / "a.txt") == "dir/a.txt"
+    assert recorder.relative(tmp_path / "link" / "a.txt") == "link/a.txt"  # not there yet
+    (tmp_path / "dir").rmdir()
+    (tmp_path / "dir").symlink_to("real")
+    time.sleep(recorder_module.RESOLVED_FOR + 0.05)
+    assert recorder.relative(tmp_path / "dir" / "a.txt") == "real/a.txt"
+    assert recorder.relative(os.path.join(tmp_path, "other", "..", "real", "b")) == "real/b"
+    assert recorder.relative(tmp_path.parent / "elsewhere" / "c") == "../elsewhere/c"

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 # Writes read this long before a change's observation still belong to it (the watcher may
 # lag behind the kernel), unless HEAD moved in between (those writes were committed).
 WRITE_LOOKBACK = 2.0
+# File times come from the kernel's coarse clock, up to a tick behind time.time().
+FILE_TIME_LAG = 0.05
 
 
 @dataclass(frozen=True)
@@ -244,10 +246,23 @@ class RecordedAttributor:
         ``observed``."""
         self.catch_up(observed)
         since = max(since, observed - WRITE_LOOKBACK)
-        moved = self.head_moved()
+        moved = self._head_moved_by(observed)
         if since < moved < observed:
             since = moved
         return since
+
+    _head_read: tuple[float, float] = (0.0, 0.0)  # (wall time read at, HEAD's last move)
+
+    def _head_moved_by(self, observed: float) -> float:
+        """:meth:`head_moved`, read again only for a change observed after the last read
+        (less ``FILE_TIME_LAG``): a move before ``observed`` is in any read made later,
+        so a backlog's changes share one read."""
+        read_at, moved = self._head_read
+        if read_at < observed + FILE_TIME_LAG:
+            read_at = time.time()
+            moved = self.head_moved()
+            self._head_read = (read_at, moved)
+        return moved
 
     def suspects(self, observed: float) -> list[tuple[int, str]]:
         return []
@@ -287,6 +302,7 @@ class ExactAttributor(RecordedAttributor):
                                       keying=keying)
         self._lineage_overflows = 0
         self._lineage_ok = time.time()
+        self._drained_from = 0.0  # wall time the last complete drain began
 
     def _lineage_of(self, pid: int) -> tuple[LineageEntry, ...]:
         return lineage_entries(self.lineage.chain(pid))
@@ -306,14 +322,19 @@ class ExactAttributor(RecordedAttributor):
     def drain(self) -> None:
         """Lineage first: a writer's fork/exec precede its write, so they are known; the
         backstop last: the directories it is asked about are known by then."""
+        started = time.time()
         self._drain_lineage()
         self.recorder.record(self.watch.drain_writes())
         self.recorder.record(self.watch.drain_names())
         self.recorder.record(self.watch.drain_backstop())
+        self._drained_from = started
 
     def catch_up(self, observed: float) -> None:
-        """The kernel queued every write's event before the watcher could observe it."""
-        self.drain()
+        """The kernel queued every write's event before the watcher could observe it: a
+        drain (each read runs until the queue is empty) begun after ``observed`` read them
+        all, so a backlog's changes need no drain each."""
+        if self._drained_from < observed:
+            self.drain()
 
     def tick(self, now: float) -> None:
         self.drain()

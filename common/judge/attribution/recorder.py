@@ -45,6 +45,10 @@ _NOTHING = object()
 # Paths kept as written before their directory was watched; past this, one span for the
 # whole workspace is kept instead (more changes UNKNOWN, none wrongly attributed).
 MAX_UNMARKED = 100_000
+# A directory's resolved path is reused this long (seconds): a backlog's changes in one
+# directory resolve it once, and a directory replaced by a link is seen within a moment.
+RESOLVED_FOR = 0.2
+RESOLVED_KEPT = 4096
 
 
 _MISSED_BY_SOURCE = {OverflowSource.FANOTIFY: Missed.FANOTIFY_OVERFLOW,
@@ -104,6 +108,8 @@ class WriteRecorder:
         self._next_prune = 0.0
         self._last_lineage: object = _NOTHING
         self._last_evidence = None
+        # directory -> (its resolved path, monotonic time to resolve it again)
+        self._resolved: dict[str, tuple[str, float]] = {}
 
     # ----- recording ---------------------------------------------------------------------
     def record(self, events: Iterable) -> None:
@@ -191,7 +197,17 @@ class WriteRecorder:
     def relative(self, abs_path: str | os.PathLike) -> str:
         """``abs_path`` relative to the root (its parent resolved; the file may be gone)."""
         parent, name = os.path.split(os.fspath(abs_path))
-        return os.path.relpath(os.path.join(os.path.realpath(parent), name), self.root)
+        now = time.monotonic()
+        resolved = self._resolved.get(parent)
+        if resolved is None or resolved[1] < now:
+            if len(self._resolved) >= RESOLVED_KEPT:
+                self._resolved.clear()
+            resolved = self._resolved[parent] = (os.path.realpath(parent),
+                                                 now + RESOLVED_FOR)
+        full = os.path.join(resolved[0], name)
+        if full.startswith(self.prefix):  # resolved, so no ".." left to normalise
+            return full[len(self.prefix):]
+        return os.path.relpath(full, self.root)
 
     def writes_to(self, abs_path: str | os.PathLike, since: float,
                   until: float) -> list[WriteEvent]:
