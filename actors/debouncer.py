@@ -26,7 +26,7 @@ import zmq
 
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.git.head import file_signature
+from gitsieve.common.git.head import FILE_TIME_LAG, file_signature
 from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
 from gitsieve.common.judge.learning import Learner
@@ -79,7 +79,7 @@ class Debouncer(Actor):
 
     # ----- inputs ---------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
-        self.watch_head()
+        self.watch_head(observed=decision.observed)
         verdict = self.debounce.check(decision)
         if verdict == Intake.NOT_ISSUED:
             # Never issued by the watcher: a forged or corrupt frame, neither learned from
@@ -291,16 +291,17 @@ class Debouncer(Actor):
             record.update(hold=why.hold, held_reason=why.text)
         return True
 
-    def watch_head(self, reported: float | None = None) -> None:
+    def watch_head(self, reported: float | None = None, observed: float | None = None) -> None:
         """Tell the loop judge when gitsieve's commits moved HEAD, before it judges any
-        change observed after.
+        change observed after (``observed``: the change about to be judged; a look at the
+        reflog made after it already knows every earlier move).
 
         The CommitReport comes after the push (seconds, to a real remote) while an agent
         reacts to HEAD itself, so HEAD's reflog is looked at (one small read) before every
         decision and every tick: its mtime is when HEAD last moved, its last entry's message
         says whether gitsieve moved it.  ``reported``: a CommitReport's finish time, the
         moment used when HEAD has no reflog."""
-        found = self.reflog.moved_at()
+        found = self.reflog.moved_at(observed)
         if found is None:
             if reported is not None:
                 self.loops.note_commit(reported)
@@ -348,14 +349,20 @@ OWN_REFLOG_PREFIX = b"gitsieve: "
 
 class HeadReflog:
     """:func:`head_moved_at`, read again only when the reflog's stat changed: it is asked
-    before every decision (a stat, not an open and a read, per change)."""
+    before every decision (a stat, not an open and a read, per change), and not even that
+    for a change observed before the last look (a backlog's decisions share one)."""
 
     def __init__(self, git_dir):
         self.path = os.path.join(os.fspath(git_dir), "logs", "HEAD")
         self.key: tuple | None = None
         self.found: tuple[float, bool] | None = None
+        self.looked = float("-inf")  # wall time of the last look
 
-    def moved_at(self) -> tuple[float, bool] | None:
+    def moved_at(self, observed: float | None = None) -> tuple[float, bool] | None:
+        """HEAD's last move as of now, or as of any moment after ``observed``."""
+        if observed is not None and self.looked >= observed + FILE_TIME_LAG:
+            return self.found
+        self.looked = time.time()
         key = file_signature(self.path)
         if key is None:
             self.key = self.found = None

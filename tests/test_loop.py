@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import FakeSocket
+from gitsieve.actors import debouncer as debouncer_module
 from gitsieve.actors.debouncer import Debouncer, head_moved_at
 from gitsieve.common.judge.debounce import Debounce
 from gitsieve.common.judge.loop import LOOPS_FILE, LoopJudge
@@ -341,3 +342,19 @@ def test_head_moves_are_seen_before_the_changes_that_react_to_them(deb, workspac
     deb.on_commit_report(CommitReport(batch_ids=(1,), paths=("x.txt",), commit="ab" * 20,
                                       pushed=True, error="", finished=moved + 2.0))
     assert list(deb.loops.commits) == [moved]  # the same move, noted once
+
+
+def test_a_backlog_of_decisions_shares_one_look_at_the_reflog(deb, workspace, monkeypatch):
+    """Before, every decision stat'ed HEAD's reflog (an eighth of the debouncer's time in a
+    dirty start).  A look made after a decision's observation serves it."""
+    looks = []
+    signature = debouncer_module.file_signature
+    monkeypatch.setattr(debouncer_module, "file_signature",
+                        lambda path: looks.append(path) or signature(path))
+    observed = time.time()
+    time.sleep(0.1)  # past FILE_TIME_LAG
+    for n in range(100):
+        deb.on_decision(change(f"f{n}.md", observed))
+    assert len(looks) == 1
+    deb.on_decision(change("later.md", time.time()))
+    assert len(looks) == 2

@@ -9,6 +9,10 @@ import time
 _COMMON_DIRS: dict[str, str] = {}
 
 
+# File times come from the kernel's coarse clock, up to a tick behind time.time(): a file
+# read this long after a moment shows every change made before it.
+FILE_TIME_LAG = 0.05
+
 def common_dir(git_dir: str) -> str:
     common = _COMMON_DIRS.get(git_dir)
     if common is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from gitsieve.common.git.head import FILE_TIME_LAG
 from gitsieve.common.judge.attribution.base import (
     CONFIDENCE,
     SELF,
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 # Writes read this long before a change's observation still belong to it (the watcher may
 # lag behind the kernel), unless HEAD moved in between (those writes were committed).
 WRITE_LOOKBACK = 2.0
-# File times come from the kernel's coarse clock, up to a tick behind time.time().
-FILE_TIME_LAG = 0.05
 
 
 @dataclass(frozen=True)
