@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from gitsieve.common.config.runtime import give_to_directory_owner
+from gitsieve.common.config.runtime import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,7 @@ def read(path: Path) -> tuple[int, int] | None:
 
 
 def _write(path: Path, run: int, reserved: int) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(temp, "w", encoding="ascii") as handle:
-        handle.write(f"{run} {reserved}\n")
-        give_to_directory_owner(handle.fileno(), path.parent)
-    os.replace(temp, path)
+    write_atomic(path, f"{run} {reserved}\n".encode("ascii"))
 
 
 class RunCounter:

@@ -38,14 +38,19 @@ def give_to_directory_owner(fd: int, directory: Path) -> None:
         os.fchown(fd, info.st_uid, info.st_gid)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
     """Replace ``path`` with ``data`` through a private temporary file beside it (mode 0600,
-    owned as its directory is): a reader sees the old file or the new one, never half."""
+    owned as its directory is): a reader sees the old file or the new one, never half.
+    ``durable``: the data reaches the disk before the rename (a crash keeps either
+    version, never an empty file)."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         give_to_directory_owner(fd, path.parent)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temp, path)
     except BaseException:
         os.unlink(temp)

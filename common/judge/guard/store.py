@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from gitsieve.common.config.runtime import give_to_directory_owner
+from gitsieve.common.config.runtime import give_to_directory_owner, write_atomic
 from gitsieve.common.judge.guard.findings import MIN_KEY_BYTES
 
 log = logging.getLogger(__name__)
@@ -33,23 +33,6 @@ MAX_RELEASES = 20_000
 
 class GuardStoreError(Exception):
     """A key or release file that cannot be read or written; ``str()`` says which and why."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically, mode 0600, owned as its directory is."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 0o600)
-    try:
-        give_to_directory_owner(fd, path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    os.replace(temp, path)
 
 
 def installation_key(runtime_dir: Path) -> bytes:
@@ -142,8 +125,8 @@ class ReleaseStore:
                 records[oid] = {"path": path, "released": now}  # newest last
             while len(records) > MAX_RELEASES:
                 records.pop(next(iter(records)))
-            _write_private(self.path, json.dumps({"version": 1, "releases": records},
-                                                 indent=1).encode())
+            write_atomic(self.path, json.dumps({"version": 1, "releases": records},
+                                               indent=1).encode(), durable=True)
             return new
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
