@@ -14,6 +14,8 @@ from conftest import wait_for
 from gitsieve.actors.content_layer import ContentLayer
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.config.bounded_regex import BoundedPattern
+from gitsieve.common.git import catfile as catfile_module
 from gitsieve.common.git.catfile import CatFileBatch
 from gitsieve.common.git.gateway import Git
 from gitsieve.common.judge.content_judge import ContentJudge
@@ -419,3 +421,31 @@ def test_a_commit_report_reads_heads_new_trees_along_its_paths_ahead(workspace):
     finally:
         actor.shutdown()
         actor.close()
+
+
+def test_a_judgement_reads_head_once_and_masks_each_version_once(workspace, layer,
+                                                                   monkeypatch):
+    """Before, a judgement fingerprinted HEAD twice (one look for the blob, one for the
+    tree entry) and ran the volatile patterns twice over the same text (is it only tokens?
+    its digest): most of what L3 spent on a new small file beyond reading it.  A changed
+    small file masks its version and HEAD's (the regions that differ are the whole text),
+    each once."""
+    workspace.write("notes.md", "old text\n")
+    commit_all(workspace)
+    looks, masks = [], []
+    token = catfile_module.head_token
+    monkeypatch.setattr(catfile_module, "head_token",
+                        lambda git_dir: looks.append(git_dir) or token(git_dir))
+    sub = BoundedPattern.sub
+    monkeypatch.setattr(BoundedPattern, "sub",
+                        lambda self, *args: masks.append(args) or sub(self, *args))
+    for n, path in enumerate(["new.md", "notes.md", "other.md"]):
+        workspace.write(path, f"version {n} at 2026-11-30T10:00:0{n}Z\n")
+        looks.clear(), masks.clear()
+        step = decide(layer, path)
+        assert step.verdict == Content.USER and step.masked is not None
+        assert len(looks) == 1, path
+        assert len(masks) == len(set(masks)), f"{path}: a text masked twice: {masks}"
+        assert len(masks) == (2 if path == "notes.md" else 1), path  # notes.md: HEAD's too
+    workspace.write("stamp.txt", "2026-11-30T10:00:00Z\n")
+    assert verdict_of(decide(layer, "stamp.txt")) == (Content.SYSTEM, L3Reason.TIMESTAMP_ONLY)

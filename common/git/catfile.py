@@ -334,6 +334,10 @@ class HeadVersions:
     def entries(self, paths: Iterable[str]) -> dict[str, Entry | None]:
         """HEAD's entry of each path (None: HEAD has nothing there)."""
         self._current()
+        return self._entries(paths)
+
+    def _entries(self, paths: Iterable[str]) -> dict[str, Entry | None]:
+        """:meth:`entries` at the HEAD :meth:`_current` just checked."""
         paths = list(paths)
         if self._head is None:
             return dict.fromkeys(paths)
@@ -356,7 +360,7 @@ class HeadVersions:
                 found[path] = self.cache[path]
             else:
                 wanted.append(path)
-        entries = self.entries(wanted) if wanted else {}
+        entries = self._entries(wanted) if wanted else {}
         blobs = [(path, entry) for path, entry in entries.items()
                  if entry is not None and entry.is_blob]
         objects = self.reader.objects([entry.oid.encode() for _, entry in blobs])

@@ -50,14 +50,18 @@ def head_token(git_dir: str | os.PathLike) -> tuple:
     """Cheap fingerprint of where HEAD points: changes whenever a commit moves it."""
     git_dir = os.fspath(git_dir)
     try:
-        with open(os.path.join(git_dir, "HEAD"), encoding="utf-8") as source:
-            head = source.read()
+        # read raw (a few dozen bytes): it runs for every change L3 judges
+        fd = os.open(os.path.join(git_dir, "HEAD"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         common = common_dir(git_dir)
     except OSError as exc:  # mid-rewrite by git: a token that matches nothing cached
         return ("unreadable", str(exc), time.monotonic())
     parts: list = [head]
-    if head.startswith("ref: "):
-        ref = head[5:].strip()
+    if head.startswith(b"ref: "):
+        ref = os.fsdecode(head[5:].strip())
         for candidate in (os.path.join(common, ref), os.path.join(common, "packed-refs")):
             # no loose ref / no packed-refs file: absence (None) is part of the token
             parts.append(file_signature(candidate))

@@ -145,13 +145,27 @@ def compile_volatile(patterns: Iterable[str]) -> BoundedPattern | None:
                           "that text is taken as a real change (committed)")
 
 
+# The last few texts masked: a judgement masks a version more than once (is it only
+# tokens? the regions that differ from HEAD; its digest), and the patterns are most of what
+# judging a small file costs.
+_MASKED_KEPT = 4
+_recently_masked: dict[tuple[int, str], str | None] = {}
+
+
 def _masked(volatile: BoundedPattern, text: str) -> str | None:
     """``text`` with every volatile token replaced, or None when the patterns ran out of
     time on it."""
+    key = (id(volatile), text)
+    if key in _recently_masked:
+        return _recently_masked[key]
     try:
-        return volatile.sub(_TOKEN, text)
+        masked = volatile.sub(_TOKEN, text)
     except RegexTimeout:
-        return None
+        masked = None
+    if len(_recently_masked) >= _MASKED_KEPT:
+        del _recently_masked[next(iter(_recently_masked))]
+    _recently_masked[key] = masked
+    return masked
 
 
 def only_volatile_tokens(data: bytes, volatile: BoundedPattern | None) -> bool:
