@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from gitsieve.common.protocol import states
 from gitsieve.common.protocol.states import Action, ChangeKind
 from gitsieve.common.protocol.trail import (
     STEP_TYPES,
@@ -260,6 +261,11 @@ _HINTS = {cls: typing.get_type_hints(cls) for cls in (*MESSAGE_TYPES.values(), *
 
 # ----- encoding ----------------------------------------------------------------------------
 _PLAIN = (str, int, float, bool, bytes, type(None))
+# What msgpack packs as it is: the plain types and the protocol's string enums (a str
+# subclass packs as its text, which is the member's value).
+_PACKED_AS_IS = frozenset({*_PLAIN, *(kind for kind in vars(states).values()
+                                      if isinstance(kind, type) and issubclass(kind, enum.StrEnum)
+                                      and kind is not enum.StrEnum)})
 # a dataclass's (field name, default) pairs, looked up once; MISSING: no default
 _WIRE_PLANS: dict[type, tuple[tuple[str, object], ...]] = {}
 
@@ -291,7 +297,7 @@ def _fields_to_wire(value) -> dict:
         item = fields[name]
         if item is default or (item == default and type(item) is type(default)):
             continue
-        wire[name] = item if type(item) in _PLAIN else _to_wire(item)
+        wire[name] = item if type(item) in _PACKED_AS_IS else _to_wire(item)
     return wire
 
 
