@@ -13,6 +13,7 @@ _COMMON_DIRS: dict[str, str] = {}
 # read this long after a moment shows every change made before it.
 FILE_TIME_LAG = 0.05
 
+
 def common_dir(git_dir: str) -> str:
     common = _COMMON_DIRS.get(git_dir)
     if common is None:
