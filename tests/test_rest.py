@@ -23,7 +23,7 @@ from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git
 from gitsieve.common.git.ignore import IgnoreChecker
 from gitsieve.common.judge.guard.gate import BlobReader
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import Heartbeat
+from gitsieve.common.protocol.messages import ControlRequest, Heartbeat
 
 
 def committed(workspace) -> str:
@@ -202,25 +202,34 @@ class _Listener(Actor):
 
 def test_an_actor_trims_on_a_round_after_handling_something(workspace):
     """The poll loop, with real sockets: a round that handled a message makes the next
-    trim due; rounds with nothing to handle do not."""
+    trim due; rounds with nothing to handle, or only liveness traffic, do not."""
     cfg = workspace.load()
     config_mod.prepare_runtime_dir(cfg)
     actor = _Listener(cfg)
     endpoint = f"ipc://{cfg.runtime_dir}/listener-test"
+    handled = []
     try:
         actor._heartbeat = actor.connect(zmq.PUSH, cfg.endpoints.heartbeat, hwm=10)
-        actor.add_input(actor.bind(zmq.PULL, endpoint), {Heartbeat: lambda message: None})
+        actor.add_input(actor.bind(zmq.PULL, endpoint),
+                        {Heartbeat: handled.append, ControlRequest: handled.append})
         actor.heap = HeapTrim(every=0.0)
         actor._round()
         assert actor.heap.trims == 1  # starting up was work
+        actor._next_heartbeat = time.monotonic()  # a round at once, beating: not work
         actor._round()
         assert actor.heap.trims == 1
         sender = actor.connect(zmq.PUSH, endpoint)
-        sender.send(messages.encode(Heartbeat(actor="test", pid=1, sent=time.time(),
-                                              state="running", stats={}, interval=1.0)))
-        deadline = time.monotonic() + 10
-        while actor.stats["messages_in"] == 0 and time.monotonic() < deadline:
-            actor._round()
-        assert actor.stats["messages_in"] == 1 and actor.heap.trims == 2
+
+        def handle(message) -> None:
+            sender.send(messages.encode(message))
+            count, deadline = len(handled), time.monotonic() + 10
+            while len(handled) == count and time.monotonic() < deadline:
+                actor._round()
+            assert len(handled) == count + 1
+        handle(Heartbeat(actor="test", pid=1, sent=time.time(), state="running", stats={},
+                         interval=1.0))
+        assert actor.heap.trims == 1, "a heartbeat is liveness, not work"
+        handle(ControlRequest(command="status"))
+        assert actor.heap.trims == 2
     finally:
         actor.close()

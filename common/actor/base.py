@@ -119,6 +119,7 @@ class Actor:
         self._last_activity: tuple = ()
         self._error_logged: dict[str, float] = {}
         self.heap = HeapTrim()
+        self._work_seen = (0, 0)  # (messages in, out) not liveness, at the last round
 
     # ----- sockets -------------------------------------------------------------------
     def _socket(self, kind: int, hwm: int) -> zmq.Socket:
@@ -423,8 +424,6 @@ class Actor:
             if exc.errno == zmq.EINTR:
                 return
             raise
-        if ready:
-            self.heap.worked()
         for sock in ready:
             if sock is self._control:
                 self._serve_control()
@@ -438,6 +437,17 @@ class Actor:
         self._guarded("tick", lambda: self.on_tick(now))
         self._announce(now)
         self._beat(now)
+        self._trim_heap(now)
+
+    def _trim_heap(self, now: float) -> None:
+        """Give freed heap back after work; liveness traffic (beats, health verdicts) is
+        not work, so an idle actor does not trim again and again."""
+        stats = self.stats
+        work = (stats["messages_in"] - stats["liveness_in"],
+                stats["messages_out"] - stats["liveness_out"])
+        if work != self._work_seen:
+            self._work_seen = work
+            self.heap.worked()
         self.heap.due(now)
 
 
