@@ -13,6 +13,7 @@ import pytest
 
 from gitsieve.common.agent.journal import CTIME_SLACK, WRITE_WINDOW, Op, Record
 from gitsieve.common.judge.attribution.base import Attribution
+from gitsieve.common.judge.attribution import journal as journal_module
 from gitsieve.common.judge.attribution.journal import AgentJournal, JournalOverlay
 from gitsieve.common.judge.learning import Learner
 from gitsieve.common.judge.pattern import observe
@@ -29,6 +30,7 @@ from gitsieve.common.protocol.states import (
     Writer,
 )
 from gitsieve.common.protocol.trail import ProcessStep, reason_text
+from gitsieve.common.tools import ctl
 
 
 def record(op: Op, path: str, wall: float, seq: int, pid: int = 7,
@@ -254,3 +256,60 @@ def test_journal_verdicts_never_teach_a_path(workspace):
                         trail=(step,))
     assert learner.observe(decision) is None
     assert not Path(workspace.load().learned_file).exists()
+
+
+def test_an_autonomous_process_in_the_workspace_outside_the_wrapper_is_named(
+        workspace, tmp_path, monkeypatch, caplog):
+    """psutil mode cannot tell an unwrapped agent's quick writes from the person's: each
+    such process in the workspace is warned about once and shown in status; one under
+    `gitsieve agent`, or working elsewhere, is not."""
+    tag = f"gitsieve-unwrapped-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    workspace.config(f'[filter]\nattribution = "psutil"\nautonomous_processes = ["{tag}"]\n')
+    monkeypatch.setattr(journal_module, "UNWRAPPED_SETTLE", 1.0)  # the wrapper's journal
+    made = ProcessJudge(workspace.load())
+    sleeper = [sys.executable, "-c", "import sys, time; time.sleep(60)", tag]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    procs = [subprocess.Popen(sleeper, cwd=workspace.root),
+             subprocess.Popen(sleeper, cwd=elsewhere),
+             subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.cli", "agent",
+                               "--workspace", str(workspace.root), "--", *sleeper],
+                              cwd=workspace.root)]
+    unwrapped, away = procs[0].pid, procs[1].pid
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            made.tick(time.monotonic())
+            wrapped = [pid for pid in made.attributor.cache.processes
+                       if pid not in (unwrapped, away)]
+            if unwrapped in made.attributor.unwrapped and wrapped and \
+                    all(pid in made.attributor._looked_at for pid in (*wrapped, away)):
+                break
+            time.sleep(0.1)
+        status = made.status()["unwrapped_autonomous"]
+        assert [entry["pid"] for entry in status] == [unwrapped], status
+        assert wrapped, "the wrapped process was never seen"
+        warnings = [r.getMessage() for r in caplog.records if "outside `gitsieve agent`" in
+                    r.getMessage()]
+        assert len(warnings) == 1 and str(unwrapped) in warnings[0]
+        made.tick(time.monotonic())
+        assert len([r for r in caplog.records if "outside `gitsieve agent`" in
+                    r.getMessage()]) == 1, "warned once"
+        rendered = ctl.Status().render({
+            "workspace": str(workspace.root), "health": None,
+            "actors": [{"name": "l2-01", "state": "running", "pid": 1, "uptime": 1.0,
+                        "messages_in": 0, "messages_out": 0, "errors": 0, "last_error": "",
+                        "attribution": "psutil", "unwrapped_autonomous": status}]})
+        assert f"(pid {unwrapped})" in rendered and "gitsieve agent -- CMD" in rendered
+        procs[0].kill()
+        procs[0].wait()
+        deadline = time.monotonic() + 10
+        while unwrapped in made.attributor.unwrapped and time.monotonic() < deadline:
+            made.attributor.cache.refresh()
+            made.tick(time.monotonic())
+        assert made.status()["unwrapped_autonomous"] == []
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        made.close()

@@ -237,6 +237,15 @@ class Status(Command):
                       if actor.get("attribution")]
         if techniques:
             lines.append("attribution: " + ", ".join(techniques))
+        unwrapped = {entry["pid"]: entry["cmdline"] for actor in data["actors"]
+                     for entry in actor.get("unwrapped_autonomous") or ()}
+        if unwrapped:
+            named = ", ".join(f"{cmdline.split(' ', 1)[0]} (pid {pid})"
+                              for pid, cmdline in sorted(unwrapped.items()))
+            lines.append(f"warning: autonomous processes in the workspace outside `gitsieve "
+                         f"agent`: {named}; their quick writes cannot be told from yours "
+                         f"here and may be committed: run them as `gitsieve agent -- CMD`, "
+                         f"or start `gitsieve helper` as root")
         executor = next((a for a in data["actors"] if a["name"] == "executor"
                          and a["state"] != "unreachable"), None)
         if executor is not None:

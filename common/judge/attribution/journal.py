@@ -35,6 +35,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+import psutil
+
 from gitsieve.common.agent.holds import writable_paths
 from gitsieve.common.agent.journal import (
     AGENT_SUBDIR,
@@ -55,7 +57,7 @@ from gitsieve.common.judge.attribution.base import (
     Attribution,
     Periodic,
 )
-from gitsieve.common.protocol.states import L2Reason, ProcessAction, Technique
+from gitsieve.common.protocol.states import L2Reason, Mode, ProcessAction, Technique
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ MARK_EVIDENCE = "declared by gitsieve mark --system"
 TREE_EVIDENCE = "a process under gitsieve agent"
 EXPIRE_INTERVAL = 60.0
 MAX_ANCESTRY = 64
+# An autonomous process is looked at for a wrapper around it once it is this old (seconds).
+UNWRAPPED_SETTLE = 2.0
 
 ACTION_OF = {
     Op.OPEN_WRITE: ProcessAction.WRITTEN, Op.CREATE: ProcessAction.CREATED,
@@ -185,9 +189,16 @@ class AgentJournal:
             record = self.touches.newest(path, family)
             if record is not None and record.pid == pid:
                 return True
+        return self.under_wrapper(pid)
+
+    def under_wrapper(self, pid: int, itself: bool = False) -> bool:
+        """Whether process ``pid`` descends from a running ``gitsieve agent`` (or, with
+        ``itself``, is one)."""
         wrappers = self.reader.live_owner_pids()
         if not wrappers:
             return False
+        if itself and pid in wrappers:
+            return True
         current = pid
         for _ in range(MAX_ANCESTRY):
             current = _parent_pid(current)
@@ -212,6 +223,11 @@ class JournalOverlay:
         self.prefix = self.journal.root + "/"
         self.counts: Counter = Counter()
         self._expiry = Periodic(EXPIRE_INTERVAL)
+        # psutil mode: autonomous processes in the workspace outside a wrapper (pid ->
+        # command line), and the pids already looked at
+        self.unwrapped: dict[int, str] = {}
+        self._looked_at: set[int] = set()
+        self._real_root = os.path.realpath(self.journal.root)  # as /proc shows a cwd
 
     def __getattr__(self, name: str):
         # the base technique's own parts (its recorder, lineage, process cache) stay
@@ -289,12 +305,51 @@ class JournalOverlay:
         if self._expiry.due(now):
             self.journal.refresh()
             self.journal.touches.expire(time.time())
+        if self.mode is Mode.PSUTIL:
+            self._look_for_unwrapped()
+
+    def _look_for_unwrapped(self) -> None:
+        """Warn once about each autonomous process working in the workspace outside
+        ``gitsieve agent``: sampling open files cannot tell its quick writes from the
+        person's, so they may be committed.  Looked at once a process is old enough for a
+        wrapper around it to have written its journal."""
+        processes = self.base.cache.processes
+        for gone in [pid for pid in self.unwrapped if pid not in processes]:
+            del self.unwrapped[gone]
+        if len(self._looked_at) > 4 * len(processes) + 64:
+            self._looked_at &= set(processes)
+        fresh = [entry for pid, entry in processes.items() if pid not in self._looked_at]
+        if not fresh:
+            return
+        self.journal.refresh()
+        settled = time.time() - UNWRAPPED_SETTLE
+        for entry in fresh:
+            pid = entry.process.pid
+            try:
+                if entry.process.create_time() > settled:
+                    continue  # a wrapper may not have written its journal yet
+                cwd = entry.process.cwd()
+            except psutil.Error:  # gone or not ours: nothing to say about it
+                self._looked_at.add(pid)
+                continue
+            self._looked_at.add(pid)
+            inside = cwd == self._real_root or cwd.startswith(self._real_root + "/")
+            # the wrapper's own command line names the agent it runs
+            if inside and not self.journal.under_wrapper(pid, itself=True):
+                self.unwrapped[pid] = entry.cmdline
+                log.warning("autonomous process %d (%s) works in the workspace outside "
+                            "`gitsieve agent`: in this unprivileged mode a file it writes "
+                            "and closes within milliseconds cannot be told from yours and "
+                            "may be committed. Run it as `gitsieve agent -- CMD`, or start "
+                            "`gitsieve helper` as root", pid, entry.cmdline[:120])
 
     def wakeup_in(self, now: float) -> float | None:
         return self.base.wakeup_in(now)
 
     def status(self) -> dict:
         return {**self.base.status(),
+                "unwrapped_autonomous": [{"pid": pid, "cmdline": cmdline[:120]}
+                                         for pid, cmdline in sorted(self.unwrapped.items())],
                 "agent_journal": {"records": self.journal.records,
                                   "paths": len(self.journal.touches),
                                   "listings": self.journal.reader.listings,
