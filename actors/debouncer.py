@@ -360,9 +360,11 @@ class HeadReflog:
 
     def moved_at(self, observed: float | None = None) -> tuple[float, bool] | None:
         """HEAD's last move as of now, or as of any moment after ``observed``."""
-        if observed is not None and self.looked >= observed + FILE_TIME_LAG:
+        now = time.time()
+        # a look later than now: the clock stepped back since, so look again
+        if observed is not None and observed + FILE_TIME_LAG <= self.looked <= now:
             return self.found
-        self.looked = time.time()
+        self.looked = now
         key = file_signature(self.path)
         if key is None:
             self.key = self.found = None

@@ -402,3 +402,9 @@ def test_a_backlog_drains_and_reads_head_once_yet_a_later_change_sees_new_writes
     time.sleep(2 * 0.05)
     attributor.attribute(workspace.path("dir/later.txt"), time.time())
     assert attributor._head_read[1] >= os.stat(workspace.path(".git/logs/HEAD")).st_mtime
+    # the clock stepped back an hour since the last drain and read: both are done again
+    attributor._drained_from = time.time() + 3600
+    attributor._head_read = (time.time() + 3600, attributor._head_read[1])
+    calls.update(drain=0, head=0)
+    attributor.attribute(workspace.path("dir/later.txt"), observed)
+    assert calls == {"drain": 1, "head": 1}

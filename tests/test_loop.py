@@ -358,3 +358,6 @@ def test_a_backlog_of_decisions_shares_one_look_at_the_reflog(deb, workspace, mo
     assert len(looks) == 1
     deb.on_decision(change("later.md", time.time()))
     assert len(looks) == 2
+    deb.reflog.looked = time.time() + 3600  # the clock stepped back an hour since
+    deb.on_decision(change("old.md", observed))
+    assert len(looks) == 3

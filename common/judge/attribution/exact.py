@@ -257,10 +257,11 @@ class RecordedAttributor:
         (less ``FILE_TIME_LAG``): a move before ``observed`` is in any read made later,
         so a backlog's changes share one read."""
         read_at, moved = self._head_read
-        if read_at < observed + FILE_TIME_LAG:
-            read_at = time.time()
+        now = time.time()
+        # a read later than now: the clock stepped back since, so read again
+        if not observed + FILE_TIME_LAG <= read_at <= now:
             moved = self.head_moved()
-            self._head_read = (read_at, moved)
+            self._head_read = (now, moved)
         return moved
 
     def suspects(self, observed: float) -> list[tuple[int, str]]:
@@ -332,7 +333,7 @@ class ExactAttributor(RecordedAttributor):
         """The kernel queued every write's event before the watcher could observe it: a
         drain (each read runs until the queue is empty) begun after ``observed`` read them
         all, so a backlog's changes need no drain each."""
-        if self._drained_from < observed:
+        if not observed <= self._drained_from <= time.time():  # or the clock stepped back
             self.drain()
 
     def tick(self, now: float) -> None:
