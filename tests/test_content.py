@@ -2,6 +2,7 @@
 import hashlib
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +16,7 @@ from gitsieve.common.judge.content import (
     compile_volatile,
     git_blob_id,
     masked_digest,
+    only_volatile_tokens,
     strip_volatile,
 )
 from gitsieve.common.judge.junk import editor_junk
@@ -420,3 +422,17 @@ def test_default_volatile_patterns_cover_every_epoch_precision(volatile_text):
         token = "1714557600123456789"[:digits]
         assert volatile_text.fullmatch(token), digits
     assert not volatile_text.fullmatch("17145576001")  # 11 digits: not an epoch
+
+
+def test_a_masked_text_is_never_reused_for_another_pattern():
+    """The judge keeps the last few masked texts.  Each is kept with its pattern itself, so
+    no later pattern (another config) can be made at the same address and be answered with
+    a text masked by the first."""
+    stamp = b"2026-11-30T10:00:00Z"
+    dates = compile_volatile([r"\d{4}-\d\d-\d\dT[\d:]+Z"])
+    epochs = compile_volatile([r"\b\d{10}\b"])
+    held = sys.getrefcount(dates)
+    assert only_volatile_tokens(stamp, dates)
+    assert sys.getrefcount(dates) == held + 1, "kept alive while its masks are kept"
+    assert not only_volatile_tokens(stamp, epochs)
+    assert only_volatile_tokens(stamp, dates)

@@ -148,14 +148,15 @@ def compile_volatile(patterns: Iterable[str]) -> BoundedPattern | None:
 # The last few texts masked: a judgement masks a version more than once (is it only
 # tokens? the regions that differ from HEAD; its digest), and the patterns are most of what
 # judging a small file costs.
+# Keyed by the pattern object itself (not its id, which a later pattern could reuse).
 _MASKED_KEPT = 4
-_recently_masked: dict[tuple[int, str], str | None] = {}
+_recently_masked: dict[tuple[BoundedPattern, str], str | None] = {}
 
 
 def _masked(volatile: BoundedPattern, text: str) -> str | None:
     """``text`` with every volatile token replaced, or None when the patterns ran out of
     time on it."""
-    key = (id(volatile), text)
+    key = (volatile, text)
     if key in _recently_masked:
         return _recently_masked[key]
     try:
