@@ -185,6 +185,41 @@ def test_an_editor_saving_on_its_own_schedule_is_never_held(config, period):
     assert pipe.commits["draft.md"] >= 10
 
 
+def test_a_probe_outlasts_the_paths_own_period(config):
+    """The unprivileged gauntlet: a person saves README.md every 4.5 s while an agent's
+    files are committed all the time, so each save comes right after some commit.  The
+    probe (4-5 s) ended before the next save; the backlog it held back was committed at
+    once, and the save right after that commit held README.md as a loop.  A probe now
+    lasts at least 1.5 of the path's own intervals: the save falls inside it and clears
+    the path."""
+    clock = Clock()
+    loops = judge_for(config, clock)
+
+    def commit_at(moment: float) -> None:
+        clock.now = moment
+        loops.note_commit(moment)
+
+    def save_at(moment: float) -> str | None:
+        clock.now = moment
+        loops.tick(moment)
+        return loops.observe(change("README.md", moment))
+
+    commit_at(999.5)
+    save_at(1000.0)
+    commit_at(1004.0)
+    save_at(1004.5)  # the second reaction: a probe starts
+    assert loops.probe_remaining(1004.5) > 0
+    moment = 1004.5
+    while loops.probe_remaining(moment) > 0 and moment < 1009.0:
+        moment = round(moment + 0.01, 6)
+        clock.now = moment
+        loops.tick(moment)
+    if moment < 1009.0:  # the probe ended first: the debouncer commits its backlog
+        commit_at(moment + 0.05)
+    assert save_at(1009.0) is None
+    assert "README.md" not in loops.held and "README.md" not in loops.suspects
+
+
 @pytest.mark.parametrize("period", [1.0, 1.5, 2.0])
 def test_two_files_saved_alternately_are_never_held(config, period):
     """Each file's save falls right after the other's commit: only the probe tells."""

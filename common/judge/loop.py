@@ -21,10 +21,13 @@ Timing alone cannot tell a reactive writer from an editor that saves every coupl
 while gitsieve commits each save: both change shortly after each commit.  So the last
 reaction must follow a *probe*: when a path is one reaction short, the judge asks the
 debouncer to release nothing for a few seconds (longer than the path's quiet period plus the
-window, with some jitter).  A writer that changes on its own schedule changes during the
-probe, with no commit to react to, and is cleared; a reactive writer stays silent until the
-next commit, and its reaction to that commit holds it.  The probe costs the person at most
-those seconds of sync latency, and only while a path is suspected.
+window, and than ``PROBE_PERIODS`` times the path's own last interval between changes, up
+to ``PROBE_MAX``; with some jitter).  A writer that changes on its own schedule changes
+during the probe, with no commit to react to, and is cleared (a probe shorter than its
+period ended before its next save, which then came right after the commit the probe had held
+back); a reactive writer stays silent until the next commit, and its reaction to that commit
+holds it.  The probe costs the person at most those seconds of sync latency, and only while
+a path is suspected.
 """
 from __future__ import annotations
 
@@ -50,6 +53,10 @@ COMMITS_KEPT = 256  # recent commit moments kept (only those within a window mat
 PROBE_MARGIN = 1.5
 PROBE_JITTER = 1.0
 PROBE_MIN = 3.0
+# ... and at least this many of the path's own last interval between changes, up to
+# PROBE_MAX seconds: a person saving a file every few seconds saves it during the probe.
+PROBE_PERIODS = 1.5
+PROBE_MAX = 15.0
 # A change reaches the debouncer some time after it was observed (a loaded pipeline takes
 # seconds): the count of a path that left a commit unanswered is dropped only this long
 # after that commit's window closed.  (A late change is judged by its observed time anyway:
@@ -67,6 +74,7 @@ class Track:
     probe_started: float | None = None  # a probe runs for this path (wall time)
     probe_ends: float = 0.0
     probed: bool = False  # a probe ended with the path silent: the next reaction holds
+    interval: float = 0.0  # seconds between its last two changes (observed)
 
 
 class LoopJudge:
@@ -143,7 +151,10 @@ class LoopJudge:
         log.debug("%s changed at %.3f: latest commit %s, last change %.3f, unanswered %s: %s",
                   path, observed, commit, track.last_change, track.unanswered,
                   "reaction" if reaction else "not a reaction")
-        track.last_change = max(track.last_change, observed)
+        if track.last_change < observed:
+            if track.last_change > float("-inf"):
+                track.interval = observed - track.last_change
+            track.last_change = observed
         if not reaction:
             self._reset(path, track)
             return None
@@ -167,7 +178,8 @@ class LoopJudge:
     def _start_probe(self, path: str, track: Track) -> None:
         now = self.clock()
         quiet = self.config.debounce_for(path, Action.ANALYZE)
-        length = max(PROBE_MIN, quiet + self.window + PROBE_MARGIN)
+        length = max(PROBE_MIN, quiet + self.window + PROBE_MARGIN,
+                     min(PROBE_MAX, PROBE_PERIODS * track.interval))
         track.probe_started = now
         track.probe_ends = now + length + self.rng.uniform(0.0, PROBE_JITTER)
         track.probed = False
