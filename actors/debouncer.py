@@ -26,7 +26,7 @@ import zmq
 
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.git.head import FILE_TIME_LAG, file_signature
+from gitsieve.common.git.head import FILE_TIME_LAG, file_signature, taken_after
 from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
 from gitsieve.common.judge.learning import Learner
@@ -360,11 +360,9 @@ class HeadReflog:
 
     def moved_at(self, observed: float | None = None) -> tuple[float, bool] | None:
         """HEAD's last move as of now, or as of any moment after ``observed``."""
-        now = time.time()
-        # a look later than now: the clock stepped back since, so look again
-        if observed is not None and observed + FILE_TIME_LAG <= self.looked <= now:
+        if observed is not None and taken_after(self.looked, observed, FILE_TIME_LAG):
             return self.found
-        self.looked = now
+        self.looked = time.time()
         key = file_signature(self.path)
         if key is None:
             self.key = self.found = None

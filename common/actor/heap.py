@@ -20,15 +20,21 @@ log = logging.getLogger(__name__)
 TRIM_EVERY = 30.0  # seconds
 
 
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library: no ldconfig
-    except (AttributeError, OSError):
-        log.debug("no malloc_trim in this C library; freed heap stays in the process")
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+_malloc_trim = None  # glibc's, looked up at the first trim (False: this libc has none)
+
+
+def trim_heap() -> None:
+    """Give the process's freed heap back to the kernel now."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim  # the process's own libc: no ldconfig
+            _malloc_trim.argtypes, _malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (AttributeError, OSError):
+            log.debug("no malloc_trim in this C library; freed heap stays in the process")
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 class HeapTrim:
@@ -41,7 +47,6 @@ class HeapTrim:
         self.trims = 0
         self._worked = True
         self._next = time.monotonic() + every
-        self._trim = None  # looked up at the first trim
 
     def worked(self) -> None:
         self._worked = True
@@ -51,9 +56,7 @@ class HeapTrim:
         it trimmed."""
         if not self._worked or now < self._next:
             return False
-        if self._trim is None:
-            self._trim = _malloc_trim() or (lambda _pad: 0)
-        self._trim(0)
+        trim_heap()
         self._worked = False
         self._next = now + self.every
         self.trims += 1

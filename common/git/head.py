@@ -14,6 +14,14 @@ _COMMON_DIRS: dict[str, str] = {}
 FILE_TIME_LAG = 0.05
 
 
+def taken_after(stamp: float, observed: float, lag: float = 0.0) -> bool:
+    """Whether a reading begun at wall time ``stamp`` (a drain, a look at HEAD) saw all that
+    happened before ``observed`` (``lag``: how far behind the clock what it reads may be),
+    so a backlog of changes can share it.  A stamp later than now means the clock stepped
+    back since: never trusted."""
+    return observed + lag <= stamp <= time.time()
+
+
 def common_dir(git_dir: str) -> str:
     common = _COMMON_DIRS.get(git_dir)
     if common is None:

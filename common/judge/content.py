@@ -145,10 +145,10 @@ def compile_volatile(patterns: Iterable[str]) -> BoundedPattern | None:
                           "that text is taken as a real change (committed)")
 
 
-# The last few texts masked: a judgement masks a version more than once (is it only
-# tokens? the regions that differ from HEAD; its digest), and the patterns are most of what
-# judging a small file costs.
-# Keyed by the pattern object itself (not its id, which a later pattern could reuse).
+# The last few texts masked, keyed by the pattern object itself (its id could be reused by
+# a later pattern): a judgement masks a version more than once (is it only tokens? the
+# regions that differ from HEAD; its digest), and the patterns are most of what judging a
+# small file costs.
 _MASKED_KEPT = 4
 _recently_masked: dict[tuple[BoundedPattern, str], str | None] = {}
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import inotify_simple
 
 from gitsieve.common.actor.base import TITLE_ENV, set_title
-from gitsieve.common.actor.heap import HeapTrim
+from gitsieve.common.actor.heap import trim_heap
 from gitsieve.common.config import Config, prepare_runtime_dir
 from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
@@ -209,7 +209,7 @@ class Runner:
         gc.collect()
         gc.freeze()
         # What importing freed (about 3 MiB) goes back to the kernel, not into every fork.
-        HeapTrim(every=0.0).due(time.monotonic())
+        trim_heap()
 
     def _spawn(self, child: Child) -> None:
         pid = os.fork()

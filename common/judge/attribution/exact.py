@@ -15,6 +15,7 @@ overflow, a directory written before it was watched, the helper away) is UNKNOWN
 """
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from gitsieve.common.git.head import FILE_TIME_LAG
+from gitsieve.common.git.head import FILE_TIME_LAG, taken_after
 from gitsieve.common.judge.attribution.base import (
     CONFIDENCE,
     SELF,
@@ -172,7 +173,7 @@ def blind(missed: Missed, technique: Technique) -> Attribution:
                        matched_by=f"writes may have been missed: {missed.describe()}", writes=0)
 
 
-class RecordedAttributor:
+class RecordedAttributor(abc.ABC):
     """Exact attribution from a :class:`.recorder.WriteRecorder`, whichever source feeds it
     (L2's own fanotify groups, or ``gitsieve helper``): the window of writes a change
     weighs, the blind spots that make it UNKNOWN, and the verdict.
@@ -186,8 +187,9 @@ class RecordedAttributor:
     recorder: WriteRecorder
     git_dir: Path
 
+    @abc.abstractmethod
     def catch_up(self, observed: float) -> None:
-        raise NotImplementedError
+        """Record every write the kernel queued before a change observed at ``observed``."""
 
     def head_moved(self) -> float:
         """Wall time HEAD last moved (its reflog or branch ref was rewritten)."""
@@ -257,11 +259,10 @@ class RecordedAttributor:
         (less ``FILE_TIME_LAG``): a move before ``observed`` is in any read made later,
         so a backlog's changes share one read."""
         read_at, moved = self._head_read
-        now = time.time()
-        # a read later than now: the clock stepped back since, so read again
-        if not observed + FILE_TIME_LAG <= read_at <= now:
+        if not taken_after(read_at, observed, FILE_TIME_LAG):
+            read_at = time.time()
             moved = self.head_moved()
-            self._head_read = (now, moved)
+            self._head_read = (read_at, moved)
         return moved
 
     def suspects(self, observed: float) -> list[tuple[int, str]]:
@@ -333,7 +334,7 @@ class ExactAttributor(RecordedAttributor):
         """The kernel queued every write's event before the watcher could observe it: a
         drain (each read runs until the queue is empty) begun after ``observed`` read them
         all, so a backlog's changes need no drain each."""
-        if not observed <= self._drained_from <= time.time():  # or the clock stepped back
+        if not taken_after(self._drained_from, observed):
             self.drain()
 
     def tick(self, now: float) -> None:
