@@ -14,13 +14,12 @@ long-lived ``git check-ignore`` (common.git.ignore) serves a whole poll round.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge.pattern import PatternJudge
-from gitsieve.common.protocol.messages import Change, CommitReport, Decision, decide
+from gitsieve.common.protocol.messages import Change, CommitReport, Decision, decide, evolve
 from gitsieve.common.protocol.states import Action
 from gitsieve.common.protocol.trail import PatternStep
 
@@ -58,7 +57,7 @@ class PatternLayer(Actor):
             self.stats[f"verdict_{step.action}"] += 1
             self.stats["learned_paths"] += step.learned
             if step.action == Action.ANALYZE:
-                self.send_change(self.to_l2, dataclasses.replace(
+                self.send_change(self.to_l2, evolve(
                     change, trail=(*change.trail, step)), priority=False)
             else:
                 self.send(self.to_decisions, decision_of(change, step))

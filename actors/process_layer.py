@@ -16,7 +16,6 @@ Runs scaled: ``python -m gitsieve.actors.process_layer --instance N``.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import zmq
@@ -25,7 +24,7 @@ from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.process import ProcessJudge
-from gitsieve.common.protocol.messages import Change, Decision, decide
+from gitsieve.common.protocol.messages import Change, Decision, decide, evolve
 from gitsieve.common.protocol.states import Writer
 from gitsieve.common.protocol.trail import ProcessStep, l1_action, step_of
 
@@ -60,7 +59,7 @@ class ProcessLayer(Actor):
         if self.judge.drops(step):
             self.send(self.decisions, decide(change, False, l1_action(change.trail), trail))
         else:
-            self.send_change(self.to_content, dataclasses.replace(change, trail=trail),
+            self.send_change(self.to_content, evolve(change, trail=trail),
                              priority=step.verdict == Writer.USER)
 
     def on_tick(self, now: float) -> None:

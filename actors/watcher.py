@@ -38,7 +38,6 @@ the watcher drains it every poll round, and on an overflow rescans and reconcile
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
@@ -310,7 +309,7 @@ class Watcher(Actor):
         facts = self.writing.facts(path) if kind == WRITE else Writing()
         named = set(partners).union(self.moves.partners(path, now))
         named.discard(path)
-        change = dataclasses.replace(
+        change = messages.evolve(
             observe(path, kind, self.seq, self.epoch, observed, self.rules, source),
             written=facts.written, open_since=facts.open_since,
             partners=tuple(sorted(p for p in named if not self.excluded(p))

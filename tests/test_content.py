@@ -1,6 +1,7 @@
 """The content layer's pure rules: judge.content.classify and its helpers."""
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -436,3 +437,31 @@ def test_a_masked_text_is_never_reused_for_another_pattern():
     assert sys.getrefcount(dates) == held + 1, "kept alive while its masks are kept"
     assert not only_volatile_tokens(stamp, epochs)
     assert only_volatile_tokens(stamp, dates)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 65_536])
+def test_work_file_bytes_up_to_the_cap(tmp_path, size):
+    from gitsieve.common.judge.worktree import read_work
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    (tmp_path / "f").write_bytes(data)
+    work = read_work(str(tmp_path / "f"), size_cap=65_536)
+    assert (work.data, work.size, work.large_path) == (data, size, "")
+    over = read_work(tmp_path / "f", size_cap=size - 1) if size else None
+    assert over is None or (over.data, over.large_path) == (None, str(tmp_path / "f"))
+
+
+def test_a_work_file_grown_since_its_size_was_taken_is_read_to_the_cap(tmp_path):
+    """The first read is sized by fstat; the bytes appended after it are read as well,
+    up to one past the cap (which makes it a large file)."""
+    from gitsieve.common.judge.worktree import _read_up_to
+    target = tmp_path / "growing.log"
+    target.write_bytes(b"x" * 10)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        with open(target, "ab") as more:
+            more.write(b"y" * 5000)
+        assert _read_up_to(fd, 11, 100_000) == b"x" * 10 + b"y" * 5000
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert _read_up_to(fd, 11, 1001) == (b"x" * 10 + b"y" * 5000)[:1001]
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from conftest import FakeSocket, wait_for
 from gitsieve.actors.executor import Executor
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
-from gitsieve.common.judge.limits import RateLimiter
+from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
 from gitsieve.common.protocol.states import Hold, Why
@@ -303,6 +303,38 @@ def test_handler_push_backoff_2_4_6_capped_and_commits_continue(workspace):
     executor.on_tick(0)
     assert not executor.push_pending and workspace.remote_head() == workspace.head()
     executor.close()
+
+
+def test_the_runaway_cap_counts_commits_per_path_within_its_window():
+    guard = RunawayGuard(limit=3, window=100.0, clock=lambda: 0.0)
+    guard.record(["loop.json", "once.txt"], moment=0.0)
+    guard.record(["loop.json"], moment=10.0)
+    assert guard.wait_time("loop.json", now=20.0) == 0.0  # two commits: not capped yet
+    guard.record(["loop.json"], moment=30.0)
+    # the third commit within 100 s caps it until the oldest of its last three leaves
+    assert guard.wait_time("loop.json", now=40.0) == pytest.approx(60.0)
+    assert guard.runaways(now=40.0) == {"loop.json": 3}
+    assert guard.wait_time("once.txt", now=40.0) == 0.0
+    guard.record(["loop.json"], moment=101.0)  # allowed again: now its last three count
+    assert guard.wait_time("loop.json", now=102.0) == pytest.approx(8.0)
+    assert guard.wait_time("loop.json", now=111.0) == 0.0
+    assert guard.runaways(now=111.0) == {}
+    assert guard.wait_time("never.txt") == 0.0
+    assert RunawayGuard(limit=0, window=100.0).wait_time("loop.json") == 0.0
+
+
+def test_the_runaway_cap_forgets_paths_once_their_window_is_over():
+    """A dirty start commits 10,000 paths once: they are forgotten after the window, and
+    meanwhile each answer does not walk the others."""
+    guard = RunawayGuard(limit=2, window=60.0)
+    guard.record([f"data/f{i}" for i in range(10_000)], moment=0.0)
+    guard.record(["data/f7"], moment=30.0)
+    assert len(guard._times) == 10_000
+    guard.record(["status.json"], moment=61.0)
+    assert set(guard._times) == {"data/f7", "status.json"}
+    assert guard.wait_time("data/f7", now=61.0) == 0.0  # its first commit left the window
+    guard.record(["status.json"], moment=200.0)
+    assert set(guard._times) == {"status.json"}
 
 
 def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):

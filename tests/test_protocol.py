@@ -307,6 +307,28 @@ def test_a_merged_change_keeps_the_earliest_observation():
         messages.with_earliest(change, b"short")
 
 
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_evolve_is_dataclasses_replace(message):
+    """The hot-path copy equals dataclasses.replace, on the wire too, and leaves the
+    original alone."""
+    name = dataclasses.fields(message)[0].name
+    value = getattr(message, name)
+    changed = messages.evolve(message, **{name: value})
+    assert changed == dataclasses.replace(message, **{name: value})
+    assert changed is not message and messages.encode(changed) == messages.encode(message)
+    if isinstance(message, Change):
+        step = PatternStep(Action.BLOCK, L1Reason.RULE, "BLOCK:x")
+        moved = messages.evolve(message, trail=(step,), observed=1.0)
+        assert moved == dataclasses.replace(message, trail=(step,), observed=1.0)
+        assert message.trail != (step,) and message.observed == 2.5
+        assert messages.decode(messages.encode(moved)) == moved
+
+
+def test_evolve_refuses_a_field_the_class_has_not():
+    with pytest.raises(TypeError, match="no field colour"):
+        messages.evolve(SAMPLES[0], colour="red")
+
+
 def test_a_route_frame_is_not_a_message():
     with pytest.raises(BadMessage):
         messages.decode(Route(True, b"a").encode())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from typing import Callable
 
@@ -73,6 +74,7 @@ class ContentJudge:
         self.config = config
         self.git = git or Git(config.workspace)
         self.size_cap = config.max_analyze_bytes
+        self._root = str(config.workspace)
         self.volatile = compile_volatile(config.text_volatile_patterns)
         self.head = HeadVersions(self.git, config.git_dir, self.size_cap)
         # path -> (masked digest, sha1 of the exact bytes) of the last version judged USER
@@ -92,7 +94,7 @@ class ContentJudge:
         """The rules' verdict on ``path`` now, with the work-tree side it read and how the
         mode changed from HEAD's ('' when it did not).  ``head``: HEAD's blob when the
         caller read it already (False: read it here)."""
-        work = read_work(self.config.workspace / path, self.size_cap)
+        work = read_work(os.path.join(self._root, path), self.size_cap)
         if work.problem:
             return ContentVerdict(USER, L3Reason.WORK_FILE_PROBLEM, work.problem), work, ""
         if head is False:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import OrderedDict, deque
 from typing import Callable, Iterable
 
 HOUR = 3600.0
@@ -79,48 +80,49 @@ class RunawayGuard:
 
     Like :class:`RateLimiter` it only delays: a capped path stays held (its latest content
     is committed once the cap allows), and :meth:`runaways` names the capped paths for
-    status.  ``limit`` 0 disables the cap.
+    status.  ``limit`` 0 disables the cap.  Asked about every held path at every commit, so
+    each answer is O(1): a path keeps only its last ``limit`` commit times (an older one
+    can no longer cap it), and paths are kept in the order of their last commit, so
+    forgetting stops at the first path committed within the window.
     """
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.time):
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._times: dict[str, list[float]] = {}  # path -> sorted commit times in the window
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
 
     def record(self, paths: Iterable[str], moment: float | None = None) -> None:
         moment = self.clock() if moment is None else moment
         if self.limit <= 0:
             return
         for path in paths:
-            bisect.insort(self._times.setdefault(path, []), moment)
+            times = self._times.get(path)
+            if times is None:
+                times = self._times[path] = deque(maxlen=self.limit)
+            else:
+                self._times.move_to_end(path)
+            times.append(moment)
         self._forget(moment)
 
     def _forget(self, now: float) -> None:
-        for path in list(self._times):
-            times = self._times[path]
-            cut = bisect.bisect_right(times, now - self.window)
-            if cut:
-                del times[:cut]
-            if not times:
-                del self._times[path]
+        horizon = now - self.window
+        while self._times:
+            path, times = next(iter(self._times.items()))
+            if times[-1] > horizon:
+                return
+            del self._times[path]
 
     def wait_time(self, path: str, now: float | None = None) -> float:
         """Seconds until ``path`` may be committed again (0: now)."""
-        if self.limit <= 0:
+        times = self._times.get(path)
+        if times is None or len(times) < self.limit:
             return 0.0
         now = self.clock() if now is None else now
-        times = self._times.get(path)
-        if not times:
-            return 0.0
-        start = bisect.bisect_right(times, now - self.window)
-        recent = times[start:]
-        if len(recent) < self.limit:
-            return 0.0
-        return max(0.0, recent[len(recent) - self.limit] + self.window - now)
+        return max(0.0, times[0] + self.window - now)
 
     def runaways(self, now: float | None = None) -> dict[str, int]:
-        """Capped paths -> commits of each in the window."""
+        """Capped paths -> commits of each in the window (at most ``limit``)."""
         now = self.clock() if now is None else now
         return {path: len(times) for path, times in self._times.items()
-                if self.wait_time(path, now) > 0}
+                if len(times) >= self.limit and times[0] + self.window > now}

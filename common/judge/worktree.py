@@ -27,7 +27,7 @@ def git_mode(st_mode: int) -> int:
     return 0o100755 if st_mode & stat.S_IXUSR else 0o100644
 
 
-def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
+def read_work(abs_path: str | Path, size_cap: int = SIZE_CAP) -> WorkFile:
     try:
         info = os.lstat(abs_path)
     except (FileNotFoundError, NotADirectoryError):
@@ -57,13 +57,32 @@ def read_work(abs_path: Path, size_cap: int = SIZE_CAP) -> WorkFile:
         return WorkFile(None)
     except OSError as exc:
         return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             return WorkFile(None, problem="not a regular file")
-        try:
-            data = handle.read(size_cap + 1)  # it may have grown since lstat
-        except OSError as exc:
-            return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
+        # Sized by fstat, not by the cap: a cap-sized buffer per read is a large
+        # allocation (an mmap) for every small file.  One byte more shows growth since.
+        data = _read_up_to(fd, min(info.st_size, size_cap) + 1, size_cap + 1)
+    except OSError as exc:
+        return WorkFile(None, problem=f"unreadable: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
     if len(data) > size_cap:
         return WorkFile(None, len(data), large_path=str(abs_path), mode=mode)
     return WorkFile(data, len(data), mode=mode)
+
+
+def _read_up_to(fd: int, first: int, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``fd``, asking for ``first`` bytes at first."""
+    chunks = []
+    total = 0
+    asked = min(first, limit)
+    while asked > 0:
+        chunk = os.read(fd, asked)
+        chunks.append(chunk)
+        total += len(chunk)
+        if len(chunk) < asked:  # a regular file reads short only at its end
+            break
+        asked = limit - total  # it grew since fstat: the rest, up to the limit
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -587,6 +587,22 @@ def stage_frames(change: Change, priority: bool) -> list[bytes]:
     return [route.encode(), encode(change)]
 
 
+def evolve(message, **changes):
+    """``message`` with ``changes``: :func:`dataclasses.replace` without running the frozen
+    ``__init__`` again field by field, which cost 10 us on every hop of every change.  The
+    copy shares the other fields' values, all immutable; a protocol class has no
+    ``__post_init__`` (the decoder fills ``__dict__`` the same way)."""
+    cls = type(message)
+    unknown = changes.keys() - _HINTS[cls].keys()
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    copy = object.__new__(cls)
+    fields = vars(copy)
+    fields.update(vars(message))
+    fields.update(changes)
+    return copy
+
+
 def earliest_frame(observed: float) -> bytes:
     """The frame the router adds to a Change it merged with older ones of the same path:
     the earliest observation among them."""
@@ -600,4 +616,4 @@ def with_earliest(change: Change, frame: bytes) -> Change:
     observed = _STAMP.unpack(frame)[0]
     if not 0.0 <= observed < change.observed:
         return change
-    return dataclasses.replace(change, observed=observed)
+    return evolve(change, observed=observed)
