@@ -14,7 +14,7 @@ from conftest import FakeSocket, wait_for
 from gitsieve.actors.executor import Executor
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
-from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
+from gitsieve.common.judge.limits import RUNAWAY_PATHS_KEPT, RateLimiter, RunawayGuard
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
 from gitsieve.common.protocol.states import Hold, Why
@@ -321,6 +321,12 @@ def test_the_runaway_cap_counts_commits_per_path_within_its_window():
     assert guard.runaways(now=111.0) == {}
     assert guard.wait_time("never.txt") == 0.0
     assert RunawayGuard(limit=0, window=100.0).wait_time("loop.json") == 0.0
+    five = RunawayGuard(limit=5, window=100.0)
+    for moment in range(7):
+        five.record(["busy.json"], moment=float(moment))
+        # capped from its fifth commit on, until the fifth newest leaves the window
+        expected = moment - 4 + 100.0 - 7.0 if moment >= 4 else 0.0
+        assert five.wait_time("busy.json", now=7.0) == pytest.approx(expected)
 
 
 def test_the_runaway_cap_forgets_paths_once_their_window_is_over():
@@ -335,6 +341,13 @@ def test_the_runaway_cap_forgets_paths_once_their_window_is_over():
     assert guard.wait_time("data/f7", now=61.0) == 0.0  # its first commit left the window
     guard.record(["status.json"], moment=200.0)
     assert set(guard._times) == {"status.json"}
+    capped = RunawayGuard(limit=2, window=3600.0)
+    capped.record([f"data/f{i}" for i in range(RUNAWAY_PATHS_KEPT)], moment=0.5)
+    capped.record(["loop.json"], moment=1.0)
+    capped.record(["loop.json"], moment=2.0)
+    # at the cap the path committed longest ago goes; the one committed last stays capped
+    assert len(capped._times) == RUNAWAY_PATHS_KEPT and "data/f0" not in capped._times
+    assert capped.wait_time("loop.json", now=3.0) == pytest.approx(3598.0)
 
 
 def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):

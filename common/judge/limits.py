@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Callable, Iterable
 
 HOUR = 3600.0
@@ -74,6 +74,11 @@ class RateLimiter:
         return len(self._times) - bisect.bisect_right(self._times, now - window)
 
 
+# Paths whose commit times the runaway cap keeps; beyond, the paths committed longest ago
+# are forgotten first (each may then be committed that much sooner: nothing is held or lost).
+RUNAWAY_PATHS_KEPT = 20_000
+
+
 class RunawayGuard:
     """Caps how often one path may be committed: something rewriting a path forever past
     the filters gets at most ``limit`` commits of it per ``window`` seconds.
@@ -81,32 +86,31 @@ class RunawayGuard:
     Like :class:`RateLimiter` it only delays: a capped path stays held (its latest content
     is committed once the cap allows), and :meth:`runaways` names the capped paths for
     status.  ``limit`` 0 disables the cap.  Asked about every held path at every commit, so
-    each answer is O(1): a path keeps only its last ``limit`` commit times (an older one
-    can no longer cap it), and paths are kept in the order of their last commit, so
-    forgetting stops at the first path committed within the window.
+    each answer is O(1): a path keeps only its last ``limit`` commit times, a tuple (an
+    older time can no longer cap it), and paths are kept in the order of their last
+    commit, so forgetting stops at the first path committed within the window.
     """
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.time):
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+        self._times: OrderedDict[str, tuple[float, ...]] = OrderedDict()
 
     def record(self, paths: Iterable[str], moment: float | None = None) -> None:
         moment = self.clock() if moment is None else moment
         if self.limit <= 0:
             return
+        keep = self.limit - 1
         for path in paths:
-            times = self._times.get(path)
-            if times is None:
-                times = self._times[path] = deque(maxlen=self.limit)
-            else:
-                self._times.move_to_end(path)
-            times.append(moment)
+            times = self._times.pop(path, ())  # re-inserted last: in order of last commit
+            self._times[path] = (*times[-keep:], moment) if keep else (moment,)
         self._forget(moment)
 
     def _forget(self, now: float) -> None:
         horizon = now - self.window
+        while len(self._times) > RUNAWAY_PATHS_KEPT:
+            self._times.popitem(last=False)
         while self._times:
             path, times = next(iter(self._times.items()))
             if times[-1] > horizon:
