@@ -306,6 +306,7 @@ class Committer:
                  git: Git | None = None, content: ContentJudge | None = None):
         self.config = config
         self.root = config.workspace
+        self._root = str(config.workspace)  # joined as text: pathlib costs us per path
         self.git = git or Git(config.workspace)
         # the content layer's judge: re-checks content-only verdicts, knows HEAD's blobs
         self.content = content or ContentJudge(config, self.git)
@@ -440,9 +441,12 @@ class Committer:
                     path, f"editor junk ({junk})" if junk else rule.describe())
         return True
 
+    def _full(self, *parts: str) -> str:
+        return os.path.join(self._root, *parts)
+
     def _dir_state(self, rel: str) -> tuple[str, str]:
         try:
-            info = os.lstat(self.root / rel)
+            info = os.lstat(self._full(rel))
         except (FileNotFoundError, NotADirectoryError):
             return GONE, ""
         except OSError as exc:
@@ -451,7 +455,7 @@ class Committer:
             return BEYOND_LINK, rel
         if not stat.S_ISDIR(info.st_mode):
             return GONE, ""  # a file where a directory was: nothing can be below it
-        if os.path.lexists(self.root / rel / ".git"):
+        if os.path.lexists(self._full(rel, ".git")):
             return NESTED, rel
         return DIRECTORY, ""
 
@@ -467,13 +471,13 @@ class Committer:
             if state[0] != DIRECTORY:
                 return state
         try:
-            info = os.lstat(self.root / path)
+            info = os.lstat(self._full(path))
         except (FileNotFoundError, NotADirectoryError):
             return GONE, ""
         except OSError as exc:  # cannot be looked at: neither committed nor deleted
             return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
         if stat.S_ISDIR(info.st_mode):
-            if os.path.lexists(self.root / path / ".git"):
+            if os.path.lexists(self._full(path, ".git")):
                 return NESTED, path
             return DIRECTORY, ""
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
@@ -681,7 +685,7 @@ class Committer:
         if observed is None:
             return False
         try:
-            return os.lstat(self.root / path).st_ctime < observed - _SETTLED_BEFORE
+            return os.lstat(self._full(path)).st_ctime < observed - _SETTLED_BEFORE
         except OSError:
             return False
 
@@ -698,7 +702,7 @@ class Committer:
             emptied = []
             for path in waiting:
                 try:
-                    info = os.lstat(self.root / path)
+                    info = os.lstat(self._full(path))
                 except OSError:
                     continue  # gone: the re-check says what that means
                 if info.st_size == 0 and now - info.st_mtime < _TRUNCATED_RECENTLY:
@@ -862,7 +866,7 @@ class Committer:
         regular = []
         for path in paths:
             try:
-                info = os.lstat(self.root / path)
+                info = os.lstat(self._full(path))
             except OSError:
                 continue
             if stat.S_ISREG(info.st_mode) and info.st_size <= self.config.max_analyze_bytes:
@@ -913,9 +917,9 @@ class Committer:
         executable_bit = self.content.executable_bit()
         for path in present:
             try:
-                info = os.lstat(self.root / path)
+                info = os.lstat(self._full(path))
                 if stat.S_ISLNK(info.st_mode):
-                    links.append((path, os.fsencode(os.readlink(self.root / path))))
+                    links.append((path, os.fsencode(os.readlink(self._full(path)))))
                     continue
             except OSError:  # gone since it was planned: a deletion, as git would see it
                 changes[path] = None

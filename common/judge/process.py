@@ -25,6 +25,7 @@ user process as well).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from gitsieve.common.judge.attribution import make_attributor
@@ -46,6 +47,7 @@ def accountable(step: ProcessStep) -> bool:
 class ProcessJudge:
     def __init__(self, config, attributor=None):
         self.config = config
+        self._root = str(config.workspace)
         base = attributor if attributor is not None else make_attributor(config)
         # what `gitsieve agent` recorded overrides the base technique (attribution.journal)
         self.attributor = JournalOverlay(config, base)
@@ -74,7 +76,7 @@ class ProcessJudge:
 
     def _judge_write(self, change: Change) -> ProcessStep:
         until, prior = self.accounted.get(change.path, (0.0, None))
-        found = self.attributor.attribute(self.config.workspace / change.path,
+        found = self.attributor.attribute(os.path.join(self._root, change.path),
                                           change.observed, until)
         if found is None and prior is not None and until >= change.observed - WRITE_LOOKBACK:
             self.repeated += 1
@@ -90,7 +92,7 @@ class ProcessJudge:
 
     def _judge_removal(self, change: Change) -> ProcessStep:
         """A deletion: its remover (exact mode with fanotify FID) judged like a writer."""
-        found = self.attributor.attribute_removal(self.config.workspace / change.path,
+        found = self.attributor.attribute_removal(os.path.join(self._root, change.path),
                                                   change.observed)
         if found is None:
             reason = (L2Reason.REMOVER_UNOBSERVABLE if self.mode == Mode.PSUTIL
