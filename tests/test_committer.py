@@ -1048,3 +1048,95 @@ def test_a_long_lived_git_that_cannot_start_leaves_the_commit_to_plain_ones(work
     workspace.write("deep/f.txt", "made without long-lived gits\n")
     result = committer.commit(["deep/f.txt"])
     assert result.pushed and workspace.show("HEAD:deep/f.txt") == "made without long-lived gits\n"
+
+
+def _loose_and_packs(workspace) -> tuple[int, int]:
+    counts = dict(line.split(": ") for line in
+                  workspace.git("count-objects", "-v").splitlines())
+    return int(counts["count"]), int(counts["packs"])
+
+
+def test_many_new_files_are_written_as_one_pack_with_gits_own_ids(workspace):
+    """A batch of new files becomes one pack, not a loose object each; every committed id
+    is git's own hash (clean filters applied), and the private index is gone."""
+    from gitsieve.common.git.committer import PACKED_INDEX_PREFIX, PACKED_WRITE_MIN
+    workspace.write(".gitattributes", "*.crlf text eol=lf\n*.up filter=upper\n")
+    workspace.git("config", "filter.upper.clean", "tr a-z A-Z")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    before = workspace.head()
+    paths = [f"data/f{i:04d}.txt" for i in range(PACKED_WRITE_MIN + 10)]
+    for number, path in enumerate(paths):
+        workspace.write(path, f"file {number}\n")
+    workspace.write("data/windows.crlf", "one\r\ntwo\r\n")
+    workspace.write("data/shout.up", "quiet words\n")
+    paths += ["data/windows.crlf", "data/shout.up"]
+    committer = make(workspace)
+    loose_before, packs_before = _loose_and_packs(workspace)
+
+    result = committer.commit(paths)
+
+    assert result.error == "" and result.commit == workspace.head()
+    assert workspace.committed_paths_since(before) == set(paths)
+    loose, packs = _loose_and_packs(workspace)
+    assert packs == packs_before + 1
+    assert loose - loose_before < 20  # the trees, the commit, the two converted files
+    assert workspace.show("HEAD:data/windows.crlf") == "one\ntwo\n"
+    assert workspace.show("HEAD:data/shout.up") == "QUIET WORDS\n"
+    listed = workspace.git("ls-tree", "-r", "HEAD", "data").splitlines()
+    committed = {line.split("\t")[1]: line.split()[2] for line in listed}
+    expected = subprocess.run(["git", "hash-object", "--stdin-paths"], cwd=workspace.root,
+                              input="\n".join(paths) + "\n", capture_output=True,
+                              text=True, check=True).stdout.split()
+    assert [committed[path] for path in paths] == expected
+    assert not list(committer.config.git_dir.glob(PACKED_INDEX_PREFIX + "*"))
+    workspace.git("fsck", "--connectivity-only")
+    assert result.pushed and workspace.remote_head() == workspace.head()
+
+
+def test_files_whose_objects_exist_are_not_written_again(workspace):
+    from gitsieve.common.git.committer import PACKED_WRITE_MIN
+    paths = [f"data/f{i:04d}.txt" for i in range(PACKED_WRITE_MIN)]
+    for number, path in enumerate(paths):
+        workspace.write(path, f"file {number}\n")
+    committer = make(workspace)
+    assert committer.write_objects(paths) == len(paths)  # ahead of the commit: one pack
+    _, packs = _loose_and_packs(workspace)
+
+    assert committer.commit(paths).commit == workspace.head()
+    assert _loose_and_packs(workspace)[1] == packs
+
+
+def test_a_private_index_left_by_a_killed_executor_is_removed(workspace):
+    from gitsieve.common.git.committer import PACKED_INDEX_PREFIX
+    git_dir = workspace.load().git_dir
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = git_dir / f"{PACKED_INDEX_PREFIX}{dead.pid}-1.index"
+    stale.write_bytes(b"DIRC")
+    (git_dir / f"{stale.name}.lock").write_bytes(b"")
+    live = git_dir / f"{PACKED_INDEX_PREFIX}{os.getpid()}-1.index"
+    live.write_bytes(b"DIRC")
+
+    make(workspace)
+
+    assert not stale.exists() and not (git_dir / f"{stale.name}.lock").exists()
+    assert live.exists()  # another committer's, writing now
+
+
+def test_packs_written_by_commits_are_tidied_by_gits_auto_gc(workspace):
+    from gitsieve.common.git.committer import PACKED_WRITE_MIN
+    workspace.git("config", "gc.autoPackLimit", "2")
+    committer = make(workspace)
+    for round_number in range(3):
+        paths = [f"r{round_number}/f{i:04d}.txt" for i in range(PACKED_WRITE_MIN)]
+        for path in paths:
+            workspace.write(path, f"{path}\n")
+        assert committer.commit(paths).commit == workspace.head()
+    # gc --auto repacks once more than two packs exist (in the background, as git does)
+    deadline = time.monotonic() + 30
+    while _loose_and_packs(workspace)[1] > 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    loose, packs = _loose_and_packs(workspace)
+    assert packs <= 2 and loose < PACKED_WRITE_MIN  # the files went into packs, then one
+    workspace.git("fsck", "--connectivity-only")
