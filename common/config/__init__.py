@@ -25,10 +25,16 @@ def add_location_arguments(parser) -> None:
                              "WORKSPACE/.gitsieve.toml)")
 
 
+def workspace_argument(args) -> str:
+    """The directory ``--workspace`` names, else $GITSIEVE_WORKSPACE, else the current one."""
+    import os
+    return (getattr(args, "workspace", None) or os.environ.get("GITSIEVE_WORKSPACE")
+            or os.getcwd())
+
+
 def load_from_arguments(args) -> Config:
     """The Config ``--workspace``/``--config`` (or the environment, or the current
     directory) name; ConfigError when it cannot be loaded."""
     import os
-    workspace = getattr(args, "workspace", None) or os.environ.get("GITSIEVE_WORKSPACE")
     config_file = getattr(args, "config", None) or os.environ.get("GITSIEVE_CONFIG") or None
-    return load(workspace or os.getcwd(), config_file)
+    return load(workspace_argument(args), config_file)

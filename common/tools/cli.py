@@ -84,6 +84,14 @@ def warn_of_held_start(config: config_mod.Config) -> None:
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
     from gitsieve.common.tools.runner import AlreadyRunning, Runner, reexec_marked
+    try:
+        # Re-executed with the marks before anything else is read (the config, the rules,
+        # the allowlist): once, by the process that runs, not twice (0.1 s of every start).
+        root, _ = gateway.discover(Path(config_mod.workspace_argument(args)))
+    except gateway.NotARepository:
+        root = None  # loading the config says why, below
+    if root is not None:
+        reexec_marked(args.argv, root)
     config = load_config(args)
     validate_rules(config)
     validate_guard(config)
