@@ -203,8 +203,9 @@ def bad_path_reason(path: str) -> str | None:
     if ".." in parts:
         return "path leaves the workspace"
     encoded = path.encode("utf-8", "surrogateescape")
-    if len(encoded) > PATH_MAX or any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX
-                                      for part in parts):
+    if len(encoded) > PATH_MAX or (  # no component can be longer than the whole path
+            len(encoded) > NAME_MAX and any(len(part.encode("utf-8", "surrogateescape"))
+                                            > NAME_MAX for part in parts)):
         return "path or path component too long"
     return None
 
