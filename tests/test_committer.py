@@ -1140,3 +1140,27 @@ def test_packs_written_by_commits_are_tidied_by_gits_auto_gc(workspace):
     loose, packs = _loose_and_packs(workspace)
     assert packs <= 2 and loose < PACKED_WRITE_MIN  # the files went into packs, then one
     workspace.git("fsck", "--connectivity-only")
+
+
+def test_a_git_with_a_deadline_returns_as_soon_as_it_ends(workspace):
+    """Every push has a deadline.  sh's own timeout looked every 0.1 s, and each call
+    returned only after that look: every push was 0.1 s late."""
+    from gitsieve.common.git.gateway import Git
+    git_here = Git(workspace.root)
+    spent = []
+    for _ in range(5):
+        started = time.monotonic()
+        assert git_here.result("--version", timeout=60)[0] == 0
+        spent.append(time.monotonic() - started)
+    assert min(spent) < 0.06, spent
+    assert git_here.result("-c", "alias.three=!exit 3", "three", timeout=60)[0] == 3
+
+
+def test_a_git_past_its_deadline_is_killed_and_reported(workspace):
+    import pytest
+    from gitsieve.common.git.gateway import Git, GitError
+    started = time.monotonic()
+    with pytest.raises(GitError, match="timed out after 0.5s"):
+        Git(workspace.root).result("-c", "alias.hang=!sleep 30", "hang", timeout=0.5)
+    assert time.monotonic() - started < 10  # killed, not waited for (sh lets its output
+    # threads drain for up to 2 s: the shell git ran still holds the pipe)

@@ -28,7 +28,9 @@ import logging
 import os
 import pwd
 import select
+import signal
 import stat
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -130,6 +132,30 @@ def _sh():
     return sh
 
 
+class _Deadline:
+    """Kills a git that is still running ``seconds`` from now (as sh's own timeout does,
+    with SIGKILL), and says whether it did."""
+
+    def __init__(self, seconds: float, process):
+        self.passed = False
+        self._process = process
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        if self._process.exit_code is not None:
+            return  # reaped just now: its pid may be someone else's already
+        self.passed = True
+        try:
+            self._process.signal(signal.SIGKILL)
+        except ProcessLookupError:
+            self.passed = False  # it ended just now: not killed
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class Git:
     """git in one work tree."""
 
@@ -142,14 +168,11 @@ class Git:
         # Looked up on PATH at every call, as a shell would: PATH may change meanwhile.
         return _sh().Command("git")
 
-    def _options(self, env: dict | None, timeout: float | None) -> dict:
+    def _options(self, env: dict | None) -> dict:
         options = {"_cwd": str(self.root), "_env": git_env(env, self.owner),
                    "_tty_out": False, "_decode_errors": "replace"}
         if self.owner.uid is not None:
             options["_uid"] = self.owner.uid
-        if timeout:
-            # sh polls every 0.1 s while a timeout is set: only calls that may hang get one.
-            options["_timeout"] = timeout
         return options
 
     def result(self, *args: str, input: bytes | None = None, env: dict | None = None,
@@ -168,16 +191,28 @@ class Git:
                 view = view[os.write(fd, view):]
             os.lseek(fd, 0, os.SEEK_SET)
             stdin = os.fdopen(fd, "rb")
+        deadline = None
         try:
-            done = self._git()(*args, _in=stdin, _return_cmd=True, _ok_code=range(256),
-                               **self._options(env, timeout))
-        except sh.TimeoutException:
-            raise GitError(args, -1, f"timed out after {timeout}s") from None
+            if timeout:
+                # Not sh's _timeout: its thread looks every 0.1 s, and the call returns
+                # only after that look, 50 ms late on average (every push).
+                done = self._git()(*args, _in=stdin, _bg=True, _bg_exc=False,
+                                   _return_cmd=True, _ok_code=range(256),
+                                   **self._options(env))
+                deadline = _Deadline(timeout, done.process)
+                done.wait()
+            else:
+                done = self._git()(*args, _in=stdin, _return_cmd=True, _ok_code=range(256),
+                                   **self._options(env))
         except sh.SignalException as exc:  # killed: its work may or may not be done
+            if deadline is not None and deadline.passed:
+                raise GitError(args, -1, f"timed out after {timeout}s") from None
             return exc.exit_code, exc.stdout, f"killed by signal {-exc.exit_code}"
         except (OSError, sh.ForkException) as exc:
             raise GitError(args, -1, f"cannot run git: {exc}") from None
         finally:
+            if deadline is not None:
+                deadline.cancel()
             if stdin is not input:
                 stdin.close()
         stderr = done.stderr.decode("utf-8", "replace") if done.stderr else ""
@@ -201,7 +236,7 @@ class Git:
         try:
             running = self._git()(*args, _bg=True, _bg_exc=False, _in=in_read,
                                   _out=out_write, _err=os.devnull, _ok_code=range(256),
-                                  **self._options(env, None))
+                                  **self._options(env))
         except BaseException:
             for fd in (in_write, out_read):
                 os.close(fd)
@@ -214,7 +249,7 @@ class Git:
     def background(self, *args: str) -> "BackgroundGit":
         """A git command running on while the caller goes on (``git fsck``)."""
         running = self._git()(*args, _bg=True, _bg_exc=False, _ok_code=range(256),
-                              _err_to_out=True, **self._options(None, None))
+                              _err_to_out=True, **self._options(None))
         return BackgroundGit(running)
 
     # ----- queries every actor needs ---------------------------------------------------
