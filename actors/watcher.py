@@ -74,6 +74,8 @@ RESTART_RECONCILE_DELAY = 0.5
 # A path sent and not seen decided is "in flight" (a reconcile skips it) this long at most.
 IN_FLIGHT_EXPIRY = 30.0
 MAX_IN_FLIGHT = 100_000  # marks kept; past it the oldest go (their paths are sent again)
+# A change older than the monotonic clock (before the boot): still a moment, never 0 (none).
+_LONG_AGO = 1e-6
 # Versions L2 judged an autonomous process's (or gitsieve's own) write are settled
 # (common/judge/settled.py): a reconcile does not send them again.
 _SETTLING_WRITERS = ("SYSTEM", "SELF")
@@ -300,13 +302,16 @@ class Watcher(Actor):
 
     # ----- output ---------------------------------------------------------------------
     def emit(self, path: str, kind: ChangeKind, observed: float, source: str = "inotify",
-             partners=()) -> None:
+             partners=(), changed: float = 0.0) -> None:
+        """``changed``: when a path no write of which was seen last changed (monotonic)."""
         if self.excluded(path):
             return
         now = time.monotonic()
         self.seq += 1
         self.runs.issue(self.seq)
         facts = self.writing.facts(path) if kind == WRITE else Writing()
+        if changed and not facts.written:
+            facts = Writing(changed, facts.open_since)
         named = set(partners).union(self.moves.partners(path, now))
         named.discard(path)
         change = messages.evolve(
@@ -348,7 +353,8 @@ class Watcher(Actor):
             self.log.error("reconcile failed: %s", exc)
             return
         observed = time.time()
-        self._expire_in_flight(time.monotonic())
+        now = time.monotonic()
+        self._expire_in_flight(now)
         for path in paths:
             if path.endswith("/"):
                 # A nested repository shows as one untracked directory; not a file to commit.
@@ -360,8 +366,16 @@ class Watcher(Actor):
             if self.is_settled(path):
                 self.stats["reconcile_settled"] += 1
                 continue
-            kind = WRITE if os.path.lexists(self._abs(path)) else DELETE
-            self.emit(path, kind, observed, source="reconcile")
+            try:
+                changed = os.lstat(self._abs(path)).st_ctime
+            except OSError:
+                self.emit(path, DELETE, observed, source="reconcile")
+                continue
+            # Its last change, from the inode's ctime (which no process can set back), on
+            # the monotonic clock the debouncer's quiet periods run on: a file quiet for
+            # long (a dirty start) is not made to wait a quiet period more.
+            self.emit(path, WRITE, observed, source="reconcile",
+                      changed=max(now - max(0.0, observed - changed), _LONG_AGO))
         self.stats["reconciles"] += 1
 
     # ----- in flight: sent, no decision seen yet ------------------------------------------

@@ -442,3 +442,21 @@ def test_a_version_settled_a_second_before_a_kill_is_still_settled_after_it(
         assert successor.is_settled("one.json") and successor.is_settled("two.json")
     finally:
         successor.close()
+
+
+def test_a_file_changed_long_before_the_reconcile_is_not_made_to_wait_a_quiet_period(
+        workspace, start):
+    """A path a reconcile finds carries its last change (the inode's ctime) as its last
+    write, so the debouncer releases a file quiet for long at once (a dirty start), and
+    one changed just now after its quiet period."""
+    workspace.write("old.txt", "changed well before the start\n")
+    wrote_old = time.monotonic()
+    time.sleep(1.5)
+    workspace.write("fresh.txt", "changed right before the start\n")
+    wrote_fresh = time.monotonic()
+    cfg, col = start()
+    old = col.wait("old.txt", source="reconcile")
+    fresh = col.wait("fresh.txt", source="reconcile")
+    # both clocks, the ctime's and the monotonic one, within the kernel's coarse tick
+    assert abs(old.written - wrote_old) < 0.5, (old.written, wrote_old)
+    assert abs(fresh.written - wrote_fresh) < 0.5, (fresh.written, wrote_fresh)
