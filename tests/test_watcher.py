@@ -451,7 +451,7 @@ def test_a_file_changed_long_before_the_reconcile_is_not_made_to_wait_a_quiet_pe
     one changed just now after its quiet period."""
     workspace.write("old.txt", "changed well before the start\n")
     wrote_old = time.monotonic()
-    time.sleep(1.5)
+    time.sleep(1.0)
     workspace.write("fresh.txt", "changed right before the start\n")
     wrote_fresh = time.monotonic()
     cfg, col = start()
