@@ -14,7 +14,6 @@ long-lived ``git check-ignore`` (common.git.ignore) serves a whole poll round.
 """
 from __future__ import annotations
 
-
 import zmq
 
 from gitsieve.common.actor.base import Actor, main

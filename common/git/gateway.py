@@ -194,8 +194,8 @@ class Git:
         deadline = None
         try:
             if timeout:
-                # Not sh's _timeout: its thread looks every 0.1 s, and the call returns
-                # only after that look, 50 ms late on average (every push).
+                # Not sh's _timeout: its thread looks every 0.1 s, and the call returned
+                # only after its next look, 0.1 s after git ended (every push).
                 done = self._git()(*args, _in=stdin, _bg=True, _bg_exc=False,
                                    _return_cmd=True, _ok_code=range(256),
                                    **self._options(env))

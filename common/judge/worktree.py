@@ -74,10 +74,10 @@ def read_work(abs_path: str | Path, size_cap: int = SIZE_CAP) -> WorkFile:
 
 
 def _read_up_to(fd: int, first: int, limit: int) -> bytes:
-    """At most ``limit`` bytes of ``fd``, asking for ``first`` bytes at first."""
+    """At most ``limit`` bytes of ``fd``, asking for ``first`` (at most ``limit``) at first."""
     chunks = []
     total = 0
-    asked = min(first, limit)
+    asked = first
     while asked > 0:
         chunk = os.read(fd, asked)
         chunks.append(chunk)

@@ -590,7 +590,7 @@ def stage_frames(change: Change, priority: bool) -> list[bytes]:
 
 def evolve(message, **changes):
     """``message`` with ``changes``: :func:`dataclasses.replace` without running the frozen
-    ``__init__`` again field by field, which cost 10 us on every hop of every change.  The
+    ``__init__`` again field by field (3.7 us against 1.3, on every hop of every change).  The
     copy shares the other fields' values, all immutable; a protocol class has no
     ``__post_init__`` (the decoder fills ``__dict__`` the same way)."""
     cls = type(message)

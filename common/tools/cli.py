@@ -83,15 +83,16 @@ def warn_of_held_start(config: config_mod.Config) -> None:
 
 def cmd_run(args) -> int:
     from gitsieve.common.actor.base import setup_logging
-    from gitsieve.common.tools.runner import AlreadyRunning, Runner, reexec_marked
-    try:
+    from gitsieve.common.tools.runner import AlreadyRunning, Runner, marked, reexec_marked
+    if not marked():
         # Re-executed with the marks before anything else is read (the config, the rules,
         # the allowlist): once, by the process that runs, not twice (0.1 s of every start).
-        root, _ = gateway.discover(Path(config_mod.workspace_argument(args)))
-    except gateway.NotARepository:
-        root = None  # loading the config says why, below
-    if root is not None:
-        reexec_marked(args.argv, root)
+        try:
+            root, _ = gateway.discover(Path(config_mod.workspace_argument(args)))
+        except gateway.NotARepository:
+            root = None  # loading the config says why, below
+        if root is not None:
+            reexec_marked(args.argv, root)
     config = load_config(args)
     validate_rules(config)
     validate_guard(config)
@@ -99,7 +100,6 @@ def cmd_run(args) -> int:
         config_mod.prepare_runtime_dir(config)
     except config_mod.RuntimeDirError as exc:
         raise UsageError(str(exc)) from None
-    reexec_marked(args.argv, config.workspace)
     setup_logging(config.log_level, "gitsieve")
     warn_of_held_start(config)
     runner = Runner(config)

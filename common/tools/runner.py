@@ -92,11 +92,16 @@ class Forked:
             os.kill(self.pid, sig)
 
 
+def marked() -> bool:
+    """Whether this process was executed with the actor mark and SPT_NOENV."""
+    return bool(os.environ.get(ACTOR_ENV_MARK) and os.environ.get(TITLE_ENV))
+
+
 def reexec_marked(argv: list[str], workspace: Path) -> None:
     """Run ``gitsieve run`` again with the actor mark and SPT_NOENV in its environment
     (no return), unless it already has them.  ``--workspace`` is repeated as an absolute
     path: the title of every actor lives in the room of this command line."""
-    if os.environ.get(ACTOR_ENV_MARK) and os.environ.get(TITLE_ENV):
+    if marked():
         return
     env = {**os.environ, ACTOR_ENV_MARK: os.environ.get(ACTOR_ENV_MARK) or "runner",
            TITLE_ENV: "1"}
