@@ -224,6 +224,26 @@ def test_password_assignment_with_strong_context_is_found(scanner, path, text):
     assert RuleId.PASSWORD_ASSIGNMENT in {f.rule for f in scanner.scan(path, text.encode())}
 
 
+# Generated passwords that read as camel case to the old name check: one random
+# 20-character password in three was pushed.
+@pytest.mark.parametrize("password", [
+    "xdrfdU1Rb4h03Jb9JQld", "bmLCssUJO3GBwhH1kZZL", "ozFgxgTXHeiUGCo3nDY8",
+    "sHp8IShXkdvF15EpohE5", "zqvagOfcrB14DjPlhly3", "nJ9AUjFPrKbxCeph5L0x",
+    "iZXe24SrdnivEV3ZeRGp", "lAfyzKbM8qe1B147edgA", "x7f9-k2mq-4p8z",
+])
+def test_a_generated_password_is_found_however_its_letters_fall(scanner, password):
+    found = scanner.scan("settings.py", f'db_password = "{password}"\n'.encode())
+    assert [f.rule for f in found] == [RuleId.PASSWORD_ASSIGNMENT]
+
+
+@pytest.mark.parametrize("name", [
+    "getUserName", "myAPIKey", "HTTPServerName", "currentValue2", "NotConfigured",
+    "XMLHttpRequest", "readFromVault", "prod-db-01", "user1_pass2", "MY_DB_PASS_VAR",
+])
+def test_a_name_assigned_to_a_password_key_is_not_a_finding(scanner, name):
+    assert scanner.scan("config.yaml", f"password: {name}\n".encode()) == []
+
+
 @pytest.mark.parametrize(
     "path,text",
     [

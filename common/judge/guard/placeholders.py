@@ -71,8 +71,19 @@ _REFERENCE_MARKERS = (
 
 # A value naming what it stands for ("generatedwebdavpassword1") describes, it does not hide.
 _DESCRIPTIVE = re.compile(rb"(?i)passw(?:or)?d|secret")
+# A value that reads as a name refers to a secret kept elsewhere: dotted, snake or kebab
+# words ("my.vault.path", "MY_SECRET_NAME") or camel and Pascal case ("getUserName",
+# "HTTPServer2").  Its words are letters, a run of digits only ending one, and a capital
+# starts a word of three letters or more, or an acronym.  A random string fails that: it
+# puts digits inside its words and changes case every letter or two (one in three random
+# 20-character passwords read as camel case before, and were pushed).
+_NAME_WORD = rb"(?:[A-Z][a-z]{2,}|[A-Z]{2,}(?=[A-Z][a-z]|[0-9]|\Z))"
 _IDENTIFIER_LIKE = re.compile(
-    rb"[A-Za-z]+|[a-z0-9]+(?:[_.\-][a-z0-9]+)+|[A-Z0-9]+(?:[_.\-][A-Z0-9]+)+|[a-z]+(?:[A-Z][a-z0-9]*)+"
+    rb"(?:[a-z]+[0-9]*|[0-9]+)(?:[_.\-](?:[a-z]+[0-9]*|[0-9]+))+"
+    rb"|(?:[A-Z]+[0-9]*|[0-9]+)(?:[_.\-](?:[A-Z]+[0-9]*|[0-9]+))+"
+    rb"|[a-z]+" + _NAME_WORD + rb"+[0-9]{0,3}"
+    rb"|" + _NAME_WORD + rb"{2,}[0-9]{0,3}"
+    rb"|[A-Z]?[a-z]+"
 )
 
 
