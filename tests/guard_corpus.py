@@ -740,6 +740,34 @@ def planted_secrets(workdir: Path, seed: int = 12) -> list[Planted]:
         r.mixed(ALNUM, 16),
         "netrc-credential",
     )
+    add(
+        "generic api token",
+        "services/client.py",
+        'API_TOKEN = "{secret}"\n',
+        r.mixed(ALNUM, 40),
+        "token-assignment",
+    )
+    add(
+        "signing key literal",
+        "config/signing.yaml",
+        "jwt:\n  signing_key: {secret}\n",
+        r.mixed(B64, 43) + "=",
+        "token-assignment",
+    )
+    add(
+        "bearer token in a header",
+        "scripts/call.sh",
+        'curl -H "Authorization: Bearer {secret}" https://api.example.com/v1/items\n',
+        r.mixed(B64URL, 48),
+        "authorization-header",
+    )
+    add(
+        "password element",
+        "conf/datasource.xml",
+        "<datasource>\n  <user>app</user>\n  <password>{secret}</password>\n</datasource>\n",
+        r.mixed(ALNUM, 12) + "#" + r.mixed(ALNUM, 3),
+        "password-assignment",
+    )
     return planted
 
 

@@ -10,6 +10,8 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import random
+import string
 import subprocess
 import tempfile
 from pathlib import Path
@@ -242,6 +244,62 @@ def test_a_generated_password_is_found_however_its_letters_fall(scanner, passwor
 ])
 def test_a_name_assigned_to_a_password_key_is_not_a_finding(scanner, name):
     assert scanner.scan("config.yaml", f"password: {name}\n".encode()) == []
+
+
+def _random_text(alphabet: str, length: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+_ALNUM = string.ascii_letters + string.digits
+_TOKEN = _random_text(_ALNUM, 40, 1)
+_HEX_TOKEN = _random_text("0123456789abcdef", 32, 2)
+
+
+@pytest.mark.parametrize(
+    "path,text,rule",
+    [
+        ("app.py", f'auth_token = "{_TOKEN}"', RuleId.TOKEN_ASSIGNMENT),
+        ("app.py", f'ACCESS_TOKEN = "{_HEX_TOKEN}"', RuleId.TOKEN_ASSIGNMENT),
+        ("config.yaml", f"token: {_TOKEN}", RuleId.TOKEN_ASSIGNMENT),
+        ("config.json", f'{{"accessToken": "{_TOKEN}"}}', RuleId.TOKEN_ASSIGNMENT),
+        ("settings.py", f'PRIVATE_KEY = "{_TOKEN}"', RuleId.TOKEN_ASSIGNMENT),
+        ("deploy.sh", f"export API_TOKEN={_TOKEN}", RuleId.TOKEN_ASSIGNMENT),
+        ("app.ini", f"[auth]\ntoken={_HEX_TOKEN}", RuleId.TOKEN_ASSIGNMENT),
+        ("app.cfg", f"encryption_key = {_TOKEN}", RuleId.TOKEN_ASSIGNMENT),
+        ("call.sh", f'curl -H "Authorization: Bearer {_TOKEN}" https://api.example.com',
+         RuleId.AUTHORIZATION_HEADER),
+        ("client.py", f'headers = {{"Authorization": "token {_HEX_TOKEN}"}}',
+         RuleId.AUTHORIZATION_HEADER),
+        ("datasource.xml", f"<password>{PASSWORD}</password>", RuleId.PASSWORD_ASSIGNMENT),
+    ],
+)
+def test_a_token_under_a_token_name_is_found(scanner, path, text, rule):
+    assert rule in {f.rule for f in scanner.scan(path, text.encode())}
+
+
+@pytest.mark.parametrize(
+    "path,text",
+    [
+        ("api.json", f'{{"nextPageToken": "{_TOKEN}"}}'),
+        ("form.py", f'csrf_token = "{_HEX_TOKEN}"'),
+        ("aws.json", '"ClientRequestToken": "a8ca07e4-61ec-4399-99f4-19853801bcd5"'),
+        ("app.py", 'token = os.environ["API_TOKEN"]'),
+        ("ci.yaml", "token: ${{ secrets.GITHUB_TOKEN }}"),
+        ("app.py", 'headers = {"Authorization": f"Bearer {token}"}'),
+        ("call.sh", 'curl -H "Authorization: Bearer $TOKEN" https://api.example.com'),
+        ("README.md", "Authorization: Bearer YOUR_ACCESS_TOKEN_HERE"),
+        ("app.py", f'cache_key = "{_HEX_TOKEN}"'),
+        ("app.py", 'TOKEN_URL = "https://oauth2.googleapis.com/token"'),
+        ("app.py", 'token_type = "bearer"'),
+        ("app.py", "max_tokens = 4096"),
+        ("ec.py", 'def sign(backend: "Backend", private_key: "_EllipticCurvePrivateKey"):'),
+        ("keys.json", '"ExportToken": "export-token-cu4lg26ofcziixny"'),
+        ("app.py", 'token = "<your-token>"'),
+    ],
+)
+def test_token_names_without_a_literal_token_are_not_findings(scanner, path, text):
+    assert scanner.scan(path, text.encode()) == []
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,8 @@ class RuleId(enum.Enum):
     URL_PASSWORD = "url-password"
     TWILIO_AUTH_TOKEN = "twilio-auth-token"
     PASSWORD_ASSIGNMENT = "password-assignment"
+    TOKEN_ASSIGNMENT = "token-assignment"
+    AUTHORIZATION_HEADER = "authorization-header"
     NPMRC_CREDENTIAL = "npmrc-credential"
     PYPIRC_CREDENTIAL = "pypirc-credential"
     NETRC_CREDENTIAL = "netrc-credential"
@@ -110,6 +112,8 @@ _DESCRIPTIONS = {
     RuleId.URL_PASSWORD: "password in a URL",
     RuleId.TWILIO_AUTH_TOKEN: "Twilio auth token",
     RuleId.PASSWORD_ASSIGNMENT: "password or secret assigned in code or config",
+    RuleId.TOKEN_ASSIGNMENT: "token or key assigned in code or config",
+    RuleId.AUTHORIZATION_HEADER: "credential in an HTTP Authorization header",
     RuleId.NPMRC_CREDENTIAL: ".npmrc registry credential",
     RuleId.PYPIRC_CREDENTIAL: ".pypirc password",
     RuleId.NETRC_CREDENTIAL: ".netrc password",

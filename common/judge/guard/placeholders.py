@@ -71,6 +71,7 @@ _REFERENCE_MARKERS = (
 
 # A value naming what it stands for ("generatedwebdavpassword1") describes, it does not hide.
 _DESCRIPTIVE = re.compile(rb"(?i)passw(?:or)?d|secret")
+_DESCRIPTIVE_TOKEN = re.compile(rb"(?i)passw(?:or)?d|secret|token")
 # A value that reads as a name refers to a secret kept elsewhere: dotted, snake or kebab
 # words ("my.vault.path", "MY_SECRET_NAME") or camel and Pascal case ("getUserName",
 # "HTTPServer2").  Its words are letters, a run of digits only ending one, and a capital
@@ -137,6 +138,29 @@ def looks_like_password(value: bytes) -> bool:
         )
     )
     return kinds >= 2 and shannon_entropy(value) >= 2.5
+
+
+# What a token is made of: base64 (plain and URL-safe), hex, and the separators of the
+# providers' formats.  Anything else (spaces, braces, "$") makes a value an expression.
+_TOKEN_CHARACTERS = re.compile(rb"[A-Za-z0-9+/=_.~-]+")
+# A UUID under a token name is an idempotency or change token far more often than a key.
+_UUID = re.compile(rb"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def looks_like_token(value: bytes) -> bool:
+    """Whether a value assigned to a token- or key-like name reads as a literal token: 16
+    to 500 token characters, not a placeholder, reference or name, mixing letters with
+    digits or symbols, with the entropy of a random string (32 random hex digits carry
+    about 3.7 bits a character, English words about 3)."""
+    if not 16 <= len(value) <= 500 or not _TOKEN_CHARACTERS.fullmatch(value) \
+            or _UUID.fullmatch(value):
+        return False
+    if looks_like_password_placeholder(value) or _IDENTIFIER_LIKE.fullmatch(value.lstrip(b"_")) \
+            or _DESCRIPTIVE_TOKEN.search(value) or _encodes_prose(value):
+        return False
+    letters = any(chr(c).isalpha() for c in value)
+    others = any(not chr(c).isalpha() for c in value)
+    return letters and others and shannon_entropy(value) >= 3.3
 
 
 def _encodes_prose(value: bytes) -> bool:

@@ -28,6 +28,7 @@ from gitsieve.common.judge.guard.placeholders import (
     looks_like_password,
     looks_like_password_placeholder,
     looks_like_placeholder,
+    looks_like_token,
     shannon_entropy,
 )
 
@@ -174,6 +175,36 @@ def _password_assignment(match: re.Match, path: str) -> bool:
     if match.group("bare") is not None and posixpath.splitext(path)[1].lower() in CODE_EXTENSIONS:
         return False
     return looks_like_password(secret_of(match))
+
+
+# What kinds of "...key" name a secret key (a bare "key" names anything).
+_SECRET_KEY_KINDS = ("private", "encryption", "signing", "master", "access", "auth", "session")
+# Names ending in "token" that carry no credential: where a listing resumes, a request's
+# idempotency or change token, a form's anti-forgery value (rendered per request), counters.
+_NOT_CREDENTIAL_TOKEN = re.compile(
+    rb"(?i)(?:page|next|prev|previous|forward|backward|continuation|resume|sync|cursor|"
+    rb"change|request|idempotency|csrf|xsrf|antiforgery|verification|cancellation|max|num|"
+    rb"total|count|input|output)[_.-]?token$"
+)
+
+
+def _token_assignment(match: re.Match, path: str) -> bool:
+    """As :func:`_password_assignment`, for a token or key: a literal that reads as a
+    random token, under a name that is not a page or form token."""
+    if match.group("bare") is not None and posixpath.splitext(path)[1].lower() in CODE_EXTENSIONS:
+        return False
+    if _NOT_CREDENTIAL_TOKEN.search(match.group("name")):
+        return False
+    return looks_like_token(secret_of(match))
+
+
+def _password_element(match: re.Match, path: str) -> bool:
+    """``<password>value</password>``: an element's text is always a literal."""
+    return looks_like_password(secret_of(match))
+
+
+def _authorization_header(match: re.Match, path: str) -> bool:
+    return looks_like_token(secret_of(match))
 
 
 def _b64url_json(segment: bytes) -> bytes | None:
@@ -657,6 +688,40 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
             + _QUOTED_OR_BARE
         ),
         _password_assignment,
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.PASSWORD_ASSIGNMENT,
+        (b"passw", b"pwd", b"secret"),
+        re.compile(
+            rb"<(?P<name>(?i:[A-Za-z0-9_.:-]{0,40}?(?:password|passwd|pwd|secret)))>"
+            rb"(?P<secret>[^<>\s]{1,200})</(?P=name)>"
+        ),
+        _password_element,
+        detector="xml-password-element",
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.TOKEN_ASSIGNMENT,
+        (b"token",) + tuple(f"{kind}{separator}key".encode() for kind in _SECRET_KEY_KINDS
+                            for separator in ("", "_", ".", "-")),
+        re.compile(
+            rb"(?<![A-Za-z0-9_:])(?P<name>(?i:[A-Za-z0-9_.-]{0,40}?"
+            rb"(?:token|(?:" + "|".join(_SECRET_KEY_KINDS).encode() + rb")[_.-]?key)))"
+            + _ASSIGN
+            + _QUOTED_OR_BARE
+        ),
+        _token_assignment,
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.AUTHORIZATION_HEADER,
+        (b"authorization",),
+        re.compile(
+            rb"(?i:authorization)[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
+            rb"(?i:bearer|basic|token)[ \t]+(?P<secret>[A-Za-z0-9+/=_.~-]{16,500})"
+        ),
+        _authorization_header,
         priority=PRIORITY_GENERIC,
     ),
 )
