@@ -331,6 +331,34 @@ def test_password_like_names_without_a_literal_secret_are_not_findings(scanner, 
     assert scanner.scan(path, text.encode()) == []
 
 
+@pytest.mark.parametrize("path,text", [
+    ("password.txt", f"{PASSWORD}\n"),
+    ("secrets/db_password", f"{_TOKEN}\n"),
+    ("deploy/api_key.txt", f"{_HEX_TOKEN}\n"),
+    ("config/master.key", _HEX_TOKEN),
+    ("token", f"  '{_TOKEN}'\n"),
+    ("vault_pass", f"{PASSWORD}\n"),
+    ("passwords.txt", f"admin hunter2\n{PASSWORD}\n"),
+    (".pgpass", f"db.example.org:5432:app:admin:{PASSWORD}\n"),
+])
+def test_a_file_named_for_a_secret_holding_one_alone_on_a_line_is_held(scanner, path, text):
+    assert [f.rule for f in scanner.scan(path, text.encode())] == [RuleId.SECRET_NAMED_FILE]
+
+
+@pytest.mark.parametrize("path,text", [
+    ("secrets.py", f"{PASSWORD}\n"),  # code: named so for what it handles
+    ("password.example", f"{PASSWORD}\n"),
+    ("password.txt", "changeme\n"),
+    ("tokens.txt", "tokenize\nparse\n"),
+    ("passport.txt", f"{PASSWORD}\n"),
+    ("pass.ini", "[global]\nresult_code = PASS\nresult_output = not shown\n"),
+    ("Secret.yaml", "title: Secret export schema\nrequired:\n- secretVersion\n"),
+    ("secrets.txt", "\n".join(f"line {n} {_TOKEN}" for n in range(12))),
+])
+def test_files_named_for_secrets_without_one_alone_on_a_line_are_clean(scanner, path, text):
+    assert scanner.scan(path, text.encode()) == []
+
+
 @pytest.mark.parametrize("path", [".env.example", "config/.env.sample", ".env.template",
                                   ".env.dist"])
 def test_env_templates_are_not_held_by_name(scanner, path):

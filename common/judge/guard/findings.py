@@ -63,6 +63,7 @@ class RuleId(enum.Enum):
     KEYSTORE_FILE = "keystore-file"
     CREDENTIALS_FILE = "credentials-file"
     GIT_CREDENTIALS_FILE = "git-credentials-file"
+    SECRET_NAMED_FILE = "secret-named-file"
     OVERSIZED_NEW_FILE = "oversized-new-file"
     OVERSIZED_GROWTH = "oversized-growth"
 
@@ -84,6 +85,7 @@ _KINDS = {
     RuleId.KEYSTORE_FILE: FindingKind.FILE_NAME,
     RuleId.CREDENTIALS_FILE: FindingKind.FILE_NAME,
     RuleId.GIT_CREDENTIALS_FILE: FindingKind.FILE_NAME,
+    RuleId.SECRET_NAMED_FILE: FindingKind.FILE_NAME,
     RuleId.OVERSIZED_NEW_FILE: FindingKind.SIZE,
     RuleId.OVERSIZED_GROWTH: FindingKind.SIZE,
 }
@@ -123,6 +125,7 @@ _DESCRIPTIONS = {
     RuleId.KEYSTORE_FILE: "key store or binary private key file",
     RuleId.CREDENTIALS_FILE: "credentials file",
     RuleId.GIT_CREDENTIALS_FILE: "git credential store",
+    RuleId.SECRET_NAMED_FILE: "file named for a secret holding one (password.txt, api_key)",
     RuleId.OVERSIZED_NEW_FILE: "new file over the size limit",
     RuleId.OVERSIZED_GROWTH: "tracked file grew over the size limit",
 }

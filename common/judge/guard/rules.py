@@ -786,13 +786,62 @@ _CREDENTIALS_NAME = re.compile(r"credentials.*\.json", re.DOTALL)
 _SERVICE_ACCOUNT_NAME = re.compile(r"service.account.*\.json", re.DOTALL)
 
 
+# A file named for the secret it keeps ("password.txt", "api_key", "db.secret", Rails'
+# "master.key", ".pgpass"): a line that is nothing but a password or a token is that
+# secret, with no assignment to say so.  Code and templates are named so for other reasons.
+_SECRET_NAMED = re.compile(
+    r"(?:.*[._-])?(?:passwords?|passwd|pass|pwd|secrets?|tokens?|api[_-]?keys?|apikey|"
+    r"master|private|credentials?|pgpass)(?:[._-].*)?",
+    re.DOTALL,
+)
+SECRET_NAMED_MAX_BYTES = 4096  # a kept password or token; anything longer is a document
+
+
+def _is_secret_named(lower: str) -> bool:
+    stem, extension = posixpath.splitext(lower)
+    return (
+        _SECRET_NAMED.fullmatch(lower) is not None
+        and extension not in CODE_EXTENSIONS
+        and extension.lstrip(".") not in ENV_TEMPLATE_SUFFIXES
+    )
+
+
+SECRET_NAMED_MAX_LINES = 8
+# Characters of structure (INI sections, assignments, YAML keys, markup), not of a password
+# kept alone on its line.
+_STRUCTURE = re.compile(rb"[=:\[\]{}()<>]")
+
+
+def _holds_a_bare_secret(lower: str, data: bytes) -> bool:
+    """A short text whose lines include one that is only a password or a token (in
+    ``.pgpass``: the last field of ``host:port:database:user:password``)."""
+    if len(data) > SECRET_NAMED_MAX_BYTES or b"\0" in data:
+        return False
+    lines = [line.strip() for line in data.splitlines() if line.strip()]
+    if len(lines) > SECRET_NAMED_MAX_LINES:
+        return False
+    for line in lines:
+        if lower == ".pgpass":
+            if looks_like_password(line.rsplit(b":", 1)[-1]):
+                return True
+            continue
+        value = line.strip(b"\"'")
+        if looks_like_token(value) or (looks_like_password(value)
+                                       and not _STRUCTURE.search(value)):
+            return True
+    return False
+
+
 def name_and_content_rule(path: str, data: bytes) -> RuleId | None:
-    """Rules that need both: a service-account JSON with its key, a DER-encoded private key."""
+    """Rules that need both: a service-account JSON with its key, a DER-encoded private key,
+    a file named for a secret that holds one as a bare line."""
     lower = posixpath.basename(path).lower()
     if _SERVICE_ACCOUNT_NAME.fullmatch(lower) and _SERVICE_ACCOUNT_PRIVATE_KEY.search(data):
         return RuleId.CREDENTIALS_FILE
     if posixpath.splitext(lower)[1] in DER_KEY_EXTENSIONS and is_der_sequence(data):
         return RuleId.KEYSTORE_FILE
+    if _is_secret_named(lower) and _holds_a_bare_secret(lower, data):
+        return RuleId.SECRET_NAMED_FILE
     return None
 
 
@@ -812,6 +861,7 @@ def _content_profile(base: str) -> str:
             "code" if extension in CODE_EXTENSIONS else "",
             "sa" if _SERVICE_ACCOUNT_NAME.fullmatch(lower) else "",
             "der" if extension in DER_KEY_EXTENSIONS else "",
+            "named" if _is_secret_named(lower) else "",
         )
     )
 
