@@ -768,6 +768,21 @@ def planted_secrets(workdir: Path, seed: int = 12) -> list[Planted]:
         r.mixed(ALNUM, 12) + "#" + r.mixed(ALNUM, 3),
         "password-assignment",
     )
+    add(
+        "curl basic auth",
+        "scripts/report.sh",
+        "curl -sf -u deploy:{secret} https://ci.example.org/api/report\n",
+        r.mixed(ALNUM, 14),
+        "command-line-password",
+    )
+    registry_password = r.mixed(ALNUM, 16)
+    add(
+        "docker registry auth",
+        ".docker/config.json",
+        '{{"auths": {{"registry.example.org": {{"auth": "{secret}"}}}}}}\n',
+        base64.b64encode(f"deploy:{registry_password}".encode()).decode(),
+        "registry-auth",
+    )
     return planted
 
 

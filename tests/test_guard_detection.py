@@ -331,6 +331,38 @@ def test_password_like_names_without_a_literal_secret_are_not_findings(scanner, 
     assert scanner.scan(path, text.encode()) == []
 
 
+@pytest.mark.parametrize("path,text,rule", [
+    ("db.py", f'conn = "Server=db;Database=app;User Id=sa;Password={PASSWORD};"',
+     RuleId.PASSWORD_ASSIGNMENT),
+    ("App.java", f'String url = "jdbc:mysql://db/app?user=root&password={PASSWORD}";',
+     RuleId.PASSWORD_ASSIGNMENT),
+    ("config/application.rb", f"config.secret_key_base = '{_HEX_TOKEN * 4}'",
+     RuleId.PASSWORD_ASSIGNMENT),
+    ("backup.sh", f"mysqldump -u root -p{PASSWORD} app > app.sql", RuleId.COMMAND_LINE_PASSWORD),
+    ("deploy.sh", f"sshpass -p '{PASSWORD}' ssh deploy@host", RuleId.COMMAND_LINE_PASSWORD),
+    ("call.sh", f"curl -u admin:{PASSWORD} https://api.example.com", RuleId.COMMAND_LINE_PASSWORD),
+])
+def test_a_literal_in_a_connection_string_or_on_a_command_line_is_found(scanner, path, text,
+                                                                        rule):
+    assert rule in {f.rule for f in scanner.scan(path, text.encode())}
+
+
+@pytest.mark.parametrize("path,text", [
+    ("setup.py", "'password': config.get(server, 'password'),"),
+    ("auth.py", 'x = "a"; password = compute_password'),
+    ("helper.py", '""").format(username=account, password=access_token))'),
+    ("run.sh", "git push -u origin main"),
+    ("run.sh", "docker run -u 1000:1000 image"),
+    ("run.sh", 'curl -u "$USER:$PASS" https://api.example.com'),
+    ("run.sh", 'mysql -u root -p"$MYSQL_PASSWORD" app'),
+    ("Perldoc.pm", "perldoc -u Some::Modulename"),
+    ("package.json", '{"auth": "ZGVwbG95OnMzY3JldFZhbHVlMQ=="}'),
+    ("config.json", '{"auth": "dGVzdA=="}'),
+])
+def test_names_expressions_and_other_flags_are_not_findings(scanner, path, text):
+    assert scanner.scan(path, text.encode()) == []
+
+
 @pytest.mark.parametrize("path,text", [
     ("password.txt", f"{PASSWORD}\n"),
     ("secrets/db_password", f"{_TOKEN}\n"),

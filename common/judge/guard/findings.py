@@ -54,6 +54,8 @@ class RuleId(enum.Enum):
     PASSWORD_ASSIGNMENT = "password-assignment"
     TOKEN_ASSIGNMENT = "token-assignment"
     AUTHORIZATION_HEADER = "authorization-header"
+    COMMAND_LINE_PASSWORD = "command-line-password"
+    REGISTRY_AUTH = "registry-auth"
     NPMRC_CREDENTIAL = "npmrc-credential"
     PYPIRC_CREDENTIAL = "pypirc-credential"
     NETRC_CREDENTIAL = "netrc-credential"
@@ -116,6 +118,8 @@ _DESCRIPTIONS = {
     RuleId.PASSWORD_ASSIGNMENT: "password or secret assigned in code or config",
     RuleId.TOKEN_ASSIGNMENT: "token or key assigned in code or config",
     RuleId.AUTHORIZATION_HEADER: "credential in an HTTP Authorization header",
+    RuleId.COMMAND_LINE_PASSWORD: "password on a command line (curl -u, sshpass -p, mysql -p)",
+    RuleId.REGISTRY_AUTH: "container registry credential (docker/podman \"auth\")",
     RuleId.NPMRC_CREDENTIAL: ".npmrc registry credential",
     RuleId.PYPIRC_CREDENTIAL: ".pypirc password",
     RuleId.NETRC_CREDENTIAL: ".netrc password",

@@ -170,9 +170,23 @@ def _credential_value(match: re.Match, path: str) -> bool:
     return not looks_like_password_placeholder(secret_of(match).strip(b"\"'"))
 
 
+def _bare_code_name(match: re.Match, path: str) -> bool:
+    """An unquoted right-hand side in code names something (``password = get()``) unless
+    it sits inside a string literal, as in a connection string (``"Server=db;Password=...;"``):
+    an odd number of quotes before the value on its line (a quoted key has two)."""
+    if match.group("bare") is None or posixpath.splitext(path)[1].lower() not in CODE_EXTENSIONS:
+        return False
+    text, value_start = match.string, match.start("bare")
+    line_start = text.rfind(b"\n", 0, value_start) + 1
+    before = text[line_start:value_start]
+    if b"(" in match.group("bare") or b")" in match.group("bare"):
+        return True  # a call's argument, even after a string
+    return before.count(b'"') % 2 == 0 and before.count(b"'") % 2 == 0
+
+
 def _password_assignment(match: re.Match, path: str) -> bool:
-    """Quoted literals anywhere; unquoted values only outside code, where they are literals."""
-    if match.group("bare") is not None and posixpath.splitext(path)[1].lower() in CODE_EXTENSIONS:
+    """Quoted literals anywhere; unquoted values outside code, or inside a string in code."""
+    if _bare_code_name(match, path):
         return False
     return looks_like_password(secret_of(match))
 
@@ -191,9 +205,7 @@ _NOT_CREDENTIAL_TOKEN = re.compile(
 def _token_assignment(match: re.Match, path: str) -> bool:
     """As :func:`_password_assignment`, for a token or key: a literal that reads as a
     random token, under a name that is not a page or form token."""
-    if match.group("bare") is not None and posixpath.splitext(path)[1].lower() in CODE_EXTENSIONS:
-        return False
-    if _NOT_CREDENTIAL_TOKEN.search(match.group("name")):
+    if _bare_code_name(match, path) or _NOT_CREDENTIAL_TOKEN.search(match.group("name")):
         return False
     return looks_like_token(secret_of(match))
 
@@ -205,6 +217,20 @@ def _password_element(match: re.Match, path: str) -> bool:
 
 def _authorization_header(match: re.Match, path: str) -> bool:
     return looks_like_token(secret_of(match))
+
+
+def _command_line_password(match: re.Match, path: str) -> bool:
+    return looks_like_password(secret_of(match))
+
+
+def _registry_auth(match: re.Match, path: str) -> bool:
+    """A registry's ``"auth"``: base64 of ``user:password``, which is the password."""
+    try:
+        decoded = base64.b64decode(secret_of(match), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    user, colon, password = decoded.partition(b":")
+    return bool(colon and user and password) and not looks_like_password_placeholder(password)
 
 
 def _b64url_json(segment: bytes) -> bytes | None:
@@ -683,7 +709,8 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
         re.compile(
             rb"(?<![A-Za-z0-9_:])(?i:[A-Za-z0-9_.-]{0,40}?"
             rb"(?:password|passwd|passphrase|pwd|secret|secret[_.-]?key|api[_.-]?key|apikey"
-            rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret))"
+            rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret)"
+            rb"(?:[_.-](?:base|value|string))?)"
             + _ASSIGN
             + _QUOTED_OR_BARE
         ),
@@ -707,12 +734,33 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
                             for separator in ("", "_", ".", "-")),
         re.compile(
             rb"(?<![A-Za-z0-9_:])(?P<name>(?i:[A-Za-z0-9_.-]{0,40}?"
-            rb"(?:token|(?:" + "|".join(_SECRET_KEY_KINDS).encode() + rb")[_.-]?key)))"
+            rb"(?:token|(?:" + "|".join(_SECRET_KEY_KINDS).encode() + rb")[_.-]?key)"
+            rb"(?:[_.-](?:base|value|string))?))"
             + _ASSIGN
             + _QUOTED_OR_BARE
         ),
         _token_assignment,
         priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.COMMAND_LINE_PASSWORD,
+        (b"-u", b"--user", b"sshpass", b"mysql", b"mariadb"),
+        re.compile(
+            rb"(?:(?<=[ \t])(?:-u|--user)[ \t=]+[\"']?[\w.@+-]{1,64}:"
+            rb"|(?<![\w-])sshpass[ \t]+-p[ \t]*[\"']?"
+            rb"|(?<![\w-])(?:mysql|mysqldump|mariadb|mysqladmin)\b[^\n]{0,200}?[ \t]"
+            rb"(?:-p|--password=))"
+            rb"(?P<secret>[^\s\"'`;|&<>(),:]{1,128})"
+        ),
+        _command_line_password,
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.REGISTRY_AUTH,
+        (b"auth",),
+        re.compile(rb"\"auth\"[ \t]*:[ \t]*\"(?P<secret>[A-Za-z0-9+/]{8,500}={0,2})\""),
+        _registry_auth,
+        frozenset({"config.json", ".dockercfg", "auth.json"}),
     ),
     ContentRule(
         RuleId.AUTHORIZATION_HEADER,
@@ -756,7 +804,7 @@ ENV_TEMPLATE_SUFFIXES = frozenset(
 DER_KEY_EXTENSIONS = frozenset({".key", ".pk8"})
 _SERVICE_ACCOUNT_PRIVATE_KEY = re.compile(rb'"private_key"\s*:\s*"-----BEGIN')
 # Names whose content rules differ (see ContentRule.basenames).
-SPECIAL_BASENAMES = frozenset({".npmrc", ".pypirc", ".netrc", "_netrc"})
+SPECIAL_BASENAMES = frozenset().union(*(rule.basenames for rule in CONTENT_RULES))
 
 
 def name_rule(path: str) -> RuleId | None:
