@@ -119,6 +119,10 @@ def test_default_patterns_parse_and_classify():
 @pytest.mark.parametrize("path", [
     ".notes.txt.swp", "dir/.main.py.swo", ".x.swx", "a/b/.f.swn", "file.txt~", "sub/4913",
     ".#notes.org", "#notes.org#", "dir/.goutputstream-XYZ123", "a.tmp", "d/b.bak", "c.orig",
+    "src/main.py___jb_tmp___", "src/main.py___jb_old___", "docs/.~lock.report.odt#",
+    "docs/~$report.docx", ".nfs000000000a1b2c3d00000001", "dl/data.zip.crdownload",
+    "dl/data.zip.part", "notes/main.c.kate-swp", ".DS_Store", "img/Thumbs.db",
+    "src/__pycache__/main.cpython-311.pyc", "src/mod.pyc", "pkg/__pycache__/x.any",
 ])
 def test_editor_junk(path):
     assert editor_junk(path)  # a non-empty kind, e.g. "vim swap file"
@@ -126,7 +130,8 @@ def test_editor_junk(path):
 
 @pytest.mark.parametrize("path", [
     "notes.txt", "swp", "main.swp", "49130", "dir.tmp/real.txt", "~", "a#b", "README.md",
-    "docs/original.md", "backup/file.txt",
+    "docs/original.md", "backup/file.txt", "src/main.py", "docs/part.md", "pycache/x.py",
+    "DS_Store", "docs/lock.odt", "~", "src/__pycache__.md",
 ])
 def test_not_editor_junk(path):
     assert editor_junk(path) == ""

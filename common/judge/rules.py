@@ -184,7 +184,7 @@ DEFAULT_PATTERNS = r"""# gitsieve layer-1 rules: decide by path alone.
 #   DESCRIPTION  optional, shown in logs and decision trails.
 # The first matching rule wins.  Paths no rule matches get [filter].default
 # from .gitsieve.toml.  Editor scratch files (*.swp, *~, 4913, .#*, *.tmp, *.bak,
-# *.orig ...) and git-ignored paths are blocked before any rule is consulted.
+# *.orig ...), .DS_Store, *.pyc and git-ignored paths are blocked before any rule.
 # The file is re-read automatically when it changes.
 
 # BLOCK: written by autonomous processes, never worth a commit.
