@@ -257,12 +257,14 @@ class Executor(Actor):
     def push_wait(self, now: float) -> tuple[Why | None, float]:
         """Why a pending push may not run now, and for how long (None when it may)."""
         hold = self.committer.push_hold
-        if hold is not None and hold.hold != Hold.PUSH_STOPPED:
-            # rewritten history or a push gate: until the refs move or the cap passes
+        if hold is not None:
+            # a conflict with the remote, rewritten history or a push gate: until the refs
+            # move (the person merged the remote, put history back, fetched) or the cap passes
             if self.push_hold_token != self.refs_token or now >= self.push_retry_at:
                 return None, 0.0
-            return hold, self.push_retry_at - now
-        if now >= self.push_retry_at:
+            if hold.hold != Hold.PUSH_STOPPED:
+                return hold, self.push_retry_at - now
+        elif now >= self.push_retry_at:
             return None, 0.0
         left = f"(next {'check' if self.committer.push_conflict else 'try'} in " \
                f"{self.push_retry_at - now:.1f}s)"
@@ -498,7 +500,7 @@ class Executor(Actor):
             self.push_retry_at = 0.0
         elif self.config.remote:
             self.push_pending = True
-            self._push_back_off(error)
+            self._push_back_off(error, job.refs)
 
     def _back_off(self, why: str) -> None:
         """Commit back-off: jittered exponential, so a lock holder is not hammered in step."""
@@ -511,17 +513,18 @@ class Executor(Actor):
         self.stats["backoffs"] += 1
         self.log.warning("executor: %s; next try in %.1fs", why, delay)
 
-    def _push_back_off(self, why: str) -> None:
+    def _push_back_off(self, why: str, refs: tuple | None) -> None:
         """Push back-off: 2, 4, 6... s (the seed's minimum) capped by push_backoff_max; a
         conflict with the remote, rewritten history or a push gate's refusal waits the whole
-        cap (or until the refs move)."""
+        cap, or until the refs move from ``refs``, those the failed job started with (the
+        person may have merged the remote while it ran)."""
         self.push_failures += 1
         hold = self.committer.push_hold
         if hold is not None:
             self.stats["push_conflicts" if hold.hold == Hold.PUSH_STOPPED
                        else "push_holds"] += 1
             delay = self.config.push_backoff_max
-            self.push_hold_token = self.refs_token
+            self.push_hold_token = refs
         else:
             delay = min(self.config.push_backoff_max, PUSH_BACKOFF_STEP * self.push_failures)
         self.push_retry_at = self.clock() + delay

@@ -251,6 +251,9 @@ def test_conflict_with_remote_stops_pushing_reports_and_commits_continue(
     git(other, "push", "-q", "origin", "main")
     remote_commit = workspace.remote_head()
     h = harness()
+    # a stop lasts the whole cap unless the refs move: a cap no test waits for
+    workspace.config(CONFIG.format(min_free=100, git_extra="").replace(
+        "push_backoff_max = 1", "push_backoff_max = 300"))
     h.start("health", "executor")
     workspace.write("shared.txt", "mine\n")
     h.send("shared.txt")
@@ -264,6 +267,14 @@ def test_conflict_with_remote_stops_pushing_reports_and_commits_continue(
     assert status["push_pending"] is True and status["push_conflict"]
     assert workspace.remote_head() == remote_commit
     assert workspace.path("shared.txt").read_text() == "mine\n"
+    # The person merges the remote and resolves the conflict: pushing resumes at once, not
+    # after push_backoff_max (300 s; the wait below is 20).
+    workspace.git("pull", "-q", "--no-rebase", "--no-edit", "origin", "main", check=False)
+    workspace.write("shared.txt", "mine and theirs\n")
+    workspace.git("commit", "-q", "-am", "merged theirs")
+    wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
+             message="the merge on the remote")
+    assert h.status()["push_conflict"] == ""
 
 
 # ----- git operations in progress: real merge conflict, rebase stopped halfway -------------
