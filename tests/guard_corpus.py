@@ -783,6 +783,20 @@ def planted_secrets(workdir: Path, seed: int = 12) -> list[Planted]:
         base64.b64encode(f"deploy:{registry_password}".encode()).decode(),
         "registry-auth",
     )
+    add(
+        "sql user password",
+        "db/init.sql",
+        "CREATE USER app WITH ENCRYPTED PASSWORD '{secret}';\n",
+        r.mixed(ALNUM, 15),
+        "password-assignment",
+    )
+    add(
+        "php define password",
+        "site/wp-config.php",
+        "<?php\ndefine( 'DB_PASSWORD', '{secret}' );\n",
+        r.mixed(ALNUM, 11) + "%" + r.mixed(ALNUM, 4),
+        "password-assignment",
+    )
     return planted
 
 

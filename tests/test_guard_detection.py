@@ -341,9 +341,15 @@ def test_password_like_names_without_a_literal_secret_are_not_findings(scanner, 
     ("backup.sh", f"mysqldump -u root -p{PASSWORD} app > app.sql", RuleId.COMMAND_LINE_PASSWORD),
     ("deploy.sh", f"sshpass -p '{PASSWORD}' ssh deploy@host", RuleId.COMMAND_LINE_PASSWORD),
     ("call.sh", f"curl -u admin:{PASSWORD} https://api.example.com", RuleId.COMMAND_LINE_PASSWORD),
+    ("init.sql", f"CREATE USER app IDENTIFIED BY '{PASSWORD}';", RuleId.PASSWORD_ASSIGNMENT),
+    ("init.sql", f"ALTER USER postgres WITH PASSWORD '{PASSWORD}';", RuleId.PASSWORD_ASSIGNMENT),
+    ("wp-config.php", f"define( 'DB_PASSWORD', '{PASSWORD}' );", RuleId.PASSWORD_ASSIGNMENT),
+    ("wp-config.php", f"define( 'AUTH_KEY', '{_TOKEN}' );", RuleId.PASSWORD_ASSIGNMENT),
+    ("web.config", f'<add key="DbPassword" value="{PASSWORD}" />', RuleId.PASSWORD_ASSIGNMENT),
+    ("notes.txt", f"pw: {PASSWORD}", RuleId.PASSWORD_ASSIGNMENT),
 ])
-def test_a_literal_in_a_connection_string_or_on_a_command_line_is_found(scanner, path, text,
-                                                                        rule):
+def test_a_literal_in_a_connection_string_statement_or_command_line_is_found(
+        scanner, path, text, rule):
     assert rule in {f.rule for f in scanner.scan(path, text.encode())}
 
 
@@ -358,6 +364,11 @@ def test_a_literal_in_a_connection_string_or_on_a_command_line_is_found(scanner,
     ("Perldoc.pm", "perldoc -u Some::Modulename"),
     ("package.json", '{"auth": "ZGVwbG95OnMzY3JldFZhbHVlMQ=="}'),
     ("config.json", '{"auth": "dGVzdA=="}'),
+    ("init.sql", "CREATE USER app IDENTIFIED BY 'changeme';"),
+    ("init.sql", "ALTER USER app WITH PASSWORD NULL;"),
+    ("wp-config.php", "define( 'AUTH_KEY', 'put your unique phrase here' );"),
+    ("web.config", '<add key="ApiBaseUrl" value="https://api.example.com" />'),
+    ("app.py", f"npw = '{PASSWORD}'"),
 ])
 def test_names_expressions_and_other_flags_are_not_findings(scanner, path, text):
     assert scanner.scan(path, text.encode()) == []

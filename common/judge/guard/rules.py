@@ -215,6 +215,15 @@ def _password_element(match: re.Match, path: str) -> bool:
     return looks_like_password(secret_of(match))
 
 
+def _named_value(match: re.Match, path: str) -> bool:
+    """A value under a password name must read as a password; under a key or token name,
+    as a token."""
+    value = secret_of(match)
+    if re.search(rb"(?i)passw|pwd|secret", match.group("name")):
+        return looks_like_password(value)
+    return looks_like_token(value)
+
+
 def _authorization_header(match: re.Match, path: str) -> bool:
     return looks_like_token(secret_of(match))
 
@@ -705,10 +714,12 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
     ),
     ContentRule(
         RuleId.PASSWORD_ASSIGNMENT,
-        (b"passw", b"passphrase", b"pwd", b"secret", b"api_key", b"apikey", b"api-key", b"api.key"),
+        (b"passw", b"passphrase", b"pwd", b"pw:", b"pw=", b"pw ", b"pw\"", b"pw'", b"secret",
+         b"api_key", b"apikey", b"api-key", b"api.key"),
         re.compile(
             rb"(?<![A-Za-z0-9_:])(?i:[A-Za-z0-9_.-]{0,40}?"
-            rb"(?:password|passwd|passphrase|pwd|secret|secret[_.-]?key|api[_.-]?key|apikey"
+            rb"(?:password|passwd|passphrase|pwd|(?<![A-Za-z0-9])pw|secret|secret[_.-]?key"
+            rb"|api[_.-]?key|apikey"
             rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret)"
             rb"(?:[_.-](?:base|value|string))?)"
             + _ASSIGN
@@ -726,6 +737,33 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
         ),
         _password_element,
         detector="xml-password-element",
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.PASSWORD_ASSIGNMENT,
+        (b"identified", b"password"),
+        re.compile(
+            rb"(?i:\bidentified[ \t]+by|\b(?:with|encrypted|unencrypted)[ \t]+password)"
+            rb"[ \t]+'(?P<secret>[^'\r\n]{1,200})'"
+        ),
+        _password_element,
+        detector="sql-password",
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
+        RuleId.PASSWORD_ASSIGNMENT,
+        (b"define", b"value=", b"value ="),
+        re.compile(
+            # define('DB_PASSWORD', '...') in PHP; <add key="DbPassword" value="..."/> in
+            # .NET configuration: a name and its value, side by side
+            rb"(?i:\bdefine[ \t]*\([ \t]*|\bkey[ \t]*=[ \t]*)"
+            rb"[\"'](?P<name>[A-Za-z0-9_.:-]{0,40}?(?i:password|passwd|pwd|secret|auth_key"
+            rb"|secure_auth_key|logged_in_key|nonce_key|api_?key|token)[A-Za-z0-9_]{0,20})[\"']"
+            rb"(?:[ \t]*,[ \t]*|[ \t]+value[ \t]*=[ \t]*)"
+            rb"(?:\"(?P<dq>[^\"\r\n]{1,200})\"|'(?P<sq>[^'\r\n]{1,200})')"
+        ),
+        _named_value,
+        detector="named-value-password",
         priority=PRIORITY_GENERIC,
     ),
     ContentRule(
