@@ -232,6 +232,7 @@ def test_password_assignment_with_strong_context_is_found(scanner, path, text):
     "xdrfdU1Rb4h03Jb9JQld", "bmLCssUJO3GBwhH1kZZL", "ozFgxgTXHeiUGCo3nDY8",
     "sHp8IShXkdvF15EpohE5", "zqvagOfcrB14DjPlhly3", "nJ9AUjFPrKbxCeph5L0x",
     "iZXe24SrdnivEV3ZeRGp", "lAfyzKbM8qe1B147edgA", "x7f9-k2mq-4p8z",
+    "anDxdnSwjqyCL2", "dodiLzptvCer9",  # a name's shape, but not a word's vowels
 ])
 def test_a_generated_password_is_found_however_its_letters_fall(scanner, password):
     found = scanner.scan("settings.py", f'db_password = "{password}"\n'.encode())

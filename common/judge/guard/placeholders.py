@@ -88,6 +88,23 @@ _IDENTIFIER_LIKE = re.compile(
 )
 
 
+_ACRONYM = re.compile(rb"[A-Z]{2,}")
+_SEPARATOR = re.compile(rb"[_.\-]")
+
+
+def _reads_as_name(value: bytes) -> bool:
+    """Whether ``value`` is a name rather than a random string: it must have a name's shape
+    and, run together in camel case, a word's vowels (English words are about two fifths
+    vowels, random letters a fifth; acronyms are left out of the count)."""
+    if not _IDENTIFIER_LIKE.fullmatch(value):
+        return False
+    if _SEPARATOR.search(value):
+        return True
+    letters = _ACRONYM.sub(b"", value).lower()
+    letters = bytes(c for c in letters if 97 <= c <= 122)
+    return not letters or sum(c in b"aeiouy" for c in letters) * 10 >= 3 * len(letters)
+
+
 def shannon_entropy(data: bytes) -> float:
     """Bits per byte of ``data``'s own byte distribution."""
     if not data:
@@ -127,7 +144,7 @@ def looks_like_password(value: bytes) -> bool:
         return False
     if any(c in value for c in b" \t") or b"://" in value or value.startswith((b"/", b"./", b"~/")):
         return False
-    if _IDENTIFIER_LIKE.fullmatch(value) or _DESCRIPTIVE.search(value) or _encodes_prose(value):
+    if _reads_as_name(value) or _DESCRIPTIVE.search(value) or _encodes_prose(value):
         return False
     kinds = sum(
         (
@@ -155,7 +172,7 @@ def looks_like_token(value: bytes) -> bool:
     if not 16 <= len(value) <= 500 or not _TOKEN_CHARACTERS.fullmatch(value) \
             or _UUID.fullmatch(value):
         return False
-    if looks_like_password_placeholder(value) or _IDENTIFIER_LIKE.fullmatch(value.lstrip(b"_")) \
+    if looks_like_password_placeholder(value) or _reads_as_name(value.lstrip(b"_")) \
             or _DESCRIPTIVE_TOKEN.search(value) or _encodes_prose(value):
         return False
     letters = any(chr(c).isalpha() for c in value)

@@ -185,8 +185,12 @@ def _bare_code_name(match: re.Match, path: str) -> bool:
 
 
 def _password_assignment(match: re.Match, path: str) -> bool:
-    """Quoted literals anywhere; unquoted values outside code, or inside a string in code."""
+    """Quoted literals anywhere; unquoted values outside code, or inside a string in code.
+    "pw" is a password's name only outside code: minified code names things in two letters."""
     if _bare_code_name(match, path):
+        return False
+    if match.group("name").lower().endswith(b"pw") \
+            and posixpath.splitext(path)[1].lower() in CODE_EXTENSIONS:
         return False
     return looks_like_password(secret_of(match))
 
@@ -717,11 +721,11 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
         (b"passw", b"passphrase", b"pwd", b"pw:", b"pw=", b"pw ", b"pw\"", b"pw'", b"secret",
          b"api_key", b"apikey", b"api-key", b"api.key"),
         re.compile(
-            rb"(?<![A-Za-z0-9_:])(?i:[A-Za-z0-9_.-]{0,40}?"
+            rb"(?<![A-Za-z0-9_:])(?P<name>(?i:[A-Za-z0-9_.-]{0,40}?"
             rb"(?:password|passwd|passphrase|pwd|(?<![A-Za-z0-9])pw|secret|secret[_.-]?key"
             rb"|api[_.-]?key|apikey"
             rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret)"
-            rb"(?:[_.-](?:base|value|string))?)"
+            rb"(?:[_.-](?:base|value|string))?))"
             + _ASSIGN
             + _QUOTED_OR_BARE
         ),
