@@ -176,11 +176,11 @@ def _bare_code_name(match: re.Match, path: str) -> bool:
     an odd number of quotes before the value on its line (a quoted key has two)."""
     if match.group("bare") is None or posixpath.splitext(path)[1].lower() not in CODE_EXTENSIONS:
         return False
+    if b"(" in match.group("bare") or b")" in match.group("bare"):
+        return True  # a call's argument, even after a string
     text, value_start = match.string, match.start("bare")
     line_start = text.rfind(b"\n", 0, value_start) + 1
     before = text[line_start:value_start]
-    if b"(" in match.group("bare") or b")" in match.group("bare"):
-        return True  # a call's argument, even after a string
     return before.count(b'"') % 2 == 0 and before.count(b"'") % 2 == 0
 
 
@@ -214,26 +214,26 @@ def _token_assignment(match: re.Match, path: str) -> bool:
     return looks_like_token(secret_of(match))
 
 
-def _password_element(match: re.Match, path: str) -> bool:
-    """``<password>value</password>``: an element's text is always a literal."""
+def _literal_password(match: re.Match, path: str) -> bool:
+    """A value that can only be a literal (an XML element's text, a quoted SQL password, a
+    command line's argument) needs only to read as a password."""
     return looks_like_password(secret_of(match))
+
+
+_PASSWORD_NAME = re.compile(rb"(?i)passw|pwd|secret")
 
 
 def _named_value(match: re.Match, path: str) -> bool:
     """A value under a password name must read as a password; under a key or token name,
     as a token."""
     value = secret_of(match)
-    if re.search(rb"(?i)passw|pwd|secret", match.group("name")):
+    if _PASSWORD_NAME.search(match.group("name")):
         return looks_like_password(value)
     return looks_like_token(value)
 
 
 def _authorization_header(match: re.Match, path: str) -> bool:
     return looks_like_token(secret_of(match))
-
-
-def _command_line_password(match: re.Match, path: str) -> bool:
-    return looks_like_password(secret_of(match))
 
 
 def _registry_auth(match: re.Match, path: str) -> bool:
@@ -739,7 +739,7 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
             rb"<(?P<name>(?i:[A-Za-z0-9_.:-]{0,40}?(?:password|passwd|pwd|secret)))>"
             rb"(?P<secret>[^<>\s]{1,200})</(?P=name)>"
         ),
-        _password_element,
+        _literal_password,
         detector="xml-password-element",
         priority=PRIORITY_GENERIC,
     ),
@@ -750,7 +750,7 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
             rb"(?i:\bidentified[ \t]+by|\b(?:with|encrypted|unencrypted)[ \t]+password)"
             rb"[ \t]+'(?P<secret>[^'\r\n]{1,200})'"
         ),
-        _password_element,
+        _literal_password,
         detector="sql-password",
         priority=PRIORITY_GENERIC,
     ),
@@ -794,7 +794,7 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
             rb"(?:-p|--password=))"
             rb"(?P<secret>[^\s\"'`;|&<>(),:]{1,128})"
         ),
-        _command_line_password,
+        _literal_password,
         priority=PRIORITY_GENERIC,
     ),
     ContentRule(
@@ -885,10 +885,11 @@ _SECRET_NAMED = re.compile(
     re.DOTALL,
 )
 SECRET_NAMED_MAX_BYTES = 4096  # a kept password or token; anything longer is a document
+SECRET_NAMED_MAX_LINES = 8
 
 
 def _is_secret_named(lower: str) -> bool:
-    stem, extension = posixpath.splitext(lower)
+    extension = posixpath.splitext(lower)[1]
     return (
         _SECRET_NAMED.fullmatch(lower) is not None
         and extension not in CODE_EXTENSIONS
@@ -896,7 +897,6 @@ def _is_secret_named(lower: str) -> bool:
     )
 
 
-SECRET_NAMED_MAX_LINES = 8
 # Characters of structure (INI sections, assignments, YAML keys, markup), not of a password
 # kept alone on its line.
 _STRUCTURE = re.compile(rb"[=:\[\]{}()<>]")
