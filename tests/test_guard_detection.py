@@ -348,6 +348,10 @@ def test_password_like_names_without_a_literal_secret_are_not_findings(scanner, 
     ("wp-config.php", f"define( 'AUTH_KEY', '{_TOKEN}' );", RuleId.PASSWORD_ASSIGNMENT),
     ("web.config", f'<add key="DbPassword" value="{PASSWORD}" />', RuleId.PASSWORD_ASSIGNMENT),
     ("notes.txt", f"pw: {PASSWORD}", RuleId.PASSWORD_ASSIGNMENT),
+    # a notebook keeps its cells' code in JSON strings, their quotes escaped
+    ("analysis.ipynb", f'  "source": ["password = \\"{PASSWORD}\\"\\n", "print(1)"],',
+     RuleId.PASSWORD_ASSIGNMENT),
+    ("analysis.ipynb", f'  "source": ["API_TOKEN = \\"{_TOKEN}\\"\\n"],', RuleId.TOKEN_ASSIGNMENT),
 ])
 def test_a_literal_in_a_connection_string_statement_or_command_line_is_found(
         scanner, path, text, rule):
@@ -370,6 +374,8 @@ def test_a_literal_in_a_connection_string_statement_or_command_line_is_found(
     ("wp-config.php", "define( 'AUTH_KEY', 'put your unique phrase here' );"),
     ("web.config", '<add key="ApiBaseUrl" value="https://api.example.com" />'),
     ("app.py", f"npw = '{PASSWORD}'"),
+    ("notes.txt", "pw = get_pw()"),
+    ("analysis.ipynb", '  "source": ["password = os.environ[\\"DB_PASSWORD\\"]\\n"],'),
 ])
 def test_names_expressions_and_other_flags_are_not_findings(scanner, path, text):
     assert scanner.scan(path, text.encode()) == []

@@ -41,11 +41,13 @@ CODE_EXTENSIONS = frozenset(
 )
 
 _ASSIGN = (
-    rb"[\"']?[ \t]{0,3}(?::[ \t]*[A-Za-z_][\w\[\]., ]{0,30}[ \t]*)?(?:=>|:=|\?=|=(?!=)|:)[ \t]{0,3}"
+    rb"(?:\\?[\"'])?[ \t]{0,3}(?::[ \t]*[A-Za-z_][\w\[\]., ]{0,30}[ \t]*)?(?:=>|:=|\?=|=(?!=)|:)[ \t]{0,3}"
 )
 # A bare value after ":" needs a space first (YAML), which keeps "arn:...:secret:name" out.
 _QUOTED_OR_BARE = (
     rb"(?:\"(?P<dq>[^\"\r\n]{1,200})\"|'(?P<sq>[^'\r\n]{1,200})'|`(?P<bq>[^`\r\n]{1,200})`"
+    # code kept in a JSON string (a notebook's cell): its quotes are escaped
+    rb"|\\\"(?P<eq>[^\"\\\r\n]{1,200})\\\""
     rb"|(?<![^:\s]:)(?P<bare>[^\s\"'`#;,]{1,200}))"
 )
 
@@ -98,7 +100,7 @@ class ContentRule:
         return not self.basenames or posixpath.basename(path) in self.basenames
 
 
-_SECRET_GROUPS = ("secret", "dq", "sq", "bq", "bare")
+_SECRET_GROUPS = ("secret", "dq", "sq", "bq", "eq", "bare")
 
 
 def _secret_group(match: re.Match) -> str:
@@ -171,13 +173,17 @@ def _credential_value(match: re.Match, path: str) -> bool:
 
 
 def _bare_code_name(match: re.Match, path: str) -> bool:
-    """An unquoted right-hand side in code names something (``password = get()``) unless
-    it sits inside a string literal, as in a connection string (``"Server=db;Password=...;"``):
-    an odd number of quotes before the value on its line (a quoted key has two)."""
-    if match.group("bare") is None or posixpath.splitext(path)[1].lower() not in CODE_EXTENSIONS:
+    """Whether an unquoted right-hand side names or computes something: a call
+    (``get_pw()``) anywhere; in code, any unquoted value unless it sits inside a string
+    literal, as in a connection string (``"Server=db;Password=...;"``): an odd number of
+    quotes before the value on its line (a quoted key has two)."""
+    bare = match.group("bare")
+    if bare is None:
         return False
-    if b"(" in match.group("bare") or b")" in match.group("bare"):
-        return True  # a call's argument, even after a string
+    if b"(" in bare or b")" in bare:
+        return True
+    if posixpath.splitext(path)[1].lower() not in CODE_EXTENSIONS:
+        return False
     text, value_start = match.string, match.start("bare")
     line_start = text.rfind(b"\n", 0, value_start) + 1
     before = text[line_start:value_start]
