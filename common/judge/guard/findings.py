@@ -126,7 +126,7 @@ _DESCRIPTIONS = {
     RuleId.PROVIDER_TOKEN: "API token",
     RuleId.ENV_FILE: "environment file (.env)",
     RuleId.SSH_PRIVATE_KEY_FILE: "SSH private key file",
-    RuleId.KEYSTORE_FILE: "key store or binary private key file",
+    RuleId.KEYSTORE_FILE: "key or password store, or binary private key file",
     RuleId.CREDENTIALS_FILE: "credentials file",
     RuleId.GIT_CREDENTIALS_FILE: "git credential store",
     RuleId.SECRET_NAMED_FILE: "file named for a secret holding one (password.txt, api_key)",

@@ -844,7 +844,12 @@ def detector_ids() -> frozenset[str]:
 SSH_PRIVATE_KEY_NAMES = frozenset(
     {"id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "id_xmss"}
 )
-KEYSTORE_EXTENSIONS = frozenset({".p12", ".pfx", ".jks", ".keystore", ".bks"})
+# Key and password stores: PKCS#12, Java and Bouncy Castle key stores, Kerberos keytabs,
+# KeePass databases.
+KEYSTORE_EXTENSIONS = frozenset({".p12", ".pfx", ".jks", ".keystore", ".bks", ".keytab",
+                                 ".kdbx", ".kdb"})
+# PuTTY's private key files, whatever their name.
+SSH_PRIVATE_KEY_EXTENSIONS = frozenset({".ppk"})
 # .env variants that are committed on purpose as templates for the real one.
 ENV_TEMPLATE_SUFFIXES = frozenset(
     {"example", "sample", "template", "dist", "defaults", "default", "schema", "tpl"}
@@ -867,9 +872,10 @@ def _name_rule(base: str) -> RuleId | None:
         lower.startswith(".env.") and lower.split(".")[-1] not in ENV_TEMPLATE_SUFFIXES
     ):
         return RuleId.ENV_FILE
-    if lower in SSH_PRIVATE_KEY_NAMES:
+    extension = posixpath.splitext(lower)[1]
+    if lower in SSH_PRIVATE_KEY_NAMES or extension in SSH_PRIVATE_KEY_EXTENSIONS:
         return RuleId.SSH_PRIVATE_KEY_FILE
-    if posixpath.splitext(lower)[1] in KEYSTORE_EXTENSIONS:
+    if extension in KEYSTORE_EXTENSIONS:
         return RuleId.KEYSTORE_FILE
     if _CREDENTIALS_NAME.fullmatch(lower):
         return RuleId.CREDENTIALS_FILE
