@@ -29,6 +29,7 @@ from gitsieve.common.judge.guard.findings import (
     git_blob_id,
 )
 from gitsieve.common.judge.guard.rules import CONTENT_RULES, content_profile
+from gitsieve.common.judge.guard import scanner as scanner_module
 from gitsieve.common.judge.guard.scanner import SecretScanner, is_binary
 from gitsieve.common.judge.guard.sizeguard import lfs_track_command, oversized
 
@@ -717,3 +718,26 @@ def test_size_guard():
     assert grown.rule is RuleId.OVERSIZED_GROWTH
     assert oversized("big.psd", 70 * MIB, limit, head_size=60 * MIB, lfs_routed=False) is None
     assert lfs_track_command("bin/tool") == 'git lfs track "bin/tool"'
+
+
+def test_an_anchors_region_is_its_line_or_a_window_in_a_long_line():
+    """The region is found with bounded searches (no rescan of a long line from each of its
+    anchors); it must equal the plain definition: the whole line, or in a line over
+    LONG_LINE bytes the window around the anchor, cut at the line's ends."""
+
+    def plain(data: bytes, position: int) -> tuple[int, int]:
+        start = data.rfind(b"\n", 0, position) + 1
+        end = data.find(b"\n", position)
+        end = len(data) if end < 0 else end
+        if end - start > scanner_module.LONG_LINE:
+            return (max(start, position - scanner_module.WINDOW_BEFORE),
+                    min(end, position + scanner_module.WINDOW_AFTER))
+        return start, end
+
+    rng = random.Random(7)
+    for _ in range(400):
+        size = rng.choice([1, 50, 4096, 4097, 4200, 12000])
+        newline_share = rng.choice([0.0, 0.0002, 0.002, 0.05])
+        data = bytes(10 if rng.random() < newline_share else 97 for _ in range(size))
+        for position in {0, size - 1, rng.randrange(size), rng.randrange(size)}:
+            assert scanner_module._region(data, position) == plain(data, position)

@@ -320,11 +320,19 @@ class _AnchorIndex:
 
 
 def _region(data: bytes, position: int) -> tuple[int, int]:
-    line_start = data.rfind(b"\n", 0, position) + 1
-    line_end = data.find(b"\n", position)
-    line_end = len(data) if line_end < 0 else line_end
-    if line_end - line_start > LONG_LINE:
-        return max(line_start, position - WINDOW_BEFORE), min(line_end, position + WINDOW_AFTER)
+    """The anchor's line, or a window around it in a line over LONG_LINE bytes.  Newlines
+    are looked for no further than LONG_LINE away: a long line holding thousands of
+    anchors (minified code, or a file made to stall the scan) is not searched from each."""
+    floor = max(0, position - LONG_LINE - 1)
+    ceiling = min(len(data), position + LONG_LINE + 1)
+    before = data.rfind(b"\n", floor, position)
+    after = data.find(b"\n", position, ceiling)
+    line_start = before + 1 if before >= 0 else (0 if floor == 0 else -1)
+    line_end = after if after >= 0 else (len(data) if ceiling == len(data) else -1)
+    if line_start < 0 or line_end < 0 or line_end - line_start > LONG_LINE:
+        # a long line: its far end is further than the window reaches anyway
+        return (max(line_start, position - WINDOW_BEFORE),
+                position + WINDOW_AFTER if line_end < 0 else min(line_end, position + WINDOW_AFTER))
     return line_start, line_end
 
 
