@@ -42,6 +42,10 @@ class Harness:
         self.sub = self.context.socket(zmq.SUB)
         self.sub.linger = 0
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        # The executor binds its report socket when it starts: the subscriber retries its
+        # connection until then, and a report published before it connects is lost.
+        self.sub.setsockopt(zmq.RECONNECT_IVL, 10)
+        self._sub_events = self.sub.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sub.connect(self.config.endpoints.commits)
         self.reports: list[CommitReport] = []
         self.next_id = 1
@@ -51,6 +55,12 @@ class Harness:
             self.actors(name, self.workspace.root)
         for name in names:
             wait_for(lambda: self.status(name), timeout=15, message=f"{name} control")
+        if "executor" in names and self._sub_events is not None:
+            assert self._sub_events.poll(15_000), "the report subscriber never connected"
+            self.sub.disable_monitor()
+            self._sub_events.close()
+            self._sub_events = None
+            time.sleep(0.05)  # the subscription itself travels after the connection
 
     def status(self, actor="executor") -> dict:
         try:
@@ -76,6 +86,8 @@ class Harness:
                  message=f"{path} committed")
 
     def close(self):
+        if self._sub_events is not None:
+            self._sub_events.close()
         self.push.close()
         self.sub.close()
         self.context.term()
