@@ -269,7 +269,13 @@ def test_conflict_with_remote_stops_pushing_reports_and_commits_continue(
     assert workspace.path("shared.txt").read_text() == "mine\n"
     # The person merges the remote and resolves the conflict: pushing resumes at once, not
     # after push_backoff_max (300 s; the wait below is 20).
-    workspace.git("pull", "-q", "--no-rebase", "--no-edit", "origin", "main", check=False)
+    def pulled_into_the_conflict() -> bool:
+        # git's pull fails while gitsieve's git holds index.lock: tried again, as a person would
+        workspace.git("pull", "-q", "--no-rebase", "--no-edit", "origin", "main", check=False)
+        return workspace.path(".git/MERGE_HEAD").exists()
+
+    wait_for(pulled_into_the_conflict, timeout=15, interval=0.2,
+             message="git pull stopping at the conflict")
     workspace.write("shared.txt", "mine and theirs\n")
     workspace.git("commit", "-q", "-am", "merged theirs")
     wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
