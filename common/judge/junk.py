@@ -26,16 +26,16 @@ _EDITOR_JUNK = tuple((re.compile(pattern, re.DOTALL), reason) for pattern, reaso
     (r"\.DS_Store|Thumbs\.db|desktop\.ini", "file manager metadata"),
     (r".+\.py[co]", "compiled Python"),
 ))
-_BYTECODE_DIRECTORY = "__pycache__"
+_BYTECODE_DIRECTORY = "/__pycache__/"
 
 
 def editor_junk(path: str) -> str:
     """What kind of editor, tool or system scratch ``path``'s file name is ('' when it is
     none)."""
-    directory, _, name = path.rpartition("/")
+    name = path.rsplit("/", 1)[-1]
     for pattern, kind in _EDITOR_JUNK:
         if pattern.fullmatch(name):
             return kind
-    if _BYTECODE_DIRECTORY in directory.split("/"):
+    if _BYTECODE_DIRECTORY in f"/{path}":
         return "compiled Python"
     return ""

@@ -120,6 +120,18 @@ def secret_span(match: re.Match) -> tuple[int, int]:
     return match.span(_secret_group(match))
 
 
+def _named_assignment(names: bytes) -> re.Pattern:
+    """``NAME = value`` (or ``:``, ``=>``, ``:=``...) where NAME ends in one of ``names``
+    (case-insensitive), perhaps followed by ``_base``, ``_value`` or ``_string``; the name
+    is group ``name``, the value one of the quoting groups or ``bare``."""
+    return re.compile(
+        rb"(?<![A-Za-z0-9_:])(?P<name>(?i:[A-Za-z0-9_.-]{0,40}?(?:" + names + rb")"
+        rb"(?:[_.-](?:base|value|string))?))"
+        + _ASSIGN
+        + _QUOTED_OR_BARE
+    )
+
+
 # --- acceptance checks -------------------------------------------------------------------------
 
 
@@ -726,14 +738,10 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
         RuleId.PASSWORD_ASSIGNMENT,
         (b"passw", b"passphrase", b"pwd", b"pw:", b"pw=", b"pw ", b"pw\"", b"pw'", b"secret",
          b"api_key", b"apikey", b"api-key", b"api.key"),
-        re.compile(
-            rb"(?<![A-Za-z0-9_:])(?P<name>(?i:[A-Za-z0-9_.-]{0,40}?"
-            rb"(?:password|passwd|passphrase|pwd|(?<![A-Za-z0-9])pw|secret|secret[_.-]?key"
+        _named_assignment(
+            rb"password|passwd|passphrase|pwd|(?<![A-Za-z0-9])pw|secret|secret[_.-]?key"
             rb"|api[_.-]?key|apikey"
-            rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret)"
-            rb"(?:[_.-](?:base|value|string))?))"
-            + _ASSIGN
-            + _QUOTED_OR_BARE
+            rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret"
         ),
         _password_assignment,
         priority=PRIORITY_GENERIC,
@@ -780,12 +788,8 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
         RuleId.TOKEN_ASSIGNMENT,
         (b"token",) + tuple(f"{kind}{separator}key".encode() for kind in _SECRET_KEY_KINDS
                             for separator in ("", "_", ".", "-")),
-        re.compile(
-            rb"(?<![A-Za-z0-9_:])(?P<name>(?i:[A-Za-z0-9_.-]{0,40}?"
-            rb"(?:token|(?:" + "|".join(_SECRET_KEY_KINDS).encode() + rb")[_.-]?key)"
-            rb"(?:[_.-](?:base|value|string))?))"
-            + _ASSIGN
-            + _QUOTED_OR_BARE
+        _named_assignment(
+            rb"token|(?:" + "|".join(_SECRET_KEY_KINDS).encode() + rb")[_.-]?key"
         ),
         _token_assignment,
         priority=PRIORITY_GENERIC,
@@ -900,6 +904,7 @@ SECRET_NAMED_MAX_BYTES = 4096  # a kept password or token; anything longer is a 
 SECRET_NAMED_MAX_LINES = 8
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_named(lower: str) -> bool:
     extension = posixpath.splitext(lower)[1]
     return (
