@@ -48,7 +48,8 @@ _QUOTED_OR_BARE = (
     rb"(?:\"(?P<dq>[^\"\r\n]{1,200})\"|'(?P<sq>[^'\r\n]{1,200})'|`(?P<bq>[^`\r\n]{1,200})`"
     # code kept in a JSON string (a notebook's cell): its quotes are escaped
     rb"|\\\"(?P<eq>[^\"\\\r\n]{1,200})\\\""
-    rb"|(?<![^:\s]:)(?P<bare>[^\s\"'`#;,]{1,200}))"
+    # bare: a comment starts with a "#" after a space (YAML, shell, dotenv), not in a word
+    rb"|(?<![^:\s]:)(?P<bare>[^\s\"'`#;,][^\s\"'`;,]{0,199}))"
 )
 
 # How far a private key block may reach from its BEGIN line (a PGP key with subkeys
@@ -184,6 +185,12 @@ def _credential_value(match: re.Match, path: str) -> bool:
     return not looks_like_password_placeholder(secret_of(match).strip(b"\"'"))
 
 
+# A call as an unquoted value: ``get_pw()``, ``os.getenv(`` (cut at its quoted argument),
+# ``fn(x);``, or a name closing one's arguments (``password=token))``).  A password may
+# hold parentheses too, but not as a name followed by ``(`` and a closed argument list.
+_CALL = re.compile(rb"[A-Za-z_][\w.]*(?:\((?:[^()]*\))?|\))[);,]*")
+
+
 def _bare_code_name(match: re.Match, path: str) -> bool:
     """Whether an unquoted right-hand side names or computes something: a call
     (``get_pw()``) anywhere; in code, any unquoted value unless it sits inside a string
@@ -192,7 +199,7 @@ def _bare_code_name(match: re.Match, path: str) -> bool:
     bare = match.group("bare")
     if bare is None:
         return False
-    if b"(" in bare or b")" in bare:
+    if bare.startswith(b"$(") or _CALL.fullmatch(bare):
         return True
     if posixpath.splitext(path)[1].lower() not in CODE_EXTENSIONS:
         return False
