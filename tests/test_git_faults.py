@@ -238,6 +238,46 @@ def test_second_clone_pushed_first_both_histories_reach_the_remote(harness, work
     assert workspace.path("theirs.txt").read_text() == "from another clone\n"
 
 
+def test_remote_edit_of_a_file_gitsieve_committed_merges_without_a_git_status(
+        harness, workspace, tmp_path):
+    """Someone else edits another line of a file gitsieve committed.  The index entries a
+    commit writes carry no stat data, so `read-tree -m -u` took the file for locally
+    modified ("Entry 'notes.md' not uptodate. Cannot merge.") and pushing stopped as if
+    in conflict, until the person happened to run `git status` (fails before: the stop
+    never lifted)."""
+    lines = [f"line {n}" for n in range(1, 21)]
+    workspace.write("notes.md", "\n".join(lines) + "\n")
+    workspace.git("add", "notes.md")
+    workspace.git("commit", "-q", "-m", "notes")
+    workspace.git("push", "-q", "origin", "main")
+    h = harness()
+    workspace.config(CONFIG.format(min_free=100, git_extra="").replace(
+        "push_backoff_max = 1", "push_backoff_max = 300"))
+    h.start("health", "executor")
+    workspace.write("notes.md", "\n".join(lines + ["mine 1"]) + "\n")
+    h.send("notes.md")
+    wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
+             message="the first edit on the remote")
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(workspace.remote), str(other))
+    theirs = (other / "notes.md").read_text().replace("line 5\n", "line 5 THEIRS\n")
+    (other / "notes.md").write_text(theirs)
+    git(other, "-c", "user.name=O", "-c", "user.email=o@example.com", "commit", "-q", "-am",
+        "theirs")
+    git(other, "push", "-q", "origin", "main")
+    workspace.write("notes.md", "\n".join(lines + ["mine 1", "mine 2"]) + "\n")
+    h.send("notes.md")
+
+    def both_on_the_remote() -> bool:
+        shown = git(workspace.remote, "show", "main:notes.md")
+        return "line 5 THEIRS" in shown and "mine 2" in shown
+    wait_for(both_on_the_remote, timeout=20, message="their line and mine on the remote")
+    assert h.status()["push_conflict"] == ""
+    assert workspace.path("notes.md").read_text() == \
+        "\n".join(lines + ["mine 1", "mine 2"]).replace("line 5\n", "line 5 THEIRS\n") + "\n"
+    assert workspace.git("status", "--porcelain", "--untracked-files=no") == ""
+
+
 def test_conflict_with_remote_stops_pushing_reports_and_commits_continue(
         harness, workspace, tmp_path):
     workspace.write("shared.txt", "base\n")

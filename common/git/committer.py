@@ -1479,7 +1479,7 @@ class Committer:
         if (self.config.git_dir / "index.lock").exists():
             raise TransientError("index.lock exists: another git command is running")
         try:
-            self._git("read-tree", "-m", "-u", old, new)
+            self._two_way_merge(old, new)
         except GitError as exc:
             if _is_transient(exc):
                 raise TransientError(str(exc)) from None
@@ -1499,13 +1499,21 @@ class Committer:
             raise TransientError(f"HEAD not moved while integrating the remote: {exc}") \
                 from None
 
+    def _two_way_merge(self, old: str, new: str) -> None:
+        """Index and work tree from ``old`` to ``new`` (``read-tree -m -u``), refusing to
+        overwrite a local modification.  The index's stat data is refreshed first: the
+        entries a commit writes carry none, and read-tree takes a file without it for a
+        modified one.  The refresh compares content, so a real modification stays one."""
+        self._git("update-index", "-q", "--refresh")
+        self._git("read-tree", "-m", "-u", old, new)
+
     def _finish_rollback(self) -> None:
         """Move index and work tree from an integration's commit back to HEAD (after its
         update-ref failed); TransientError while that cannot be done yet."""
         if self.unfinished_rollback is None:
             return
         try:
-            self._git("read-tree", "-m", "-u", self.unfinished_rollback, self.head() or "")
+            self._two_way_merge(self.unfinished_rollback, self.head() or "")
         except GitError as exc:
             log.error("index and work tree still hold the remote's version (%s); retrying: "
                       "%s", self.unfinished_rollback[:10], exc)
