@@ -69,7 +69,8 @@ class ContentLayer(Actor):
                                          l1_action(change.trail), (*change.trail, step)))
 
     def on_tick(self, now: float) -> None:
-        self.judge.close_idle(now)
+        if self.judge.close_idle(now):
+            self.heap.released()
 
     def extra_status(self) -> dict:
         return {**{key: count for key, count in self.stats.items() if key.startswith("verdict_")},

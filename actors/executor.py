@@ -314,7 +314,8 @@ class Executor(Actor):
         self.watch_refs(now)
         if self.job is None:
             monotonic_now = time.monotonic()  # the gits' own clock, not the injectable one
-            self.committer.close_idle(monotonic_now)
+            if self.committer.close_idle(monotonic_now):
+                self.heap.released()
             if self.guard is not None:
                 self.guard.close_idle(monotonic_now)
             self.start_work(now)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from gitsieve.common.git.gateway import Git, GitChild, KeptChild
+from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git, GitChild, KeptChild
 from gitsieve.common.git.head import head_token
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ CAT_FILE_TIMEOUT = 10.0
 # HEAD versions kept between changes (system churn hits the same few paths over and over).
 CACHE_MAX_ENTRIES = 2048
 CACHE_MAX_BYTES = 64 * 1024 * 1024
-# Tree entries kept (about 150 bytes each): the directories recently looked into.
+# Tree entries kept (about 170 bytes each: 17 MB at the cap): the directories recently
+# looked into.  All cached versions and trees are let go after a rest (LONG_LIVED_IDLE).
 TREE_CACHE_ENTRIES = 100_000
 _PIPE_CHUNK = 4096  # PIPE_BUF: a write of this size never blocks once select says writable
 _READ_CHUNK = 256 * 1024
@@ -197,6 +198,11 @@ class CatFileBatch(KeptChild):
             partial = None
 
 
+# The modes git writes in trees, each one int object for every entry that has it.
+_TREE_MODES = {b"%o" % mode: mode
+               for mode in (MODE_FILE, MODE_EXECUTABLE, MODE_TREE, MODE_SYMLINK, MODE_GITLINK)}
+
+
 def parse_tree(data: bytes, oid_bytes: int) -> dict[bytes, tuple[int, str]]:
     """A tree object's entries: name -> (mode, object id)."""
     entries = {}
@@ -205,7 +211,10 @@ def parse_tree(data: bytes, oid_bytes: int) -> dict[bytes, tuple[int, str]]:
         space = data.index(b" ", position)
         nul = data.index(b"\0", space)
         end = nul + 1 + oid_bytes
-        entries[data[space + 1:nul]] = (int(data[position:space], 8), data[nul + 1:end].hex())
+        written = data[position:space]
+        mode = _TREE_MODES.get(written)
+        entries[data[space + 1:nul]] = (int(written, 8) if mode is None else mode,
+                                        data[nul + 1:end].hex())
         position = end
     return entries
 
@@ -218,8 +227,10 @@ class TreeWalker:
         self.max_entries = max_entries
         self.trees: OrderedDict[str, dict[bytes, tuple[int, str]]] = OrderedDict()
         self.cached_entries = 0
+        self._used: set[str] = set()  # trees looked into or written since HEAD last moved
 
     def _load(self, oids: set[str]) -> None:
+        self._used |= oids
         missing = [oid for oid in oids if oid not in self.trees]
         for oid in oids - set(missing):
             self.trees.move_to_end(oid)
@@ -241,6 +252,19 @@ class TreeWalker:
             _, evicted = self.trees.popitem(last=False)
             self.cached_entries -= len(evicted)
 
+    def forget(self) -> None:
+        self.trees.clear()
+        self.cached_entries = 0
+        self._used = set()
+
+    def retire(self) -> None:
+        """HEAD moved: forget the trees not looked into since it last moved.  Each commit
+        makes a new root, so without this a workspace's old roots would pile up to the cap;
+        a tree the new HEAD shares comes back at its next lookup, if it went at all."""
+        for oid in [oid for oid in self.trees if oid not in self._used]:
+            self.cached_entries -= len(self.trees.pop(oid))
+        self._used = set()
+
     def tree(self, oid: str) -> dict[bytes, tuple[int, str]]:
         """The entries of one tree object: name -> (mode, object id).  Do not modify."""
         self._load({oid})
@@ -248,6 +272,7 @@ class TreeWalker:
 
     def remember(self, oid: str, entries: dict[bytes, tuple[int, str]]) -> None:
         """A tree written here: known without asking git for it again."""
+        self._used.add(oid)
         if oid not in self.trees:
             self.trees[oid] = entries
             self.cached_entries += len(entries)
@@ -304,6 +329,7 @@ class HeadVersions:
         self.token: tuple | None = None
         self.hits = 0
         self._head: tuple[str, str] | None = None  # (commit, tree) HEAD named at ``token``
+        self.used = 0.0  # time.monotonic() of the last question
 
     def drop(self) -> None:
         self.cache.clear()
@@ -311,10 +337,12 @@ class HeadVersions:
         self.token = None
 
     def _current(self) -> None:
+        self.used = time.monotonic()
         token = head_token(self.git_dir)
         if token == self.token:
             return
         self.drop()  # HEAD moved (maybe by the user's own git)
+        self.walker.retire()
         commit = self.reader.objects([b"HEAD"])[0]
         if commit is None or commit.kind != "commit" or not commit.data:
             self._head = None  # an unborn branch
@@ -387,5 +415,14 @@ class HeadVersions:
     def close(self) -> None:
         self.reader.close()
 
-    def close_idle(self, now: float) -> None:
-        self.reader.close_if_idle(now)
+    def close_idle(self, now: float) -> bool:
+        """After a rest of LONG_LIVED_IDLE (``now``: monotonic): end the cat-file child and
+        let go of every cached version and tree, so a burst's versions do not stay resident
+        for good (the next change reads HEAD again).  Whether a cache was let go."""
+        if now - max(self.used, self.reader.used) < LONG_LIVED_IDLE:
+            return False
+        self.reader.close()
+        held = bool(self.cache or self.walker.trees)
+        self.drop()
+        self.walker.forget()
+        return held

@@ -871,12 +871,13 @@ class Committer:
         for child in self._long_lived():
             child.close()
 
-    def close_idle(self, now: float) -> None:
+    def close_idle(self, now: float) -> bool:
         """End the long-lived gits after a rest (``now``: monotonic), and the content
-        judge's cat-file; never while a commit runs."""
+        judge's cat-file with its cached versions; never while a commit runs.  Whether a
+        cache was let go."""
         for child in self._long_lived():
             child.close_if_idle(now)
-        self.content.close_idle(now)
+        return self.content.close_idle(now)
 
     # ----- objects and trees -----------------------------------------------------------------
     def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:

@@ -167,6 +167,7 @@ class ContentJudge:
     def close(self) -> None:
         self.head.close()
 
-    def close_idle(self, now: float) -> None:
-        """End the cat-file child after a rest (``now``: monotonic)."""
-        self.head.close_idle(now)
+    def close_idle(self, now: float) -> bool:
+        """After a rest (``now``: monotonic): end the cat-file child and let go of HEAD's
+        cached versions; whether a cache was let go."""
+        return self.head.close_idle(now)

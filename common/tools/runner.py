@@ -39,7 +39,7 @@ from pathlib import Path
 import inotify_simple
 
 from gitsieve.common.actor.base import TITLE_ENV, set_title
-from gitsieve.common.actor.heap import trim_heap
+from gitsieve.common.actor.heap import fill_small_object_pools, trim_heap
 from gitsieve.common.config import Config, prepare_runtime_dir
 from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
@@ -213,6 +213,7 @@ class Runner:
         inotify_simple.INotify().close()
         gc.collect()
         gc.freeze()
+        fill_small_object_pools()
         # What importing freed (about 3 MiB) goes back to the kernel, not into every fork.
         trim_heap()
 
