@@ -33,7 +33,7 @@ from gitsieve.common.judge.learning import Learner
 from gitsieve.common.judge.loop import LoopJudge
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, Decision
-from gitsieve.common.protocol.trail import as_dict, written_by_user
+from gitsieve.common.protocol.trail import as_dict, declared_the_systems, written_by_user
 
 MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
@@ -99,6 +99,11 @@ class Debouncer(Actor):
             return
         if decision.commit and written_by_user(decision.trail):
             self.user_written.add(decision.path)  # the Batch says so: never a runaway
+        elif declared_the_systems(decision.trail) and decision.path not in self.user_written \
+                and self.debounce.withdraw(decision.path):
+            # A mark declares the version on disk now the system's: a commit judged before
+            # it would commit that version.  A change positively written by you stays.
+            self.stats["withdrawn_by_mark"] += 1
         self.stats["decisions_commit" if decision.commit else "decisions_skip"] += 1
 
     def on_commit_report(self, report: CommitReport) -> None:

@@ -103,7 +103,7 @@ def _writer_of(trail) -> str | None:
 
 class Watcher(Actor):
     name = "watcher"
-    control_commands = {"reconcile": "reconcile_now"}
+    control_commands = {"reconcile": "reconcile_now", "judge_again": "judge_again"}
     progress_every = 1.0  # seconds between progress lines while watching a large tree
 
     def __init__(self, config, instance=None):
@@ -278,6 +278,28 @@ class Watcher(Actor):
         self._flush()
         return {"epoch": self.epoch, "seq_before": seq_before, "seq_after": self.seq,
                 "unsent": len(self.unsent)}
+
+    def judge_again(self, paths) -> dict:
+        """Control command (`gitsieve mark`): send these paths again, as they are now, so
+        that a version marked the system's after its change was judged is judged with the
+        mark.  Their quiet periods still count from their last change (the inode's ctime)."""
+        if not isinstance(paths, list) or len(paths) > messages.MAX_MARKED_PATHS:
+            raise ValueError(f"paths: a list of at most {messages.MAX_MARKED_PATHS}")
+        observed, now = time.time(), time.monotonic()
+        sent = 0
+        for path in paths:
+            if not isinstance(path, str) or messages.bad_path_reason(path) is not None:
+                continue
+            try:
+                changed = os.lstat(self._abs(path)).st_ctime
+            except OSError:
+                self.emit(path, DELETE, observed, source="mark")
+            else:
+                self.emit(path, WRITE, observed, source="mark",
+                          changed=max(now - max(0.0, observed - changed), _LONG_AGO))
+            sent += 1
+        self._flush()
+        return {"sent": sent}
 
     def rescan(self) -> None:
         """Rebuild every watch from a fresh walk (after a queue overflow)."""

@@ -275,3 +275,50 @@ def test_gitsieve_started_after_the_agent_and_an_l2_worker_killed(user_workspace
     finally:
         session.stop()
     assert session.gitsieve.returncode == 0, session.gitsieve_log.read_text()[-3000:]
+
+
+MARK_CONFIG = """
+[filter]
+attribution = "psutil"
+[debounce]
+allow = 2
+default = 2
+rules = []
+[limits]
+cooldown_seconds = 0
+[health]
+interval = 0.5
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_hook_marking_a_version_after_it_was_judged_keeps_it_off_the_remote(
+        user_workspace):
+    """The README's post-write hook runs `gitsieve mark --system` after the agent's write,
+    by when L2 had judged the change (about 40 ms after it): the mark was never read for
+    it, and the agent's file was committed and pushed as the person's (fails before).
+    Now the running watcher sends marked paths again and the debouncer withdraws them."""
+    ws = user_workspace
+    ws.config(MARK_CONFIG)
+    subprocess.run(["chown", f"{ws.user.uid}:{ws.user.gid}", str(ws.path(".gitsieve.toml"))],
+                   check=True)
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "config")
+    ws.git("push", "-q", "origin", "main")
+    session = Session(ws, ws.root.parent)
+    try:
+        session.start_gitsieve()
+        ws.write("report.md", "the agent's report\n")
+        wait_for(lambda: session.status("debouncer")["pending"] == 1, TIMEOUT, 0.05,
+                 "the change judged, its commit pending")
+        marked = ws.user.run(*session._gitsieve_argv("mark", "--workspace", str(ws.root),
+                                                      "--system", str(ws.path("report.md"))))
+        assert marked.returncode == 0, marked.stderr
+        wait_for(lambda: session.status("debouncer")["pending"] == 0, 5.0, 0.05,
+                 "the pending commit withdrawn")
+        session.edit("notes.md", "the person's note\n")  # due after report.md would have been
+        assert session.remote("report.md") is None
+        assert session.status("debouncer")["decisions_skip"] >= 1
+    finally:
+        session.stop()
+    assert session.gitsieve.returncode == 0, session.gitsieve_log.read_text()[-3000:]

@@ -98,14 +98,38 @@ def agent(args, argv: list[str], grace: float, verbose: bool) -> int:
     return outcome.exit_status
 
 
+MARK_NOTICE_TIMEOUT = 2.0  # seconds a running watcher has to take the marked paths
+
+
 def mark(args, paths: list[str]) -> int:
     """``gitsieve mark --system PATH...``: 0, or 2 with one line when refused (then nothing
     is recorded)."""
     try:
         config = config_mod.load_from_arguments(args)
         journal_dir = prepare_journal(config)
-        mark_system(journal_dir, config.workspace, paths)
+        marked = mark_system(journal_dir, config.workspace, paths)
     except (config_mod.ConfigError, MarkRefused) as refusal:
         print(MARK_PREFIX + str(refusal), file=sys.stderr)
         return EXIT_USAGE
+    judge_again(config, [item.path for item in marked])
     return 0
+
+
+def judge_again(config, paths: list[str]) -> None:
+    """Have a running gitsieve judge the marked paths again: a hook marks a version after
+    the write that made it, often after that change was judged, and the mark must still
+    keep it from being committed.  When gitsieve is not running, its start's reconcile
+    judges them with the marks."""
+    from gitsieve.common.actor import control
+    from gitsieve.common.protocol.messages import MAX_MARKED_PATHS
+    for start in range(0, len(paths), MAX_MARKED_PATHS):
+        try:
+            reply = control.request(config, "watcher", "judge_again",
+                                    {"paths": paths[start:start + MAX_MARKED_PATHS]},
+                                    timeout=MARK_NOTICE_TIMEOUT, listening=True)
+        except control.Unreachable as exc:
+            log.debug("marked paths not sent again (gitsieve not running?): %s", exc)
+            return
+        if not reply.ok:
+            log.warning("marked paths not sent again: %s", reply.error)
+            return

@@ -223,6 +223,14 @@ class Debounce:
             return state.due(self.config.debounce_max_wait, self.config.debounce_open_max)
         return self._effective_due(self.component(path))
 
+    def withdraw(self, path: str) -> bool:
+        """Take a pending commit back (its version was declared the system's since it was
+        judged); whether one was pending.  Its entry in the due heap goes when it comes up."""
+        if path not in self.pending:
+            return False
+        self.pending.discard(path)
+        return True
+
     def due_in(self, path: str, now: float) -> float | None:
         if path not in self.pending:
             return None

@@ -211,6 +211,8 @@ def bad_path_reason(path: str) -> str | None:
 
 
 MAX_PARTNERS = 16
+# Paths one control request may ask the watcher to send again (`gitsieve mark`).
+MAX_MARKED_PATHS = 1000
 
 
 def _check_change(message) -> None:

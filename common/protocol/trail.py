@@ -115,6 +115,13 @@ def written_by_user(trail: Trail) -> bool:
     return step is not None and step.verdict == Writer.USER
 
 
+def declared_the_systems(trail: Trail) -> bool:
+    """L2 found this exact version declared the system's (`gitsieve mark --system`)."""
+    step = step_of(trail, ProcessStep)
+    return step is not None and step.verdict == Writer.SYSTEM and \
+        step.technique == Technique.AGENT_MARK
+
+
 def is_learned(trail: Trail) -> bool:
     step = step_of(trail, PatternStep)
     return step is not None and step.learned
