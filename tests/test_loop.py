@@ -249,6 +249,33 @@ def test_the_persons_writes_are_never_held_and_release_a_hold(config):
     assert "agent.md" not in loops.held
 
 
+def test_a_change_no_commit_explains_releases_a_hold(config):
+    """Unprivileged attribution never names the person: a person's file held after three
+    quick saves stayed held whatever they did, until `gitsieve learned --forget` (fails
+    before).  A change right after a commit keeps the hold; one long after releases it."""
+    clock = Clock()
+    loops = judge_for(config, clock)
+    loops.held["notes.md"] = {"reactions": 3}
+    loops.note_commit(clock.now)
+    assert loops.observe(change("notes.md", clock.now + 0.2)) is None  # a reaction
+    assert loops.observe(change("notes.md", clock.now + 0.3, commit=False)) is None
+    assert "notes.md" in loops.held
+    clock.now += 20
+    assert loops.observe(change("notes.md", clock.now)) == "released"
+    assert "notes.md" not in loops.held
+
+
+def test_a_reactive_agent_released_by_a_stray_change_is_held_again(config):
+    pipe = Pipeline(config)
+    agent = reactive("status.md", 0.3)
+    pipe.run(30, [once("status.md", 0.5), agent])
+    assert "status.md" in pipe.loops.held
+    committed = pipe.commits.get("status.md", 0)
+    pipe.run(40, [once("status.md", 35.0), agent])  # a stray write releases it, once
+    assert "status.md" in pipe.loops.held
+    assert 0 < pipe.commits.get("status.md", 0) - committed <= 4
+
+
 def test_gitsieves_own_writes_and_blocked_paths_are_not_counted(config):
     clock = Clock()
     loops = judge_for(config, clock)
@@ -325,6 +352,7 @@ def deb(config):
 
 def test_debouncer_never_batches_a_held_path_shows_it_and_forget_releases_it(deb, config):
     deb.loops.held["status.md"] = {"reactions": 3}
+    deb.loops.note_commit(49.9)  # its change reacts to a commit: the hold stands
     deb.on_decision(change("status.md", 50.0))
     deb.on_decision(change("user.md", 50.0, Writer.USER))
     deb.clock.now += 60

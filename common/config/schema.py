@@ -178,7 +178,8 @@ KEYS: tuple[Key, ...] = (
     # [loop]
     Key("loop", "after", int, 3, "a path whose changes (writer not known to be you) come "
         "right after gitsieve's commits this many times in a row, and at no other time, is "
-        "held as a feedback loop until you write it or `gitsieve learned --forget` it; the "
+        "held as a feedback loop until you write it, it changes at a time no commit explains, "
+        "or `gitsieve learned --forget` it; the "
         "last one follows a probe of a few seconds without commits; 0: never (1 acts as 2)",
         attr="loop_after", minimum=0, maximum=100),
     Key("loop", "window", float, 1.5, "...right after: within this many seconds of the commit",

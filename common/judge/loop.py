@@ -14,7 +14,9 @@ path answered every commit since its previous reaction within that window.  Any 
 change of the path starts the count again; a reaction that is not committed (churn a layer
 dropped) neither counts nor ends the count.  ``[loop] after`` reactions in a row and the path
 is held (``Hold.FEEDBACK_LOOP``): never committed again until a write positively attributed
-to the person, or ``gitsieve learned --forget PATH``, releases it.  Holds are saved beside
+to the person, a committable change observed more than the window after gitsieve's latest
+commit (no reaction: how a person's edit releases it where attribution never names the
+person), or ``gitsieve learned --forget PATH``, releases it.  Holds are saved beside
 the learned paths (``loops.json`` in the runtime directory).
 
 Timing alone cannot tell a reactive writer from an editor that saves every couple of seconds
@@ -117,8 +119,16 @@ class LoopJudge:
                 return self.release(path, f"written by your process {step.pid}")
             return None
         if (step is not None and step.verdict == Writer.SELF) or (
-                step is None and decision.action == Action.BLOCK) or path in self.held:
-            return None  # gitsieve's own git; never committable; already held
+                step is None and decision.action == Action.BLOCK):
+            return None  # gitsieve's own git; never committable
+        if path in self.held:
+            commit = self._latest_commit(decision.observed)
+            if decision.commit and (commit is None or decision.observed - commit > self.window):
+                # Not a reaction: a writer that reacts to commits changes the path only
+                # right after one.  The unprivileged sampler never names the person, so
+                # this is how a person's own edit of a held path releases it there.
+                return self.release(path, "changed at a time no commit explains")
+            return None
         if not learnable(path):
             return None
         return self._change(path, decision.observed, decision.commit)
