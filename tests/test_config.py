@@ -237,3 +237,10 @@ def test_an_unset_branch_is_one_the_repository_has(tmp_path):
     assert on_main.load().branch == "main"
     on_master.config('[git]\nbranch = "main"\n')
     assert on_master.load().branch == "main"
+
+
+def test_a_directory_as_config_is_one_line_not_a_traceback(workspace, tmp_path):
+    """`.gitsieve.toml` made a directory, or `--config /tmp`: an IsADirectoryError
+    traceback and exit 1 (fails before)."""
+    with pytest.raises(ConfigError, match="not a regular file"):
+        config_mod.load(workspace.root, tmp_path)

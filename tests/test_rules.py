@@ -193,3 +193,11 @@ def test_rule_cache_file_appearing_and_disappearing(tmp_path):
     clock.now += 1
     assert cache.match("x") is None
 
+
+
+def test_a_directory_as_rules_file_is_refused_as_bad_input(tmp_path):
+    """A directory where the rules file goes: IsADirectoryError, a traceback (fails
+    before)."""
+    (tmp_path / "rules.conf").mkdir()
+    with pytest.raises(RulesError, match="not a regular file"):
+        RuleSet.load(tmp_path / "rules.conf")

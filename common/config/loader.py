@@ -128,10 +128,11 @@ def read_small_file(path: Path, source: str, limit: int = MAX_CONFIG_BYTES) -> s
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(source, f"cannot read config: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory cannot even be opened as a file object
+        os.close(fd)
+        raise ConfigError(source, "not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(source, "not a regular file")
         if info.st_size > limit:
             raise ConfigError(source, f"larger than {limit} bytes")
         data = handle.read(limit + 1)

@@ -146,10 +146,10 @@ class RuleSet:
             return cls((), str(path))
         except OSError as exc:
             raise RulesError(path, None, f"cannot read rules file: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory cannot even be read
+            os.close(fd)
+            raise RulesError(path, None, "rules file is not a regular file")
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise RulesError(path, None, "rules file is not a regular file")
             data = handle.read(MAX_RULES_BYTES + 1)
         if len(data) > MAX_RULES_BYTES:
             raise RulesError(path, None, f"rules file larger than {MAX_RULES_BYTES} bytes")
