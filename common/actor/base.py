@@ -337,8 +337,17 @@ class Actor:
             self.record_error(f"control: {exc}")
             self.log.exception("%s: control command failed", self.actor_id)
             reply = ControlReply(ok=False, error=f"{type(exc).__name__}: {exc}")
+        frame = messages.encode(reply)
+        if reply.ok:
+            try:
+                messages.decode(frame)  # as the asker will: an answer it cannot read is lost
+            except BadMessage as exc:
+                self.stats["control_replies_too_large"] += 1
+                frame = messages.encode(ControlReply(
+                    ok=False, error=f"the answer exceeds the protocol's limits ({exc}): "
+                                    f"ask about fewer paths at once"))
         try:
-            self._control.send(messages.encode(reply), zmq.NOBLOCK)
+            self._control.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # the asker vanished: REP still expects a send
             self.stats["control_reply_failures"] += 1
             self.log.warning("%s: control reply not sent: %s", self.actor_id, exc)

@@ -18,9 +18,10 @@ class Unreachable(Exception):
 
 def request(config: Config, actor_id: str, command: str, args: dict | None = None,
             timeout: float = 2.0, listening: bool = False) -> ControlReply:
-    """Send one control command to ``actor_id``; raise Unreachable on timeout.  With
-    ``listening`` raise it at once when nothing listens on the socket now (a person
-    asking); without, an actor still starting has ``timeout`` to bind it."""
+    """Send one control command to ``actor_id``; raise Unreachable on timeout, BadMessage
+    when the reply cannot be decoded.  With ``listening`` raise Unreachable at once when
+    nothing listens on the socket now (a person asking); without, an actor still starting
+    has ``timeout`` to bind it."""
     endpoint = config.endpoints.control(actor_id)
     if listening and endpoint.startswith("ipc://"):
         _check_listening(endpoint[len("ipc://"):], actor_id)
@@ -54,18 +55,22 @@ def _check_listening(path: str, actor_id: str) -> None:
         probe.close()
 
 
+def listening(config: Config, actor_id: str) -> bool:
+    """Whether ``actor_id``'s control socket accepts connections now: a socket file alone
+    does not say, a stopped or killed gitsieve leaves them behind."""
+    endpoint = config.endpoints.control(actor_id)
+    if not endpoint.startswith("ipc://"):
+        return True  # tcp: only a request can tell
+    try:
+        _check_listening(endpoint[len("ipc://"):], actor_id)
+    except Unreachable:
+        return False
+    return True
+
+
 def any_listening(config: Config) -> bool:
-    """Whether any actor's control socket accepts connections (socket files left by a
-    killed gitsieve do not)."""
-    for actor_id in known_actors(config):
-        endpoint = config.endpoints.control(actor_id)
-        try:
-            if endpoint.startswith("ipc://"):
-                _check_listening(endpoint[len("ipc://"):], actor_id)
-        except Unreachable:
-            continue
-        return True
-    return False
+    """Whether any actor's control socket accepts connections."""
+    return any(listening(config, actor_id) for actor_id in known_actors(config))
 
 
 def known_actors(config: Config) -> list[str]:

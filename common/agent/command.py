@@ -121,7 +121,7 @@ def judge_again(config, paths: list[str]) -> None:
     keep it from being committed.  When gitsieve is not running, its start's reconcile
     judges them with the marks."""
     from gitsieve.common.actor import control
-    from gitsieve.common.protocol.messages import MAX_MARKED_PATHS
+    from gitsieve.common.protocol.messages import MAX_MARKED_PATHS, BadMessage
     for start in range(0, len(paths), MAX_MARKED_PATHS):
         try:
             reply = control.request(config, "watcher", "judge_again",
@@ -129,6 +129,9 @@ def judge_again(config, paths: list[str]) -> None:
                                     timeout=MARK_NOTICE_TIMEOUT, listening=True)
         except control.Unreachable as exc:
             log.debug("marked paths not sent again (gitsieve not running?): %s", exc)
+            return
+        except BadMessage as exc:
+            log.warning("marked paths not sent again: unreadable answer: %s", exc)
             return
         if not reply.ok:
             log.warning("marked paths not sent again: %s", reply.error)

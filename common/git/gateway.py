@@ -127,6 +127,13 @@ def git_env(extra: dict | None = None, owner: Owner = Owner()) -> dict:
     return env
 
 
+def _fork_failure(exc: BaseException) -> str:
+    """The last line of sh's ForkException, which carries the child's whole traceback
+    (``FileNotFoundError: [Errno 2] No such file or directory: '/ws'``)."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
 def _sh():
     import sh  # imported on first use: actors that never run git do not pay for it
     return sh
@@ -208,8 +215,10 @@ class Git:
             if deadline is not None and deadline.passed:
                 raise GitError(args, -1, f"timed out after {timeout}s") from None
             return exc.exit_code, exc.stdout, f"killed by signal {-exc.exit_code}"
-        except (OSError, sh.ForkException) as exc:
+        except OSError as exc:
             raise GitError(args, -1, f"cannot run git: {exc}") from None
+        except sh.ForkException as exc:
+            raise GitError(args, -1, f"cannot run git: {_fork_failure(exc)}") from None
         finally:
             if deadline is not None:
                 deadline.cancel()
@@ -237,9 +246,11 @@ class Git:
             running = self._git()(*args, _bg=True, _bg_exc=False, _in=in_read,
                                   _out=out_write, _err=os.devnull, _ok_code=range(256),
                                   **self._options(env))
-        except BaseException:
+        except BaseException as exc:
             for fd in (in_write, out_read):
                 os.close(fd)
+            if isinstance(exc, _sh().ForkException):  # e.g. the work tree is gone
+                raise OSError(f"cannot start git {args[0]}: {_fork_failure(exc)}") from None
             raise
         finally:
             os.close(in_read)

@@ -17,7 +17,7 @@ import select
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitChild, KeptChild, git_env
+from gitsieve.common.git.gateway import Git, GitChild, GitError, KeptChild, git_env
 from gitsieve.common.git.head import common_dir, file_signature
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,29 @@ class IgnoreChecker(KeptChild):
         self.starts = 0
         self.fallbacks = 0
         self._excludes: tuple[Path | None, ...] | None = None
+        self._workspace_gone_logged = False
 
     def ignored(self, paths: list[str]) -> set[str]:
         """The subset of ``paths`` that git ignores (tracked files never are); GitError
-        when git cannot say."""
+        when git cannot say; nothing, logged once, when the workspace is gone."""
         if not paths:
             return set()
+        try:
+            found = self._ask(paths)
+        except (GitError, OSError):
+            if os.path.isdir(self.git.root):
+                raise
+            self.close()
+            if not self._workspace_gone_logged:
+                # expected while `gitsieve run` notices and stops: no error, no traceback
+                log.warning("the workspace %s is gone: git check-ignore not asked",
+                            self.git.root)
+                self._workspace_gone_logged = True
+            return set()
+        self._workspace_gone_logged = False
+        return found
+
+    def _ask(self, paths: list[str]) -> set[str]:
         try:
             return self._exchange(paths)
         except (OSError, TimeoutError, ValueError) as exc:

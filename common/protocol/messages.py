@@ -213,6 +213,11 @@ def bad_path_reason(path: str) -> str | None:
 MAX_PARTNERS = 16
 # Paths one control request may ask the watcher to send again (`gitsieve mark`).
 MAX_MARKED_PATHS = 1000
+# Paths (and their bytes) one `explain` control request names: the reply maps each path to
+# its record, and a map over max_map_len, or a frame over MAX_FRAME_BYTES, is undecodable;
+# actorctl asks about more in several requests.
+MAX_EXPLAINED_PATHS = 1000
+MAX_EXPLAINED_PATH_BYTES = 1024 * 1024
 
 
 def _check_change(message) -> None:

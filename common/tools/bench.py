@@ -27,6 +27,8 @@ import psutil
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.git.gateway import Git
+from gitsieve.common.protocol.messages import BadMessage
+from gitsieve.common.tools.ctl import path_chunks
 from gitsieve.common.tools.resources import resource
 from gitsieve.common.tools.runner import actor_ids
 
@@ -363,11 +365,14 @@ def stage_breakdown(config, edits: "CommitWatcher") -> str:
     """Where the timed edits' latency went, p50/p90 per stage: write -> the watcher's
     observation -> the debouncer's receipt (the layers) -> batched -> committed."""
     paths = sorted(edits.latency)
-    try:
-        reply = control.request(config, "debouncer", "explain", {"paths": paths}, timeout=5.0)
-    except control.Unreachable:
-        return ""
-    found = reply.data.get("paths", {}) if reply.ok else {}
+    found = {}
+    for chunk in path_chunks(paths):
+        try:
+            reply = control.request(config, "debouncer", "explain", {"paths": chunk},
+                                    timeout=5.0)
+        except (control.Unreachable, BadMessage):
+            return ""
+        found.update(reply.data.get("paths", {}) if reply.ok else {})
     stages: dict[str, list[float]] = {"watch": [], "layers": [], "debounce": [], "commit": []}
     for rel in paths:
         record = found.get(rel)

@@ -76,9 +76,15 @@ def _not_running(config) -> CtlError:
                     EXIT_UNREACHABLE)
 
 
+def _unreadable(actor_id: str, command: str, exc: messages.BadMessage) -> CtlError:
+    return CtlError(f"the {actor_id} actor's answer to {command} could not be read: {exc}",
+                    EXIT_DAEMON)
+
+
 def ask(config, actor_id: str, command: str, args: dict | None = None,
         timeout: float = 2.0) -> dict:
-    """One control command; unreachable -> exit 1, an actor's error -> exit 3."""
+    """One control command; unreachable -> exit 1, an actor's error or an answer that
+    cannot be decoded -> exit 3."""
     try:
         reply = control.request(config, actor_id, command, args, timeout=timeout,
                                 listening=True)
@@ -88,9 +94,35 @@ def ask(config, actor_id: str, command: str, args: dict | None = None,
         raise CtlError(f"the {actor_id} actor did not answer on "
                        f"{config.endpoints.control(actor_id)}; check `actorctl status` and "
                        f"the gitsieve log", EXIT_UNREACHABLE) from None
+    except messages.BadMessage as exc:
+        raise _unreadable(actor_id, command, exc) from None
     if not reply.ok:
         raise CtlError(f"{actor_id}: {reply.error}", EXIT_DAEMON)
     return reply.data
+
+
+def path_chunks(paths: list[str]) -> list[list[str]]:
+    """``paths`` in runs one `explain` request may name (the protocol's limits)."""
+    chunks, chunk, size = [], [], 0
+    for path in paths:
+        length = len(path.encode("utf-8", "surrogateescape"))
+        if chunk and (len(chunk) >= messages.MAX_EXPLAINED_PATHS
+                      or size + length > messages.MAX_EXPLAINED_PATH_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(path)
+        size += length
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def explain_all(config, actor_id: str, paths: list[str]) -> dict:
+    """``actor_id``'s `explain` records of every path in ``paths``, asked in chunks."""
+    found = {}
+    for chunk in path_chunks(paths):
+        found.update(ask(config, actor_id, "explain", {"paths": chunk})["paths"])
+    return found
 
 
 def all_statuses(config, timeout: float = 1.0) -> list[dict]:
@@ -102,6 +134,8 @@ def all_statuses(config, timeout: float = 1.0) -> list[dict]:
         except control.Unreachable:
             actors.append({"name": actor_id, "pid": None, "state": "unreachable"})
             continue
+        except messages.BadMessage as exc:
+            raise _unreadable(actor_id, "status", exc) from None
         if not reply.ok:
             raise CtlError(f"{actor_id}: {reply.error}", EXIT_DAEMON)
         actors.append(reply.data)
@@ -522,8 +556,8 @@ class Flush(Command):
         state = Flush.git_state(config)
         nested = [p for p in state["dirty"] if p.endswith("/")]
         dirty = [p for p in state["dirty"] if not p.endswith("/")]
-        decided = ask(config, "debouncer", "explain", {"paths": dirty})["paths"] if dirty else {}
-        executed = ask(config, "executor", "explain", {"paths": dirty})["paths"] if dirty else {}
+        decided = explain_all(config, "debouncer", dirty)
+        executed = explain_all(config, "executor", dirty)
         held, skipped = [], []
         for path in nested:  # git lists a repository inside the work tree as a directory
             held.append({"path": path, "hold": Hold.NESTED_REPOSITORY,
@@ -624,7 +658,8 @@ class Learned(Command):
         stopped, on the file itself."""
         forgetting = args.forget is not None or args.all
         path = workspace_path(config, args.forget) if args.forget is not None else None
-        running = "debouncer" in control.known_actors(config)
+        # Its socket file alone does not say: a stopped gitsieve leaves it behind.
+        running = control.listening(config, "debouncer")
         if running and not forgetting:
             return {**ask(config, "debouncer", "learned"), "source": "running debouncer"}
         if running:
