@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import USER_PYTHON
 from gitsieve.common.agent.journal import CTIME_SLACK, WRITE_WINDOW, Op, Record
 from gitsieve.common.judge.attribution.base import Attribution
 from gitsieve.common.judge.attribution import journal as journal_module
@@ -313,3 +316,45 @@ def test_an_autonomous_process_in_the_workspace_outside_the_wrapper_is_named(
             proc.kill()
             proc.wait()
         made.close()
+
+
+# Run as an ordinary user: root reads through any mode.
+_BELOW_AN_UNREADABLE_DIRECTORY = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from gitsieve.common.judge.attribution.journal import AgentJournal, JournalOverlay
+
+    class NoWriter:
+        mode = "psutil"
+        def attribute(self, abs_path, observed, since=0.0):
+            return None
+        attribute_removal = attribute
+        def close(self):
+            pass
+
+    base = Path(sys.argv[1])
+    (base / "secret").mkdir()
+    (base / "secret" / "h.txt").write_text("hidden")
+    os.chmod(base / "secret", 0)
+    journal = AgentJournal(base / "journal", base, holds_open=lambda *_: False)
+    overlay = JournalOverlay(None, NoWriter(), journal)
+    try:
+        print(overlay.attribute(base / "secret" / "h.txt", time.time()))
+    finally:
+        os.chmod(base / "secret", 0o755)
+""")
+
+
+def test_a_file_below_an_unreadable_directory_keeps_the_base_answer(ordinary_user):
+    """A directory made unreadable (chmod 000) right after a write in it: L2's lstat
+    raised PermissionError, the change was lost with a traceback, and the file reached the
+    remote only at the next reconcile (fails before)."""
+    base = Path(tempfile.mkdtemp(prefix="gitsieve-unreadable-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        os.chown(base, ordinary_user.uid, ordinary_user.gid)
+        done = ordinary_user.run(USER_PYTHON, "-c", _BELOW_AN_UNREADABLE_DIRECTORY, str(base))
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"  # the base's answer: no writer known

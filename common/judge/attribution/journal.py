@@ -251,11 +251,16 @@ class JournalOverlay:
         # was appended before its write-open proceeded, so it is read now.
         try:
             ctime = os.lstat(abs_path).st_ctime
-        except FileNotFoundError:
-            return found  # gone meanwhile: its deletion is judged on its own
+        except OSError:
+            # gone meanwhile (its deletion is judged on its own), or below a directory made
+            # unreadable: the base's answer stands, and the layers after it say the rest
+            return found
         self.journal.refresh()
         path = self._relative(abs_path)
-        claim = self.journal.claim_version(path, ctime, lambda: git_blob_id(abs_path))
+        try:
+            claim = self.journal.claim_version(path, ctime, lambda: git_blob_id(abs_path))
+        except OSError:  # a marked path made unreadable: no version to compare
+            claim = None
         return self._combine(path, claim, found)
 
     def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
