@@ -62,14 +62,22 @@ def test_info_exclude_is_seen(workspace, checker):
     assert checker.ignored(["notes.md"]) == {"notes.md"}
 
 
-def test_a_path_beyond_a_symlink_fails_as_the_one_shot_does_and_the_next_batch_works(
-        workspace, checker):
+def test_paths_beyond_a_symlink_or_in_a_submodule_are_answered_not_ignored(
+        workspace, checker, tmp_path):
+    """check-ignore refuses a whole request for one such path ("fatal: pathspec ... is
+    beyond a symbolic link", "... is in submodule"): L1 logged an ERROR and counted an
+    error for a directory replaced by a link or an edit in a submodule (fails before)."""
     workspace.path("real").mkdir()
     os.symlink("real", workspace.path("link"))
-    with pytest.raises(GitError, match="beyond a symbolic link"):
-        checker.ignored(["a.log", "link/f.log"])
-    assert checker.fallbacks == 1
-    assert checker.ignored(["a.log", "b.txt"]) == {"a.log"}
+    module = tmp_path / "module"
+    module.mkdir()
+    for args in (("init", "-q"), ("commit", "-q", "--allow-empty", "-m", "m")):
+        workspace.git("-C", str(module), *args)
+    workspace.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(module),
+                  "sub")
+    workspace.write("sub/x.log", "in the submodule\n")
+    assert checker.ignored(["a.log", "link/f.log", "sub/x.log", "b.txt"]) == {"a.log"}
+    assert checker.fallbacks == 0
 
 
 def test_refresh_replaces_the_child_only_when_the_index_changed(workspace, checker):

@@ -68,6 +68,10 @@ class IgnoreChecker(KeptChild):
         return found
 
     def _ask(self, paths: list[str]) -> set[str]:
+        seen: dict[str, bool] = {}
+        paths = [path for path in paths if not self._beyond_work_tree(path, seen)]
+        if not paths:
+            return set()
         try:
             return self._exchange(paths)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -75,6 +79,25 @@ class IgnoreChecker(KeptChild):
             self.close()
             self.fallbacks += 1
             return self.git.ignored(paths)
+
+    def _beyond_work_tree(self, path: str, seen: dict[str, bool]) -> bool:
+        """Whether ``path`` lies beyond a symbolic link or inside a submodule or nested
+        repository (``seen``: the answers per directory in this request).  check-ignore
+        refuses a whole request for one such path ("fatal: pathspec ... is beyond a
+        symbolic link", "... is in submodule"), and none is a file git could ignore here:
+        they go on as not ignored (a directory replaced by a link still has its tracked
+        files' deletions committed)."""
+        directory = ""
+        for part in path.split("/")[:-1]:
+            directory = f"{directory}/{part}" if directory else part
+            beyond = seen.get(directory)
+            if beyond is None:
+                full = os.path.join(self.git.root, directory)
+                beyond = seen[directory] = os.path.islink(full) or os.path.lexists(
+                    os.path.join(full, ".git"))
+            if beyond:
+                return True
+        return False
 
     def close(self) -> None:
         if self.child is not None:
