@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, Gitsieve, create_workspace, processes_mentioning, wait_for
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.tools import cli
 from gitsieve.common.tools.runner import actor_ids
 
 
@@ -188,3 +189,12 @@ def test_bench_dirty_runs_floor_and_gitsieve_in_turn_and_prints_the_median():
     assert len(runs) == 2 and all("gitsieve, start to every file on the remote" in line
                                   for line in runs), result.stdout
     assert "median" in result.stdout and "x the floor" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["explain", "debug"])
+def test_a_gitsieve_ctl_command_names_itself_once_in_its_usage(name, capsys):
+    """`gitsieve explain` printed "usage: gitsieve explain explain ..." (and `gitsieve
+    debug` its actorctl name, tail)."""
+    assert cli.main([name, "--help"]) == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.startswith(f"usage: gitsieve {name} ["), usage

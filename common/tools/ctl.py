@@ -718,21 +718,26 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser(prog: str = "actorctl") -> argparse.ArgumentParser:
+def build_parser(prog: str = "actorctl", shown_as: dict[str, str] | None = None
+                 ) -> argparse.ArgumentParser:
+    """``shown_as``: a command's own name in usage lines (`gitsieve debug` runs `tail`)."""
     common = _common_options()
     parser = argparse.ArgumentParser(prog=prog, parents=[common],
                                      description="Introspect a running gitsieve.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cls in COMMANDS.items():
         command = cls()
-        sub_parser = sub.add_parser(name, help=command.help, parents=[common])
+        named = {"prog": shown_as[name]} if shown_as and name in shown_as else {}
+        sub_parser = sub.add_parser(name, help=command.help, parents=[common], **named)
         command.add_arguments(sub_parser)
         sub_parser.set_defaults(command_object=command)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "actorctl") -> int:
-    parser = build_parser(prog)
+    """``prog``: "actorctl", or "gitsieve NAME" when run as that gitsieve command."""
+    shown_as = {argv[0]: prog} if argv and " " in prog else None
+    parser = build_parser(prog, shown_as)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
