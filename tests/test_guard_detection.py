@@ -227,14 +227,18 @@ def test_password_assignment_with_strong_context_is_found(scanner, path, text):
     assert RuleId.PASSWORD_ASSIGNMENT in {f.rule for f in scanner.scan(path, text.encode())}
 
 
-# A "#" inside an unquoted value is the value's (a comment starts after a space), and
-# parentheses in one are no call: each was cut short or taken for a name, and pushed.
+# A "#", ";" or "," inside an unquoted value is the value's (a comment starts after a
+# space), and parentheses in one are no call: each was cut short or taken for a name, and
+# pushed.
 @pytest.mark.parametrize("path,text", [
     ("config.yml", "db_password: Xk9#mQ2vL8pWz"),
     ("deploy.sh", "export DB_PASSWORD=Xk9#mQ2vL8pWz"),
     ("staging.env", "DB_PASSWORD=Xk9#mQ2vL8pWz # the staging one"),
     ("config.yml", "db_password: Xk9(mQ2vL8pWz"),
     ("deploy.sh", "DB_PASSWORD=Xk9)mQ2vL8pWz"),
+    ("config.yml", "db_password: Xk9;mQ2vL8pWz"),
+    ("app.ini", "[db]\npassword=Zq8,Lm2pW9xT"),
+    ("config.yml", "{user: bob, password: Xk9;mQ2vL8pWz}"),
 ])
 def test_hash_signs_and_parentheses_inside_an_unquoted_password_are_its_own(
         scanner, path, text):
@@ -247,6 +251,8 @@ def test_hash_signs_and_parentheses_inside_an_unquoted_password_are_its_own(
     ("config.yml", "password: get_password()"),
     ("app.conf", 'PASSWORD=os.getenv("DB_PASSWORD")'),
     ("config.yml", "password: load(vault);"),
+    ("deploy.sh", "export PASSWORD=$1; run"),
+    ("app.js", "const password = getPassword(), user = x;"),
 ])
 def test_comments_calls_and_substitutions_are_not_passwords(scanner, path, text):
     assert not scanner.scan(path, text.encode())

@@ -48,8 +48,9 @@ _QUOTED_OR_BARE = (
     rb"(?:\"(?P<dq>[^\"\r\n]{1,200})\"|'(?P<sq>[^'\r\n]{1,200})'|`(?P<bq>[^`\r\n]{1,200})`"
     # code kept in a JSON string (a notebook's cell): its quotes are escaped
     rb"|\\\"(?P<eq>[^\"\\\r\n]{1,200})\\\""
-    # bare: a comment starts with a "#" after a space (YAML, shell, dotenv), not in a word
-    rb"|(?<![^:\s]:)(?P<bare>[^\s\"'`#;,][^\s\"'`;,]{0,199}))"
+    # bare: a comment starts with a "#" after a space (YAML, shell, dotenv), not in a word;
+    # a ";" or "," inside it is its own (YAML, INI, dotenv), one that ends it is punctuation
+    rb"|(?<![^:\s]:)(?P<bare>[^\s\"'`#;,](?:[^\s\"'`;,]|[;,](?=[^\s\"'`;,])){0,199}))"
 )
 
 # How far a private key block may reach from its BEGIN line (a PGP key with subkeys
