@@ -73,6 +73,8 @@ _UNSENT_RETRY = 0.02  # seconds between attempts to flush Changes the socket ref
 RESTART_RECONCILE_DELAY = 0.5
 # A path sent and not seen decided is "in flight" (a reconcile skips it) this long at most.
 IN_FLIGHT_EXPIRY = 30.0
+# Files of a directory whose mode changed told again at once (more: the reconcile's).
+MAX_RETOLD = 10_000
 MAX_IN_FLIGHT = 100_000  # marks kept; past it the oldest go (their paths are sent again)
 # A change older than the monotonic clock (before the boot): still a moment, never 0 (none).
 _LONG_AGO = 1e-6
@@ -227,6 +229,19 @@ class Watcher(Actor):
                 else:
                     files.append(child)
         return files
+
+    def _files_directly_in(self, rel: str) -> list[str]:
+        """The names in directory ``rel`` that are not directories (none if unreadable),
+        at most MAX_RETOLD: past that, the periodic reconcile finds the rest."""
+        try:
+            with os.scandir(self._abs(rel)) as entries:
+                names = [entry.name for entry in entries
+                         if not entry.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+        found = [child for child in (self._join(rel, name) for name in names)
+                 if not self.excluded(child)]
+        return found[:MAX_RETOLD]
 
     def _subtree(self, rel: str) -> list[str]:
         """Watched directory paths equal to or below ``rel``."""
@@ -625,6 +640,14 @@ class Watcher(Actor):
             for file in self._tracked_under(path):
                 self.moves.removed(file, now)
                 self._fold(folded, file, DELETE)
+        elif mask & flags.ATTRIB:
+            # The directory's own mode or owner changed.  One made readable again holds
+            # files that could not be read meanwhile (git refused them, L3 could not compare
+            # them) or were never watched: tell them again.
+            files = (self._watch_tree(path) if path not in self.path_to_wd
+                     else self._files_directly_in(path))
+            for file in files:
+                self._fold(folded, file, WRITE)
         elif mask & flags.DELETE:
             # Its files were reported one by one; IN_IGNORED drops the watches as well.
             for sub in self._subtree(path):

@@ -460,3 +460,17 @@ def test_a_file_changed_long_before_the_reconcile_is_not_made_to_wait_a_quiet_pe
     # both clocks, the ctime's and the monotonic one, within the kernel's coarse tick
     assert abs(old.written - wrote_old) < 0.5, (old.written, wrote_old)
     assert abs(fresh.written - wrote_fresh) < 0.5, (fresh.written, wrote_fresh)
+
+
+def test_the_files_of_a_directory_whose_mode_changed_are_told_again(workspace, start):
+    """A directory made unreadable right after a write in it, then readable again: its
+    file waited for the next reconcile (about a minute) to be judged and committed; the
+    directory's own IN_ATTRIB now tells its files again (fails before)."""
+    workspace.write("secret/h.txt", "hidden\n")
+    cfg, col = start()
+    col.wait("secret/h.txt")
+    sentinel(workspace, col)
+    before = len(col.of("secret/h.txt"))
+    os.chmod(workspace.path("secret"), 0o700)
+    wait_for(lambda: len(col.of("secret/h.txt")) > before, 10,
+             message="secret/h.txt told again after its directory's chmod")
