@@ -647,7 +647,10 @@ class Watcher(Actor):
             files = (self._watch_tree(path) if path not in self.path_to_wd
                      else self._files_directly_in(path))
             for file in files:
-                self._fold(folded, file, WRITE)
+                # as in a reconcile: an agent's settled version judged again would come back
+                # UNKNOWN, then be committed as a new file
+                if not self.is_settled(file):
+                    self._fold(folded, file, WRITE)
         elif mask & flags.DELETE:
             # Its files were reported one by one; IN_IGNORED drops the watches as well.
             for sub in self._subtree(path):

@@ -474,3 +474,16 @@ def test_the_files_of_a_directory_whose_mode_changed_are_told_again(workspace, s
     os.chmod(workspace.path("secret"), 0o700)
     wait_for(lambda: len(col.of("secret/h.txt")) > before, 10,
              message="secret/h.txt told again after its directory's chmod")
+
+
+def test_a_directory_chmod_tells_its_files_again_but_not_settled_versions(bare_watcher,
+                                                                          workspace):
+    """An agent's untracked file judged the system's is settled: told again by a touch or
+    chmod of its directory, it would be judged out of the attribution's sight, UNKNOWN, and
+    committed as a new file."""
+    watcher, read = bare_watcher
+    workspace.write("sub/agent.json", "{}\n")
+    workspace.write("sub/notes.md", "mine\n")
+    watcher._settle("sub/agent.json")
+    told = read(Event(1, flags.ATTRIB | flags.ISDIR, 0, "sub"))
+    assert [change.path for change in told] == ["sub/notes.md"]
