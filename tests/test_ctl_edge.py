@@ -34,7 +34,7 @@ def assert_one_line(result, fragment: str, code: int) -> None:
     assert len(lines) == 1 and fragment in lines[0], result.stderr
 
 
-# ----- Bug A: more dirty paths than one control reply may hold ------------------------
+# ----- more dirty paths than one control reply may hold --------------------------------
 def test_flush_reports_more_dirty_paths_than_one_reply_may_map(workspace, tmp_path):
     workspace.patterns("BLOCK:junk/.*:junk\n")
     workspace.fast_config()
@@ -86,7 +86,7 @@ def test_an_answer_actorctl_cannot_decode_is_one_line_not_a_traceback(workspace)
                     ctl.EXIT_DAEMON)
 
 
-# ----- Bug B: `learned` after a stop ------------------------------------------------
+# ----- `learned` after a stop ------------------------------------------------------
 def test_learned_lists_and_forgets_on_the_file_after_a_clean_stop(workspace, tmp_path):
     workspace.fast_config()
     gitsieve = Gitsieve(workspace, tmp_path / "run.log")
@@ -114,7 +114,7 @@ def test_learned_lists_and_forgets_on_the_file_after_a_clean_stop(workspace, tmp
     assert LearnedStore(cfg.learned_file).load() == {}
 
 
-# ----- Bug C: the workspace deleted under the L1 and L3 workers ------------------------
+# ----- the workspace deleted under the L1 and L3 workers ------------------------------
 def test_check_ignore_on_a_deleted_workspace_ignores_nothing_with_one_line(workspace, caplog):
     running = IgnoreChecker(Git(workspace.root), workspace.path(".git"))
     first_after = IgnoreChecker(Git(workspace.root), workspace.path(".git"))
