@@ -299,7 +299,7 @@ class Watcher(Actor):
         that a version marked the system's after its change was judged is judged with the
         mark.  Their quiet periods still count from their last change (the inode's ctime)."""
         if not isinstance(paths, list) or len(paths) > messages.MAX_MARKED_PATHS:
-            raise ValueError(f"paths: a list of at most {messages.MAX_MARKED_PATHS}")
+            raise TypeError(f"paths: a list of at most {messages.MAX_MARKED_PATHS}")
         observed, now = time.time(), time.monotonic()
         sent = 0
         for path in paths:

@@ -365,7 +365,7 @@ class Actor:
                                 f"known: {', '.join(known)}")
         try:
             data = getattr(self, method)(**request.args)
-        except (TypeError, ValueError) as exc:  # arguments the command does not take
+        except TypeError as exc:  # arguments the command does not take
             return ControlReply(ok=False, error=f"bad arguments for {request.command}: {exc}")
         return ControlReply(ok=True, data=data)
 
