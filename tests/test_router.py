@@ -182,6 +182,50 @@ def test_a_path_not_seen_lately_overtakes_a_storm_of_hot_paths(router):
     assert paths[-1] == "hot" and paths.index("person/edit.txt") < paths.index("hot")
 
 
+def test_a_persons_edit_overtakes_a_burst_of_new_files_in_another_area(router):
+    """Unprivileged, no layer has named the agent yet: every change is first seen (cold).
+    Areas take turns, so the edit does not wait behind the burst's 200 changes."""
+    cfg, context, producer = router
+    worker = stage_reader(context, cfg, "l2", window=1)
+    for seq in range(1, 201):
+        producer.send_multipart(queued(f"agent_out/run/out{seq:04d}.json", seq))
+    producer.send_multipart(queued("notes.md", 500))
+    wait_for(lambda: stage_status(cfg)["backlog"] == 200, 10, message="all queued")
+    paths = []
+    for taken in range(1, 5):
+        paths.append(receive(worker, 1)[0].path)
+        worker.announce(received=taken)
+    assert "notes.md" in paths[:3], paths
+    # the burst itself stays in order
+    agent = [p for p in paths if p != "notes.md"]
+    assert agent == sorted(agent)
+
+
+def test_areas_take_turns_within_a_lane_and_keep_their_own_order():
+    from gitsieve.common.actor.stage import StageQueue
+    from gitsieve.common.judge.areas import area_of
+    assert (area_of(b"a/b/c"), area_of(b"top.txt"), area_of(b".claude/x")) == \
+        (b"a", b"", b".claude")
+    queue = StageQueue("l3")
+    for number in range(3):
+        queue.put(f"burst/{number}".encode(), b"1", False, 1.0, 0.0)
+    queue.put(b"src/main.py", b"1", False, 1.0, 0.0)
+    queue.put(b"README.md", b"1", False, 1.0, 0.0)
+    queue.put(b"burst/0", b"2", False, 1.0, 0.0, order=(1.0, 9))  # merged in its place
+    served = []
+    while (head := queue.next()) is not None:
+        served.append((head[0], head[1].body))
+        queue.taken(head[0], 10.0)
+    assert served == [(b"burst/0", b"2"), (b"src/main.py", b"1"), (b"README.md", b"1"),
+                      (b"burst/1", b"1"), (b"burst/2", b"1")]
+    assert queue.backlog() == 0 and not queue.cold.areas
+    # a priority change of a waiting path moves it to the urgent lane, ahead of the rest
+    queue.put(b"burst/9", b"1", False, 1.0, 100.0)
+    queue.put(b"docs/x", b"1", False, 1.0, 100.0)
+    queue.put(b"docs/x", b"2", True, 1.0, 100.0, order=(1.0, 2))
+    assert queue.next()[0] == b"docs/x" and (len(queue.urgent), len(queue.cold)) == (1, 1)
+
+
 def test_the_backlog_cap_drops_and_counts(monkeypatch):
     from gitsieve.common.actor import stage as stage_mod
     monkeypatch.setattr(stage_mod, "MAX_BACKLOG", 2)

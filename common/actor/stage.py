@@ -15,10 +15,13 @@ The backlog holds at most one change per path: a newer change of a path still wa
 replaces the older one in its place (work grows with distinct paths, not with events), and
 keeps the earliest observation of the two, so a layer weighs every write since the first
 (exact attribution records writes apart from changes, per inode; the sampled fallback
-looks back to the earliest observation).  Three lanes, each first in, first out: ALLOW
-areas and writers known to be the user's first, then paths not forwarded within
-``HOT_WINDOW`` seconds, then the rest: an agent's storm rewrites the same paths, a person's
-edit rarely does.  The backlog holds at most
+looks back to the earliest observation).  Three lanes: ALLOW areas and writers known to be
+the user's first, then paths not forwarded within ``HOT_WINDOW`` seconds, then the rest: an
+agent's storm rewrites the same paths, a person's edit rarely does.  Within a lane, each
+area (a path's first component; the top-level files are one area) is first in, first out,
+and the areas take turns (:class:`FairLane`, ``common/judge/areas.py``): an agent writing thousands of new files into
+its own area, which no attribution may have named yet, delays a person's edit elsewhere by
+at most one change per busy area.  The backlog holds at most
 ``MAX_BACKLOG`` paths; a change beyond it is dropped and counted (``dropped``): the watcher
 sees the count in the health monitor's actors map and reconciles, so the path is sent again.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from gitsieve.common.judge.areas import area_of
 from gitsieve.common.protocol.messages import Ready
 
 # An idle worker announces (and an idle actor beats) up to this many times less often than
@@ -91,15 +95,60 @@ HOT_WINDOW = 2.0
 _RECENT_KEPT = 100_000
 
 
+class FairLane:
+    """A lane of waiting changes: first in, first out within each area, the areas served in
+    turn.  An area leaves the rotation when empty and joins at its end when a change comes."""
+
+    def __init__(self):
+        self.areas: OrderedDict[bytes, OrderedDict[bytes, Waiting]] = OrderedDict()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, path: bytes) -> Waiting | None:
+        queue = self.areas.get(area_of(path))
+        return None if queue is None else queue.get(path)
+
+    def add(self, path: bytes, waiting: Waiting) -> None:
+        area = area_of(path)
+        queue = self.areas.get(area)
+        if queue is None:
+            queue = self.areas[area] = OrderedDict()
+        if path not in queue:
+            self.size += 1
+        queue[path] = waiting
+
+    def pop(self, path: bytes, served: bool = False) -> Waiting | None:
+        """Take ``path`` out; ``served``: it was handed out, so its area's turn is over."""
+        area = area_of(path)
+        queue = self.areas.get(area)
+        waiting = None if queue is None else queue.pop(path, None)
+        if waiting is None:
+            return None
+        self.size -= 1
+        if not queue:
+            del self.areas[area]
+        elif served:
+            self.areas.move_to_end(area)
+        return waiting
+
+    def first(self) -> tuple[bytes, Waiting] | None:
+        """The change whose turn it is."""
+        for queue in self.areas.values():
+            return next(iter(queue.items()))
+        return None
+
+
 class StageQueue:
     """One stage's backlog (one change per path; priority changes first) and its workers'
     credit."""
 
     def __init__(self, name: str):
         self.name = name
-        self.urgent: OrderedDict[bytes, Waiting] = OrderedDict()
-        self.cold: OrderedDict[bytes, Waiting] = OrderedDict()  # not forwarded lately
-        self.normal: OrderedDict[bytes, Waiting] = OrderedDict()
+        self.urgent = FairLane()
+        self.cold = FairLane()  # not forwarded lately
+        self.normal = FairLane()
         self.lanes = (self.urgent, self.cold, self.normal)
         self.recent: OrderedDict[bytes, float] = OrderedDict()  # path -> last forwarded
         self.workers: dict[bytes, Worker] = {}
@@ -127,7 +176,7 @@ class StageQueue:
                 waiting.merged = True
                 self.replaced += 1
                 if priority and lane is not self.urgent:
-                    self.urgent[path] = lane.pop(path)
+                    self.urgent.add(path, lane.pop(path))
                 return True
         if self.backlog() >= MAX_BACKLOG:
             self.dropped += 1
@@ -135,19 +184,19 @@ class StageQueue:
         last = self.recent.get(path)
         cold = last is None or now - last > HOT_WINDOW
         lane = self.urgent if priority else self.cold if cold else self.normal
-        lane[path] = Waiting(body, observed, order=order)
+        lane.add(path, Waiting(body, observed, order=order))
         return True
 
     def next(self) -> tuple[bytes, Waiting] | None:
         for lane in self.lanes:
             if lane:
-                return next(iter(lane.items()))
+                return lane.first()
         return None
 
     def taken(self, path: bytes, now: float) -> None:
-        """The change of ``path`` at the head of its lane was forwarded."""
+        """The change of ``path`` whose turn it was was forwarded."""
         for lane in self.lanes:
-            if lane.pop(path, None) is not None:
+            if lane.pop(path, served=True) is not None:
                 break
         self.recent[path] = now
         self.recent.move_to_end(path)
