@@ -45,7 +45,8 @@ _seq = iter(range(1, 10_000_000))
 
 
 def change(path: str, observed: float, writer: Writer | None = Writer.UNKNOWN,
-           commit: bool = True, action: Action = Action.ANALYZE) -> Decision:
+           commit: bool = True, action: Action = Action.ANALYZE,
+           open_since: float = 0.0) -> Decision:
     trail = ()
     if writer is not None:
         trail = (ProcessStep(writer, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, Mode.PSUTIL,
@@ -53,7 +54,8 @@ def change(path: str, observed: float, writer: Writer | None = Writer.UNKNOWN,
     if commit:
         trail += (ContentStep(Content.USER, L3Reason.CONTENT_CHANGED),)
     return Decision(path=path, kind=ChangeKind.WRITE, seq=next(_seq), epoch=1.0,
-                    observed=observed, commit=commit, action=action, trail=trail)
+                    observed=observed, commit=commit, action=action, trail=trail,
+                    open_since=open_since)
 
 
 @pytest.fixture
@@ -306,6 +308,26 @@ def test_a_commit_left_unanswered_ends_the_count(config):
     clock.now += 60  # a suspect that went quiet is forgotten
     loops.tick()
     assert loops.tracks["s.md"].reactions == 0 and "s.md" not in loops.suspects
+
+
+def test_a_write_seen_open_then_closed_across_a_commit_is_one_reaction(config):
+    """A loaded watcher reports an agent's new file once open and once closed.  A commit
+    landing between the two used to count the close as a second reaction, and with
+    thousands of such files a probe stopped every release, a person's edits included."""
+    clock = Clock()
+    loops = judge_for(config, clock)
+    loops.note_commit(clock.now)
+    for number in range(2000):
+        loops.observe(change(f"out/{number}.json", clock.now + 0.1, open_since=clock.now))
+    loops.note_commit(clock.now + 0.5)
+    for number in range(2000):
+        loops.observe(change(f"out/{number}.json", clock.now + 0.6))
+    assert {loops.tracks[f"out/{n}.json"].reactions for n in range(2000)} == {1}
+    assert not loops.probing and loops.probe_remaining() == 0.0
+    # a rewrite after the next commit is a reaction again, and starts the probe
+    loops.note_commit(clock.now + 1.0)
+    loops.observe(change("out/7.json", clock.now + 1.1))
+    assert loops.tracks["out/7.json"].reactions == 2 and loops.probing == {"out/7.json"}
 
 
 def test_a_reaction_that_reaches_the_debouncer_late_still_counts(config):

@@ -10,7 +10,10 @@ judged before the commit it reacts to is known; all times are wall-clock seconds
 A change of a path is a *reaction* when its writer is not positively the person (SYSTEM or
 UNKNOWN; SELF is gitsieve's own git and ignored), it is the path's first change since one of
 gitsieve's commits, it was observed within ``[loop] window`` seconds of that commit, and the
-path answered every commit since its previous reaction within that window.  Any other
+path answered every commit since its previous reaction within that window.  The change that
+ends a write observed under way (the file still open for writing) belongs to that write,
+which began before any commit since: a loaded watcher that reports an agent's new file once
+open and once closed, a commit between the two, does not make it a suspect twice over.  Any other
 change of the path starts the count again; a reaction that is not committed (churn a layer
 dropped) neither counts nor ends the count.  ``[loop] after`` reactions in a row and the path
 is held (``Hold.FEEDBACK_LOOP``): never committed again until a write positively attributed
@@ -64,6 +67,8 @@ PROBE_MAX = 15.0
 # after that commit's window closed.  (A late change is judged by its observed time anyway:
 # this only forgets suspects that went quiet.)
 ARRIVAL_SLACK = 30.0
+# Suspects that let a commit pass are looked for this often (a storm makes thousands).
+SWEEP_EVERY = 5.0
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Track:
 
     last_change: float = float("-inf")  # observed time of its newest change
     reactions: int = 0  # reactions in a row
-    unanswered: float | None = None  # earliest commit since its last reaction
+    writing: bool = False  # its newest change was observed with the file open for writing
     probe_started: float | None = None  # a probe runs for this path (wall time)
     probe_ends: float = 0.0
     probed: bool = False  # a probe ended with the path silent: the next reaction holds
@@ -90,6 +95,8 @@ class LoopJudge:
         self.held: dict[str, dict] = self.store.load()
         self.tracks: OrderedDict[str, Track] = OrderedDict()
         self.suspects: set[str] = set()  # tracked paths with reactions > 0
+        self.probing: set[str] = set()  # suspects whose probe runs
+        self._next_sweep = 0.0
         self.commits: deque[float] = deque(maxlen=COMMITS_KEPT)  # sorted moments
 
     # ----- inputs ------------------------------------------------------------------------
@@ -99,13 +106,11 @@ class LoopJudge:
             bisect.insort(self.commits, moved_at)  # a report that arrived late
         else:
             self.commits.append(moved_at)
-        for path in self.suspects:
+        for path in self.probing:
             track = self.tracks[path]
-            if track.probe_started is not None and moved_at >= track.probe_started:
+            if moved_at >= track.probe_started:
                 # a commit during the probe (an executor backlog): it proves nothing
                 self._start_probe(path, track)
-            elif track.unanswered is None and track.last_change < moved_at:
-                track.unanswered = moved_at
 
     def observe(self, decision: Decision) -> str | None:
         """Feed one (non-stale) Decision; "held" or "released" when a hold changed."""
@@ -131,35 +136,49 @@ class LoopJudge:
             return None
         if not learnable(path):
             return None
-        return self._change(path, decision.observed, decision.commit)
+        return self._change(path, decision.observed, decision.commit,
+                            still_open=bool(decision.open_since))
 
     def tick(self, now: float | None = None) -> None:
-        """End probes that ran their time and give up on commits left unanswered."""
+        """End probes that ran their time and, every SWEEP_EVERY seconds, give up on
+        commits left unanswered."""
         now = self.clock() if now is None else now
-        for path in list(self.suspects):
+        for path in [p for p in self.probing if now >= self.tracks[p].probe_ends]:
+            self.probing.discard(path)
             track = self.tracks[path]
-            if track.probe_started is not None and now >= track.probe_ends:
-                track.probe_started, track.probed = None, True
-            elif (track.unanswered is not None
-                  and now > track.unanswered + self.window + ARRIVAL_SLACK):
+            track.probe_started, track.probed = None, True
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_EVERY
+        for path in [p for p in self.suspects if p not in self.probing]:
+            track = self.tracks[path]
+            unanswered = self._first_commit_after(track.last_change)
+            if unanswered is not None and now > unanswered + self.window + ARRIVAL_SLACK:
                 self._reset(path, track)  # it let a commit pass: not a reaction to commits
 
     # ----- the count -----------------------------------------------------------------
-    def _change(self, path: str, observed: float, committing: bool) -> str | None:
+    def _change(self, path: str, observed: float, committing: bool,
+                still_open: bool = False) -> str | None:
         track = self.tracks.get(path)
         if track is None:
             track = self.tracks[path] = Track()
             while len(self.tracks) > TRACKED_PATHS:
-                gone, _ = self.tracks.popitem(last=False)
-                self.suspects.discard(gone)
+                self._forget_track(next(iter(self.tracks)))
         self.tracks.move_to_end(path)
+        if track.writing:
+            # the end (or more) of a write already under way: the same write, not a new one
+            track.writing = still_open
+            track.last_change = max(track.last_change, observed)
+            return None
+        track.writing = still_open
         commit = self._latest_commit(observed)
+        # the earliest commit since its previous reaction, which it must have answered
+        unanswered = self._first_commit_after(track.last_change) if track.reactions else None
         reaction = (commit is not None and track.last_change < commit
                     and observed - commit <= self.window
-                    and (track.unanswered is None
-                         or observed - track.unanswered <= self.window))
+                    and (unanswered is None or observed - unanswered <= self.window))
         log.debug("%s changed at %.3f: latest commit %s, last change %.3f, unanswered %s: %s",
-                  path, observed, commit, track.last_change, track.unanswered,
+                  path, observed, commit, track.last_change, unanswered,
                   "reaction" if reaction else "not a reaction")
         if track.last_change < observed:
             if track.last_change > float("-inf"):
@@ -168,7 +187,6 @@ class LoopJudge:
         if not reaction:
             self._reset(path, track)
             return None
-        track.unanswered = None
         if track.probe_started is not None or not committing:
             # reacting to a commit made during the probe (the probe restarted), or a change
             # that will not be committed: it cannot feed a loop, nor does it end the count
@@ -185,6 +203,10 @@ class LoopJudge:
         index = bisect.bisect_right(self.commits, moment)
         return self.commits[index - 1] if index else None
 
+    def _first_commit_after(self, moment: float) -> float | None:
+        index = bisect.bisect_right(self.commits, moment)
+        return self.commits[index] if index < len(self.commits) else None
+
     def _start_probe(self, path: str, track: Track) -> None:
         now = self.clock()
         quiet = self.config.debounce_for(path, Action.ANALYZE)
@@ -193,15 +215,18 @@ class LoopJudge:
         track.probe_started = now
         track.probe_ends = now + length + self.rng.uniform(0.0, PROBE_JITTER)
         track.probed = False
+        self.probing.add(path)
 
     def _reset(self, path: str, track: Track) -> None:
-        track.reactions, track.unanswered = 0, None
+        track.reactions = 0
         track.probe_started, track.probed = None, False
         self.suspects.discard(path)
+        self.probing.discard(path)
 
     def _forget_track(self, path: str) -> None:
         if self.tracks.pop(path, None) is not None:
             self.suspects.discard(path)
+            self.probing.discard(path)
 
     def _hold(self, path: str, track: Track) -> str:
         self._forget_track(path)
@@ -227,8 +252,7 @@ class LoopJudge:
     def probe_remaining(self, now: float | None = None) -> float:
         """Seconds the debouncer should still release nothing (0: none)."""
         now = self.clock() if now is None else now
-        ends = [self.tracks[p].probe_ends for p in self.suspects
-                if self.tracks[p].probe_started is not None]
+        ends = [self.tracks[p].probe_ends for p in self.probing]
         return max(0.0, max(ends) - now) if ends else 0.0
 
     def release(self, path: str | None, reason: str = "released by command") -> str | None:
