@@ -45,6 +45,7 @@ import zmq
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.committer import CommitResult, Committer
 from gitsieve.common.git.head import file_signature, head_token
+from gitsieve.common.judge.areas import quiet_areas_first
 from gitsieve.common.judge.guard.gate import CommitGuard
 from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
@@ -353,7 +354,8 @@ class Executor(Actor):
         self.drain_batches()
         may_push = self.push_wait(now)[0] is None
         if self.held and self.commit_wait(now)[0] is None:
-            paths = self.committable()
+            # a person's edits beside an agent's backlog go in a quick commit of their own
+            paths = quiet_areas_first(self.committable(), self.user_written)
             # each with its earliest observation: one unchanged since is not read again
             recheck = {path: self.held.get(path) for path in self.recheck.intersection(paths)}
             self.run_job(Job(paths=paths, recheck=recheck,

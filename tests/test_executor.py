@@ -392,6 +392,33 @@ def test_handler_runaway_path_is_capped_visible_and_never_dropped(workspace):
         executor.close()
 
 
+def test_handler_a_persons_edit_beside_an_agents_backlog_goes_in_a_commit_of_its_own(
+        workspace):
+    """Unprivileged, nothing names the agent: its thousands of new files and a person's
+    edit reach the executor alike.  The quiet area's path commits first, on its own, and
+    the backlog follows in the next commit: none is lost."""
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
+    try:
+        burst = [f"agent_out/run/out{number:04d}.json" for number in range(400)]
+        for path in burst:
+            workspace.write(path, "{}\n")
+        workspace.write("notes.md", "my line\n")
+        executor.on_batch(Batch(batch_id=1, paths=tuple(burst[:200]), observed=(1.0,) * 200,
+                                created=1.0))
+        executor.on_batch(Batch(batch_id=2, paths=("notes.md", *burst[200:]),
+                                observed=(1.0,) * 201, created=1.0))
+        executor.on_tick(0)
+        assert workspace.git("show", "--name-only", "--format=", "HEAD").split() == \
+            ["notes.md"]
+        assert len(executor.held) == 400
+        executor.on_tick(0)
+        assert executor.held == {}
+        assert set(burst) <= set(workspace.files_at())
+        assert workspace.remote_head() == workspace.head()
+    finally:
+        executor.close()
+
+
 def test_handler_lock_retry_is_scheduled_not_slept(workspace):
     executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
     slept = []
