@@ -394,9 +394,10 @@ def stage_breakdown(config, edits: "CommitWatcher") -> str:
     return "where the time went, p50/p90 s: " + ", ".join(parts)
 
 
-def storm_writer(root: Path, rate: float, seconds: float, files: int) -> int:
-    """The autonomous process of ``--storm``: rewrites ``files`` files with new content at
-    ``rate`` writes a second for ``seconds``.  Its command line carries AUTONOMOUS_NAME."""
+def storm_writer(root: Path, rate: float, seconds: float, files: int, new: bool = False) -> int:
+    """The autonomous process of ``--storm``: rewrites ``files`` files with new content (or,
+    ``new``, writes a new file each time) at ``rate`` writes a second for ``seconds``.  Its
+    command line carries AUTONOMOUS_NAME."""
     folder = root / "agent"
     folder.mkdir(exist_ok=True)
     started = time.monotonic()
@@ -404,7 +405,8 @@ def storm_writer(root: Path, rate: float, seconds: float, files: int) -> int:
     while time.monotonic() - started < seconds:
         due = int((time.monotonic() - started) * rate)
         for _ in range(min(due - written, 100)):  # a slow machine writes less, never longer
-            with open(folder / f"state-{written % files:03d}.txt", "w") as out:
+            name = f"new-{written:06d}.txt" if new else f"state-{written % files:03d}.txt"
+            with open(folder / name, "w") as out:
                 out.write(f"agent write {written}\n")
             written += 1
         if written >= due:
@@ -413,9 +415,11 @@ def storm_writer(root: Path, rate: float, seconds: float, files: int) -> int:
     return written
 
 
-def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float = 0.5) -> int:
+def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float = 0.5,
+          new: bool = False) -> int:
     """``gitsieve bench --storm RATE``: an autonomous process rewrites ``files`` files at
-    RATE writes a second while a person edits ANALYZE paths once a second."""
+    RATE writes a second (``new``: writes RATE new files a second, a burst no sampler can
+    attribute) while a person edits ANALYZE paths once a second."""
     base = Path(tempfile.mkdtemp(prefix="gitsieve-storm-"))
     runner = writer = None
     try:
@@ -436,7 +440,8 @@ def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float 
         router_peak = 0
         writer = subprocess.Popen([sys.executable, "-m", "gitsieve.common.tools.bench",
                                    "storm-writer", AUTONOMOUS_NAME, str(root), str(rate),
-                                   str(seconds), str(files)], stdout=subprocess.PIPE)
+                                   str(seconds), str(files), "new" if new else "rewrite"],
+                                  stdout=subprocess.PIPE)
         started = time.monotonic()
         next_edit, next_sample, number = started + 0.5, started, 0
         while writer.poll() is None:
@@ -478,9 +483,10 @@ def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float 
         shutil.rmtree(base, ignore_errors=True)
 
     during = [edits.latency[rel] for rel in sorted(edits.latency) if rel.startswith("notes/storm")]
-    print(f"gitsieve bench --storm {rate:g}: {files} files rewritten by {AUTONOMOUS_NAME} for "
-          f"{seconds:g} s, a user edit (ANALYZE path) a second; debounce {debounce:g} s, "
-          f"{os.cpu_count()} cpus")
+    what = "new files written" if new else f"{files} files rewritten"
+    print(f"gitsieve bench --storm {rate:g}{' --new-files' if new else ''}: {what} by "
+          f"{AUTONOMOUS_NAME} for {seconds:g} s, a user edit (ANALYZE path) a second; "
+          f"debounce {debounce:g} s, {os.cpu_count()} cpus")
     print(f"the autonomous process wrote {storm_writes} times ({storm_writes / seconds:.0f}/s)")
     if during:
         print(f"user-edit latency during the storm: n {len(during)}, p50 "
@@ -582,9 +588,10 @@ def memory_at_rest(root: Path, runner: subprocess.Popen, config, rest: float) ->
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "storm-writer":
-    # python -m gitsieve.common.tools.bench storm-writer NAME ROOT RATE SECONDS FILES
+    # python -m gitsieve.common.tools.bench storm-writer NAME ROOT RATE SECONDS FILES MODE
     raise SystemExit(0 if storm_writer(Path(sys.argv[3]), float(sys.argv[4]),
-                                       float(sys.argv[5]), int(sys.argv[6])) else 1)
+                                       float(sys.argv[5]), int(sys.argv[6]),
+                                       new=sys.argv[7] == "new") else 1)
 # ----- gitsieve bench --agent: the wrapper's overhead --------------------------------------
 AGENT_SMALL = b"x" * 100
 AGENT_MEGABYTE = b"y" * (1 << 20)

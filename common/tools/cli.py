@@ -183,9 +183,11 @@ def cmd_bench(args) -> int:
         return bench_git.run_tree(args.tree, edits=min(args.edits, 20), debounce=args.debounce)
     if args.large:
         return bench_git.run_large(args.large)
+    if args.new_files and args.storm is None:
+        raise UsageError("--new-files goes with --storm RATE")
     if args.storm is not None:
         return bench.storm(args.storm, seconds=args.seconds, files=args.files or 200,
-                           debounce=args.debounce)
+                           debounce=args.debounce, new=args.new_files)
     if args.idle is not None:
         return bench.idle(args.idle, files=args.files or 500)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn,
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storm", type=float, metavar="RATE",
                        help="an autonomous process rewrites files at RATE writes/s while a "
                             "person edits: latency, recovery, RSS, CPU, overflows")
+    bench.add_argument("--new-files", action="store_true",
+                       help="--storm: the autonomous process writes a new file each time "
+                            "(a burst that unprivileged attribution cannot name)")
     bench.add_argument("--seconds", type=float, default=10.0,
                        help="how long the storm lasts (default 10)")
     bench.add_argument("--idle", type=float, metavar="SECONDS",
