@@ -86,6 +86,26 @@ def test_changes_spread_beyond_the_window_do_not_teach(cfg):
     assert learner.learned == {}
 
 
+def test_counts_are_capped_and_stale_ones_dropped(cfg, monkeypatch):
+    """A storm of new agent files, each changed once, kept one count per file for good."""
+    from gitsieve.common.judge import learning
+    monkeypatch.setattr(learning, "MAX_COUNTED", 100)
+    clock = Clock()
+    learner = Learner(cfg, clock)
+    for number in range(1000):
+        learner.observe(decision(f"out/{number}.json", False, system_step()))
+    assert len(learner.counts) == 100 and "out/999.json" in learner.counts
+    clock.now += 61  # the window (1 minute) has passed: every count is stale
+    learner.observe(decision("status.json", False, system_step()))
+    assert list(learner.counts) == ["status.json"]
+    # a path still counting keeps its count among the storm, and is learned
+    for number in range(2):
+        learner.observe(decision("status.json", False, system_step()))
+        for other in range(50):
+            learner.observe(decision(f"more/{number}/{other}.json", False, system_step()))
+    assert "status.json" in learner.learned
+
+
 def test_user_commits_reset_and_weak_or_unknown_evidence_never_teaches(cfg):
     learner = Learner(cfg, Clock())
     learner.observe(decision("a.json", False, system_step()))

@@ -5,7 +5,10 @@
   confidence >= ``MIN_CONFIDENCE``.  ``config.learn_after`` of them within
   ``config.learn_window`` seconds, with no commit in between, and the path is learned.
   A Decision that commits a path whose L2 step positively named the user unlearns it;
-  learning never comes from user writes (any commit resets the count).
+  learning never comes from user writes (any commit resets the count).  It counts at most
+  ``MAX_COUNTED`` paths: the counts of the least recently changed go first, as do those
+  whose changes all fell out of the window (an agent's storm of new files, each changed
+  once, would otherwise keep one entry per file for good).
 - :class:`LearnedStore` persists the set in ``config.learned_file`` (JSON, written
   atomically).  :class:`LearnedSet` is the read side for L1, reloaded when the file changes.
 - L1 does not BLOCK a learned path: it marks its step ``learned`` and sends it to L2, which
@@ -17,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict
 from pathlib import Path
 
 from gitsieve.common.config.runtime import write_atomic
@@ -34,6 +37,7 @@ MIN_CONFIDENCE = 0.9
 # The agent journal names the system's version exactly every time: learning from it would
 # only block the person's later edits of those paths.
 NEVER_TEACH = frozenset({Technique.AGENT_JOURNAL, Technique.AGENT_MARK})
+MAX_COUNTED = 10_000
 
 
 def learnable(path: str) -> bool:
@@ -111,7 +115,8 @@ class Learner:
         self.store = LearnedStore(config.learned_file)
         self.clock = clock
         self.learned: dict[str, dict] = self.store.load()
-        self.counts: dict[str, deque[float]] = {}
+        # path -> its counted changes' moments; least recently changed first
+        self.counts: OrderedDict[str, list[float]] = OrderedDict()
 
     def observe(self, decision) -> str | None:
         """Feed one Decision; return "learned" or "unlearned" when the set changed."""
@@ -130,10 +135,13 @@ class Learner:
         if not learnable(path):  # never learn a path no change could carry
             return None
         now = self.clock()
-        seen = self.counts.setdefault(path, deque(maxlen=self.after))
-        seen.append(now)
-        while seen and seen[0] < now - self.window:
-            seen.popleft()
+        cutoff = now - self.window
+        seen = self.counts.pop(path, [])
+        seen = [moment for moment in seen[-(self.after - 1):] if moment >= cutoff] + [now]
+        self.counts[path] = seen
+        while self.counts and (len(self.counts) > MAX_COUNTED
+                               or next(iter(self.counts.values()))[-1] < cutoff):
+            self.counts.popitem(last=False)
         if len(seen) < self.after:
             return None
         del self.counts[path]
