@@ -82,6 +82,25 @@ def test_name_operations_are_kept_per_path_directories_left_out(tmp_path):
     assert "dir" not in recorder.names
 
 
+def test_name_operations_are_capped_per_path_and_in_paths_forgetting_into_a_gap(tmp_path):
+    """A storm of new files kept one history per name until the history's 30 s ran out:
+    now at most ``max_files`` names, the least recent forgotten, their span a blind spot."""
+    recorder = recorder_on(tmp_path, max_files=100)
+    now = time.time()
+    for number in range(40):
+        recorder.record([NameOp(1, b"status.json", Op.MOVED_TO, 11, now + number, 0.0,
+                                False, AGENT)])
+    assert len(recorder.names["status.json"]) == recorder_module.HISTORY_PER_FILE
+    assert recorder.missed("status.json", now - 1, now + 50, unmarked=False) is None
+    for number in range(150):
+        recorder.record([NameOp(1, f"out/{number}.json".encode(), Op.CREATE, 11,
+                                now + 50 + number * 0.01, 0.0, False, AGENT)])
+    assert len(recorder.names) == 100 and "status.json" not in recorder.names
+    assert "out/149.json" in recorder.names and "out/49.json" not in recorder.names
+    assert recorder.missed("status.json", now + 30, now + 35,
+                           unmarked=False) is Missed.HISTORY_CAP
+
+
 def test_an_overflow_makes_the_window_it_covers_unknown(tmp_path):
     recorder, t = recorder_on(tmp_path), time.time()
     recorder.record([Overflow(0, OverflowSource.FANOTIFY, t - 10, 0.0, t, 0.0, 0)])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -56,7 +55,7 @@ _MISSED_BY_SOURCE = {OverflowSource.FANOTIFY: Missed.FANOTIFY_OVERFLOW,
                      OverflowSource.CLIENT_BUFFER: Missed.CLIENT_BUFFER}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WriteEvent:
     """One write: who (pid), when it was read (wall clock), and the writer classified."""
 
@@ -67,7 +66,7 @@ class WriteEvent:
     evidence: object
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NameEvent:
     """One name operation: who (pid), when it was read (wall clock), which."""
 
@@ -99,7 +98,10 @@ class WriteRecorder:
         self.writes: WriteHistory[WriteEvent] = WriteHistory(
             history, max_files, clock, kind_of=lambda event: getattr(event.evidence, "writer",
                                                                      None))
-        self.names: dict[str, deque[NameEvent]] = {}
+        # path -> its newest name operations (HISTORY_PER_FILE at most, a list: a deque
+        # costs 600 bytes even for one); least recently operated on first, MAX_FILES paths
+        self.names: dict[str, list[NameEvent]] = {}
+        self.max_files = max_files
         self.unmarked: dict[str, float] = {}  # path -> writes before this time unseen
         self.away_since: tuple[float, Missed] | None = None  # an open span (helper away)
         self.kept = 0
@@ -155,12 +157,24 @@ class WriteRecorder:
         if operation.is_dir or self._excluded(operation.path):
             return
         rel = os.fsdecode(operation.path)
-        history = self.names.get(rel)
+        history = self.names.pop(rel, None)  # re-inserted: dict order is recency
         if history is None:
-            history = self.names[rel] = deque(maxlen=HISTORY_PER_FILE)
+            history = []
+            if len(self.names) >= self.max_files:
+                self._evict_names()
+        elif len(history) >= HISTORY_PER_FILE:
+            del history[0]
         history.append(NameEvent(operation.pid, operation.wall, operation.op, rel,
                                  self._evidence(operation.lineage)))
+        self.names[rel] = history
         self.kept += 1
+
+    def _evict_names(self) -> None:
+        """Forget the least recently operated-on path's name operations (a storm of new
+        files beyond MAX_FILES within the history); their span becomes a gap."""
+        rel, history = next(iter(self.names.items()))
+        del self.names[rel]
+        self.writes.note_gap(history[0].stamp, history[-1].stamp, Missed.HISTORY_CAP)
 
     def _record_unmarked(self, unmarked: Unmarked) -> None:
         if len(self.unmarked) >= MAX_UNMARKED:
