@@ -82,7 +82,7 @@ class Worker:
         return self.window - self.in_flight()
 
 
-@dataclass
+@dataclass(slots=True)  # one per waiting path: up to MAX_BACKLOG
 class Waiting:
     body: bytes
     observed: float  # the earliest observation of the changes merged here

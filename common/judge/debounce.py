@@ -52,7 +52,7 @@ class Intake(Enum):
     NOT_ISSUED = "not-issued"  # beyond any (epoch, seq) the watcher issued
 
 
-@dataclass
+@dataclass(slots=True)  # one per tracked path: up to MAX_TRACKED
 class PathState:
     newest: tuple[float, int]  # (epoch, seq) of the newest decision seen
     last_seen: float  # arrival of the newest decision (for forgetting)

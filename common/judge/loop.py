@@ -71,7 +71,7 @@ ARRIVAL_SLACK = 30.0
 SWEEP_EVERY = 5.0
 
 
-@dataclass
+@dataclass(slots=True)  # one per tracked path
 class Track:
     """What the judge follows of one path."""
 
