@@ -46,10 +46,11 @@ _seq = iter(range(1, 10_000_000))
 
 def change(path: str, observed: float, writer: Writer | None = Writer.UNKNOWN,
            commit: bool = True, action: Action = Action.ANALYZE,
-           open_since: float = 0.0) -> Decision:
+           open_since: float = 0.0,
+           l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN) -> Decision:
     trail = ()
     if writer is not None:
-        trail = (ProcessStep(writer, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, Mode.PSUTIL,
+        trail = (ProcessStep(writer, l2_reason, Mode.PSUTIL,
                              pid=4242 if writer == Writer.USER else None),)
     if commit:
         trail += (ContentStep(Content.USER, L3Reason.CONTENT_CHANGED),)
@@ -88,9 +89,11 @@ class Pipeline:
         self.commits: dict[str, int] = {}
         self.head_moves: list[float] = []
 
-    def write(self, path: str, writer: Writer = Writer.UNKNOWN) -> None:
+    def write(self, path: str, writer: Writer = Writer.UNKNOWN,
+              l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN) -> None:
         now = self.clock.now
-        self.in_flight.append((now + self.latency, change(path, now, writer)))
+        self.in_flight.append((now + self.latency,
+                               change(path, now, writer, l2_reason=l2_reason)))
 
     def step(self) -> None:
         self.clock.now = round(self.clock.now + self.STEP, 6)
@@ -134,7 +137,8 @@ def periodic(path: str, period: float, start: float = 0.0):
     return write
 
 
-def reactive(path: str, delay: float):
+def reactive(path: str, delay: float,
+             l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN):
     """Rewrites ``path`` ``delay`` seconds after every HEAD move (once per move seen)."""
     state = {"seen": 0, "due": []}
 
@@ -144,7 +148,7 @@ def reactive(path: str, delay: float):
             state["seen"] += 1
         if state["due"] and now >= state["due"][0]:
             state["due"].pop(0)
-            pipe.write(path)
+            pipe.write(path, l2_reason=l2_reason)
     return write
 
 
@@ -328,6 +332,18 @@ def test_a_write_seen_open_then_closed_across_a_commit_is_one_reaction(config):
     loops.note_commit(clock.now + 1.0)
     loops.observe(change("out/7.json", clock.now + 1.1))
     assert loops.tracks["out/7.json"].reactions == 2 and loops.probing == {"out/7.json"}
+
+
+def test_saves_right_after_each_commit_with_no_autonomous_process_running_are_never_held(
+        config):
+    """Unprivileged, a person or a test that saves again as soon as the last save is
+    committed reads exactly like a reactive agent (the test above), and was held at its
+    fourth save.  With no autonomous process running, L2 says so: no writer to suspect."""
+    pipe = Pipeline(config)
+    pipe.run(30, [once("user.md", 0.5),
+                  reactive("src/a.txt", 0.3, L2Reason.NO_AUTONOMOUS_PROCESS)])
+    assert not pipe.loops.held and pipe.commits["src/a.txt"] > 10
+    assert pipe.loops.probe_remaining() == 0
 
 
 def test_a_reaction_that_reaches_the_debouncer_late_still_counts(config):

@@ -207,3 +207,25 @@ def test_an_editor_autosaving_every_second_for_a_minute_is_never_held(user_works
         if code != 0:
             print(gitsieve.log()[-4000:])
     assert code == 0
+
+
+def test_saves_made_as_soon_as_the_last_is_on_the_remote_are_never_held(user_workspace,
+                                                                        tmp_path):
+    """A person (or a test) saving again as soon as the last save reached the remote reads
+    exactly like a reactive agent, and the fourth save was held as a feedback loop.  No
+    autonomous process runs here, so there is no writer to suspect."""
+    ws = user_workspace
+    gitsieve = UserGitsieve(ws, tmp_path / "gitsieve.log")
+    try:
+        gitsieve.wait_running()
+        for number in range(6):
+            text = f"save {number}\n"
+            ws.user.write(ws.root / "src" / "a.txt", text)
+            wait_for(lambda: remote_content(ws, "src/a.txt") == text, 20, 0.05,
+                     f"save {number} on the remote")
+        assert not gitsieve.status("debouncer")["held_paths"]
+    finally:
+        code = gitsieve.stop()
+        if code != 0:
+            print(gitsieve.log()[-4000:])
+    assert code == 0

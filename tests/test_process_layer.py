@@ -125,6 +125,12 @@ def test_unknown_writer_passes_the_change_on_with_an_unknown_step(workspace, tag
     judge = judge_for(configure(workspace, tag))
     step = judge.judge(change("notes.md", seq=3))
     assert not judge.drops(step)  # passed on to L3
+    # no autonomous process runs at all: the loop breaker has no writer to suspect
+    assert (step.verdict, step.reason, step.pid) == (
+        Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_PROCESS, None)
+    hold(workspace.write("other.txt", "agent text\n"), tag)
+    step = judge.judge(change("notes.md", seq=4))
+    assert not judge.drops(step)
     assert (step.verdict, step.reason, step.pid) == (
         Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, None)
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from gitsieve.common.judge.learning import LearnedStore, learnable
 from gitsieve.common.protocol.messages import Decision
-from gitsieve.common.protocol.states import Action, Hold, Why, Writer
+from gitsieve.common.protocol.states import Action, Hold, L2Reason, Why, Writer
 from gitsieve.common.protocol.trail import ProcessStep, step_of
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,12 @@ class LoopJudge:
                 return self.release(path, "changed at a time no commit explains")
             return None
         if not learnable(path):
+            return None
+        if step is not None and step.reason == L2Reason.NO_AUTONOMOUS_PROCESS:
+            # Unprivileged, and no autonomous process ran: nothing to suspect of reacting.
+            # A person or a test saving right after each of gitsieve's commits reads
+            # exactly like a reactive agent, and was held at its fourth save.
+            self._forget_track(path)
             return None
         return self._change(path, decision.observed, decision.commit,
                             still_open=bool(decision.open_since))

@@ -82,8 +82,12 @@ class ProcessJudge:
             self.repeated += 1
             return dataclasses.replace(prior, repeated=True)
         if found is None:
-            reason = (L2Reason.NO_AUTONOMOUS_WRITER_SEEN if self.mode == Mode.PSUTIL
-                      else L2Reason.NO_WRITER_SEEN)
+            if self.mode != Mode.PSUTIL:
+                reason = L2Reason.NO_WRITER_SEEN
+            elif self.attributor.no_autonomous_process(change.observed):
+                reason = L2Reason.NO_AUTONOMOUS_PROCESS
+            else:
+                reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN
             # evidence only: see attribution.sampled.IO_WINDOW
             suspects = tuple(Suspect(pid, cmdline) for pid, cmdline in
                              self.attributor.suspects(change.observed))

@@ -84,6 +84,7 @@ class L2Reason(StrEnum):
     IDENTIFIED = "identified"              # the evidence fields say who and how
     NO_WRITER_SEEN = "no-writer-seen"      # exact mode: no write by a known process
     NO_AUTONOMOUS_WRITER_SEEN = "no-autonomous-writer-seen"  # psutil mode
+    NO_AUTONOMOUS_PROCESS = "no-autonomous-process"  # psutil mode: none ran around the change
     REMOVER_UNOBSERVABLE = "remover-unobservable"  # psutil mode: deletions carry no writer
     NO_REMOVAL_SEEN = "no-removal-seen"    # exact mode: no removal by a known process
     WRITER_UNKNOWN = "writer-unknown"      # exact mode: writes missed, or writer unreadable
@@ -122,6 +123,7 @@ _TEXT = {
     L1Reason.RULE_TIMED_OUT: "{detail}",
     L2Reason.NO_WRITER_SEEN: "no write by a known process seen",
     L2Reason.NO_AUTONOMOUS_WRITER_SEEN: "no autonomous writer seen",
+    L2Reason.NO_AUTONOMOUS_PROCESS: "no autonomous process ran",
     L2Reason.REMOVER_UNOBSERVABLE: "deleted: no writer to observe",
     L2Reason.NO_REMOVAL_SEEN: "deleted: no removal by a known process seen",
     L2Reason.WRITER_UNKNOWN: "writer not known: {detail}",

@@ -268,6 +268,10 @@ class RecordedAttributor(abc.ABC):
     def suspects(self, observed: float) -> list[tuple[int, str]]:
         return []
 
+    def no_autonomous_process(self, observed: float) -> bool:
+        """Exact attribution names every writer it saw; it never answers by absence."""
+        return False
+
     def recorded_status(self) -> dict:
         return {"recorded": self.recorder.kept, "missed_spans": self.recorder.missed_spans,
                 "bad_identities": self.recorder.bad_identities}

@@ -265,6 +265,7 @@ class Attributor:
         self.sampler = OpenFileSampler(self.cache, sample_interval, window)
         self.errors = self.sampler.errors
         self._next_new_scan = 0.0
+        self.present_at = float("-inf")  # wall time an autonomous process was last known to run
         # Each technique: (real path, observed) -> Attribution | None, strongest first.
         self.techniques: list[Callable[[str, float], Attribution | None]] = [
             self._live_open_files, self._sampled]
@@ -274,6 +275,8 @@ class Attributor:
         if now >= self._next_new_scan:
             self._next_new_scan = now + NEW_PROCESS_SCAN
             self.cache.refresh_new()
+        if self.cache.processes:
+            self.present_at = time.time()
         self.sampler.tick(now)
 
     def wakeup_in(self, now: float) -> float:
@@ -286,6 +289,14 @@ class Attributor:
 
     def suspects(self, observed: float) -> list[tuple[int, str]]:
         return self.sampler.io_suspects(observed)
+
+    def no_autonomous_process(self, observed: float) -> bool:
+        """No autonomous process ran within SIGHTING_WINDOW of ``observed`` (wall time), nor
+        runs now: the change has no writer to suspect of reacting to commits."""
+        if self.cache.processes or self.cache.refresh_new():
+            self.present_at = time.time()
+            return False
+        return self.present_at < observed - SIGHTING_WINDOW
 
     def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
                           since: float = 0.0) -> Attribution | None:
