@@ -408,3 +408,27 @@ def test_a_backlog_drains_and_reads_head_once_yet_a_later_change_sees_new_writes
     calls.update(drain=0, head=0)
     attributor.attribute(workspace.path("dir/later.txt"), observed)
     assert calls == {"drain": 1, "head": 1}
+
+
+def test_an_agents_file_read_before_an_unrelated_commit_and_observed_after_stays_its(
+        workspace, exact, agent_runs):
+    """In a storm the watcher lags: an agent's new file is observed after a commit of other
+    paths, while L2 read its write before that commit.  The write was cut off as "already
+    committed", nothing was left, and the file was committed as UNKNOWN new content."""
+    attributor, tag = exact
+    workspace.path("out").mkdir()
+    attributor.drain()
+    pid = agent_runs(tag, "sh", "-c", f"echo data > {workspace.root}/out/new-1.txt")
+    attributor.drain()  # L2 reads the write at once
+    time.sleep(0.1)
+    workspace.write("other.txt", "a person's file\n")
+    workspace.git("add", "other.txt")
+    workspace.git("commit", "-q", "-m", "gitsieve commits other paths: HEAD moves")
+    time.sleep(0.1)
+    observed = time.time()  # the lagging watcher reports the agent's file only now
+    found = attributor.attribute(workspace.path("out/new-1.txt"), observed)
+    assert found is not None and (found.writer, found.pid) == (SYSTEM, pid)
+    # a file written after the move is judged by what came after, as before
+    user_pid = user_writes(attributor, workspace.path("out/new-1.txt"))
+    found = attributor.attribute(workspace.path("out/new-1.txt"), time.time())
+    assert (found.writer, found.pid) == (USER, user_pid)

@@ -215,9 +215,20 @@ class RecordedAttributor(abc.ABC):
         the observation (earlier writes were committed) and after ``since`` (the newest
         write an earlier change of this path already accounted for).  UNKNOWN when writes
         in that window may have been missed."""
-        since = self._window_start(observed, since)
+        since, before_head = self._window_start(observed, since)
         until = time.time()
         rel = self.recorder.relative(abs_path)
+        found = self._writers_within(abs_path, rel, since, until)
+        if found is None and before_head < since:
+            # Nothing read since HEAD last moved.  That move need not have taken this file:
+            # a watcher lagging behind a storm observes an agent's new file after a commit
+            # of other paths, and its writer, read before the commit, was lost (its file
+            # then committed as UNKNOWN new content).  The writes before it still tell.
+            found = self._writers_within(abs_path, rel, before_head, until)
+        return found
+
+    def _writers_within(self, abs_path: str | os.PathLike, rel: str, since: float,
+                        until: float) -> Attribution | None:
         # a file renamed (or created) into place without a write is its mover's
         arrivals = self.recorder.operations_on(rel, ARRIVALS, since, until)
         missed = self.recorder.missed(rel, since, until)
@@ -233,7 +244,7 @@ class RecordedAttributor(abc.ABC):
         """Who deleted (or renamed away) the file that was at ``abs_path``.  ``since`` is
         not weighed: it counts writes, and a removal read in the same batch as the last
         write would carry the same stamp."""
-        since = self._window_start(observed, 0.0)
+        since, _ = self._window_start(observed, 0.0)
         until = time.time()
         rel = self.recorder.relative(abs_path)
         missed = self.recorder.missed(rel, since, until, unmarked=False)
@@ -242,15 +253,15 @@ class RecordedAttributor(abc.ABC):
         return combine(self.recorder.operations_on(rel, REMOVALS, since, until),
                        self.technique)
 
-    def _window_start(self, observed: float, since: float) -> float:
+    def _window_start(self, observed: float, since: float) -> tuple[float, float]:
         """Catch up, then the earliest read time that still belongs to a change observed at
-        ``observed``."""
+        ``observed``, and that time before HEAD's last move cut it."""
         self.catch_up(observed)
         since = max(since, observed - WRITE_LOOKBACK)
         moved = self._head_moved_by(observed)
         if since < moved < observed:
-            since = moved
-        return since
+            return moved, since
+        return since, since
 
     _head_read: tuple[float, float] = (0.0, 0.0)  # (wall time read at, HEAD's last move)
 
