@@ -71,6 +71,43 @@ def test_rename_spaces_and_non_ascii_paths(workspace):
     assert "R100\0old name.txt\0new näme.txt\0" in shown
 
 
+def test_paths_git_is_told_to_leave_alone_are_never_committed_nor_their_flags_wiped(
+        workspace):
+    """A sparse checkout removes the files outside its cone (skip-worktree) and a local
+    override is kept off with skip-worktree or assume-unchanged: git status shows nothing,
+    yet the deletions were pushed, the overrides too, and the flags were wiped."""
+    for name in ("big/x/1.txt", "big/x/2.txt", "local.cfg", "tuned.cfg", "plain.txt"):
+        workspace.write(name, f"{name} as committed\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    workspace.git("push", "-q", "origin", "HEAD")
+    before = workspace.head()
+    workspace.git("update-index", "--skip-worktree", "big/x/1.txt", "big/x/2.txt",
+                  "local.cfg")
+    workspace.git("update-index", "--assume-unchanged", "tuned.cfg")
+    workspace.path("big/x/1.txt").unlink()
+    workspace.path("big/x/2.txt").unlink()
+    workspace.write("local.cfg", "my local override\n")
+    workspace.write("tuned.cfg", "tuned here only\n")
+    workspace.write("plain.txt", "a real edit\n")
+    assert workspace.git("status", "--porcelain").split() == ["M", "plain.txt"]
+    committer = make(workspace)
+
+    result = committer.commit(["big/x/1.txt", "big/x/2.txt", "local.cfg", "tuned.cfg",
+                               "plain.txt"])
+
+    assert result.error == "" and result.statuses == {"plain.txt": "M"}
+    assert workspace.committed_paths_since(before) == {"plain.txt"}
+    assert workspace.remote_head() == workspace.head()
+    flags = dict(line.split(" ", 1)[::-1] for line in
+                 workspace.git("ls-files", "-v").splitlines())
+    assert (flags["big/x/1.txt"], flags["local.cfg"], flags["tuned.cfg"],
+            flags["plain.txt"]) == ("S", "S", "h", "H")
+    # a flag cleared by the person: the next commit takes the path again
+    workspace.git("update-index", "--no-skip-worktree", "local.cfg")
+    assert committer.commit(["local.cfg"]).statuses == {"local.cfg": "M"}
+
+
 def test_users_staged_change_to_another_path_stays_staged(workspace):
     workspace.write("staged.txt", "user staged this\n")
     workspace.git("add", "staged.txt")

@@ -382,6 +382,9 @@ class Committer:
         # The user's index signature the last plan decided on (as read, or as this
         # committer's own write after the commit left it)
         self.index_basis: tuple | None = None
+        # (index signature, paths git is told to leave alone in the work tree)
+        self._left_alone: tuple[tuple | None, frozenset[str]] | None = None
+        self.left_alone_dropped = 0
 
     # ----- small git helpers ------------------------------------------------------------
     def _git(self, *args, input: bytes | None = None, env: dict | None = None,
@@ -522,6 +525,29 @@ class Committer:
         self._staged = (key, changes)
         return changes
 
+    def left_alone(self) -> frozenset[str]:
+        """Paths whose index entry tells git to leave their work-tree copy alone:
+        skip-worktree (a sparse checkout's paths outside the cone, a local override) and
+        assume-unchanged.  ``git status`` and ``git commit -a`` never take those copies, nor
+        their absence, so gitsieve does not either.  Read again only when someone other
+        than gitsieve rewrote the index."""
+        signature = file_signature(self.user_index)
+        if self._left_alone is not None and self._left_alone[0] == signature \
+                and signature is not None:
+            return self._left_alone[1]
+        flagged = frozenset(
+            entry[2:] for entry in split_nul(self._git("--no-optional-locks", "ls-files", "-v",
+                                                       "-z"))
+            if entry[:1] == "S" or entry[:1].islower())  # lower case: assume-unchanged
+        self._left_alone = (signature, flagged)
+        return flagged
+
+    def _index_rewritten_here(self, before: tuple | None) -> None:
+        """gitsieve wrote the index (entries of committed paths, which are never flagged):
+        what it knew of the flags still holds."""
+        if self._left_alone is not None and self._left_alone[0] == before:
+            self._left_alone = (file_signature(self.user_index), self._left_alone[1])
+
     def _work_entries(self, paths: list[str], where: dict,
                       hex_length: int) -> dict[str, tuple[int, str]]:
         """The (mode, oid) git would record for each path from the work tree (0: none)."""
@@ -628,6 +654,15 @@ class Committer:
             elif state == REFUSED:
                 plan.held[path] = Why(Hold.GIT_REFUSED, detail)
         candidates = [path for path in where if path not in plan.held]
+        left_alone = self.left_alone().intersection(candidates)
+        if left_alone:  # one line, not one per path: a sparse checkout removes thousands
+            self.left_alone_dropped += len(left_alone)
+            shown = ", ".join(sorted(left_alone)[:3])
+            log.info("not committing %d path(s) git is told to leave alone (skip-worktree or "
+                     "assume-unchanged): %s%s", len(left_alone), shown,
+                     " ..." if len(left_alone) > 3 else "")
+            plan.dropped += sorted(left_alone)
+            candidates = [path for path in candidates if path not in left_alone]
         try:
             entries = self.heads.entries(candidates)
         except HeadReadError as exc:
@@ -1213,6 +1248,7 @@ class Committer:
                          stderr.strip())
         # The index now agrees with the new HEAD on the committed paths; the rest of what
         # the person staged is unchanged.
+        self._index_rewritten_here(self.index_basis)
         self.index_basis = file_signature(self.user_index)
         self._staged = ((self.index_basis, new),
                         {path: entry for path, entry in staged.items() if path not in committed})
