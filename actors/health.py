@@ -33,6 +33,7 @@ from gitsieve.common.actor import metrics
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git import integrity
 from gitsieve.common.git.gateway import Git
+from gitsieve.common.git.head import head_is_born
 from gitsieve.common.judge.health import HeartbeatBook, RestartLoopDetector
 from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
@@ -131,6 +132,16 @@ class Health(Actor):
             self.record_error(f"cannot read HEAD: {exc}")
             return True
 
+    def never_checked_out(self) -> bool:
+        """No index while HEAD names a commit."""
+        if os.path.exists(self.config.git_dir / "index"):
+            return False
+        try:
+            return head_is_born(self.config.git_dir)
+        except OSError as exc:
+            self.record_error(f"cannot read HEAD: {exc}")
+            return True
+
     def free_mb(self) -> float:
         stat = os.statvfs(self.config.workspace)
         return stat.f_bavail * stat.f_frsize / (1024 * 1024)
@@ -164,6 +175,11 @@ class Health(Actor):
         if self.head_detached():
             reasons.append("HEAD is detached")
             operation = operation or "detached HEAD"
+        if self.never_checked_out():
+            # git status then lists every committed file as a staged deletion
+            reasons.append("the work tree was never checked out (no index, as after git "
+                           "clone --no-checkout): run git checkout, or git read-tree HEAD")
+            operation = operation or "no checkout"
         reasons += self.recovery_reasons()
         return HealthStatus(ok=not reasons, reasons=tuple(reasons), free_mb=round(free, 1),
                             operation=operation, checked=time.time(),

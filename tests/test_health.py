@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import zmq
@@ -10,6 +11,7 @@ from conftest import wait_for
 from gitsieve.actors.health import Health
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.git.head import head_is_born
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import HealthStatus, Heartbeat
 
@@ -71,6 +73,24 @@ def test_detached_head_is_not_ok(health, workspace):
     status = health.evaluate()
     assert not status.ok and "HEAD is detached" in status.reasons
     assert status.operation == "detached HEAD"
+
+
+def test_a_work_tree_never_checked_out_is_not_ok(health, workspace, tmp_path):
+    """`git clone --no-checkout`: no index, so git status lists every committed file as a
+    staged deletion, and gitsieve pushed an empty tree at its start."""
+    workspace.git("push", "-q", "origin", "HEAD")
+    (workspace.path(".git") / "index").unlink()
+    status = health.evaluate()
+    assert not status.ok and status.operation == "no checkout"
+    assert "never checked out" in status.reasons[0]
+    workspace.git("read-tree", "HEAD")
+    assert health.evaluate().ok
+    # a new repository with no commit and no index yet is fine: its first files sync
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(fresh)], check=True)
+    assert not head_is_born(fresh / ".git") and head_is_born(workspace.path(".git"))
+    workspace.git("pack-refs", "--all")  # a packed branch is born too
+    assert head_is_born(workspace.path(".git"))
 
 
 def test_real_rebase_in_progress_detected(health, workspace):

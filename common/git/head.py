@@ -55,6 +55,26 @@ def checked_out_branch(git_dir: str | os.PathLike) -> str | None:
     return head[len(prefix):] if head.startswith(prefix) else None
 
 
+def head_is_born(git_dir: str | os.PathLike) -> bool:
+    """Whether HEAD names a commit: detached, or its branch exists (loose or packed).
+    OSError when the HEAD file cannot be read."""
+    git_dir = os.fspath(git_dir)
+    with open(os.path.join(git_dir, "HEAD"), encoding="utf-8", errors="replace") as source:
+        head = source.read(4096).strip()
+    if not head.startswith("ref: "):
+        return bool(head)
+    ref = head[5:].strip()
+    common = common_dir(git_dir)
+    if os.path.exists(os.path.join(common, ref)):
+        return True
+    try:
+        with open(os.path.join(common, "packed-refs"), encoding="utf-8",
+                  errors="replace") as packed:
+            return any(line.rstrip("\n").endswith(" " + ref) for line in packed)
+    except FileNotFoundError:
+        return False
+
+
 def head_token(git_dir: str | os.PathLike) -> tuple:
     """Cheap fingerprint of where HEAD points: changes whenever a commit moves it."""
     git_dir = os.fspath(git_dir)
