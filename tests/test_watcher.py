@@ -217,6 +217,22 @@ def test_directory_renamed_inside(workspace, start):
     assert not col.has("src/inner/b.txt", "write")
 
 
+def test_a_directory_git_mv_renamed_reports_its_committed_files_deleted(workspace, start):
+    """`git mv src lib` updates the index as it renames: asked afterwards, the index no
+    longer listed src/'s files, only lib/ was committed, and the old paths stayed on the
+    remote until the next reconcile (a minute).  HEAD still lists them."""
+    for name in ("src/a.txt", "src/inner/b.txt"):
+        workspace.write(name, "tracked\n")
+    workspace.git("add", "src")
+    workspace.git("commit", "-q", "-m", "src dir")
+    cfg, col = start()
+    workspace.git("rm", "-r", "-q", "--cached", "src")  # the index first, as git mv may
+    os.rename(workspace.path("src"), workspace.path("lib"))
+    for name in ("a.txt", "inner/b.txt"):
+        col.wait(f"src/{name}", "delete")
+        col.wait(f"lib/{name}")
+
+
 def test_git_activity_is_never_reported(workspace, start):
     cfg, col = start()
     workspace.write("work.txt", "w\n")

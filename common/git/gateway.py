@@ -277,15 +277,29 @@ class Git:
         return [entry[3:] for entry in split_nul(out)]
 
     def tracked_under(self, rel: str) -> list[str]:
-        """Tracked paths at or below the directory ``rel``."""
+        """Paths at or below the directory ``rel`` that the index or HEAD holds: `git mv`
+        of a directory may have updated the index before this is asked, and HEAD still
+        has the old paths whose removal is to be committed."""
+        listings = (("--no-optional-locks", "ls-files", "-z"),
+                    ("--no-optional-locks", "ls-tree", "-r", "-z", "--name-only", "HEAD"))
         try:
             os.fsencode(rel).decode("utf-8")
+            pathspec: tuple[str, ...] = ("--", rel)
         except UnicodeDecodeError:
             # Not expressible as an argument (see the module docstring): list everything.
+            pathspec = ()
+        found: dict[str, None] = {}
+        for number, listing in enumerate(listings):
+            code, out, stderr = self.result(*listing, *pathspec)
+            if code != 0:
+                if number == 0:
+                    raise GitError(listing, code, stderr)
+                continue  # no commit yet: HEAD holds nothing
+            found.update(dict.fromkeys(split_nul(out)))
+        if not pathspec:
             prefix = rel + "/"
-            return [path for path in split_nul(self.run("--no-optional-locks", "ls-files", "-z"))
-                    if path.startswith(prefix)]
-        return split_nul(self.run("--no-optional-locks", "ls-files", "-z", "--", rel))
+            return [path for path in found if path.startswith(prefix)]
+        return list(found)
 
     def ignored(self, paths: list[str]) -> set[str]:
         """The subset of ``paths`` that git ignores (tracked files are never reported)."""
