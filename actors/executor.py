@@ -632,15 +632,18 @@ class Executor(Actor):
         self.held_reason = reason
 
     def note_committed(self, paths: list[str], result: CommitResult) -> None:
-        committed = set(result.paths)
+        committed, left_alone = set(result.paths), set(result.left_alone)
         finished = time.time()
         for path in paths:
-            if path not in committed and (self.committed.get(path) or {}).get("commit"):
+            if path not in committed and path not in left_alone \
+                    and (self.committed.get(path) or {}).get("commit"):
                 continue  # unchanged since its last commit: that commit still holds it
-            self.committed[path] = {
-                "commit": result.commit if path in committed else None,
-                "finished": finished,
-                "note": "" if path in committed else "no difference from HEAD: nothing to commit"}
+            note = ("" if path in committed else
+                    "not committed: your index tells git to leave its work-tree copy alone "
+                    "(skip-worktree or assume-unchanged)" if path in left_alone else
+                    "no difference from HEAD: nothing to commit")
+            self.committed[path] = {"commit": result.commit if path in committed else None,
+                                    "finished": finished, "note": note}
             self.committed.move_to_end(path)
         while len(self.committed) > EXPLAIN_PATHS:
             self.committed.popitem(last=False)

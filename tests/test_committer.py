@@ -97,6 +97,7 @@ def test_paths_git_is_told_to_leave_alone_are_never_committed_nor_their_flags_wi
                                "plain.txt"])
 
     assert result.error == "" and result.statuses == {"plain.txt": "M"}
+    assert result.left_alone == ("big/x/1.txt", "big/x/2.txt", "local.cfg", "tuned.cfg")
     assert workspace.committed_paths_since(before) == {"plain.txt"}
     assert workspace.remote_head() == workspace.head()
     flags = dict(line.split(" ", 1)[::-1] for line in

@@ -178,6 +178,7 @@ class CommitResult:
     held: str = ""  # why nothing was attempted (branch rule); paths stay held
     paths: tuple[str, ...] = ()  # the paths the commit contains
     dropped: tuple[str, ...] = ()  # asked-for paths not committable (ignored, vanished)
+    left_alone: tuple[str, ...] = ()  # of those, skip-worktree or assume-unchanged ones
     retries: int = 0
     statuses: dict = field(default_factory=dict)  # path -> status letter
     transient: bool = False  # the error is a lock or race: retry after a back-off
@@ -195,6 +196,7 @@ class Plan:
     remove: list[str] = field(default_factory=list)  # deleted (below a link, a directory)
     held: dict[str, Why] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)  # dropped: git leaves them alone
     where: dict[str, str] = field(default_factory=dict)  # path -> PRESENT, GONE, ...
     head_entries: dict[str, Entry | None] = field(default_factory=dict)
     fully_staged: set[str] = field(default_factory=set)
@@ -661,7 +663,8 @@ class Committer:
             log.info("not committing %d path(s) git is told to leave alone (skip-worktree or "
                      "assume-unchanged): %s%s", len(left_alone), shown,
                      " ..." if len(left_alone) > 3 else "")
-            plan.dropped += sorted(left_alone)
+            plan.left_alone = sorted(left_alone)
+            plan.dropped += plan.left_alone
             candidates = [path for path in candidates if path not in left_alone]
         try:
             entries = self.heads.entries(candidates)
@@ -849,6 +852,7 @@ class Committer:
             head = self._head_now()
             plan = self.plan(paths, head, recheck)
             result.dropped, result.held_paths = tuple(plan.dropped), dict(plan.held)
+            result.left_alone = tuple(plan.left_alone)
             if not plan.stage and not plan.remove:
                 return
             new, changes = self._build_commit(head, plan, result)
