@@ -109,6 +109,34 @@ def test_paths_git_is_told_to_leave_alone_are_never_committed_nor_their_flags_wi
     assert committer.commit(["local.cfg"]).statuses == {"local.cfg": "M"}
 
 
+def test_names_git_refuses_are_held_and_never_reach_a_checking_remote(workspace):
+    """git~1, .git. and their kind (a `.git` to Windows or macOS) and a symbolic link named
+    .gitmodules: `git add` refuses them, gitsieve committed them, and a remote that checks
+    objects then rejected that push and every later one."""
+    subprocess.run(["git", "-C", str(workspace.remote), "config", "receive.fsckObjects",
+                    "true"], check=True)
+    refused = ["git~1", "GIT~1", ".git.", ".git ", "d/.git./x",
+               "a/.git::$INDEX_ALLOCATION/x"]
+    workspace.write(".GIT/config", "content\n")  # .git in any case: never even planned
+    for name in refused + ["ok.txt", "git~1x/fine.txt"]:
+        workspace.write(name, "content\n")
+    os.symlink("ok.txt", workspace.path(".gitmodules"))
+    before = workspace.head()
+    committer = make(workspace)
+
+    result = committer.commit(refused + [".gitmodules", ".GIT/config", "ok.txt",
+                                         "git~1x/fine.txt"])
+
+    assert result.error == "" and result.pushed and result.dropped == (".GIT/config",)
+    assert set(result.statuses) == {"ok.txt", "git~1x/fine.txt"}
+    assert set(result.held_paths) == set(refused) | {".gitmodules"}
+    assert {why.hold for why in result.held_paths.values()} == {Hold.GIT_REFUSED}
+    assert workspace.committed_paths_since(before) == {"ok.txt", "git~1x/fine.txt"}
+    assert workspace.remote_head() == workspace.head()
+    assert not [name for name in os.listdir(workspace.path(".git"))
+                if name.startswith("gitsieve-objects-")]  # the throwaway index is gone
+
+
 def test_users_staged_change_to_another_path_stays_staged(workspace):
     workspace.write("staged.txt", "user staged this\n")
     workspace.git("add", "staged.txt")

@@ -387,6 +387,7 @@ class Committer:
         # (index signature, paths git is told to leave alone in the work tree)
         self._left_alone: tuple[tuple | None, frozenset[str]] | None = None
         self.left_alone_dropped = 0
+        self.names_refused = 0
 
     # ----- small git helpers ------------------------------------------------------------
     def _git(self, *args, input: bytes | None = None, env: dict | None = None,
@@ -550,6 +551,38 @@ class Committer:
         if self._left_alone is not None and self._left_alone[0] == before:
             self._left_alone = (file_signature(self.user_index), self._left_alone[1])
 
+    def _names_git_refuses(self, paths: list[str], head: tuple[str, str] | None) -> set[str]:
+        """Those of the new ``paths`` whose names git refuses to record (``git add``: "invalid
+        path"): a ``.git`` component in any spelling Windows or macOS reads as one (``.GIT``,
+        ``git~1``, ``.git.``), a symbolic link named ``.gitmodules``.  A remote that checks
+        objects rejects a push holding one, and so every later push.  git itself judges:
+        the entries go into a throwaway index, which leaves such names out."""
+        if not paths:
+            return set()
+        if head is not None:
+            hex_length = len(head[1])
+        else:
+            hex_length = 64 if self._text("rev-parse", "--show-object-format") == "sha256" \
+                else 40
+        placeholder = _blob_oid(b"", hex_length).encode()
+        records = []
+        for path in paths:
+            mode = MODE_SYMLINK if os.path.islink(self.root / path) else 0o100644
+            records.append(b"%o %s\t%s\0" % (mode, placeholder, os.fsencode(path)))
+        index = os.path.join(self.config.git_dir, f"{PACKED_INDEX_PREFIX}{os.getpid()}-"
+                                                  f"{threading.get_ident()}-names.index")
+        env = {"GIT_INDEX_FILE": index}
+        try:
+            self._git("-c", "core.splitIndex=false", "-c", "core.fsmonitor=false",
+                      "update-index", "-z", "--index-info", input=b"".join(records), env=env)
+            recorded = set(split_nul(self._git("ls-files", "-z", env=env)))
+        finally:
+            _remove_packed_index(index)
+        refused = set(paths) - recorded
+        if refused:
+            self.names_refused += len(refused)
+        return refused
+
     def _work_entries(self, paths: list[str], where: dict,
                       hex_length: int) -> dict[str, tuple[int, str]]:
         """The (mode, oid) git would record for each path from the work tree (0: none)."""
@@ -704,6 +737,10 @@ class Committer:
                 plan.dropped.append(path)
             elif path not in plan.held:
                 plan.stage.append(path)
+        new = [path for path in plan.stage if entries[path] is None and path not in staged]
+        for path in self._names_git_refuses(new, head):
+            plan.held[path] = Why(Hold.GIT_REFUSED, "git refuses this name (invalid path)")
+        plan.stage = [path for path in plan.stage if path not in plan.held]
         plan.where = {path: state for path, (state, _) in where.items()}
         plan.head_entries = entries
         self._apply_staging(plan, where, staged)
