@@ -246,6 +246,39 @@ def test_a_file_routed_to_lfs_goes_through_as_a_pointer(workspace, guarded):
     assert "size 62914560" in pointer
 
 
+@pytest.mark.skipif(shutil.which("git-lfs") is None,
+                    reason="git-lfs is not installed (.ci/run installs it with apt)")
+def test_a_secret_in_a_file_routed_to_lfs_is_held(workspace, guarded):
+    """The committed blob is only a pointer; git-lfs uploads the file itself at the push.
+    The guard scanned the pointer, and a token and a private key reached the remote."""
+    git(workspace.root, "lfs", "install", "--local")
+    workspace.write(".gitattributes", "*.dat filter=lfs diff=lfs merge=lfs -text\n")
+    committer, _ = guarded()  # commits .gitattributes
+    workspace.write("notes.dat", f"token: {GITHUB}\n")
+    workspace.write("clean.dat", "nothing secret here\n")
+
+    result = committer.commit(["notes.dat", "clean.dat"])
+
+    assert result.paths == ("clean.dat",) and result.pushed
+    assert result.held_paths["notes.dat"].hold is Hold.SECRET
+    assert workspace.show("origin/main:clean.dat").startswith("version https://git-lfs")
+
+
+def test_a_file_routed_to_lfs_without_git_lfs_configured_keeps_the_size_limit(
+        workspace, guarded, monkeypatch, tmp_path):
+    """No lfs filter: git commits the whole file, so the size limit holds it."""
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "empty-gitconfig"))
+    workspace.write(".gitattributes", "*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    committer, _ = guarded()  # commits .gitattributes
+    write_random(workspace.path("media/film.bin"), 12 * MIB)
+
+    result = committer.commit(["media/film.bin"])
+
+    assert result.commit is None
+    assert result.held_paths["media/film.bin"].hold is Hold.OVERSIZED
+
+
 # --- the push gate ---------------------------------------------------------------------------
 
 def test_a_persons_own_commit_with_a_secret_stops_the_push_until_they_fix_it(workspace,

@@ -15,8 +15,10 @@ Git is reached only through the gateway; paths go on stdin, never on git's comma
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
 import shlex
 import time
 from collections import OrderedDict, deque
@@ -26,7 +28,7 @@ from typing import Iterator
 
 from gitsieve.common.config.loader import Config
 from gitsieve.common.git.gateway import Git, GitChild, GitError, KeptChild, nul_joined, split_nul
-from gitsieve.common.git.head import file_signature
+from gitsieve.common.git.head import common_dir, file_signature
 from gitsieve.common.judge.guard.allowlist import Allowlist, AllowlistError
 from gitsieve.common.judge.guard.findings import git_blob_id
 from gitsieve.common.judge.guard.judge import MIB, GuardJudge, GuardSettings, describe
@@ -45,6 +47,11 @@ _CLEARED_KEPT = 64  # commits remembered as cleared for pushing
 _OTHERS_NAMED = 20  # further held paths a push hold names (by path and rule)
 _TIMINGS = 1000
 _GITSIEVE_TRAILER = "Synced-by: gitsieve"
+# A git-lfs pointer (the blob committed for a path .gitattributes routes to LFS): git-lfs
+# uploads the object it names at the push, so that object's bytes are what is scanned.
+_LFS_POINTER = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\n"
+                          rb"oid sha256:([0-9a-f]{64})\nsize [0-9]+\n")
+_LFS_POINTER_MAX = 1024
 
 
 def _blob_error(reason: str) -> GitError:
@@ -273,6 +280,11 @@ class CommitGuard:
         return held
 
     def _lfs_routed(self, paths: list[str]) -> set[str]:
+        """Those of ``paths`` git-lfs stores: .gitattributes routes them to the lfs filter,
+        and that filter is configured (without git-lfs the whole file is committed)."""
+        code, _, _ = self.git.result("config", "--get-regexp", r"^filter\.lfs\.(clean|process)$")
+        if code != 0:
+            return set()
         out = self.git.run("check-attr", "--stdin", "-z", "filter", input=nul_joined(paths))
         fields = split_nul(out)
         return {fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] == "lfs"}
@@ -327,7 +339,7 @@ class CommitGuard:
         try:
             for (path, oid), (_, pieces) in zip(reading,
                                                 self.reader.blobs([o for _, o in reading])):
-                self.judge.findings(path, oid, pieces)
+                self.judge.findings(path, oid, self._content_of(pieces))
         except GitError:
             raise
         except Exception:
@@ -339,6 +351,25 @@ class CommitGuard:
             if why is not None:
                 held[path] = why
         return held
+
+    def _content_of(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        """A blob's bytes to scan: those of the LFS object a pointer names, when this
+        repository holds it (a pointer names content the push uploads; it holds none)."""
+        first = next(pieces, b"")
+        if len(first) > _LFS_POINTER_MAX or not first.startswith(b"version https://git-lfs"):
+            return itertools.chain((first,), pieces)
+        blob = first + b"".join(pieces)  # all of it read: the reader stays in step
+        match = _LFS_POINTER.match(blob)
+        if match is None:
+            return iter((blob,))
+        object_id = match.group(1).decode()
+        stored = (Path(common_dir(os.fspath(self.config.git_dir))) / "lfs" / "objects"
+                  / object_id[:2] / object_id[2:4] / object_id)
+        try:
+            source = open(stored, "rb")
+        except OSError:  # not here (never cleaned here, or stored elsewhere)
+            return iter((blob,))
+        return _file_pieces(source)
 
     # --- before a push -----------------------------------------------------------------------
 
@@ -472,3 +503,10 @@ def versions_to_release(config: Config, git: Git, path: str) -> dict[str, str]:
                 if len(meta) == 5 and meta[4] != b"D":
                     versions.setdefault(meta[3].decode(), path)
     return versions
+
+
+def _file_pieces(source) -> Iterator[bytes]:
+    """The bytes of an open file, in pieces, the file closed at the end."""
+    with source:
+        while piece := source.read(4 * MIB):
+            yield piece
