@@ -123,6 +123,8 @@ def test_default_patterns_parse_and_classify():
     "docs/~$report.docx", ".nfs000000000a1b2c3d00000001", "dl/data.zip.crdownload",
     "dl/data.zip.part", "notes/main.c.kate-swp", ".DS_Store", "img/Thumbs.db",
     "src/__pycache__/main.cpython-311.pyc", "src/mod.pyc", "pkg/__pycache__/x.any",
+    "misc.txt.rej", "photos/.directory", "Desktop.ini", "ehthumbs.db", "f.py.save",
+    "f.py.save.1",
 ])
 def test_editor_junk(path):
     assert editor_junk(path)  # a non-empty kind, e.g. "vim swap file"
@@ -131,7 +133,8 @@ def test_editor_junk(path):
 @pytest.mark.parametrize("path", [
     "notes.txt", "swp", "main.swp", "49130", "dir.tmp/real.txt", "~", "a#b", "README.md",
     "docs/original.md", "backup/file.txt", "src/main.py", "docs/part.md", "pycache/x.py",
-    "DS_Store", "docs/lock.odt", "~", "src/__pycache__.md",
+    "DS_Store", "docs/lock.odt", "~", "src/__pycache__.md", "docs/save.md", "rej",
+    "directory", "src/directory.py", "saved.txt",
 ])
 def test_not_editor_junk(path):
     assert editor_junk(path) == ""

@@ -14,6 +14,7 @@ _EDITOR_JUNK = tuple((re.compile(pattern, re.DOTALL), reason) for pattern, reaso
     (r"#.*#", "emacs auto-save file"),
     (r"\.goutputstream-.*", "GIO temporary file"),
     (r".+\.kate-swp", "Kate swap file"),
+    (r".+\.save(?:\.[0-9]+)?", "nano emergency save"),
     (r".+___jb_(?:tmp|old|bak)___", "JetBrains safe-write file"),
     (r"\.~lock\..+#", "LibreOffice lock file"),
     (r"~\$.+", "Microsoft Office owner file"),
@@ -21,9 +22,10 @@ _EDITOR_JUNK = tuple((re.compile(pattern, re.DOTALL), reason) for pattern, reaso
     (r".+\.(?:crdownload|part)", "download in progress"),
     (r".+\.tmp", "temporary file"),
     (r".+\.bak", "backup file"),
-    (r".+\.orig", "merge/patch leftover"),
+    (r".+\.(?:orig|rej)", "merge/patch leftover"),
     # What the operating system and interpreters leave beside files: never anyone's work.
-    (r"\.DS_Store|Thumbs\.db|desktop\.ini", "file manager metadata"),
+    (r"\.DS_Store|[Tt]humbs\.db|ehthumbs(?:_vista)?\.db|[Dd]esktop\.ini|\.directory",
+     "file manager metadata"),
     (r".+\.py[co]", "compiled Python"),
 ))
 _BYTECODE_DIRECTORY = "/__pycache__/"
