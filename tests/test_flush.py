@@ -131,6 +131,20 @@ def test_a_nested_repository_is_listed_not_skipped_silently(running, tmp_path):
     assert flush(ws)[0] == ctl.EXIT_OK
 
 
+def test_a_held_path_git_status_cannot_show_is_listed(running):
+    """A FIFO is held (git refuses it) but git status never lists one: flush said every
+    change was committed and pushed while status showed it held."""
+    ws = running
+    os.mkfifo(ws.path("pipe1"))
+    try:
+        code, report = flush(ws)
+        assert code == ctl.EXIT_DAEMON, report
+        assert held_by_path(report)["pipe1"]["hold"] == Hold.GIT_REFUSED
+    finally:
+        os.unlink(ws.path("pipe1"))
+    wait_for(lambda: flush(ws)[0] == ctl.EXIT_OK, timeout=20, message="flush 0 once it is gone")
+
+
 def test_paused_is_listed_then_resumed(running):
     ws = running
     assert actorctl(ws, "pause").returncode == 0

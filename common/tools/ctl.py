@@ -586,6 +586,15 @@ class Flush(Command):
                 held.append({"path": path, "hold": None,
                              "reason": "released to the executor, not committed yet (a newer "
                                        "change may be in flight)"})
+        # Held paths git status cannot show (a FIFO, a file below an unreadable directory):
+        # held all the same, so listed while they are there.
+        listed = {item["path"] for item in held}
+        for item in executor.get("held_paths") or []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str) \
+                    and item["path"] not in listed \
+                    and os.path.lexists(config.workspace / item["path"]):
+                held.append({"path": item["path"], "hold": item.get("hold"),
+                             "reason": f"held by the executor: {item.get('held_reason', '')}"})
         branch = None
         if config.branch and state["branch"] != config.branch:
             shown = f"on branch {state['branch']!r}" if state["branch"] else "HEAD is detached"
