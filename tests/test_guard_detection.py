@@ -653,6 +653,15 @@ def test_every_bad_line_is_reported_with_file_and_line():
     assert "unknown rule id 'no-such-rule'" in problems[2]
 
 
+def test_a_bad_allowlist_line_is_never_quoted():
+    """An allowlist that is by mistake a link to a credentials file printed its secrets."""
+    key = "AKIA" + "Q" * 16
+    with pytest.raises(AllowlistError) as raised:
+        Allowlist.parse(f"[default]\naws_access_key_id = {key}\n", source="ws/.gitsieve-allow")
+    assert key not in str(raised.value) and "[default]" not in str(raised.value)
+    assert "ws/.gitsieve-allow:2" in str(raised.value)
+
+
 def test_detector_ids_need_the_scanners_known_ids(scanner):
     with pytest.raises(AllowlistError, match="unknown rule id 'sendgrid-api-key'"):
         Allowlist.parse("rule:sendgrid-api-key")

@@ -142,7 +142,10 @@ def _parse_entry(line: str, origin: str, known_rule_ids: frozenset[str]) -> Allo
                 f"this one has {len(line)}"
             )
         return AllowEntry(EntryKind.FINGERPRINT, line.lower(), None, line, origin)
-    raise ValueError(f"expected a fingerprint, path:GLOB or rule:ID [GLOB], got {line!r}")
+    # the line itself is not quoted: a file named as the allowlist by mistake (a symbolic
+    # link to credentials) would have its secrets printed in the error
+    raise ValueError(f"expected a fingerprint, path:GLOB or rule:ID [GLOB], got a line of "
+                     f"{len(line)} characters that is none of them")
 
 
 def normalise_path(path: str) -> str:
