@@ -797,6 +797,14 @@ def planted_secrets(workdir: Path, seed: int = 12) -> list[Planted]:
         r.mixed(ALNUM, 11) + "%" + r.mixed(ALNUM, 4),
         "password-assignment",
     )
+    add(
+        "kubernetes env password",
+        "k8s/deployment.yaml",
+        "spec:\n  containers:\n    - name: app\n      env:\n        - name: DB_PASSWORD\n"
+        "          value: \"{secret}\"\n",
+        r.mixed(ALNUM, 16),
+        "password-assignment",
+    )
     return planted
 
 

@@ -231,6 +231,9 @@ PASSWORD = "Zq8!vR2m#Lx"
         ("config.yml", "db_password: Xk9;mQ2vL8pWz"),
         ("app.ini", "[db]\npassword=Zq8,Lm2pW9xT"),
         ("config.yml", "{user: bob, password: Xk9;mQ2vL8pWz}"),
+        # an environment list: the name above its value (Kubernetes, compose, CI)
+        ("k8s/deploy.yaml", "env:\n  - name: DB_PASSWORD\n    value: \"Zq8Lm2pW9xTr4\"\n"),
+        ("k8s/deploy.yaml", "env:\n- name: DB_PASSWORD\n  value: Zq8Lm2pW9xTr4\n- name: X\n"),
     ],
 )
 def test_password_assignment_with_strong_context_is_found(scanner, path, text):
@@ -395,6 +398,10 @@ def test_a_literal_in_a_connection_string_statement_or_command_line_is_found(
     ("config.yml", "password: load(vault);"),
     ("deploy.sh", "export PASSWORD=$1; run"),
     ("app.js", "const password = getPassword(), user = x;"),
+    ("k8s/deploy.yaml", "- name: DB_PASSWORD\n  value: ${DB_PASSWORD}\n"),
+    ("k8s/deploy.yaml", "- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n      key: pw\n"),
+    ("k8s/deploy.yaml", "- name: DB_PASSWORD\n  value: \"{{ .Values.db.password }}\"\n"),
+    ("k8s/deploy.yaml", "- name: DB_PASSWORD\n  value: changeme\n"),
 ])
 def test_names_expressions_and_other_flags_are_not_findings(scanner, path, text):
     assert scanner.scan(path, text.encode()) == []

@@ -793,6 +793,22 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
         priority=PRIORITY_GENERIC,
     ),
     ContentRule(
+        RuleId.PASSWORD_ASSIGNMENT,
+        (b"passw", b"pwd", b"secret", b"token", b"apikey", b"api_key"),
+        re.compile(
+            # an environment list (Kubernetes, compose, CI): `- name: DB_PASSWORD` and, on
+            # the next line, `value: ...`: the name and its value, one above the other
+            rb"\bname:[ \t]*[\"']?(?P<name>[A-Za-z0-9_.-]{0,40}?(?i:password|passwd|pwd|secret"
+            rb"|api_?key|token)[A-Za-z0-9_]{0,20})[\"']?[ \t]*\r?\n[ \t]*value:[ \t]*"
+            rb"(?:\"(?P<dq>[^\"\r\n]{1,200})\"|'(?P<sq>[^'\r\n]{1,200})'"
+            rb"|(?P<bare>[^\s\"'#|>&*!{}\[\]][^\s#]{0,199}))[ \t]*(?:#[^\r\n]*)?(?:\r?\n|$)"
+        ),
+        _named_value,
+        multiline=True,
+        detector="env-list-password",
+        priority=PRIORITY_GENERIC,
+    ),
+    ContentRule(
         RuleId.TOKEN_ASSIGNMENT,
         (b"token",) + tuple(f"{kind}{separator}key".encode() for kind in _SECRET_KEY_KINDS
                             for separator in ("", "_", ".", "-")),
