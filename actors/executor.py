@@ -702,6 +702,8 @@ class Executor(Actor):
                 "push_retries": self.stats["push_retries"], "backoffs": self.stats["backoffs"],
                 "objects_written_ahead": self.stats["objects_written_ahead"],
                 "rechecked_dropped": self.committer.rechecked_dropped,
+                "left_alone_dropped": self.committer.left_alone_dropped,
+                "names_refused": self.committer.names_refused,
                 "refused_by_rule": self.committer.refused_by_rule,
                 **self.recovery_status()}
 

@@ -19,9 +19,9 @@ looks back to the earliest observation).  Three lanes: ALLOW areas and writers k
 the user's first, then paths not forwarded within ``HOT_WINDOW`` seconds, then the rest: an
 agent's storm rewrites the same paths, a person's edit rarely does.  Within a lane, each
 area (a path's first component; the top-level files are one area) is first in, first out,
-and the areas take turns (:class:`FairLane`, ``common/judge/areas.py``): an agent writing thousands of new files into
-its own area, which no attribution may have named yet, delays a person's edit elsewhere by
-at most one change per busy area.  The backlog holds at most
+and the areas take turns (:class:`FairLane`, ``common/judge/areas.py``): an agent writing
+thousands of new files into its own area, which no attribution may have named yet, delays
+a person's edit elsewhere by at most one change per busy area.  The backlog holds at most
 ``MAX_BACKLOG`` paths; a change beyond it is dropped and counted (``dropped``): the watcher
 sees the count in the health monitor's actors map and reconciles, so the path is sent again.
 """

@@ -280,21 +280,17 @@ class Git:
         """Paths at or below the directory ``rel`` that the index or HEAD holds: `git mv`
         of a directory may have updated the index before this is asked, and HEAD still
         has the old paths whose removal is to be committed."""
-        listings = (("--no-optional-locks", "ls-files", "-z"),
-                    ("--no-optional-locks", "ls-tree", "-r", "-z", "--name-only", "HEAD"))
         try:
             os.fsencode(rel).decode("utf-8")
             pathspec: tuple[str, ...] = ("--", rel)
         except UnicodeDecodeError:
             # Not expressible as an argument (see the module docstring): list everything.
             pathspec = ()
-        found: dict[str, None] = {}
-        for number, listing in enumerate(listings):
-            code, out, stderr = self.result(*listing, *pathspec)
-            if code != 0:
-                if number == 0:
-                    raise GitError(listing, code, stderr)
-                continue  # no commit yet: HEAD holds nothing
+        found = dict.fromkeys(split_nul(self.run("--no-optional-locks", "ls-files", "-z",
+                                                 *pathspec)))
+        code, out, _ = self.result("--no-optional-locks", "ls-tree", "-r", "-z", "--name-only",
+                                   "HEAD", *pathspec)
+        if code == 0:  # else no commit yet: HEAD holds nothing
             found.update(dict.fromkeys(split_nul(out)))
         if not pathspec:
             prefix = rel + "/"
