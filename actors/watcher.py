@@ -31,7 +31,10 @@ changes lost).  ZeroMQ drops what was in flight to a process that dies, so whene
 health monitor's actors map shows an actor restarted (new pid), or newly appeared having
 started after this run's first change, or the router's count of changes lost grew, the
 watcher reconciles again (``RESTART_RECONCILE_DELAY`` later, coalescing a burst of restarts
-into one): the file system and ``git status`` are the source of truth.
+into one): the file system and ``git status`` are the source of truth.  A ``.gitignore``
+written, moved or removed anywhere in the tree makes it reconcile too
+(``EXCLUDES_RECONCILE_DELAY`` later): files it no longer ignores did not change, so no event
+would ever send them.
 
 inotify's queue holds ``/proc/sys/fs/inotify/max_queued_events`` events (16384 by default);
 the watcher drains it every poll round, and on an overflow rescans and reconciles.
@@ -71,6 +74,9 @@ _UNSENT_RETRY = 0.02  # seconds between attempts to flush Changes the socket ref
 # Seconds between seeing an actor restart and reconciling: restarts in a burst (a runner
 # restarting several actors) coalesce into one reconcile.
 RESTART_RECONCILE_DELAY = 0.5
+# Seconds between a .gitignore changing and the reconcile that sends the files it stopped
+# ignoring: an editor's save (temp file, rename, chmod) coalesces into one.
+EXCLUDES_RECONCILE_DELAY = 0.5
 # A path sent and not seen decided is "in flight" (a reconcile skips it) this long at most.
 IN_FLIGHT_EXPIRY = 30.0
 # Files of a directory whose mode changed told again at once (more: the reconcile's).
@@ -137,6 +143,8 @@ class Watcher(Actor):
         self.actor_alive: dict[str, bool] = {}
         self.first_sent: float | None = None  # wall clock of this run's first change
         self.restart_reconcile_at: float | None = None
+        self.excludes_reconcile_at: float | None = None  # a .gitignore changed
+        self.excludes_changed: set[str] = set()  # the .gitignore files, until then
         self.restarts_seen: deque[str] = deque(maxlen=20)  # recent, for status
 
     def setup(self) -> None:
@@ -362,6 +370,11 @@ class Watcher(Actor):
         self.settled.forget(path)  # a new change: the next decision settles it again
         self.in_flight[path] = (self.seq, now)
         self.in_flight.move_to_end(path)
+        # Not on a reconcile's own report: a .gitignore held dirty would reconcile forever.
+        if os.path.basename(path) == ".gitignore" and source != "reconcile":
+            self.excludes_changed.add(path)
+            if self.excludes_reconcile_at is None:
+                self.excludes_reconcile_at = now + EXCLUDES_RECONCILE_DELAY
         while len(self.in_flight) > MAX_IN_FLIGHT:
             self.in_flight.popitem(last=False)
         self.stats["changes_sent"] += 1
@@ -380,9 +393,10 @@ class Watcher(Actor):
             self.unsent.popleft()
             self.stats["messages_out"] += 1
 
-    def reconcile(self, skip_in_flight: bool = True) -> None:
+    def reconcile(self, skip_in_flight: bool = True, partners: tuple[str, ...] = ()) -> None:
         """Report every path git sees as differing from HEAD (or untracked); with
-        ``skip_in_flight``, not those sent and not yet seen decided."""
+        ``skip_in_flight``, not those sent and not yet seen decided; each linked to
+        ``partners`` (released with them)."""
         try:
             paths = self.git.dirty_paths()
         except GitError as exc:
@@ -406,12 +420,12 @@ class Watcher(Actor):
             try:
                 changed = os.lstat(self._abs(path)).st_ctime
             except OSError:
-                self.emit(path, DELETE, observed, source="reconcile")
+                self.emit(path, DELETE, observed, source="reconcile", partners=partners)
                 continue
             # Its last change, from the inode's ctime (which no process can set back), on
             # the monotonic clock the debouncer's quiet periods run on: a file quiet for
             # long (a dirty start) is not made to wait a quiet period more.
-            self.emit(path, WRITE, observed, source="reconcile",
+            self.emit(path, WRITE, observed, source="reconcile", partners=partners,
                       changed=max(now - max(0.0, observed - changed), _LONG_AGO))
         self.stats["reconciles"] += 1
 
@@ -733,6 +747,13 @@ class Watcher(Actor):
             self.restart_reconcile_at = None
             self.stats["restart_reconciles"] += 1
             self.reconcile()
+        if self.excludes_reconcile_at is not None and now >= self.excludes_reconcile_at:
+            self.excludes_reconcile_at = None
+            self.stats["excludes_reconciles"] += 1
+            # What it sends is linked to the .gitignore: one commit, never a file on the
+            # remote that its committed .gitignore still ignores.
+            self.reconcile(partners=tuple(sorted(self.excludes_changed)))
+            self.excludes_changed.clear()
         self._save_settled(self.settled.save_due, now)
         if len(self.last_report) > 10_000:
             # Bound memory: entries older than the throttle interval no longer matter.
@@ -750,8 +771,9 @@ class Watcher(Actor):
             waits.append(self.next_match - now)
         if self.next_reconcile is not None:
             waits.append(self.next_reconcile - now)
-        if self.restart_reconcile_at is not None:
-            waits.append(self.restart_reconcile_at - now)
+        for due in (self.restart_reconcile_at, self.excludes_reconcile_at):
+            if due is not None:
+                waits.append(due - now)
         journal = self.settled.wakeup_in(now)
         if journal is not None:
             waits.append(journal)
@@ -773,6 +795,7 @@ class Watcher(Actor):
                 "open_for_writing": sum(1 for w in self.writing.paths.values() if w.open_since),
                 "moves_matched": self.stats["moves_matched"],
                 "restart_reconciles": self.stats["restart_reconciles"],
+                "excludes_reconciles": self.stats["excludes_reconciles"],
                 "restarts_seen": list(self.restarts_seen),
                 "rules_error": self.rules.error}
 

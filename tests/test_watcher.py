@@ -503,3 +503,21 @@ def test_a_directory_chmod_tells_its_files_again_but_not_settled_versions(bare_w
     watcher._settle("sub/agent.json")
     told = read(Event(1, flags.ATTRIB | flags.ISDIR, 0, "sub"))
     assert [change.path for change in told] == ["sub/notes.md"]
+
+
+def test_files_a_changed_gitignore_no_longer_ignores_are_sent(workspace, start):
+    """Un-ignoring changes no file: without a reconcile on the .gitignore's change, the
+    files it let go would wait for the periodic one (a minute), or forever with none."""
+    workspace.write(".gitignore", "*.log\nbuild/\n")
+    workspace.git("add", ".gitignore")
+    workspace.git("commit", "-qm", "ignore logs and build")
+    workspace.write("app.log", "kept out until now\n")
+    workspace.write("build/out.txt", "still ignored\n")
+    cfg, col = start()
+    sentinel(workspace, col)
+    assert not col.of("app.log")
+    workspace.write(".gitignore", "build/\n")
+    assert col.wait("app.log", source="reconcile").partners == (".gitignore",)
+    sentinel(workspace, col, "second-sentinel.txt")
+    assert not col.of("build/out.txt")
+    assert status(cfg)["excludes_reconciles"] == 1
