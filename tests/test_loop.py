@@ -7,6 +7,8 @@ rewrites its file shortly after each HEAD move.  The debouncer actor's wiring (h
 never batched, explain, status, forget, persistence) is tested with its fake sockets."""
 from __future__ import annotations
 
+import dataclasses
+
 import random
 import time
 
@@ -269,6 +271,30 @@ def test_a_change_no_commit_explains_releases_a_hold(config):
     clock.now += 20
     assert loops.observe(change("notes.md", clock.now)) == "released"
     assert "notes.md" not in loops.held
+
+
+def test_a_reconcile_reporting_the_held_version_again_keeps_the_hold(config):
+    """The watcher's periodic reconcile sends a held, still dirty path every minute,
+    observed then: that released the hold as "changed at a time no commit explains", and a
+    reactive agent got three commits more a minute (fails before).  A write since the hold
+    still releases it."""
+    clock = Clock()
+    monotonic = Clock()
+    monotonic.now = 5000.0  # another clock, another origin: only the differences matter
+    loops = LoopJudge(config, clock=clock, rng=random.Random(7), monotonic=monotonic)
+    reacted_at = monotonic.now
+    clock.now += 0.2
+    loops.held["status.md"] = {"held_at": clock.now, "reactions": 3}
+    for _ in range(3):  # three reconciles, a minute apart
+        clock.now += 60
+        monotonic.now += 60
+        resent = dataclasses.replace(change("status.md", clock.now), written=reacted_at)
+        assert loops.observe(resent) is None
+        assert "status.md" in loops.held
+    clock.now += 20
+    monotonic.now += 20
+    edited = dataclasses.replace(change("status.md", clock.now), written=monotonic.now)
+    assert loops.observe(edited) == "released"
 
 
 def test_a_reactive_agent_released_by_a_stray_change_is_held_again(config):

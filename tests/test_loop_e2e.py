@@ -141,6 +141,9 @@ def test_gauntlet_without_helper(initialised, tmp_path):
         tail_start = ws.commit_count()
         time.sleep(12)  # only the agent runs
         tail_commits = ws.commit_count() - tail_start
+        # A reconcile (periodic, a minute apart) sends the held file again: still held.
+        assert control.request(gitsieve.cfg, "watcher", "reconcile", timeout=5).ok
+        time.sleep(3)
         committed = ws.committed_paths_since(setup)
         agent_paths = sorted(p for p in committed if p.startswith(AGENT_PREFIXES))
         reactive = commits_of(ws, REACTIVE, setup)

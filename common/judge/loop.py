@@ -85,8 +85,10 @@ class Track:
 
 
 class LoopJudge:
-    def __init__(self, config, clock=time.time, rng: random.Random | None = None):
+    def __init__(self, config, clock=time.time, rng: random.Random | None = None,
+                 monotonic=time.monotonic):
         self.config = config
+        self.monotonic = monotonic  # the clock of a Decision's ``written``
         self.after = max(2, config.loop_after) if config.loop_after else 0
         self.window = config.loop_window
         self.clock = clock
@@ -127,6 +129,10 @@ class LoopJudge:
                 step is None and decision.action == Action.BLOCK):
             return None  # gitsieve's own git; never committable
         if path in self.held:
+            if self._written_by_then(decision, self.held[path].get("held_at")):
+                # The held version reported again (a reconcile sends a dirty path every
+                # minute, with the time it was seen): nothing was written since the hold.
+                return None
             commit = self._latest_commit(decision.observed)
             if decision.commit and (commit is None or decision.observed - commit > self.window):
                 # Not a reaction: a writer that reacts to commits changes the path only
@@ -204,6 +210,13 @@ class LoopJudge:
         if track.reactions >= self.after - 1 and not track.probed:
             self._start_probe(path, track)
         return None
+
+    def _written_by_then(self, decision: Decision, moment) -> bool:
+        """Whether the version ``decision`` reports was last written at or before the wall
+        time ``moment`` (False when either is unknown)."""
+        if not decision.written or not isinstance(moment, (int, float)):
+            return False
+        return self.clock() - (self.monotonic() - decision.written) <= moment
 
     def _latest_commit(self, moment: float) -> float | None:
         index = bisect.bisect_right(self.commits, moment)
