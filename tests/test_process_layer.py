@@ -55,9 +55,10 @@ def hold():
     ``path`` open for writing until the test ends."""
     started = []
 
-    def start(path, tag: str) -> subprocess.Popen:
+    def start(path, tag: str, cwd=None) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", HOLDER_CODE, tag, str(path)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                cwd=cwd)
         started.append(proc)
         assert proc.stdout.readline().strip() == "holding"
         return proc
@@ -133,6 +134,22 @@ def test_unknown_writer_passes_the_change_on_with_an_unknown_step(workspace, tag
     assert not judge.drops(step)
     assert (step.verdict, step.reason, step.pid) == (
         Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_WRITER_SEEN, None)
+
+
+def test_an_autonomous_process_working_elsewhere_is_not_suspected_of_reacting(
+        workspace, tag, hold, judge_for, tmp_path_factory):
+    """One running in another directory (another workspace's agent) made a person's saves
+    right after each commit look like a reactive agent's, and held them (fails before).
+    One whose working directory is in the workspace is suspected, named there or not."""
+    elsewhere = tmp_path_factory.mktemp("another-workspace")
+    hold(elsewhere / "state.json", tag, cwd=elsewhere)
+    judge = judge_for(configure(workspace, tag))
+    workspace.write("notes.md", "user text\n")
+    step = judge.judge(change("notes.md", seq=1))
+    assert (step.verdict, step.reason) == (Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_PROCESS)
+    hold(elsewhere / "other.json", tag, cwd=workspace.root)
+    step = judge.judge(change("notes.md", seq=2))
+    assert (step.verdict, step.reason) == (Writer.UNKNOWN, L2Reason.NO_AUTONOMOUS_WRITER_SEEN)
 
 
 def test_deletion_is_unknown_even_when_an_autonomous_process_runs(workspace, tag, hold,

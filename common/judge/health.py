@@ -6,12 +6,11 @@ import os
 import re
 import time
 from collections import Counter, deque
-from pathlib import Path
 
 import msgpack
 import psutil
 
-from gitsieve.common.judge.attribution.base import AutonomousMatcher
+from gitsieve.common.judge.attribution.base import AutonomousMatcher, real_workspace, works_in
 
 # Beats any same-uid process can send: bounded so that none can make the monitor's table,
 # its HealthStatus or its metrics file grow without limit (4,200 fake names, 7 MB of stats
@@ -111,7 +110,7 @@ class RestartLoopDetector:
 
     def __init__(self, patterns, limit: int, window: float, sample_every: float = 1.0,
                  workspace: str | os.PathLike | None = None):
-        self.workspace = os.path.realpath(workspace) if workspace is not None else None
+        self.workspace = real_workspace(workspace)
         self.matcher = AutonomousMatcher(patterns)
         self.limit = limit
         self.window = window
@@ -168,13 +167,11 @@ class RestartLoopDetector:
         return (cmdline if self.matcher.matches(cmdline, name) else ""), settled
 
     def works_here(self, pid: int, cmdline: str) -> bool:
-        if self.workspace is None or self.workspace in cmdline:
-            return True
         try:
-            cwd = psutil.Process(pid).cwd()
-        except psutil.Error:  # gone, or not ours to look at: not known to work here
+            process = psutil.Process(pid)
+        except psutil.Error:  # gone meanwhile: it works nowhere
             return False
-        return Path(cwd) == Path(self.workspace) or Path(cwd).is_relative_to(self.workspace)
+        return works_in(process, cmdline, self.workspace)
 
     def looping(self) -> str:
         """'' or a sentence saying the autonomous system restarts in a loop."""

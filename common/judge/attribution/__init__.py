@@ -48,4 +48,5 @@ def make_attributor(config, name: str = "gitsieve"):
         else ""
     log.log(level, "%s: attribution by psutil open-files, sampling and I/O correlation%s",
             name, reason)
-    return Attributor(config.autonomous_processes, config.process_cache_ttl)
+    return Attributor(config.autonomous_processes, config.process_cache_ttl,
+                      workspace=config.workspace)

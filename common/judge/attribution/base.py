@@ -8,8 +8,12 @@ make_attributor` picks one from ``[filter] attribution``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
+
+import psutil
 
 from gitsieve.common.config.bounded_regex import BoundedPattern, RegexTimeout
 from gitsieve.common.protocol.states import ProcessAction, Technique, Writer
@@ -66,6 +70,24 @@ def bounded(pattern: str | BoundedPattern, what: str) -> BoundedPattern:
         return pattern
     return BoundedPattern(pattern, f"{what} {pattern!r}",
                           "a process it times out on is not taken as autonomous")
+
+
+def works_in(process: psutil.Process, cmdline: str, workspace: str | None) -> bool:
+    """Whether an autonomous process works in ``workspace`` (a real path; None: anywhere):
+    its command line names it, or its working directory is in it.  One elsewhere on the
+    machine (another user's, another workspace's) neither reacts to this workspace's
+    commits nor restarts in its loop."""
+    if workspace is None or workspace in cmdline:
+        return True
+    try:
+        cwd = process.cwd()
+    except psutil.Error:  # gone, or not ours to look at: not known to work here
+        return False
+    return Path(cwd) == Path(workspace) or Path(cwd).is_relative_to(workspace)
+
+
+def real_workspace(workspace: str | os.PathLike | None) -> str | None:
+    return os.path.realpath(workspace) if workspace is not None else None
 
 
 class AutonomousMatcher:

@@ -29,6 +29,8 @@ from gitsieve.common.judge.attribution.base import (
     TECHNIQUE_SAMPLED,
     Attribution,
     AutonomousMatcher,
+    real_workspace,
+    works_in,
 )
 from gitsieve.common.protocol.states import Mode
 
@@ -259,8 +261,10 @@ class Attributor:
     mode = Mode.PSUTIL
 
     def __init__(self, patterns: Iterable[str | re.Pattern], ttl: float,
-                 sample_interval: float = SAMPLE_INTERVAL, window: float = SIGHTING_WINDOW):
+                 sample_interval: float = SAMPLE_INTERVAL, window: float = SIGHTING_WINDOW,
+                 workspace: str | os.PathLike | None = None):
         self.matcher = AutonomousMatcher(patterns)
+        self.workspace = real_workspace(workspace)
         self.cache = ProcessCache(self.matcher, ttl)
         self.sampler = OpenFileSampler(self.cache, sample_interval, window)
         self.errors = self.sampler.errors
@@ -275,7 +279,7 @@ class Attributor:
         if now >= self._next_new_scan:
             self._next_new_scan = now + NEW_PROCESS_SCAN
             self.cache.refresh_new()
-        if self.cache.processes:
+        if self._one_works_here():
             self.present_at = time.time()
         self.sampler.tick(now)
 
@@ -291,12 +295,18 @@ class Attributor:
         return self.sampler.io_suspects(observed)
 
     def no_autonomous_process(self, observed: float) -> bool:
-        """No autonomous process ran within SIGHTING_WINDOW of ``observed`` (wall time), nor
-        runs now: the change has no writer to suspect of reacting to commits."""
-        if self.cache.processes or self.cache.refresh_new():
+        """No autonomous process working in the workspace ran within SIGHTING_WINDOW of
+        ``observed`` (wall time), nor runs now: the change has no writer to suspect of
+        reacting to commits.  (One elsewhere on the machine made a person saving right
+        after each commit look like a reactive agent.)"""
+        if self._one_works_here() or (self.cache.refresh_new() and self._one_works_here()):
             self.present_at = time.time()
             return False
         return self.present_at < observed - SIGHTING_WINDOW
+
+    def _one_works_here(self) -> bool:
+        return any(works_in(entry.process, entry.cmdline, self.workspace)
+                   for entry in list(self.cache.processes.values()))
 
     def attribute_removal(self, abs_path: str | os.PathLike, observed: float,
                           since: float = 0.0) -> Attribution | None:
