@@ -285,7 +285,9 @@ class Debouncer(Actor):
             change = "held" if decision.path in self.loops.held else None
         if change:
             self.stats[f"loops_{change}"] += 1
-        why = self.loops.why_held(decision.path)
+        if change == "released":  # a directory's hold held other new files too
+            self._debounce_released(keep=decision.path)
+        why = self.loops.why_decision_held(decision)
         if why is None:
             self.loop_held.pop(decision.path, None)
             return False
@@ -318,18 +320,24 @@ class Debouncer(Actor):
                 self.loops.note_commit(moved)
 
     def release_loop(self, path: str | None, reason: str) -> bool:
-        """Release a feedback-loop hold; the path's latest change is then debounced again."""
-        released = [p for p in self.loop_held if path is None or p == path]
+        """Release a feedback-loop hold (a path, a directory's ``DIR/*``, None: every one);
+        the latest change of each path it held is then debounced again."""
         if not self.loops.release(path, reason):
             return False
-        for held in released:
+        self._debounce_released()
+        return True
+
+    def _debounce_released(self, keep: str | None = None) -> None:
+        """Debounce again the latest change of every path no longer held (but ``keep``'s,
+        being judged now)."""
+        for held in [p for p, decision in self.loop_held.items()
+                     if p != keep and self.loops.why_decision_held(decision) is None]:
             decision = self.loop_held.pop(held)
             record = self.trails.get(held)
             if record is not None:
                 record.pop("hold", None)
                 record.pop("held_reason", None)
             self.debounce.add(decision, self.clock())
-        return True
 
     def loop_holds(self, limit: int = 50) -> list[dict]:
         return [{"path": path, "hold": why.hold, "held_reason": why.text}

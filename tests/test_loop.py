@@ -49,13 +49,15 @@ _seq = iter(range(1, 10_000_000))
 def change(path: str, observed: float, writer: Writer | None = Writer.UNKNOWN,
            commit: bool = True, action: Action = Action.ANALYZE,
            open_since: float = 0.0,
-           l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN) -> Decision:
+           l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN,
+           new: bool = False) -> Decision:
     trail = ()
     if writer is not None:
         trail = (ProcessStep(writer, l2_reason, Mode.PSUTIL,
                              pid=4242 if writer == Writer.USER else None),)
     if commit:
-        trail += (ContentStep(Content.USER, L3Reason.CONTENT_CHANGED),)
+        trail += (ContentStep(Content.USER,
+                              L3Reason.NEW_FILE if new else L3Reason.CONTENT_CHANGED),)
     return Decision(path=path, kind=ChangeKind.WRITE, seq=next(_seq), epoch=1.0,
                     observed=observed, commit=commit, action=action, trail=trail,
                     open_since=open_since)
@@ -90,23 +92,29 @@ class Pipeline:
         self.last_commit = float("-inf")
         self.commits: dict[str, int] = {}
         self.head_moves: list[float] = []
+        self.written = 0
+        self.probing_steps = 0  # steps during which a probe held every release back
 
     def write(self, path: str, writer: Writer = Writer.UNKNOWN,
-              l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN) -> None:
+              l2_reason: L2Reason = L2Reason.NO_AUTONOMOUS_WRITER_SEEN,
+              new: bool = False) -> None:
         now = self.clock.now
         self.in_flight.append((now + self.latency,
-                               change(path, now, writer, l2_reason=l2_reason)))
+                               change(path, now, writer, l2_reason=l2_reason, new=new)))
+        self.written += 1
 
     def step(self) -> None:
         self.clock.now = round(self.clock.now + self.STEP, 6)
         now = self.clock.now
         for arrival, decision in [item for item in self.in_flight if item[0] <= now]:
             self.in_flight.remove((arrival, decision))
-            if self.loops.observe(decision) == "held" or decision.path in self.loops.held:
+            self.loops.observe(decision)
+            if self.loops.why_decision_held(decision) is not None:
                 self.debounce.pending.discard(decision.path)
                 continue
             self.debounce.add(decision, now)
         self.loops.tick(now)
+        self.probing_steps += bool(self.loops.probe_remaining(now))
         if self.commit_at is not None and now >= self.commit_at:
             for path in self.committing:
                 self.commits[path] = self.commits.get(path, 0) + 1
@@ -154,6 +162,35 @@ def reactive(path: str, delay: float,
     return write
 
 
+def reactive_new_files(directory: str, delay: float, files: int = 1):
+    """Writes ``files`` new files in ``directory`` ``delay`` seconds after every HEAD move."""
+    state = {"seen": 0, "due": [], "made": 0}
+
+    def write(pipe: Pipeline, now: float) -> None:
+        while state["seen"] < len(pipe.head_moves):
+            state["due"].append(pipe.head_moves[state["seen"]] + delay)
+            state["seen"] += 1
+        if state["due"] and now >= state["due"][0]:
+            state["due"].pop(0)
+            for _ in range(files):
+                state["made"] += 1
+                pipe.write(f"{directory}/r-{state['made']}.md", new=True)
+    return write
+
+
+def new_files_every(directory: str, period: float, start: float = 0.0):
+    state = {"next": None, "made": 0}
+
+    def write(pipe: Pipeline, now: float) -> None:
+        if state["next"] is None:
+            state["next"] = now + start
+        if now >= state["next"]:
+            state["next"] += period
+            state["made"] += 1
+            pipe.write(f"{directory}/n-{state['made']}.md", new=True)
+    return write
+
+
 def once(path: str, at: float):
     state = {"done": False}
 
@@ -173,6 +210,54 @@ def test_a_file_rewritten_after_every_commit_is_held_after_a_few_commits(config,
     assert pipe.loops.why_held("status.md").hold == Hold.FEEDBACK_LOOP
     assert "user.md" not in pipe.loops.held and pipe.commits["user.md"] == 1
     assert pipe.loops.probe_remaining() == 0  # no probe once it is held
+
+
+@pytest.mark.parametrize("files", [1, 3])
+def test_an_agent_answering_each_commit_with_new_files_has_their_directory_held(config, files):
+    """No path changes twice, so no path was ever held: 58 commits in 90 s of an agent
+    writing reactions/r-N.md after each commit, unprivileged (fails before)."""
+    pipe = Pipeline(config)
+    pipe.run(60, [periodic("notes.md", 4.0), reactive_new_files("reactions", 0.3, files)])
+    assert "reactions/*" in pipe.loops.held
+    reaction_commits = sum(1 for path in pipe.commits if path.startswith("reactions/"))
+    assert reaction_commits <= 4 * files
+    assert pipe.loops.why_held("reactions/*").hold == Hold.FEEDBACK_LOOP
+    assert "notes.md" not in pipe.loops.held and pipe.commits["notes.md"] >= 12
+
+
+@pytest.mark.parametrize("period", [0.01, 0.05, 0.2])
+def test_a_stream_of_new_files_is_not_a_reaction_nor_probed(config, period):
+    """An agent's burst of new files runs right up to each commit: never held, and no
+    probe holds the person's edits back."""
+    pipe = Pipeline(config)
+    pipe.run(40, [periodic("notes.md", 3.0), new_files_every("storm", period)])
+    assert not pipe.loops.held
+    assert pipe.probing_steps * pipe.STEP < 5.0
+    assert pipe.commits["notes.md"] >= 12
+
+
+@pytest.mark.parametrize("period", [1.0, 2.5, 4.0, 6.0])
+def test_a_person_making_new_files_on_their_own_schedule_is_never_held(config, period):
+    pipe = Pipeline(config)
+    pipe.run(90, [new_files_every("journal", period), periodic("notes.md", 3.3)])
+    assert not pipe.loops.held
+    assert sum(1 for path in pipe.commits if path.startswith("journal/")) >= 90 / period - 4
+
+
+def test_a_new_file_no_commit_explains_releases_its_directory(config):
+    clock = Clock()
+    loops = judge_for(config, clock)
+    loops.held["reactions/*"] = {"held_at": clock.now, "reactions": 3}
+    loops.note_commit(clock.now)
+    reaction = change("reactions/r-9.md", clock.now + 0.2, new=True)
+    assert loops.observe(reaction) is None
+    assert loops.why_decision_held(reaction).hold == Hold.FEEDBACK_LOOP
+    # a changed (not new) file in it is judged as a path of its own
+    assert loops.why_decision_held(change("reactions/old.md", clock.now + 0.3)) is None
+    clock.now += 20
+    mine = change("reactions/mine.md", clock.now, new=True)
+    assert loops.observe(mine) == "released"
+    assert loops.why_decision_held(mine) is None and not loops.held
 
 
 def test_reactions_to_other_paths_commits_are_held_too(config):

@@ -33,6 +33,15 @@ period ended before its next save, which then came right after the commit the pr
 back); a reactive writer stays silent until the next commit, and its reaction to that commit
 holds it.  The probe costs the person at most those seconds of sync latency, and only while
 a path is suspected.
+
+An agent that answers each commit with a *new* file (``reactions/r-1.md``, ``r-2.md`` ...)
+changes no path twice.  So a new file (the content layer says so) also counts for its
+directory, kept as the key ``DIR/*`` (``*`` for the top level): the directory reacts when
+its first new file since a commit comes within the window after it, the directory had no
+new file for ``BURST_QUIET_BEFORE`` seconds before that commit (a stream of new files runs
+right up to each commit: a storm, not a reaction), and more new files after the same commit
+are the same reaction.  Held, it holds the new files that arrive in it right after a commit;
+one at a time no commit explains, or one positively the person's, releases it.
 """
 from __future__ import annotations
 
@@ -46,8 +55,8 @@ from pathlib import Path
 
 from gitsieve.common.judge.learning import LearnedStore, learnable
 from gitsieve.common.protocol.messages import Decision
-from gitsieve.common.protocol.states import Action, Hold, L2Reason, Why, Writer
-from gitsieve.common.protocol.trail import ProcessStep, step_of
+from gitsieve.common.protocol.states import Action, Hold, L2Reason, L3Reason, Why, Writer
+from gitsieve.common.protocol.trail import ContentStep, ProcessStep, step_of
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,10 @@ PROBE_MAX = 15.0
 ARRIVAL_SLACK = 30.0
 # Suspects that let a commit pass are looked for this often (a storm makes thousands).
 SWEEP_EVERY = 5.0
+# A directory whose new files came this close before a commit was still being written:
+# its files after that commit are a stream, not a reaction.  (A reactive agent's own files
+# wait their quiet period, 0.5 s or more, before the commit they are in.)
+BURST_QUIET_BEFORE = 0.4
 
 
 @dataclass(slots=True)  # one per tracked path
@@ -120,25 +133,29 @@ class LoopJudge:
             return None
         step = step_of(decision.trail, ProcessStep)
         path = decision.path
+        new_file = _is_new_file(decision)
+        held_key = path if path in self.held else (
+            directory_key(path) if new_file and directory_key(path) in self.held else None)
         if step is not None and step.verdict == Writer.USER:
             self._forget_track(path)
-            if path in self.held:
-                return self.release(path, f"written by your process {step.pid}")
+            if held_key is not None:
+                return self.release(held_key, f"written by your process {step.pid}")
             return None
         if (step is not None and step.verdict == Writer.SELF) or (
                 step is None and decision.action == Action.BLOCK):
             return None  # gitsieve's own git; never committable
-        if path in self.held:
-            if self._written_by_then(decision, self.held[path].get("held_at")):
+        if held_key is not None:
+            if self._written_by_then(decision, self.held[held_key].get("held_at")):
                 # The held version reported again (a reconcile sends a dirty path every
                 # minute, with the time it was seen): nothing was written since the hold.
                 return None
-            commit = self._latest_commit(decision.observed)
-            if decision.commit and (commit is None or decision.observed - commit > self.window):
+            moment = self._written_at(decision)
+            commit = self._latest_commit(moment)
+            if decision.commit and (commit is None or moment - commit > self.window):
                 # Not a reaction: a writer that reacts to commits changes the path only
                 # right after one.  The unprivileged sampler never names the person, so
                 # this is how a person's own edit of a held path releases it there.
-                return self.release(path, "changed at a time no commit explains")
+                return self.release(held_key, "changed at a time no commit explains")
             return None
         if not learnable(path):
             return None
@@ -148,8 +165,12 @@ class LoopJudge:
             # exactly like a reactive agent, and was held at its fourth save.
             self._forget_track(path)
             return None
-        return self._change(path, decision.observed, decision.commit,
-                            still_open=bool(decision.open_since))
+        changed = self._change(path, decision.observed, decision.commit,
+                               still_open=bool(decision.open_since))
+        if changed is None and new_file:
+            changed = self._change(directory_key(path), decision.observed, decision.commit,
+                                   burst=True)
+        return changed
 
     def tick(self, now: float | None = None) -> None:
         """End probes that ran their time and, every SWEEP_EVERY seconds, give up on
@@ -170,7 +191,8 @@ class LoopJudge:
 
     # ----- the count -----------------------------------------------------------------
     def _change(self, path: str, observed: float, committing: bool,
-                still_open: bool = False) -> str | None:
+                still_open: bool = False, burst: bool = False) -> str | None:
+        """``burst``: ``path`` is a directory's key, changed by a new file in it."""
         track = self.tracks.get(path)
         if track is None:
             track = self.tracks[path] = Track()
@@ -186,9 +208,14 @@ class LoopJudge:
         commit = self._latest_commit(observed)
         # the earliest commit since its previous reaction, which it must have answered
         unanswered = self._first_commit_after(track.last_change) if track.reactions else None
+        if burst and commit is not None and track.last_change >= commit \
+                and observed - commit <= self.window:
+            track.last_change = max(track.last_change, observed)
+            return None  # another new file of the reaction already counted
         reaction = (commit is not None and track.last_change < commit
                     and observed - commit <= self.window
-                    and (unanswered is None or observed - unanswered <= self.window))
+                    and (unanswered is None or observed - unanswered <= self.window)
+                    and not (burst and commit - track.last_change < BURST_QUIET_BEFORE))
         log.debug("%s changed at %.3f: latest commit %s, last change %.3f, unanswered %s: %s",
                   path, observed, commit, track.last_change, unanswered,
                   "reaction" if reaction else "not a reaction")
@@ -211,12 +238,19 @@ class LoopJudge:
             self._start_probe(path, track)
         return None
 
+    def _written_at(self, decision: Decision) -> float:
+        """Wall time of the last write of the version ``decision`` reports: when it was
+        written, not when a reconcile found it again; its observed time when not known."""
+        if not decision.written:
+            return decision.observed
+        return self.clock() - (self.monotonic() - decision.written)
+
     def _written_by_then(self, decision: Decision, moment) -> bool:
         """Whether the version ``decision`` reports was last written at or before the wall
         time ``moment`` (False when either is unknown)."""
         if not decision.written or not isinstance(moment, (int, float)):
             return False
-        return self.clock() - (self.monotonic() - decision.written) <= moment
+        return self._written_at(decision) <= moment
 
     def _latest_commit(self, moment: float) -> float | None:
         index = bisect.bisect_right(self.commits, moment)
@@ -259,6 +293,14 @@ class LoopJudge:
         return "held"
 
     # ----- what the debouncer asks -----------------------------------------------------
+    def why_decision_held(self, decision: Decision) -> Why | None:
+        """Why ``decision``'s change is held: its path is, or it is a new file in a held
+        directory."""
+        why = self.why_held(decision.path)
+        if why is None and _is_new_file(decision):
+            why = self.why_held(directory_key(decision.path))
+        return why
+
     def why_held(self, path: str) -> Why | None:
         entry = self.held.get(path)
         if entry is None:
@@ -295,3 +337,14 @@ class LoopJudge:
     def status(self) -> dict:
         return {"held": len(self.held), "suspects": len(self.suspects),
                 "probe_remaining": round(self.probe_remaining(), 3)}
+
+
+def directory_key(path: str) -> str:
+    """The key a directory's new files are counted under: ``DIR/*``, or ``*`` at the top."""
+    parent = path.rpartition("/")[0]
+    return f"{parent}/*" if parent else "*"
+
+
+def _is_new_file(decision: Decision) -> bool:
+    content = step_of(decision.trail, ContentStep)
+    return content is not None and content.reason == L3Reason.NEW_FILE
