@@ -25,7 +25,8 @@ from gitsieve.common.git.gateway import LONG_LIVED_IDLE, Git
 from gitsieve.common.git.ignore import IgnoreChecker
 from gitsieve.common.judge.guard.gate import BlobReader
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import ControlRequest, Heartbeat
+from gitsieve.common.protocol.messages import Change, ControlRequest, Heartbeat
+from gitsieve.common.protocol.states import ChangeKind
 
 
 def committed(workspace) -> str:
@@ -335,3 +336,59 @@ def test_the_fork_server_takes_its_free_small_object_blocks_before_forking():
     before, taken, after = map(int, done.stdout.split())
     assert before > 100_000 and taken >= before // 2, (before, taken)
     assert after < before // 2, f"{before} bytes free before the fill, {after} after"
+
+
+class _Worker(Actor):
+    name = "worker"
+
+
+def test_a_worker_fed_after_a_long_rest_announces_within_its_promised_interval(workspace):
+    """Rest stretches the beats (ten heartbeat intervals) while the announcement after work
+    is promised within one: the worker slept until its beat, and the router, counting five
+    of the promised intervals, forgot it as silent (fails before)."""
+    workspace.config("[runtime]\nheartbeat_interval = 0.1\n")
+    cfg = workspace.load()
+    config_mod.prepare_runtime_dir(cfg)
+    worker = _Worker(cfg)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    router.bind(cfg.endpoints.stage_out("l1"))
+    taken = []
+    try:
+        worker._heartbeat = worker.connect(zmq.PUSH, cfg.endpoints.heartbeat, hwm=10)
+        worker.take_stage("l1", {Change: taken.append})
+        identity = None
+        deadline = time.monotonic() + 10
+        while worker._quiet_beats < 8:  # a long rest: the beats stretched
+            worker._round()
+            while router.poll(0):
+                identity = router.recv_multipart()[0]
+            assert time.monotonic() < deadline
+        assert identity is not None
+        while worker._next_heartbeat - time.monotonic() < 0.8:  # just after a rested beat
+            worker._round()
+            assert time.monotonic() < deadline
+        router.send_multipart([identity, messages.encode(Change(
+            path="a.txt", kind=ChangeKind.WRITE, seq=1, epoch=1.0, observed=time.time()))])
+        while not taken:
+            worker._round()
+            assert time.monotonic() < deadline
+        promised = None
+        while True:  # the announcement of the work taken, sent in the round that took it
+            while router.poll(0):
+                promised = messages.decode(router.recv_multipart()[1])
+            if promised is not None and promised.received >= 1:
+                break
+            worker._round()
+            assert time.monotonic() < deadline
+        # the next announcement, due within the interval just promised
+        started = time.monotonic()
+        silent_after = 5 * promised.interval
+        while not router.poll(0):
+            worker._round()
+            assert time.monotonic() - started < silent_after, "the router forgets it"
+    finally:
+        router.close(0)
+        worker.close()
+        context.term()

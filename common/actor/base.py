@@ -188,8 +188,9 @@ class Actor:
             return
         try:
             self._feed_sock.send(messages.encode(ready), zmq.NOBLOCK)
-        except zmq.Again:  # nothing to send to yet: the next round tries again
+        except zmq.Again:  # nothing to send to yet: tried again an interval later
             self.stats["ready_deferred"] += 1
+            self._feed.next_announce = now + self._feed.interval
             return
         self._feed.announced_at(ready, now)
 
@@ -422,11 +423,7 @@ class Actor:
 
     def _round(self) -> None:
         """One poll round: wait for input or the next due time, handle, tick, announce."""
-        now = time.monotonic()
-        timeout = max(0.0, self._next_heartbeat - now)
-        wake = self.wakeup_in()
-        if wake is not None:
-            timeout = min(timeout, max(0.0, wake))
+        timeout = self._poll_timeout(time.monotonic())
         try:
             ready = dict(self.poller.poll(int(timeout * 1000) + 1))
         except zmq.ZMQError as exc:
@@ -447,6 +444,19 @@ class Actor:
         self._announce(now)
         self._beat(now)
         self._trim_heap(now)
+
+    def _poll_timeout(self, now: float) -> float:
+        """Seconds until something is due: a beat, the actor's own wake-up, or the stage
+        announcement promised to the router.  (After work the announcement is due in one
+        heartbeat interval while the beat, stretched by rest, may be ten away: sleeping
+        until the beat, a worker the router had just fed was forgotten as silent.)"""
+        due = [self._next_heartbeat - now]
+        wake = self.wakeup_in()
+        if wake is not None:
+            due.append(wake)
+        if self._feed is not None:
+            due.append(self._feed.next_announce - now)
+        return max(0.0, min(due))
 
     def _trim_heap(self, now: float) -> None:
         """Give freed heap back after work; liveness traffic (beats, health verdicts) is
