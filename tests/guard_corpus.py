@@ -33,13 +33,16 @@ BASE32_UPPER = UPPER + "234567"
 
 @dataclass(frozen=True)
 class Planted:
-    """A file holding one secret: ``secret`` must be reported under ``rule`` yet never shown."""
+    """A file holding one secret: ``secret`` must be reported under ``rule`` yet never shown.
+
+    ``encoding`` is how ``content`` is written: a finding's line and column count in its text."""
 
     kind: str
     path: str
     content: bytes
     secret: bytes
     rule: str
+    encoding: str = "utf-8"
 
 
 @dataclass(frozen=True)
@@ -805,7 +808,77 @@ def planted_secrets(workdir: Path, seed: int = 12) -> list[Planted]:
         r.mixed(ALNUM, 16),
         "password-assignment",
     )
+    add(
+        "ansible vars password",
+        "group_vars/all.yml",
+        "db_host: db.internal\ndb_user: app\ndb_pass: {secret}\n",
+        r.mixed(ALNUM, 11) + "#" + r.mixed(ALNUM, 4),
+        "password-assignment",
+    )
+    planted.extend(_pasted_private_keys(keys))
+    planted.extend(_utf16_files(r, keys))
     return planted
+
+
+def _pasted_private_keys(keys: KeyMaker) -> list[Planted]:
+    """Private keys the way they reach files by hand: cut short, split into a language's
+    string literals, or pasted onto one line."""
+    rsa = keys.openssl_traditional("RSA", "-pkeyopt", "rsa_keygen_bits:2048")
+    openssh, _ = keys.ssh_keypair("ed25519", "pasted_key")
+    lines = rsa.strip().split(b"\n")
+    literals = b"".join(b'    "' + line + b'\\n"\n' for line in lines)
+    continued = b"\\n\\\n".join(lines)
+    one_line = b" ".join(openssh.strip().split(b"\n"))
+    return [
+        Planted("private key without its end line", "notes/server-key.txt",
+                b"the server's key, from the old box:\n" + b"\n".join(lines[:-1]) + b"\n",
+                pem_body(rsa), "private-key"),
+        Planted("private key in string literals", "deploy/keys.py",
+                b"SERVER_KEY = (\n" + literals + b")\n", pem_body(rsa), "private-key"),
+        Planted("private key in one string continued over lines", "deploy/key_const.py",
+                b'SERVER_KEY = "' + continued + b'\\n"\n', pem_body(rsa), "private-key"),
+        Planted("private key pasted on one line", "docs/ssh-setup.md",
+                b"Deploy key: " + one_line + b"\n", pem_body(openssh), "private-key"),
+    ]
+
+
+def _utf16_files(r: Randomness, keys: KeyMaker) -> list[Planted]:
+    """Scripts and registry exports saved by Windows tools: UTF-16, with or without a BOM."""
+    token = "gh" + "p_" + r.mixed(ALNUM, 36)
+    secret_key = r.mixed(ALNUM + "+", 40)
+    pkcs8 = keys.pkcs8()
+    script = f"# setup\r\n$env:GH_TOKEN = '{token}'\r\ngh auth status\r\n"
+    registry = ("Windows Registry Editor Version 5.00\r\n\r\n[HKEY_CURRENT_USER\\Software\\Acme]"
+                f'\r\n"aws_secret_access_key"="{secret_key}"\r\n')
+    key_note = "Key for the build agent:\r\n" + pkcs8.decode().replace("\n", "\r\n")
+    return [
+        Planted("github token in a utf-16 script", "scripts/setup.ps1",
+                script.encode("utf-16"), token.encode(), "github-token", "utf-16"),
+        Planted("aws secret key in a utf-16 registry export", "windows/acme.reg",
+                registry.encode("utf-16-be"), secret_key.encode(), "aws-secret-access-key",
+                "utf-16-be"),
+        Planted("private key in a utf-16 note", "notes/agent-key.txt",
+                key_note.encode("utf-16-le"), pem_body(pkcs8), "private-key", "utf-16-le"),
+    ]
+
+
+def planted_in_paths(seed: int = 15) -> list[Planted]:
+    """Tokens in a file's path (its name or a directory's): the path is pushed too."""
+    r = Randomness(seed)
+    github = "gh" + "p_" + r.mixed(ALNUM, 36)
+    access_key_id = "AKIA" + r.text(BASE32_UPPER, 16)
+    slack = "xo" + "xb-" + r.text(DIGITS, 12) + "-" + r.text(DIGITS, 13) + "-" + r.mixed(ALNUM, 24)
+    secret_key = r.mixed(ALNUM + "+", 40)
+    return [
+        Planted("github token as a file name", f"notes/{github}.txt", b"see the name\n",
+                github.encode(), "github-token"),
+        Planted("aws access key id as a directory", f"backup/{access_key_id}/config",
+                b"[default]\n", access_key_id.encode(), "aws-access-key-id"),
+        Planted("slack token in a directory name", f"bots/{slack}/settings.yml",
+                b"channel: general\n", slack.encode(), "slack-token"),
+        Planted("aws secret key in a file name", f"keys/aws_secret_access_key={secret_key}",
+                b"", secret_key.encode(), "aws-secret-access-key"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -1163,4 +1236,50 @@ def benign_files(workdir: Path, seed: int = 14) -> list[Benign]:
             ]
         ),
     )
+    add(
+        "private key parsing code",
+        "lib/pem.py",
+        "\n".join(
+            [
+                "BEGIN_RSA = '-----BEGIN RSA PRIVATE KEY-----'",
+                "PEM = re.compile(r'-----BEGIN (?P<kind>[A-Z ]+) PRIVATE KEY-----\\s*'",
+                "                 r'(?P<body>[A-Za-z0-9+/=\\s]+)-----END')",
+                "def read(lines):",
+                '    if lines[0].startswith("-----BEGIN RSA PRIVATE KEY-----"):',
+                "        body = lines[1:-1]",
+                '    elif lines[0] == "-----BEGIN OPENSSH PRIVATE KEY-----":',
+                "        body = decode_openssh(lines)",
+                '    return ("-----BEGIN PRIVATE KEY-----\\n" + b64(body)',
+                '            + "\\n-----END PRIVATE KEY-----")',
+                "",
+            ]
+        ),
+    )
+    add(
+        "abbreviated private keys in documentation",
+        "docs/keys.md",
+        "A key file starts with `-----BEGIN OPENSSH PRIVATE KEY-----` and ends with its END"
+        " line:\n\n"
+        "```\n-----BEGIN RSA PRIVATE KEY-----\n"
+        + "\n".join(r.mixed(B64, 64) for _ in range(2))
+        + "\n...\n-----END RSA PRIVATE KEY-----\n```\n\n"
+        "-----BEGIN OPENSSH PRIVATE KEY----- <your key> -----END OPENSSH PRIVATE KEY-----\n",
+    )
+    add(
+        "ansible vars with vault references",
+        "group_vars/all.yml",
+        'db_pass: "{{ vault_db_pass }}"\nadmin_pass: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n'
+        + "".join(f"  {r.text(HEX, 80)}\n" for _ in range(4))
+        + "mysql_pass: changeme\napi_pass: ${API_PASS}\nbackup_pass:\nresult: pass\n",
+    )
+    add(
+        "utf-16 registry export",
+        "windows/settings.reg",
+        (
+            "Windows Registry Editor Version 5.00\r\n\r\n[HKEY_CURRENT_USER\\Software\\Acme]\r\n"
+            f'"InstallId"="{{{uuid.UUID(int=r.rng.getrandbits(128))}}}"\r\n'
+            f'"Checksum"=hex:{",".join(r.text(HEX, 2) for _ in range(32))}\r\n'
+        ).encode("utf-16"),
+    )
+    add("token-shaped example as a file name", "docs/examples/AKIAIOSFODNN7EXAMPLE.json", "{}\n")
     return files

@@ -75,6 +75,38 @@ def test_a_secret_keeps_its_path_out_and_the_rest_goes_in(workspace, guarded):
     assert "?? docs/notes.md" in workspace.git("status", "--porcelain")
 
 
+def test_a_token_in_a_file_name_keeps_the_file_out(workspace, guarded):
+    """The path is pushed too: a file named for a token is held, its content aside."""
+    committer, _ = guarded()
+    workspace.write(f"notes/{GITHUB}.txt", "see the name\n")
+    workspace.write("notes/plan.md", "plan\n")
+
+    result = committer.commit([f"notes/{GITHUB}.txt", "notes/plan.md"])
+
+    assert result.pushed and result.paths == ("notes/plan.md",)
+    why = result.held_paths[f"notes/{GITHUB}.txt"]
+    assert why.hold is Hold.SECRET and "GitHub token in the path (github-token)" in why.text
+    assert not [name for name in workspace.files_at("origin/main") if GITHUB in name]
+
+
+def test_a_persons_commit_adding_a_token_named_file_is_not_pushed(workspace, guarded):
+    """git lists each blob once, under one of its paths: a token-named file holding what
+    another file holds (here: nothing) is still found by its own path."""
+    committer, _ = guarded()
+    before = workspace.remote_head()
+    for path in ("pkg/__init__.py", f"vendor/{GITHUB}"):
+        workspace.write(path, "")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "add package")
+    workspace.write("notes.txt", "a clean change\n")
+
+    result = committer.commit(["notes.txt"])
+
+    assert result.commit and not result.pushed and workspace.remote_head() == before
+    assert committer.push_hold.hold is Hold.SECRET
+    assert f"vendor/{GITHUB}: GitHub token in the path (github-token)" in committer.push_hold.text
+
+
 def test_a_held_tracked_file_keeps_heads_version(workspace, guarded):
     committer, _ = guarded()
     workspace.write("app.cfg", "token = none\n")

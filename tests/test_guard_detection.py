@@ -40,6 +40,7 @@ with tempfile.TemporaryDirectory(prefix="guard-corpus-") as _made_in:
     PLANTED = corpus.planted_secrets(Path(_made_in))
     NAMED = corpus.named_files(Path(_made_in))
     BENIGN = corpus.benign_files(Path(_made_in))
+IN_PATHS = corpus.planted_in_paths()
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +94,39 @@ def test_finding_points_at_the_secret(scanner, planted):
     finding = next(
         f for f in scanner.scan(planted.path, planted.content) if f.rule.value == planted.rule
     )
-    line = planted.content.split(b"\n")[finding.line - 1]
+    text = planted.content if planted.encoding == "utf-8" else \
+        planted.content.decode(planted.encoding).encode()
+    line = text.split(b"\n")[finding.line - 1]
     if finding.rule is RuleId.PRIVATE_KEY:
         assert b"-----BEGIN" in line[finding.column - 1 :]
     else:
         assert planted.secret[:8] in line[finding.column - 1 :]
+
+
+@pytest.mark.parametrize("planted", IN_PATHS, ids=lambda p: p.kind)
+def test_a_token_in_a_path_is_found_and_never_shown(scanner, planted):
+    """The path is pushed as well as the content: a token in a file's or a directory's name
+    holds the file, from its name alone (the judge asks before reading any content).  The
+    finding names the path, as every hold does; nothing else of it shows the token."""
+    findings = scanner.filename_findings(planted.path)
+
+    assert [(f.rule.value, f.kind, f.line, f.column) for f in findings] == [
+        (planted.rule, FindingKind.SECRET, 0, 0)]
+    assert "in the path" in findings[0].render()
+    assert_never_shown(dataclasses.replace(findings[0], path="the path"), planted.secret)
+    assert findings == [f for f in scanner.scan(planted.path, planted.content) if f.line == 0]
+
+
+@pytest.mark.parametrize("path", [
+    "docs/examples/AKIAIOSFODNN7EXAMPLE.json",
+    "fixtures/" + "gh" + "p_" + "x" * 36 + ".txt",
+    # the generic keyword rules do not read paths: names say what a file is about
+    "config/db_password=Zq8vR2mLx9Tq.txt",
+    "secrets/api_token_Zq8vR2mLx9TqW4pK7.json",
+    "src/passwords/hunter2Xk9mQ2vL8pWz/README.md",
+])
+def test_paths_without_a_token_of_a_known_format_are_clean(scanner, path):
+    assert scanner.filename_findings(path) == []
 
 
 @pytest.mark.parametrize("named", NAMED, ids=lambda n: n.kind)
@@ -176,6 +205,87 @@ def test_one_key_has_one_fingerprint_raw_or_json_escaped(scanner, tmp_path):
     assert raw.fingerprint == escaped.fingerprint
 
 
+def _pasted(key: bytes, form: str) -> tuple[str, bytes]:
+    """A PEM block as people paste it into a file: (path, content)."""
+    lines = key.strip().split(b"\n")
+    if form == "without its end line":
+        return "notes/key.txt", b"old server:\n" + b"\n".join(lines[:-1]) + b"\n\nmore notes\n"
+    if form == "cut off at the end of the file":
+        return "notes/key.txt", b"\n".join(lines[:-3])
+    if form == "in python string literals":
+        literals = b"".join(b'    "%s\\n"\n' % line for line in lines)
+        return "keys.py", b"KEY = (\n" + literals + b")\n"
+    if form == "in javascript strings joined with +":
+        return "keys.js", b"const KEY =\n" + b" +\n".join(b"  '%s\\n'" % line for line in lines) \
+            + b";\n"
+    if form == "in a list of strings":
+        return "keys.py", b"KEY_LINES = [" + b", ".join(b'"%s"' % line for line in lines) + b"]\n"
+    if form == "in one string with escaped line breaks":
+        return "keys.py", b'KEY = "' + b"\\n".join(lines) + b'\\n"\n'
+    if form == "in one string continued over lines":
+        return "keys.py", b'KEY = "' + b"\\n\\\n".join(lines) + b'\\n"\n'
+    if form == "on one line, spaces for line breaks":
+        return "docs/setup.md", b"Deploy key: " + b" ".join(lines) + b" (keep it safe)\n"
+    raise ValueError(form)
+
+
+PASTED_FORMS = ["without its end line", "cut off at the end of the file",
+                "in python string literals", "in javascript strings joined with +",
+                "in a list of strings", "in one string with escaped line breaks",
+                "in one string continued over lines", "on one line, spaces for line breaks"]
+
+
+@pytest.fixture(scope="module")
+def pasted_keys(tmp_path_factory):
+    """An RSA key (64-column lines, a short last one) and an OpenSSH key (70 columns)."""
+    keys = KeyMaker(tmp_path_factory.mktemp("pasted"))
+    rsa = keys.openssl_traditional("RSA", "-pkeyopt", "rsa_keygen_bits:2048")
+    openssh, _ = keys.ssh_keypair("ed25519", "pasted")
+    return {"rsa": rsa, "openssh": openssh}
+
+
+@pytest.mark.parametrize("kind", ["rsa", "openssh"])
+@pytest.mark.parametrize("form", PASTED_FORMS)
+def test_a_private_key_is_found_however_it_was_pasted(scanner, pasted_keys, kind, form):
+    """A BEGIN line followed by key material is a key: cut short, split into a language's
+    string literals, or with spaces for its line breaks; whole, it has the fingerprint of
+    the key as a file."""
+    key = pasted_keys[kind]
+    path, content = _pasted(key, form)
+    findings = scanner.scan(path, content)
+
+    assert [f.rule for f in findings] == [RuleId.PRIVATE_KEY]
+    assert b"-----BEGIN" in content.split(b"\n")[findings[0].line - 1]
+    assert_never_shown(findings[0], corpus.pem_body(key))
+    if "end" not in form:
+        (as_a_file,) = scanner.scan("key.pem", key)
+        assert findings[0].fingerprint == as_a_file.fingerprint
+
+
+@pytest.mark.parametrize("path,text", [
+    ("pem.py", 'if line.startswith("-----BEGIN RSA PRIVATE KEY-----"):\n    in_key = True\n'
+               'elif line.startswith("-----END RSA PRIVATE KEY-----"):\n    in_key = False\n'),
+    ("pem.py", "PEM = re.compile(rb'-----BEGIN (?P<kind>[A-Z ]+)PRIVATE KEY-----\\s*'\n"
+               "                 rb'(?P<body>[A-Za-z0-9+/=\\s]+)-----END')\n"),
+    ("pem.py", 'pem = "-----BEGIN PRIVATE KEY-----\\n" + body + "\\n-----END PRIVATE KEY-----"\n'),
+    ("pem.go", 'const header = "-----BEGIN EC PRIVATE KEY-----"\nconst footer = "-----END EC '
+               'PRIVATE KEY-----"\n'),
+    ("README.md", "A key starts with -----BEGIN OPENSSH PRIVATE KEY----- and the base64 encoded "
+                  "key material follows on the lines below it, wrapped at seventy columns\n"),
+    ("README.md", "-----BEGIN RSA PRIVATE KEY-----\nPaste the rest of your key below this line "
+                  "and save the file.\n"),
+    ("README.md", "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(
+        Randomness(n).mixed(corpus.B64, 64) for n in range(2)) + "\n...\n"),
+    ("README.md", "-----BEGIN RSA PRIVATE KEY-----\n" + Randomness(3).mixed(corpus.B64, 64)
+     + "\n[...]\n-----END RSA PRIVATE KEY-----\n"),
+    ("README.md", "-----BEGIN OPENSSH PRIVATE KEY----- <your key> "
+                  "-----END OPENSSH PRIVATE KEY-----"),
+    ("key.txt", "-----BEGIN RSA PRIVATE KEY-----\n" + "A" * 64 + "\n" + "A" * 64 + "\n"),
+])
+def test_a_private_key_header_without_key_material_is_not_a_finding(scanner, path, text):
+    assert scanner.scan(path, text.encode()) == []
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -234,6 +344,15 @@ PASSWORD = "Zq8!vR2m#Lx"
         # an environment list: the name above its value (Kubernetes, compose, CI)
         ("k8s/deploy.yaml", "env:\n  - name: DB_PASSWORD\n    value: \"Zq8Lm2pW9xTr4\"\n"),
         ("k8s/deploy.yaml", "env:\n- name: DB_PASSWORD\n  value: Zq8Lm2pW9xTr4\n- name: X\n"),
+        # names ending in "pass", "passwd" or "pwd" (Ansible vars, dotenv, mailer configs)
+        ("group_vars/all.yml", "db_pass: s3cr3tValue"),
+        ("group_vars/db.yml", "mysql_pass: Xk9#mQ2vL8pWz"),
+        ("roles/web/vars/main.yml", "admin_pass: 'Zq8!vR2m#Lx'"),
+        ("host_vars/db1.yml", "db_passwd: s3cr3tValue"),
+        ("host_vars/db1.yml", "root_pwd: s3cr3tValue"),
+        ("deploy.sh", "export DB_PASS=Xk9#mQ2vL8pWz"),
+        ("config.json", f'{{"dbPass": "{PASSWORD}"}}'),
+        ("mailer.js", f"const auth = {{ user: 'bob', pass: '{PASSWORD}' }};"),
     ],
 )
 def test_password_assignment_with_strong_context_is_found(scanner, path, text):
@@ -340,6 +459,22 @@ def test_token_names_without_a_literal_token_are_not_findings(scanner, path, tex
         ("README.md",
          '"SecretArn": "arn:aws:secretsmanager:us-west-2:123456789012:secret:MySecret1-a1b2c3"'),
         ("webdav.json", '"Password": "generatedwebdavpassword1"'),
+        # Ansible: vault references, vaulted values, templates, defaults, empty values
+        ("group_vars/all.yml", 'db_pass: "{{ vault_db_pass }}"'),
+        ("group_vars/all.yml", "db_pass: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n"
+                               "  61383964313765373366343166\n"),
+        ("group_vars/all.yml", "db_pass: changeme"),
+        ("group_vars/all.yml", "db_pass: ${DB_PASS}"),
+        ("group_vars/all.yml", "db_pass:\ndb_user: app"),
+        ("group_vars/all.yml", 'db_pass: ""'),
+        ("group_vars/all.yml", "db_pass: \"{{ lookup('env', 'DB_PASS') }}\""),
+        # "pass" ending a longer word, or starting one, names no password
+        ("ci.yml", "bypass: Xk9mQ2vL8pWz"),
+        ("nav.yml", "compass: Xk9mQ2vL8pWz"),
+        ("travel.yml", "passport: Xk9mQ2vL8pWz"),
+        ("report.yml", "pass_rate: 0.95"),
+        ("report.json", '{"pass": "all 12 checks passed"}'),
+        ("tests.py", "def test_it():\n    pass  # nothing yet\n"),
     ],
 )
 def test_password_like_names_without_a_literal_secret_are_not_findings(scanner, path, text):
@@ -516,6 +651,42 @@ def test_invalid_utf8_around_a_secret_does_not_hide_it(scanner):
     data = b"\xff\xc3(\x80 garbage \xed\xa0\x80\n" + b"aws_secret_access_key=" + AWS_SECRET \
         + b"\n\xfe"
     assert rules_and_lines(scanner.scan("creds.txt", data)) == [(RuleId.AWS_SECRET_ACCESS_KEY, 2)]
+
+
+ACCESS_KEY_ID = ("AKIA" + _r.text(corpus.BASE32_UPPER, 16)).encode()
+WINDOWS_SCRIPT = (b"# deploy\r\n$env:AWS_ACCESS_KEY_ID = '" + ACCESS_KEY_ID
+                  + b"'\r\n$env:AWS_SECRET_ACCESS_KEY = '" + AWS_SECRET
+                  + b"'\r\n$token = '" + GITHUB + b"'\r\n").decode()
+
+
+@pytest.mark.parametrize("encoding,bom", [
+    ("utf-16-le", b"\xff\xfe"), ("utf-16-le", b""), ("utf-16-be", b"\xfe\xff"),
+    ("utf-16-be", b""),
+])
+def test_a_utf16_file_is_scanned_as_its_text(scanner, encoding, bom):
+    """PowerShell, regedit and Notepad write UTF-16: every other byte NUL, so it read as
+    binary and its tokens were pushed."""
+    data = bom + WINDOWS_SCRIPT.encode(encoding)
+    findings = scanner.scan("deploy/setup.ps1", data)
+    assert rules_and_lines(findings) == [(RuleId.AWS_ACCESS_KEY_ID, 2),
+                                         (RuleId.AWS_SECRET_ACCESS_KEY, 3),
+                                         (RuleId.GITHUB_TOKEN, 4)]
+    # a finding's column counts in the text, as in the same file saved as UTF-8
+    assert [f.column for f in findings] == [
+        f.column for f in scanner.scan("deploy/setup.ps1", WINDOWS_SCRIPT.encode())]
+
+
+def test_a_utf16_file_over_the_size_bound_is_not_decoded(scanner, monkeypatch):
+    data = WINDOWS_SCRIPT.encode("utf-16")
+    monkeypatch.setattr(scanner_module, "MAX_UTF16_BYTES", len(data) - 1)
+    assert scanner.scan("deploy/setup.ps1", data) == []
+
+
+def test_binary_data_with_every_other_byte_nul_is_not_read_as_utf16(scanner):
+    """16-bit numbers below 256 alternate with NULs too, but decode to control characters."""
+    samples = b"".join(n.to_bytes(2, "little") for n in range(1, 256)) * 4
+    data = samples + ("token = " + GITHUB.decode()).encode("utf-16-le")
+    assert scanner.scan("audio/take1.raw", data) == []
 
 
 def test_crlf_line_endings(scanner):

@@ -7,7 +7,8 @@ blobs of a push.
   (the exact bytes about to be committed, after git's clean filters), each read once
   through one ``git cat-file --batch`` and cached by blob id.
 - :meth:`CommitGuard.push_gate`: before every push, the blobs reachable from the commits
-  to push that no ``refs/remotes/<remote>/*`` ref reaches (``git rev-list --objects``):
+  to push that no ``refs/remotes/<remote>/*`` ref reaches (``git rev-list --objects``),
+  and the paths those commits add or change (``git log --raw``: a path is pushed too):
   gitsieve's own commits and the person's own; what the remote already has, a pull or a
   merge included, is never scanned again. A finding stops the push and names the commit.
 
@@ -47,6 +48,7 @@ _CLEARED_KEPT = 64  # commits remembered as cleared for pushing
 _OTHERS_NAMED = 20  # further held paths a push hold names (by path and rule)
 _TIMINGS = 1000
 _GITSIEVE_TRAILER = "Synced-by: gitsieve"
+_GITLINK_MODE = b"160000"  # a submodule's commit, not a blob
 # A git-lfs pointer (the blob committed for a path .gitattributes routes to LFS): git-lfs
 # uploads the object it names at the push, so that object's bytes are what is scanned.
 _LFS_POINTER = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\n"
@@ -410,17 +412,31 @@ class CommitGuard:
             oid, _, path = line.partition(b" ")
             if path:
                 blobs.append((os.fsdecode(path), oid.decode()))
+        blobs.extend(self._paths_not_listed(push, {path for path, _ in blobs}))
         held = self._judge_blobs(blobs)
         if not held:
             self._clear(push.head, basis)
             return None
         return self._push_why(push, held, dict(blobs))
 
+    def _paths_not_listed(self, push, listed: set[str]) -> list[tuple[str, str]]:
+        """(path, blob id) of the files the commits to push add or change under a path
+        rev-list did not name: it names each blob once, under one of its paths, and every
+        path is pushed (an empty file named for a token, beside an empty __init__.py, was
+        pushed).  Their content was listed under the other path: only the path is new."""
+        out = self.git.run("log", "--raw", "--no-renames", "--no-abbrev", "-z", "--format=",
+                           "--diff-filter=AMT", push.head, "--not", f"--remotes={push.remote}")
+        found: dict[str, str] = {}
+        for path, oid in changed_blobs(out):
+            if path not in listed:
+                found.setdefault(path, oid)
+        return list(found.items())
+
     def _push_why(self, push, held: dict[str, Why], oids: dict[str, str]) -> Why:
         """The first held path in full, with its commit; the others by path and rule."""
         path, *others = sorted(held)
         findings = self._held_findings(path, oids[path])
-        commit, ours = self._commit_bringing(push, oids[path])
+        commit, ours = self._commit_bringing(push, oids[path], path)
         who = "gitsieve's sync commit" if ours else "your commit"
         release = f"gitsieve release {shlex.quote(path)}"
         remedy = (f"you run `{release}` to push it as it is" if ours else
@@ -438,15 +454,16 @@ class CommitGuard:
     def _held_findings(self, path: str, oid: str) -> list:
         return self.judge.held(path, oid, self.judge.findings(path, oid))
 
-    def _commit_bringing(self, push, oid: str) -> tuple[str, bool]:
-        """(the oldest unpushed commit whose changes add ``oid``, whether gitsieve made it)."""
+    def _commit_bringing(self, push, oid: str, path: str) -> tuple[str, bool]:
+        """(the oldest unpushed commit whose changes add ``oid`` at ``path``, whether
+        gitsieve made it)."""
         commits = self.git.text("rev-list", "--reverse", f"--max-count={_COMMITS_SEARCHED}",
                                 push.head, "--not", f"--remotes={push.remote}").split()
         found = push.head
         for commit in commits:
             changed = self.git.run("diff-tree", "-r", "--root", "--raw", "--no-renames",
                                    "--no-commit-id", "-z", commit)
-            if oid.encode() in changed:
+            if (path, oid) in changed_blobs(changed):
                 found = commit
                 break
         return found, _GITSIEVE_TRAILER in self.git.text("show", "-s", "--format=%B", found)
@@ -478,6 +495,17 @@ class _Timed:
 
     def __exit__(self, *_exc):
         self.window.append(time.perf_counter() - self.started)
+
+
+def changed_blobs(raw: bytes) -> Iterator[tuple[str, str]]:
+    """(path, new blob id) of each change in ``git log/diff-tree --raw -z`` output, but
+    a submodule's (``:old_mode new_mode old_id new_id status``, then the path)."""
+    fields = iter(raw.split(b"\0"))
+    for change in fields:
+        path = next(fields, b"")
+        parts = change.strip().split(b" ")
+        if len(parts) == 5 and parts[0].startswith(b":") and parts[1] != _GITLINK_MODE:
+            yield os.fsdecode(path), parts[3].decode()
 
 
 def versions_to_release(config: Config, git: Git, path: str) -> dict[str, str]:

@@ -101,6 +101,13 @@ class ContentRule:
     def applies_to(self, path: str) -> bool:
         return not self.basenames or posixpath.basename(path) in self.basenames
 
+    @property
+    def reads_paths(self) -> bool:
+        """Whether the rule reads paths too: a path is pushed with its file, so a token in
+        a file's or a directory's name leaks.  Format rules do; the generic assignments do
+        not, for a name says what a file is about ("db_password.txt")."""
+        return self.priority == PRIORITY_FORMAT and not self.multiline and not self.basenames
+
 
 _SECRET_GROUPS = ("secret", "dq", "sq", "bq", "eq", "bare")
 
@@ -307,21 +314,59 @@ def _url_password(match: re.Match, path: str) -> bool:
     return not (user and user.group(1) == password)
 
 
-def _pem_body(block: bytes) -> bytes:
-    """The key material of a PEM block: base64 lines, without headers and line breaks."""
-    body = block.replace(b"\\r", b"\n").replace(b"\\n", b"\n")
-    lines = [line.strip() for line in body.splitlines()]
-    return b"".join(line for line in lines if line and b":" not in line)
+# What stands between the lines of a private key's body as people paste it: line breaks,
+# real or escaped in a string literal ("\n", a backslash ending the line), spaces where the
+# line breaks were, and the quotes, commas, brackets and joining "+" or "." of string
+# literals ("...\n" "MIIE...", '...' + '...').  A "+" or "." counts only alone between
+# spaces or quotes: inside a line "+" is base64.
+_KEY_GAP = rb"(?:\s|\\[rn]|\\(?=\s)|[\"'`,;()\[\]]|(?<=[\s\"'`])[+.](?=[\s\"'`]))"
+_KEY_GAPS = re.compile(_KEY_GAP + rb"+")
+# A whole body: base64 and gaps, up to its END line (taken whole, never given back).
+_KEY_BODY = rb"(?:" + _KEY_GAP + rb"|[A-Za-z0-9+/=]){0,%d}+" % PEM_REACH
+_KEY_END = rb"-----END [A-Z0-9 ]{0,40}?PRIVATE KEY(?: BLOCK)?-----"
+# A body cut short (no END line) is read as a key's lines: base64 lines of one width (64
+# or 70 columns; all of it when unwrapped), the last one shorter.  Words are shorter than
+# a line: prose after a BEGIN line is no key.  The last line has two characters at least,
+# so a joining "+" after it is never one.
+_KEY_LINE = rb"[A-Za-z0-9+/=]{32,8192}"
+_KEY_LAST_LINE = rb"[A-Za-z0-9+/=]{2,8192}"
+# In a whole body, pieces between gaps this long on average are lines (however a document
+# re-wrapped them), shorter ones words.
+_KEY_MEAN_PIECE = 16
+# PEM and PGP armour headers ("Proc-Type: 4,ENCRYPTED", "Version: GnuPG") before the body,
+# each the rest of its line; taken whole, for a value with spaces could be split into
+# headers in very many ways ("A-: A-: ..." stalled the regex).
+_KEY_HEADERS = (rb"(?:" + _KEY_GAP + rb"{1,64}+[A-Z][A-Za-z-]{1,30}:[^\r\n\\\"']{0,200}+)"
+                rb"{0,8}+")
+# What an example writes where it leaves the rest of a key out.
+_KEY_LEFT_OUT = re.compile(
+    rb"(?i)[\s\"'`,;(\[]{0,64}(?:\.\.\.|\xe2\x80\xa6|<[^<>\r\n]{0,40}>"
+    rb"|(?:snip|truncated|omitted|redacted|shortened)\b)"
+)
+
+
+def _key_material(body: bytes) -> bytes:
+    """A private key's base64, however it was pasted: the body without what stands between
+    its lines (so one key has one fingerprint in a file, a JSON string or Python literals)."""
+    return _KEY_GAPS.sub(b"", body)
+
+
+def _in_lines(body: bytes) -> bool:
+    """Whether a whole body reads as a key's lines rather than as words."""
+    pieces = [piece for piece in _KEY_GAPS.split(body) if piece]
+    return sum(map(len, pieces)) >= _KEY_MEAN_PIECE * len(pieces)
 
 
 def _private_key_block(match: re.Match, path: str) -> bool:
-    """Key material, not a stand-in: enough base64 and no placeholder marker."""
-    body = _pem_body(secret_of(match))
-    return (
-        len(body) >= 64
-        and re.fullmatch(rb"[A-Za-z0-9+/=]+", body) is not None
-        and not looks_like_placeholder(body)
-    )
+    """Key material, not a stand-in: enough base64 and no placeholder marker; a whole body
+    in lines, and one cut short not by an ellipsis or a "<snip>" (an example's)."""
+    body = secret_of(match)
+    material = _key_material(body)
+    if len(material) < 64 or looks_like_placeholder(material):
+        return False
+    if match.group("end") is not None:
+        return _in_lines(body)
+    return _KEY_LEFT_OUT.match(match.string, match.end()) is None
 
 
 # --- the rules --------------------------------------------------------------------------------
@@ -651,18 +696,26 @@ TOKEN_RULES: tuple[ContentRule, ...] = (
 PRIVATE_KEY_RULE = ContentRule(
     RuleId.PRIVATE_KEY,
     (b"-----BEGIN",),
-    # Raw, or inside a JSON/YAML string with escaped line breaks (a GCP service account);
-    # the body is checked by _private_key_block (base64 once headers are left out).
+    # A BEGIN line and the key's body after it: raw, in a JSON/YAML string with escaped line
+    # breaks (a GCP service account), in a language's string literals, or on one line with
+    # spaces; the whole body when it reaches its END line, else (a truncated paste) the
+    # lines that follow the BEGIN line.  The body is base64 and gaps only and is never
+    # given back, so the regex never searches on for an END line (it did, from every
+    # BEGIN: 40 s for a megabyte of BEGIN lines).
     re.compile(
-        rb"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40}?)PRIVATE KEY(?: BLOCK)?-----"
-        rb"(?P<secret>[\s\S]{40,%d}?)"
-        rb"-----END [A-Z0-9 ]{0,40}?PRIVATE KEY(?: BLOCK)?-----" % PEM_REACH
+        rb"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40}?)PRIVATE KEY(?: BLOCK)?-----" + _KEY_HEADERS
+        + rb"(?P<secret>(?=" + _KEY_BODY + _KEY_END + rb")" + _KEY_BODY
+        + rb"|" + _KEY_GAP + rb"{0,64}(?:" + _KEY_LINE + _KEY_GAP + rb"{1,64}){0,2048}"
+        + _KEY_LAST_LINE
+        # a PGP armour's checksum ("=AbCd") after its last line
+        + rb"(?:" + _KEY_GAP + rb"{1,64}=[A-Za-z0-9+/]{4}(?![A-Za-z0-9+/=]))?)"
+        rb"(?P<end>" + _KEY_END + rb")?"
     ),
     _private_key_block,
     exact_anchors=True,
     multiline=True,
     binary=True,
-    normalise=_pem_body,
+    normalise=_key_material,
     locate_whole_match=True,
 )
 
@@ -745,11 +798,15 @@ CONTEXT_RULES: tuple[ContentRule, ...] = (
     ContentRule(
         RuleId.PASSWORD_ASSIGNMENT,
         (b"passw", b"passphrase", b"pwd", b"pw:", b"pw=", b"pw ", b"pw\"", b"pw'", b"secret",
-         b"api_key", b"apikey", b"api-key", b"api.key"),
+         b"api_key", b"apikey", b"api-key", b"api.key",
+         b"pass:", b"pass=", b"pass ", b"pass\"", b"pass'"),
         _named_assignment(
             rb"password|passwd|passphrase|pwd|(?<![A-Za-z0-9])pw|secret|secret[_.-]?key"
             rb"|api[_.-]?key|apikey"
             rb"|api[_.-]?secret|client[_.-]?secret|app[_.-]?secret|auth[_.-]?secret"
+            # "pass" as a name's last word (db_pass, DB_PASS, dbPass: Ansible vars, dotenv,
+            # mailer configs), not as the end of another word (bypass, compass)
+            rb"|(?<![A-Za-z0-9])pass|(?-i:(?<=[a-z0-9])Pass)"
         ),
         _password_assignment,
         priority=PRIORITY_GENERIC,
