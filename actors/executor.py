@@ -19,8 +19,8 @@ commits it keeps the path held for the next commit.
 A path the committer leaves out with a reason of its own (staged by you, a nested
 repository, a path git refuses; see ``CommitResult.held_paths``) stays held with that
 reason while the others are committed; it is tried again when its reason may have cleared:
-a Batch brings it again (the file changed), the user's index or a ref moved, or
-``HOLD_RETRY`` seconds passed.
+a Batch brings it again (the file changed), the user's index, a ref or the repository's git
+config moved, or ``HOLD_RETRY`` seconds passed.
 
 Pushes: anything ahead of the upstream is pushed, the person's own commits included.  HEAD
 and the refs are watched by ``stat`` (no git process) on every loop round: when they move,
@@ -28,7 +28,9 @@ a push job finds out whether anything is ahead.  A failed push keeps the commit 
 is retried after 2/4/6... s (capped by ``push_backoff_max``); a conflict with the remote, a
 push gate's refusal or rewritten pushed history (``Hold.HISTORY_REWRITTEN``: never forced,
 never replayed) stop pushing until the refs move or ``push_backoff_max`` passes; commits go
-on locally meanwhile.  A limit only delays, nothing is dropped.
+on locally meanwhile, and so does a missing remote (``Hold.NO_REMOTE``, until the git config
+changes).  Each push problem is warned about once, again only when it changes.  A limit
+only delays, nothing is dropped.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ import zmq
 
 from gitsieve.common.actor.base import Actor, main
 from gitsieve.common.git.committer import CommitResult, Committer
-from gitsieve.common.git.head import file_signature, head_token
+from gitsieve.common.git.head import common_dir, file_signature, head_token
 from gitsieve.common.judge.areas import quiet_areas_first
 from gitsieve.common.judge.guard.gate import CommitGuard
 from gitsieve.common.judge.limits import RateLimiter, RunawayGuard
@@ -119,6 +121,7 @@ class Executor(Actor):
         self.push_retry_at = 0.0  # monotonic: no push before this (commits go on locally)
         self.push_failures = 0
         self.last_push_failure = ""
+        self.push_problem_logged: Why | str | None = None  # the last one warned about
         self.runaway = RunawayGuard(config.runaway_commits_per_hour, self.runaway_window,
                                     clock=time.time)
         self.last_failure = ""
@@ -291,7 +294,10 @@ class Executor(Actor):
         tracking = git_dir / "refs" / "remotes" / self.config.remote / branch
         # a release recorded or an allowlist edited may free held paths and a held push
         decided = self.guard.signatures() if self.guard is not None else None
-        refs = (head_token(git_dir), file_signature(tracking) if branch else None, decided)
+        # so may the git config: a remote added, a signing key set
+        configured = file_signature(os.path.join(common_dir(str(git_dir)), "config"))
+        refs = (head_token(git_dir), file_signature(tracking) if branch else None, decided,
+                configured)
         return refs, (refs, file_signature(self.committer.user_index))
 
     def watch_refs(self, now: float) -> None:
@@ -440,13 +446,18 @@ class Executor(Actor):
             self._back_off(result.held or result.error)
             self._report(job.batch_ids, result)
             return
+        newly_held: dict[Why, list[str]] = {}
         for path, why in result.held_paths.items():
             if path in self.held and path not in self.changed_during_job:
                 self.path_holds[path] = why
                 self.stats["paths_held"] += 1
                 if self.logged_holds.get(path) != why:  # once per reason, not per retry
                     self.logged_holds[path] = why
-                    self.log.warning("held %s: %s", path, why.text)
+                    newly_held.setdefault(why, []).append(path)
+        for why, paths in newly_held.items():  # a line per reason: a failed signing holds all
+            shown = paths[0] if len(paths) == 1 else \
+                f"{len(paths)} paths ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})"
+            self.log.warning("held %s: %s", shown, why.text)
         for path in [p for p in self.logged_holds if p not in self.held]:
             del self.logged_holds[path]
         _, holds = self.tokens()
@@ -501,6 +512,9 @@ class Executor(Actor):
             self.push_pending = self.refs_token != job.refs
             self.push_failures = 0
             self.push_retry_at = 0.0
+            if self.push_problem_logged is not None:
+                self.log.info("executor: pushing again")
+                self.push_problem_logged = None
         elif self.config.remote:
             self.push_pending = True
             self._push_back_off(error, job.refs)
@@ -535,7 +549,14 @@ class Executor(Actor):
         if hold is None or hold.hold == Hold.PUSH_STOPPED:
             self.record_error(why)
         self.stats["push_backoffs"] += 1
-        self.log.warning("executor: %s; next push in %.1fs", why, delay)
+        # Said once, and again when the reason changes: a missing remote or a network down
+        # for hours is not worth a warning at every retry.
+        problem = hold if hold is not None else self.last_push_failure
+        if problem != self.push_problem_logged:
+            self.push_problem_logged = problem
+            self.log.warning("executor: %s; next push in %.1fs", why, delay)
+        else:
+            self.log.debug("executor: %s; next push in %.1fs", why, delay)
 
     def _report(self, batch_ids, result: CommitResult) -> None:
         report = CommitReport(batch_ids=tuple(batch_ids)[-_REPORT_PATHS_LIMIT:],

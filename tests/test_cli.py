@@ -89,6 +89,18 @@ def test_init_writes_a_valid_commented_config_and_rules(workspace):
     assert again.returncode == 0 and "kept existing" in again.stdout
 
 
+@pytest.mark.parametrize("force", [(), ("--force",)])
+def test_init_where_the_config_is_a_directory_says_so_and_writes_nothing(workspace, force):
+    """It said "kept existing .../.gitsieve.toml" (as if a config were there) and exited 0;
+    with --force, a traceback."""
+    (workspace.root / config_mod.CONFIG_NAME).mkdir()
+    result = run_cli("init", str(workspace.root), *force)
+    assert_one_clear_line(result, f"{workspace.root / config_mod.CONFIG_NAME} exists and is "
+                                  f"not a file")
+    assert "kept" not in result.stdout
+    assert not (workspace.root / cli.PATTERNS_PATH).exists()  # never half an init
+
+
 def test_init_names_the_branch_checked_out(tmp_path):
     ws = create_workspace(tmp_path, branch="master")
     assert run_cli("init", str(ws.root)).returncode == 0
@@ -123,6 +135,18 @@ def test_run_says_at_start_that_another_branch_holds_every_change(tmp_path):
         gitsieve.stop()
     assert ("branch 'feature' is checked out, but [git] branch is 'main': changes are held"
             in gitsieve.log())
+
+
+def test_run_says_at_start_that_the_rules_file_it_names_is_missing(tmp_path):
+    ws = create_workspace(tmp_path)
+    ws.fast_config('[filter]\npatterns_file = "rules/typo.conf"\n')
+    gitsieve = Gitsieve(ws, tmp_path / "run.log")
+    try:
+        gitsieve.wait_running()
+    finally:
+        gitsieve.stop()
+    assert (f"[filter] patterns_file: {ws.root / 'rules/typo.conf'} does not exist: no rules "
+            f"are in force" in gitsieve.log())
 
 
 def test_init_outside_a_repository(tmp_path):

@@ -1232,3 +1232,244 @@ def test_a_git_past_its_deadline_is_killed_and_reported(workspace):
     with pytest.raises(GitError, match="timed out after 0.5s"):
         Git(workspace.root).result("-c", hang, "hang", timeout=0.5)
     assert time.monotonic() - started < 4  # killed at the deadline, not waited for
+
+
+# ----- submodules: .gitmodules and the gitlinks the person staged go together -------------
+def _submodule_origin(tmp_path):
+    origin = tmp_path / "lib-origin"
+    git(tmp_path, "init", "-q", "-b", "main", str(origin))
+    (origin / "lib.txt").write_text("lib\n")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "lib")
+    return origin
+
+
+def _add_submodule(workspace, origin, rel="sub") -> str:
+    workspace.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(origin),
+                  rel)
+    return git(origin, "rev-parse", "HEAD").strip()
+
+
+def _remote_entries(workspace) -> dict[str, str]:
+    """path -> "mode oid" on the remote's main."""
+    out = git(workspace.remote, "ls-tree", "-r", "main")
+    return {line.split("\t", 1)[1]: line.split("\t", 1)[0].replace(" commit ", " ")
+            .replace(" blob ", " ") for line in out.splitlines()}
+
+
+def test_a_submodule_added_is_pushed_with_its_gitlink_and_removed_with_it(workspace,
+                                                                          tmp_path):
+    """`git submodule add` stages .gitmodules and the gitlink: gitsieve pushed .gitmodules
+    alone (the watcher reports it first; the gitlink only at a reconcile, and then it was
+    held as a nested repository), so the remote named a submodule that did not exist."""
+    origin = _submodule_origin(tmp_path)
+    commit = _add_submodule(workspace, origin)
+    committer = make(workspace)
+
+    result = committer.commit([".gitmodules", "sub/lib.txt"])
+
+    assert result.error == "" and result.held_paths == {}
+    assert result.statuses == {".gitmodules": "A", "sub": "A"}
+    remote = _remote_entries(workspace)
+    assert remote["sub"] == f"160000 {commit}" and ".gitmodules" in remote
+    assert unsynced(workspace) == ""  # the person's index agrees: nothing left staged
+    # A file of the submodule is the submodule's (git status never lists it).
+    workspace.write("sub/lib.txt", "edited in the submodule\n")
+    later = committer.commit(["sub/lib.txt", "sub"])
+    assert later.commit is None and later.held_paths == {}
+
+    # `git rm sub` stages the gitlink's removal and the edit of .gitmodules: both go.
+    workspace.git("rm", "-q", "-f", "sub")
+    removed = committer.commit(["sub/lib.txt", ".gitmodules"])
+    assert removed.statuses == {".gitmodules": "M", "sub": "D"}
+    assert "sub" not in _remote_entries(workspace)
+    assert workspace.show("origin/main:.gitmodules") == ""
+    assert unsynced(workspace) == ""
+
+
+def test_a_submodules_new_commit_is_held_until_staged_and_deinit_changes_nothing(
+        workspace, tmp_path):
+    """A commit made in a submodule is not the superproject's until the person stages it
+    (the submodule's remote may not have it): held with its own reason, then committed as
+    staged.  `git submodule deinit` empties the directory: nothing to commit, nothing held
+    (before: held as "a nested git repository: ... add it as a submodule")."""
+    origin = _submodule_origin(tmp_path)
+    _add_submodule(workspace, origin)
+    workspace.git("commit", "-q", "-m", "add sub")
+    sub = workspace.path("sub")
+    git(sub, "-c", "user.name=x", "-c", "user.email=y", "commit", "-q", "--allow-empty",
+        "-m", "new in the submodule")
+    bumped = git(sub, "rev-parse", "HEAD").strip()
+    committer = make(workspace)
+
+    held = committer.commit(["sub"])
+    assert held.commit is None
+    assert held.held_paths["sub"].hold == Hold.SUBMODULE_NOT_STAGED
+    assert bumped[:12] in held.held_paths["sub"].text
+
+    workspace.git("add", "sub")
+    staged = committer.commit(["sub"])
+    assert staged.statuses == {"sub": "M"} and staged.held_paths == {}
+    assert _remote_entries(workspace)["sub"] == f"160000 {bumped}"
+
+    workspace.git("submodule", "deinit", "-q", "-f", "sub")
+    assert committer.commit(["sub", "sub/lib.txt"]).held_paths == {}
+    assert _remote_entries(workspace)["sub"] == f"160000 {bumped}"
+    assert unsynced(workspace) == ""
+
+
+def test_a_held_gitmodules_holds_the_gitlinks_staged_with_it(workspace, tmp_path):
+    """Never one without the other: .gitmodules partly staged by the person is held, and so
+    is the gitlink it names, with a reason saying so."""
+    origin = _submodule_origin(tmp_path)
+    _add_submodule(workspace, origin)
+    with open(workspace.path(".gitmodules"), "a") as gitmodules:
+        gitmodules.write("\tbranch = main\n")  # an unstaged edit beside the staged ones
+    before = workspace.head()
+
+    result = make(workspace).commit([".gitmodules"])
+
+    assert result.commit is None and workspace.head() == before
+    assert result.held_paths[".gitmodules"].hold == Hold.STAGED_BY_YOU
+    assert result.held_paths["sub"].hold == Hold.WITH_SUBMODULE
+    assert ".gitmodules: staged by you" in result.held_paths["sub"].text
+
+
+# ----- signing: commit.gpgSign is followed, and a failure holds, never commits unsigned ----
+def ssh_signing(workspace, tmp_path, key: str = "key") -> str:
+    """commit.gpgSign with an ssh key (no agent needed); returns the key's path."""
+    import shutil
+
+    import pytest
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    path = tmp_path / key
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "user@example.com",
+                    "-f", str(path)], check=True)
+    allowed = tmp_path / "allowed-signers"
+    allowed.write_text(f"user@example.com {(tmp_path / (key + '.pub')).read_text()}")
+    for key_name, value in (("gpg.format", "ssh"), ("user.signingkey", str(path)),
+                            ("commit.gpgSign", "true"),
+                            ("gpg.ssh.allowedSignersFile", str(allowed))):
+        workspace.git("config", key_name, value)
+    return str(path)
+
+
+def test_commits_are_signed_when_the_persons_config_asks_for_it(workspace, tmp_path):
+    """commit-tree, plumbing, never reads commit.gpgSign: every sync commit was unsigned."""
+    ssh_signing(workspace, tmp_path)
+    workspace.write("signed.txt", "mine\n")
+    result = make(workspace).commit(["signed.txt"])
+    assert result.commit == workspace.head() and result.pushed
+    verified = subprocess.run(["git", "verify-commit", "HEAD"], cwd=workspace.root,
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and 'Good "git" signature' in verified.stderr
+
+
+def test_a_signing_failure_holds_every_path_and_commits_nothing_unsigned(workspace, tmp_path):
+    key = ssh_signing(workspace, tmp_path)
+    workspace.git("config", "user.signingkey", str(tmp_path / "no-such-key"))
+    workspace.write("a.txt", "a\n")
+    workspace.write("b.txt", "b\n")
+    before = workspace.head()
+    committer = make(workspace)
+
+    result = committer.commit(["a.txt", "b.txt"])
+
+    assert result.commit is None and result.error == "" and workspace.head() == before
+    assert {path: why.hold for path, why in result.held_paths.items()} == {
+        "a.txt": Hold.SIGNING_FAILED, "b.txt": Hold.SIGNING_FAILED}
+    assert "no-such-key" in result.held_paths["a.txt"].text
+    assert workspace.path("a.txt").read_text() == "a\n"  # the person's changes are intact
+    workspace.git("config", "user.signingkey", key)  # read again: the config file changed
+    assert committer.commit(["a.txt", "b.txt"]).statuses == {"a.txt": "A", "b.txt": "A"}
+    assert subprocess.run(["git", "verify-commit", "HEAD"], cwd=workspace.root,
+                          capture_output=True).returncode == 0
+
+
+# ----- paths longer than the system lets a process name --------------------------------------
+def _deep_directory(root, length: int) -> str:
+    """A directory below ``root`` whose relative path is ``length`` bytes (made through
+    directory descriptors: no path that long is ever named)."""
+    parts, used = [], 0
+    while used < length:
+        size = min(200, length - used - (1 if parts else 0))
+        parts.append("d" * size)
+        used += size + (1 if len(parts) > 1 else 0)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            deeper = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        written = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(written, b"deep\n")
+        os.close(written)
+    finally:
+        os.close(fd)
+    return "/".join(parts)
+
+
+def test_a_path_too_long_to_name_from_root_is_held_as_such_and_the_rest_goes(workspace):
+    """git, run in the work tree, lists a path whose relative name fits PATH_MAX but whose
+    absolute one does not: it was held as "git refuses it: cannot be looked at: File name
+    too long", though git refused nothing."""
+    limit = os.pathconf(workspace.root, "PC_PATH_MAX")
+    deep = _deep_directory(workspace.root, limit - 20) + "/deep.txt"
+    assert len(deep) < limit < len(str(workspace.root / deep))
+    workspace.write("ok.txt", "ok\n")
+
+    result = make(workspace).commit([deep, "ok.txt"])
+
+    assert result.statuses == {"ok.txt": "A"} and result.pushed
+    assert result.held_paths[deep].hold == Hold.PATH_TOO_LONG
+    assert f"over this system's limit of {limit}" in result.held_paths[deep].text
+
+
+def test_a_directory_git_cannot_look_into_is_named_in_one_warning(workspace, caplog):
+    """A path longer than PATH_MAX: git status leaves it out (a warning on its stderr), the
+    watcher cannot watch it, and nothing ever said it was not synced."""
+    import logging
+
+    from gitsieve.common.git.gateway import Git
+    deep = _deep_directory(workspace.root, os.pathconf(workspace.root, "PC_PATH_MAX") + 100)
+    workspace.write("other.txt", "other\n")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # said once, not at every reconcile nor by every command
+            assert Git(workspace.root).dirty_paths() == ["other.txt"]
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1 and "too long" in warned[0] and len(warned[0]) < 400
+    assert warned[0].startswith(f"git cannot look into {deep[:100]}...")
+
+
+def test_a_repository_the_person_stages_whole_is_committed_as_its_gitlink(workspace,
+                                                                           tmp_path):
+    """`git add vendor/clone` of a repository (no .gitmodules: git calls it embedded) stages
+    a gitlink alone: the person's own staging, committed as such; the clone's files stay
+    its own."""
+    clone = workspace.path("vendor/clone")
+    git(tmp_path, "clone", "-q", str(_submodule_origin(tmp_path)), str(clone))
+    workspace.git("add", "vendor/clone")
+    result = make(workspace).commit(["vendor/clone", "vendor/clone/lib.txt"])
+    assert result.statuses == {"vendor/clone": "A"} and result.held_paths == {}
+    assert _remote_entries(workspace)["vendor/clone"] == \
+        f"160000 {git(clone, 'rev-parse', 'HEAD').strip()}"
+
+
+def test_a_file_of_a_submodule_deinit_emptied_is_answered_not_ignored_without_an_error(
+        workspace, tmp_path):
+    """`git submodule deinit` deletes the submodule's files, and their deletions reach L1:
+    with no .git left there, check-ignore was asked and refused the whole request ("is in
+    submodule"), and L1 logged an ERROR and counted an error."""
+    from gitsieve.common.git.gateway import Git
+    from gitsieve.common.git.ignore import IgnoreChecker
+    _add_submodule(workspace, _submodule_origin(tmp_path))
+    workspace.git("commit", "-q", "-m", "add sub")
+    workspace.git("submodule", "deinit", "-q", "-f", "sub")
+    workspace.write("a.ignored", "x\n")
+    checker = IgnoreChecker(Git(workspace.root), workspace.root / ".git")
+    try:
+        assert checker.ignored(["sub/lib.txt", "a.ignored", "b.txt"]) == {"a.ignored"}
+    finally:
+        checker.close()

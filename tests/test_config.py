@@ -244,3 +244,19 @@ def test_a_directory_as_config_is_one_line_not_a_traceback(workspace, tmp_path):
     traceback and exit 1 (fails before)."""
     with pytest.raises(ConfigError, match="not a regular file"):
         config_mod.load(workspace.root, tmp_path)
+
+
+def test_a_rules_file_the_config_names_and_that_is_missing_is_said_at_start(workspace):
+    """A typo in [filter] patterns_file left gitsieve running with no rules at all, and
+    nothing said so.  The rules file is optional (read once it appears): a warning, not an
+    error; the default path, not named by any config, says nothing."""
+    assert config_mod.start_warnings(workspace.load()) == []
+    workspace.config('[filter]\npatterns_file = "rules/typo.conf"\n')
+    cfg = workspace.load()
+    warnings = config_mod.start_warnings(cfg)
+    assert len(warnings) == 1
+    assert str(workspace.root / "rules/typo.conf") in warnings[0]
+    assert "does not exist: no rules are in force" in warnings[0]
+    assert str(cfg.source) in warnings[0] and "ANALYZE" in warnings[0]
+    workspace.write("rules/typo.conf", "BLOCK:x\n")
+    assert config_mod.start_warnings(workspace.load()) == []

@@ -5,6 +5,7 @@ SUB-connects ``endpoints.commits`` to read the CommitReports.
 """
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -639,3 +640,68 @@ def test_objects_are_written_ahead_only_for_regular_files_within_the_size_cap(wo
                              capture_output=True, text=True, check=True).stdout.strip()
         return subprocess.run(["git", "cat-file", "-e", oid], cwd=workspace.root).returncode == 0
     assert written("small.txt") and not written("big.bin")
+
+
+def test_handler_a_missing_remote_holds_pushes_warned_once_and_commits_go_on(workspace,
+                                                                             caplog):
+    """No remote: every push retry (2, 4, 6 ... s, then every push_backoff_max) logged two
+    warnings, for ever.  Now a push hold, said once; adding the remote pushes at once."""
+    import logging
+    executor = handler_executor(workspace, "push_backoff_max = 1\n[limits]\n"
+                                "cooldown_seconds = 0\n")
+    now = [1000.0]
+    executor.clock = lambda: now[0]
+    workspace.git("remote", "remove", "origin")
+    try:
+        with caplog.at_level(logging.INFO):
+            for index in range(4):
+                workspace.write(f"f{index}.txt", f"{index}\n")
+                executor.on_batch(Batch(batch_id=index, paths=(f"f{index}.txt",),
+                                        observed=(1.0,), created=1.0))
+                for _ in range(3):  # each back-off over: a retry each time
+                    now[0] += 2
+                    executor.on_health(ok_health())
+                    executor.on_tick(0)
+                assert executor.held == {}, executor.held_reason  # committed locally
+            assert executor.stats["commits"] == 4 and executor.push_pending
+            assert executor.extra_status()["push_hold"] == Hold.NO_REMOTE
+            warned = [record.getMessage() for record in caplog.records
+                      if record.levelno >= logging.WARNING]
+            assert len(warned) == 1 and all("'origin' is not configured" in text
+                                            for text in warned), warned
+            assert executor.stats["errors"] == 0  # a hold, not a failure
+            workspace.git("remote", "add", "origin", str(workspace.remote))
+            executor.on_health(ok_health())
+            executor.on_tick(0)  # the git config changed: the push goes at once
+            assert not executor.push_pending
+        assert workspace.git("rev-parse", "HEAD").strip() == workspace.remote_head()
+    finally:
+        executor.close()
+
+
+def test_handler_a_signing_failure_holds_with_its_reason_until_signing_works(workspace,
+                                                                           tmp_path):
+    from test_committer import ssh_signing
+    key = ssh_signing(workspace, tmp_path)
+    workspace.git("config", "user.signingkey", str(tmp_path / "no-such-key"))
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
+    try:
+        workspace.write("a.txt", "a\n")
+        workspace.write("b.txt", "b\n")
+        executor.on_batch(Batch(batch_id=1, paths=("a.txt", "b.txt"), observed=(1.0, 1.0),
+                                created=1.0))
+        executor.on_tick(0)
+        assert executor.held == {"a.txt": 1.0, "b.txt": 1.0}
+        status = executor.extra_status()
+        assert status["path_holds"] == {Hold.SIGNING_FAILED: 2}
+        assert status["hold"] == Hold.SIGNING_FAILED and "signing failed" in \
+            status["held_reason"]
+        assert executor.stats["commits"] == 0
+        workspace.git("config", "user.signingkey", key)  # fixed: tried again at once
+        executor.on_tick(0)
+        assert executor.held == {} and executor.stats["commits"] == 1
+        assert subprocess.run(["git", "verify-commit", "HEAD"], cwd=workspace.root,
+                              capture_output=True).returncode == 0
+        assert workspace.remote_head() == workspace.head()
+    finally:
+        executor.close()

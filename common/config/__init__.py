@@ -9,6 +9,7 @@ from gitsieve.common.config.loader import (  # noqa: F401
     DebounceRule,
     default_config_path,
     load,
+    start_warnings,
 )
 from gitsieve.common.config.runtime import RuntimeDirError, prepare_runtime_dir  # noqa: F401
 

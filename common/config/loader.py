@@ -52,11 +52,13 @@ class Config:
     """Every setting (one attribute per :data:`schema.KEYS` entry) and every path and
     socket endpoint derived from them.  Read-only once loaded."""
 
-    def __init__(self, workspace: Path, git_dir: Path, source: str, values: dict):
+    def __init__(self, workspace: Path, git_dir: Path, source: str, values: dict,
+                 configured: frozenset[str] = frozenset()):
         setattr_ = object.__setattr__
         setattr_(self, "workspace", workspace)
         setattr_(self, "git_dir", git_dir)
         setattr_(self, "source", source)
+        setattr_(self, "configured", configured)  # "section.name" of each key the file sets
         for name, value in values.items():
             setattr_(self, name, value)
         runtime = Path(self.runtime_dir_setting or git_dir / "gitsieve")
@@ -256,7 +258,22 @@ def load(workspace: str | os.PathLike | None = None,
     values["default_action"] = Action(values["default_action"])
     if "branch" not in data.get("git", {}):
         values["branch"] = branch_to_sync(root, git_dir, values["branch"])
-    return Config(root, git_dir, source, values)
+    configured = frozenset(f"{section}.{name}" for section, body in data.items()
+                           for name in body)
+    return Config(root, git_dir, source, values, configured)
+
+
+def start_warnings(config: Config) -> list[str]:
+    """One line for each file the configuration names that is not there, for ``gitsieve
+    run`` to say as it starts.  Not errors: each is read once it appears (and the
+    defaults' own rules file is optional)."""
+    warnings = []
+    if "filter.patterns_file" in config.configured and not os.path.lexists(
+            config.patterns_file):
+        warnings.append(f"{config.source}: [filter] patterns_file: {config.patterns_file} does "
+                        f"not exist: no rules are in force, every path gets [filter] default "
+                        f"({config.default_action}), until it is created")
+    return warnings
 
 
 def branch_to_sync(root: Path, git_dir: Path, default: str) -> str:

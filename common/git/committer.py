@@ -7,8 +7,10 @@ the command line; clean filters apply as on ``git add``; many new files become o
 see :meth:`Committer._write_packed`), the trees along the changed
 paths are composed here from HEAD's trees (read by object id through the persistent
 cat-file child, see :mod:`.catfile`) and written in one ``hash-object -t tree``, the commit is
-made with ``commit-tree`` and installed with a compare-and-swap ``update-ref`` (a commit
-the user made meanwhile makes it fail, and the sync is rebuilt on the new HEAD).  No
+made with ``commit-tree`` (signed when ``commit.gpgSign`` asks for it; a signing that fails
+holds every path, ``Hold.SIGNING_FAILED``, and commits nothing unsigned) and installed with
+a compare-and-swap ``update-ref`` (a commit the user made meanwhile makes it fail, and the
+sync is rebuilt on the new HEAD).  No
 index holding the whole tree is read or written for it.  Only then are the committed
 entries written into the user's real index (``update-index --index-info``), and only
 where the user left them as HEAD had them.  Pushes are never forced.
@@ -22,8 +24,14 @@ Before staging, every path is planned (:meth:`Committer.plan`): from the work tr
 - a path below a symbolic link or below a file is gone as far as git is concerned: its
   deletion is committed (the link itself is an ordinary new path);
 - a directory where HEAD has a file: that file's deletion is committed;
-- a path inside a nested repository (a directory holding ``.git``, a submodule) is held
-  (``Hold.NESTED_REPOSITORY``);
+- a path inside a nested repository (a directory holding ``.git`` that is no submodule) is
+  held (``Hold.NESTED_REPOSITORY``); a path below a submodule is the submodule's own and
+  dropped, as ``git status`` never lists it;
+- a submodule's gitlink is committed as the person staged it (``git submodule add``, ``git
+  add``, ``git rm``), together with ``.gitmodules`` and every other gitlink staged (never
+  one without the other); a commit checked out there and not staged is held
+  (``Hold.SUBMODULE_NOT_STAGED``);
+- a path too long to be named from ``/`` is held (``Hold.PATH_TOO_LONG``);
 - a path whose index entry differs from both HEAD and the work tree (part of a change
   staged by the person, ``git add -p``; intent-to-add entries excepted) is held
   (``Hold.STAGED_BY_YOU``) until they commit or unstage it; a fully staged path is
@@ -56,6 +64,7 @@ refuse it with a :class:`Why`.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -79,7 +88,12 @@ from gitsieve.common.git.catfile import (
     HeadReadError,
 )
 from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul
-from gitsieve.common.git.head import checked_out_branch, file_signature
+from gitsieve.common.git.head import (
+    checked_out_branch,
+    checked_out_commit,
+    common_dir,
+    file_signature,
+)
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
 from gitsieve.common.judge.junk import editor_junk
@@ -97,6 +111,7 @@ PACKED_WRITE_MIN = 256
 PACKED_INDEX_PREFIX = "gitsieve-objects-"
 
 TRAILER = "Synced-by: gitsieve"
+GITMODULES = ".gitmodules"  # where git records each submodule's name, path and URL
 FALLBACK_NAME = "gitsieve"
 FALLBACK_EMAIL = "gitsieve@localhost"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -112,6 +127,8 @@ _CAS_ROUNDS = 5  # rebuilds on a HEAD that moved under us before giving up for t
 # Only the network has a deadline (see gateway.Git: sh polls while one is set).
 _IDENTITY_TTL = 60.0
 _PUSH_TIMEOUT = 120.0
+# A signing program (gpg, ssh-keygen) that waits this long for a passphrase has failed.
+_SIGN_TIMEOUT = 60.0
 # The index update of a commit waits at most this for the push's git to start first.
 _PUSH_HEAD_START = 0.05
 # Trees of at least this many entries keep their layout (the last LAYOUTS_KEPT made: the
@@ -133,11 +150,24 @@ _EMPTY_BLOBS = ("e69de29bb2d1d6434b8b29ae775ad8c2e48c5391",
 
 # Where a path stands in the work tree (Committer.plan).
 PRESENT, GONE, BEYOND_LINK, DIRECTORY = "present", "gone", "beyond-link", "directory"
-NESTED, REFUSED = "nested", "refused"
+NESTED, REFUSED, TOO_LONG = "nested", "refused", "too-long"
 
 
 class TransientError(Exception):
     """A lock or race that is expected to clear; the operation is retried."""
+
+
+class SigningFailed(Exception):
+    """``commit.gpgSign`` is on and git could not sign (no key, no agent, a locked key):
+    ``str()`` is git's words.  Nothing is committed unsigned."""
+
+
+@dataclass(frozen=True)
+class CommitSettings:
+    """The person's git configuration as the commits made here follow it."""
+
+    env: dict  # fallback identity for what the repository does not configure
+    sign: bool  # commit.gpgSign
 
 
 class PushConflict(Exception):
@@ -200,6 +230,9 @@ class Plan:
     where: dict[str, str] = field(default_factory=dict)  # path -> PRESENT, GONE, ...
     head_entries: dict[str, Entry | None] = field(default_factory=dict)
     fully_staged: set[str] = field(default_factory=set)
+    # submodules' entries committed as the person staged them: path -> (mode, oid), None
+    # for a removal
+    gitlinks: dict[str, tuple[int, str] | None] = field(default_factory=dict)
     largest: int = 0  # bytes of the largest file committed from the work tree
 
 
@@ -229,6 +262,26 @@ def _safe_relative(path: str) -> bool:
     # git records no path with a ".git" component anywhere (any case), nor "." or "..".
     return not any(part in ("", ".", "..") or part.lower() == ".git"
                    for part in path.split("/"))
+
+
+def _directories_above(paths) -> set[str]:
+    """Every directory above one of ``paths`` (``a/b/c``: ``a/b`` and ``a``)."""
+    found: set[str] = set()
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in found:  # the rest above is in already
+            found.add(parent)
+            parent = parent.rpartition("/")[0]
+    return found
+
+
+def _below_any(path: str, directories: set[str]) -> bool:
+    parent = path.rpartition("/")[0]
+    while parent:
+        if parent in directories:
+            return True
+        parent = parent.rpartition("/")[0]
+    return False
 
 
 def _first_error(stderr: str) -> str:
@@ -340,7 +393,8 @@ class Committer:
         self.retries = 0  # total over this object's life, for status
         self.rechecked_dropped = 0  # paths dropped at commit time by the content re-check
         self.refused_by_rule = 0  # paths a Batch named that a BLOCK rule or junk refuses
-        self._identity: tuple[float, dict] | None = None  # (when read, fallback env)
+        # (when read, the repository's config file then, what it said)
+        self._identity: tuple[float, tuple | None, CommitSettings] | None = None
         self.push_conflict = ""  # why the remote cannot be integrated ('' when it can)
         self.history_rewritten = ""  # why pushed history is no longer in HEAD ('' if it is)
         self.push_hold: Why | None = None  # why the last push was not made (None: it was)
@@ -426,14 +480,16 @@ class Committer:
             return branch, f"on branch {branch!r}, configured for {self.config.branch!r}"
         return branch, ""
 
-    def _identity_env(self) -> dict:
-        """Fallback identity, only for what the repository does not configure.
+    def _settings(self) -> "CommitSettings":
+        """What the person's git configuration says about the commits made here.
 
-        Cached for ``_IDENTITY_TTL`` s: two git calls per commit cost ~20 ms through sh,
-        and the user's identity changes rarely."""
+        Read again after ``_IDENTITY_TTL`` s or when the repository's config file changes:
+        three git calls per commit would cost ~30 ms through sh, and these change rarely."""
         now = time.monotonic()
-        if self._identity is not None and now - self._identity[0] < _IDENTITY_TTL:
-            return self._identity[1]
+        written = file_signature(os.path.join(common_dir(str(self.config.git_dir)), "config"))
+        if self._identity is not None and now - self._identity[0] < _IDENTITY_TTL \
+                and self._identity[1] == written:
+            return self._identity[2]
         env = {}
         for key, names, value in (("user.name", ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"),
                                    FALLBACK_NAME),
@@ -445,8 +501,37 @@ class Committer:
                 configured = ""
             if not configured:
                 env.update({name: value for name in names})
-        self._identity = (now, env)
-        return env
+        code, out, stderr = self.git.result("config", "--type=bool", "commit.gpgSign")
+        if code not in (0, 1):  # not a boolean: git commit would refuse to commit too
+            raise GitError(("config", "--type=bool", "commit.gpgSign"), code, stderr)
+        settings = CommitSettings(env, code == 0 and out.strip() == b"true")
+        self._identity = (now, written, settings)
+        return settings
+
+    def _identity_env(self) -> dict:
+        """Fallback identity, only for what the repository does not configure."""
+        return self._settings().env
+
+    def _commit_tree(self, tree: str, parents: list[str], message: bytes,
+                     env: dict | None = None) -> str:
+        """``commit-tree`` of ``tree`` on ``parents`` (``-p`` options), signed when the
+        person's configuration asks for it (``commit.gpgSign``, which ``commit-tree``, a
+        plumbing command, never reads itself); SigningFailed when git could not sign."""
+        settings = self._settings()
+        identity = {**settings.env, **(env or {})}
+        unsigned = ("commit-tree", tree, *parents, "-F", "-")
+        if not settings.sign:
+            return self._text(*unsigned, input=message, env=identity)
+        try:
+            # a signing program waiting for a passphrase nobody types must not stall commits
+            return self._text("commit-tree", "-S", tree, *parents, "-F", "-", input=message,
+                              env=identity, timeout=_SIGN_TIMEOUT)
+        except GitError as exc:
+            # Whether signing was the trouble: the same commit unsigned (an object nothing
+            # refers to, left for gc) is made, or fails for what failed the signed one.
+            if self.git.result(*unsigned, input=message, env=identity)[0] != 0:
+                raise
+            raise SigningFailed(_first_error(exc.stderr)) from None
 
     def _head_now(self) -> tuple[str, str] | None:
         """(commit, tree) of HEAD through the persistent cat-file child."""
@@ -471,13 +556,26 @@ class Committer:
     def _full(self, *parts: str) -> str:
         return os.path.join(self._root, *parts)
 
+    @staticmethod
+    def _unseen(exc: OSError) -> tuple[str, str]:
+        """Where a path stands that ``lstat`` refused: too long for the system to name
+        from / (git, run in the work tree, might reach it; the rest of gitsieve cannot),
+        or unreadable."""
+        if exc.errno == errno.ENAMETOOLONG:
+            return TOO_LONG, ""
+        return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
+
+    def _too_long(self, path: str) -> str:
+        return (f"{len(os.fsencode(self._full(path)))} bytes from /, over this system's "
+                f"limit of {os.pathconf(self._root, 'PC_PATH_MAX')} (PATH_MAX)")
+
     def _dir_state(self, rel: str) -> tuple[str, str]:
         try:
             info = os.lstat(self._full(rel))
         except (FileNotFoundError, NotADirectoryError):
             return GONE, ""
         except OSError as exc:
-            return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
+            return self._unseen(exc)
         if stat.S_ISLNK(info.st_mode):
             return BEYOND_LINK, rel
         if not stat.S_ISDIR(info.st_mode):
@@ -488,7 +586,8 @@ class Committer:
 
     def _where(self, path: str, dirs: dict[str, tuple[str, str]]) -> tuple[str, str]:
         """Where ``path`` stands in the work tree: (PRESENT | GONE | BEYOND_LINK |
-        DIRECTORY | NESTED | REFUSED, detail); ``dirs`` caches the directories above."""
+        DIRECTORY | NESTED | REFUSED | TOO_LONG, detail); ``dirs`` caches the directories
+        above."""
         parts = path.split("/")
         for depth in range(1, len(parts)):
             prefix = "/".join(parts[:depth])
@@ -502,7 +601,7 @@ class Committer:
         except (FileNotFoundError, NotADirectoryError):
             return GONE, ""
         except OSError as exc:  # cannot be looked at: neither committed nor deleted
-            return REFUSED, f"cannot be looked at: {exc.strerror or exc}"
+            return self._unseen(exc)
         if stat.S_ISDIR(info.st_mode):
             if os.path.lexists(self._full(path, ".git")):
                 return NESTED, path
@@ -675,19 +774,26 @@ class Committer:
         """What committing ``paths`` on ``head`` does with each (see the module docstring):
         staged from the work tree, force-removed, held with a reason, or dropped."""
         plan = Plan()
+        staged = self._user_index_changes(head)
+        # Entries left as HEAD had them before an earlier commit (refresh pending) are not
+        # the person's staging.
+        staged = {path: entry for path, entry in staged.items()
+                  if self.index_refresh_pending.get(path) != entry}
+        paths = list(dict.fromkeys(paths))
+        paths += self._rest_of_submodule_change(paths, staged)
         where: dict[str, tuple[str, str]] = {}
         dirs: dict[str, tuple[str, str]] = {}
-        for path in dict.fromkeys(paths):
+        for path in paths:
             if not isinstance(path, str) or not _safe_relative(path) \
                     or self._refused_by_rule(path):
                 plan.dropped.append(path)
                 continue
             where[path] = self._where(path, dirs)
             state, detail = where[path]
-            if state == NESTED:
-                plan.held[path] = Why(Hold.NESTED_REPOSITORY, detail)
-            elif state == REFUSED:
+            if state == REFUSED:
                 plan.held[path] = Why(Hold.GIT_REFUSED, detail)
+            elif state == TOO_LONG:
+                plan.held[path] = Why(Hold.PATH_TOO_LONG, self._too_long(path))
         candidates = [path for path in where if path not in plan.held]
         left_alone = self.left_alone().intersection(candidates)
         if left_alone:  # one line, not one per path: a sparse checkout removes thousands
@@ -699,26 +805,31 @@ class Committer:
             plan.left_alone = sorted(left_alone)
             plan.dropped += plan.left_alone
             candidates = [path for path in candidates if path not in left_alone]
+        # The directories above the paths too: a path below a submodule is the submodule's.
+        above = _directories_above(candidates)
         try:
-            entries = self.heads.entries(candidates)
+            entries = self.heads.entries(candidates + sorted(above.difference(candidates)))
         except HeadReadError as exc:
             raise TransientError(f"cannot read HEAD's entries: {exc}") from None
-        staged = self._user_index_changes(head)
-        # Entries left as HEAD had them before an earlier commit (refresh pending) are not
-        # the person's staging.
-        staged = {path: entry for path, entry in staged.items()
-                  if self.index_refresh_pending.get(path) != entry}
+        submodules = {path for path, entry in entries.items()
+                      if entry is not None and entry.is_gitlink}
+        submodules.update(path for path, (mode, _) in staged.items() if mode == MODE_GITLINK)
         present = []
         for path in candidates:
-            state = where[path][0]
+            state, detail = where[path]
             entry = entries[path]
             committed = entry is not None and not entry.is_tree
-            if state == PRESENT:
+            if submodules and _below_any(path, submodules):
+                # its submodule's own file, as git sees it (git status never lists it)
+                plan.dropped.append(path)
+            elif path in submodules:
+                self._plan_submodule(plan, path, state, entry, staged)
+            elif state == NESTED:
+                plan.held[path] = Why(Hold.NESTED_REPOSITORY, detail)
+            elif state == PRESENT:
                 present.append(path)
             elif state == DIRECTORY:
-                if entry is not None and entry.is_gitlink:
-                    plan.held[path] = Why(Hold.NESTED_REPOSITORY, path)  # a submodule
-                elif committed:
+                if committed:
                     plan.remove.append(path)  # a directory where HEAD has a file
                 else:
                     plan.dropped.append(path)  # its files are paths of their own
@@ -771,7 +882,58 @@ class Committer:
                          len(stale), shown, " ..." if len(stale) > 3 else "")
             plan.stage = [path for path in plan.stage if path not in stale]
             plan.dropped += sorted(stale)
+        self._keep_submodule_change_whole(plan)
         return plan
+
+    def _rest_of_submodule_change(self, paths: list, staged: dict) -> list[str]:
+        """When a commit takes part of a submodule change the person staged (``git
+        submodule add``, ``git rm`` of a submodule: ``.gitmodules`` and the gitlinks), the
+        rest of it, so that the remote never has one without the other."""
+        removed = [path for path, (mode, _) in staged.items() if not mode]
+        try:
+            before = self.heads.entries(removed) if removed else {}
+        except HeadReadError as exc:
+            raise TransientError(f"cannot read HEAD's entries: {exc}") from None
+        change = {path for path, (mode, _) in staged.items() if mode == MODE_GITLINK or (
+            not mode and before[path] is not None and before[path].is_gitlink)}
+        if not change:
+            return []
+        change.add(GITMODULES)
+        return [] if change.isdisjoint(paths) else sorted(change.difference(paths))
+
+    def _plan_submodule(self, plan: Plan, path: str, state: str, entry: Entry | None,
+                        staged: dict) -> None:
+        """A submodule's gitlink: what the person staged of it is committed as staged (its
+        addition, a new commit, its removal); a commit checked out there and not staged is
+        held, never committed on gitsieve's own: the submodule's remote may not have it."""
+        if path in staged:
+            mode, oid = staged[path]
+            plan.gitlinks[path] = (mode, oid) if mode else None
+            return
+        checked_out = checked_out_commit(self._full(path)) if state == NESTED else None
+        if checked_out is not None and checked_out != entry.oid:
+            detail = f"commit {checked_out[:12]} checked out, {entry.oid[:12]} committed"
+        elif state in (GONE, BEYOND_LINK):
+            detail = "its directory is gone"
+        elif state == PRESENT:
+            detail = "a file is in its place"
+        else:  # the commit committed, or not checked out (deinit): unchanged for git too
+            plan.dropped.append(path)
+            return
+        plan.held[path] = Why(Hold.SUBMODULE_NOT_STAGED, detail)
+
+    @staticmethod
+    def _keep_submodule_change_whole(plan: Plan, changes: dict | None = None) -> None:
+        """A held ``.gitmodules`` holds the gitlinks staged with it (taken out of
+        ``changes`` when given), and says why."""
+        why = plan.held.get(GITMODULES)
+        if why is None or not plan.gitlinks:
+            return
+        for path in plan.gitlinks:
+            plan.held[path] = Why(Hold.WITH_SUBMODULE, f"{GITMODULES}: {why.text}")
+            if changes is not None:
+                changes.pop(path, None)
+        plan.gitlinks = {}
 
     def _unchanged_since(self, path: str, observed: float | None) -> bool:
         """``path`` has not changed since well before ``observed`` (its first observation):
@@ -890,9 +1052,17 @@ class Committer:
             plan = self.plan(paths, head, recheck)
             result.dropped, result.held_paths = tuple(plan.dropped), dict(plan.held)
             result.left_alone = tuple(plan.left_alone)
-            if not plan.stage and not plan.remove:
+            if not plan.stage and not plan.remove and not plan.gitlinks:
                 return
-            new, changes = self._build_commit(head, plan, result)
+            try:
+                new, changes = self._build_commit(head, plan, result)
+            except SigningFailed as exc:
+                # Every path stays as it is, held until signing works.
+                why = Why(Hold.SIGNING_FAILED, str(exc))
+                result.held_paths.update((path, why) for path in
+                                         plan.stage + plan.remove + list(plan.gitlinks)
+                                         if path not in result.held_paths)
+                return None
             if new is None:
                 return
             old = head[0] if head else ""
@@ -1078,6 +1248,7 @@ class Committer:
         present = [path for path in plan.stage if plan.where[path] == PRESENT]
         changes: dict[str, tuple[int, str] | None] = {
             path: None for path in plan.stage + plan.remove if plan.where[path] != PRESENT}
+        changes.update(plan.gitlinks)
         modes, regular, links = {}, [], []
         executable_bit = self.content.executable_bit()
         for path in present:
@@ -1139,7 +1310,7 @@ class Committer:
             if old_blob and new_blob:
                 if old != new:
                     kind = "T" if (old[0] == MODE_SYMLINK) != (new[0] == MODE_SYMLINK) \
-                        or MODE_GITLINK in (old[0], new[0]) else "M"
+                        or (old[0] == MODE_GITLINK) != (new[0] == MODE_GITLINK) else "M"
                     records.append((old[0], old[1], new[0], new[1], kind, os.fsdecode(path)))
             elif old_blob:
                 records.append((old[0], old[1], 0, _ZERO_OID, "D", os.fsdecode(path)))
@@ -1218,6 +1389,7 @@ class Committer:
             plan.held.update(gated)
             for path in gated:  # kept out: HEAD's entry stays in the composed tree
                 del changes[path]
+        self._keep_submodule_change_whole(plan, changes)
         result.held_paths.update(plan.held)
         if not changes:
             return None, []
@@ -1237,9 +1409,7 @@ class Committer:
         result.paths = tuple(statuses)
         message = self.message(statuses)
         parents = ["-p", head[0]] if head else []
-        new = self._text("commit-tree", tree, *parents, "-F", "-",
-                         input=message.encode("utf-8", "surrogateescape"),
-                         env=self._identity_env())
+        new = self._commit_tree(tree, parents, message.encode("utf-8", "surrogateescape"))
         return new, records
 
     @staticmethod
@@ -1383,10 +1553,23 @@ class Committer:
             return f"push failed: checking what it would send: {exc}"
         if why is None:
             return ""
+        return self._hold_push(why)
+
+    def _hold_push(self, why: Why) -> str:
+        """Hold pushes for ``why`` (logged when the reason changes, not at every retry; the
+        executor warns)."""
         if why != self.push_hold:
-            log.warning("push held: %s", why.text)
+            log.info("push held: %s", why.text)
         self.push_hold = why
         return f"push held: {why.text}"
+
+    def _missing_remote(self) -> Why | None:
+        """Why pushes cannot go when ``[git] remote`` names no remote of the repository."""
+        code, out, _ = self.git.result("remote")
+        if code != 0 or self.config.remote in os.fsdecode(out).split():
+            return None  # there, or git cannot tell: the push's own error stands
+        return Why(Hold.NO_REMOTE, f"remote {self.config.remote!r} is not configured in "
+                                   f"this repository")
 
     def _push_then_signal(self, branch: str | None, parent: str | None) -> tuple[bool, str]:
         try:
@@ -1426,6 +1609,10 @@ class Committer:
         # user resolved it, dropped a blocking edit, or the remote moved again).
         rejected = bool(self.push_conflict)
         if not rejected:
+            if self.push_hold is not None and self.push_hold.hold == Hold.NO_REMOTE:
+                missing = self._missing_remote()  # one look, not a push bound to fail
+                if missing is not None:
+                    return False, self._hold_push(missing)
             gated = self._gate(state)
             if gated:
                 return False, gated
@@ -1434,7 +1621,11 @@ class Committer:
                 self._push_ref(ref)
             except GitError as exc:
                 if not any(marker in exc.stderr for marker in _REJECTED_MARKERS):
-                    log.warning("push failed; the commit stays local: %s", exc)
+                    missing = self._missing_remote()
+                    if missing is not None:
+                        return False, self._hold_push(missing)
+                    # the executor says so, once per state: not at every retry
+                    log.info("push failed; the commit stays local: %s", exc)
                     self.push_hold = None
                     return False, f"push failed: {exc}"
                 log.info("push rejected: the remote moved; integrating its commits (%s)",
@@ -1455,8 +1646,10 @@ class Committer:
                 self.push_conflict = str(conflict)
                 self.push_hold = Why(Hold.PUSH_STOPPED, self.push_conflict)
                 return False, f"push stopped: {conflict}"
+            except SigningFailed as exc:
+                return False, self._hold_push(Why(Hold.SIGNING_FAILED, str(exc)))
             except (GitError, TransientError) as exc:
-                log.warning("push failed after integrating the remote: %s", exc)
+                log.info("push failed after integrating the remote: %s", exc)
                 self.push_hold = None
                 return False, f"push failed: {exc}"
         self.push_conflict = ""
@@ -1540,17 +1733,15 @@ class Committer:
                 commit).split("\0")
             seconds, zone = date.split()
             message = self._git("log", "-1", "--format=%B", commit)
-            env = {**identity, "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
-                   "GIT_AUTHOR_DATE": f"@{seconds} {zone}"}
-            current = self._text("commit-tree", tree, "-p", current, "-F", "-",
-                                 input=message, env=env)
+            author = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+                      "GIT_AUTHOR_DATE": f"@{seconds} {zone}"}
+            current = self._commit_tree(tree, ["-p", current], message, env=author)
         return current
 
     def _merge_commit(self, old: str, upstream: str, tracking: str) -> str:
         tree = self._merged_tree(old, upstream)
         message = f"gitsieve: merge {tracking}\n\n{TRAILER}\n"
-        return self._text("commit-tree", tree, "-p", old, "-p", upstream, "-F", "-",
-                          input=message.encode(), env=self._identity_env())
+        return self._commit_tree(tree, ["-p", old, "-p", upstream], message.encode())
 
     def _move_head(self, old: str, new: str) -> None:
         """Move index, work tree and HEAD from ``old`` to ``new``; all or nothing."""

@@ -38,6 +38,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# git status's words (LC_ALL=C) before a directory it leaves out ("'PATH': REASON" follow).
+_UNOPENED_DIRECTORY = "warning: could not open directory '"
+# work tree -> the directories git status left out that this process has warned about (once
+# while they last, whichever Git object asked: a command asks through several)
+_UNSEEN_SAID: dict[str, set[str]] = {}
 # Inputs larger than this reach git through an in-memory file instead of sh's feeder.
 _FEED_LIMIT = 64 * 1024
 # Every git child of gitsieve carries this, so process attribution recognises our own git.
@@ -270,9 +275,29 @@ class Git:
         return stdout.decode().strip() or None if code == 0 else None
 
     def dirty_paths(self) -> list[str]:
-        """Workspace-relative paths that differ from HEAD or are untracked (not ignored)."""
-        out = self.run("--no-optional-locks", "status", "--porcelain=v1", "-z",
-                       "--untracked-files=all", "--no-renames")
+        """Workspace-relative paths that differ from HEAD or are untracked (not ignored).
+        A directory git cannot look into (a path longer than the system allows, no
+        permission) is left out by git with a warning: logged, once while it lasts."""
+        args = ("--no-optional-locks", "status", "--porcelain=v1", "-z",
+                "--untracked-files=all", "--no-renames")
+        code, out, stderr = self.result(*args)
+        if code != 0:
+            raise GitError(args, code, stderr, out)
+        unseen = {}
+        for line in stderr.splitlines():
+            if line.startswith(_UNOPENED_DIRECTORY):
+                directory, quote, reason = line[len(_UNOPENED_DIRECTORY):].rpartition("': ")
+                # git cuts its messages at 4 KiB: a name that long loses its end and reason
+                unseen[directory if quote else line[len(_UNOPENED_DIRECTORY):]] = \
+                    reason if quote else "a name too long for git to show whole"
+        said = _UNSEEN_SAID.setdefault(str(self.root), set())
+        for directory in unseen.keys() - said:
+            shown = directory if len(directory) <= 200 else \
+                f"{directory[:100]}...{directory[-60:]} ({len(directory)} characters or more)"
+            log.warning("git cannot look into %s (%s): nothing below it is seen or synced "
+                        "while it cannot", shown, unseen[directory])
+        said.intersection_update(unseen)
+        said.update(unseen)
         # "XY path"; with --no-renames there are no "orig" entries.
         return [entry[3:] for entry in split_nul(out)]
 

@@ -75,6 +75,55 @@ def head_is_born(git_dir: str | os.PathLike) -> bool:
         return False
 
 
+def checked_out_commit(work_tree: str | os.PathLike) -> str | None:
+    """The commit checked out in the repository whose work tree is ``work_tree`` (a
+    submodule: its ``.git`` is a file naming the git directory), read from its files;
+    None when they do not say (no commit yet, refs git keeps otherwise, unreadable)."""
+    dot_git = os.path.join(work_tree, ".git")
+    try:
+        if os.path.isfile(dot_git):
+            with open(dot_git, encoding="utf-8", errors="replace") as source:
+                named = source.read(4096).strip()
+            if not named.startswith("gitdir:"):
+                return None
+            git_dir = os.path.join(work_tree, named[len("gitdir:"):].strip())
+        else:
+            git_dir = dot_git
+        with open(os.path.join(git_dir, "HEAD"), encoding="utf-8", errors="replace") as source:
+            head = source.read(4096).strip()
+        common = common_dir(git_dir)
+        for _ in range(5):  # a symbolic ref may name another; git stops at 5 too
+            if not head.startswith("ref: "):
+                return head if _is_object_id(head) else None
+            ref = head[5:].strip()
+            try:
+                with open(os.path.join(common, ref), encoding="utf-8",
+                          errors="replace") as source:
+                    head = source.read(4096).strip()
+            except FileNotFoundError:
+                return _packed_ref(common, ref)
+    except OSError:
+        return None
+    return None
+
+
+def _is_object_id(text: str) -> bool:
+    return len(text) in (40, 64) and all(char in "0123456789abcdef" for char in text)
+
+
+def _packed_ref(common: str, ref: str) -> str | None:
+    try:
+        with open(os.path.join(common, "packed-refs"), encoding="utf-8",
+                  errors="replace") as packed:
+            for line in packed:
+                oid, _, name = line.rstrip("\n").partition(" ")
+                if name == ref and _is_object_id(oid):
+                    return oid
+    except FileNotFoundError:
+        return None
+    return None
+
+
 def head_token(git_dir: str | os.PathLike) -> tuple:
     """Cheap fingerprint of where HEAD points: changes whenever a commit moves it."""
     git_dir = os.fspath(git_dir)

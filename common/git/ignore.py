@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ ANSWER_TIMEOUT = 10.0  # seconds without a byte from the child: it is stuck
 _PIPE_CHUNK = 4096
 _READ_CHUNK = 256 * 1024
 _FIELDS = 4  # source, line number, pattern, path
+# git's words (LC_ALL=C) refusing a request for a path inside a submodule, which it names.
+_IN_SUBMODULE = re.compile(r"^fatal: Pathspec '.*' is in submodule '(.*)'$", re.MULTILINE)
 
 
 class IgnoreChecker(KeptChild):
@@ -78,7 +81,25 @@ class IgnoreChecker(KeptChild):
             log.debug("check-ignore child failed (%s): one-shot for %d paths", exc, len(paths))
             self.close()
             self.fallbacks += 1
-            return self.git.ignored(paths)
+            return self._one_shot(paths)
+
+    def _one_shot(self, paths: list[str]) -> set[str]:
+        """A one-shot check-ignore.  A path in a submodule that is not checked out (``git
+        submodule deinit`` left no ``.git`` for :meth:`_beyond_work_tree` to see) makes git
+        refuse the whole request: such paths are answered not ignored, as those are, and
+        the rest asked again."""
+        while True:
+            try:
+                return self.git.ignored(paths)
+            except GitError as exc:
+                named = _IN_SUBMODULE.search(exc.stderr)
+                inside = [] if named is None else [
+                    path for path in paths if path.startswith(named.group(1) + "/")]
+                if not inside:
+                    raise
+                paths = [path for path in paths if path not in inside]
+                if not paths:
+                    return set()
 
     def _beyond_work_tree(self, path: str, seen: dict[str, bool]) -> bool:
         """Whether ``path`` lies beyond a symbolic link or inside a submodule or nested

@@ -182,6 +182,11 @@ class Hold(StrEnum):
     NESTED_REPOSITORY = "nested-repository"  # a repository inside the workspace
     HISTORY_REWRITTEN = "history-rewritten"  # pushed history was amended or rebased
     GIT_REFUSED = "git-refused"              # git refuses the path (an unsupported file ...)
+    PATH_TOO_LONG = "path-too-long"          # longer than the system lets a path be named
+    SUBMODULE_NOT_STAGED = "submodule-not-staged"  # a submodule's new commit, not staged
+    WITH_SUBMODULE = "with-submodule"        # part of a submodule change that is held
+    SIGNING_FAILED = "signing-failed"        # commit.gpgSign is on and signing failed
+    NO_REMOTE = "no-remote"                  # [git] remote names no remote of the repository
 
 
 # Holds that only a person ends (or time, for the rate limit): `actorctl flush` stops
@@ -190,7 +195,9 @@ WAITS_ON_A_PERSON = frozenset({Hold.PAUSED, Hold.HEALTH, Hold.HEALTH_STALE, Hold
                                Hold.BRANCH, Hold.PUSH_STOPPED, Hold.RUNAWAY,
                                Hold.STAGED_BY_YOU, Hold.FEEDBACK_LOOP, Hold.SECRET,
                                Hold.OVERSIZED, Hold.NESTED_REPOSITORY,
-                               Hold.HISTORY_REWRITTEN, Hold.GIT_REFUSED})
+                               Hold.HISTORY_REWRITTEN, Hold.GIT_REFUSED, Hold.PATH_TOO_LONG,
+                               Hold.SUBMODULE_NOT_STAGED, Hold.WITH_SUBMODULE,
+                               Hold.SIGNING_FAILED, Hold.NO_REMOTE})
 
 _TEXT.update({
     Hold.NOTHING: "nothing held",
@@ -213,6 +220,16 @@ _TEXT.update({
     Hold.NESTED_REPOSITORY: "a nested git repository: commit in it, or add it as a submodule",
     Hold.HISTORY_REWRITTEN: "history rewritten: {detail}",
     Hold.GIT_REFUSED: "git refuses it: {detail}",
+    Hold.PATH_TOO_LONG: "path too long: {detail}; shorten it (or move the workspace "
+                        "higher up)",
+    Hold.SUBMODULE_NOT_STAGED: "a submodule's change is not staged ({detail}): gitsieve "
+                               "commits a submodule as you stage it (git add it once its "
+                               "commit is on the submodule's remote, or git rm it)",
+    Hold.WITH_SUBMODULE: "held with the submodule change it belongs to: {detail}",
+    Hold.SIGNING_FAILED: "commit signing failed (commit.gpgSign is on): {detail}; nothing "
+                         "is committed unsigned: your changes stay in the work tree and are "
+                         "committed once signing works (tried again every minute)",
+    Hold.NO_REMOTE: "{detail}: commits stay local until it is (git remote add)",
 })
 
 

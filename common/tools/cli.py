@@ -101,6 +101,8 @@ def cmd_run(args) -> int:
     except config_mod.RuntimeDirError as exc:
         raise UsageError(str(exc)) from None
     setup_logging(config.log_level, "gitsieve")
+    for warning in config_mod.start_warnings(config):
+        logging.getLogger(__name__).warning("%s", warning)
     warn_of_held_start(config)
     runner = Runner(config)
     try:
@@ -121,14 +123,21 @@ def cmd_init(args) -> int:
     except OSError:
         branch = None
     chosen = {"branch": branch} if branch else {}
-    for path, text in ((config_mod.default_config_path(root),
-                        schema.render_toml(profile, chosen)),
-                       (root / PATTERNS_PATH, rules.DEFAULT_PATTERNS)):
+    files = ((config_mod.default_config_path(root), schema.render_toml(profile, chosen)),
+             (root / PATTERNS_PATH, rules.DEFAULT_PATTERNS))
+    for path, _ in files:  # before writing either: never half an init
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{path} exists and is not a file (a directory?): move it away "
+                             f"for gitsieve init to write its file there")
+    for path, text in files:
         if path.exists() and not args.force:
             print(f"kept existing {path} (use --force to overwrite)")
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         print(f"wrote {path}")
     return 0
 
