@@ -195,7 +195,6 @@ def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors):
 
 # ----- recovery checks: fsck, stale index.lock, autonomous restart loops (issue 4) ----------
 import signal  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 

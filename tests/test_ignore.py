@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gitsieve.common.git.gateway import Git, GitError
+from gitsieve.common.git.gateway import Git
 from gitsieve.common.git.ignore import IgnoreChecker
 
 NAMES = ["a.log", "keep.log", "tracked.log", "b.txt", "build/x.o", "src/build/y.o",
