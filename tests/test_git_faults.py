@@ -460,3 +460,17 @@ def test_enospc_mid_commit_leaves_no_half_state_and_is_retried(small_fs, actors)
         assert git(ws.root, "fsck", "--connectivity-only", "--no-progress") == ""
     finally:
         h.close()
+
+
+def test_a_git_child_that_ends_between_the_liveness_check_and_the_kill_is_closed(workspace,
+                                                                                monkeypatch):
+    """A long-lived git that fails at once (a cat-file that exits) may end, and be reaped,
+    after close() saw it alive: the kill raised ProcessLookupError out of the commit path
+    (seen once in CI; fails before).  The window is made certain by ending the child first."""
+    from gitsieve.common.git.gateway import Git, GitChild
+    child = Git(workspace.root).spawn("cat-file", "--batch")
+    os.close(child.stdin)  # cat-file ends at the end of its input
+    wait_for(lambda: not child.alive(), 10, message="cat-file ended and reaped")
+    monkeypatch.setattr(GitChild, "alive", lambda self: True)  # as seen just before it ended
+    child.stdin = os.open(os.devnull, os.O_WRONLY)  # close() closes both descriptors
+    child.close()

@@ -364,7 +364,10 @@ class GitChild:
     def close(self) -> None:
         """Kill the child if it still runs, reap it and close the pipes."""
         if self.alive():
-            self.running.process.kill()
+            try:
+                self.running.process.kill()
+            except ProcessLookupError:  # it ended, and sh reaped it, since alive() said so
+                log.debug("git child %d ended before the kill", self.pid)
         try:
             self.running.wait()
         except _sh().SignalException as exc:  # the kill above: expected
