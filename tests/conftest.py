@@ -324,25 +324,57 @@ def processes_mentioning(text: str) -> list:
 USER_PYTHON = "/usr/bin/python3"
 
 
+# Test workers (pytest-xdist) share one such directory and one lock: the install costs
+# about 18 s, and useradd/userdel running at once fail on the locked /etc/passwd.
+SHARED_LOCK = Path("/tmp/gitsieve-tests.lock")
+
+
+@contextlib.contextmanager
+def tests_lock():
+    """Serialise a step across the test workers of this machine."""
+    import fcntl
+    with open(SHARED_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def user_site():
-    """A directory holding gitsieve and its dependencies for USER_PYTHON."""
+    """A directory holding gitsieve and its dependencies for USER_PYTHON, built once per
+    test run and removed by the last worker that used it."""
     import shutil
-    import tempfile
+    import uuid
     if os.geteuid() != 0:
         pytest.skip("creating an ordinary user needs root")
     if not os.access(USER_PYTHON, os.X_OK):
         pytest.skip(f"{USER_PYTHON} is not installed")
-    site = Path(tempfile.mkdtemp(prefix="gitsieve-user-site-", dir="/tmp"))
-    os.chmod(site, 0o755)
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                             "--disable-pip-version-check", "--target", str(site), str(ROOT)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        shutil.rmtree(site, ignore_errors=True)
-        raise AssertionError(f"pip install --target failed:\n{result.stderr}")
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
+    site = Path(f"/tmp/gitsieve-user-site-{run_id}")
+    users = site.with_name(site.name + ".users")
+    with tests_lock():
+        if not (site / "gitsieve").is_dir():
+            shutil.rmtree(site, ignore_errors=True)
+            site.mkdir(mode=0o755)
+            os.chmod(site, 0o755)
+            result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                                     "--disable-pip-version-check", "--target", str(site),
+                                     str(ROOT)], capture_output=True, text=True)
+            if result.returncode != 0:
+                shutil.rmtree(site, ignore_errors=True)
+                raise AssertionError(f"pip install --target failed:\n{result.stderr}")
+        holders = int(users.read_text()) if users.exists() else 0
+        users.write_text(str(holders + 1))
     yield site
-    shutil.rmtree(site, ignore_errors=True)
+    with tests_lock():
+        remaining = int(users.read_text()) - 1
+        if remaining > 0:
+            users.write_text(str(remaining))
+        else:
+            users.unlink(missing_ok=True)
+            shutil.rmtree(site, ignore_errors=True)
 
 
 class OrdinaryUser:
@@ -389,13 +421,15 @@ def temporary_user(site: Path, prefix: str):
     every process of theirs."""
     import uuid
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    with tests_lock():
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
     try:
         yield OrdinaryUser(name, site)
     finally:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
         time.sleep(0.2)
-        subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+        with tests_lock():
+            subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
 
 
 @pytest.fixture

@@ -318,6 +318,44 @@ def test_an_autonomous_process_in_the_workspace_outside_the_wrapper_is_named(
         made.close()
 
 
+def test_a_wrapper_slow_to_write_its_journal_is_not_named_as_unwrapped(workspace,
+                                                                        monkeypatch, caplog):
+    """On a loaded machine `gitsieve agent` may take longer than the settling time to
+    write its journal; its own command line names the agent, but it writes nothing and is
+    never warned about. (Its child, once running, is judged by the journal as before.)"""
+    tag = f"gitsieve-slow-wrapper-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    workspace.config(f'[filter]\nattribution = "psutil"\nautonomous_processes = ["{tag}"]\n')
+    monkeypatch.setattr(journal_module, "UNWRAPPED_SETTLE", 0.5)
+    made = ProcessJudge(workspace.load())
+    # a wrapper still importing: its command line, no journal yet
+    wrapper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                "gitsieve.common.tools.cli", "agent", "--", "run", tag],
+                               cwd=workspace.root)
+    try:
+        deadline = time.monotonic() + 20
+        while wrapper.pid not in made.attributor._looked_at and time.monotonic() < deadline:
+            made.attributor.cache.refresh()
+            made.tick(time.monotonic())
+            time.sleep(0.1)
+        assert wrapper.pid in made.attributor._looked_at, "never looked at"
+        assert made.status()["unwrapped_autonomous"] == []
+        assert not [r for r in caplog.records if "outside `gitsieve agent`" in r.getMessage()]
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+        made.close()
+
+
+def test_the_wrapper_is_told_by_its_command_line():
+    from gitsieve.common.judge.attribution.journal import runs_the_wrapper
+    assert runs_the_wrapper(["/usr/local/bin/gitsieve", "agent", "--", "claude"])
+    assert runs_the_wrapper(["python3", "-m", "gitsieve.common.tools.cli", "agent", "x"])
+    assert not runs_the_wrapper(["python3", "agent.py", "gitsieve"])
+    assert not runs_the_wrapper(["my-gitsieve", "agent"])
+    assert not runs_the_wrapper(["agent"])
+    assert not runs_the_wrapper([])
+
+
 # Run as an ordinary user: root reads through any mode.
 _BELOW_AN_UNREADABLE_DIRECTORY = textwrap.dedent("""
     import os, sys, time

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import zmq
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, create_workspace, wait_for
 from gitsieve.common.actor import control
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Decision
@@ -38,6 +38,16 @@ def statuses(cfg) -> dict:
         if data.get("state") == "running":
             found[actor_id] = data["pid"]
     return found
+
+
+@pytest.fixture
+def short_workspace():
+    """A workspace at a short path: supervisord binds its control socket in the
+    workspace's .git (plus ".PID" while binding), and AF_UNIX paths end at 107 bytes."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="gs-sd-", dir="/tmp"))
+    yield create_workspace(base)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def descendants(pid: int) -> set[int]:
@@ -68,9 +78,9 @@ def scaled_conf(directory: Path, workers: int) -> Path:
     return conf
 
 
-def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worker(workspace,
-                                                                                 tmp_path):
-    ws = workspace
+def test_shipped_supervisor_conf_runs_scaled_workers_and_survives_a_killed_worker(
+        short_workspace, tmp_path):
+    ws = short_workspace
     ws.fast_config("[workers]\nl2 = 2\nl3 = 2\n")
     cfg = ws.load()
     expected = set(actor_ids(cfg))

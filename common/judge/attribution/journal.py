@@ -212,6 +212,15 @@ class AgentJournal:
         self.reader.close()
 
 
+def runs_the_wrapper(argv: list[str]) -> bool:
+    """Whether a command line is ``gitsieve agent ...`` (the script or the module)."""
+    for word, following in zip(argv, argv[1:]):
+        if following == "agent" and (os.path.basename(word) == "gitsieve"
+                                     or word == "gitsieve.common.tools.cli"):
+            return True
+    return False
+
+
 class JournalOverlay:
     """An attributor: the base attributor's answers, overlaid with the agent journal."""
 
@@ -334,10 +343,13 @@ class JournalOverlay:
                 if entry.process.create_time() > settled:
                     continue  # a wrapper may not have written its journal yet
                 cwd = entry.process.cwd()
+                argv = entry.process.cmdline()
             except psutil.Error:  # gone or not ours: nothing to say about it
                 self._looked_at.add(pid)
                 continue
             self._looked_at.add(pid)
+            if runs_the_wrapper(argv):
+                continue  # names the agent it runs, writes nothing; slow to start when loaded
             inside = cwd == self._real_root or cwd.startswith(self._real_root + "/")
             # the wrapper's own command line names the agent it runs
             if inside and not self.journal.under_wrapper(pid, itself=True):
