@@ -6,6 +6,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from conftest import faulty_git, git
 from gitsieve.common import config as config_mod
@@ -574,6 +575,63 @@ def test_a_rewrite_caught_between_truncation_and_write_is_not_committed(workspac
                                 "updated: 2026-11-30T10:58:01.123456+00:00\n")
     assert workspace.head() == base and result.commit is None
     assert "stamp.txt" in result.dropped
+
+
+class TruncatedAfterTheRecheck:
+    """The committer's content judge, with a writer that empties the file (open "w", not
+    yet written) just after the re-check read it: what an agent answering a commit does
+    while the next commit is made (test_attribution_e2e, fanotify, under a loaded suite:
+    shared.md was committed empty)."""
+
+    def __init__(self, content, full: Path):
+        self.content, self.full, self.handle = content, full, None
+
+    def still_changes(self, paths):
+        verdicts = self.content.still_changes(paths)
+        self.handle = open(self.full, "w")  # noqa: SIM115 -- written after the commit
+        return verdicts
+
+    def __getattr__(self, name):
+        return getattr(self.content, name)
+
+
+def test_a_file_emptied_after_its_recheck_is_held_not_committed_empty(workspace):
+    workspace.write("shared.md", "Shared notes\n\nupdated: 2026-01-01T00:00:00+00:00\n")
+    workspace.git("add", "-A")
+    workspace.git("commit", "-q", "-m", "base")
+    base = workspace.head()
+    workspace.write("shared.md", "Shared notes\nuser line\n\nupdated: 2026-01-01T00:00:00+00:00\n")
+    committer = make(workspace)
+    committer.content = TruncatedAfterTheRecheck(committer.content, workspace.path("shared.md"))
+    result = committer.commit(["shared.md"], push=False, recheck=dict.fromkeys(["shared.md"]))
+    committer.content.handle.write("Shared notes\nuser line\n\nupdated: 2026-01-01T00:00:01\n")
+    committer.content.handle.close()
+    assert workspace.head() == base and result.commit is None
+    assert result.held_paths["shared.md"].hold is Hold.CHANGED_WHILE_COMMITTED
+    # the next commit (the executor's, when the rewrite's change arrives) takes it whole
+    again = make(workspace).commit(["shared.md"], push=False, recheck=dict.fromkeys(["shared.md"]))
+    assert again.commit and "user line" in workspace.show("HEAD:shared.md")
+
+
+def test_a_file_rewritten_while_it_is_hashed_is_held(workspace, monkeypatch):
+    """A person's file (not re-checked) written again while git read it: what was read may
+    be half of each version, so it waits for the new version's own change."""
+    workspace.write("a.txt", "first\n")
+    workspace.write("b.txt", "other\n")
+    base = workspace.head()
+    committer = make(workspace)
+    real = Committer._hashed
+
+    def hashed_then_rewritten(self, paths, write):
+        oids = real(self, paths, write)
+        workspace.write("a.txt", "first, then more\n")
+        return oids
+    monkeypatch.setattr(Committer, "_hashed", hashed_then_rewritten)
+    result = committer.commit(["a.txt", "b.txt"], push=False)
+    monkeypatch.undo()
+    assert result.commit and workspace.head() != base
+    assert result.statuses == {"b.txt": "A"}
+    assert result.held_paths["a.txt"].hold is Hold.CHANGED_WHILE_COMMITTED
 
 
 def test_a_new_file_caught_between_creation_and_write_is_not_committed(workspace):

@@ -234,6 +234,9 @@ class Plan:
     # for a removal
     gitlinks: dict[str, tuple[int, str] | None] = field(default_factory=dict)
     largest: int = 0  # bytes of the largest file committed from the work tree
+    # path -> its file's identity when its content was judged (re-check) or hashed: a
+    # different one after hashing means the hashed version may be half-written or unjudged
+    read_as: dict[str, tuple] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -311,6 +314,18 @@ def _blob_oid(data: bytes, hex_length: int) -> str:
 
 
 _KEEP = object()  # a tree node with no change of its own, only below it
+
+
+def _identity_of(info: os.stat_result) -> tuple:
+    """What changes whenever a file is written, truncated or replaced."""
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _identity(full: str) -> tuple | None:
+    try:
+        return _identity_of(os.lstat(full))
+    except OSError:
+        return None
 
 
 def _in_git_order(entries: dict[bytes, tuple[int, str]]) -> list:
@@ -871,6 +886,7 @@ class Committer:
                               and self._unchanged_since(path, recheck.get(path)))]
         if rechecked:
             self._let_rewrites_fill(rechecked, entries)
+            plan.read_as.update((path, _identity(self._full(path))) for path in rechecked)
             stale = {}
             for path, verdict in self.content.still_changes(rechecked).items():
                 if not verdict.commit:
@@ -1246,6 +1262,7 @@ class Committer:
         """Each staged path's new entry (mode, oid), None for a deletion; paths git cannot
         read are held (plan.held) and left out."""
         present = [path for path in plan.stage if plan.where[path] == PRESENT]
+        rechecked_here = set(plan.read_as)
         changes: dict[str, tuple[int, str] | None] = {
             path: None for path in plan.stage + plan.remove if plan.where[path] != PRESENT}
         changes.update(plan.gitlinks)
@@ -1268,6 +1285,7 @@ class Committer:
                     and head.mode != MODE_SYMLINK else 0o100644
             modes[path] = mode
             regular.append(path)
+            plan.read_as.setdefault(path, _identity_of(info))
         oids: dict[str, str] = {}
         plain = [path for path in regular if "\n" not in path]  # hash-object reads lines
         if plain:
@@ -1279,8 +1297,14 @@ class Committer:
                     oids[path] = self._hash_contents([handle.read()], shown if shown.isprintable()
                                                      else None)[0]
         for path in regular:
-            if path in oids:
-                changes[path] = (modes[path], oids[path])
+            if path not in oids:
+                continue
+            if _identity(self._full(path)) != plan.read_as[path]:
+                plan.held[path] = Why(Hold.CHANGED_WHILE_COMMITTED,
+                                      "rewritten after it was judged" if path in rechecked_here
+                                      else "rewritten while it was read")
+                continue
+            changes[path] = (modes[path], oids[path])
         if links:
             for (path, _), oid in zip(links, self._hash_contents([t for _, t in links])):
                 changes[path] = (MODE_SYMLINK, oid)

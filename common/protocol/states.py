@@ -187,6 +187,7 @@ class Hold(StrEnum):
     WITH_SUBMODULE = "with-submodule"        # part of a submodule change that is held
     SIGNING_FAILED = "signing-failed"        # commit.gpgSign is on and signing failed
     NO_REMOTE = "no-remote"                  # [git] remote names no remote of the repository
+    CHANGED_WHILE_COMMITTED = "changed-while-committed"  # rewritten between judge and commit
 
 
 # Holds that only a person ends (or time, for the rate limit): `actorctl flush` stops
@@ -230,6 +231,9 @@ _TEXT.update({
                          "is committed unsigned: your changes stay in the work tree and are "
                          "committed once signing works (tried again every minute)",
     Hold.NO_REMOTE: "{detail}: commits stay local until it is (git remote add)",
+    Hold.CHANGED_WHILE_COMMITTED: "changed while it was being committed ({detail}): the "
+                                  "version read may be half-written; its new version is "
+                                  "judged and committed instead",
 })
 
 
