@@ -46,6 +46,20 @@ def remote_paths_since(ws, since: str) -> set[str]:
     return {line for line in out.splitlines() if line}
 
 
+def edit_beside_the_agent(path) -> None:
+    """Add the person's line to a file the agent stamps (read, substitute, write): an agent
+    that read it just before this write and wrote just after loses the line, as it would a
+    person's. The person sees that and types it again; so does this."""
+    for _ in range(20):
+        text = path.read_text()
+        if "user line" not in text:
+            path.write_text(text.replace("Shared notes\n", "Shared notes\nuser line\n"))
+        time.sleep(0.5)  # longer than one stamping: a lost update has shown by now
+        if "user line" in path.read_text():
+            return
+    raise AssertionError("the agent overwrote the person's line 20 times")
+
+
 @pytest.mark.parametrize("mode", ["fanotify", "psutil"])
 def test_agent_churn_is_never_committed_and_user_edits_are(tmp_path, mode):
     if mode == "fanotify" and os.geteuid() != 0:
@@ -93,8 +107,7 @@ def test_agent_churn_is_never_committed_and_user_edits_are(tmp_path, mode):
         # The user's edits in the agent's areas.
         ws.write(".claude/contexts/user-plan.json",
                  json.dumps({"plan": ["write tests", "ship"], "owner": "me"}) + "\n")
-        text = ws.path(SHARED).read_text()
-        ws.path(SHARED).write_text(text.replace("Shared notes\n", "Shared notes\nuser line\n"))
+        edit_beside_the_agent(ws.path(SHARED))
         wait_for(lambda: remote_file(ws, ".claude/contexts/user-plan.json"), TIMEOUT,
                  message="the user's new file on the remote")
         wait_for(lambda: "user line" in (remote_file(ws, SHARED) or ""), TIMEOUT,
