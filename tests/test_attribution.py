@@ -185,6 +185,31 @@ def test_process_started_after_the_cache_is_found_on_a_miss(holders, tag, tmp_pa
     assert found_by.cache.refreshes == 1  # found by the cheap new-pid scan
 
 
+def test_a_burst_of_misses_lists_proc_once_not_per_change(holders, tag, tmp_path,
+                                                          monkeypatch):
+    """10k new files of a person's burst were 10k misses, each listing /proc twice (0.65
+    of L2's 1.2 CPU-s per 5k changes). A change observed before the last listing lists
+    nothing again: its writer existed then. One observed after it still finds a process
+    started since."""
+    found_by = attributor_for(tag, ttl=3600)
+    found_by.cache.refresh()
+    listings = []
+    real_pids = psutil.pids
+    monkeypatch.setattr(psutil, "pids", lambda: listings.append(1) or real_pids())
+    observed = time.time()
+    for number in range(200):
+        target = tmp_path / f"burst-{number}.txt"
+        target.write_text("x\n")
+        assert found_by.attribute(target, observed) is None
+        assert found_by.no_autonomous_process(observed)
+    assert len(listings) <= 1, f"/proc listed {len(listings)} times for 200 misses"
+    late = holders(tag)
+    target = tmp_path / "late.txt"
+    late.do("write", target)
+    found = found_by.attribute(target, time.time())
+    assert found is not None and found.pid == late.pid
+
+
 def test_new_pid_scan_finds_new_autonomous_processes_only(holders, tag):
     cache = ProcessCache(AutonomousMatcher([tag]), ttl=3600)
     cache.refresh()

@@ -81,6 +81,8 @@ class ProcessCache:
     A full scan (every process's command line) runs at most every ``ttl`` s; in between,
     :meth:`refresh_new` reads only pids that appeared since the last scan, which is cheap
     enough to run on every miss, so a freshly started autonomous process is seen at once.
+    A miss on a change observed before the last listing of /proc lists nothing again: its
+    writer existed then (a burst of 10k changes listed /proc 20k times).
     """
 
     def __init__(self, matcher: AutonomousMatcher, ttl: float,
@@ -88,6 +90,7 @@ class ProcessCache:
         self.matcher, self.ttl, self.clock = matcher, max(ttl, MIN_CACHE_TTL), clock
         self.processes: dict[int, AutonomousProcess] = {}
         self.refreshed_at: float | None = None
+        self.listed_at = float("-inf")  # wall time /proc was last listed
         self.refreshes = 0
         # pids whose command line was read and will not change (barring a later exec)
         self._examined: set[int] = set()
@@ -108,6 +111,7 @@ class ProcessCache:
         self._own = _own_pid_tree()
         previous, self.processes = self.processes, {}
         self._examined = set()
+        self.listed_at = time.time()
         for pid in psutil.pids():
             self._examine(pid, previous.get(pid))
         self.refreshed_at = self.clock()
@@ -115,13 +119,18 @@ class ProcessCache:
         if set(previous) != set(self.processes):
             log.info("autonomous processes: %s", sorted(self.processes) or "none")
 
-    def refresh_new(self) -> bool:
-        """Examine only pids new since the last scan; True if an autonomous one appeared."""
+    def refresh_new(self, observed: float | None = None) -> bool:
+        """Examine only pids new since the last scan; True if an autonomous one appeared.
+        With ``observed`` (wall time of the change being judged), nothing is listed when
+        /proc was listed after it: the change's writer was there to be seen."""
         if not self.matcher.patterns:
             return False
         if self.refreshed_at is None:
             self.refresh()
             return bool(self.processes)
+        if observed is not None and observed < self.listed_at:
+            return False
+        self.listed_at = time.time()
         pids = set(psutil.pids())
         for gone in set(self.processes) - pids:
             self.forget(gone)
@@ -299,7 +308,8 @@ class Attributor:
         ``observed`` (wall time), nor runs now: the change has no writer to suspect of
         reacting to commits.  (One elsewhere on the machine made a person saving right
         after each commit look like a reactive agent.)"""
-        if self._one_works_here() or (self.cache.refresh_new() and self._one_works_here()):
+        if self._one_works_here() or (self.cache.refresh_new(observed)
+                                      and self._one_works_here()):
             self.present_at = time.time()
             return False
         return self.present_at < observed - SIGHTING_WINDOW
@@ -328,7 +338,7 @@ class Attributor:
         real_path = os.path.realpath(abs_path)
         self.cache.refresh_if_stale()
         found = self._try_all(real_path, observed)
-        if found is None and self.cache.refresh_new():
+        if found is None and self.cache.refresh_new(observed):
             found = self._try_all(real_path, observed)
         return found
 
