@@ -215,6 +215,22 @@ def test_bench_dirty_runs_floor_and_gitsieve_in_turn_and_prints_the_median():
     assert "median" in result.stdout and "x the floor" in result.stdout
 
 
+def test_bench_burst_writes_while_gitsieve_runs_and_every_file_arrives():
+    """--burst: the files are written after every actor runs, timed from the first."""
+    result = run_cli("bench", "--burst", "40", "--repeats", "1", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [line for line in result.stdout.splitlines() if line.strip().startswith("run ")]
+    assert len(runs) == 1 and "the burst's first file (written in" in runs[0], result.stdout
+    assert "median" in result.stdout
+
+
+@pytest.mark.parametrize("arguments", [("--burst", "-3"), ("--dirty", "5", "--burst", "5")])
+def test_bench_refuses_a_negative_count_and_two_scenarios(arguments):
+    result = run_cli("bench", *arguments, timeout=30)
+    assert result.returncode == 2 and "--burst" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("name", ["explain", "debug"])
 def test_a_gitsieve_ctl_command_names_itself_once_in_its_usage(name, capsys):
     """`gitsieve explain` printed "usage: gitsieve explain explain ..." (and `gitsieve

@@ -1,7 +1,8 @@
-"""``gitsieve bench --dirty N | --tree N | --large MB``: what the commit path costs, each
-against the git floor (issue 13): a dirty start of N untracked files, per-edit time on a
-big tree, and the executor's memory and control latency while one large file is committed.
-Prints figures; asserts nothing."""
+"""``gitsieve bench --dirty N | --burst N | --tree N | --large MB``: what the commit path
+costs, each against the git floor (issue 13): a dirty start of N untracked files, a
+person's burst of N new files while gitsieve runs, per-edit time on a big tree, and the
+executor's memory and control latency while one large file is committed.  Prints figures;
+asserts nothing."""
 from __future__ import annotations
 
 import os
@@ -117,9 +118,9 @@ def _timed(step, cpu: list | None = None) -> float:
     return elapsed
 
 
-def _dirty_once(count: int, timeout: float) -> dict:
-    """One floor run and one gitsieve run of a dirty start of ``count`` files, each in a
-    workspace of its own."""
+def _dirty_once(count: int, timeout: float, burst: bool = False) -> dict:
+    """One floor run and one gitsieve run of a dirty start of ``count`` files (with
+    ``burst``: written while gitsieve runs), each in a workspace of its own."""
     base = Path(tempfile.mkdtemp(prefix="gitsieve-bench-dirty-"))
     runner = None
     try:
@@ -132,9 +133,17 @@ def _dirty_once(count: int, timeout: float) -> dict:
                                 _git(floor_root, "push", "-q", "origin", "main")), floor_cpu)
         (base / "run").mkdir()
         root, remote = _plain_workspace(base / "run", 0.5)
-        _write_files(root, count, 100)
-        started = time.monotonic()
-        config, runner = _start_gitsieve(root)
+        written = None
+        if burst:
+            config, runner = _start_gitsieve(root)
+            wait_until_running(config, len(actor_ids(config)))
+            started = time.monotonic()
+            _write_files(root, count, 100)
+            written = time.monotonic() - started
+        else:
+            _write_files(root, count, 100)
+            started = time.monotonic()
+            config, runner = _start_gitsieve(root)
         on_remote, elapsed = 0, None
         ref = remote / "refs" / "heads" / "main"
         seen = ""
@@ -153,29 +162,32 @@ def _dirty_once(count: int, timeout: float) -> dict:
     finally:
         _stop(runner)
         shutil.rmtree(base, ignore_errors=True)
-    return {"floor": floor, "floor_cpu": floor_cpu[0], "elapsed": elapsed,
+    return {"floor": floor, "floor_cpu": floor_cpu[0], "elapsed": elapsed, "written": written,
             "on_remote": on_remote, "cpu": cpu, "per_actor": per_actor, "commits": commits}
 
 
-def run_dirty(count: int, repeats: int = 3, timeout: float = 600.0) -> int:
+def run_dirty(count: int, repeats: int = 3, timeout: float = 600.0, burst: bool = False) -> int:
     """``--dirty N``: N untracked files when gitsieve starts; seconds until all of them are
     on the remote, against ``git add -A && git commit && git push`` of the same files.
-    The two alternate ``repeats`` times (a file system's speed drifts between minutes);
-    the figure is the median of the runs' ratios."""
-    print(f"gitsieve bench --dirty {count}: {os.cpu_count()} cpus, {repeats} run(s), each "
-          f"git's floor then gitsieve")
+    ``--burst N``: the same files written (by this process, as a person's tool would) while
+    gitsieve runs, timed from the first file.  The two alternate ``repeats`` times (a file
+    system's speed drifts between minutes); the figure is the median of the runs' ratios."""
+    print(f"gitsieve bench --{'burst' if burst else 'dirty'} {count}: {os.cpu_count()} cpus, "
+          f"{repeats} run(s), each git's floor then gitsieve; as uid {os.getuid()}")
     ratios = []
     for number in range(1, repeats + 1):
-        run = _dirty_once(count, timeout)
+        run = _dirty_once(count, timeout, burst)
         if run["elapsed"] is None:
             print(f"  run {number}: floor {run['floor']:.2f} s; gitsieve: only "
                   f"{run['on_remote']} of {count} files on the remote after {timeout:.0f} s")
             return 1
         ratios.append(run["elapsed"] / run["floor"])
+        began = ("the burst's first file (written in "
+                 f"{run['written']:.2f} s)" if burst else "start")
         print(f"  run {number}: git add -A && git commit && git push {run['floor']:.2f} s "
-              f"({run['floor_cpu']:.1f} CPU-s); gitsieve, start to every file on the remote "
-              f"{run['elapsed']:.2f} s ({ratios[-1]:.1f}x), {run['commits']} commit(s), "
-              f"{run['cpu']:.1f} CPU-s")
+              f"({run['floor_cpu']:.1f} CPU-s); gitsieve, {began} to every file on the "
+              f"remote {run['elapsed']:.2f} s ({ratios[-1]:.1f}x), {run['commits']} "
+              f"commit(s), {run['cpu']:.1f} CPU-s")
         print("    CPU-s by actor (git children included): " + ", ".join(
             f"{name} {seconds:.1f}" for name, seconds in sorted(run["per_actor"].items())))
     print(f"  median {statistics.median(ratios):.1f}x the floor (runs: "

@@ -186,8 +186,13 @@ def cmd_bench(args) -> int:
         from gitsieve.common.tools import bench_guard
         return bench_guard.run_guard(edits=args.edits, debounce=args.debounce,
                                      files=args.files or 10_000)
-    if args.dirty:
-        return bench_git.run_dirty(args.dirty, args.repeats or 3)
+    if args.dirty < 0 or args.burst < 0:
+        raise UsageError("--dirty and --burst take a number of files, at least 1")
+    if args.dirty and args.burst:
+        raise UsageError("--dirty and --burst are separate scenarios: give one")
+    if args.dirty or args.burst:
+        return bench_git.run_dirty(args.dirty or args.burst, args.repeats or 3,
+                                   burst=bool(args.burst))
     if args.tree:
         return bench_git.run_tree(args.tree, edits=min(args.edits, 20), debounce=args.debounce)
     if args.large:
@@ -277,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dirty", type=int, default=0, metavar="N",
                        help="scenario: N untracked files at start; time until all are on the "
                             "remote, against git add -A && git commit && git push")
+    bench.add_argument("--burst", type=int, default=0, metavar="N",
+                       help="scenario: N new files written while gitsieve runs (a person's "
+                            "unpack or build); time from the first until all are on the "
+                            "remote, against git add -A && git commit && git push")
     bench.add_argument("--tree", type=int, default=0, metavar="N",
                        help="scenario: edits on a committed tree of N files; per-edit time "
                             "beyond the debounce, against git add && commit and git push")
@@ -291,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--agent", action="store_true",
                        help="instead: what gitsieve agent costs the processes it wraps")
     bench.add_argument("--repeats", type=int, default=0,
-                       help="--agent: interleaved bare/wrapped runs (default 5); --dirty: "
-                            "alternating floor and gitsieve runs (default 3)")
+                       help="--agent: interleaved bare/wrapped runs (default 5); --dirty, "
+                            "--burst: alternating floor and gitsieve runs (default 3)")
     bench.add_argument("--megabytes", type=int, default=100,
                        help="--agent: 1 MB files written per run (default 100)")
     bench.add_argument("--root", help="--agent: where the files go (default: the temp "
