@@ -20,7 +20,8 @@ A path the committer leaves out with a reason of its own (staged by you, a neste
 repository, a path git refuses; see ``CommitResult.held_paths``) stays held with that
 reason while the others are committed; it is tried again when its reason may have cleared:
 a Batch brings it again (the file changed), the user's index, a ref or the repository's git
-config moved, or ``HOLD_RETRY`` seconds passed.
+config moved, or ``HOLD_RETRY`` seconds passed (``REWRITTEN_RETRY``, doubling, for a file
+rewritten while it was committed: an agent's rewrite brings no Batch).
 
 Pushes: anything ahead of the upstream is pushed, the person's own commits included.  HEAD
 and the refs are watched by ``stat`` (no git process) on every loop round: when they move,
@@ -56,6 +57,10 @@ from gitsieve.common.protocol.states import Hold, Why
 MAX_BACKOFF = 60.0  # seconds; the longest wait between two retries of a failing commit
 PUSH_BACKOFF_STEP = 2.0  # seconds: pushes retry after 2, 4, 6... s (capped by the config)
 HOLD_RETRY = 60.0  # seconds: paths held with a reason of their own are tried again
+# A file rewritten while it was committed is tried again this soon (doubling while it keeps
+# changing, up to HOLD_RETRY): the rewrite may be an agent's, which brings no Batch, and the
+# person's change in it would otherwise wait a minute.
+REWRITTEN_RETRY = 1.0
 STOP_WAIT = 4.0  # seconds shutdown waits for a running git job (the runner allows 5)
 # A backlog of at least this many paths waiting behind a running commit has its objects
 # written meanwhile, at most this many at a time.
@@ -146,6 +151,7 @@ class Executor(Actor):
         self.holds_token: tuple | None = None
         self.push_hold_token: tuple | None = None  # refs when a push hold was decided
         self.next_hold_retry = 0.0
+        self.rewritten_retries: dict[str, int] = {}  # path -> consecutive rewritten holds
 
     def setup(self) -> None:
         self.batches_in = self.connect(zmq.PULL, self.config.endpoints.batches)
@@ -195,6 +201,15 @@ class Executor(Actor):
             if self.job is not None and path in self.job.path_set:
                 self.changed_during_job.add(path)
         self.held_batches.append(batch.batch_id)
+
+    def _retry_rewritten(self, path: str) -> None:
+        """Try the held paths again soon: ``path`` was rewritten while it was committed."""
+        for gone in [held for held in self.rewritten_retries if held not in self.held]:
+            del self.rewritten_retries[gone]  # flushed or dropped meanwhile
+        count = self.rewritten_retries.get(path, 0)
+        self.rewritten_retries[path] = count + 1
+        delay = min(REWRITTEN_RETRY * 2 ** min(count, 16), HOLD_RETRY)
+        self.next_hold_retry = min(self.next_hold_retry, self.clock() + delay)
 
     def on_health(self, status: HealthStatus) -> None:
         self.health = status
@@ -451,6 +466,8 @@ class Executor(Actor):
             if path in self.held and path not in self.changed_during_job:
                 self.path_holds[path] = why
                 self.stats["paths_held"] += 1
+                if why.hold is Hold.CHANGED_WHILE_COMMITTED:
+                    self._retry_rewritten(path)
                 if self.logged_holds.get(path) != why:  # once per reason, not per retry
                     self.logged_holds[path] = why
                     newly_held.setdefault(why, []).append(path)
@@ -475,6 +492,7 @@ class Executor(Actor):
             self.held.pop(path, None)
             self.recheck.discard(path)
             self.user_written.discard(path)
+            self.rewritten_retries.pop(path, None)
         # The batches this attempt took are done with (a path still held is kept by path,
         # so a long hold never makes this list grow).
         batch_ids = job.batch_ids

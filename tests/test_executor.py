@@ -483,6 +483,44 @@ def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, t
              timeout=10, message="job finished")
 
 
+def test_handler_a_file_rewritten_while_committed_is_tried_again_within_seconds(
+        workspace, monkeypatch):
+    """An agent stamping the file a person just changed, as gitsieve commits it: the
+    version read is held (changed while committed), and the agent's rewrite brings no Batch
+    (L2 drops it). The person's change was tried again only after HOLD_RETRY, a minute
+    (test_attribution_e2e[fanotify] on two workers); now after about a second."""
+    from gitsieve.common.git.committer import Committer
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
+    now = [1000.0]
+    executor.clock = lambda: now[0]
+    real = Committer._hashed
+    rewrites = [1]
+
+    def hashed_then_stamped(self, paths, write):
+        oids = real(self, paths, write)
+        if rewrites and "shared.md" in paths:
+            rewrites.pop()
+            workspace.write("shared.md", "notes\nuser line\nupdated: 2\n")  # the agent
+        return oids
+    monkeypatch.setattr(Committer, "_hashed", hashed_then_stamped)
+    try:
+        workspace.write("shared.md", "notes\nuser line\nupdated: 1\n")  # the person
+        executor.on_batch(Batch(batch_id=1, paths=("shared.md",), observed=(1.0,),
+                                created=1.0))
+        executor.on_tick(0)
+        assert executor.path_holds["shared.md"].hold is Hold.CHANGED_WHILE_COMMITTED
+        assert "shared.md" not in workspace.files_at()
+        now[0] += 0.5
+        executor.on_tick(0)
+        assert "shared.md" in executor.path_holds  # not at once: it may be mid-rewrite
+        now[0] += 1.0
+        executor.on_tick(0)
+        assert executor.held == {} and executor.path_holds == {}
+        assert workspace.show("HEAD:shared.md") == "notes\nuser line\nupdated: 2\n"
+    finally:
+        executor.close()
+
+
 def test_handler_a_partly_staged_path_is_held_alone_and_retried_when_the_index_changes(
         workspace):
     """Per-path holds: the person's partial staging holds that path only, with its own

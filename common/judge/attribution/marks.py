@@ -44,7 +44,7 @@ import logging
 import os
 import stat
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from gitsieve.common.judge.attribution import fanotify as fan
 from gitsieve.common.judge.attribution.events import (
@@ -77,6 +77,7 @@ _BACKSTOP_OPS = ((fan.FAN_CREATE, Op.CREATE), (fan.FAN_MOVED_TO, Op.MOVED_TO))
 LATE_SECONDS = 30.0
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GIT = ".git"
+_NO_FD_LEFT = "lost events: no file descriptor was left to open their files"
 
 
 class MarkScope(enum.Enum):
@@ -138,6 +139,8 @@ class WorkspaceWatch:
         self.backstop_overflows = 0
         now = (time.time(), time.monotonic())
         self._last_read: dict[int, tuple[float, float]] = {}
+        # the write group's events each bring an open fd: read no more than fit
+        self._write_read_size = fan.fd_events_read_size(fan.allow_open_files())
         try:
             self.write_fd = self._open_group(0)
             self._last_read[self.write_fd] = now
@@ -310,26 +313,32 @@ class WorkspaceWatch:
             return None
         return os.fsencode(rel)
 
-    @staticmethod
-    def _read(fd: int) -> list[bytes]:
-        batches = []
+    def _read(self, fd: int) -> Iterator[bytes | None]:
+        """Each buffer read from ``fd`` until it is empty, one at a time: the caller handles
+        (and closes the fds of) one buffer before the next is read.  None where the kernel
+        could not open an event's file (EMFILE, ENFILE): it dropped that event."""
+        size = self._write_read_size if fd == self.write_fd else fan.READ_SIZE
         while True:
             try:
-                data = os.read(fd, fan.READ_SIZE)
+                data = os.read(fd, size)
             except BlockingIOError:
-                break
+                return
             except InterruptedError:
                 continue
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                yield None
+                return
             if not data:
-                break
-            batches.append(data)
-        return batches
+                return
+            yield data
 
-    def _overflow(self, fd: int, wall: float, mono: float) -> Overflow:
+    def _overflow(self, fd: int, wall: float, mono: float, why: str = "overflowed") -> Overflow:
         self.overflows += 1
         since_wall, since_mono = self._last_read[fd]
-        log.warning("fanotify queue of %s overflowed: writes there are unknown until now",
-                    self.root)
+        log.warning("fanotify queue of %s %s: writes there are unknown until now",
+                    self.root, why)
         return Overflow(self.id, OverflowSource.FANOTIFY, since_wall, since_mono, wall, mono, 0)
 
     def _lineage_of(self, pid: int, known: dict) -> tuple[LineageEntry, ...]:
@@ -346,6 +355,10 @@ class WorkspaceWatch:
             if self.on_batch is not None:
                 self.on_batch()
             wall, mono = time.time(), time.monotonic()
+            if data is None:
+                out.append(self._overflow(self.write_fd, wall, mono, _NO_FD_LEFT))
+                self._last_read[self.write_fd] = (wall, mono)
+                continue
             for event in fan.iter_events(data):
                 self.events += 1
                 if event.mask & fan.FAN_Q_OVERFLOW:
@@ -393,6 +406,10 @@ class WorkspaceWatch:
             if self.on_batch is not None:
                 self.on_batch()
             wall, mono = time.time(), time.monotonic()
+            if data is None:  # a FID group opens no files; should the kernel say so anyway
+                out.append(self._overflow(self.name_fd, wall, mono, _NO_FD_LEFT))
+                out.extend(self._arrived(self.root, wall, mono))
+                continue
             for event in fan.iter_events(data):
                 self.events += 1
                 if event.mask & fan.FAN_Q_OVERFLOW:
@@ -441,7 +458,7 @@ class WorkspaceWatch:
             del self.late[handle]
         lineages: dict[int, tuple[LineageEntry, ...]] = {}
         for data in self._read(self.backstop_fd):
-            if not self.late:
+            if not self.late or data is None:
                 continue  # no directory to ask about: the read only empties the queue
             if self.on_batch is not None:
                 self.on_batch()
