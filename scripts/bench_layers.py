@@ -4,7 +4,9 @@
 - L1: paths/s of one pattern-layer worker: the rules alone (junk check + first matching
   rule), and whole poll rounds of 500 Changes (one ``git check-ignore`` per round).
 - L2: ms per judged change in the privileged path (fanotify + lineage), for files just
-  written by another process (drain, lineage walk, window, verdict, Decision encoded).
+  written by another process (drain, lineage walk, window, verdict, Decision encoded); and
+  in the unprivileged path (psutil), for a person's burst of new files no process holds
+  open any more (every change a miss, as when a tool unpacks thousands).
 - L3: ms to judge a 100 KB JSON whose only change is a volatile key, HEAD version cached
   (file read, JSON parse of both sides, comparison), and the pure comparison alone.
 - Stage: Changes/s through real processes and sockets: watcher-side PUSH -> router ->
@@ -134,6 +136,26 @@ def bench_l2(base: Path, events: int) -> None:
           "writes)")
 
 
+def bench_l2_unprivileged(base: Path, events: int) -> None:
+    from gitsieve.common.judge.process import ProcessJudge
+    root = make_workspace(base / "l2u", f'autonomous_processes = ["bench-agent-{os.getpid()}"]'
+                                        '\nattribution = "psutil"\n')
+    (root / "burst").mkdir()
+    for number in range(events):
+        (root / f"burst/f{number}.txt").write_text(f"{number}\n")
+    judge = ProcessJudge(config_mod.load(root))
+    judge.tick(time.monotonic())
+    observed = time.time()
+    started = time.perf_counter()
+    for number in range(events):
+        judge.judge(Change(path=f"burst/f{number}.txt", kind=ChangeKind.WRITE, seq=number,
+                           epoch=1.0, observed=observed))
+    elapsed = time.perf_counter() - started
+    judge.close()
+    print(f"L2  psutil, a burst of {events} new files (all misses): "
+          f"{elapsed / events * 1000:.3f} ms per change, {events / elapsed:.0f} changes/s")
+
+
 def bench_l3(base: Path, rounds: int) -> None:
     from gitsieve.common.judge.content import classify, compile_volatile
     from gitsieve.common.judge.content_judge import ContentJudge
@@ -253,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", type=int, default=20_000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gitsieve-bench-") as base:
-        for name in ("l1", "l2", "l3", "stage"):
+        for name in ("l1", "l2", "l2u", "l3", "stage"):
             (Path(base) / name).mkdir()
         bench_l1(Path(base), args.paths)
         bench_l2(Path(base), args.events)
+        bench_l2_unprivileged(Path(base), args.events)
         bench_l3(Path(base), args.rounds)
         bench_stage(Path(base), args.stage)
     bench_codec(args.codec)
