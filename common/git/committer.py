@@ -93,6 +93,7 @@ from gitsieve.common.git.head import (
     checked_out_commit,
     common_dir,
     file_signature,
+    signature_of,
 )
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.content_judge import ContentJudge
@@ -234,7 +235,7 @@ class Plan:
     # for a removal
     gitlinks: dict[str, tuple[int, str] | None] = field(default_factory=dict)
     largest: int = 0  # bytes of the largest file committed from the work tree
-    # path -> its file's identity when its content was judged (re-check) or hashed: a
+    # path -> its file's signature when its content was judged (re-check) or hashed: a
     # different one after hashing means the hashed version may be half-written or unjudged
     read_as: dict[str, tuple] = field(default_factory=dict)
 
@@ -314,18 +315,6 @@ def _blob_oid(data: bytes, hex_length: int) -> str:
 
 
 _KEEP = object()  # a tree node with no change of its own, only below it
-
-
-def _identity_of(info: os.stat_result) -> tuple:
-    """What changes whenever a file is written, truncated or replaced."""
-    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def _identity(full: str) -> tuple | None:
-    try:
-        return _identity_of(os.lstat(full))
-    except OSError:
-        return None
 
 
 def _in_git_order(entries: dict[bytes, tuple[int, str]]) -> list:
@@ -886,7 +875,7 @@ class Committer:
                               and self._unchanged_since(path, recheck.get(path)))]
         if rechecked:
             self._let_rewrites_fill(rechecked, entries)
-            plan.read_as.update((path, _identity(self._full(path))) for path in rechecked)
+            plan.read_as.update((path, file_signature(self._full(path))) for path in rechecked)
             stale = {}
             for path, verdict in self.content.still_changes(rechecked).items():
                 if not verdict.commit:
@@ -1285,7 +1274,7 @@ class Committer:
                     and head.mode != MODE_SYMLINK else 0o100644
             modes[path] = mode
             regular.append(path)
-            plan.read_as.setdefault(path, _identity_of(info))
+            plan.read_as.setdefault(path, signature_of(info))
         oids: dict[str, str] = {}
         plain = [path for path in regular if "\n" not in path]  # hash-object reads lines
         if plain:
@@ -1299,7 +1288,7 @@ class Committer:
         for path in regular:
             if path not in oids:
                 continue
-            if _identity(self._full(path)) != plan.read_as[path]:
+            if file_signature(self._full(path)) != plan.read_as[path]:
                 plan.held[path] = Why(Hold.CHANGED_WHILE_COMMITTED,
                                       "rewritten after it was judged" if path in rechecked_here
                                       else "rewritten while it was read")

@@ -34,8 +34,13 @@ def common_dir(git_dir: str) -> str:
     return common
 
 
+def signature_of(info: os.stat_result) -> tuple:
+    """Inode, mtime and size: what changes when a file is written, truncated or replaced."""
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 def file_signature(path: str | os.PathLike | None) -> tuple | None:
-    """A cheap fingerprint of a file git (or gitsieve) rewrites: inode, mtime and size;
+    """A cheap fingerprint of a file git (or gitsieve) rewrites (:func:`signature_of`);
     None when it is missing (or no path is given)."""
     if path is None:
         return None
@@ -43,7 +48,7 @@ def file_signature(path: str | os.PathLike | None) -> tuple | None:
         info = os.stat(path)
     except OSError:
         return None
-    return info.st_ino, info.st_mtime_ns, info.st_size
+    return signature_of(info)
 
 
 def checked_out_branch(git_dir: str | os.PathLike) -> str | None:
