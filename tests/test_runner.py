@@ -43,6 +43,29 @@ def test_actors_are_forked_titled_and_keep_the_mark(tmp_path):
     assert not processes_mentioning(str(ws.root))
 
 
+def test_no_actor_maps_openssl(tmp_path):
+    """sh imports asyncio, which imported ssl, and hashlib loaded OpenSSL's _hashlib: every
+    actor mapped libcrypto and copied about 0.4 MiB of it (fails before marked_run)."""
+    ws, gitsieve = started_run(tmp_path)
+    try:
+        cfg = ws.load()
+        pids = {"runner": gitsieve.proc.pid}
+        for actor_id in actor_ids(cfg):
+            pids[actor_id] = control.request(cfg, actor_id, "status").data["pid"]
+        mapping_openssl = {name for name, pid in pids.items()
+                           if any(library in open(f"/proc/{pid}/maps").read()
+                                  for library in ("libcrypto", "libssl"))}
+        assert not mapping_openssl
+        # What the actors still ask of hashlib works without OpenSSL: the committer's blob
+        # ids (sha1) show in the commit of an edit.
+        (ws.root / "notes.txt").write_text("hashed without OpenSSL\n")
+        wait_for(lambda: "notes.txt" in ws.git("log", "-1", "--name-only", "--format="),
+                 30, message="notes.txt committed")
+    finally:
+        code, _ = gitsieve.stop()
+    assert code == 0
+
+
 def test_a_vanished_workspace_stops_the_run_with_one_line(tmp_path):
     ws, gitsieve = started_run(tmp_path)
     try:

@@ -100,12 +100,13 @@ def marked() -> bool:
 def reexec_marked(argv: list[str], workspace: Path) -> None:
     """Run ``gitsieve run`` again with the actor mark and SPT_NOENV in its environment
     (no return), unless it already has them.  ``--workspace`` is repeated as an absolute
-    path: the title of every actor lives in the room of this command line."""
+    path: the title of every actor lives in the room of this command line.  The entry point
+    is marked_run, which keeps OpenSSL out of the fork server before importing anything."""
     if marked():
         return
     env = {**os.environ, ACTOR_ENV_MARK: os.environ.get(ACTOR_ENV_MARK) or "runner",
            TITLE_ENV: "1"}
-    os.execve(sys.executable, [sys.executable, "-m", "gitsieve.common.tools.cli", *argv,
+    os.execve(sys.executable, [sys.executable, "-m", "gitsieve.common.tools.marked_run", *argv,
                                "--workspace", str(workspace)], env)
 
 
