@@ -5,6 +5,7 @@ SUB-connects ``endpoints.commits`` to read the CommitReports.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -15,6 +16,7 @@ from conftest import FakeSocket, wait_for
 from gitsieve.actors.executor import Executor
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
+from gitsieve.common.git.head import file_clock_ns
 from gitsieve.common.judge.limits import RUNAWAY_PATHS_KEPT, RateLimiter, RunawayGuard
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import Batch, CommitReport, HealthStatus
@@ -483,16 +485,16 @@ def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, t
              timeout=10, message="job finished")
 
 
-def test_handler_a_file_rewritten_while_committed_is_tried_again_within_seconds(
-        workspace, monkeypatch):
-    """An agent stamping the file a person just changed, as gitsieve commits it: the
-    version read is held (changed while committed), and the agent's rewrite brings no Batch
-    (L2 drops it). The person's change was tried again only after HOLD_RETRY, a minute
-    (test_attribution_e2e[fanotify] on two workers); now after about a second."""
+def stamped_while_hashed(workspace, monkeypatch, same_tick: bool = False):
+    """An executor on a test clock (at 1000) whose committer, once it has hashed shared.md,
+    sees the agent stamp it ("updated: 2"); with ``same_tick``, the stamp keeps the file's
+    mtime, as a rewrite in the same clock tick does.  Returns the executor and the clock."""
     from gitsieve.common.git.committer import Committer
     executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 0\n")
     now = [1000.0]
     executor.clock = lambda: now[0]
+    executor.on_health(ok_health())  # fresh by the test's clock, whatever the machine's uptime
+    path = workspace.root / "shared.md"
     real = Committer._hashed
     rewrites = [1]
 
@@ -500,9 +502,22 @@ def test_handler_a_file_rewritten_while_committed_is_tried_again_within_seconds(
         oids = real(self, paths, write)
         if rewrites and "shared.md" in paths:
             rewrites.pop()
+            stamp = path.stat().st_mtime_ns
             workspace.write("shared.md", "notes\nuser line\nupdated: 2\n")  # the agent
+            if same_tick:
+                os.utime(path, ns=(stamp, stamp))
         return oids
     monkeypatch.setattr(Committer, "_hashed", hashed_then_stamped)
+    return executor, now
+
+
+def test_handler_a_file_rewritten_while_committed_is_tried_again_within_seconds(
+        workspace, monkeypatch):
+    """An agent stamping the file a person just changed, as gitsieve commits it: the
+    version read is held (changed while committed), and the agent's rewrite brings no Batch
+    (L2 drops it). The person's change was tried again only after HOLD_RETRY, a minute
+    (test_attribution_e2e[fanotify] on two workers); now after about a second."""
+    executor, now = stamped_while_hashed(workspace, monkeypatch)
     try:
         workspace.write("shared.md", "notes\nuser line\nupdated: 1\n")  # the person
         executor.on_batch(Batch(batch_id=1, paths=("shared.md",), observed=(1.0,),
@@ -514,6 +529,32 @@ def test_handler_a_file_rewritten_while_committed_is_tried_again_within_seconds(
         executor.on_tick(0)
         assert "shared.md" in executor.path_holds  # not at once: it may be mid-rewrite
         now[0] += 1.0
+        executor.on_tick(0)
+        assert executor.held == {} and executor.path_holds == {}
+        assert workspace.show("HEAD:shared.md") == "notes\nuser line\nupdated: 2\n"
+    finally:
+        executor.close()
+
+
+def test_handler_a_same_size_rewrite_in_the_tick_it_was_read_in_is_not_committed_as_read(
+        workspace, monkeypatch):
+    """File times move in ticks of a few milliseconds: an agent's same-size rewrite in the
+    tick the person's version was read in keeps inode, mtime and size, and the version
+    read was committed though the file had changed under it (git's "racy clean"). A file
+    written in the tick its signature was taken in is now held and looked at again."""
+    executor, now = stamped_while_hashed(workspace, monkeypatch, same_tick=True)
+    path = workspace.root / "shared.md"
+    try:
+        workspace.write("shared.md", "notes\nuser line\nupdated: 1\n")  # the person
+        in_this_tick = file_clock_ns() + 10**9  # stays "now" for the whole round
+        os.utime(path, ns=(in_this_tick, in_this_tick))
+        executor.on_batch(Batch(batch_id=1, paths=("shared.md",), observed=(1.0,),
+                                created=1.0))
+        executor.on_tick(0)
+        assert executor.path_holds["shared.md"].hold is Hold.CHANGED_WHILE_COMMITTED
+        assert "shared.md" not in workspace.files_at()
+        os.utime(path, ns=(in_this_tick - 10**10,) * 2)  # that tick is long past
+        now[0] += 1.5
         executor.on_tick(0)
         assert executor.held == {} and executor.path_holds == {}
         assert workspace.show("HEAD:shared.md") == "notes\nuser line\nupdated: 2\n"

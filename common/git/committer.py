@@ -92,6 +92,7 @@ from gitsieve.common.git.head import (
     checked_out_branch,
     checked_out_commit,
     common_dir,
+    file_clock_ns,
     file_signature,
     signature_of,
 )
@@ -104,6 +105,9 @@ from gitsieve.common.protocol.messages import bad_path_reason
 from gitsieve.common.protocol.states import Action, Hold, Why, render
 
 log = logging.getLogger(__name__)
+# Longest wait for a racily read file's clock tick to end (a file stamped further ahead is
+# held instead).
+_RACY_WAIT_NS = 50_000_000
 
 # At least this many files new to the repository are written as one pack, not one loose
 # object each: 10,000 loose objects cost git 1.4-2.2 s (mostly system time), a pack 0.6 s.
@@ -238,6 +242,22 @@ class Plan:
     # path -> its file's signature when its content was judged (re-check) or hashed: a
     # different one after hashing means the hashed version may be half-written or unjudged
     read_as: dict[str, tuple] = field(default_factory=dict)
+    # the file-timestamp clock when the first signature was taken (see racily_read)
+    read_from: int | None = None
+
+    def reading(self) -> None:
+        """Note the file-timestamp clock before the first signature is taken."""
+        if self.read_from is None:
+            self.read_from = file_clock_ns()
+
+    def racily_read(self, path: str) -> bool:
+        """Whether a write after the signature could have left it unchanged: the file was
+        written in the clock tick its signature was taken in, so a rewrite of the same size
+        in that tick keeps inode, mtime and size (git's "racy clean", with the same remedy:
+        do not trust the stat data, look again later)."""
+        signature = self.read_as.get(path)
+        return self.read_from is not None and signature is not None \
+            and signature[1] >= self.read_from
 
 
 @dataclass(frozen=True)
@@ -875,6 +895,7 @@ class Committer:
                               and self._unchanged_since(path, recheck.get(path)))]
         if rechecked:
             self._let_rewrites_fill(rechecked, entries)
+            plan.reading()
             plan.read_as.update((path, file_signature(self._full(path))) for path in rechecked)
             stale = {}
             for path, verdict in self.content.still_changes(rechecked).items():
@@ -1152,6 +1173,30 @@ class Committer:
             raise GitError(("update-index",), 128, f"{len(written)} objects for {len(new)} paths")
         found.update((path, written.get(path, oid)) for path, oid in zip(paths, oids))
 
+    def _hold_racy_rewrites(self, plan: Plan, changes: dict) -> None:
+        """Files written in the clock tick their signature was taken in (git's "racy
+        clean"): a same-size rewrite in that tick leaves the signature as it was.  Once the
+        tick is over (a few ms) they are hashed again: a different id holds the path; the
+        same one stands, as any later write now shows in the signature.  A file stamped
+        in the future cannot wait its tick out and is held."""
+        racy = [path for path, change in changes.items()
+                if change is not None and change[0] != MODE_SYMLINK and plan.racily_read(path)]
+        if not racy:
+            return
+        newest = max(plan.read_as[path][1] for path in racy)
+        if newest - file_clock_ns() > _RACY_WAIT_NS:
+            again = {}
+        else:
+            while file_clock_ns() <= newest:
+                time.sleep(0.001)
+            again = dict(zip(racy, self._hashed(racy, write=False)))
+        for path in racy:
+            if again.get(path) != changes[path][1] \
+                    or file_signature(self._full(path)) != plan.read_as[path]:
+                del changes[path]
+                plan.held[path] = Why(Hold.CHANGED_WHILE_COMMITTED,
+                                      "rewritten in the clock tick it was read in")
+
     def _hashed(self, paths: list[str], write: bool) -> list[str]:
         """``hash-object [-w] --stdin-paths``: each file's object id."""
         out = self._git("hash-object", *(("-w",) if write else ()), "--stdin-paths",
@@ -1252,6 +1297,7 @@ class Committer:
         read are held (plan.held) and left out."""
         present = [path for path in plan.stage if plan.where[path] == PRESENT]
         rechecked_here = set(plan.read_as)
+        plan.reading()
         changes: dict[str, tuple[int, str] | None] = {
             path: None for path in plan.stage + plan.remove if plan.where[path] != PRESENT}
         changes.update(plan.gitlinks)
@@ -1294,6 +1340,7 @@ class Committer:
                                       else "rewritten while it was read")
                 continue
             changes[path] = (modes[path], oids[path])
+        self._hold_racy_rewrites(plan, changes)
         if links:
             for (path, _), oid in zip(links, self._hash_contents([t for _, t in links])):
                 changes[path] = (MODE_SYMLINK, oid)

@@ -39,6 +39,16 @@ def signature_of(info: os.stat_result) -> tuple:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
+# CLOCK_REALTIME_COARSE (Linux; Python names no constant for it): the clock the kernel
+# stamps file times from, in ticks of a few milliseconds.
+_FILE_CLOCK = 5
+
+
+def file_clock_ns() -> int:
+    """Now, as a file written at this moment would show it in its mtime (or earlier)."""
+    return time.clock_gettime_ns(_FILE_CLOCK)
+
+
 def file_signature(path: str | os.PathLike | None) -> tuple | None:
     """A cheap fingerprint of a file git (or gitsieve) rewrites (:func:`signature_of`);
     None when it is missing (or no path is given)."""
