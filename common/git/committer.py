@@ -1184,12 +1184,15 @@ class Committer:
         if not racy:
             return
         newest = max(plan.read_as[path][1] for path in racy)
-        if newest - file_clock_ns() > _RACY_WAIT_NS:
-            again = {}
-        else:
+        again: dict[str, str] = {}
+        plain = [path for path in racy if "\n" not in path]  # hash-object reads lines
+        if plain and newest - file_clock_ns() <= _RACY_WAIT_NS:
             while file_clock_ns() <= newest:
                 time.sleep(0.001)
-            again = dict(zip(racy, self._hashed(racy, write=False)))
+            try:
+                again = dict(zip(plain, self._hashed(plain, write=False)))
+            except GitError as exc:  # one of them gone meanwhile: all are looked at again
+                log.debug("racily read files not hashed again: %s", exc)
         for path in racy:
             if again.get(path) != changes[path][1] \
                     or file_signature(self._full(path)) != plan.read_as[path]:
