@@ -338,6 +338,44 @@ def test_the_fork_server_takes_its_free_small_object_blocks_before_forking():
     assert after < before // 2, f"{before} bytes free before the fill, {after} after"
 
 
+# The fork server's last step before forking, in a fresh interpreter importing what it does.
+_FILLED_CHUNKS = textwrap.dedent("""
+    import ctypes, importlib
+    from gitsieve.common.actor.heap import _MallInfo2, fill_malloc_free_chunks, trim_heap
+    for actor in ("executor", "content_layer", "process_layer", "watcher"):
+        importlib.import_module("gitsieve.actors." + actor)
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+
+    def free_below_top():
+        info = libc.mallinfo2()
+        return info.fordblks - info.keepcost
+
+    trim_heap()
+    before = free_below_top()
+    taken = fill_malloc_free_chunks()
+    after = free_below_top()
+    chunk = libc.malloc(2000)  # what a fork's first malloc of an object over 512 bytes gets
+    from_top = libc.sbrk(0) - libc.mallinfo2().keepcost - (chunk + 2000) < 4096
+    print(before, taken, after, int(from_top))
+""")
+
+
+def test_the_fork_server_takes_its_free_malloc_chunks_before_forking():
+    """Importing leaves megabytes of free chunks between live ones in glibc's heap; a
+    fork's mallocs reused them and copied each page they lie on.  Taken before forking,
+    the next malloc comes from the top of the heap (bench PSS 93.3 -> 86.6 MiB)."""
+    done = subprocess.run([sys.executable, "-c", _FILLED_CHUNKS], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, taken, after, from_top = map(int, done.stdout.split())
+    assert before > 256 * 1024 and taken > before // 2, (before, taken)
+    assert after < before // 4, f"{before} bytes free below the top before the fill, {after} after"
+    assert from_top, "a malloc after the fill still reused a free chunk the forks share"
+
+
 class _Worker(Actor):
     name = "worker"
 

@@ -1,6 +1,7 @@
 """Freed heap given back to the kernel after work, so an actor at rest holds no pages of a
-burst it handled long ago; and the fork server's free small-object blocks taken before it
-forks, so the actors allocate in pages of their own rather than copying shared ones.
+burst it handled long ago; and the fork server's free small-object blocks and free malloc
+chunks taken before it forks, so the actors allocate in pages of their own rather than
+copying shared ones.
 
 glibc's ``free`` keeps freed memory in the process for reuse: the frames, decoded changes
 and git output of a burst stay resident (and counted in the process's PSS) after it ends.
@@ -104,6 +105,65 @@ def small_object_free_blocks() -> dict[int, int]:
         capture.seek(0)
         text = capture.read()
     return {int(size): int(free) for size, free in _SIZE_CLASS_LINE.findall(text)}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+_LARGEST_CHUNK_TAKEN = 64 * 1024  # under glibc's least mmap threshold (128 KiB)
+_MOST_CHUNKS_TAKEN = 100_000
+_malloc_fillers: list[int] = []  # addresses of the chunks taken, held for the process's life
+
+
+def _main_heap_start() -> int | None:
+    """Where the main malloc arena (``[heap]``, grown by ``brk``) begins, if it exists."""
+    with open("/proc/self/maps", "rb") as maps:
+        for line in maps:
+            if line.rstrip().endswith(b"[heap]"):
+                return int(line.split(b"-", 1)[0], 16)
+    return None
+
+
+def fill_malloc_free_chunks() -> int:
+    """Take every free chunk of glibc's main heap, for good; the bytes taken.  The fork
+    server calls it just before forking, for the reason it fills the small-object pools:
+    importing leaves about a thousand free chunks (3-4 MiB) between live ones, a fork's
+    mallocs (objects over 512 bytes, ZeroMQ's and msgpack's buffers) would reuse them, and
+    each page they lie on would be copied into that fork.  Afterwards the forks' mallocs
+    come from the top of the heap, pages of their own.  The chunks are taken best fit
+    first, halving the size each time a request is served from the top (the top chunk is
+    ``[brk - keepcost, brk)``): nothing is written into them, so their pages that
+    ``malloc_trim`` gave back stay unmapped.  Single-threaded only (no other arena).
+    Nothing is taken without glibc's ``mallinfo2`` (2.33 and later) or outside Linux."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallinfo2, malloc, free, sbrk = libc.mallinfo2, libc.malloc, libc.free, libc.sbrk
+        start = _main_heap_start()
+    except (AttributeError, OSError):
+        return 0
+    if start is None:
+        return 0
+    mallinfo2.restype = _MallInfo2
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.restype, free.argtypes = None, [ctypes.c_void_p]
+    sbrk.restype, sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+    size, taken = _LARGEST_CHUNK_TAKEN, 0
+    while size >= 16 and len(_malloc_fillers) < _MOST_CHUNKS_TAKEN:
+        chunk = malloc(size)
+        if not chunk:
+            break
+        brk = sbrk(0)
+        top_start = brk - mallinfo2().keepcost
+        if not start <= chunk < brk or top_start - (chunk + size) < 4096:
+            free(chunk)  # from the top, or mmap'ed: no free chunk of this size is left
+            size //= 2
+            continue
+        _malloc_fillers.append(chunk)
+        taken += size
+    return taken
 
 
 def fill_small_object_pools() -> int:
