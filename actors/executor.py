@@ -217,7 +217,10 @@ class Executor(Actor):
 
     # ----- deciding -------------------------------------------------------------------
     def health_fresh_for(self) -> float:
-        return 3 * self.config.health_interval + 2.0
+        """How long the last verdict holds: three of the intervals it announced (an
+        unchanged verdict comes less often, and says so), and two seconds of slack."""
+        announced = self.health.interval if self.health is not None else 0.0
+        return 3 * (announced or self.config.health_interval) + 2.0
 
     def blocker(self, now: float) -> tuple[Why | None, float | None]:
         """Why neither a commit nor a push may run now, and in how many seconds that may

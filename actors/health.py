@@ -4,8 +4,10 @@ Sockets:
   - PUB   bind  endpoints.health     out: HealthStatus (to the executor and anyone else)
   - PULL  bind  endpoints.heartbeat  in:  Heartbeat (from every actor, via the Actor base)
 
-Every ``config.health_interval`` seconds, and at once when the verdict changes, it
-publishes a HealthStatus.  Not ok when free disk on the workspace's file system is under
+It checks every ``config.health_interval`` seconds and publishes a HealthStatus at once
+when what subscribers act on changed (the verdict; an actor's pid, state or liveness; lost
+changes), else up to ``IDLE_FACTOR`` intervals apart, saying when the next is due (the
+executor holds a verdict for three of those).  Not ok when free disk on the workspace's file system is under
 ``config.min_free_mb``, when a git operation is in progress in ``config.git_dir`` (merge,
 rebase, am, cherry-pick, revert, bisect) or HEAD is detached.  The checks are plain stat
 calls; they run at once when an entry of the git directory changes (inotify: an operation
@@ -22,6 +24,7 @@ reconcile whenever any actor restarts.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -31,6 +34,7 @@ from inotify_simple import flags as inotify_flags
 
 from gitsieve.common.actor import metrics
 from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.actor.stage import IDLE_FACTOR
 from gitsieve.common.git import integrity
 from gitsieve.common.git.gateway import Git
 from gitsieve.common.git.head import head_is_born
@@ -57,6 +61,16 @@ OPERATION_MARKERS = (
 )
 
 
+def published_content(status: HealthStatus) -> tuple:
+    """What subscribers act on in a verdict: ok and reasons (the executor); each actor's
+    pid, state, liveness and lost changes (the watcher reconciles when they change).  Not
+    the times and free space that differ at every check."""
+    return (status.ok, status.reasons, status.operation,
+            tuple(sorted((actor_id, info.get("pid"), info.get("state"), info.get("alive"),
+                          info.get("changes_lost"))
+                         for actor_id, info in status.actors.items())))
+
+
 class Health(Actor):
     name = "health"
 
@@ -68,6 +82,8 @@ class Health(Actor):
         self.publisher = None
         self._next_check = 0.0
         self._next_publish = 0.0
+        self._published: tuple | None = None  # what the last published verdict said
+        self._quiet_publishes = 0  # verdicts in a row published unchanged
         self.git_dir_events: INotify | None = None  # set up in setup()
         self.restarts: dict[str, int] = {}  # actor id -> times its pid changed (restarted)
         self.resources = metrics.ResourceSampler()
@@ -221,14 +237,21 @@ class Health(Actor):
                                   else min(POLL_CHECK_EVERY, every))
         status = self.evaluate()
         previous = self.verdict
-        changed = previous is None or (previous.ok, previous.reasons) != (status.ok,
-                                                                          status.reasons)
-        self.verdict = status
-        if changed:
+        if previous is None or (previous.ok, previous.reasons) != (status.ok, status.reasons):
             self.log.info("health: %s", "ok" if status.ok else "; ".join(status.reasons))
+        self.verdict = status
+        said = published_content(status)
+        changed = said != self._published
         if changed or now >= self._next_publish:
-            self._next_publish = now + self.config.health_interval
-            if self.send(self.publisher, status):
+            # Unchanged, the verdict is published up to IDLE_FACTOR times less often and
+            # says when the next is due: an idle workspace wakes no subscriber every check.
+            # Any change (the verdict, an actor's pid or liveness, lost changes) goes out
+            # at the check that sees it.
+            self._quiet_publishes = 0 if changed else self._quiet_publishes + 1
+            interval = self.config.health_interval * min(IDLE_FACTOR, 1 + self._quiet_publishes)
+            self._next_publish = now + interval
+            self._published = said
+            if self.send(self.publisher, dataclasses.replace(status, interval=interval)):
                 self.stats["published"] += 1
 
     def wakeup_in(self) -> float | None:

@@ -5,6 +5,8 @@ SUB-connects ``endpoints.commits`` to read the CommitReports.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import subprocess
 import time
@@ -268,6 +270,28 @@ def test_handler_branch_rule_keeps_paths_held_with_reason(workspace):
 # ----- recovery (issue 4): push back-off, commits going on, runaway cap, non-blocking retry --
 def ok_health() -> HealthStatus:
     return HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="", checked=time.time())
+
+
+def test_handler_a_verdict_holds_for_three_of_the_intervals_it_announces(workspace):
+    """At rest the health monitor publishes an unchanged verdict up to ten intervals apart
+    and says so: the executor holds it for three of those (plus 2 s), not for three
+    configured intervals, and a verdict older than that still holds commits."""
+    workspace.config(BASE_CONFIG.replace("[health]\ninterval = 0.3", "[health]\ninterval = 2"))
+    executor = Executor(workspace.load())
+    executor.batches_in, executor.reports_out = FakeSocket(), FakeSocket()
+    now = [1000.0]
+    executor.clock = lambda: now[0]
+    try:
+        executor.on_health(dataclasses.replace(ok_health(), interval=20.0))
+        now[0] += 3 * 20.0 + 1.0  # past three configured intervals, within three announced
+        assert executor.blocker(now[0]) == (None, 0.0)
+        now[0] += 2.0
+        assert executor.blocker(now[0])[0] == Why(Hold.HEALTH_STALE)
+        executor.on_health(ok_health())  # announcing nothing: the configured interval
+        now[0] += 3 * 2.0 + 2.5
+        assert executor.blocker(now[0])[0] == Why(Hold.HEALTH_STALE)
+    finally:
+        executor.close()
 
 
 def handler_executor(workspace, extra: str = "") -> Executor:

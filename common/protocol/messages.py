@@ -166,6 +166,9 @@ class HealthStatus:
     operation: str
     checked: float
     actors: dict = field(default_factory=dict)
+    # seconds until the next verdict at the latest (an unchanged verdict is published less
+    # often); 0: the configured health interval
+    interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,8 @@ def _check_paths(message) -> None:
 
 # Checks beyond field types, applied to every decoded message of the type.
 _VALIDATORS = {Change: _check_change, Decision: _check_change, Ready: _check_ready,
-               Batch: _check_paths, Heartbeat: _check_interval}
+               Batch: _check_paths, Heartbeat: _check_interval,
+               HealthStatus: _check_interval}
 
 MESSAGE_TYPES = {cls.__name__: cls for cls in (
     Change, Decision, Batch, CommitReport, Ready, HealthStatus, Heartbeat, ControlRequest,

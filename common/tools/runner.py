@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 ACTORS = "gitsieve.actors"
 STOP_DEADLINE = 4.5  # seconds; the promise is "all stopped within 5 s"
 _MAX_BACKOFF = 10.0
-WORKSPACE_CHECK_EVERY = 1.0  # seconds between checks that the workspace still exists
+WORKSPACE_CHECK_EVERY = 5.0  # seconds between checks that the workspace still exists
 # The actor class of each actor module.
 ACTOR_CLASSES = {"health": "Health", "router": "Router", "debouncer": "Debouncer",
                  "executor": "Executor", "pattern_layer": "PatternLayer",
@@ -346,7 +346,8 @@ class Runner:
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         # A child's exit or a stop signal wakes the loop through this pipe; otherwise it
-        # sleeps until the next workspace check (once a second), so idling costs nothing.
+        # sleeps until the next workspace check (every WORKSPACE_CHECK_EVERY), so idling costs
+        # nothing.
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
         wake_read, wake_write = self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
