@@ -511,10 +511,12 @@ def storm(rate: float, seconds: float = 10.0, files: int = 200, debounce: float 
     return 0 if not missed else 1
 
 
-def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0) -> int:
+def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0,
+         spawn_rate: float = 0.0) -> int:
     """``gitsieve bench --idle SECONDS``: CPU and wakeups of gitsieve on a ``files``-file
     workspace nobody edits while another process writes elsewhere on the same file
-    system (a periodic reconcile included)."""
+    system (a periodic reconcile included), and starts ``spawn_rate`` short processes a
+    second (``--spawns``)."""
     base = Path(tempfile.mkdtemp(prefix="gitsieve-idle-"))
     runner = writer = None
     try:
@@ -534,7 +536,7 @@ def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0) -
         outside = base / "elsewhere"
         outside.mkdir()
         writer = subprocess.Popen([sys.executable, "-c", OUTSIDE_WRITER, str(outside),
-                                   str(outside_rate)])
+                                   str(outside_rate), str(spawn_rate)])
         before = tree.counters()
         time.sleep(seconds)
         cpu, wakeups = ProcessTree.delta(before, tree.counters())
@@ -550,8 +552,9 @@ def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0) -
         stop_process(runner)
         shutil.rmtree(base, ignore_errors=True)
     print(f"gitsieve bench --idle {seconds:g}: {files} files, nobody edits them; another "
-          f"process writes {outside_rate:g} files/s elsewhere on the same file system; "
-          f"{os.cpu_count()} cpus")
+          f"process writes {outside_rate:g} files/s elsewhere on the same file system"
+          + (f" and starts {spawn_rate:g} processes/s" if spawn_rate else "")
+          + f"; {os.cpu_count()} cpus")
     print(f"started in {startup:.2f} s; reconciles seen: {reconciles}")
     print(f"CPU {100 * cpu / seconds:.2f} % of a core (target <= 0.3 %), wakeups "
           f"{wakeups / seconds:.0f}/s")
@@ -561,15 +564,19 @@ def idle(seconds: float = 60.0, files: int = 500, outside_rate: float = 200.0) -
 
 
 OUTSIDE_WRITER = """\
-import sys, time, pathlib
-folder, rate = pathlib.Path(sys.argv[1]), float(sys.argv[2])
-count = 0
+import os, shutil, sys, time, pathlib
+folder, rate, spawn_rate = pathlib.Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+true = shutil.which("true")
+count = spawned = 0
 start = time.monotonic()
 while True:
-    due = int((time.monotonic() - start) * rate)
-    while count < due:
+    elapsed = time.monotonic() - start
+    while count < int(elapsed * rate):
         (folder / f"x{count % 50}.txt").write_text(str(count))
         count += 1
+    while spawned < int(elapsed * spawn_rate):
+        os.waitpid(os.posix_spawn(true, [true], os.environ), 0)
+        spawned += 1
     time.sleep(0.01)
 """
 

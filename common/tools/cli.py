@@ -203,7 +203,7 @@ def cmd_bench(args) -> int:
         return bench.storm(args.storm, seconds=args.seconds, files=args.files or 200,
                            debounce=args.debounce, new=args.new_files)
     if args.idle is not None:
-        return bench.idle(args.idle, files=args.files or 500)
+        return bench.idle(args.idle, files=args.files or 500, spawn_rate=args.spawns)
     return bench.run(edits=args.edits, debounce=args.debounce, churn=not args.no_churn,
                      rest=args.rest)
 
@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--idle", type=float, metavar="SECONDS",
                        help="CPU and wakeups of an untouched workspace while the machine "
                             "writes elsewhere")
+    bench.add_argument("--spawns", type=float, default=0.0, metavar="RATE",
+                       help="--idle: the other process also starts RATE short processes a "
+                            "second (a busy machine; exact attribution follows every one)")
     bench.add_argument("--files", type=int, default=0,
                        help="files in the workspace (storm: 200, idle: 500) or written per "
                             "run (agent, guard: 10000)")
