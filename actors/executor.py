@@ -626,8 +626,12 @@ class Executor(Actor):
 
     # ----- status ---------------------------------------------------------------------
     def reason_fields(self) -> dict:
-        """The hold as a value (``hold``: a Hold, None when nothing holds) and as text."""
+        """The hold as a value (``hold``: a Hold, None when nothing holds) and as text.  A
+        status asked in the round that brought paths, before its tick, would say "nothing
+        held" beside them: the reason is then looked at now."""
         reason = self.held_reason
+        if self.held and self.job is None and (reason is None or reason.hold == Hold.NOTHING):
+            reason = self.current_reason(self.clock())
         return {"hold": None if reason is None else reason.hold,
                 "held_reason": "" if reason is None else reason.text}
 
@@ -638,9 +642,10 @@ class Executor(Actor):
             return {"hold": why.hold, "held_reason": why.text}
         if self.job is not None and path in self.job.path_set:
             return {"hold": None, "held_reason": "being committed now"}
-        if self.held_reason is None or self.held_reason.hold == Hold.NOTHING:
+        fields = self.reason_fields()
+        if fields["hold"] is None or fields["hold"] == Hold.NOTHING:
             return {"hold": None, "held_reason": "waiting for the next commit"}
-        return self.reason_fields()
+        return fields
 
     # ----- operations (actorctl pause / resume / explain / retry) ----------------------
     def pause(self) -> dict:

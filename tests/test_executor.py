@@ -272,6 +272,30 @@ def ok_health() -> HealthStatus:
     return HealthStatus(ok=True, reasons=(), free_mb=1e6, operation="", checked=time.time())
 
 
+def test_handler_status_says_why_paths_wait_before_the_next_tick(workspace):
+    """A status served in the round that brought paths, before that round's tick, said
+    they were held with the last tick's reason: after a commit, nothing held (empty), though
+    the cooldown holds them (the rate-limit test failed so now and then)."""
+    executor = handler_executor(workspace, "[limits]\ncooldown_seconds = 30\n")
+    try:
+        workspace.write("first.txt", "1\n")
+        executor.on_batch(Batch(batch_id=1, paths=("first.txt",), observed=(1.0,),
+                                created=2.0))
+        executor.on_tick(0)
+        executor.on_tick(0)
+        assert executor.stats["commits"] == 1 and not executor.held
+        workspace.write("second.txt", "2\n")
+        executor.on_batch(Batch(batch_id=2, paths=("second.txt",), observed=(3.0,),
+                                created=4.0))
+        status = executor.extra_status()  # this round's tick has not run yet
+        assert status["held"] == 1 and status["hold"] == Hold.RATE_LIMIT, status
+        assert "cooldown" in status["held_reason"], status
+        assert executor.explain_paths(["second.txt"])["paths"]["second.txt"]["hold"] \
+            == Hold.RATE_LIMIT
+    finally:
+        executor.close()
+
+
 def test_handler_a_verdict_holds_for_three_of_the_intervals_it_announces(workspace):
     """At rest the health monitor publishes an unchanged verdict up to ten intervals apart
     and says so: the executor holds it for three of those (plus 2 s), not for three
