@@ -115,6 +115,13 @@ def test_kill_9_with_a_burst_of_edits_in_flight_loses_nothing(running, victim):
     new_pid = wait_for(lambda: (actor_pid(cfg, victim) or old_pid) != old_pid and
                        actor_pid(cfg, victim), 30, message=f"{victim} restarted")
     assert new_pid != old_pid
+    if victim != "watcher":  # a watcher started afresh has no restart of its own to see
+        # The watcher saw the restart in the health monitor's map and reconciled.
+        wait_for(lambda: any(seen.startswith(f"{victim} (pid {old_pid} -> ") for seen in
+                             watcher_status(cfg).get("restarts_seen", ())), 20,
+                 message=f"the watcher to see {victim} restarted")
+        wait_for(lambda: watcher_status(cfg).get("restart_reconciles", 0) >= 1, 20,
+                 message="the watcher's reconcile after the restart")
     # Edits after the restart arrive too.
     ws.write(f"notes/{victim}-after.txt", "after the restart\n")
     expected[f"notes/{victim}-after.txt"] = "after the restart\n"
@@ -124,14 +131,12 @@ def test_kill_9_with_a_burst_of_edits_in_flight_loses_nothing(running, victim):
     assert not (ws.root / ".git/index.lock").exists()
 
 
-def test_restart_reconcile_is_visible_in_watcher_status(running):
-    """The runs above killed every actor type; the watcher reconciled after the restarts
-    it saw (periodic reconcile is off), and says so."""
-    ws, _ = running
-    info = control.request(ws.load(), "watcher", "status").data
-    assert info["restart_reconciles"] >= 1
-    seen = " ".join(info["restarts_seen"])
-    assert "executor" in seen and "debouncer" in seen and "l3-01" in seen
+def watcher_status(cfg) -> dict:
+    try:
+        reply = control.request(cfg, "watcher", "status", timeout=1)
+    except control.Unreachable:
+        return {}
+    return reply.data if reply.ok else {}
 
 
 # ----- stale verdicts -------------------------------------------------------------------------
