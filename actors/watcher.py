@@ -680,10 +680,17 @@ class Watcher(Actor):
         self.next_match = now + MATCH_EVERY
         unchecked = [p for p, c in self.moves.removals.items() if not c.checked]
         if unchecked:
-            blobs = self._index_blobs(unchecked)
+            # A name never in the index may itself have been moved from one that is
+            # (``mv a b && mkdir a && mv b a/c``): it stands for that name's blob.
+            earlier = {path: [p for p in self.moves.partners(path, now) if p != path]
+                       for path in unchecked}
+            blobs = self._index_blobs(sorted({*unchecked, *(p for names in earlier.values()
+                                                            for p in names)}))
             for path in unchecked:
                 candidate = self.moves.removals[path]
-                candidate.checked, candidate.blob = True, blobs.get(path)
+                candidate.checked = True
+                candidate.blob = blobs.get(path) or next(
+                    (blobs[p] for p in earlier[path] if p in blobs), None)
         lengths = {len(c.blob) for c in self.moves.removals.values() if c.blob}
         if not lengths:
             return
@@ -694,6 +701,12 @@ class Watcher(Actor):
             candidate.blob = self._blob_of(path, lengths.pop() if len(lengths) == 1 else 40)
         for removed, arrived in self.moves.match(now):
             self.stats["moves_matched"] += 1
+            # The names the removed one was moved from are this move's too: their deletion
+            # goes in the commit that adds the file.
+            for earlier in self.moves.partners(removed, now):
+                if earlier != arrived and not os.path.isfile(self._abs(earlier)):
+                    self.moves.pair(earlier, arrived, now)
+                    self.emit(earlier, DELETE, observed)
             self.emit(removed, DELETE, observed)
             self.emit(arrived, WRITE, observed)
 

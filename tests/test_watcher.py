@@ -440,6 +440,31 @@ def test_a_move_inotify_could_not_pair_is_paired_by_the_index_blob(bare_watcher,
     assert watcher.stats.get("errors", 0) == 0 and not watcher.last_error
 
 
+def test_a_file_moved_twice_the_second_time_out_of_sight_stays_one_move(bare_watcher,
+                                                                        workspace):
+    """``mv swap swap-old && mkdir swap && mv swap-old swap/content``: inotify pairs the
+    first move; the second one's MOVED_TO came from a directory watched too late.  The
+    removed name was never in the index, so no blob paired it, and the deletion of the
+    tracked name was committed alone, the new file in a second commit.  The removed name
+    now takes the index blob of the name it was moved from, and the new file is that
+    name's partner."""
+    watcher, read = bare_watcher
+    os.rename(workspace.root / "README.md", workspace.root / "swap-old")
+    (workspace.root / "sub").mkdir()
+    os.rename(workspace.root / "swap-old", workspace.root / "sub" / "content")
+    first = read(Event(1, flags.MOVED_FROM, 5, "README.md"), Event(1, flags.MOVED_TO, 5,
+                                                                    "swap-old"),
+                 Event(1, flags.MOVED_FROM, 9, "swap-old"))
+    assert {c.path for c in first} == {"README.md", "swap-old"}
+    read(Event(2, flags.CREATE, 0, "content"), Event(2, flags.CLOSE_WRITE, 0, "content"))
+    watcher.next_match = 0.0
+    watcher._match_moves(time.monotonic(), time.time())  # if the read did not match already
+    assert watcher.stats["moves_matched"] == 1
+    latest = {c.path: c for c in watcher.out.messages()}  # each path's newest change
+    assert "README.md" in latest["sub/content"].partners, latest["sub/content"]
+    assert "sub/content" in latest["README.md"].partners, latest["README.md"]
+
+
 def test_a_version_settled_a_second_before_a_kill_is_still_settled_after_it(
         bare_watcher, workspace):
     watcher, _ = bare_watcher
