@@ -147,7 +147,10 @@ def test_a_git_operation_is_noticed_at_once_whatever_the_interval(workspace, act
     wait_for(lambda: verdict()["ok"], 10, message="ok on the branch again")
 
 
-def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors):
+@pytest.fixture
+def verdict_sockets(workspace):
+    """(config, SUB for the verdicts, PUSH for heartbeats) of a fast health monitor the
+    test starts; the sockets connect when the test says."""
     workspace.config("[health]\ninterval = 0.3\n[runtime]\nheartbeat_interval = 0.2\n")
     config = workspace.load()
     config_mod.prepare_runtime_dir(config)
@@ -157,6 +160,16 @@ def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     push = context.socket(zmq.PUSH)
     push.linger = 0
+    try:
+        yield config, sub, push
+    finally:
+        sub.close()
+        push.close()
+        context.term()
+
+
+def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors, verdict_sockets):
+    config, sub, push = verdict_sockets
     statuses: list[HealthStatus] = []
 
     def latest(predicate):
@@ -166,46 +179,34 @@ def test_real_process_publishes_verdicts_and_heartbeats(workspace, actors):
             return bool(statuses) and predicate(statuses[-1])
         return check
 
-    try:
-        sub.connect(config.endpoints.health)
-        actors("health", workspace.root)
-        wait_for(latest(lambda s: s.ok), timeout=15, message="an ok verdict")
-        push.connect(config.endpoints.heartbeat)
-        push.send(messages.encode(Heartbeat(actor="watcher", pid=os.getpid(), sent=1.0,
-                                            state="running", stats={"changes": 3})))
-        wait_for(latest(lambda s: "watcher" in s.actors and "health" in s.actors),
-                 timeout=10, message="heartbeats aggregated")
-        assert "stats" not in statuses[-1].actors["watcher"]
-        assert statuses[-1].actors["watcher"]["pid"] == os.getpid()
+    sub.connect(config.endpoints.health)
+    actors("health", workspace.root)
+    wait_for(latest(lambda s: s.ok), timeout=15, message="an ok verdict")
+    push.connect(config.endpoints.heartbeat)
+    push.send(messages.encode(Heartbeat(actor="watcher", pid=os.getpid(), sent=1.0,
+                                        state="running", stats={"changes": 3})))
+    wait_for(latest(lambda s: "watcher" in s.actors and "health" in s.actors),
+             timeout=10, message="heartbeats aggregated")
+    assert "stats" not in statuses[-1].actors["watcher"]
+    assert statuses[-1].actors["watcher"]["pid"] == os.getpid()
 
-        (workspace.path(".git") / "MERGE_HEAD").write_text(workspace.head() + "\n")
-        wait_for(latest(lambda s: not s.ok), timeout=10, message="merge noticed")
-        assert statuses[-1].operation == "merge"
-        reply = control.request(config, "health", "status")
-        assert reply.ok and reply.data["health"]["ok"] is False
-        assert reply.data["health"]["operation"] == "merge"
+    (workspace.path(".git") / "MERGE_HEAD").write_text(workspace.head() + "\n")
+    wait_for(latest(lambda s: not s.ok), timeout=10, message="merge noticed")
+    assert statuses[-1].operation == "merge"
+    reply = control.request(config, "health", "status")
+    assert reply.ok and reply.data["health"]["ok"] is False
+    assert reply.data["health"]["operation"] == "merge"
 
-        (workspace.path(".git") / "MERGE_HEAD").unlink()
-        wait_for(latest(lambda s: s.ok), timeout=10, message="ok again")
-    finally:
-        sub.close()
-        push.close()
-        context.term()
+    (workspace.path(".git") / "MERGE_HEAD").unlink()
+    wait_for(latest(lambda s: s.ok), timeout=10, message="ok again")
 
 
-def test_an_unchanged_verdict_is_published_less_often_and_a_change_at_once(workspace, actors):
+def test_an_unchanged_verdict_is_published_less_often_and_a_change_at_once(
+        workspace, actors, verdict_sockets):
     """At rest the verdict was published every interval, waking the executor and the
     watcher each time: unchanged, it now comes up to ten intervals apart, each saying when
     the next is due; a new actor or a merge still goes out at the next check."""
-    workspace.config("[health]\ninterval = 0.3\n[runtime]\nheartbeat_interval = 0.2\n")
-    config = workspace.load()
-    config_mod.prepare_runtime_dir(config)
-    context = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    push = context.socket(zmq.PUSH)
-    push.linger = 0
+    config, sub, push = verdict_sockets
     arrivals: list[tuple[float, HealthStatus]] = []
 
     def take(seconds: float) -> None:
@@ -214,31 +215,26 @@ def test_an_unchanged_verdict_is_published_less_often_and_a_change_at_once(works
             if sub.poll(20):
                 arrivals.append((time.monotonic(), messages.decode(sub.recv())))
 
-    try:
-        sub.connect(config.endpoints.health)
-        actors("health", workspace.root)
-        wait_for(lambda: take(0.1) or any(s.ok for _, s in arrivals), timeout=15,
-                 message="an ok verdict")
-        push.connect(config.endpoints.heartbeat)
-        push.send(messages.encode(Heartbeat(actor="watcher", pid=os.getpid(), sent=1.0,
-                                            state="running", interval=60.0)))
-        wait_for(lambda: take(0.1) or "watcher" in arrivals[-1][1].actors, timeout=10,
-                 message="the new actor published")
-        arrivals.clear()
-        take(8.0)  # nothing changes: 26 verdicts at one per interval
-        assert 2 <= len(arrivals) <= 12, [round(t, 2) for t, _ in arrivals]
-        assert arrivals[-1][1].interval > 3 * 0.3, arrivals[-1][1]
-        for (before, status), (after, _) in zip(arrivals, arrivals[1:]):
-            assert after - before <= status.interval + 1.0  # each came when it said
-        sent = time.monotonic()
-        (workspace.path(".git") / "MERGE_HEAD").write_text(workspace.head() + "\n")
-        wait_for(lambda: take(0.1) or not arrivals[-1][1].ok, timeout=10,
-                 message="the merge published")
-        assert arrivals[-1][0] - sent < arrivals[-2][1].interval
-    finally:
-        sub.close()
-        push.close()
-        context.term()
+    sub.connect(config.endpoints.health)
+    actors("health", workspace.root)
+    wait_for(lambda: take(0.1) or any(s.ok for _, s in arrivals), timeout=15,
+             message="an ok verdict")
+    push.connect(config.endpoints.heartbeat)
+    push.send(messages.encode(Heartbeat(actor="watcher", pid=os.getpid(), sent=1.0,
+                                        state="running", interval=60.0)))
+    wait_for(lambda: take(0.1) or "watcher" in arrivals[-1][1].actors, timeout=10,
+             message="the new actor published")
+    arrivals.clear()
+    take(8.0)  # nothing changes: 26 verdicts at one per interval
+    assert 2 <= len(arrivals) <= 12, [round(t, 2) for t, _ in arrivals]
+    assert arrivals[-1][1].interval > 3 * 0.3, arrivals[-1][1]
+    for (before, status), (after, _) in zip(arrivals, arrivals[1:]):
+        assert after - before <= status.interval + 1.0  # each came when it said
+    sent = time.monotonic()
+    (workspace.path(".git") / "MERGE_HEAD").write_text(workspace.head() + "\n")
+    wait_for(lambda: take(0.1) or not arrivals[-1][1].ok, timeout=10,
+             message="the merge published")
+    assert arrivals[-1][0] - sent < arrivals[-2][1].interval
 
 
 # ----- recovery checks: fsck, stale index.lock, autonomous restart loops (issue 4) ----------
