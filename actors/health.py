@@ -7,9 +7,9 @@ Sockets:
 It checks every ``config.health_interval`` seconds and publishes a HealthStatus at once
 when what subscribers act on changed (the verdict; an actor's pid, state or liveness; lost
 changes), else up to ``IDLE_FACTOR`` intervals apart, saying when the next is due (the
-executor holds a verdict for three of those).  Not ok when free disk on the workspace's file system is under
-``config.min_free_mb``, when a git operation is in progress in ``config.git_dir`` (merge,
-rebase, am, cherry-pick, revert, bisect) or HEAD is detached.  The checks are plain stat
+executor holds a verdict for three of those).  Not ok when free disk on the workspace's
+file system is under ``config.min_free_mb``, when a git operation is in progress in
+``config.git_dir`` (merge, rebase, am, cherry-pick, revert, bisect) or HEAD is detached.  The checks are plain stat
 calls; they run at once when an entry of the git directory changes (inotify: an operation
 starting or ending, HEAD rewritten, a lock made) and every ``health_interval`` otherwise
 (free disk), so an idle workspace costs a wakeup every interval, not four a second.
@@ -248,7 +248,8 @@ class Health(Actor):
             # Any change (the verdict, an actor's pid or liveness, lost changes) goes out
             # at the check that sees it.
             self._quiet_publishes = 0 if changed else self._quiet_publishes + 1
-            interval = self.config.health_interval * min(IDLE_FACTOR, 1 + self._quiet_publishes)
+            stretch = min(IDLE_FACTOR, 1 + self._quiet_publishes)
+            interval = self.config.health_interval * stretch
             self._next_publish = now + interval
             self._published = said
             if self.send(self.publisher, dataclasses.replace(status, interval=interval)):

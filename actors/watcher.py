@@ -703,10 +703,10 @@ class Watcher(Actor):
             self.stats["moves_matched"] += 1
             # The names the removed one was moved from are this move's too: their deletion
             # goes in the commit that adds the file.
-            for earlier in self.moves.partners(removed, now):
-                if earlier != arrived and not os.path.isfile(self._abs(earlier)):
-                    self.moves.pair(earlier, arrived, now)
-                    self.emit(earlier, DELETE, observed)
+            for origin in self.moves.partners(removed, now):
+                if origin != arrived and not os.path.isfile(self._abs(origin)):
+                    self.moves.pair(origin, arrived, now)
+                    self.emit(origin, DELETE, observed)
             self.emit(removed, DELETE, observed)
             self.emit(arrived, WRITE, observed)
 
