@@ -124,10 +124,15 @@ def test_socket_files_left_by_a_killed_gitsieve_mean_not_running(workspace, comm
     import socket
     runtime = workspace.load().runtime_dir
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for actor_id in ("watcher", "debouncer", "executor"):
-        left = socket.socket(socket.AF_UNIX)
-        left.bind(str(runtime / f"ctl-{actor_id}.sock"))
-        left.close()
+    here = os.getcwd()
+    os.chdir(runtime)  # bound by relative name: a deep temporary path passes AF_UNIX's limit
+    try:
+        for actor_id in ("watcher", "debouncer", "executor"):
+            left = socket.socket(socket.AF_UNIX)
+            left.bind(f"ctl-{actor_id}.sock")
+            left.close()
+    finally:
+        os.chdir(here)
     result = actorctl(workspace, *command)
     assert result.returncode == ctl.EXIT_UNREACHABLE
     assert "gitsieve is not running" in result.stderr, result.stderr
