@@ -1,12 +1,12 @@
 """What ``gitsieve run`` re-executes into (see runner.reexec_marked): the fork server's
 first lines, run before anything is imported.
 
-No actor speaks TLS, yet ``sh`` imports asyncio, which imports ``ssl`` when it can, and
-hashlib prefers OpenSSL's ``_hashlib``: together they map libcrypto and libssl into the
-fork server, and every actor copies part of their pages (about 0.4 MiB each) as OpenSSL
-initialises.  Both are refused here, in this process only: asyncio then runs without ssl,
-and hashlib uses Python's own sha1/sha256, which is all gitsieve asks of it.  Other
-commands, and the in-process CLI, keep them.
+No actor speaks TLS, yet hashlib prefers OpenSSL's ``_hashlib`` (and asyncio, which
+``sh`` imports, would import ``ssl``): they map libcrypto and libssl into the fork server,
+and every actor copied part of their pages (about 0.4 MiB each) as OpenSSL initialised.
+Both are refused here, in this process only: hashlib uses Python's own sha1/sha256, which
+is all gitsieve asks of it.  asyncio and importlib.metadata are replaced by stand-ins
+(below).  Other commands, and the in-process CLI, keep the real modules.
 """
 import sys
 import types
