@@ -83,12 +83,18 @@ def remote_content(ws, rel: str) -> str | None:
     return result.stdout.decode() if result.returncode == 0 else None
 
 
-def actor_pid(cfg, actor_id: str) -> int | None:
+def actor_status(cfg, actor_id: str) -> dict:
+    """The actor's status; {} while it cannot answer (killed, restarting)."""
     try:
         reply = control.request(cfg, actor_id, "status", timeout=0.5)
     except control.Unreachable:
-        return None
-    return reply.data.get("pid") if reply.ok and reply.data.get("state") == "running" else None
+        return {}
+    return reply.data if reply.ok else {}
+
+
+def actor_pid(cfg, actor_id: str) -> int | None:
+    status = actor_status(cfg, actor_id)
+    return status.get("pid") if status.get("state") == "running" else None
 
 
 @pytest.mark.parametrize("victim", KILLED)
@@ -118,9 +124,9 @@ def test_kill_9_with_a_burst_of_edits_in_flight_loses_nothing(running, victim):
     if victim != "watcher":  # a watcher started afresh has no restart of its own to see
         # The watcher saw the restart in the health monitor's map and reconciled.
         wait_for(lambda: any(seen.startswith(f"{victim} (pid {old_pid} -> ") for seen in
-                             watcher_status(cfg).get("restarts_seen", ())), 20,
+                             actor_status(cfg, "watcher").get("restarts_seen", ())), 20,
                  message=f"the watcher to see {victim} restarted")
-        wait_for(lambda: watcher_status(cfg).get("restart_reconciles", 0) >= 1, 20,
+        wait_for(lambda: actor_status(cfg, "watcher").get("restart_reconciles", 0) >= 1, 20,
                  message="the watcher's reconcile after the restart")
     # Edits after the restart arrive too.
     ws.write(f"notes/{victim}-after.txt", "after the restart\n")
@@ -129,14 +135,6 @@ def test_kill_9_with_a_burst_of_edits_in_flight_loses_nothing(running, victim):
         wait_for(lambda: remote_content(ws, rel) == text, SYNC_TIMEOUT, 0.1,
                  f"{rel} on the remote after kill -9 of {victim}")
     assert not (ws.root / ".git/index.lock").exists()
-
-
-def watcher_status(cfg) -> dict:
-    try:
-        reply = control.request(cfg, "watcher", "status", timeout=1)
-    except control.Unreachable:
-        return {}
-    return reply.data if reply.ok else {}
 
 
 # ----- stale verdicts -------------------------------------------------------------------------
