@@ -30,7 +30,7 @@ from typing import Callable
 import zmq
 
 from gitsieve.common import config as config_mod
-from gitsieve.common.actor.heap import HeapTrim
+from gitsieve.common.actor.heap import HeapTrim, share_one_malloc_arena
 from gitsieve.common.actor.stage import IDLE_FACTOR, StageFeed
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 from gitsieve.common.protocol import messages
@@ -543,6 +543,7 @@ def run_actor(actor_class: type[Actor], cfg, instance: int | None) -> int:
                     else f"{actor_class.name}-{instance:02d}")
         setup_logging(cfg.log_level, actor_id)
         set_title(f"gitsieve: {actor_id} {cfg.workspace}")
+        share_one_malloc_arena()  # before ZeroMQ's I/O thread: no arena of its own
         return actor_class(cfg, instance).run()
     except config_mod.ConfigError as exc:  # a refused runtime directory
         print(f"{actor_class.name}: {exc}", file=sys.stderr)

@@ -47,6 +47,12 @@ _metadata.version, _metadata.PackageNotFoundError = _no_version, _PackageNotFoun
 sys.modules.setdefault("asyncio", _asyncio)
 sys.modules.setdefault("importlib.metadata", _metadata)
 
+from gitsieve.common.actor.heap import share_one_malloc_arena  # noqa: E402
+
+# Before the first thread (sh's, as git runs while the config loads): glibc would give it
+# an arena of its own, and every fork would inherit that arena and copy its pages.
+share_one_malloc_arena()
+
 from gitsieve.common.tools.cli import main  # noqa: E402  (after the refusals, on purpose)
 
 if __name__ == "__main__":
