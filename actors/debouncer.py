@@ -159,11 +159,15 @@ class Debouncer(Actor):
         if now >= self._next_forget or len(self.debounce.paths) > MAX_TRACKED:
             self._next_forget = now + _FORGET_EVERY
             self.debounce.forget_settled(now)
+        self.save_learned()
 
     def wakeup_in(self) -> float | None:
         if self.backlog:
             return BACKLOG_RETRY
         due = self.debounce.next_due(self.clock())
+        save = self.learner.save_wait()
+        if save is not None:
+            due = save if due is None else min(due, save)
         probe = self.loops.probe_remaining()
         if probe:  # nothing is released before the probe ends
             return probe if due is None else max(probe, due)
@@ -263,6 +267,17 @@ class Debouncer(Actor):
             return
         if change:
             self.stats[f"paths_{change}"] += 1
+
+    def save_learned(self, at_exit: bool = False) -> None:
+        """Write the paths a burst learned, when their second is up (at exit, at once)."""
+        try:
+            self.learner.save_due(at_exit)
+        except OSError as exc:
+            self.record_error(f"learned file: {exc}")
+            self.log.error("%s: cannot save learned paths: %s", self.actor_id, exc)
+
+    def shutdown(self) -> None:
+        self.save_learned(at_exit=True)
 
     def learned_listing(self) -> dict:
         return {**self.learner.listing(), "loops": self.loops.listing()}

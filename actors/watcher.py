@@ -16,7 +16,11 @@ writing (:mod:`gitsieve.common.judge.writing`): the last real write and whether 
 still holds the file open for writing (created or modified, not yet closed).  A file that
 becomes open is reported at once, so the debouncer holds it; a close is reported at once;
 MODIFY/ATTRIB of a file already open are reported at most once per path per
-``config.modify_interval`` (with a trailing report).  The two sides of a move (a cookie
+``config.modify_interval`` (with a trailing report).  A path reported a moment ago (less
+than a quarter second, at most half the shortest quiet period) has its next opens and
+closes held to the trailing edge (:class:`~gitsieve.common.judge.writing.ReportPacer`), so
+an agent rewriting a file a hundred times a second costs four reports a second; a close
+ending an open the debouncer was told of is still reported at once.  The two sides of a move (a cookie
 pair, even across two reads; or a removal and a file found in a directory watched too late,
 with equal blobs) name each other as ``partners``, so the debouncer releases them together.
 
@@ -62,7 +66,8 @@ from gitsieve.common.judge.health import nonnegative_count
 from gitsieve.common.judge.pattern import observe, urgent
 from gitsieve.common.judge.rules import RuleCache
 from gitsieve.common.judge.settled import SettledVersions
-from gitsieve.common.judge.writing import MoveTracker, WriteTracker, Writing
+from gitsieve.common.judge.writing import (MoveTracker, ReportPacer, WriteTracker, Writing,
+                                           report_interval)
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import DELETE, WRITE, HealthStatus
 from gitsieve.common.protocol.states import ChangeKind
@@ -123,6 +128,9 @@ class Watcher(Actor):
         self.seq = 0
         self.writing = WriteTracker()
         self.moves = MoveTracker(window=max(config.debounce_default, 1.0))
+        self.pacer = ReportPacer(report_interval(
+            [config.debounce_allow, config.debounce_default]
+            + [rule.seconds for rule in config.debounce_rules]))
         self.next_match = 0.0
         self.in_flight: OrderedDict[str, tuple[int, float]] = OrderedDict()  # seq, sent at
         self.settled = SettledVersions(config.runtime_dir)
@@ -366,6 +374,10 @@ class Watcher(Actor):
                            [:messages.MAX_PARTNERS]))
         frames = messages.stage_frames(change, priority=urgent(change))
         self.last_report[path] = now
+        if kind == WRITE and source == "inotify":
+            self.pacer.told(path, now, bool(facts.open_since))
+        else:
+            self.pacer.forget(path)
         self.trailing.pop(path, None)
         self.settled.forget(path)  # a new change: the next decision settles it again
         self.in_flight[path] = (self.seq, now)
@@ -591,19 +603,35 @@ class Watcher(Actor):
             self._fold(folded, path, DELETE)
         elif mask & flags.CLOSE_WRITE:
             self.writing.closed(path, now)
-            self._fold(folded, path, WRITE)
+            self._report_write(folded, path, now, closing=True)
         elif mask & flags.CREATE:
             if self._regular_single_link(path):
                 self.writing.wrote(path, now)  # created by open(): written until closed
             self.moves.arrived(path, now)
             self._fold(folded, path, WRITE)
         elif mask & (flags.MODIFY | flags.ATTRIB):
-            opened = bool(mask & flags.MODIFY) and self.writing.wrote(path, now)
+            if bool(mask & flags.MODIFY) and self.writing.wrote(path, now):
+                self._report_write(folded, path, now, closing=False)  # just opened
+                return
             due = self.last_report.get(path, float("-inf")) + self.config.modify_interval
-            if opened or now >= due or path in folded:
-                self._fold(folded, path, WRITE)  # a file just opened is told at once
+            if now >= due or path in folded:
+                self._fold(folded, path, WRITE)
             else:
-                self.trailing[path] = due
+                self._hold(path, due)
+
+    def _report_write(self, folded: dict, path: str, now: float, closing: bool) -> None:
+        """A file opened or closed: told at once, unless the pacer holds it (a path
+        reported a moment ago: told at the trailing edge)."""
+        due = None if path in folded else self.pacer.hold_until(path, now, closing)
+        if due is None:
+            self._fold(folded, path, WRITE)
+        else:
+            self._hold(path, due)
+            self.stats["writes_held"] += 1
+
+    def _hold(self, path: str, due: float) -> None:
+        """Report ``path`` at ``due`` (monotonic) unless something reports it sooner."""
+        self.trailing[path] = min(due, self.trailing.get(path, due))
 
     def _regular_single_link(self, path: str) -> bool:
         """A regular file with one name: created by open() (a symlink, a FIFO or a hard
@@ -800,6 +828,7 @@ class Watcher(Actor):
                 "overflows": self.stats["overflows"], "rescans": self.stats["rescans"],
                 "changes_sent": self.stats["changes_sent"],
                 "events_folded": self.stats["events_folded"],
+                "writes_held": self.stats["writes_held"],
                 "reconciles": self.stats["reconciles"],
                 "reconcile_in_flight": self.stats["reconcile_in_flight"],
                 "reconcile_settled": self.stats["reconcile_settled"],

@@ -77,6 +77,25 @@ def test_learns_after_k_system_changes_within_the_window(cfg):
     assert Learner(cfg).learned.keys() == {"s.json"}  # persisted
 
 
+def test_a_burst_of_learning_writes_the_file_once_a_second_not_once_a_path(cfg):
+    """An agent's storm learned 200 paths one after another, and each rewrote the whole
+    file: 1.6 s of JSON in the debouncer (fails before SAVE_EVERY)."""
+    learner = Learner(cfg, Clock())
+    versions = set()
+    for number in range(200):
+        for _ in range(3):
+            learner.observe(decision(f"agent/{number}.json", False, system_step()))
+        written = cfg.learned_file.stat()  # each write renames a new, larger file over
+        versions.add((written.st_ino, written.st_size))
+    assert len(learner.learned) == 200
+    assert len(versions) <= 2  # the first path at once; the rest wait for their second
+    assert 0 < learner.save_wait() <= 1.0
+    assert len(LearnedStore(cfg.learned_file).load()) < 200
+    learner.save_due(at_exit=True)
+    assert learner.save_wait() is None
+    assert LearnedStore(cfg.learned_file).load().keys() == learner.learned.keys()
+
+
 def test_changes_spread_beyond_the_window_do_not_teach(cfg):
     clock = Clock()
     learner = Learner(cfg, clock)

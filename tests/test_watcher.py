@@ -291,6 +291,29 @@ def test_priority_marks_allow_paths(workspace, start):
     assert not urgent(col.wait("logs/x.md"))
 
 
+def test_a_file_rewritten_in_a_storm_costs_reports_per_quarter_second(workspace, start):
+    """The same with real inotify: 200 rewrites in about half a second were 200 to 400
+    reports; a person's edit meanwhile is reported as ever."""
+    cfg, col = start()
+    every = min(0.25, cfg.debounce_allow / 2, cfg.debounce_default / 2)  # the pacer's
+    path = workspace.path("agent-state.json")
+    started = time.monotonic()
+    for number in range(200):
+        with open(path, "w") as out:
+            out.write(f"{{\"n\": {number}}}\n")
+        time.sleep(0.002)
+        if number == 100:
+            workspace.write("mine.txt", "a person's edit\n")
+    last_write = time.monotonic()
+    col.wait("mine.txt")
+    final = wait_for(lambda: [c for c in col.of("agent-state.json")
+                              if c.written >= last_write - 0.05 and not c.open_since],
+                     10, message="the storm's last write reported")
+    reports = col.of("agent-state.json")
+    assert len(reports) <= 2 * ((last_write - started) / every + 2), len(reports)
+    assert final and status(cfg)["writes_held"] > 0
+
+
 def test_file_appended_without_close_is_reported(workspace, start):
     cfg, col = start("[watcher]\nreconcile_interval = 0\nmodify_interval = 0.2\n")
     with open(workspace.path("growing.log"), "w") as handle:
@@ -382,6 +405,37 @@ def test_a_read_is_folded_per_path_with_its_writing_facts(bare_watcher, workspac
     assert closed.open_since == 0.0 and closed.written >= by_path["b"].written
 
 
+def test_a_path_rewritten_many_times_a_second_is_reported_at_the_trailing_edge(bare_watcher,
+                                                                               workspace):
+    """Every open and close of a file an agent rewrote was reported: a storm's work grew
+    with its writes, not its paths (fails before ReportPacer)."""
+    watcher, read = bare_watcher
+    workspace.write("hot", "x")
+    workspace.write("mine", "x")
+    every = watcher.pacer.every
+    assert every > 0
+    opened, = read(Event(1, flags.MODIFY, 0, "hot"))
+    closed, = read(Event(1, flags.CLOSE_WRITE, 0, "hot"))  # ends a told open: at once
+    assert opened.open_since > 0 and closed.open_since == 0.0
+    started = time.monotonic()
+    rewrites = []
+    for _ in range(20):  # each rewrite's open and close in reads of their own
+        rewrites += read(Event(1, flags.MODIFY, 0, "hot"))
+        rewrites += read(Event(1, flags.CLOSE_WRITE, 0, "hot"))
+    elapsed = time.monotonic() - started
+    assert len(rewrites) <= int(elapsed / every) + 1, rewrites
+    # Another path is told at once meanwhile.
+    assert [c.path for c in read(Event(1, flags.MODIFY, 0, "mine"),
+                                  Event(1, flags.CLOSE_WRITE, 0, "mine"))] == ["mine"]
+    # The held report comes at the trailing edge: one, closed, with the last write's time.
+    before = len(watcher.out.frames)
+    watcher.on_tick(time.monotonic() + every)
+    trailing = watcher.out.messages()[before:]
+    assert [(c.path, c.kind, c.open_since) for c in trailing] == [("hot", "write", 0.0)]
+    assert trailing[0].written >= started
+    assert watcher.stats["writes_held"] >= 20
+
+
 def test_both_sides_of_a_move_name_each_other_within_a_read_and_across_two(bare_watcher):
     watcher, read = bare_watcher
     changes = read(Event(1, flags.MOVED_FROM, 7, "old"), Event(2, flags.MOVED_TO, 7, "new"))
@@ -393,8 +447,12 @@ def test_both_sides_of_a_move_name_each_other_within_a_read_and_across_two(bare_
     changes = read(Event(2, flags.MOVED_TO, 8, "y"))
     assert {(c.path, c.kind, c.partners) for c in changes} == {
         ("x", "delete", ("sub/y",)), ("sub/y", "write", ("x",))}
-    # A change of a moved path soon after still names its partner.
-    [again] = read(Event(2, flags.CLOSE_WRITE, 0, "y"))
+    # A change of a moved path soon after still names its partner (told at the trailing
+    # edge: the move reported the path a moment ago).
+    assert read(Event(2, flags.CLOSE_WRITE, 0, "y")) == []
+    before = len(watcher.out.frames)
+    watcher.on_tick(time.monotonic() + watcher.pacer.every)
+    [again] = watcher.out.messages()[before:]
     assert again.partners == ("x",)
 
 

@@ -10,7 +10,9 @@
   whose changes all fell out of the window (an agent's storm of new files, each changed
   once, would otherwise keep one entry per file for good).
 - :class:`LearnedStore` persists the set in ``config.learned_file`` (JSON, written
-  atomically).  :class:`LearnedSet` is the read side for L1, reloaded when the file changes.
+  atomically): at once, except within ``SAVE_EVERY`` of the last write, when what a burst
+  learns is written by ``save_due`` at the end of that second (an agent's storm learned
+  200 paths one by one and rewrote the whole file each time: 1.6 s of JSON).  :class:`LearnedSet` is the read side for L1, reloaded when the file changes.
 - L1 does not BLOCK a learned path: it marks its step ``learned`` and sends it to L2, which
   drops it ("learned") unless the writer is positively the user.
 """
@@ -38,6 +40,7 @@ MIN_CONFIDENCE = 0.9
 # only block the person's later edits of those paths.
 NEVER_TEACH = frozenset({Technique.AGENT_JOURNAL, Technique.AGENT_MARK})
 MAX_COUNTED = 10_000
+SAVE_EVERY = 1.0  # seconds: the most often learning rewrites the learned file
 
 
 def learnable(path: str) -> bool:
@@ -117,6 +120,24 @@ class Learner:
         self.learned: dict[str, dict] = self.store.load()
         # path -> its counted changes' moments; least recently changed first
         self.counts: OrderedDict[str, list[float]] = OrderedDict()
+        self._unsaved = False  # learned paths not yet in the file
+        self._next_save = 0.0  # monotonic
+
+    def _save(self) -> None:
+        self.store.save(self.learned)
+        self._unsaved = False
+        self._next_save = time.monotonic() + SAVE_EVERY
+
+    def save_wait(self) -> float | None:
+        """Seconds until learned paths wait to be written (None: none waits)."""
+        return max(0.0, self._next_save - time.monotonic()) if self._unsaved else None
+
+    def save_due(self, at_exit: bool = False) -> None:
+        """Write what was learned since the last write once ``SAVE_EVERY`` has passed (at
+        exit, at once)."""
+        wait = self.save_wait()
+        if wait is not None and (wait == 0 or at_exit):
+            self._save()
 
     def observe(self, decision) -> str | None:
         """Feed one Decision; return "learned" or "unlearned" when the set changed."""
@@ -151,7 +172,10 @@ class Learner:
                               "writer_cmdline": step.cmdline,
                               "ancestor_cmdline": step.ancestor_cmdline,
                               "technique": step.technique}
-        self.store.save(self.learned)
+        if time.monotonic() >= self._next_save:
+            self._save()
+        else:
+            self._unsaved = True
         log.info("learned %s as BLOCK: %d system-only changes within %.0f s (writer %s)",
                  path, self.after, self.window, step.cmdline)
         return "learned"
@@ -167,7 +191,7 @@ class Learner:
             self.counts.pop(path, None)
         if not changed:
             return None
-        self.store.save(self.learned)
+        self._save()
         log.info("unlearned %s: %s", path if path is not None else "every path", reason)
         return "unlearned"
 

@@ -14,9 +14,19 @@ found by the new directory's scan, paired here when their blobs are equal (the c
 supplies the blob ids).  A path keeps its partners for ``MEMORY`` seconds, so a change of it
 soon after the move (an editor writing the renamed file) still names them.
 
+:class:`ReportPacer`: when a write is reported.  A path reported less than ``every`` ago
+is reported again at the trailing edge, ``every`` after its last report, whatever number
+of writes came between: a file an autonomous process rewrites hundreds of times a second
+costs a report per ``every``, not one per write, so the pipeline's work grows with paths,
+not events.  A close ending an open state the debouncer was told of is reported at once
+(it lifts the debouncer's hold on a person's save).  ``every`` is at most half the shortest
+quiet period, so a held report reaches the debouncer before the quiet period of the
+path's last report ends.
+
 Caps: ``MAX_PATHS`` entries per table; at the cap the oldest entries go first (a forgotten
 open state lets the path commit after its quiet period; a forgotten move leaves its sides
-to commit on their own, never to be lost).
+to commit on their own, never to be lost; a forgotten report time reports the next write
+at once).
 """
 from __future__ import annotations
 
@@ -92,6 +102,51 @@ class WriteTracker:
     def gone_below(self, prefix: str) -> None:
         for path in [p for p in self.paths if p.startswith(prefix)]:
             del self.paths[path]
+
+
+HOT_REPORT_EVERY = 0.25  # seconds: the most often a path's writes are reported
+
+
+def report_interval(quiet_periods) -> float:
+    """``every`` of the watcher's ReportPacer: ``HOT_REPORT_EVERY``, at most half the
+    shortest quiet period (0 for a quiet period of 0: every write is reported at once)."""
+    return min([HOT_REPORT_EVERY] + [max(0.0, quiet) / 2 for quiet in quiet_periods])
+
+
+class ReportPacer:
+    """When each write is reported: at once, or held until the trailing edge."""
+
+    def __init__(self, every: float, max_paths: int = MAX_PATHS):
+        self.every = every
+        self.max_paths = max_paths
+        self.last: OrderedDict[str, float] = OrderedDict()  # path -> its last write report
+        self.open_told: set[str] = set()  # paths whose last report said open for writing
+
+    def hold_until(self, path: str, now: float, closing: bool) -> float | None:
+        """None: report this write at once; else the moment its held report is due."""
+        if closing and path in self.open_told:
+            return None
+        last = self.last.get(path)
+        if last is None or now >= last + self.every:
+            return None
+        return last + self.every
+
+    def told(self, path: str, now: float, still_open: bool) -> None:
+        """A write of ``path`` was reported (saying whether it is still open)."""
+        self.last[path] = now
+        self.last.move_to_end(path)
+        while len(self.last) > self.max_paths:
+            self.open_told.discard(self.last.popitem(last=False)[0])
+        if still_open:
+            self.open_told.add(path)
+        else:
+            self.open_told.discard(path)
+
+    def forget(self, path: str) -> None:
+        """Its next write is reported at once (the path was removed, or reported from
+        ``git status``, whose version may be long quiet)."""
+        if self.last.pop(path, None) is not None:
+            self.open_told.discard(path)
 
 
 @dataclass
