@@ -94,6 +94,7 @@ class Router(Actor):
             except BadMessage as exc:
                 self._bad(stage, str(exc))
                 continue
+            self.stats["liveness_in"] += 1  # a worker's credit is not work: rest stretches beats
             new = stage.credit(identity, ready, time.monotonic())
             if new is not None:
                 self.log.info("router: %s worker %s ready (window %d)", stage.name,

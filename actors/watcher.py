@@ -20,9 +20,10 @@ MODIFY/ATTRIB of a file already open are reported at most once per path per
 than a quarter second, at most half the shortest quiet period) has its next opens and
 closes held to the trailing edge (:class:`~gitsieve.common.judge.writing.ReportPacer`), so
 an agent rewriting a file a hundred times a second costs four reports a second; a close
-ending an open the debouncer was told of is still reported at once.  The two sides of a move (a cookie
-pair, even across two reads; or a removal and a file found in a directory watched too late,
-with equal blobs) name each other as ``partners``, so the debouncer releases them together.
+ending an open the debouncer was told of is still reported at once.  The two sides of a
+move (a cookie pair, even across two reads; or a removal and a file found in a directory
+watched too late, with equal blobs) name each other as ``partners``, so the debouncer
+releases them together.
 
 ``(epoch, seq)`` orders changes: ``epoch`` is the watcher run from the persisted run counter
 (:mod:`gitsieve.common.actor.runs`), never the wall clock.

@@ -2,13 +2,16 @@
 workers (``Ready``), the queue depth it reports, priority, and departed workers."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import zmq
 
 from conftest import stage_reader, wait_for
+from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.protocol import messages
-from gitsieve.common.protocol.messages import Change
+from gitsieve.common.protocol.messages import Change, Ready
 from gitsieve.common.protocol.states import ChangeKind
 
 
@@ -236,3 +239,33 @@ def test_the_backlog_cap_drops_and_counts(monkeypatch):
     assert queue.status()["dropped"] == 1 and queue.backlog() == 2
     path, waiting = queue.next()
     assert (path, waiting.body, waiting.observed, waiting.merged) == (b"a", b"2", 0.5, True)
+
+
+def test_a_router_hearing_only_credit_announcements_rests(workspace, actors):
+    """Workers' Ready counted as work: at rest the router beat every interval and woke every
+    second, where every other actor beats ten times less often (fails before)."""
+    workspace.config("[runtime]\nheartbeat_interval = 0.1\n")
+    cfg = workspace.load()
+    config_mod.prepare_runtime_dir(cfg)
+    context = zmq.Context()
+    try:
+        beats = context.socket(zmq.PULL)  # the health monitor's end
+        beats.linger = 0
+        beats.bind(cfg.endpoints.heartbeat)
+        actors("router", workspace.root)
+        worker = context.socket(zmq.DEALER)
+        worker.linger = 0
+        worker.connect(cfg.endpoints.stage_out("l2"))
+        intervals = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and max(intervals, default=0) < 0.5:
+            worker.send(messages.encode(Ready(worker="l2-01", received=0, window=128,
+                                              interval=0.1)))
+            while beats.poll(50):
+                beat = messages.decode(beats.recv())
+                if beat.actor == "router":
+                    intervals.append(beat.interval)
+        assert max(intervals) >= 0.5, intervals  # five quiet beats in a row
+        assert stage_status(cfg)["workers"], "the credit was taken all along"
+    finally:
+        context.destroy(linger=0)

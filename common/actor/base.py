@@ -41,6 +41,7 @@ from gitsieve.common.protocol.messages import (
     ControlRequest,
     HealthStatus,
     Heartbeat,
+    Ready,
 )
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ ROUND_BUDGET = 0.2
 # The same failure of a tick or callback is logged in full at most this often (seconds);
 # every occurrence is still counted.
 _ERROR_LOG_INTERVAL = 60.0
-# Liveness traffic (heartbeats, health verdicts) is not work: an actor that only exchanges
-# it is idle, and beats less often.
-_LIVENESS = (Heartbeat, HealthStatus)
+# Liveness traffic (heartbeats, health verdicts, workers' credit announcements) is not
+# work: an actor that only exchanges it is idle, and beats less often.
+_LIVENESS = (Heartbeat, HealthStatus, Ready)
 # setproctitle leaves the environment area alone with this set: attribution reads a
 # process's mark from /proc/PID/environ.
 TITLE_ENV = "SPT_NOENV"

@@ -12,7 +12,8 @@
 - :class:`LearnedStore` persists the set in ``config.learned_file`` (JSON, written
   atomically): at once, except within ``SAVE_EVERY`` of the last write, when what a burst
   learns is written by ``save_due`` at the end of that second (an agent's storm learned
-  200 paths one by one and rewrote the whole file each time: 1.6 s of JSON).  :class:`LearnedSet` is the read side for L1, reloaded when the file changes.
+  200 paths one by one and rewrote the whole file each time: 1.6 s of JSON).
+  :class:`LearnedSet` is the read side for L1, reloaded when the file changes.
 - L1 does not BLOCK a learned path: it marks its step ``learned`` and sends it to L2, which
   drops it ("learned") unless the writer is positively the user.
 """
