@@ -256,7 +256,9 @@ def test_remote_edit_of_a_file_gitsieve_committed_merges_without_a_git_status(
     h.start("health", "executor")
     workspace.write("notes.md", "\n".join(lines + ["mine 1"]) + "\n")
     h.send("notes.md")
-    wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
+    # Its content, not HEAD == the remote's: that held before the commit, and their push
+    # then raced it, and the next write raced the integration.
+    wait_for(lambda: "mine 1" in git(workspace.remote, "show", "main:notes.md"), timeout=20,
              message="the first edit on the remote")
     other = tmp_path / "other"
     git(tmp_path, "clone", "-q", str(workspace.remote), str(other))
@@ -272,7 +274,8 @@ def test_remote_edit_of_a_file_gitsieve_committed_merges_without_a_git_status(
         shown = git(workspace.remote, "show", "main:notes.md")
         return "line 5 THEIRS" in shown and "mine 2" in shown
     wait_for(both_on_the_remote, timeout=20, message="their line and mine on the remote")
-    assert h.status()["push_conflict"] == ""
+    # (the executor notes the push's success a moment after the remote has it)
+    wait_for(lambda: h.status()["push_conflict"] == "", timeout=5, message="no conflict")
     assert workspace.path("notes.md").read_text() == \
         "\n".join(lines + ["mine 1", "mine 2"]).replace("line 5\n", "line 5 THEIRS\n") + "\n"
     assert workspace.git("status", "--porcelain", "--untracked-files=no") == ""

@@ -1691,8 +1691,8 @@ class Committer:
                     log.info("push failed; the commit stays local: %s", exc)
                     self.push_hold = None
                     return False, f"push failed: {exc}"
-                log.info("push rejected: the remote moved; integrating its commits (%s)",
-                         self.config.pull_strategy)
+                log.info("push rejected: the remote moved; integrating its commits (%s): %s",
+                         self.config.pull_strategy, exc.stderr.strip()[:500])
                 rejected = True
         if rejected:
             # integrating touches the index: never while the commit's own update of it runs
