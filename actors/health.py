@@ -9,11 +9,11 @@ when what subscribers act on changed (the verdict; an actor's pid, state or live
 changes), else up to ``IDLE_FACTOR`` intervals apart, saying when the next is due (the
 executor holds a verdict for three of those).  Not ok when free disk on the workspace's
 file system is under ``config.min_free_mb``, when a git operation is in progress in
-``config.git_dir`` (merge, rebase, am, cherry-pick, revert, bisect) or HEAD is detached.  The checks are plain stat
-calls; they run at once when an entry of the git directory changes (inotify: an operation
-starting or ending, HEAD rewritten, a lock made) and every ``health_interval`` otherwise
-(free disk), so an idle workspace costs a wakeup every interval, not four a second.
-Without inotify they run every ``POLL_CHECK_EVERY`` seconds.
+``config.git_dir`` (merge, rebase, am, cherry-pick, revert, bisect) or HEAD is detached.
+The checks are plain stat calls; they run at once when an entry of the git directory
+changes (inotify: an operation starting or ending, HEAD rewritten, a lock made) and every
+``health_interval`` otherwise (free disk), so an idle workspace costs a wakeup every
+interval, not four a second.  Without inotify they run every ``POLL_CHECK_EVERY`` seconds.
 Every ``config.metrics_interval`` seconds it writes ``config.metrics_file`` (common.metrics)
 from the heartbeats plus psutil, and it counts restarts (an actor beating with a new pid).
 Also (common.integrity): ``git fsck --connectivity-only`` every ``fsck_interval`` in a
@@ -34,7 +34,7 @@ from inotify_simple import flags as inotify_flags
 
 from gitsieve.common.actor import metrics
 from gitsieve.common.actor.base import Actor, main
-from gitsieve.common.actor.stage import IDLE_FACTOR
+from gitsieve.common.actor.stage import rested
 from gitsieve.common.git import integrity
 from gitsieve.common.git.gateway import Git
 from gitsieve.common.git.head import head_is_born
@@ -248,8 +248,7 @@ class Health(Actor):
             # Any change (the verdict, an actor's pid or liveness, lost changes) goes out
             # at the check that sees it.
             self._quiet_publishes = 0 if changed else self._quiet_publishes + 1
-            stretch = min(IDLE_FACTOR, 1 + self._quiet_publishes)
-            interval = self.config.health_interval * stretch
+            interval = rested(self.config.health_interval, self._quiet_publishes)
             self._next_publish = now + interval
             self._published = said
             if self.send(self.publisher, dataclasses.replace(status, interval=interval)):

@@ -611,7 +611,7 @@ class Watcher(Actor):
             self.moves.arrived(path, now)
             self._fold(folded, path, WRITE)
         elif mask & (flags.MODIFY | flags.ATTRIB):
-            if bool(mask & flags.MODIFY) and self.writing.wrote(path, now):
+            if mask & flags.MODIFY and self.writing.wrote(path, now):
                 self._report_write(folded, path, now, closing=False)  # just opened
                 return
             due = self.last_report.get(path, float("-inf")) + self.config.modify_interval

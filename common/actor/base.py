@@ -31,7 +31,7 @@ import zmq
 
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor.heap import HeapTrim, share_one_malloc_arena
-from gitsieve.common.actor.stage import IDLE_FACTOR, StageFeed
+from gitsieve.common.actor.stage import StageFeed, rested
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
 from gitsieve.common.protocol import messages
 from gitsieve.common.protocol.messages import (
@@ -41,7 +41,6 @@ from gitsieve.common.protocol.messages import (
     ControlRequest,
     HealthStatus,
     Heartbeat,
-    Ready,
 )
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,10 @@ ROUND_BUDGET = 0.2
 # The same failure of a tick or callback is logged in full at most this often (seconds);
 # every occurrence is still counted.
 _ERROR_LOG_INTERVAL = 60.0
-# Liveness traffic (heartbeats, health verdicts, workers' credit announcements) is not
-# work: an actor that only exchanges it is idle, and beats less often.
-_LIVENESS = (Heartbeat, HealthStatus, Ready)
+# Liveness traffic (heartbeats, health verdicts) is not work: an actor that only exchanges
+# it is idle, and beats less often.  (The router counts workers' credit announcements as
+# liveness itself: it reads them off its ROUTER sockets, not through the dispatch.)
+_LIVENESS = (Heartbeat, HealthStatus)
 # setproctitle leaves the environment area alone with this set: attribution reads a
 # process's mark from /proc/PID/environ.
 TITLE_ENV = "SPT_NOENV"
@@ -383,7 +383,7 @@ class Actor:
         self._quiet_beats = self._quiet_beats + 1 if activity == self._last_activity \
             and not activity[3] else 0
         self._last_activity = activity
-        interval = self.config.heartbeat_interval * min(IDLE_FACTOR, 1 + self._quiet_beats)
+        interval = rested(self.config.heartbeat_interval, self._quiet_beats)
         self._next_heartbeat = now + interval
         try:
             self._heartbeat.send(messages.encode(Heartbeat(

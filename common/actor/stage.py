@@ -38,6 +38,12 @@ from gitsieve.common.protocol.messages import Ready
 IDLE_FACTOR = 10
 
 
+def rested(interval: float, quiet: int) -> float:
+    """``interval`` after ``quiet`` unchanged sends in a row: one more interval each time,
+    up to IDLE_FACTOR of them (heartbeats, announcements, unchanged health verdicts)."""
+    return interval * min(IDLE_FACTOR, 1 + quiet)
+
+
 class StageFeed:
     """The worker's end of a stage queue: what it took, what it last told the router."""
 
@@ -50,7 +56,7 @@ class StageFeed:
 
     def current_interval(self) -> float:
         """The announcement interval: stretched up to IDLE_FACTOR times while idle."""
-        return self.interval * min(IDLE_FACTOR, 1 + self.quiet_rounds)
+        return rested(self.interval, self.quiet_rounds)
 
     def due(self, now: float) -> Ready | None:
         """The Ready to send now, or None when nothing changed and no interval passed."""
