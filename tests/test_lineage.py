@@ -12,8 +12,11 @@ import time
 import uuid
 
 import pytest
+import zmq
 
 from conftest import wait_for
+from gitsieve.common import config as config_mod
+from gitsieve.common.actor.base import Actor
 from gitsieve.common.judge.attribution import make_attributor
 from gitsieve.common.judge.attribution.base import SELF, SYSTEM, UNKNOWN, USER
 from gitsieve.common.judge.attribution.exact import ExactAttributor, WriterRules
@@ -320,11 +323,15 @@ def test_the_socket_filter_drops_thread_events_before_any_python_runs():
         def ours(tracker) -> tuple[int, int]:
             threads = processes = 0
             for data in seen[tracker]:
-                what = struct.unpack_from("=I", data, 36)[0]
-                if what == PROC_EVENT_FORK:
-                    child_pid, child_tgid = struct.unpack_from("=2i", data, 60)
-                    threads += child_tgid == os.getpid() and child_pid != child_tgid
-                    processes += child_pid == child_tgid == child.pid
+                offset = 0
+                while offset < len(data):  # the messages of one batch
+                    length, = struct.unpack_from("=I", data, offset)
+                    what, = struct.unpack_from("=I", data, offset + 36)
+                    if what == PROC_EVENT_FORK:
+                        child_pid, child_tgid = struct.unpack_from("=2i", data, offset + 60)
+                        threads += child_tgid == os.getpid() and child_pid != child_tgid
+                        processes += child_pid == child_tgid == child.pid
+                    offset += (length + 3) & ~3
             return threads, processes
         wait_for(lambda: filtered.drain() + unfiltered.drain() >= 0 and ours(unfiltered)[0]
                  >= 5 and ours(filtered)[1] == 1, 10, message="fork events")
@@ -332,3 +339,76 @@ def test_the_socket_filter_drops_thread_events_before_any_python_runs():
     finally:
         filtered.close()
         unfiltered.close()
+
+
+# ----- batches: what a busy machine costs --------------------------------------------------
+def test_an_exec_whose_process_exits_later_in_the_batch_is_not_read_from_proc(tracker):
+    """In one batch, /proc is read for an exec only if the process has not exited later in
+    the same batch: it is gone (or its pid is already another process's)."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        wait_for(lambda: read_proc(sleeper.pid) and "sleep" in read_proc(sleeper.pid).cmdline,
+                 5, message="sleep exec'd")
+        me = os.getpid()
+        tracker._parse(fork(me, sleeper.pid) + message(PROC_EVENT_EXEC, sleeper.pid, sleeper.pid)
+                       + message(PROC_EVENT_EXIT, sleeper.pid, sleeper.pid))
+        gone = tracker.processes[sleeper.pid]
+        assert gone.exec_lost and gone.exited is not None and "sleep" not in gone.cmdline
+        # the same exec with no exit after it: read from /proc
+        tracker._parse(fork(me, sleeper.pid) + message(PROC_EVENT_EXEC, sleeper.pid, sleeper.pid))
+        live = tracker.processes[sleeper.pid]
+        assert live.cmdline == "sleep 30" and not live.exec_lost and live.exited is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_process_starts_elsewhere_wake_the_reader_within_its_budget(workspace):
+    """A busy machine's process starts are read in batches: the proc connector wakes the
+    exact attributor at most WAKE_BURST + WAKES_PER_SECOND a second times, and every start
+    is still in the lineage, traced to its parent."""
+    from gitsieve.common.judge.attribution.lineage import WAKE_BURST, WAKES_PER_SECOND
+    workspace.config('[filter]\nattribution = "fanotify"\n')
+    cfg = workspace.load()
+    config_mod.prepare_runtime_dir(cfg)
+    attributor = make_attributor(cfg)
+    actor = _Reader(cfg)
+    wakes = []
+    try:
+        actor._heartbeat = actor.connect(zmq.PUSH, cfg.endpoints.heartbeat, hwm=10)
+        for fd, callback in attributor.fds():
+            actor.watch_fd(fd, lambda call=callback: wakes.append(call()) or wakes[-1])
+        started = time.monotonic()
+        children = []
+        for _ in range(60):
+            children.append(subprocess.Popen(["true"]))
+            actor._round_for(0.02)
+        for child in children:
+            child.wait()
+        wait_for(lambda: actor._round_for(0.1) or all(
+            attributor.lineage.processes.get(child.pid) is not None and
+            attributor.lineage.processes[child.pid].exited is not None for child in children),
+            10, message="every start and exit read")
+        elapsed = time.monotonic() - started
+        woken_with_events = sum(1 for rest in wakes if rest is not None)
+        assert woken_with_events <= WAKE_BURST + WAKES_PER_SECOND * elapsed + 1, (
+            woken_with_events, elapsed)
+        for child in children:
+            assert attributor.lineage.chain(child.pid)[1].pid == os.getpid()
+    finally:
+        attributor.close()
+        actor.close()
+
+
+class _Reader(Actor):
+    """The base's poll loop, in rounds of at most 10 ms."""
+
+    name = "reader"
+
+    def wakeup_in(self) -> float:
+        return 0.01
+
+    def _round_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._round()

@@ -434,3 +434,52 @@ def test_a_worker_fed_after_a_long_rest_announces_within_its_promised_interval(w
         router.close(0)
         worker.close()
         context.term()
+
+
+def test_a_descriptor_resting_after_a_read_is_read_once_when_its_rest_is_over(workspace):
+    """The poll loop, with a real pipe: a callback that asks for a rest is not called for
+    what arrives meanwhile, then once for all of it; one that found nothing asks for no rest
+    and is polled again (a source gone quiet wakes the actor at once, and no timer does)."""
+    cfg = workspace.load()
+    config_mod.prepare_runtime_dir(cfg)
+    actor = _Listener(cfg)
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    reads: list[bytes] = []
+
+    def read_and_rest() -> float | None:
+        try:
+            reads.append(os.read(read_end, 4096))
+        except BlockingIOError:
+            reads.append(b"")
+            return None
+        return 0.3
+
+    def rounds(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            actor._round()
+
+    try:
+        actor._heartbeat = actor.connect(zmq.PUSH, cfg.endpoints.heartbeat, hwm=10)
+        actor.wakeup_in = lambda: 0.02
+        actor.watch_fd(read_end, read_and_rest)
+        os.write(write_end, b"a")
+        rounds(0.05)
+        assert reads == [b"a"]
+        for byte in b"bcde":
+            os.write(write_end, bytes([byte]))
+            rounds(0.02)
+        assert reads == [b"a"], "read while resting"
+        rounds(0.35)  # the rest is over: one read of everything, then a rest again
+        assert reads == [b"a", b"bcde"]
+        rounds(0.35)  # over again, and nothing came: polled again, no rest
+        assert reads == [b"a", b"bcde", b""]
+        rounds(0.3)
+        assert reads == [b"a", b"bcde", b""], "woken by a timer with nothing to read"
+        os.write(write_end, b"f")
+        rounds(0.05)
+        assert reads[-1] == b"f"
+    finally:
+        actor.close()
+        os.close(read_end)
+        os.close(write_end)

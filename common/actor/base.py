@@ -110,7 +110,8 @@ class Actor:
         self._topic_inputs: set[zmq.Socket] = set()  # inputs of [topic, frame] messages
         # the frame of the message being handled, so a handler can pass it on as it came
         self.handling_frame = b""
-        self._fd_handlers: dict[int, Callable[[], object]] = {}
+        self._fd_handlers: dict[int, Callable[[], float | None]] = {}
+        self._resting_fds: dict[int, float] = {}  # fd -> monotonic time it is polled again
         self._control: zmq.Socket | None = None
         self._heartbeat: zmq.Socket | None = None
         self._feed: StageFeed | None = None
@@ -195,9 +196,25 @@ class Actor:
             return
         self._feed.announced_at(ready, now)
 
-    def watch_fd(self, fd: int, callback: Callable[[], object]) -> None:
+    def watch_fd(self, fd: int, callback: Callable[[], float | None]) -> None:
+        """Call ``callback`` when ``fd`` is readable.  It may return seconds for which
+        ``fd`` is then not polled: what arrives meanwhile waits in the kernel, and the
+        callback is called once when the rest is over (a busy source costs one round per
+        rest, not one per event).  It returns nothing when it found nothing to read, so a
+        source gone quiet is polled again."""
         self._fd_handlers[fd] = callback
         self.poller.register(fd, zmq.POLLIN)
+
+    def _serve_fd(self, fd: int, now: float) -> None:
+        """Call ``fd``'s callback (when it is readable, or its rest is over) and rest it,
+        or poll it again, as the callback answers."""
+        rest = self._guarded(f"descriptor {fd}", self._fd_handlers[fd])
+        if rest:
+            if fd not in self._resting_fds:
+                self.poller.unregister(fd)
+            self._resting_fds[fd] = now + rest
+        elif self._resting_fds.pop(fd, None) is not None:
+            self.poller.register(fd, zmq.POLLIN)
 
     def send(self, sock: zmq.Socket, message) -> bool:
         """Encode and send; a full or absent peer is counted, never fatal."""
@@ -259,11 +276,12 @@ class Actor:
         self.stats["errors"] += 1
         self.last_error = what[:500]
 
-    def _guarded(self, where: str, call: Callable[[], object]) -> None:
-        """Run ``call``; an exception is counted, shown in status and logged (in full at
-        most once a minute per place), and the actor lives on."""
+    def _guarded(self, where: str, call: Callable[[], object]) -> object:
+        """Run ``call`` and return what it returns; an exception is counted, shown in
+        status and logged (in full at most once a minute per place), and the actor lives
+        on (None is returned)."""
         try:
-            call()
+            return call()
         except Exception as exc:  # one failing tick must not take the actor down
             self.record_error(f"{where}: {type(exc).__name__}: {exc}")
             now = time.monotonic()
@@ -271,6 +289,7 @@ class Actor:
                 self._error_logged[where] = now
                 self.log.exception("%s: %s failed (counted; the actor goes on)",
                                    self.actor_id, where)
+            return None
 
     # ----- loop ------------------------------------------------------------------------
     def _dispatch(self, sock: zmq.Socket, handlers: dict[type, Callable]) -> int:
@@ -398,7 +417,7 @@ class Actor:
         # The handler only sets a flag; this pipe wakes the poll so stopping is prompt.
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
-        self.watch_fd(wake_read, lambda: os.read(wake_read, 512))
+        self.watch_fd(wake_read, lambda: os.read(wake_read, 512) and None)
         config_mod.prepare_runtime_dir(self.config)
         self._control = self.bind(zmq.REP, self.config.endpoints.control(self.actor_id), hwm=10)
         self.poller.register(self._control, zmq.POLLIN)
@@ -431,6 +450,7 @@ class Actor:
             if exc.errno == zmq.EINTR:
                 return
             raise
+        woke = time.monotonic()
         for sock in ready:
             if sock is self._control:
                 self._serve_control()
@@ -439,7 +459,9 @@ class Actor:
                 if self._feed is not None and sock is self._feed_sock:
                     self._feed.received += taken
             elif sock in self._fd_handlers:
-                self._guarded(f"descriptor {sock}", self._fd_handlers[sock])
+                self._serve_fd(sock, woke)
+        for fd in [fd for fd, until in self._resting_fds.items() if until <= woke]:
+            self._serve_fd(fd, woke)
         now = time.monotonic()
         self._guarded("tick", lambda: self.on_tick(now))
         self._announce(now)
@@ -457,6 +479,8 @@ class Actor:
             due.append(wake)
         if self._feed is not None:
             due.append(self._feed.next_announce - now)
+        if self._resting_fds:
+            due.append(min(self._resting_fds.values()) - now)
         return max(0.0, min(due))
 
     def _trim_heap(self, now: float) -> None:

@@ -169,7 +169,8 @@ class HelperServer:
         self.tracker: LineageTracker | None = None
         self._lineage_overflows = 0
         self._lineage_ok = (time.time(), time.monotonic())
-        self._handlers: dict[int, Callable[[int], None]] = {}
+        self._handlers: dict[int, Callable[[int], float | None]] = {}
+        self._resting: dict[int, float] = {}  # fd -> monotonic time it is polled again
         self._poller = select.poll()
         self._dirty: set[Connection] = set()
         self._next_heartbeat = 0.0
@@ -241,23 +242,41 @@ class HelperServer:
         signal then ends the poll at once, and the loop sees the handler's flag)."""
         self._register(fd, lambda _e: _drain_pipe(fd))
 
-    def _register(self, fd: int, handler: Callable[[int], None], events: int = _IN) -> None:
+    def _register(self, fd: int, handler: Callable[[int], float | None],
+                  events: int = _IN) -> None:
+        """Call ``handler(events)`` when ``fd`` is ready.  It may return seconds for which
+        ``fd`` then rests unpolled; the handler is called again when they are over (and
+        returns nothing when it found nothing, so the descriptor is polled again)."""
         self._handlers[fd] = handler
         self._poller.register(fd, events)
 
+    def _rest(self, fd: int, rest: float | None, now: float) -> None:
+        """Leave ``fd`` unpolled for ``rest`` seconds (its handler is called when they are
+        over), or poll it again."""
+        if rest:
+            if fd not in self._resting:
+                self._poller.unregister(fd)
+            self._resting[fd] = now + rest
+        elif self._resting.pop(fd, None) is not None:
+            self._poller.register(fd, _IN)
+
     def _unregister(self, fd: int) -> None:
-        if self._handlers.pop(fd, None) is not None:
+        if self._handlers.pop(fd, None) is not None and self._resting.pop(fd, None) is None:
             self._poller.unregister(fd)
 
     def serve(self) -> None:
         log.info("helper %s serving %s (pid %d)", HELPER_VERSION, self.socket_path,
                  os.getpid())
         while not self.stop_requested:
-            timeout = max(0.0, self._next_heartbeat - time.monotonic())
-            for fd, events in self._poller.poll(timeout * 1000):
+            timeout = max(0.0, min([self._next_heartbeat, *self._resting.values()])
+                          - time.monotonic())
+            ready = self._poller.poll(timeout * 1000)
+            woke = time.monotonic()
+            due = [(fd, _IN) for fd, until in self._resting.items() if until <= woke]
+            for fd, events in ready + due:
                 handler = self._handlers.get(fd)
                 if handler is not None:  # an earlier handler of this round may have closed it
-                    handler(events)
+                    self._rest(fd, handler(events), woke)
             if time.monotonic() >= self._next_heartbeat:
                 self._beat()
             self._flush()
@@ -557,7 +576,7 @@ class HelperServer:
     def _start_lineage(self) -> None:
         self.tracker = LineageTracker()
         self._lineage_overflows = 0
-        self._register(self.tracker.fileno(), lambda _e: self._drain_lineage())
+        self._register(self.tracker.fileno(), self._lineage_woke)
         log.info("listening to process events (%d processes known)", len(self.tracker))
 
     def _stop_lineage(self) -> None:
@@ -567,10 +586,18 @@ class HelperServer:
             self.tracker = None
             log.info("no workspace subscribed: process events no longer read")
 
-    def _drain_lineage(self) -> None:
+    def _lineage_woke(self, _events: int) -> float | None:
+        """The proc connector is readable (or its rest is over): drain it; the seconds it
+        then rests unpolled, if it held anything."""
+        if self.tracker is not None and self._drain_lineage():
+            return self.tracker.wakes.spend(time.monotonic())
+        return None
+
+    def _drain_lineage(self) -> int:
+        """Read the queued process events; how many there were."""
         if self.tracker is None:
-            return
-        self.tracker.drain()
+            return 0
+        count = self.tracker.drain()
         now = (time.time(), time.monotonic())
         if self.tracker.overflows != self._lineage_overflows:
             self._lineage_overflows = self.tracker.overflows
@@ -580,6 +607,7 @@ class HelperServer:
                 if conn.workspaces:
                     self._queue(conn, frame)
         self._lineage_ok = now
+        return count
 
     def _lineage_of(self, pid: int) -> tuple[LineageEntry, ...]:
         return lineage_entries(self.tracker.chain(pid))

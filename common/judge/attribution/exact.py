@@ -323,16 +323,25 @@ class ExactAttributor(RecordedAttributor):
     def _lineage_of(self, pid: int) -> tuple[LineageEntry, ...]:
         return lineage_entries(self.lineage.chain(pid))
 
-    def _drain_lineage(self) -> None:
-        self.lineage.drain()
+    def _drain_lineage(self) -> int:
+        """Read the queued process events; how many there were."""
+        count = self.lineage.drain()
         now = time.time()
         if self.lineage.overflows != self._lineage_overflows:
             self._lineage_overflows = self.lineage.overflows
             self.recorder.note_missed(self._lineage_ok, now, Missed.LINEAGE_OVERFLOW)
         self._lineage_ok = now
+        return count
 
-    def fds(self) -> list[tuple[int, Callable[[], None]]]:
-        return [(self.lineage.fileno(), self._drain_lineage),
+    def _lineage_woke(self) -> float | None:
+        """The proc connector is readable (or its rest is over): drain it; the seconds it
+        then rests unpolled, if it held anything."""
+        if self._drain_lineage():
+            return self.lineage.wakes.spend(time.monotonic())
+        return None
+
+    def fds(self) -> list[tuple[int, Callable[[], float | None]]]:
+        return [(self.lineage.fileno(), self._lineage_woke),
                 *((fd, self.drain) for fd in self.watch.fds())]
 
     def drain(self) -> None:

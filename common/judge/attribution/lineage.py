@@ -33,7 +33,7 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Callable
 
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK, GITSIEVE_ENV_MARK
@@ -54,8 +54,11 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 _EVENT_DATA = _NLMSGHDR.size + _CN_MSG.size + _EVENT_HEAD.size
-_FOUR_INTS = struct.Struct("=iiii")
-_TWO_INTS = struct.Struct("=ii")
+# One message in one unpack: nlmsghdr's length, proc_event's ``what`` and the first four
+# ints of its union (fork: parent pid, tgid, child pid, tgid; exec and exit: pid, tgid;
+# uid: pid, tgid, ruid, euid).  The union is never shorter than that.
+_MESSAGE = struct.Struct(f"=I{_NLMSGHDR.size + _CN_MSG.size - 4}xI"
+                         f"{_EVENT_HEAD.size - 4}xiiii")
 _RECV_SIZE = 64 * 1024
 _PROC_READ_SIZE = 64 * 1024
 KEEP_EXITED = 10.0
@@ -64,6 +67,14 @@ MAX_CHAIN = 64
 _GIT_MARK = f"\0{GITSIEVE_ENV_MARK}=1\0".encode()
 _ACTOR_MARK = f"\0{ACTOR_ENV_MARK}=".encode()
 NO_PARENT = 0
+# The reader's wake-ups: prompt while they are rare, so each exec is read from /proc while
+# its process runs; past this many a second on average (bursts of WAKE_BURST), the socket
+# rests unpolled and a busy machine's events are read in batches.  A process that exec'd and
+# exited within one batch is never read (it is gone).  A write in the workspace reads the
+# pending batch at once (the fanotify drain reads the lineage first), so a writer is read
+# while it still runs.
+WAKES_PER_SECOND = 2.0
+WAKE_BURST = 8.0
 
 
 # A classic BPF program on the socket drops, before any Python runs, what the tracker never
@@ -111,6 +122,20 @@ def _attach_filter(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+class WakeBudget:
+    """A token bucket of wake-ups: :meth:`spend` one, and learn how long to rest so the
+    average stays at ``per_second`` (bursts of ``burst`` pass at once)."""
+
+    def __init__(self, per_second: float = WAKES_PER_SECOND, burst: float = WAKE_BURST):
+        self.per_second, self.burst = per_second, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def spend(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_second) - 1
+        self.at = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.per_second
+
+
 class LineageUnavailable(OSError):
     """The proc connector cannot be used (no privilege or no kernel support)."""
 
@@ -133,6 +158,15 @@ class ProcInfo:
     # follows the process that forked it even after the kernel reuses the parent's pid
     serial: int = 0
     parent_serial: int = NO_PARENT
+
+
+_FIELDS = tuple(field.name for field in fields(ProcInfo))
+
+
+def _updated(info: ProcInfo, **changes) -> ProcInfo:
+    """``info`` with ``changes``: ``dataclasses.replace`` without its checks, which cost
+    more than the tracker's whole handling of a fork."""
+    return ProcInfo(*[changes.get(name, getattr(info, name)) for name in _FIELDS])
 
 
 def _read(path: str) -> bytes | None:
@@ -195,6 +229,7 @@ class LineageTracker:
         self._serials = itertools.count(1)
         self.events = 0
         self.overflows = 0
+        self.wakes = WakeBudget()
         self.sock: socket.socket | None = None
         self._next_prune = 0.0
         if listen:
@@ -248,12 +283,12 @@ class LineageTracker:
         return info
 
     def _new(self, info: ProcInfo, parent: ProcInfo | None) -> ProcInfo:
-        return self._put(replace(info, serial=next(self._serials),
+        return self._put(_updated(info, serial=next(self._serials),
                                  parent_serial=parent.serial if parent else NO_PARENT))
 
     def _displace(self, old: ProcInfo) -> None:
         if self._children.get(old.serial):
-            self.retired[old.serial] = old if old.exited else replace(old, exited=self.clock())
+            self.retired[old.serial] = old if old.exited else _updated(old, exited=self.clock())
             self._by_serial[old.serial] = self.retired[old.serial]
         else:
             self._drop(old)
@@ -279,7 +314,7 @@ class LineageTracker:
         for info in fresh:
             known = self.processes.get(info.pid)
             if known is not None and known.exited is None:
-                self._put(replace(info, ppid=known.ppid, serial=known.serial,
+                self._put(_updated(info, ppid=known.ppid, serial=known.serial,
                                   parent_serial=known.parent_serial))
         for info in fresh:
             known = self.processes.get(info.pid)
@@ -288,13 +323,14 @@ class LineageTracker:
 
     # ----- events ----------------------------------------------------------------------
     def drain(self) -> int:
-        """Apply every queued event; return how many were read."""
+        """Apply every queued event, as one batch; return how many were read."""
         if self.sock is None:
             return 0
+        received: list[bytes] = []
         count = 0
         while True:
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                received.append(self.sock.recv(_RECV_SIZE))
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -306,9 +342,10 @@ class LineageTracker:
                 # ones are lost (their writes then fall through to the content layer).
                 self.overflows += 1
                 log.warning("proc connector overflowed; re-reading /proc")
+                count += self._parse(b"".join(received))
+                received.clear()
                 self.snapshot()
-                continue
-            count += self._parse(data)
+        count += self._parse(b"".join(received))
         now = self.clock()
         if now >= self._next_prune:
             self._next_prune = now + _PRUNE_EVERY
@@ -316,64 +353,65 @@ class LineageTracker:
         return count
 
     def _parse(self, data: bytes) -> int:
-        offset, count = 0, 0
-        while offset + _EVENT_DATA <= len(data):
-            length = _NLMSGHDR.unpack_from(data, offset)[0]
-            if length < _EVENT_DATA:
+        """Apply the messages in ``data`` (whole datagrams, in order) as one batch."""
+        events = []
+        offset, size = 0, len(data)
+        while offset + _MESSAGE.size <= size:
+            length, *event = _MESSAGE.unpack_from(data, offset)
+            if length < _MESSAGE.size:
                 break
-            what = _EVENT_HEAD.unpack_from(data, offset + _NLMSGHDR.size + _CN_MSG.size)[0]
-            body = offset + _EVENT_DATA
-            handler = self._handlers.get(what)
-            if handler is not None and body + 16 <= len(data):
-                handler(self, data, body)
-            self.events += 1
-            count += 1
+            events.append(event)
             offset += (length + 3) & ~3
-        return count
+        # an exec whose process exits later in the batch is gone: /proc is not read for it
+        exits_at = {tgid: index for index, (what, pid, tgid, _, _) in enumerate(events)
+                    if what == PROC_EVENT_EXIT and pid == tgid}
+        for index, (what, first, second, third, fourth) in enumerate(events):
+            if what == PROC_EVENT_FORK:
+                if third == fourth:  # a new process, not a new thread
+                    self._on_fork(second, third)
+            elif what == PROC_EVENT_EXEC:
+                self._on_exec(second, exits_at.get(second, -1) > index)
+            elif what == PROC_EVENT_EXIT:
+                if first == second:
+                    self._on_exit(second)
+            elif what == PROC_EVENT_UID:
+                self._on_uid(second, third)
+        self.events += len(events)
+        return len(events)
 
-    def _on_fork(self, data: bytes, at: int) -> None:
-        _, parent_tgid, child_pid, child_tgid = _FOUR_INTS.unpack_from(data, at)
-        if child_pid != child_tgid:
-            return  # a new thread, not a new process
+    def _on_fork(self, parent_tgid: int, child: int) -> None:
         parent = self.processes.get(parent_tgid) or self._load(parent_tgid)
         if parent is None:
-            self._load(child_pid)
+            self._load(child)
             return
-        self._new(replace(parent, pid=child_pid, ppid=parent_tgid, exited=None,
-                          inherited=True), parent)
+        self._put(ProcInfo(child, parent_tgid, parent.cmdline, parent.uid, parent.cgroup,
+                           parent.gitsieve_mark, None, True, parent.exec_lost,
+                           next(self._serials), parent.serial))
 
-    def _on_exec(self, data: bytes, at: int) -> None:
-        pid, tgid = _TWO_INTS.unpack_from(data, at)
+    def _on_exec(self, tgid: int, gone: bool) -> None:
         known = self.processes.get(tgid)
         live = known if known is not None and known.exited is None else None
-        fresh = read_proc(tgid, live)
+        fresh = None if gone else read_proc(tgid, live)
         if fresh is None:  # exited already: the parent is right, the program unknown
             if known is not None:
-                self._put(replace(known, exec_lost=True))
+                self._put(_updated(known, exec_lost=True))
             return
-        if known is None or known.exited is not None:
+        if live is None:
             self._new(fresh, self.processes.get(fresh.ppid))
             return
         # /proc may already show a reparented ppid (1) if the parent died; keep ours.
-        self._put(replace(fresh, ppid=known.ppid, serial=known.serial,
-                          parent_serial=known.parent_serial))
+        self._put(_updated(fresh, ppid=live.ppid, serial=live.serial,
+                           parent_serial=live.parent_serial))
 
-    def _on_uid(self, data: bytes, at: int) -> None:
-        pid, tgid, ruid, _ = _FOUR_INTS.unpack_from(data, at)
+    def _on_uid(self, tgid: int, ruid: int) -> None:
         known = self.processes.get(tgid)
         if known is not None:
-            self._put(replace(known, uid=ruid))
+            self._put(_updated(known, uid=ruid))
 
-    def _on_exit(self, data: bytes, at: int) -> None:
-        pid, tgid = _TWO_INTS.unpack_from(data, at)
-        if pid != tgid:
-            return
+    def _on_exit(self, tgid: int) -> None:
         known = self.processes.get(tgid)
         if known is not None:
-            self._put(replace(known, exited=self.clock()))
-
-    _handlers = {PROC_EVENT_FORK: _on_fork, PROC_EVENT_EXEC: _on_exec,
-                 PROC_EVENT_UID: _on_uid, PROC_EVENT_EXIT: _on_exit}
+            self._put(_updated(known, exited=self.clock()))
 
     def prune(self, now: float | None = None) -> None:
         """Drop exited records past the grace that no kept record descends from; dropping
