@@ -11,9 +11,11 @@ executor holds a verdict for three of those).  Not ok when free disk on the work
 file system is under ``config.min_free_mb``, when a git operation is in progress in
 ``config.git_dir`` (merge, rebase, am, cherry-pick, revert, bisect) or HEAD is detached.
 The checks are plain stat calls; they run at once when an entry of the git directory
-changes (inotify: an operation starting or ending, HEAD rewritten, a lock made) and every
-``health_interval`` otherwise (free disk), so an idle workspace costs a wakeup every
-interval, not four a second.  Without inotify they run every ``POLL_CHECK_EVERY`` seconds.
+changes (inotify: an operation starting or ending, HEAD rewritten, a lock made) or an
+actor appears or restarts, and otherwise every ``health_interval`` (free disk, a silent
+actor), stretched like the publishing while the verdict stays the same, so an idle
+workspace costs a wakeup every ten intervals.  Without inotify they run every
+``POLL_CHECK_EVERY`` seconds.
 Every ``config.metrics_interval`` seconds it writes ``config.metrics_file`` (common.metrics)
 from the heartbeats plus psutil, and it counts restarts (an actor beating with a new pid).
 Also (common.integrity): ``git fsck --connectivity-only`` every ``fsck_interval`` in a
@@ -127,6 +129,8 @@ class Health(Actor):
                                  self.stats["beats_refused"], problem)
             return
         self.note_restart(beat, known)
+        if known is None or known["pid"] != beat.pid:
+            self._next_check = 0.0  # a new or restarted actor is published at once
 
     # ----- checks ---------------------------------------------------------------------
     def git_operation(self) -> str:
@@ -232,9 +236,6 @@ class Health(Actor):
         self.run_recovery_checks(now)
         if now < self._next_check:
             return
-        every = self.config.health_interval
-        self._next_check = now + (every if self.git_dir_events is not None
-                                  else min(POLL_CHECK_EVERY, every))
         status = self.evaluate()
         previous = self.verdict
         if previous is None or (previous.ok, previous.reasons) != (status.ok, status.reasons):
@@ -253,6 +254,13 @@ class Health(Actor):
             self._published = said
             if self.send(self.publisher, dataclasses.replace(status, interval=interval)):
                 self.stats["published"] += 1
+        every = self.config.health_interval
+        # Watched, the git dir wakes a check at once, and so does a new or restarted actor:
+        # what is left to the clock (free disk, a silent actor) is checked less often while
+        # the verdict stays the same, as it is published.
+        self._next_check = now + (rested(every, self._quiet_publishes)
+                                  if self.git_dir_events is not None
+                                  else min(POLL_CHECK_EVERY, every))
 
     def wakeup_in(self) -> float | None:
         return max(0.0, self._next_check - time.monotonic())

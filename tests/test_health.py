@@ -465,3 +465,50 @@ def test_autonomous_processes_elsewhere_on_the_machine_are_not_this_workspaces_l
                 proc.kill()
                 proc.wait()
         actor.close()
+
+
+def test_at_rest_checks_stretch_and_a_git_operation_or_a_restart_is_checked_at_once(workspace):
+    """The checks themselves (not only the publishing) rest while the verdict stays the
+    same; a git operation starting or an actor restarting is still checked at the round
+    that sees it."""
+    workspace.config("[health]\ninterval = 0.3\n")
+    cfg = workspace.load()
+    config_mod.prepare_runtime_dir(cfg)
+    health = Health(cfg)
+    checks: list[float] = []
+    clock = [1000.0]
+    evaluate = health.evaluate
+    health.evaluate = lambda: checks.append(clock[0]) or evaluate()
+
+    def ticks(seconds: float) -> None:
+        for _ in range(round(seconds / 0.1)):
+            health.on_tick(clock[0])
+            clock[0] += 0.1
+
+    def checked_at_once(event) -> None:
+        ticks(40.0)  # at rest again: the next check is ten intervals away
+        at = clock[0]
+        event()
+        ticks(0.1)
+        assert checks[-1] == at
+
+    try:
+        health.setup()
+        assert health.git_dir_events is not None
+        ticks(40.0)
+        assert len(checks) < 30, len(checks)  # every 0.3 s: 133
+        assert checks[-1] - checks[-2] >= 2.9  # ten intervals apart
+        checked_at_once(lambda: health.on_heartbeat(Heartbeat(
+            actor="l2-01", pid=4242, sent=time.time(), state="running")))
+        assert "l2-01" in health.verdict.actors
+        checked_at_once(lambda: health.on_heartbeat(Heartbeat(
+            actor="l2-01", pid=4243, sent=time.time(), state="running")))
+        assert health.verdict.actors["l2-01"]["pid"] == 4243
+
+        def merge() -> None:
+            (workspace.path(".git") / "MERGE_HEAD").write_text(workspace.head() + "\n")
+            health.on_git_dir_changed()
+        checked_at_once(merge)
+        assert not health.verdict.ok
+    finally:
+        health.close()

@@ -412,3 +412,13 @@ class _Reader(Actor):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self._round()
+
+
+def test_the_reader_rests_after_a_batch_once_its_burst_is_spent_but_never_with_a_full_one(
+        tracker):
+    from gitsieve.common.judge.attribution.lineage import FULL_BATCH, WAKE_BURST
+    now = time.monotonic()
+    assert tracker.rest_after(0, now) is None  # nothing read: polled again at once
+    rests = [tracker.rest_after(3, now) for _ in range(int(WAKE_BURST))]
+    assert rests[0] == 0.0 and rests[-1] > 0.0
+    assert tracker.rest_after(FULL_BATCH, now) == 0.0  # its buffer must not fill

@@ -143,9 +143,9 @@ KEYS: tuple[Key, ...] = (
     # [health]
     Key("health", "min_free_mb", float, 100, "commits pause below this much free disk",
         minimum=0, maximum=10_000_000, unit="MB"),
-    Key("health", "interval", float, 2, "seconds between health checks (free disk; git "
-        "operations are seen at once); an unchanged verdict is published up to ten checks "
-        "apart",
+    Key("health", "interval", float, 2, "seconds between health checks (free disk, silent "
+        "actors; git operations and restarts are seen at once); while the verdict stays the "
+        "same, checks and publishing stretch to ten intervals apart",
         attr="health_interval", minimum=0.1, maximum=3600, unit="s"),
     Key("health", "fsck_interval", float, 3600, "seconds between git fsck "
         "--connectivity-only runs; 0: never", minimum=0, maximum=604800, unit="s"),

@@ -589,9 +589,8 @@ class HelperServer:
     def _lineage_woke(self, _events: int) -> float | None:
         """The proc connector is readable (or its rest is over): drain it; the seconds it
         then rests unpolled, if it held anything."""
-        if self.tracker is not None and self._drain_lineage():
-            return self.tracker.wakes.spend(time.monotonic())
-        return None
+        count = self._drain_lineage()
+        return self.tracker.rest_after(count, time.monotonic()) if self.tracker else None
 
     def _drain_lineage(self) -> int:
         """Read the queued process events; how many there were."""

@@ -336,9 +336,7 @@ class ExactAttributor(RecordedAttributor):
     def _lineage_woke(self) -> float | None:
         """The proc connector is readable (or its rest is over): drain it; the seconds it
         then rests unpolled, if it held anything."""
-        if self._drain_lineage():
-            return self.lineage.wakes.spend(time.monotonic())
-        return None
+        return self.lineage.rest_after(self._drain_lineage(), time.monotonic())
 
     def fds(self) -> list[tuple[int, Callable[[], float | None]]]:
         return [(self.lineage.fileno(), self._lineage_woke),

@@ -72,9 +72,13 @@ NO_PARENT = 0
 # rests unpolled and a busy machine's events are read in batches.  A process that exec'd and
 # exited within one batch is never read (it is gone).  A write in the workspace reads the
 # pending batch at once (the fanotify drain reads the lineage first), so a writer is read
-# while it still runs.
-WAKES_PER_SECOND = 2.0
+# while it still runs.  A batch of FULL_BATCH events or more rests not at all: the socket's
+# buffer (RECEIVE_BUFFER, about 5,000 events) must not fill during a rest.
+WAKES_PER_SECOND = 1.0
 WAKE_BURST = 8.0
+FULL_BATCH = 1000
+RECEIVE_BUFFER = 4 * 1024 * 1024
+SO_RCVBUFFORCE = 33  # past net.core.rmem_max (CAP_NET_ADMIN, which the socket needs anyway)
 
 
 # A classic BPF program on the socket drops, before any Python runs, what the tracker never
@@ -241,7 +245,10 @@ class LineageTracker:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
                                  | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
             sock.bind((0, CN_IDX_PROC))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             _attach_filter(sock)
             payload = struct.pack("=I", PROC_CN_MCAST_LISTEN)
             message = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(payload), 0) + payload
@@ -351,6 +358,13 @@ class LineageTracker:
             self._next_prune = now + _PRUNE_EVERY
             self.prune(now)
         return count
+
+    def rest_after(self, count: int, now: float) -> float | None:
+        """Seconds the socket should rest unpolled after a wake-up that read ``count``
+        events (None: none read, poll it again)."""
+        if not count:
+            return None
+        return 0.0 if count >= FULL_BATCH else self.wakes.spend(now)
 
     def _parse(self, data: bytes) -> int:
         """Apply the messages in ``data`` (whole datagrams, in order) as one batch."""
