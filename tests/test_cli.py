@@ -238,3 +238,23 @@ def test_a_gitsieve_ctl_command_names_itself_once_in_its_usage(name, capsys):
     assert cli.main([name, "--help"]) == 0
     usage = capsys.readouterr().out.splitlines()[0]
     assert usage.startswith(f"usage: gitsieve {name} ["), usage
+
+
+@pytest.mark.parametrize("mode", ["rewrite", "new"])
+def test_the_storm_benchs_autonomous_writer_writes_what_it_reports(tmp_path, mode):
+    """``gitsieve bench --storm``'s writer: the count it prints is what it wrote, each
+    write a whole line naming its number (rewrites cycle through the files)."""
+    result = run_cli("storm-writer", "claude-autonomous", str(tmp_path), "2000", "0.3", "7",
+                     mode, module="gitsieve.common.tools.bench")
+    assert result.returncode == 0, result.stderr
+    written = int(result.stdout)
+    assert written > 7
+    files = sorted((tmp_path / "agent").iterdir())
+    if mode == "new":
+        assert [f.name for f in files] == [f"new-{n:06d}.txt" for n in range(written)]
+        assert files[-1].read_text() == f"agent write {written - 1}\n"
+    else:
+        assert [f.name for f in files] == [f"state-{n:03d}.txt" for n in range(7)]
+        last = written - 1
+        assert (tmp_path / "agent" / f"state-{last % 7:03d}.txt").read_text() == \
+            f"agent write {last}\n"

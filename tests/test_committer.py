@@ -982,17 +982,52 @@ def test_path_gate_holds_the_paths_it_names_and_the_rest_is_committed(workspace)
     committer = make(workspace, 'remote = ""\n')
     asked = []
 
-    def gate(paths, head):
-        asked.append(sorted(paths))
+    def gate(sizes, head):
+        asked.append(sorted(sizes.items()))
         return {"key.pem": Why(Hold.SECRET, "a private key")}
     committer.path_gate = gate
     workspace.write("key.pem", "-----BEGIN PRIVATE KEY-----\n")
     workspace.write("notes.txt", "fine\n")
     workspace.path("README.md").unlink()
     result = committer.commit(["key.pem", "notes.txt", "README.md"])
-    assert asked == [["key.pem", "notes.txt"]]  # deletions carry no content to check
+    # deletions carry no content to check; the others come with their sizes
+    assert asked == [[("key.pem", 28), ("notes.txt", 5)]]
     assert result.held_paths == {"key.pem": Why(Hold.SECRET, "a private key")}
     assert result.statuses == {"notes.txt": "A", "README.md": "D"}
+
+
+def test_a_file_rewritten_after_the_path_gate_judged_its_size_is_held_not_committed(workspace):
+    """The size gate judges the file as planned; grown past the limit before it is hashed,
+    it must not be committed unjudged: held, to be looked at again."""
+    committer = make(workspace, 'remote = ""\n')
+
+    def gate(sizes, head):
+        workspace.path("grows.txt").write_text("x" * 10_000)  # grows after being judged
+        return {path: Why(Hold.OVERSIZED, "too large") for path, size in sizes.items()
+                if size > 1000}
+    committer.path_gate = gate
+    workspace.write("grows.txt", "small\n")
+    workspace.write("other.txt", "fine\n")
+    result = committer.commit(["grows.txt", "other.txt"])
+    assert result.held_paths["grows.txt"].hold is Hold.CHANGED_WHILE_COMMITTED
+    assert result.statuses == {"other.txt": "A"}
+    assert "grows.txt" not in git(workspace.root, "ls-tree", "--name-only", "HEAD")
+
+
+def test_a_file_deleted_after_it_was_planned_is_committed_as_a_deletion(workspace):
+    committer = make(workspace, 'remote = ""\n')
+
+    def gate(sizes, head):
+        workspace.path("README.md").unlink()  # tracked, gone between planning and hashing
+        workspace.path("brief.txt").unlink()  # never committed
+        return {}
+    committer.path_gate = gate
+    workspace.write("README.md", "changed\n")
+    workspace.write("brief.txt", "short-lived\n")
+    workspace.write("kept.txt", "kept\n")
+    result = committer.commit(["README.md", "brief.txt", "kept.txt"])
+    assert result.statuses == {"README.md": "D", "kept.txt": "A"}
+    assert not result.held_paths
 
 
 def test_a_large_committed_file_leaves_a_refreshed_index_entry(workspace):

@@ -42,7 +42,7 @@ Before staging, every path is planned (:meth:`Committer.plan`): from the work tr
 Held paths come back in :attr:`CommitResult.held_paths` with their own reason: a path git
 refuses (a FIFO, a socket; a file git cannot read, found by bisection) is held alone
 (``Hold.GIT_REFUSED``) and the rest is committed; so is a path an optional
-``path_gate(paths, head) -> {path: Why}`` (before hashing: a file too large) or
+``path_gate({path: size}, head) -> {path: Why}`` (before hashing: a file too large) or
 ``blob_gate([(path, blob id)]) -> {path: Why}`` (the exact blobs: a secret) holds.
 
 When a push is rejected because the remote moved, the remote branch is fetched and the
@@ -244,6 +244,9 @@ class Plan:
     read_as: dict[str, tuple] = field(default_factory=dict)
     # the file-timestamp clock when the first signature was taken (see racily_read)
     read_from: int | None = None
+    # PRESENT path -> its lstat when planned: the size gate judges that size, and the file
+    # is hashed only if it still has that signature afterwards (one look per path, not four)
+    looked: dict[str, os.stat_result] = field(default_factory=dict)
 
     def reading(self) -> None:
         """Note the file-timestamp clock before the first signature is taken."""
@@ -426,9 +429,9 @@ class Committer:
         # "HEAD" when it has none); a Why stops the push (see the module docstring).
         self.push_gate: Callable[[str], Why | None] | None = None
         # Asked at every commit with the paths whose work-tree version is about to be
-        # committed (new or changed, not deletions) and HEAD's commit; the paths it names
-        # are held with its Why and the rest is committed.
-        self.path_gate: Callable[[list[str], str | None], dict[str, Why]] | None = None
+        # committed (new or changed, not deletions), each with its size as planned, and
+        # HEAD's commit; the paths it names are held with its Why and the rest is committed.
+        self.path_gate: Callable[[dict[str, int], str | None], dict[str, Why]] | None = None
         # Asked with (path, blob id) of every blob about to be committed, once hashed: the
         # exact bytes of the commit (the guard scans them); the paths it names are held.
         self.blob_gate: Callable[[list[tuple[str, str]]], dict[str, Why]] | None = None
@@ -608,10 +611,11 @@ class Committer:
             return NESTED, rel
         return DIRECTORY, ""
 
-    def _where(self, path: str, dirs: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    def _where(self, path: str, dirs: dict[str, tuple[str, str]],
+               looked: dict[str, os.stat_result]) -> tuple[str, str]:
         """Where ``path`` stands in the work tree: (PRESENT | GONE | BEYOND_LINK |
         DIRECTORY | NESTED | REFUSED | TOO_LONG, detail); ``dirs`` caches the directories
-        above."""
+        above, and ``looked`` gets a PRESENT path's lstat."""
         parts = path.split("/")
         for depth in range(1, len(parts)):
             prefix = "/".join(parts[:depth])
@@ -633,6 +637,7 @@ class Committer:
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
             # never opened: reading a FIFO would block
             return REFUSED, "unsupported file type (a FIFO, socket or device)"
+        looked[path] = info
         return PRESENT, ""
 
     def _user_index_changes(self, head: tuple[str, str] | None) -> dict[str, tuple[int, str]]:
@@ -798,6 +803,7 @@ class Committer:
         """What committing ``paths`` on ``head`` does with each (see the module docstring):
         staged from the work tree, force-removed, held with a reason, or dropped."""
         plan = Plan()
+        plan.reading()  # before the first look: a write in the tick of the look is racy
         staged = self._user_index_changes(head)
         # Entries left as HEAD had them before an earlier commit (refresh pending) are not
         # the person's staging.
@@ -812,7 +818,7 @@ class Committer:
                     or self._refused_by_rule(path):
                 plan.dropped.append(path)
                 continue
-            where[path] = self._where(path, dirs)
+            where[path] = self._where(path, dirs, plan.looked)
             state, detail = where[path]
             if state == REFUSED:
                 plan.held[path] = Why(Hold.GIT_REFUSED, detail)
@@ -880,9 +886,10 @@ class Committer:
         plan.head_entries = entries
         self._apply_staging(plan, where, staged)
         if self.path_gate is not None:
-            present = [path for path in plan.stage if where[path][0] == PRESENT]
+            sizes = {path: plan.looked[path].st_size for path in plan.stage
+                     if where[path][0] == PRESENT}
             gated = {path: why for path, why in
-                     (self.path_gate(present, head[0] if head else None) or {}).items()
+                     (self.path_gate(sizes, head[0] if head else None) or {}).items()
                      if path in plan.stage}
             plan.held.update(gated)
             plan.stage = [path for path in plan.stage if path not in gated]
@@ -1152,6 +1159,22 @@ class Committer:
         return self.content.close_idle(now)
 
     # ----- objects and trees -----------------------------------------------------------------
+    def _hash_present(self, paths: list[str], found: dict[str, str], held: dict[str, Why],
+                      changes: dict[str, tuple[int, str] | None]) -> None:
+        """:meth:`_hash_files` of files planned as present; one gone since it was planned
+        is a deletion, as git would see it (``changes[path] = None``), and the rest is
+        hashed again."""
+        try:
+            self._bisect(paths, lambda chunk: self._hash_files(chunk, found), held)
+        except GitError:
+            gone = {path for path in paths if not os.path.lexists(self._full(path))}
+            if not gone:
+                raise
+            changes.update(dict.fromkeys(gone))
+            rest = [path for path in paths if path not in gone]
+            if rest:
+                self._hash_present(rest, found, held, changes)
+
     def _hash_files(self, paths: list[str], found: dict[str, str]) -> None:
         """The object ids of ``paths``' files, each written unless it exists: git's own
         hashing, so clean filters (autocrlf, LFS) apply as on `git add`.  Many files new to
@@ -1307,13 +1330,13 @@ class Committer:
         modes, regular, links = {}, [], []
         executable_bit = self.content.executable_bit()
         for path in present:
-            try:
-                info = os.lstat(self._full(path))
-                if stat.S_ISLNK(info.st_mode):
+            info = plan.looked[path]  # as planned and gated; hashed only if still so
+            if stat.S_ISLNK(info.st_mode):
+                try:
                     links.append((path, os.fsencode(os.readlink(self._full(path)))))
-                    continue
-            except OSError:  # gone since it was planned: a deletion, as git would see it
-                changes[path] = None
+                except OSError:  # gone or replaced since it was planned: look again later
+                    plan.held[path] = Why(Hold.CHANGED_WHILE_COMMITTED,
+                                          "replaced while it was read")
                 continue
             mode = git_mode(info.st_mode)
             plan.largest = max(plan.largest, info.st_size)
@@ -1327,7 +1350,7 @@ class Committer:
         oids: dict[str, str] = {}
         plain = [path for path in regular if "\n" not in path]  # hash-object reads lines
         if plain:
-            self._bisect(plain, lambda chunk: self._hash_files(chunk, oids), plan.held)
+            self._hash_present(plain, oids, plan.held, changes)
         for path in regular:
             if "\n" in path:
                 with open(self.root / path, "rb") as handle:

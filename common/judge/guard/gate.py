@@ -248,24 +248,19 @@ class CommitGuard:
 
     # --- before staging: size ----------------------------------------------------------------
 
-    def before_staging(self, paths: list[str], head: str | None) -> dict[str, Why]:
-        """Paths too large to commit: new ones over the limit, tracked ones grown past it,
-        except what ``.gitattributes`` routes to git-lfs and what was released."""
+    def before_staging(self, sizes: dict[str, int], head: str | None) -> dict[str, Why]:
+        """Paths too large to commit, of ``sizes`` (path -> bytes, as the committer found
+        the file; it commits nothing else): new ones over the limit, tracked ones grown past
+        it, except what ``.gitattributes`` routes to git-lfs and what was released."""
         if not self.judge.settings.limit_bytes:
             return {}
         with _Timed(self.timings["size"]):
-            return self._oversized(paths, head)
+            return self._oversized(sizes, head)
 
-    def _oversized(self, paths: list[str], head: str | None) -> dict[str, Why]:
+    def _oversized(self, sizes: dict[str, int], head: str | None) -> dict[str, Why]:
         self.refresh()
-        large = {}
-        for path in paths:
-            try:
-                size = os.lstat(self.config.workspace / path).st_size
-            except OSError:
-                continue  # gone (a deletion): nothing to stage, nothing to hold
-            if size > self.judge.settings.limit_bytes:
-                large[path] = size
+        limit = self.judge.settings.limit_bytes
+        large = {path: size for path, size in sizes.items() if size > limit}
         if not large:
             return {}
         routed = self._lfs_routed(list(large))
