@@ -61,11 +61,21 @@ class Router(Actor):
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.stats["messages_in"] += 1
-            if len(frames) != count:
-                self._bad(stage, f"{len(frames)} frames, expected {count}")
-                continue
-            yield frames
+            if frames[0] == messages.BUNDLE:  # a producer's burst (stage_in only)
+                try:
+                    parts = messages.unbundle(frames)
+                except BadMessage as exc:
+                    self.stats["messages_in"] += 1
+                    self._bad(stage, str(exc))
+                    continue
+            else:
+                parts = (frames,)
+            for frames in parts:
+                self.stats["messages_in"] += 1
+                if len(frames) != count:
+                    self._bad(stage, f"{len(frames)} frames, expected {count}")
+                    continue
+                yield frames
 
     def _bad(self, stage: StageQueue, why: str) -> None:
         self.stats["bad_frames"] += 1
@@ -103,29 +113,44 @@ class Router(Actor):
 
     # ----- forwarding -------------------------------------------------------------------
     def _forward(self, stage: StageQueue) -> None:
+        """Hand waiting changes to the workers with credit: what goes to one worker in a
+        round goes as one bundle (see messages.bundle)."""
         out = self.outputs[stage.name]
         now = time.monotonic()
+        bundles: dict[bytes, tuple[Worker, list[list[bytes]]]] = {}
         while True:
             head = stage.next()
             if head is None:
-                return
+                break
             worker = stage.best_worker()
             if worker is None:
-                return  # every worker's window is full, or none is connected
+                break  # every worker's window is full, or none is connected
             path, waiting = head
-            frames = [worker.identity, waiting.body]
+            part = [waiting.body]
             if waiting.merged:
-                frames.append(messages.earliest_frame(waiting.observed))
-            try:
-                out.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                    raise
-                self._forget(stage, worker, "is gone")
-                continue
+                part.append(messages.earliest_frame(waiting.observed))
             stage.taken(path, now)
             worker.sent += 1
-            self.stats["messages_out"] += 1
+            queued = bundles.setdefault(worker.identity, (worker, []))[1]
+            queued.append(part)
+            if len(queued) >= messages.MAX_BUNDLED:
+                self._send_to(stage, out, *bundles.pop(worker.identity))
+        for worker, queued in bundles.values():
+            self._send_to(stage, out, worker, queued)
+
+    def _send_to(self, stage: StageQueue, out: zmq.Socket, worker: Worker,
+                 queued: list[list[bytes]]) -> None:
+        frames = queued[0] if len(queued) == 1 else messages.bundle(queued)
+        try:
+            out.send_multipart([worker.identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                raise
+            # Counted as sent: forgetting the worker counts them lost with the rest it
+            # held, and the watcher's reconcile sends their paths again.
+            self._forget(stage, worker, "is gone")
+            return
+        self.stats["messages_out"] += len(queued)
 
     def _forget(self, stage: StageQueue, worker: Worker, why: str) -> None:
         self.log.warning("router: %s worker %s %s; forgotten", stage.name, worker.name, why)

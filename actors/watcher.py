@@ -60,7 +60,7 @@ from inotify_simple import flags
 
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
-from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.actor.base import BUNDLE_WAIT, Actor, main
 from gitsieve.common.git.gateway import Git, GitError
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.health import nonnegative_count
@@ -138,6 +138,7 @@ class Watcher(Actor):
         self.router_lost = 0  # changes the router reported lost or dropped, as last seen
         self.out: zmq.Socket | None = None
         self.unsent: deque[list[bytes]] = deque()
+        self._unsent_since = 0.0  # perf_counter() when the oldest unsent was queued
         self.rules = RuleCache(config.patterns_file, workspace=config.workspace)
         self.excluded_prefix = self._runtime_prefix()
         self.wd_to_path: dict[int, str] = {}
@@ -373,7 +374,8 @@ class Watcher(Actor):
             written=facts.written, open_since=facts.open_since,
             partners=tuple(sorted(p for p in named if not self.excluded(p))
                            [:messages.MAX_PARTNERS]))
-        frames = messages.stage_frames(change, priority=urgent(change))
+        priority = urgent(change)
+        frames = messages.stage_frames(change, priority=priority)
         self.last_report[path] = now
         if kind == WRITE and source == "inotify":
             self.pacer.told(path, now, bool(facts.open_since))
@@ -394,17 +396,28 @@ class Watcher(Actor):
         self.stats[f"changes_{source}"] += 1
         if self.first_sent is None:
             self.first_sent = time.time()
+        if not self.unsent:
+            self._unsent_since = time.perf_counter()
         self.unsent.append(frames)
-        self._flush()
+        # A burst goes bundled (see messages.bundle): sent when a message has waited
+        # BUNDLE_WAIT, when a bundle is full, at the end of the round, or at once for a
+        # priority change.
+        if priority or len(self.unsent) >= messages.MAX_BUNDLED \
+                or time.perf_counter() - self._unsent_since >= BUNDLE_WAIT:
+            self._flush()
 
     def _flush(self) -> None:
         while self.unsent:
+            count = min(len(self.unsent), messages.MAX_BUNDLED)
+            queued = [self.unsent[index] for index in range(count)]
             try:
-                self.out.send_multipart(self.unsent[0], zmq.NOBLOCK)
+                self.out.send_multipart(queued[0] if count == 1 else messages.bundle(queued),
+                                        zmq.NOBLOCK)
             except zmq.Again:  # high-water mark reached; retried from on_tick
                 return
-            self.unsent.popleft()
-            self.stats["messages_out"] += 1
+            for _ in range(count):
+                self.unsent.popleft()
+            self.stats["messages_out"] += count
 
     def reconcile(self, skip_in_flight: bool = True, partners: tuple[str, ...] = ()) -> None:
         """Report every path git sees as differing from HEAD (or untracked); with
@@ -773,13 +786,13 @@ class Watcher(Actor):
 
     # ----- loop hooks -----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
-        if self.unsent:
-            self._flush()
         if self.trailing:
             wall = time.time()
             for path in [p for p, due in self.trailing.items() if due <= now]:
                 self.trailing.pop(path)
                 self.emit(path, WRITE if os.path.lexists(self._abs(path)) else DELETE, wall)
+        if self.unsent:
+            self._flush()
         if self.moves.unmatched() and now >= self.next_match:
             self._match_moves(now, time.time())
         if self.next_reconcile is not None and now >= self.next_reconcile:

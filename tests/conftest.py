@@ -139,8 +139,15 @@ class FakeSocket:
         self.frames.append(frame)
 
     def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
-        """A Change into a stage queue: its route frame is dropped, its body kept."""
-        self.send(frames[-1], flags)
+        """A Change into a stage queue: its route frame is dropped, its body kept (each
+        one's, for a bundle)."""
+        from gitsieve.common.protocol import messages
+        if self.refuse:
+            import zmq
+            raise zmq.Again()
+        parts = messages.unbundle(frames) if frames[0] == messages.BUNDLE else [frames]
+        for part in parts:
+            self.send(part[-1], flags)
 
     def poll(self, timeout: int = 0) -> int:
         return 0
@@ -176,6 +183,7 @@ class StageReader:
         self.name, self.window = name or f"test-{stage}", window
         self.received = 0
         self.announced_at = 0.0
+        self.pending: list[bytes] = []  # bodies of a bundle not yet taken
         self.announce()
 
     def announce(self, received: int | None = None) -> None:
@@ -186,14 +194,50 @@ class StageReader:
         self.announced_at = time.monotonic()
 
     def poll(self, timeout: int = 0) -> int:
+        if self.pending:
+            return 1
         if time.monotonic() - self.announced_at > 1.0:
             self.announce()
         return self.sock.poll(timeout)
 
     def recv(self) -> bytes:
         """A change's body (a merged change's third frame, its earliest observation, is
-        left out)."""
-        return self.sock.recv_multipart()[0]
+        left out); the router sends what goes to one worker in a round as a bundle."""
+        from gitsieve.common.protocol import messages
+        if not self.pending:
+            frames = self.sock.recv_multipart()
+            parts = messages.unbundle(frames) if frames[0] == messages.BUNDLE else [frames]
+            self.pending.extend(part[0] for part in parts)
+        return self.pending.pop(0)
+
+    def close(self, linger: int = 0) -> None:
+        self.sock.close(linger)
+
+
+class Unbundled:
+    """A receiving socket read one message at a time: an actor's PUSH socket sends a burst
+    as one bundle (messages.bundle), whose messages come out here in turn."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending: list[list[bytes]] = []
+
+    def poll(self, timeout: int = 0) -> int:
+        return 1 if self.pending else self.sock.poll(timeout)
+
+    def recv_multipart(self) -> list[bytes]:
+        from gitsieve.common.protocol import messages
+        if not self.pending:
+            frames = self.sock.recv_multipart()
+            self.pending = messages.unbundle(frames) if frames[0] == messages.BUNDLE \
+                else [frames]
+        return self.pending.pop(0)
+
+    def recv(self) -> bytes:
+        """A one-frame message's frame."""
+        frames = self.recv_multipart()
+        assert len(frames) == 1, f"{len(frames)} frames: read it with recv_multipart"
+        return frames[0]
 
     def close(self, linger: int = 0) -> None:
         self.sock.close(linger)

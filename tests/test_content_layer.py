@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from conftest import wait_for
+from conftest import Unbundled, wait_for
 from gitsieve.actors.content_layer import ContentLayer
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
@@ -330,6 +330,7 @@ def test_real_l3_decides_by_content(workspace, actors):
         sock.linger = 0
     try:
         decisions.bind(cfg.endpoints.decisions)
+        decisions = Unbundled(decisions)
         commits.bind(cfg.endpoints.commits)
         into_l3.connect(cfg.endpoints.stage_in("l3"))
         actors("router", workspace.root)

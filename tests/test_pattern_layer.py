@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from conftest import stage_reader, wait_for
+from conftest import Unbundled, stage_reader, wait_for
 from gitsieve.actors.pattern_layer import PatternLayer, decision_of
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
@@ -210,6 +210,7 @@ def test_real_processes(workspace, actors):
     try:
         decisions = sock(zmq.PULL)
         decisions.bind(cfg.endpoints.decisions)
+        decisions = Unbundled(decisions)
         analyzed = stage_reader(context, cfg, "l2")
         socks.append(analyzed)
         producer = sock(zmq.PUSH)

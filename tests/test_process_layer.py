@@ -10,7 +10,7 @@ import uuid
 import pytest
 import zmq
 
-from conftest import ROOT, stage_reader, wait_for  # noqa: E402
+from conftest import ROOT, Unbundled, stage_reader, wait_for  # noqa: E402
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.judge.process import ProcessJudge
@@ -190,6 +190,7 @@ def pipeline(workspace, tag, actors):
     decisions = context.socket(zmq.PULL)
     decisions.linger = 0
     decisions.bind(cfg.endpoints.decisions)
+    decisions = Unbundled(decisions)
     to_l3 = stage_reader(context, cfg, "l3")
     into_l2 = context.socket(zmq.PUSH)
     into_l2.linger = 0

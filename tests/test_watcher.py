@@ -375,6 +375,7 @@ def bare_watcher(workspace, tmp_path):
         before = len(watcher.out.frames)
         fed.append(list(events))
         watcher._read_events()
+        watcher._flush()  # as the end of the poll round does
         return watcher.out.messages()[before:]
     yield watcher, read
     watcher.shutdown()

@@ -56,6 +56,9 @@ _ERROR_LOG_INTERVAL = 60.0
 # it is idle, and beats less often.  (The router counts workers' credit announcements as
 # liveness itself: it reads them off its ROUTER sockets, not through the dispatch.)
 _LIVENESS = (Heartbeat, HealthStatus)
+# Seconds a message for a PUSH socket may wait for others to go with it in one bundle
+# (messages.bundle); the end of the poll round sends whatever waits.
+BUNDLE_WAIT = 0.005
 # setproctitle leaves the environment area alone with this set: attribution reads a
 # process's mark from /proc/PID/environ.
 TITLE_ENV = "SPT_NOENV"
@@ -122,6 +125,9 @@ class Actor:
         self._error_logged: dict[str, float] = {}
         self.heap = HeapTrim()
         self._work_seen = (0, 0)  # (messages in, out) not liveness, at the last round
+        self._bundled: set[zmq.Socket] = set()  # PUSH sockets: bursts go bundled
+        self._outbox: dict[zmq.Socket, list[list[bytes]]] = {}  # messages waiting to go
+        self._outbox_since = 0.0  # perf_counter() of the oldest of them
 
     # ----- sockets -------------------------------------------------------------------
     def _socket(self, kind: int, hwm: int) -> zmq.Socket:
@@ -133,6 +139,8 @@ class Actor:
         sock.rcvhwm = hwm
         if kind in (zmq.PUSH, zmq.PUB, zmq.DEALER, zmq.REQ):
             sock.sndtimeo = 2000
+        if kind == zmq.PUSH:
+            self._bundled.add(sock)
         self._sockets.append(sock)
         return sock
 
@@ -153,6 +161,7 @@ class Actor:
 
     def close(self) -> None:
         """Close every socket and the context (the loop does this when it ends)."""
+        self._guarded("send of the last messages", self.flush_outbox)
         for sock in self._sockets:
             sock.close(linger=0)
         self._sockets.clear()
@@ -224,17 +233,46 @@ class Actor:
         return sent
 
     def send_change(self, sock: zmq.Socket, change: Change, priority: bool) -> bool:
-        """Send a Change into a stage queue (route frame + body)."""
-        return self._send_frames(sock, messages.stage_frames(change, priority), "Change")
+        """Send a Change into a stage queue (route frame + body); a priority one goes at
+        once, with whatever waits for its socket."""
+        return self._send_frames(sock, messages.stage_frames(change, priority), "Change",
+                                 urgent=priority)
 
-    def _send_frames(self, sock: zmq.Socket, frames: list[bytes], what: str) -> bool:
+    def _send_frames(self, sock: zmq.Socket, frames: list[bytes], what: str,
+                     urgent: bool = False) -> bool:
+        """Send one message's frames; to a PUSH socket it waits up to BUNDLE_WAIT (or the
+        end of the round) for others to go with it (True: queued; a failed send is counted
+        when it happens)."""
+        if sock not in self._bundled:
+            return self._send_now(sock, frames, what, 1)
+        now = time.perf_counter()
+        if not self._outbox:
+            self._outbox_since = now
+        queued = self._outbox.setdefault(sock, [])
+        queued.append(frames)
+        if urgent or len(queued) >= messages.MAX_BUNDLED or now - self._outbox_since >= BUNDLE_WAIT:
+            self.flush_outbox()
+        return True
+
+    def flush_outbox(self) -> None:
+        """Send the messages waiting for PUSH sockets: one bundle per socket (a lone
+        message as itself)."""
+        boxes, self._outbox = self._outbox, {}
+        for sock, queued in boxes.items():
+            if len(queued) == 1:
+                self._send_now(sock, queued[0], "a message", 1)
+            else:
+                self._send_now(sock, messages.bundle(queued), f"{len(queued)} messages",
+                               len(queued))
+
+    def _send_now(self, sock: zmq.Socket, frames: list[bytes], what: str, count: int) -> bool:
         try:
             sock.send_multipart(frames)
         except zmq.Again:
-            self.stats["send_dropped"] += 1
+            self.stats["send_dropped"] += count
             self.log.warning("%s: send of %s timed out; dropped", self.actor_id, what)
             return False
-        self.stats["messages_out"] += 1
+        self.stats["messages_out"] += count
         return True
 
     # ----- hooks -----------------------------------------------------------------------
@@ -303,41 +341,56 @@ class Actor:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            taken += 1
-            self.stats["messages_in"] += 1
-            try:
-                if topic:
-                    if len(frames) != 2:
-                        raise BadMessage(f"{len(frames)} frames, expected [topic, frame]")
-                    frames = frames[1:]
-                elif len(frames) != 1 and not (stage and len(frames) == 2):
-                    raise BadMessage(f"{len(frames)} frames, expected 1")
-                message = messages.decode(frames[0])
-                self.handling_frame = frames[0]
-                if len(frames) == 2:
-                    if not isinstance(message, Change):
-                        raise BadMessage(f"a merge frame with {type(message).__name__}")
-                    # the router merged this change with older ones of the path
-                    message = messages.with_earliest(message, frames[1])
-                    self.handling_frame = b""  # no longer the message as it came
-                handler = handlers.get(type(message))
-                if handler is None:
-                    raise BadMessage(f"unexpected {type(message).__name__} on this socket")
-                if isinstance(message, _LIVENESS):
-                    self.stats["liveness_in"] += 1
-            except BadMessage as exc:
-                self.stats["bad_frames"] += 1
-                self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
-                continue
-            started = time.perf_counter()
-            name = type(message).__name__
-            self._guarded(f"handler for {name}", lambda: handler(message))
-            self.handling_frame = b""
-            window = self.latency.get(name)
-            if window is None:
-                window = self.latency[name] = LatencyWindow()
-            window.add(time.perf_counter() - started)
+            if frames[0] == messages.BUNDLE:
+                try:
+                    parts = messages.unbundle(frames)
+                except BadMessage as exc:
+                    self.stats["bad_frames"] += 1
+                    self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
+                    continue
+            else:
+                parts = (frames,)
+            for frames in parts:
+                taken += 1
+                self._handle(frames, stage, topic, handlers)
         return taken
+
+    def _handle(self, frames: list[bytes], stage: bool, topic: bool,
+                handlers: dict[type, Callable]) -> None:
+        """Decode one message's frames and call its handler; a bad one is counted."""
+        self.stats["messages_in"] += 1
+        try:
+            if topic:
+                if len(frames) != 2:
+                    raise BadMessage(f"{len(frames)} frames, expected [topic, frame]")
+                frames = frames[1:]
+            elif len(frames) != 1 and not (stage and len(frames) == 2):
+                raise BadMessage(f"{len(frames)} frames, expected 1")
+            message = messages.decode(frames[0])
+            self.handling_frame = frames[0]
+            if len(frames) == 2:
+                if not isinstance(message, Change):
+                    raise BadMessage(f"a merge frame with {type(message).__name__}")
+                # the router merged this change with older ones of the path
+                message = messages.with_earliest(message, frames[1])
+                self.handling_frame = b""  # no longer the message as it came
+            handler = handlers.get(type(message))
+            if handler is None:
+                raise BadMessage(f"unexpected {type(message).__name__} on this socket")
+            if isinstance(message, _LIVENESS):
+                self.stats["liveness_in"] += 1
+        except BadMessage as exc:
+            self.stats["bad_frames"] += 1
+            self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
+            return
+        started = time.perf_counter()
+        name = type(message).__name__
+        self._guarded(f"handler for {name}", lambda: handler(message))
+        self.handling_frame = b""
+        window = self.latency.get(name)
+        if window is None:
+            window = self.latency[name] = LatencyWindow()
+        window.add(time.perf_counter() - started)
 
     def _serve_control(self) -> None:
         try:
@@ -464,6 +517,7 @@ class Actor:
             self._serve_fd(fd, woke)
         now = time.monotonic()
         self._guarded("tick", lambda: self.on_tick(now))
+        self.flush_outbox()
         self._announce(now)
         self._beat(now)
         self._trim_heap(now)

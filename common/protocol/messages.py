@@ -9,6 +9,12 @@ anything off raises :class:`BadMessage`, which actors count and drop.
 Changes travel through the router's stage queues as two frames, ``[route, body]``: the
 route (:class:`Route`) says what the router needs (priority, path) without unpacking the
 body.
+
+A burst travels bundled: messages sent to one PUSH socket within a few milliseconds go as
+one ZeroMQ message ``[BUNDLE, counts, frames...]`` (:func:`bundle`, :func:`unbundle`),
+``counts`` holding each message's number of frames.  Each ZeroMQ message sent into an idle
+pipe wakes two I/O threads and the receiver (about 50 us of CPU on the machines measured),
+so a message per change made that wake-up most of a storm's cost.
 """
 from __future__ import annotations
 
@@ -597,6 +603,34 @@ def stage_frames(change: Change, priority: bool) -> list[bytes]:
     route = Route(priority, change.path.encode("utf-8", "surrogateescape"), change.observed,
                   float(change.epoch), min(max(0, change.seq), _SEQ_MAX))
     return [route.encode(), encode(change)]
+
+
+# The first frame of a bundle: 0xc1 is the one byte msgpack never uses, so no envelope and
+# no route frame (whose first byte is 0 or 1) starts with it.
+BUNDLE = b"\xc1gsB"
+MAX_BUNDLED = 256  # messages in one bundle
+_MAX_BUNDLED_FRAMES = 3  # frames of one message in a bundle (route, body, earliest)
+
+
+def bundle(queued: list[list[bytes]]) -> list[bytes]:
+    """The frames of one ZeroMQ message carrying ``queued`` (each a message's frames)."""
+    frames = [BUNDLE, bytes(len(each) for each in queued)]
+    for each in queued:
+        frames += each
+    return frames
+
+
+def unbundle(frames: list[bytes]) -> list[list[bytes]]:
+    """Each message's frames of a bundle (``frames[0] == BUNDLE``), or raise BadMessage."""
+    counts = frames[1] if len(frames) > 1 else b""
+    if not 0 < len(counts) <= MAX_BUNDLED or len(frames) != 2 + sum(counts) \
+            or not all(0 < count <= _MAX_BUNDLED_FRAMES for count in counts):
+        raise BadMessage("bundle: its counts do not match its frames")
+    parts, start = [], 2
+    for count in counts:
+        parts.append(frames[start:start + count])
+        start += count
+    return parts
 
 
 def evolve(message, **changes):
