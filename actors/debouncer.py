@@ -4,8 +4,9 @@ Sockets:
   - PULL  bind     endpoints.decisions  in:  Decision (from l1, l2, l3)
   - PUSH  bind     endpoints.batches    out: Batch (to the executor)
   - SUB   connect  endpoints.commits    in:  CommitReport (status only)
-  - PUB   bind     endpoints.feed       out: [topic, Decision] (every one received, for
-                                       `actorctl tail`; topics: common.judge.feed)
+  - PUB   bind     endpoints.feed       out: [topic, Decision] or a bundle of one topic's
+                                       (every one received, for `actorctl tail`; topics:
+                                       common.judge.feed)
 
 Which paths are due is :class:`~gitsieve.common.judge.debounce.Debounce`'s judgement;
 this actor publishes every decision on the feed, keeps the latest per path for
@@ -25,7 +26,7 @@ from collections import OrderedDict, deque
 import zmq
 
 from gitsieve.common.actor import runs
-from gitsieve.common.actor.base import Actor, main
+from gitsieve.common.actor.base import BUNDLE_WAIT, Actor, main
 from gitsieve.common.git.head import FILE_TIME_LAG, file_signature, taken_after
 from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
@@ -59,6 +60,8 @@ class Debouncer(Actor):
         self.next_batch_id = 1
         self.batches_out: zmq.Socket | None = None
         self.feed: zmq.Socket | None = None
+        self._feed_waiting: dict[bytes, list[bytes]] = {}  # topic -> decisions to publish
+        self._feed_since = 0.0  # perf_counter() of the oldest of them
         self.last_commit: dict = {}
         self._next_forget = 0.0
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
@@ -149,6 +152,8 @@ class Debouncer(Actor):
 
     # ----- actor hooks ----------------------------------------------------------------
     def on_tick(self, now: float) -> None:
+        if self._feed_waiting:
+            self.publish_feed()
         now = self.clock()  # the injectable clock, so handler tests control time
         self.watch_head()
         self.loops.tick()
@@ -174,17 +179,29 @@ class Debouncer(Actor):
         return due
 
     # ----- introspection (actorctl explain / tail / flush) -----------------------------
+    def publish_feed(self) -> None:
+        """Publish the decisions waiting for the live feed: a bundle per topic."""
+        waiting, self._feed_waiting = self._feed_waiting, {}
+        for topic, frames in waiting.items():
+            try:
+                self.feed.send_multipart(messages.published(topic, frames), zmq.NOBLOCK)
+                self.stats["feed_published"] += len(frames)
+            except zmq.Again:  # a PUB only refuses when its queue is full: a slow tail
+                self.stats["feed_dropped"] += len(frames)
+
     def note_decision(self, decision: Decision, stale: bool) -> None:
         """Publish the decision on the live feed and remember it as the path's latest."""
         if self.feed is not None:
-            # the frame as it came when there is one: decoded and checked, not re-encoded
+            # the frame as it came when there is one: decoded and checked, not re-encoded;
+            # published with the others of its topic within BUNDLE_WAIT, or at the round's end
             frame = self.handling_frame or messages.encode(decision)
-            try:
-                self.feed.send_multipart([feed_topics.topic_of(decision.trail), frame],
-                                         zmq.NOBLOCK)
-                self.stats["feed_published"] += 1
-            except zmq.Again:  # a PUB only refuses when its queue is full: a slow tail
-                self.stats["feed_dropped"] += 1
+            now = time.perf_counter()
+            if not self._feed_waiting:
+                self._feed_since = now
+            waiting = self._feed_waiting.setdefault(feed_topics.topic_of(decision.trail), [])
+            waiting.append(frame)
+            if len(waiting) >= messages.MAX_BUNDLED or now - self._feed_since >= BUNDLE_WAIT:
+                self.publish_feed()
         record = self.trails.get(decision.path)
         if stale:
             if record is not None:

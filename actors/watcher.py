@@ -94,7 +94,7 @@ _LONG_AGO = 1e-6
 # (common/judge/settled.py): a reconcile does not send them again.
 _SETTLING_WRITERS = ("SYSTEM", "SELF")
 MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
-_FEED_LIMIT = 5000  # feed frames read per poll round
+_FEED_LIMIT = 5000  # feed decisions read per poll round
 
 
 
@@ -460,34 +460,46 @@ class Watcher(Actor):
         """Decisions on the debouncer's feed end their paths' in-flight marks.  Only path,
         epoch and seq are read: a full decode of every decision would cost more than the
         reconcile it saves."""
-        for _ in range(_FEED_LIMIT):
+        taken = 0
+        while taken < _FEED_LIMIT:
             try:
                 frames = self.feed.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                _topic, frame = frames  # [topic, Decision]: see common.judge.feed
-                _, name, body = msgpack.unpackb(frame, raw=False, strict_map_key=True,
-                                                unicode_errors="surrogateescape")
-                if name != "Decision":
-                    raise ValueError(f"unexpected {name!r}")
-                path, epoch, seq = body["path"], body["epoch"], body["seq"]
-                settles = body["commit"] is False and _writer_of(body.get("trail", ())) in \
-                    _SETTLING_WRITERS
-            except Exception as exc:  # msgpack raises several unrelated types on bad input
+                parts = messages.topic_parts(frames)  # [topic, Decision]: common.judge.feed
+            except messages.BadMessage as exc:
                 self.stats["bad_frames"] += 1
                 self.log.debug("feed: unreadable frame: %s", exc)
                 continue
-            mark = self.in_flight.get(path) if isinstance(path, str) else None
-            if mark is not None and epoch == self.epoch and isinstance(seq, int) \
-                    and seq >= mark[0]:
-                del self.in_flight[path]
-                # the decision on the newest change sent: its version is settled if an
-                # autonomous writer made it (a later write sends a change, which unsettles)
-                if settles:
-                    self._settle(path)
-                else:
-                    self.settled.forget(path)
+            taken += len(parts)
+            for _topic, frame in parts:
+                self._take_decision(frame)
+
+    def _take_decision(self, frame: bytes) -> None:
+        """A Decision frame off the feed ends its path's in-flight mark."""
+        try:
+            _, name, body = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                                            unicode_errors="surrogateescape")
+            if name != "Decision":
+                raise ValueError(f"unexpected {name!r}")
+            path, epoch, seq = body["path"], body["epoch"], body["seq"]
+            settles = body["commit"] is False and _writer_of(body.get("trail", ())) in \
+                _SETTLING_WRITERS
+        except Exception as exc:  # msgpack raises several unrelated types on bad input
+            self.stats["bad_frames"] += 1
+            self.log.debug("feed: unreadable frame: %s", exc)
+            return
+        mark = self.in_flight.get(path) if isinstance(path, str) else None
+        if mark is not None and epoch == self.epoch and isinstance(seq, int) \
+                and seq >= mark[0]:
+            del self.in_flight[path]
+            # the decision on the newest change sent: its version is settled if an
+            # autonomous writer made it (a later write sends a change, which unsettles)
+            if settles:
+                self._settle(path)
+            else:
+                self.settled.forget(path)
 
     def _settle(self, path: str) -> None:
         version = version_of(self._abs(path))

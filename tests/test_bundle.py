@@ -4,6 +4,8 @@ round.  Every receiver takes a bundle's messages one by one, and a malformed bun
 bad frame, counted and survived."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import zmq
 
@@ -47,6 +49,25 @@ def test_no_message_and_no_route_frame_starts_like_a_bundle():
     assert messages.encode(change("a", 1))[:1] != messages.BUNDLE[:1]
     route = messages.stage_frames(change("a", 1), True)[0]
     assert route[:1] == b"\1" and messages.BUNDLE[:1] not in (b"\0", b"\1")
+
+
+def test_a_published_bundle_keeps_its_topic_and_gives_back_each_frame():
+    assert messages.published(b"dP", [b"one"]) == [b"dP", b"one"]
+    frames = messages.published(b"dP", [b"one", b"two", b"three"])
+    assert frames[0] == b"dP" and frames[1] == messages.BUNDLE  # a SUB filters on frame 0
+    assert messages.topic_parts(frames) == [[b"dP", b"one"], [b"dP", b"two"],
+                                            [b"dP", b"three"]]
+    assert messages.topic_parts([b"d", b"x"]) == [[b"d", b"x"]]
+
+
+@pytest.mark.parametrize("frames", [
+    [b"d"], [b"d", b"x", b"y"],                            # not [topic, frame]
+    [b"d", messages.BUNDLE, bytes([2]), b"a", b"b"],       # a message of two frames
+    [b"d", messages.BUNDLE, bytes([1, 1]), b"a"],          # counts off
+], ids=["one-frame", "three-frames", "two-frame-part", "short"])
+def test_a_malformed_published_message_is_refused(frames):
+    with pytest.raises(BadMessage):
+        messages.topic_parts(frames)
 
 
 # ----- an actor's sending half ---------------------------------------------------------
@@ -151,7 +172,12 @@ def test_the_debouncer_takes_each_decision_of_a_bundle_and_counts_a_bad_bundle(
         push = context.socket(zmq.PUSH)
         push.linger = 0
         push.connect(cfg.endpoints.decisions)
+        feed = context.socket(zmq.SUB)
+        feed.linger = 0
+        feed.setsockopt(zmq.SUBSCRIBE, b"")
+        feed.connect(cfg.endpoints.feed)
         wait_for(lambda: control.known_actors(cfg) and _status(cfg) is not None, 10)
+        time.sleep(0.3)  # the subscription reaches the publisher
         push.send_multipart([messages.BUNDLE, bytes([1, 1]), b"only one"])
         decisions = [messages.decide(change(f"docs/{n}.md", n), True,
                                      Action.ALLOW, ()) for n in range(5)]
@@ -160,6 +186,11 @@ def test_the_debouncer_takes_each_decision_of_a_bundle_and_counts_a_bad_bundle(
                  message="the bundle's five decisions taken")
         status = _status(cfg)
         assert status["bad_frames"] == 1 and status["errors"] == 0
+        published = []
+        while len(published) < 5 and feed.poll(5000):
+            published += [messages.decode(frame).path
+                          for _topic, frame in messages.topic_parts(feed.recv_multipart())]
+        assert published == [d.path for d in decisions]  # on the live feed, in order
     finally:
         context.destroy(linger=0)
 

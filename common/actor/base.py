@@ -341,15 +341,18 @@ class Actor:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if frames[0] == messages.BUNDLE:
-                try:
+            try:
+                if topic:
+                    parts = messages.topic_parts(frames)
+                elif frames[0] == messages.BUNDLE:
                     parts = messages.unbundle(frames)
-                except BadMessage as exc:
-                    self.stats["bad_frames"] += 1
-                    self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
-                    continue
-            else:
-                parts = (frames,)
+                else:
+                    parts = (frames,)
+            except BadMessage as exc:
+                self.stats["messages_in"] += 1
+                self.stats["bad_frames"] += 1
+                self.log.warning("%s: dropped bad frame: %s", self.actor_id, exc)
+                continue
             for frames in parts:
                 taken += 1
                 self._handle(frames, stage, topic, handlers)
@@ -361,9 +364,7 @@ class Actor:
         self.stats["messages_in"] += 1
         try:
             if topic:
-                if len(frames) != 2:
-                    raise BadMessage(f"{len(frames)} frames, expected [topic, frame]")
-                frames = frames[1:]
+                frames = frames[1:]  # [topic, frame] (messages.topic_parts)
             elif len(frames) != 1 and not (stage and len(frames) == 2):
                 raise BadMessage(f"{len(frames)} frames, expected 1")
             message = messages.decode(frames[0])

@@ -1,4 +1,6 @@
-"""The debouncer's live feed: every Decision it takes, as ``[topic, frame]``.
+"""The debouncer's live feed: every Decision it takes, as ``[topic, frame]`` (a burst as
+``[topic, BUNDLE, counts, frames...]``, one topic a message: ``messages.published``,
+read back with ``messages.topic_parts``).
 
 The topic says which layer workers keep something of the decision, so each subscribes to
 only that (a PUB socket filters by topic prefix before sending): ``d``, then ``P`` when an

@@ -633,6 +633,28 @@ def unbundle(frames: list[bytes]) -> list[list[bytes]]:
     return parts
 
 
+def published(topic: bytes, frames: list[bytes]) -> list[bytes]:
+    """One PUB message carrying ``frames`` (one-frame messages of one topic): ``[topic,
+    frame]``, or ``[topic, BUNDLE, counts, frames...]`` for more (a SUB filters on the
+    topic frame, so a bundle never mixes topics)."""
+    if len(frames) == 1:
+        return [topic, frames[0]]
+    return [topic, *bundle([[frame] for frame in frames])]
+
+
+def topic_parts(frames: list[bytes]) -> list[list[bytes]]:
+    """Each ``[topic, frame]`` a PUB message carries (see :func:`published`), or raise
+    BadMessage."""
+    if len(frames) == 2:
+        return [frames]
+    if len(frames) < 3 or frames[1] != BUNDLE:
+        raise BadMessage(f"{len(frames)} frames, expected [topic, frame]")
+    parts = unbundle(frames[1:])
+    if any(len(part) != 1 for part in parts):
+        raise BadMessage("a published bundle of messages of more than one frame")
+    return [[frames[0], part[0]] for part in parts]
+
+
 def evolve(message, **changes):
     """``message`` with ``changes``: :func:`dataclasses.replace` without running the frozen
     ``__init__`` again field by field (3.7 us against 1.3, on every hop of every change).  The

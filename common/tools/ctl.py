@@ -444,31 +444,39 @@ class Tail(Command):
                     break
                 if not feed.poll(wait):
                     continue
-                try:
-                    frames = feed.recv_multipart()
-                    if len(frames) != 2:  # [topic, Decision]: see common.judge.feed
-                        raise messages.BadMessage(f"{len(frames)} frames, expected 2")
-                    decision = messages.decode(frames[1])
+                try:  # [topic, Decision] or a bundle of them: see common.judge.feed
+                    parts = messages.topic_parts(feed.recv_multipart())
                 except messages.BadMessage as exc:
                     print(f"actorctl: skipped a bad frame: {exc}", file=sys.stderr)
                     continue
-                if not isinstance(decision, Decision):
-                    continue
-                shown += 1
-                if args.json:
-                    print(json.dumps({"path": decision.path, "kind": decision.kind,
-                                      "seq": decision.seq, "epoch": decision.epoch,
-                                      "observed": decision.observed,
-                                      "commit": decision.commit, "action": decision.action,
-                                      "trail": [as_dict(step) for step in decision.trail]}),
-                          flush=True)
-                else:
-                    print(decision_line(decision), flush=True)
+                for _topic, frame in parts:
+                    if args.count and shown >= args.count:
+                        break
+                    try:
+                        decision = messages.decode(frame)
+                    except messages.BadMessage as exc:
+                        print(f"actorctl: skipped a bad frame: {exc}", file=sys.stderr)
+                        continue
+                    if isinstance(decision, Decision):
+                        shown += 1
+                        self._show(decision, args.json)
         except KeyboardInterrupt:
             return EXIT_OK
         finally:
             feed.close(linger=0)
         return EXIT_OK
+
+    @staticmethod
+    def _show(decision: Decision, as_json: bool) -> None:
+        if as_json:
+            print(json.dumps({"path": decision.path, "kind": decision.kind,
+                              "seq": decision.seq, "epoch": decision.epoch,
+                              "observed": decision.observed,
+                              "commit": decision.commit, "action": decision.action,
+                              "trail": [as_dict(step) for step in decision.trail]}),
+                  flush=True)
+        else:
+            print(decision_line(decision), flush=True)
 
 
 class ExecutorSwitch(Command):
