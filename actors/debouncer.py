@@ -26,7 +26,7 @@ from collections import OrderedDict, deque
 import zmq
 
 from gitsieve.common.actor import runs
-from gitsieve.common.actor.base import BUNDLE_WAIT, Actor, main
+from gitsieve.common.actor.base import Actor, Outbox, main
 from gitsieve.common.git.head import FILE_TIME_LAG, file_signature, taken_after
 from gitsieve.common.judge import feed as feed_topics
 from gitsieve.common.judge.debounce import MAX_TRACKED, Debounce, Intake
@@ -60,8 +60,7 @@ class Debouncer(Actor):
         self.next_batch_id = 1
         self.batches_out: zmq.Socket | None = None
         self.feed: zmq.Socket | None = None
-        self._feed_waiting: dict[bytes, list[bytes]] = {}  # topic -> decisions to publish
-        self._feed_since = 0.0  # perf_counter() of the oldest of them
+        self._feed_waiting = Outbox()  # decision frames by feed topic, waiting to go
         self.last_commit: dict = {}
         self._next_forget = 0.0
         self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
@@ -181,8 +180,7 @@ class Debouncer(Actor):
     # ----- introspection (actorctl explain / tail / flush) -----------------------------
     def publish_feed(self) -> None:
         """Publish the decisions waiting for the live feed: a bundle per topic."""
-        waiting, self._feed_waiting = self._feed_waiting, {}
-        for topic, frames in waiting.items():
+        for topic, frames in self._feed_waiting.take().items():
             try:
                 self.feed.send_multipart(messages.published(topic, frames), zmq.NOBLOCK)
                 self.stats["feed_published"] += len(frames)
@@ -195,12 +193,7 @@ class Debouncer(Actor):
             # the frame as it came when there is one: decoded and checked, not re-encoded;
             # published with the others of its topic within BUNDLE_WAIT, or at the round's end
             frame = self.handling_frame or messages.encode(decision)
-            now = time.perf_counter()
-            if not self._feed_waiting:
-                self._feed_since = now
-            waiting = self._feed_waiting.setdefault(feed_topics.topic_of(decision.trail), [])
-            waiting.append(frame)
-            if len(waiting) >= messages.MAX_BUNDLED or now - self._feed_since >= BUNDLE_WAIT:
+            if self._feed_waiting.add(feed_topics.topic_of(decision.trail), frame):
                 self.publish_feed()
         record = self.trails.get(decision.path)
         if stale:

@@ -135,6 +135,15 @@ def test_a_message_waits_no_longer_than_the_bundle_wait(sender, monkeypatch):
 
 
 # ----- receivers -----------------------------------------------------------------------
+def connected(context, kind: int, endpoint: str) -> zmq.Socket:
+    sock = context.socket(kind)
+    sock.linger = 0
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    return sock
+
+
 def test_the_router_queues_each_change_of_a_bundle_and_counts_a_bad_one(workspace, actors):
     """A producer's burst arrives as one bundle: each change is queued, and what the router
     hands one worker in a round goes back out as a bundle the worker takes one by one."""
@@ -143,9 +152,7 @@ def test_the_router_queues_each_change_of_a_bundle_and_counts_a_bad_one(workspac
     actors("router", workspace.root)
     context = zmq.Context()
     try:
-        producer = context.socket(zmq.PUSH)
-        producer.linger = 0
-        producer.connect(cfg.endpoints.stage_in("l2"))
+        producer = connected(context, zmq.PUSH, cfg.endpoints.stage_in("l2"))
         producer.send_multipart([messages.BUNDLE, bytes([2]), b"route only"])
         sent = [change(f"agent/{n}", n) for n in range(30)]
         producer.send_multipart(messages.bundle(
@@ -169,13 +176,8 @@ def test_the_debouncer_takes_each_decision_of_a_bundle_and_counts_a_bad_bundle(
     actors("debouncer", workspace.root)
     context = zmq.Context()
     try:
-        push = context.socket(zmq.PUSH)
-        push.linger = 0
-        push.connect(cfg.endpoints.decisions)
-        feed = context.socket(zmq.SUB)
-        feed.linger = 0
-        feed.setsockopt(zmq.SUBSCRIBE, b"")
-        feed.connect(cfg.endpoints.feed)
+        push = connected(context, zmq.PUSH, cfg.endpoints.decisions)
+        feed = connected(context, zmq.SUB, cfg.endpoints.feed)
         wait_for(lambda: control.known_actors(cfg) and _status(cfg) is not None, 10)
         time.sleep(0.3)  # the subscription reaches the publisher
         push.send_multipart([messages.BUNDLE, bytes([1, 1]), b"only one"])

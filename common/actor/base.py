@@ -59,6 +59,32 @@ _LIVENESS = (Heartbeat, HealthStatus)
 # Seconds a message for a PUSH socket may wait for others to go with it in one bundle
 # (messages.bundle); the end of the poll round sends whatever waits.
 BUNDLE_WAIT = 0.005
+
+
+class Outbox:
+    """Messages waiting to go bundled, grouped by where they go (a socket, a topic)."""
+
+    def __init__(self):
+        self.waiting: dict[object, list] = {}
+        self._since = 0.0  # perf_counter() when the oldest of them was added
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)
+
+    def add(self, key: object, message, urgent: bool = False) -> bool:
+        """Queue ``message`` for ``key``; True when what waits is due now: ``urgent``, a
+        full bundle, or a message that has waited BUNDLE_WAIT."""
+        now = time.perf_counter()
+        if not self.waiting:
+            self._since = now
+        queued = self.waiting.setdefault(key, [])
+        queued.append(message)
+        return urgent or len(queued) >= messages.MAX_BUNDLED or now - self._since >= BUNDLE_WAIT
+
+    def take(self) -> dict[object, list]:
+        """Everything waiting, by key; the outbox is then empty."""
+        waiting, self.waiting = self.waiting, {}
+        return waiting
 # setproctitle leaves the environment area alone with this set: attribution reads a
 # process's mark from /proc/PID/environ.
 TITLE_ENV = "SPT_NOENV"
@@ -126,8 +152,7 @@ class Actor:
         self.heap = HeapTrim()
         self._work_seen = (0, 0)  # (messages in, out) not liveness, at the last round
         self._bundled: set[zmq.Socket] = set()  # PUSH sockets: bursts go bundled
-        self._outbox: dict[zmq.Socket, list[list[bytes]]] = {}  # messages waiting to go
-        self._outbox_since = 0.0  # perf_counter() of the oldest of them
+        self._outbox = Outbox()  # messages for the PUSH sockets, waiting to go bundled
 
     # ----- sockets -------------------------------------------------------------------
     def _socket(self, kind: int, hwm: int) -> zmq.Socket:
@@ -245,20 +270,14 @@ class Actor:
         when it happens)."""
         if sock not in self._bundled:
             return self._send_now(sock, frames, what, 1)
-        now = time.perf_counter()
-        if not self._outbox:
-            self._outbox_since = now
-        queued = self._outbox.setdefault(sock, [])
-        queued.append(frames)
-        if urgent or len(queued) >= messages.MAX_BUNDLED or now - self._outbox_since >= BUNDLE_WAIT:
+        if self._outbox.add(sock, frames, urgent):
             self.flush_outbox()
         return True
 
     def flush_outbox(self) -> None:
         """Send the messages waiting for PUSH sockets: one bundle per socket (a lone
         message as itself)."""
-        boxes, self._outbox = self._outbox, {}
-        for sock, queued in boxes.items():
+        for sock, queued in self._outbox.take().items():
             if len(queued) == 1:
                 self._send_now(sock, queued[0], "a message", 1)
             else:
