@@ -417,6 +417,8 @@ class Actor:
             frames = self._control.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        if self._outbox:  # what this actor has handled is sent before it answers about it
+            self.flush_outbox()
         try:
             if len(frames) != 1:
                 raise BadMessage(f"{len(frames)} frames, expected 1")
