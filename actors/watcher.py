@@ -60,7 +60,7 @@ from inotify_simple import flags
 
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
-from gitsieve.common.actor.base import BUNDLE_WAIT, Actor, main
+from gitsieve.common.actor.base import Actor, bundle_due, main
 from gitsieve.common.git.gateway import Git, GitError
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.health import nonnegative_count
@@ -396,14 +396,14 @@ class Watcher(Actor):
         self.stats[f"changes_{source}"] += 1
         if self.first_sent is None:
             self.first_sent = time.time()
+        now_precise = time.perf_counter()
         if not self.unsent:
-            self._unsent_since = time.perf_counter()
+            self._unsent_since = now_precise
         self.unsent.append(frames)
-        # A burst goes bundled (see messages.bundle): sent when a message has waited
-        # BUNDLE_WAIT, when a bundle is full, at the end of the round, or at once for a
-        # priority change.
-        if priority or len(self.unsent) >= messages.MAX_BUNDLED \
-                or time.perf_counter() - self._unsent_since >= BUNDLE_WAIT:
+        # A burst goes bundled as an actor's Outbox would (kept here as a queue: nothing is
+        # dropped when the pipe is full), at the end of the round or at once for a priority
+        # change.
+        if priority or bundle_due(len(self.unsent), self._unsent_since, now_precise):
             self._flush()
 
     def _flush(self) -> None:

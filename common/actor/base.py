@@ -61,6 +61,12 @@ _LIVENESS = (Heartbeat, HealthStatus)
 BUNDLE_WAIT = 0.005
 
 
+def bundle_due(queued: int, since: float, now: float) -> bool:
+    """Whether ``queued`` messages waiting to go bundled, the oldest since ``since``
+    (perf_counter), go now: a full bundle, or one that has waited BUNDLE_WAIT."""
+    return queued >= messages.MAX_BUNDLED or now - since >= BUNDLE_WAIT
+
+
 class Outbox:
     """Messages waiting to go bundled, grouped by where they go (a socket, a topic)."""
 
@@ -79,7 +85,7 @@ class Outbox:
             self._since = now
         queued = self.waiting.setdefault(key, [])
         queued.append(message)
-        return urgent or len(queued) >= messages.MAX_BUNDLED or now - self._since >= BUNDLE_WAIT
+        return urgent or bundle_due(len(queued), self._since, now)
 
     def take(self) -> dict[object, list]:
         """Everything waiting, by key; the outbox is then empty."""
