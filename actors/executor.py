@@ -628,10 +628,14 @@ class Executor(Actor):
     def reason_fields(self) -> dict:
         """The hold as a value (``hold``: a Hold, None when nothing holds) and as text.  A
         status asked in the round that brought paths, before its tick, would say "nothing
-        held" beside them: the reason is then looked at now."""
+        held" beside them: the reason is then looked at now.  Paths sent while a commit
+        runs wait for it (never an empty reason beside held paths)."""
         reason = self.held_reason
-        if self.held and self.job is None and (reason is None or reason.hold == Hold.NOTHING):
-            reason = self.current_reason(self.clock())
+        if self.held and (reason is None or reason.hold == Hold.NOTHING):
+            if self.job is None:
+                reason = self.current_reason(self.clock())
+            elif not self.job.path_set.issuperset(self.held):
+                reason = Why(Hold.COMMITTING)  # the rate limit counts it once it is made
         return {"hold": None if reason is None else reason.hold,
                 "held_reason": "" if reason is None else reason.text}
 
@@ -643,7 +647,7 @@ class Executor(Actor):
         if self.job is not None and path in self.job.path_set:
             return {"hold": None, "held_reason": "being committed now"}
         fields = self.reason_fields()
-        if fields["hold"] is None or fields["hold"] == Hold.NOTHING:
+        if fields["hold"] in (None, Hold.NOTHING, Hold.COMMITTING):
             return {"hold": None, "held_reason": "waiting for the next commit"}
         return fields
 

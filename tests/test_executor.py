@@ -153,9 +153,12 @@ def test_rate_limit_holds_then_commits_without_losing_paths(harness, workspace):
     workspace.write("third.txt", "3\n")
     h.send("second.txt")
     h.send("third.txt")
+    # Both held, once the first commit's job is over, by the rate limit (while that job
+    # still pushes, they wait for it: "waiting for the commit being made now").
     held: list = []  # the status that showed both held: its reason, from the same look
-    wait_for(lambda: held.append(h.status()) or held[-1].get("held") == 2, timeout=10,
-             message="2 paths held")
+    wait_for(lambda: held.append(h.status()) or (held[-1].get("held") == 2
+                                                 and held[-1].get("hold") == Hold.RATE_LIMIT),
+             timeout=10, message="2 paths held by the rate limit")
     assert "cooldown" in held[-1]["held_reason"]
     assert workspace.head() == after_first  # held, not committed, not dropped
 
@@ -515,20 +518,27 @@ def test_control_and_heartbeats_are_served_while_git_works(harness, workspace, t
     h.send("big.bin")
     log = rules.with_name(rules.name + ".log")
     wait_for(lambda: log.exists() and log.read_text(), timeout=15, message="git slowed")
-    answered = []
+    workspace.write("meanwhile.txt", "sent while big.bin is committed\n")
+    h.send("meanwhile.txt")
+    answered, reasons = [], []
     while len(answered) < 4:  # git sleeps 6 s: the loop must answer meanwhile
         reply = control.request(h.config, "executor", "status", timeout=1.0)
         answered.append(reply.data["busy"])
+        reasons.append((reply.data["held"], reply.data["hold"], reply.data["held_reason"]))
         explained = control.request(h.config, "executor", "explain", {"paths": ["big.bin"]},
                                     timeout=1.0).data["paths"]["big.bin"]
         time.sleep(0.2)
     assert workspace.head() == before  # still hashing
     assert all(busy and busy["kind"] == "commit" for busy in answered), answered
     assert explained["held"] and explained["held_reason"] == "being committed now"
+    # the path sent meanwhile is held with a reason, never beside an empty one
+    assert reasons[-1] == (2, Hold.COMMITTING, "waiting for the commit being made now"), \
+        reasons
     # the same loop sends the heartbeats: the health monitor never saw it fall silent
     restarts = control.request(h.config, "health", "status", timeout=1.0).data["restarts"]
     assert restarts.get("executor", 0) == 0
     h.wait_committed("big.bin", timeout=20)
+    h.wait_committed("meanwhile.txt", timeout=20)
     wait_for(lambda: h.status().get("busy") is None and h.status().get("held") == 0,
              timeout=10, message="job finished")
 

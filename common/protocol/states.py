@@ -163,6 +163,7 @@ class Hold(StrEnum):
     """Why the executor holds paths, or a push (``actorctl status/explain/flush``)."""
 
     NOTHING = "nothing-held"
+    COMMITTING = "committing"  # a commit runs; paths sent meanwhile go in the next one
     PAUSED = "paused"
     NO_HEALTH_YET = "no-health-yet"
     HEALTH_STALE = "health-stale"
@@ -202,6 +203,7 @@ WAITS_ON_A_PERSON = frozenset({Hold.PAUSED, Hold.HEALTH, Hold.HEALTH_STALE, Hold
 
 _TEXT.update({
     Hold.NOTHING: "nothing held",
+    Hold.COMMITTING: "waiting for the commit being made now",
     Hold.PAUSED: "paused (`actorctl resume` continues)",
     Hold.NO_HEALTH_YET: "waiting for the first health status",
     Hold.HEALTH_STALE: "health status is stale (is the health monitor running?)",
