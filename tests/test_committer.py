@@ -849,8 +849,9 @@ def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
     """Issue 13: the commit path must not grow with the tree.  Before, every commit read
     HEAD's whole tree into a temporary index (read-tree), wrote it back (write-tree) and
     reset the user's index by pathspec.  Now an edit of a tracked file costs hash-object,
-    hash-object -t tree (only the trees along the path), commit-tree, update-ref and the
-    user's index entry; the user's index is read again only when someone else changed it."""
+    hash-object -t tree (only the trees along the path), hash-object -t commit, update-ref
+    and the user's index entry; the user's index is read again only when someone else
+    changed it."""
     committer = make(workspace, 'remote = ""\n')
     calls = []
     original = committer.git.result
@@ -875,7 +876,7 @@ def test_the_commit_path_never_reads_the_whole_tree(workspace, monkeypatch):
         aged = time.time_ns() - 10**9  # as the debounce leaves it: no racy second look
         os.utime(workspace.root / "deep/er/f.txt", ns=(aged, aged))
         assert committer.commit(["deep/er/f.txt"]).statuses == {"deep/er/f.txt": "M"}
-        assert sorted(calls) == ["commit-tree", "hash-object", "hash-object",
+        assert sorted(calls) == ["hash-object", "hash-object", "hash-object",
                                  "update-index", "update-ref"], calls
     assert not {"read-tree", "write-tree", "reset", "add", "ls-files"} & set(calls)
     workspace.write("mine.txt", "the user's own commit\n")
@@ -1106,10 +1107,10 @@ def test_a_new_file_unchanged_since_well_before_its_observation_is_not_read_agai
     assert set(result.dropped) == {"fresh.stamp", "unknown.stamp"}
 
 
-def test_trees_and_head_go_through_gits_that_outlive_a_commit(workspace):
-    """A commit's trees and HEAD's move are requests to two long-lived gits, not processes
-    of their own; one that has ended is started again, and the commit is made.  They end
-    after a rest."""
+def test_blobs_trees_commits_and_head_go_through_gits_that_outlive_a_commit(workspace):
+    """A commit's files, trees, commit object and HEAD's move are requests to four
+    long-lived gits, not processes of their own; one that has ended is started again, and
+    the commit is made.  They end after a rest."""
     from gitsieve.common.git.gateway import LONG_LIVED_IDLE
     committer = make(workspace)
     spawned = []
@@ -1117,29 +1118,33 @@ def test_trees_and_head_go_through_gits_that_outlive_a_commit(workspace):
 
     def counting(*args, **kwargs):
         if args[0] != "cat-file":  # the content judge's reader of HEAD
-            spawned.append(args[0])
+            spawned.append(args[:4])
         return spawn(*args, **kwargs)
     committer.git.spawn = counting
     for number in range(3):
         workspace.write("deep/f.txt", f"{number}\n")
         assert committer.commit(["deep/f.txt"]).pushed
-    assert sorted(spawned) == ["hash-object", "update-ref"]
-    os.kill(committer._head_mover.child.pid, signal.SIGKILL)
-    os.kill(committer._tree_writer.child.pid, signal.SIGKILL)
+    assert sorted(spawned) == [("hash-object", "-w", "--stdin-paths"),
+                               ("hash-object", "-w", "-t", "commit"),
+                               ("hash-object", "-w", "-t", "tree"),
+                               ("update-ref", "-m", "gitsieve: sync", "--stdin")]
+    for child in committer._long_lived():
+        os.kill(child.child.pid, signal.SIGKILL)
     time.sleep(0.2)
     workspace.write("deep/f.txt", "after the kill\n")
     assert committer.commit(["deep/f.txt"]).pushed
     assert workspace.show("HEAD:deep/f.txt") == "after the kill\n"
     assert workspace.remote_head() == workspace.head()
-    assert len(spawned) == 4
+    assert len(spawned) == 8
     committer.close_idle(time.monotonic() + 1)  # used a moment ago: kept
-    assert committer._tree_writer.child is not None
+    assert committer._writers["tree"].child is not None
     committer.close_idle(time.monotonic() + LONG_LIVED_IDLE)  # at rest: ended
-    assert committer._tree_writer.child is None and committer._head_mover.child is None
+    assert all(child.child is None for child in committer._long_lived())
     workspace.write("deep/f.txt", "after a rest\n")
-    assert committer.commit(["deep/f.txt"]).pushed and len(spawned) == 6
+    assert committer.commit(["deep/f.txt"]).pushed and len(spawned) == 12
     committer.close()
-    assert committer._tree_writer.child is None
+    assert all(child.child is None for child in committer._long_lived())
+    workspace.git("fsck", "--no-progress")
 
 
 def test_a_git_without_update_ref_transactions_moves_head_one_process_a_commit(workspace):
@@ -1205,7 +1210,8 @@ def test_a_long_lived_git_that_cannot_start_leaves_the_commit_to_plain_ones(work
     class Refusing:  # the content judge keeps its own reader of HEAD
         def spawn(self, *_args, **_kwargs):
             raise OSError(24, "Too many open files")
-    committer._tree_writer.git = committer._head_mover.git = Refusing()
+    committer._writers["tree"].git = committer._writers["commit"].git = Refusing()
+    committer._head_mover.git = Refusing()
     workspace.write("deep/f.txt", "made without long-lived gits\n")
     result = committer.commit(["deep/f.txt"])
     assert result.pushed and workspace.show("HEAD:deep/f.txt") == "made without long-lived gits\n"
@@ -1568,3 +1574,109 @@ def test_a_file_of_a_submodule_deinit_emptied_is_answered_not_ignored_without_an
         assert checker.ignored(["sub/lib.txt", "a.ignored", "b.txt"]) == {"a.ignored"}
     finally:
         checker.close()
+
+
+def _same_as_commit_tree(workspace, committer: Committer, message: bytes) -> str:
+    """Commit HEAD's tree on HEAD through the committer; assert git's ``commit-tree``,
+    given the same moment, makes the very same object.  The commit's id."""
+    head = workspace.head()
+    tree = workspace.git("rev-parse", "HEAD^{tree}").strip()
+    made = committer._commit_tree(tree, ["-p", head], message)
+    body = workspace.git("cat-file", "commit", made)
+    dates = {line.split(" ", 1)[0]: " ".join(line.rsplit(" ", 2)[-2:])
+             for line in body.splitlines()[:4] if line.startswith(("author ", "committer "))}
+    # the moment is the clock's, in git's own time zone
+    now = committer.git.text("var", "GIT_COMMITTER_IDENT", env=committer._settings().env)
+    seconds, zone = now.rsplit(" ", 2)[-2:]
+    for moment in dates.values():
+        assert moment.split()[1] == zone and abs(int(moment.split()[0]) - int(seconds)) < 5
+    env = {**committer._settings().env, "GIT_AUTHOR_DATE": dates["author"],
+           "GIT_COMMITTER_DATE": dates["committer"]}
+    expected = committer.git.text("commit-tree", tree, "-p", head, "-F", "-",
+                                  input=message, env=env)
+    assert made == expected, (body, workspace.git("cat-file", "commit", expected))
+    return made
+
+
+def test_a_commit_object_written_here_is_the_one_commit_tree_makes(workspace, monkeypatch):
+    """The commit object goes to a long-lived git instead of a commit-tree process: byte
+    for byte what commit-tree makes, whatever identity git's rules give (configured,
+    author.* and committer.*, names git cleans up, the environment, none at all), in a
+    time zone east or west of UTC; commit-tree itself where it alone can (a commit
+    encoding, a message that is not UTF-8, dates set in the environment)."""
+    message = "sync: notes/ü.md\n\nGitsieve-Sync: true\n".encode()
+    try:
+        for zone in ("XST-5:30", "YST+3:30"):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            workspace.git("config", "user.name", "Ann Person")
+            workspace.git("config", "user.email", "ann@example.com")
+            committer = make(workspace)
+            assert committer._settings().idents == (b"Ann Person <ann@example.com>",) * 2
+            _same_as_commit_tree(workspace, committer, message)
+
+        workspace.git("config", "author.name", " .Writer, Of Things;. ")
+        workspace.git("config", "committer.email", "<machine@example.com>")
+        monkeypatch.setenv("GIT_COMMITTER_NAME", "From The Environment")
+        committer = make(workspace)
+        author, committer_ident = committer._settings().idents
+        assert author == b"Writer, Of Things <ann@example.com>"
+        assert committer_ident == b"From The Environment <machine@example.com>"
+        _same_as_commit_tree(workspace, committer, message)
+        monkeypatch.delenv("GIT_COMMITTER_NAME")
+
+        for key in ("user.name", "user.email", "author.name", "committer.email"):
+            workspace.git("config", "--unset", key)
+        committer = make(workspace)  # nothing configured: gitsieve's fallback identity
+        assert committer._settings().idents is not None
+        _same_as_commit_tree(workspace, committer, message)
+
+        # Latin-1 bytes: commit-tree converts them; the object is commit-tree's own
+        _same_as_commit_tree(workspace, committer, b"sync: caf\xe9.txt\n")
+
+        workspace.git("config", "i18n.commitEncoding", "ISO-8859-1")
+        committer = make(workspace)
+        assert committer._settings().idents is None
+        assert "encoding ISO-8859-1" in workspace.git(
+            "cat-file", "commit", _same_as_commit_tree(workspace, committer, b"sync: x\n"))
+        workspace.git("config", "--unset", "i18n.commitEncoding")
+
+        monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0000")
+        assert make(workspace)._settings().idents is None
+    finally:
+        monkeypatch.delenv("TZ", raising=False)
+        time.tzset()
+
+
+def test_the_kept_blob_writer_follows_attributes_and_configuration_as_they_change(
+        workspace):
+    """The long-lived git writing a commit's files reads the clean filters' configuration
+    and .gitattributes once; when they change (a .gitattributes above the file, not itself
+    committed, new or rewritten; the repository's configuration) the file committed is
+    still the one `git add` would store.  Failed before the writer looked at them: the
+    filter added afterwards was never applied."""
+    committer = make(workspace)
+    workspace.git("config", "filter.upper.clean", "tr a-z A-Z")
+    workspace.git("config", "filter.strip.clean", "tr -d x")
+
+    def committed_as_git_adds(path: str, content: str) -> str:
+        workspace.write(path, content)
+        aged = time.time_ns() - 10**9  # as the debounce leaves it: no racy second look
+        os.utime(workspace.path(path), ns=(aged, aged))
+        assert committer.commit([path]).commit
+        stored = workspace.git("rev-parse", f"HEAD:{path}").strip()
+        assert stored == workspace.git("hash-object", path).strip()  # git's own answer
+        return workspace.show(f"HEAD:{path}")
+
+    assert committed_as_git_adds("sub/f.up", "plain x\n") == "plain x\n"
+    starts = committer._blob_writer.starts
+    assert committed_as_git_adds("sub/f.up", "still plain x\n") == "still plain x\n"
+    assert committer._blob_writer.starts == starts  # nothing changed: the same git
+    workspace.write(".gitattributes", "*.up filter=upper\n")  # at the top, not committed
+    assert committed_as_git_adds("sub/f.up", "now upper x\n") == "NOW UPPER X\n"
+    workspace.write("sub/.gitattributes", "*.up filter=strip\n")  # closer to the file
+    assert committed_as_git_adds("sub/f.up", "now x-less\n") == "now -less\n"
+    workspace.git("config", "filter.strip.clean", "tr -d l")  # the filter itself changed
+    assert committed_as_git_adds("sub/f.up", "now x-less\n") == "now x-ess\n"
+    assert committer._blob_writer.starts == starts + 3
+    committer.close()

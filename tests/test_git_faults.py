@@ -143,7 +143,7 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
     env, rules = faulty
     rules.write_text(textwrap.dedent("""\
         ^hash-object.-w.-t.tree enospc 1
-        ^commit-tree kill-before 1
+        ^hash-object.-w.-t.commit kill-before 1
         ^update-ref kill-after 1
         ^push kill-before 1
     """))
@@ -156,7 +156,7 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
     start_executor(h, env)
     h.send("synced.txt")
     wait_for(lambda: len(injected(rules)) >= 2, timeout=15, message="two faults injected")
-    no_half_state(workspace, before)  # ENOSPC and a killed commit-tree changed nothing
+    no_half_state(workspace, before)  # ENOSPC and a killed commit writer changed nothing
     h.wait_committed("synced.txt", timeout=30)
     wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
              message="pushed after the killed push")
@@ -173,14 +173,14 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
 def test_sigterm_during_a_commit_finishes_it_and_leaves_no_lock(harness, workspace,
                                                                 faulty):
     env, rules = faulty
-    rules.write_text("^commit-tree sleep-before:2 1\n")
+    rules.write_text("^hash-object.-w.-t.commit sleep-before:2 1\n")
     h = harness()
     h.start("health")
     proc = start_executor(h, env)
     workspace.write("slow.txt", "slow\n")
     before = workspace.head()
     h.send("slow.txt")
-    wait_for(lambda: injected(rules), timeout=15, message="commit-tree started")
+    wait_for(lambda: injected(rules), timeout=15, message="the commit's object being written")
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.proc.wait(15) == 0
     assert "slow.txt" in workspace.files_at()  # finished, not abandoned halfway

@@ -80,6 +80,7 @@ from typing import Callable, Mapping
 import psutil
 
 from gitsieve.common.config.loader import Config
+from gitsieve.common.git.blobs import BlobWriter
 from gitsieve.common.git.catfile import (
     MODE_GITLINK,
     MODE_SYMLINK,
@@ -173,6 +174,37 @@ class CommitSettings:
 
     env: dict  # fallback identity for what the repository does not configure
     sign: bool  # commit.gpgSign
+    # ("Name <email>" of the author, of the committer) as git itself makes them for
+    # ``env`` (``git var``), when this committer may write the commit object itself; None
+    # when ``commit-tree`` must (signing, a commit encoding, dates set in the environment)
+    idents: tuple[bytes, bytes] | None = None
+
+
+# Set in gitsieve's environment, these dates would be git's, not the clock's: commit-tree.
+_DATE_VARIABLES = frozenset({"GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"})
+
+
+def _ident_of(line: bytes) -> bytes:
+    """``git var``'s "Name <email> 1700000000 +0100" without its date."""
+    return line.strip().rsplit(b" ", 2)[0]
+
+
+def _zone(moment: int) -> bytes:
+    """The local time zone offset at ``moment`` as git writes it (+0100, -0530)."""
+    offset = time.localtime(moment).tm_gmtoff // 60
+    sign = b"-" if offset < 0 else b"+"
+    return b"%s%02d%02d" % (sign, abs(offset) // 60, abs(offset) % 60)
+
+
+def commit_object(tree: str, parents: list[str], idents: tuple[bytes, bytes], moment: int,
+                  message: bytes) -> bytes:
+    """The body of the commit ``commit-tree`` makes of these (``parents`` as its ``-p``
+    options; the message verbatim, UTF-8)."""
+    stamp = b" %d %s" % (moment, _zone(moment))
+    lines = [b"tree " + tree.encode()]
+    lines += [b"parent " + parent.encode() for parent in parents if parent != "-p"]
+    lines += [b"author " + idents[0] + stamp, b"committer " + idents[1] + stamp]
+    return b"\n".join(lines) + b"\n\n" + message
 
 
 class PushConflict(Exception):
@@ -382,6 +414,15 @@ class TreeLayout:
         return TreeLayout(bytes(body), self.oid_at)
 
 
+def _valid_utf8(data: bytes) -> bool:
+    """Whether ``data`` is UTF-8 (commit-tree re-encodes a message that is not)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _same_entry(one: tuple[int, str], other: tuple[int, str]) -> bool:
     """Two (mode, oid) entries alike (mode 0: no entry, whatever the oid says)."""
     return one[0] == other[0] and (not one[0] or one[1] == other[1])
@@ -454,10 +495,12 @@ class Committer:
         # set once the push is about to start its git (or will not): the index waits for it
         self._push_under_way = threading.Event()
         # Long-lived gits on the path from an edit to the remote: each call saved is a
-        # process (about 5 ms through sh).  Blobs keep a git each time: their clean filters
-        # follow .gitattributes, which a long-lived git would not read again.
-        self._tree_writer = LineChild(self.git, "hash-object", "-w", "-t", "tree",
-                                      "--no-filters", "--stdin-paths")
+        # process (about 5 ms through sh).  The one writing blobs is started again when
+        # what its clean filters follow changed (common.git.blobs).
+        self._blob_writer = BlobWriter(self.git, config.git_dir)
+        self._writers = {kind: LineChild(self.git, "hash-object", "-w", "-t", kind,
+                                         "--no-filters", "--stdin-paths")
+                         for kind in ("tree", "commit")}
         self._head_mover: LineChild | None = LineChild(self.git, "update-ref", "-m",
                                                        "gitsieve: sync", "--stdin")
         # The user's index against HEAD, as last read: ((signature, head), {path: entry})
@@ -531,9 +574,26 @@ class Committer:
         code, out, stderr = self.git.result("config", "--type=bool", "commit.gpgSign")
         if code not in (0, 1):  # not a boolean: git commit would refuse to commit too
             raise GitError(("config", "--type=bool", "commit.gpgSign"), code, stderr)
-        settings = CommitSettings(env, code == 0 and out.strip() == b"true")
+        sign = code == 0 and out.strip() == b"true"
+        settings = CommitSettings(env, sign, None if sign else self._idents(env))
         self._identity = (now, written, settings)
         return settings
+
+    def _idents(self, env: dict) -> tuple[bytes, bytes] | None:
+        """Author and committer as ``commit-tree`` would write them with ``env`` (git's
+        own rules: environment, author.* and committer.*, user.*, the fallback), or None
+        when only ``commit-tree`` may write the commit."""
+        if os.environ.keys() & _DATE_VARIABLES:
+            return None
+        code, out, _ = self.git.result("config", "i18n.commitEncoding")
+        if code == 0 and out.strip().lower() not in (b"utf-8", b"utf8"):
+            return None  # commit-tree writes an encoding header
+        try:
+            return (_ident_of(self._git("var", "GIT_AUTHOR_IDENT", env=env)),
+                    _ident_of(self._git("var", "GIT_COMMITTER_IDENT", env=env)))
+        except GitError as exc:  # no usable identity (user.useConfigOnly): commit-tree says so
+            log.debug("commit identity not known ahead: %s", exc)
+            return None
 
     def _identity_env(self) -> dict:
         """Fallback identity, only for what the repository does not configure."""
@@ -545,6 +605,13 @@ class Committer:
         person's configuration asks for it (``commit.gpgSign``, which ``commit-tree``, a
         plumbing command, never reads itself); SigningFailed when git could not sign."""
         settings = self._settings()
+        if settings.idents is not None and not env and _valid_utf8(message):
+            # the object commit-tree would make, written by a git kept running: a process
+            # less between an edit and the remote
+            moment = int(time.time())
+            return self._hash_contents(
+                [commit_object(tree, parents, settings.idents, moment, message)],
+                object_type="commit")[0]
         identity = {**settings.env, **(env or {})}
         unsigned = ("commit-tree", tree, *parents, "-F", "-")
         if not settings.sign:
@@ -1143,7 +1210,8 @@ class Committer:
         self._git("update-ref", "-m", "gitsieve: sync", "HEAD", new, old)
 
     def _long_lived(self) -> list[LineChild]:
-        return [child for child in (self._tree_writer, self._head_mover) if child is not None]
+        return [child for child in (self._blob_writer.lines, *self._writers.values(),
+                                    self._head_mover) if child is not None]
 
     def close(self) -> None:
         """End the long-lived gits (the content judge's are its own)."""
@@ -1224,7 +1292,11 @@ class Committer:
                                       "rewritten in the clock tick it was read in")
 
     def _hashed(self, paths: list[str], write: bool) -> list[str]:
-        """``hash-object [-w] --stdin-paths``: each file's object id."""
+        """``hash-object [-w] --stdin-paths``: each file's object id (a commit's few files
+        written by the long-lived git)."""
+        written = self._blob_writer.write(paths) if write else None
+        if written is not None:
+            return written
         out = self._git("hash-object", *(("-w",) if write else ()), "--stdin-paths",
                         input=b"".join(os.fsencode(path) + b"\n" for path in paths))
         oids = out.decode().split()
@@ -1296,6 +1368,7 @@ class Committer:
         line of, trees), written through files in the runtime directory: one process for
         all."""
         made = []
+        self.config.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             for number, data in enumerate(contents):
                 temp = self.config.runtime_dir / f".object-{os.getpid()}-{number}"
@@ -1305,11 +1378,12 @@ class Committer:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
             request = b"".join(os.fsencode(str(temp)) + b"\n" for temp in made)
-            if object_type == "tree" and len(request) <= LineChild.MAX_REQUEST:
+            writer = self._writers.get(object_type)
+            if writer is not None and len(request) <= LineChild.MAX_REQUEST:
                 try:
-                    return [line.decode() for line in self._tree_writer.ask(request, len(made))]
+                    return [line.decode() for line in writer.ask(request, len(made))]
                 except GitError as exc:
-                    log.info("tree writer: %s; writing the trees with a git of their own", exc)
+                    log.info("%s writer: %s; writing with a git of its own", object_type, exc)
             options = ["--path", filters_for] if filters_for else ["--no-filters"]
             out = self._git("hash-object", "-w", "-t", object_type, *options, "--stdin-paths",
                             input=request)
