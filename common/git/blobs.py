@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitError, LineChild, git_env
+from gitsieve.common.git.gateway import Git, GitError, LineChild, git_env, user_config_dirs
 from gitsieve.common.git.head import common_dir, file_signature
 
 MAX_AGE = 30.0  # seconds: a bound on staleness from what the stat checks cannot see
@@ -82,9 +82,8 @@ class BlobWriter:
         """Configuration and attributes files outside the work tree that git reads."""
         if self._settings is None:
             common = common_dir(os.fspath(self.git_dir))
-            env = git_env(owner=self.git.owner)  # the HOME git runs with: the owner's
-            home = env.get("HOME", "/")
-            xdg = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+            home, xdg = user_config_dirs(self.git.owner)  # git's own: the owner's
+            env = git_env(owner=self.git.owner)
             code, out, _ = self.git.result("config", "--path", "--get", "core.attributesFile")
             configured = os.fsdecode(out.strip()) if code == 0 and out.strip() else None
             self._settings = tuple(name for name in (

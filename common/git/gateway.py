@@ -132,6 +132,14 @@ def git_env(extra: dict | None = None, owner: Owner = Owner()) -> dict:
     return env
 
 
+def user_config_dirs(owner: Owner = Owner()) -> tuple[str, str]:
+    """(HOME, XDG config directory) as the git run for ``owner`` sees them: where its
+    ``~/.gitconfig`` and its ``git/config``, ``git/ignore`` and ``git/attributes`` lie."""
+    env = git_env(owner=owner)
+    home = env.get("HOME", "/")
+    return home, env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+
+
 def _fork_failure(exc: BaseException) -> str:
     """The last line of sh's ForkException, which carries the child's whole traceback
     (``FileNotFoundError: [Errno 2] No such file or directory: '/ws'``)."""

@@ -18,7 +18,7 @@ import select
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitChild, GitError, KeptChild, git_env
+from gitsieve.common.git.gateway import Git, GitChild, GitError, KeptChild, user_config_dirs
 from gitsieve.common.git.head import common_dir, file_signature
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,8 @@ class IgnoreChecker(KeptChild):
         if self._excludes is None:
             code, out, _ = self.git.result("config", "--path", "--get", "core.excludesFile")
             configured = Path(os.fsdecode(out.strip())) if code == 0 and out.strip() else None
-            env = git_env(owner=self.git.owner)  # git's own HOME: the work tree owner's
-            home = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME", "/"), ".config")
-            self._excludes = (configured, Path(home) / "git" / "ignore")
+            _, xdg = user_config_dirs(self.git.owner)  # git's own: the work tree owner's
+            self._excludes = (configured, Path(xdg) / "git" / "ignore")
         return self._excludes
 
     def refresh(self) -> None:
