@@ -143,7 +143,7 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
     env, rules = faulty
     rules.write_text(textwrap.dedent("""\
         ^hash-object.-w.-t.tree enospc 1
-        ^hash-object.-w.-t.commit kill-before 1
+        ^hash-object.-w.-t.commit enospc 6
         ^update-ref kill-after 1
         ^push kill-before 1
     """))
@@ -155,13 +155,16 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
     before = workspace.head()
     start_executor(h, env)
     h.send("synced.txt")
-    wait_for(lambda: len(injected(rules)) >= 2, timeout=15, message="two faults injected")
-    no_half_state(workspace, before)  # ENOSPC and a killed commit writer changed nothing
+    # The tree writer's ENOSPC is met by a git of its own; the commit's object cannot be
+    # written until six ENOSPCs are used up (the long-lived writer's, its fresh start's,
+    # the plain git's), so attempts fail, and each failure leaves nothing behind.
+    wait_for(lambda: len(injected(rules)) >= 4, timeout=15, message="attempts failed")
+    no_half_state(workspace, before)
     h.wait_committed("synced.txt", timeout=30)
     wait_for(lambda: workspace.remote_head() == workspace.head(), timeout=20,
              message="pushed after the killed push")
     kinds = [line.split()[0] for line in injected(rules)]
-    assert kinds == ["enospc", "kill-before", "kill-after", "kill-before"]
+    assert kinds == ["enospc"] * 7 + ["kill-after", "kill-before"]
     assert workspace.commit_count() == 2  # exactly one sync commit
     assert workspace.committed_paths_since(before) == {"synced.txt"}
     status = workspace.git("status", "--porcelain=v1")
