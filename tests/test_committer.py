@@ -1680,3 +1680,24 @@ def test_the_kept_blob_writer_follows_attributes_and_configuration_as_they_chang
     assert committed_as_git_adds("sub/f.up", "now x-less\n") == "now x-ess\n"
     assert committer._blob_writer.starts == starts + 3
     committer.close()
+
+
+def test_a_name_changed_in_the_users_own_config_is_on_the_next_commit(workspace, tmp_path,
+                                                                      monkeypatch):
+    """The identity is read ahead and kept (a process a commit less), yet a person who
+    changes user.name in ~/.gitconfig sees it on the next commit, as with git commit."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for key in ("user.name", "user.email"):
+        workspace.git("config", "--unset", key, check=False)
+    (tmp_path / ".gitconfig").write_text("[user]\n\tname = First Name\n\temail = me@example.com\n")
+    committer = make(workspace)
+    for number, name in enumerate(("First Name", "Second Name")):
+        if number:
+            (tmp_path / ".gitconfig").write_text(
+                f"[user]\n\tname = {name}\n\temail = me@example.com\n")
+        workspace.write("a.txt", f"{number}\n")
+        assert committer.commit(["a.txt"], push=False).commit
+        assert workspace.git("log", "-1", "--format=%an <%ae>|%cn").strip() == \
+            f"{name} <me@example.com>|{name}"
+    committer.close()

@@ -88,7 +88,7 @@ from gitsieve.common.git.catfile import (
     Entry,
     HeadReadError,
 )
-from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul
+from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul, user_config_dirs
 from gitsieve.common.git.head import (
     checked_out_branch,
     checked_out_commit,
@@ -553,10 +553,14 @@ class Committer:
     def _settings(self) -> "CommitSettings":
         """What the person's git configuration says about the commits made here.
 
-        Read again after ``_IDENTITY_TTL`` s or when the repository's config file changes:
-        three git calls per commit would cost ~30 ms through sh, and these change rarely."""
+        Read again after ``_IDENTITY_TTL`` s or when the repository's or the user's config
+        file changes: three git calls per commit would cost ~30 ms through sh, and these
+        change rarely."""
         now = time.monotonic()
-        written = file_signature(os.path.join(common_dir(str(self.config.git_dir)), "config"))
+        home, xdg = user_config_dirs(self.git.owner)
+        written = tuple(file_signature(name) for name in (
+            os.path.join(common_dir(str(self.config.git_dir)), "config"),
+            os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config")))
         if self._identity is not None and now - self._identity[0] < _IDENTITY_TTL \
                 and self._identity[1] == written:
             return self._identity[2]
