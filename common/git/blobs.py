@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from gitsieve.common.git.gateway import Git, GitError, LineChild, git_env, user_config_dirs
+from gitsieve.common.git.gateway import Git, GitError, LineChild, config_files, user_config_dirs
 from gitsieve.common.git.head import common_dir, file_signature
 
 MAX_AGE = 30.0  # seconds: a bound on staleness from what the stat checks cannot see
@@ -81,15 +81,12 @@ class BlobWriter:
     def _setting_files(self) -> tuple[str, ...]:
         """Configuration and attributes files outside the work tree that git reads."""
         if self._settings is None:
-            common = common_dir(os.fspath(self.git_dir))
-            home, xdg = user_config_dirs(self.git.owner)  # git's own: the owner's
-            env = git_env(owner=self.git.owner)
+            _, xdg = user_config_dirs(self.git.owner)  # git's own: the owner's
             code, out, _ = self.git.result("config", "--path", "--get", "core.attributesFile")
             configured = os.fsdecode(out.strip()) if code == 0 and out.strip() else None
-            self._settings = tuple(name for name in (
-                os.path.join(common, "config"), os.path.join(self.git_dir, "config.worktree"),
-                os.path.join(common, "info", "attributes"), os.path.join(home, ".gitconfig"),
-                os.path.join(xdg, "git", "config"), os.path.join(xdg, "git", "attributes"),
-                env.get("GIT_CONFIG_GLOBAL"), env.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig",
-                configured) if name)
+            self._settings = (*config_files(self.git_dir, self.git.owner),
+                              os.path.join(common_dir(os.fspath(self.git_dir)), "info",
+                                           "attributes"),
+                              os.path.join(xdg, "git", "attributes"),
+                              *((configured,) if configured else ()))
         return self._settings

@@ -88,11 +88,10 @@ from gitsieve.common.git.catfile import (
     Entry,
     HeadReadError,
 )
-from gitsieve.common.git.gateway import Git, GitError, LineChild, split_nul, user_config_dirs
+from gitsieve.common.git.gateway import Git, GitError, LineChild, config_files, split_nul
 from gitsieve.common.git.head import (
     checked_out_branch,
     checked_out_commit,
-    common_dir,
     file_clock_ns,
     file_signature,
     signature_of,
@@ -553,14 +552,12 @@ class Committer:
     def _settings(self) -> "CommitSettings":
         """What the person's git configuration says about the commits made here.
 
-        Read again after ``_IDENTITY_TTL`` s or when the repository's or the user's config
-        file changes: three git calls per commit would cost ~30 ms through sh, and these
-        change rarely."""
+        Read again after ``_IDENTITY_TTL`` s or when a config file git reads changes
+        (:func:`gateway.config_files`): three git calls per commit would cost ~30 ms
+        through sh, and these change rarely."""
         now = time.monotonic()
-        home, xdg = user_config_dirs(self.git.owner)
-        written = tuple(file_signature(name) for name in (
-            os.path.join(common_dir(str(self.config.git_dir)), "config"),
-            os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config")))
+        written = tuple(file_signature(name)
+                        for name in config_files(self.config.git_dir, self.git.owner))
         if self._identity is not None and now - self._identity[0] < _IDENTITY_TTL \
                 and self._identity[1] == written:
             return self._identity[2]

@@ -36,6 +36,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitsieve.common.git.head import common_dir
+
 log = logging.getLogger(__name__)
 
 # git status's words (LC_ALL=C) before a directory it leaves out ("'PATH': REASON" follow).
@@ -138,6 +140,18 @@ def user_config_dirs(owner: Owner = Owner()) -> tuple[str, str]:
     env = git_env(owner=owner)
     home = env.get("HOME", "/")
     return home, env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+
+
+def config_files(git_dir: str | os.PathLike, owner: Owner = Owner()) -> tuple[str, ...]:
+    """The configuration files the git run for ``owner`` in ``git_dir`` reads (some may be
+    absent): the repository's, its worktree's, the user's and the system's."""
+    env = git_env(owner=owner)
+    home, xdg = user_config_dirs(owner)
+    return tuple(name for name in (
+        os.path.join(common_dir(os.fspath(git_dir)), "config"),
+        os.path.join(git_dir, "config.worktree"), os.path.join(home, ".gitconfig"),
+        os.path.join(xdg, "git", "config"), env.get("GIT_CONFIG_GLOBAL"),
+        env.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig") if name)
 
 
 def _fork_failure(exc: BaseException) -> str:
