@@ -4,6 +4,7 @@ round.  Every receiver takes a bundle's messages one by one, and a malformed bun
 bad frame, counted and survived."""
 from __future__ import annotations
 
+import struct
 import time
 
 import pytest
@@ -24,22 +25,35 @@ def change(path: str, seq: int) -> Change:
 # ----- the wire ------------------------------------------------------------------------
 def test_a_bundle_gives_back_each_message_with_its_own_frames():
     queued = [messages.stage_frames(change("a", 1), False), [b"one frame"],
-              [b"r", b"b", messages.earliest_frame(5.0)]]
+              [b"r", b"", messages.earliest_frame(5.0)]]
     frames = messages.bundle(queued)
-    assert frames[0] == messages.BUNDLE and frames[1] == bytes([2, 1, 3])
+    # one ZeroMQ message of four parts, however many messages it carries
+    assert len(frames) == 4 and frames[0] == messages.BUNDLE
+    assert frames[1] == bytes([2, 1, 3])
     assert messages.unbundle(frames) == queued
 
 
+def _sizes(*sizes: int) -> bytes:
+    return struct.pack(f"<{len(sizes)}I", *sizes)
+
+
 @pytest.mark.parametrize("frames", [
-    [messages.BUNDLE],                                  # no counts
-    [messages.BUNDLE, b"", ],                           # no message
-    [messages.BUNDLE, bytes([2]), b"only one"],         # fewer frames than counted
-    [messages.BUNDLE, bytes([1]), b"a", b"extra"],      # more
-    [messages.BUNDLE, bytes([0, 1]), b"a"],             # a message of no frame
-    [messages.BUNDLE, bytes([4]), b"a", b"b", b"c", b"d"],  # more frames than a message has
-    [messages.BUNDLE, bytes([1] * (messages.MAX_BUNDLED + 1))]
-    + [b"x"] * (messages.MAX_BUNDLED + 1),              # too many messages
-], ids=["no-counts", "empty", "short", "long", "zero", "four", "too-many"])
+    [messages.BUNDLE],                                               # no counts
+    [messages.BUNDLE, b"", b"", b""],                                # no message
+    [messages.BUNDLE, bytes([2]), _sizes(1), b"a"],                  # fewer sizes than counted
+    [messages.BUNDLE, bytes([1]), _sizes(1, 1), b"ab"],              # more
+    [messages.BUNDLE, bytes([1]), _sizes(1) + b"\0", b"a"],          # a size cut short
+    [messages.BUNDLE, bytes([1]), _sizes(2), b"a"],                  # payload shorter than sizes
+    [messages.BUNDLE, bytes([1]), _sizes(1), b"ab"],                 # longer
+    [messages.BUNDLE, bytes([1]), _sizes(2 ** 32 - 1), b"a"],        # a size past the payload
+    [messages.BUNDLE, bytes([0, 1]), _sizes(1), b"a"],               # a message of no frame
+    [messages.BUNDLE, bytes([4]), _sizes(1, 1, 1, 1), b"abcd"],      # more frames than a message has
+    [messages.BUNDLE, bytes([1] * (messages.MAX_BUNDLED + 1)),
+     _sizes(*[1] * (messages.MAX_BUNDLED + 1)), b"x" * (messages.MAX_BUNDLED + 1)],  # too many
+    [messages.BUNDLE, bytes([1]), _sizes(1), b"a", b"extra"],        # a part too many
+    [messages.BUNDLE, bytes([1]), b"x"],                             # the old layout
+], ids=["no-counts", "empty", "short", "long", "cut-size", "short-payload", "long-payload",
+        "huge-size", "zero", "four", "too-many", "five-parts", "three-parts"])
 def test_a_malformed_bundle_is_refused(frames):
     with pytest.raises(BadMessage):
         messages.unbundle(frames)
@@ -62,8 +76,8 @@ def test_a_published_bundle_keeps_its_topic_and_gives_back_each_frame():
 
 @pytest.mark.parametrize("frames", [
     [b"d"], [b"d", b"x", b"y"],                            # not [topic, frame]
-    [b"d", messages.BUNDLE, bytes([2]), b"a", b"b"],       # a message of two frames
-    [b"d", messages.BUNDLE, bytes([1, 1]), b"a"],          # counts off
+    [b"d", *messages.bundle([[b"a", b"b"]])],              # a message of two frames
+    [b"d", messages.BUNDLE, bytes([1, 1]), _sizes(1), b"a"],  # counts off
 ], ids=["one-frame", "three-frames", "two-frame-part", "short"])
 def test_a_malformed_published_message_is_refused(frames):
     with pytest.raises(BadMessage):

@@ -1,5 +1,5 @@
 """The debouncer's live feed: every Decision it takes, as ``[topic, frame]`` (a burst as
-``[topic, BUNDLE, counts, frames...]``, one topic a message: ``messages.published``,
+``[topic, BUNDLE, counts, sizes, payload]``, one topic a message: ``messages.published``,
 read back with ``messages.topic_parts``).
 
 The topic says which layer workers keep something of the decision, so each subscribes to

@@ -11,8 +11,9 @@ route (:class:`Route`) says what the router needs (priority, path) without unpac
 body.
 
 A burst travels bundled: messages sent to one PUSH socket within a few milliseconds go as
-one ZeroMQ message ``[BUNDLE, counts, frames...]`` (:func:`bundle`, :func:`unbundle`),
-``counts`` holding each message's number of frames.  Each ZeroMQ message sent into an idle
+one ZeroMQ message ``[BUNDLE, counts, sizes, payload]`` (:func:`bundle`,
+:func:`unbundle`): ``counts`` holds each message's number of frames, ``sizes`` each frame's
+length, and ``payload`` the frames joined.  Each ZeroMQ message sent into an idle
 pipe wakes two I/O threads and the receiver (about 50 us of CPU on the machines measured),
 so a message per change made that wake-up most of a storm's cost.
 """
@@ -613,29 +614,44 @@ _MAX_BUNDLED_FRAMES = 3  # frames of one message in a bundle (route, body, earli
 
 
 def bundle(queued: list[list[bytes]]) -> list[bytes]:
-    """The frames of one ZeroMQ message carrying ``queued`` (each a message's frames)."""
-    frames = [BUNDLE, bytes(len(each) for each in queued)]
-    for each in queued:
-        frames += each
-    return frames
+    """The frames of one ZeroMQ message carrying ``queued`` (each a message's frames):
+    ``[BUNDLE, counts, sizes, payload]``, every message's frames joined in one payload.  A
+    frame costs a ZeroMQ message part on each side (about 3 us here, sender and receiver
+    together), so 256 messages of two frames each cost 7.7-8.8 us a message as frames of
+    their own and 1.5-1.6 us joined."""
+    flat = [frame for each in queued for frame in each]
+    return [BUNDLE, bytes(len(each) for each in queued),
+            struct.pack(f"<{len(flat)}I", *map(len, flat)), b"".join(flat)]
 
 
 def unbundle(frames: list[bytes]) -> list[list[bytes]]:
     """Each message's frames of a bundle (``frames[0] == BUNDLE``), or raise BadMessage."""
-    counts = frames[1] if len(frames) > 1 else b""
-    if not 0 < len(counts) <= MAX_BUNDLED or len(frames) != 2 + sum(counts) \
+    if len(frames) != 4:
+        raise BadMessage(f"bundle: {len(frames)} frames, expected 4")
+    _, counts, sizes_frame, payload = frames
+    if not 0 < len(counts) <= MAX_BUNDLED \
             or not all(0 < count <= _MAX_BUNDLED_FRAMES for count in counts):
-        raise BadMessage("bundle: its counts do not match its frames")
-    parts, start = [], 2
+        raise BadMessage("bundle: its counts are out of range")
+    total = sum(counts)
+    if len(sizes_frame) != 4 * total:
+        raise BadMessage("bundle: its sizes do not match its counts")
+    sizes = struct.unpack(f"<{total}I", sizes_frame)
+    if sum(sizes) != len(payload):
+        raise BadMessage("bundle: its sizes do not match its payload")
+    parts, start, sized = [], 0, iter(sizes)
     for count in counts:
-        parts.append(frames[start:start + count])
-        start += count
+        part = []
+        for _ in range(count):
+            end = start + next(sized)
+            part.append(payload[start:end])
+            start = end
+        parts.append(part)
     return parts
 
 
 def published(topic: bytes, frames: list[bytes]) -> list[bytes]:
     """One PUB message carrying ``frames`` (one-frame messages of one topic): ``[topic,
-    frame]``, or ``[topic, BUNDLE, counts, frames...]`` for more (a SUB filters on the
+    frame]``, or ``[topic, BUNDLE, counts, sizes, payload]`` for more (a SUB filters on the
     topic frame, so a bundle never mixes topics)."""
     if len(frames) == 1:
         return [topic, frames[0]]
