@@ -42,7 +42,14 @@ written, moved or removed anywhere in the tree makes it reconcile too
 would ever send them.
 
 inotify's queue holds ``/proc/sys/fs/inotify/max_queued_events`` events (16384 by default);
-the watcher drains it every poll round, and on an overflow rescans and reconciles.
+the watcher drains it every poll round, and on an overflow rescans and reconciles.  A
+reconcile reports ``RECONCILE_SLICE`` paths a poll round, inotify read between slices, so
+one of tens of thousands of paths never stops the draining (done in one go, it let the queue
+overflow again while it ran).  The areas holding the fewest of its paths go first (a
+person's few edits before an agent's storm), and one asked for while another is under way
+starts when that one ends.  The ``.gitignore``
+reconcile, whose paths are all linked to the ``.gitignore``, and `actorctl flush` report
+everything at once.
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ import os
 import stat
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Callable
 
 import inotify_simple
@@ -62,6 +70,7 @@ from gitsieve.common import config as config_mod
 from gitsieve.common.actor import runs
 from gitsieve.common.actor.base import Actor, bundle_due, main
 from gitsieve.common.git.gateway import Git, GitError
+from gitsieve.common.judge.areas import smallest_areas_first
 from gitsieve.common.judge.content import git_blob_id
 from gitsieve.common.judge.health import nonnegative_count
 from gitsieve.common.judge.pattern import observe, urgent
@@ -94,8 +103,20 @@ _LONG_AGO = 1e-6
 # (common/judge/settled.py): a reconcile does not send them again.
 _SETTLING_WRITERS = ("SYSTEM", "SELF")
 MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
+# Paths of a pending reconcile looked at per poll round; inotify is read between slices.
+# Done in one go, a reconcile of 80,000 paths held the watcher for 0.7-1.1 s, long enough
+# for the kernel's queue to overflow again, and again (a storm of new files).
+RECONCILE_SLICE = 2000
 _FEED_LIMIT = 5000  # feed decisions read per poll round
 
+
+
+@dataclass
+class PendingReconcile:
+    """A reconcile's paths still to look at (git's listing, in its order)."""
+    paths: deque[str]
+    skip_in_flight: bool
+    partners: tuple[str, ...]
 
 
 def version_of(path: str) -> int | None:
@@ -148,6 +169,8 @@ class Watcher(Actor):
         self.watch_limit_logged = False
         self.inotify = inotify_simple.INotify()
         self.next_reconcile: float | None = None
+        self.reconciling: list[PendingReconcile] = []  # under way, a slice a round
+        self.reconcile_again = False  # asked for while one was under way: once it ends
         # reconcile after any actor restarts: the health monitor's actors map
         self.actor_pids: dict[str, int] = {}
         self.actor_alive: dict[str, bool] = {}
@@ -170,7 +193,7 @@ class Watcher(Actor):
         self._watch_tree("")
         self.log.info("watching %d directories under %s", len(self.wd_to_path), self.root)
         self.stats["settled_loaded"] = self.settled.load(self.excluded)
-        self.reconcile()
+        self.start_reconcile()
         interval = self.config.reconcile_interval
         self.next_reconcile = time.monotonic() + interval if interval > 0 else None
 
@@ -420,29 +443,70 @@ class Watcher(Actor):
             self.stats["messages_out"] += count
 
     def reconcile(self, skip_in_flight: bool = True, partners: tuple[str, ...] = ()) -> None:
-        """Report every path git sees as differing from HEAD (or untracked); with
+        """Report now every path git sees as differing from HEAD (or untracked); with
         ``skip_in_flight``, not those sent and not yet seen decided; each linked to
         ``partners`` (released with them)."""
+        pending = self._list_dirty(skip_in_flight, partners)
+        if pending is not None:
+            self._reconcile_slice(pending, len(pending.paths))
+            self.stats["reconciles"] += 1
+
+    def start_reconcile(self) -> None:
+        """A reconcile that reports a slice of its paths a poll round (inotify is read
+        between slices), the areas with the fewest paths first.  Asked for while one is
+        under way, it starts when that one ends.  (Started again at each overflow of a
+        storm, listing and sorting 80,000 paths each time, it held the watcher long
+        enough for twice the overflows.)"""
+        if self.reconciling:
+            self.reconcile_again = True
+            return
+        pending = self._list_dirty(True, ())
+        if pending is not None:
+            pending.paths = deque(smallest_areas_first(pending.paths))
+            self.reconciling = [pending]
+
+    def _continue_reconcile(self) -> None:
+        pending = self.reconciling[0]
+        self._reconcile_slice(pending, RECONCILE_SLICE)
+        if not pending.paths:
+            self.reconciling.clear()
+            self.stats["reconciles"] += 1
+            if self.reconcile_again:
+                self.reconcile_again = False
+                self.start_reconcile()
+
+    def _list_dirty(self, skip_in_flight: bool, partners: tuple[str, ...]
+                    ) -> PendingReconcile | None:
         try:
             paths = self.git.dirty_paths()
         except GitError as exc:
             self.record_error(f"reconcile: {exc}")
             self.log.error("reconcile failed: %s", exc)
-            return
+            return None
+        self._expire_in_flight(time.monotonic())
+        return PendingReconcile(deque(paths), skip_in_flight, partners)
+
+    def _reconcile_slice(self, pending: PendingReconcile, limit: int) -> None:
+        """Up to ``limit`` paths of ``pending`` reported; the paths passed over (in flight,
+        settled) count a tenth each."""
         observed = time.time()
         now = time.monotonic()
-        self._expire_in_flight(now)
-        for path in paths:
+        paths, partners = pending.paths, pending.partners
+        budget = limit * 10
+        while paths and budget > 0:
+            path = paths.popleft()
+            budget -= 1
             if path.endswith("/"):
                 # A nested repository shows as one untracked directory; not a file to commit.
                 self.stats["reconcile_skipped_dirs"] += 1
                 continue
-            if skip_in_flight and path in self.in_flight:
+            if pending.skip_in_flight and path in self.in_flight:
                 self.stats["reconcile_in_flight"] += 1
                 continue
             if self.is_settled(path):
                 self.stats["reconcile_settled"] += 1
                 continue
+            budget -= 9
             try:
                 changed = os.lstat(self._abs(path)).st_ctime
             except OSError:
@@ -453,7 +517,6 @@ class Watcher(Actor):
             # long (a dirty start) is not made to wait a quiet period more.
             self.emit(path, WRITE, observed, source="reconcile", partners=partners,
                       changed=max(now - max(0.0, observed - changed), _LONG_AGO))
-        self.stats["reconciles"] += 1
 
     # ----- in flight: sent, no decision seen yet ------------------------------------------
     def _take_feed(self) -> None:
@@ -571,7 +634,7 @@ class Watcher(Actor):
             self.log.warning("inotify queue overflowed (fs.inotify.max_queued_events); "
                              "rescanning the workspace and reconciling with git status")
             self.rescan()
-            self.reconcile()
+            self.start_reconcile()
 
     @staticmethod
     def _fold(folded: dict, path: str, kind: ChangeKind, partners=()) -> None:
@@ -809,11 +872,11 @@ class Watcher(Actor):
             self._match_moves(now, time.time())
         if self.next_reconcile is not None and now >= self.next_reconcile:
             self.next_reconcile = now + self.config.reconcile_interval
-            self.reconcile()
+            self.start_reconcile()
         if self.restart_reconcile_at is not None and now >= self.restart_reconcile_at:
             self.restart_reconcile_at = None
             self.stats["restart_reconciles"] += 1
-            self.reconcile()
+            self.start_reconcile()
         if self.excludes_reconcile_at is not None and now >= self.excludes_reconcile_at:
             self.excludes_reconcile_at = None
             self.stats["excludes_reconciles"] += 1
@@ -821,6 +884,8 @@ class Watcher(Actor):
             # remote that its committed .gitignore still ignores.
             self.reconcile(partners=tuple(sorted(self.excludes_changed)))
             self.excludes_changed.clear()
+        if self.reconciling:
+            self._continue_reconcile()
         self._save_settled(self.settled.save_due, now)
         if len(self.last_report) > 10_000:
             # Bound memory: entries older than the throttle interval no longer matter.
@@ -828,6 +893,8 @@ class Watcher(Actor):
             self.last_report = {p: t for p, t in self.last_report.items() if t > horizon}
 
     def wakeup_in(self) -> float | None:
+        if self.reconciling:
+            return 0.0
         now = time.monotonic()
         waits = []
         if self.unsent:

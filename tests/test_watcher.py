@@ -11,7 +11,7 @@ import zmq
 from inotify_simple import Event, flags
 
 from conftest import stage_reader, wait_for
-from gitsieve.actors.watcher import Watcher
+from gitsieve.actors.watcher import RECONCILE_SLICE, Watcher
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.judge.pattern import urgent
@@ -380,6 +380,53 @@ def bare_watcher(workspace, tmp_path):
     yield watcher, read
     watcher.shutdown()
     watcher.close()
+
+
+def test_after_an_overflow_inotify_is_read_between_slices_of_the_reconcile(bare_watcher,
+                                                                          workspace):
+    """An overflow's reconcile of a storm's paths was made in one go: 80,000 paths held
+    the watcher 0.7-1.1 s, the kernel queue overflowed again meanwhile, and a person's edit
+    waited behind it (fails before slicing: the overflow's read sends every path).  Its
+    smallest areas go first; an overflow meanwhile makes another once it ends."""
+    watcher, read = bare_watcher
+    many = 2 * RECONCILE_SLICE + 500
+    for number in range(many):
+        workspace.write(f"agent/d{number // 500}/f{number}.txt", "x")
+    workspace.write("sub/mine.txt", "a person's edit, lost in the overflow")
+    assert read(Event(-1, flags.Q_OVERFLOW, 0, "")) == []  # the reconcile waits its turns
+    assert watcher.stats["overflows"] == 1 and watcher.reconciling
+    assert watcher.wakeup_in() == 0.0
+
+    def tick() -> list[Change]:
+        before = len(watcher.out.frames)
+        watcher.on_tick(time.monotonic())
+        watcher._flush()
+        return watcher.out.messages()[before:]
+    first = tick()
+    assert len(first) == RECONCILE_SLICE and {c.source for c in first} == {"reconcile"}
+    assert first[0].path == "sub/mine.txt"  # its area holds one path; the agent's, 4,500
+    # read between two slices: a later edit goes before the rest of the reconcile
+    workspace.write("sub/later.txt", "another edit")
+    later, = read(Event(2, flags.CLOSE_WRITE, 0, "later.txt"))
+    assert later.path == "sub/later.txt" and later.source == "inotify"
+    # another overflow, and a file lost in it: the reconcile under way goes on (nothing
+    # sent twice), then another finds that file
+    workspace.write("notes.txt", "lost in the second overflow")
+    assert read(Event(-1, flags.Q_OVERFLOW, 0, "")) == [] and watcher.reconcile_again
+    second = tick()
+    assert len(second) == RECONCILE_SLICE and not {c.path for c in first} & {
+        c.path for c in second}
+    sent = first + second
+    while watcher.stats["reconciles"] == 0:
+        sent += tick()
+    assert watcher.reconciling and not watcher.reconcile_again  # the second, under way
+    sent += tick()
+    assert sent[-1].path == "notes.txt"  # the rest is in flight: passed over
+    assert not watcher.reconciling and watcher.wakeup_in() != 0.0
+    reconciled = [c.path for c in sent if c.source == "reconcile"]
+    assert len(reconciled) == many + 2 and set(reconciled) == {"sub/mine.txt", "notes.txt"} | {
+        f"agent/d{number // 500}/f{number}.txt" for number in range(many)}
+    assert watcher.stats["reconciles"] == 2
 
 
 def test_a_read_is_folded_per_path_with_its_writing_facts(bare_watcher, workspace):
