@@ -142,8 +142,8 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
         harness, workspace, faulty):
     env, rules = faulty
     rules.write_text(textwrap.dedent("""\
-        ^hash-object.-w.-t.tree enospc 1
-        ^hash-object.-w.-t.commit enospc 6
+        hash-object.-w.-t.tree enospc 1
+        hash-object.-w.-t.commit enospc 6
         ^update-ref kill-after 1
         ^push kill-before 1
     """))
@@ -176,7 +176,7 @@ def test_git_failing_and_killed_mid_commit_leaves_no_half_state_then_commits(
 def test_sigterm_during_a_commit_finishes_it_and_leaves_no_lock(harness, workspace,
                                                                 faulty):
     env, rules = faulty
-    rules.write_text("^hash-object.-w.-t.commit sleep-before:2 1\n")
+    rules.write_text("hash-object.-w.-t.commit sleep-before:2 1\n")
     h = harness()
     h.start("health")
     proc = start_executor(h, env)

@@ -377,6 +377,12 @@ def _in_git_order(entries: dict[bytes, tuple[int, str]]) -> list:
                   key=lambda item: item[0] + b"/" if item[1][0] == MODE_TREE else item[0])
 
 
+# Trees and commits written loose without compression: a tree is mostly object ids, which
+# do not compress (a 10,000-entry directory's 330 KB tree deflated to 244 KB at zlib's
+# fastest level, in 5.3 ms of each commit on a 100k-file tree).  gc packs them compressed.
+_STORED = ("-c", "core.looseCompression=0")
+
+
 def _tree_id(body: bytes, hex_length: int) -> str:
     digest = hashlib.sha256() if hex_length == 64 else hashlib.sha1()
     digest.update(b"tree %d\0" % len(body) + body)
@@ -497,7 +503,7 @@ class Committer:
         # process (about 5 ms through sh).  The one writing blobs is started again when
         # what its clean filters follow changed (common.git.blobs).
         self._blob_writer = BlobWriter(self.git, config.git_dir)
-        self._writers = {kind: LineChild(self.git, "hash-object", "-w", "-t", kind,
+        self._writers = {kind: LineChild(self.git, *_STORED, "hash-object", "-w", "-t", kind,
                                          "--no-filters", "--stdin-paths")
                          for kind in ("tree", "commit")}
         self._head_mover: LineChild | None = LineChild(self.git, "update-ref", "-m",
@@ -1386,8 +1392,9 @@ class Committer:
                 except GitError as exc:
                     log.info("%s writer: %s; writing with a git of its own", object_type, exc)
             options = ["--path", filters_for] if filters_for else ["--no-filters"]
-            out = self._git("hash-object", "-w", "-t", object_type, *options, "--stdin-paths",
-                            input=request)
+            stored = _STORED if object_type in ("tree", "commit") else ()
+            out = self._git(*stored, "hash-object", "-w", "-t", object_type, *options,
+                            "--stdin-paths", input=request)
         finally:
             for temp in made:
                 temp.unlink(missing_ok=True)
