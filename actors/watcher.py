@@ -107,6 +107,8 @@ MATCH_EVERY = 0.25  # seconds between looks for moves inotify could not pair
 # Done in one go, a reconcile of 80,000 paths held the watcher for 0.7-1.1 s, long enough
 # for the kernel's queue to overflow again, and again (a storm of new files).
 RECONCILE_SLICE = 2000
+# A path passed over (in flight, settled) costs a slice this share of one reported.
+_PASSED_OVER_SHARE = 10
 _FEED_LIMIT = 5000  # feed decisions read per poll round
 
 
@@ -169,7 +171,7 @@ class Watcher(Actor):
         self.watch_limit_logged = False
         self.inotify = inotify_simple.INotify()
         self.next_reconcile: float | None = None
-        self.reconciling: list[PendingReconcile] = []  # under way, a slice a round
+        self.reconciling: PendingReconcile | None = None  # under way, a slice a round
         self.reconcile_again = False  # asked for while one was under way: once it ends
         # reconcile after any actor restarts: the health monitor's actors map
         self.actor_pids: dict[str, int] = {}
@@ -457,19 +459,19 @@ class Watcher(Actor):
         under way, it starts when that one ends.  (Started again at each overflow of a
         storm, listing and sorting 80,000 paths each time, it held the watcher long
         enough for twice the overflows.)"""
-        if self.reconciling:
+        if self.reconciling is not None:
             self.reconcile_again = True
             return
         pending = self._list_dirty(True, ())
         if pending is not None:
             pending.paths = deque(smallest_areas_first(pending.paths))
-            self.reconciling = [pending]
+            self.reconciling = pending
 
     def _continue_reconcile(self) -> None:
-        pending = self.reconciling[0]
+        pending = self.reconciling
         self._reconcile_slice(pending, RECONCILE_SLICE)
         if not pending.paths:
-            self.reconciling.clear()
+            self.reconciling = None
             self.stats["reconciles"] += 1
             if self.reconcile_again:
                 self.reconcile_again = False
@@ -487,15 +489,15 @@ class Watcher(Actor):
         return PendingReconcile(deque(paths), skip_in_flight, partners)
 
     def _reconcile_slice(self, pending: PendingReconcile, limit: int) -> None:
-        """Up to ``limit`` paths of ``pending`` reported; the paths passed over (in flight,
-        settled) count a tenth each."""
+        """Up to ``limit`` paths of ``pending`` reported (fewer when paths were passed
+        over)."""
         observed = time.time()
         now = time.monotonic()
         paths, partners = pending.paths, pending.partners
-        budget = limit * 10
+        budget = limit * _PASSED_OVER_SHARE
         while paths and budget > 0:
             path = paths.popleft()
-            budget -= 1
+            budget -= 1  # looked at
             if path.endswith("/"):
                 # A nested repository shows as one untracked directory; not a file to commit.
                 self.stats["reconcile_skipped_dirs"] += 1
@@ -506,7 +508,7 @@ class Watcher(Actor):
             if self.is_settled(path):
                 self.stats["reconcile_settled"] += 1
                 continue
-            budget -= 9
+            budget -= _PASSED_OVER_SHARE - 1  # and reported
             try:
                 changed = os.lstat(self._abs(path)).st_ctime
             except OSError:
@@ -884,7 +886,7 @@ class Watcher(Actor):
             # remote that its committed .gitignore still ignores.
             self.reconcile(partners=tuple(sorted(self.excludes_changed)))
             self.excludes_changed.clear()
-        if self.reconciling:
+        if self.reconciling is not None:
             self._continue_reconcile()
         self._save_settled(self.settled.save_due, now)
         if len(self.last_report) > 10_000:
@@ -893,7 +895,7 @@ class Watcher(Actor):
             self.last_report = {p: t for p, t in self.last_report.items() if t > horizon}
 
     def wakeup_in(self) -> float | None:
-        if self.reconciling:
+        if self.reconciling is not None:
             return 0.0
         now = time.monotonic()
         waits = []

@@ -47,7 +47,7 @@ def _sizes(*sizes: int) -> bytes:
     [messages.BUNDLE, bytes([1]), _sizes(1), b"ab"],                 # longer
     [messages.BUNDLE, bytes([1]), _sizes(2 ** 32 - 1), b"a"],        # a size past the payload
     [messages.BUNDLE, bytes([0, 1]), _sizes(1), b"a"],               # a message of no frame
-    [messages.BUNDLE, bytes([4]), _sizes(1, 1, 1, 1), b"abcd"],      # more frames than a message has
+    [messages.BUNDLE, bytes([4]), _sizes(1, 1, 1, 1), b"abcd"],      # frames a message never has
     [messages.BUNDLE, bytes([1] * (messages.MAX_BUNDLED + 1)),
      _sizes(*[1] * (messages.MAX_BUNDLED + 1)), b"x" * (messages.MAX_BUNDLED + 1)],  # too many
     [messages.BUNDLE, bytes([1]), _sizes(1), b"a", b"extra"],        # a part too many

@@ -394,7 +394,7 @@ def test_after_an_overflow_inotify_is_read_between_slices_of_the_reconcile(bare_
         workspace.write(f"agent/d{number // 500}/f{number}.txt", "x")
     workspace.write("sub/mine.txt", "a person's edit, lost in the overflow")
     assert read(Event(-1, flags.Q_OVERFLOW, 0, "")) == []  # the reconcile waits its turns
-    assert watcher.stats["overflows"] == 1 and watcher.reconciling
+    assert watcher.stats["overflows"] == 1 and watcher.reconciling is not None
     assert watcher.wakeup_in() == 0.0
 
     def tick() -> list[Change]:
@@ -419,10 +419,10 @@ def test_after_an_overflow_inotify_is_read_between_slices_of_the_reconcile(bare_
     sent = first + second
     while watcher.stats["reconciles"] == 0:
         sent += tick()
-    assert watcher.reconciling and not watcher.reconcile_again  # the second, under way
+    assert watcher.reconciling is not None and not watcher.reconcile_again  # the second, under way
     sent += tick()
     assert sent[-1].path == "notes.txt"  # the rest is in flight: passed over
-    assert not watcher.reconciling and watcher.wakeup_in() != 0.0
+    assert watcher.reconciling is None and watcher.wakeup_in() != 0.0
     reconciled = [c.path for c in sent if c.source == "reconcile"]
     assert len(reconciled) == many + 2 and set(reconciled) == {"sub/mine.txt", "notes.txt"} | {
         f"agent/d{number // 500}/f{number}.txt" for number in range(many)}
