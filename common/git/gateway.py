@@ -137,7 +137,10 @@ def git_env(extra: dict | None = None, owner: Owner = Owner()) -> dict:
 def user_config_dirs(owner: Owner = Owner()) -> tuple[str, str]:
     """(HOME, XDG config directory) as the git run for ``owner`` sees them: where its
     ``~/.gitconfig`` and its ``git/config``, ``git/ignore`` and ``git/attributes`` lie."""
-    env = git_env(owner=owner)
+    return _config_dirs_in(git_env(owner=owner))
+
+
+def _config_dirs_in(env: dict) -> tuple[str, str]:
     home = env.get("HOME", "/")
     return home, env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
 
@@ -146,7 +149,7 @@ def config_files(git_dir: str | os.PathLike, owner: Owner = Owner()) -> tuple[st
     """The configuration files the git run for ``owner`` in ``git_dir`` reads (some may be
     absent): the repository's, its worktree's, the user's and the system's."""
     env = git_env(owner=owner)
-    home, xdg = user_config_dirs(owner)
+    home, xdg = _config_dirs_in(env)
     return tuple(name for name in (
         os.path.join(common_dir(os.fspath(git_dir)), "config"),
         os.path.join(git_dir, "config.worktree"), os.path.join(home, ".gitconfig"),
