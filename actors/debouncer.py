@@ -40,7 +40,39 @@ MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
 _FORGET_EVERY = 60.0
 _PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
-EXPLAIN_PATHS = 10_000  # latest decisions kept for `actorctl explain` (least recent dropped)
+# Latest decisions kept for `actorctl explain`, least recent forgotten first: of changes to
+# commit, and apart (so an agent's churn cannot push a person's change out) of changes dropped.
+EXPLAIN_PATHS = 10_000
+EXPLAIN_DROPPED_PATHS = 2_000
+
+
+class ExplainRecords:
+    """path -> the record of its latest decision, in two stores by the decision's
+    ``commit``, each least recently noted first and capped.  A storm of an agent's dropped
+    changes fills only its own store: ten thousand trails (about 2 KiB each, most of it the
+    writer's command lines) were 20 MiB of the debouncer's memory."""
+
+    def __init__(self, committing: int = EXPLAIN_PATHS, dropped: int = EXPLAIN_DROPPED_PATHS):
+        self._stores: dict[bool, tuple[OrderedDict[str, dict], int]] = {
+            True: (OrderedDict(), committing), False: (OrderedDict(), dropped)}
+
+    def __len__(self) -> int:
+        return sum(len(store) for store, _ in self._stores.values())
+
+    def get(self, path: str) -> dict | None:
+        for store, _ in self._stores.values():
+            record = store.get(path)
+            if record is not None:
+                return record
+        return None
+
+    def note(self, path: str, record: dict, commit: bool) -> None:
+        self._stores[not commit][0].pop(path, None)
+        store, cap = self._stores[commit]
+        store[path] = record
+        store.move_to_end(path)
+        while len(store) > cap:
+            store.popitem(last=False)
 
 
 class Debouncer(Actor):
@@ -63,7 +95,7 @@ class Debouncer(Actor):
         self._feed_waiting = Outbox()  # decision frames by feed topic, waiting to go
         self.last_commit: dict = {}
         self._next_forget = 0.0
-        self.trails: OrderedDict[str, dict] = OrderedDict()  # path -> latest decision (LRU)
+        self.trails = ExplainRecords()
         self.loops = LoopJudge(config)
         self.loop_held: dict[str, Decision] = {}  # held path -> its latest decision
         self.reflog = HeadReflog(config.git_dir)
@@ -200,7 +232,7 @@ class Debouncer(Actor):
             if record is not None:
                 record["stale_dropped"] = record.get("stale_dropped", 0) + 1
             return
-        self.trails[decision.path] = {
+        self.trails.note(decision.path, {
             "path": decision.path, "kind": decision.kind, "seq": decision.seq,
             "epoch": decision.epoch, "observed": decision.observed,
             "commit": decision.commit, "action": decision.action,
@@ -210,10 +242,7 @@ class Debouncer(Actor):
             if decision.commit else None,
             "batched": None, "batch_id": None, "stale_dropped": 0,
             "written": decision.written, "open_since": decision.open_since,
-            "partners": list(decision.partners), "note": ""}
-        self.trails.move_to_end(decision.path)
-        while len(self.trails) > EXPLAIN_PATHS:
-            self.trails.popitem(last=False)
+            "partners": list(decision.partners), "note": ""}, decision.commit)
 
     def note_batched(self, path: str, batch_id: int, still_open: bool = False) -> None:
         record = self.trails.get(path)

@@ -8,7 +8,8 @@ import pytest
 import zmq
 
 from conftest import FakeSocket, wait_for
-from gitsieve.actors.debouncer import MAX_BATCH_PATHS, Debouncer
+from gitsieve.actors.debouncer import (EXPLAIN_DROPPED_PATHS, EXPLAIN_PATHS, MAX_BATCH_PATHS,
+                                        Debouncer)
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.judge.debounce import Debounce, Intake
@@ -524,3 +525,26 @@ def test_a_poll_round_over_a_large_backlog_looks_at_a_few_paths_not_all(workspac
         assert judge.take_due(ORIGIN + tick * 0.01) == []
     assert len(asked) <= 200
     assert len(judge.take_due(ORIGIN + 5)) == 10_000 and judge.next_due(ORIGIN + 5) is None
+
+
+def test_a_persons_decision_stays_explainable_after_an_agents_storm_of_dropped_paths(deb):
+    """Explain records of dropped changes (an agent's churn) have a smaller store of their
+    own: a storm of them neither pushes a person's change out nor holds 10,000 trails."""
+    deb.on_decision(decision("notes/mine.txt"))
+    for number in range(EXPLAIN_PATHS + 500):
+        deb.on_decision(decision(f"agent/run-{number:05d}.json", commit=False))
+    found = deb.explain_paths(["notes/mine.txt", "agent/run-00000.json",
+                               f"agent/run-{EXPLAIN_PATHS + 499:05d}.json"])["paths"]
+    assert found["notes/mine.txt"]["commit"] is True
+    assert found["agent/run-00000.json"] is None  # the oldest dropped one is forgotten
+    assert found[f"agent/run-{EXPLAIN_PATHS + 499:05d}.json"]["commit"] is False
+    assert len(deb.trails) <= EXPLAIN_PATHS + EXPLAIN_DROPPED_PATHS
+
+
+def test_a_paths_explain_record_is_its_latest_decision_whichever_store_holds_it(deb):
+    deb.on_decision(decision("shared.txt", commit=False))
+    deb.on_decision(decision("shared.txt"))
+    assert deb.explain_paths(["shared.txt"])["paths"]["shared.txt"]["commit"] is True
+    deb.on_decision(decision("shared.txt", commit=False))
+    assert deb.explain_paths(["shared.txt"])["paths"]["shared.txt"]["commit"] is False
+    assert len(deb.trails) == 1

@@ -93,7 +93,7 @@ def test_git_dir_runtime_dir_and_outside_paths_are_not_kept(workspace, exact, tm
     inside = child_writes(workspace.path("kept.txt"))
     attributor.drain()
     kept = {e.path for newest in attributor.recorder.writes.files.values()
-            for e in newest.values()}
+            for e in newest}
     assert kept == {"kept.txt"}
     assert writes(attributor, workspace.path("kept.txt"))[0].pid == inside
 
