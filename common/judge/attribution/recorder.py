@@ -98,9 +98,9 @@ class WriteRecorder:
         self.writes: WriteHistory[WriteEvent] = WriteHistory(
             history, max_files, clock, kind_of=lambda event: getattr(event.evidence, "writer",
                                                                      None))
-        # path -> its newest name operations (HISTORY_PER_FILE at most, a list: a deque
-        # costs 600 bytes even for one); least recently operated on first, MAX_FILES paths
-        self.names: dict[str, list[NameEvent]] = {}
+        # path -> its newest name operations (HISTORY_PER_FILE at most, a tuple: a list of
+        # one costs 40 bytes more, a deque 600); least recently operated on first, MAX_FILES
+        self.names: dict[str, tuple[NameEvent, ...]] = {}
         self.max_files = max_files
         self.unmarked: dict[str, float] = {}  # path -> writes before this time unseen
         self.away_since: tuple[float, Missed] | None = None  # an open span (helper away)
@@ -110,6 +110,8 @@ class WriteRecorder:
         self._next_prune = 0.0
         self._last_lineage: object = _NOTHING
         self._last_evidence = None
+        self._last_path: tuple[bytes, str] = (b"", "")
+        self._last_pid = 0
         # directory -> (its resolved path, monotonic time to resolve it again)
         self._resolved: dict[str, tuple[str, float]] = {}
 
@@ -137,6 +139,19 @@ class WriteRecorder:
             self._last_lineage, self._last_evidence = lineage, self.classify(lineage)
         return self._last_evidence
 
+    def _decoded(self, path: bytes) -> str:
+        # A file's creation and writes come one after another: their events, the names
+        # table and the write history share one string (70 bytes a file).
+        if path != self._last_path[0]:
+            self._last_path = (path, os.fsdecode(path))
+        return self._last_path[1]
+
+    def _pid(self, pid: int) -> int:
+        # One writer's events share one int too (a pid over 256 is an object of 32 bytes).
+        if pid != self._last_pid:
+            self._last_pid = pid
+        return self._last_pid
+
     def _excluded(self, path: bytes) -> bool:
         return path.startswith(self.excluded) if self.excluded else False
 
@@ -144,29 +159,31 @@ class WriteRecorder:
         if self._excluded(write.path):
             return
         try:
-            identity = FileIdentity.decode(write.identity)
+            FileIdentity.decode(write.identity)
         except ValueError:  # not an identity any encoder made: nothing can match it
             self.bad_identities += 1
             return
-        self.writes.record(identity, WriteEvent(write.pid, write.wall, write.op,
-                                                os.fsdecode(write.path),
-                                                self._evidence(write.lineage)))
+        # Kept as it came, encoded (what decoding checked is all it says): one bytes
+        # object instead of a FileIdentity, its key and its device number (70 bytes more).
+        event = WriteEvent(self._pid(write.pid), write.wall, write.op, self._decoded(write.path),
+                           self._evidence(write.lineage))
+        self.writes.record(write.identity, event)
         self.kept += 1
 
     def _record_name(self, operation: NameOp) -> None:
         if operation.is_dir or self._excluded(operation.path):
             return
-        rel = os.fsdecode(operation.path)
+        rel = self._decoded(operation.path)
         history = self.names.pop(rel, None)  # re-inserted: dict order is recency
         if history is None:
-            history = []
+            history = ()
             if len(self.names) >= self.max_files:
                 self._evict_names()
         elif len(history) >= HISTORY_PER_FILE:
-            del history[0]
-        history.append(NameEvent(operation.pid, operation.wall, operation.op, rel,
-                                 self._evidence(operation.lineage)))
-        self.names[rel] = history
+            history = history[1:]
+        self.names[rel] = (*history, NameEvent(self._pid(operation.pid), operation.wall,
+                                               operation.op, rel,
+                                               self._evidence(operation.lineage)))
         self.kept += 1
 
     def _evict_names(self) -> None:
@@ -226,7 +243,9 @@ class WriteRecorder:
     def writes_to(self, abs_path: str | os.PathLike, since: float,
                   until: float) -> list[WriteEvent]:
         """Writes of the file now at ``abs_path`` read between ``since`` and ``until``."""
-        return self.writes.writes_to(self.identify.of_path(abs_path), since, until)
+        identity = self.identify.of_path(abs_path)
+        return self.writes.writes_to(None if identity is None else identity.encode(), since,
+                                     until)
 
     def operations_on(self, rel_path: str, ops: frozenset[Op], since: float,
                       until: float) -> list[NameEvent]:

@@ -16,9 +16,8 @@ import enum
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
-from gitsieve.common.judge.attribution.file_identity import FileIdentity
 
 HISTORY_SECONDS = 30.0
 HISTORY_PER_FILE = 32
@@ -55,7 +54,8 @@ class Gap:
 
 
 class WriteHistory(Generic[Event]):
-    """identity -> recent events (anything with a ``stamp``, wall-clock seconds).
+    """A file's identity (the recorder keys by ``FileIdentity.encode()``) -> its recent events
+    (anything with a ``stamp``, wall-clock seconds).
 
     Per file it keeps the newest event of each kind ``kind_of`` names (the writer's class:
     user, system, gitsieve's own, unknown), not a fixed number of events: a hundred agent
@@ -67,14 +67,14 @@ class WriteHistory(Generic[Event]):
                  clock: Callable[[], float] = time.time,
                  kind_of: Callable[[Event], object] = lambda event: None):
         self.history, self.max_files, self.clock, self.kind_of = history, max_files, clock, kind_of
-        self.files: dict[FileIdentity, tuple[Event, ...]] = {}
+        self.files: dict[Hashable, tuple[Event, ...]] = {}
         self.gaps: deque[Gap] = deque(maxlen=MAX_GAPS)
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def record(self, identity: FileIdentity, event: Event) -> None:
+    def record(self, identity: Hashable, event: Event) -> None:
         events = self.files.pop(identity, None)  # re-inserted: dict order is recency
         if events is None:
             if len(self.files) >= self.max_files:
@@ -92,7 +92,7 @@ class WriteHistory(Generic[Event]):
         self.evicted += 1
         self.note_gap(min(stamps), max(stamps), Missed.HISTORY_CAP)
 
-    def writes_to(self, identity: FileIdentity | None, since: float,
+    def writes_to(self, identity: Hashable | None, since: float,
                   until: float) -> list[Event]:
         """The newest event of each kind written within ``(since, until]``."""
         if identity is None:
