@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import resource
 import struct
+import termios
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -57,6 +59,7 @@ _FSID_SIZE = 8
 _HANDLE_HEADER = struct.Struct("=Ii")
 _HANDLE_TYPE = struct.Struct("=i")
 READ_SIZE = 64 * 1024
+_QUEUED = struct.Struct("=i")  # FIONREAD's answer: an int
 # A classic group's event holds an open fd until its reader closes it: a read of this size
 # brings at most ~340 (24-byte events), well under the usual 1024 open files; 64 KiB brought
 # ~2,700, and a burst's reads failed with EMFILE, the kernel dropping those events unsaid.
@@ -65,6 +68,16 @@ FD_EVENTS_READ_SIZE = 8 * 1024
 WANTED_OPEN_FILES = 65536
 _UNLIMITED = resource.RLIM_INFINITY
 _DELETED_SUFFIX = " (deleted)"
+
+
+def queued_bytes(fd: int) -> int | None:
+    """Bytes of events the kernel holds for the group ``fd`` now (FIONREAD), or None where
+    it cannot say."""
+    try:
+        answer = fcntl.ioctl(fd, termios.FIONREAD, _QUEUED.pack(0))
+    except OSError:
+        return None
+    return _QUEUED.unpack(answer)[0]
 
 
 def fd_events_read_size(open_files: int) -> int:

@@ -314,11 +314,15 @@ class WorkspaceWatch:
         return os.fsencode(rel)
 
     def _read(self, fd: int) -> Iterator[bytes | None]:
-        """Each buffer read from ``fd`` until it is empty, one at a time: the caller handles
-        (and closes the fds of) one buffer before the next is read.  None where the kernel
-        could not open an event's file (EMFILE, ENFILE): it dropped that event."""
+        """Each buffer read from ``fd``, one at a time, until what the kernel had queued when
+        the read began is read: the caller handles (and closes the fds of) one buffer
+        before the next is read.  None where the kernel could not open an event's file
+        (EMFILE, ENFILE): it dropped that event.  Read until empty, a drain under an agent
+        writing faster than it reads ran until the agent stopped; every write made before
+        the drain began is read all the same (the queue is first in, first out)."""
         size = self._write_read_size if fd == self.write_fd else fan.READ_SIZE
-        while True:
+        queued = fan.queued_bytes(fd)
+        while queued is None or queued > 0:
             try:
                 data = os.read(fd, size)
             except BlockingIOError:
@@ -332,6 +336,8 @@ class WorkspaceWatch:
                 return
             if not data:
                 return
+            if queued is not None:
+                queued -= len(data)
             yield data
 
     def _overflow(self, fd: int, wall: float, mono: float, why: str = "overflowed") -> Overflow:
