@@ -40,17 +40,17 @@ MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
 _FORGET_EVERY = 60.0
 _PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
-# Latest decisions kept for `actorctl explain`, least recent forgotten first: of changes to
+# Latest decisions kept for `actorctl explain` and `flush` (which tells a dirty path dropped
+# by decision from one still in the pipeline), least recent forgotten first: of changes to
 # commit, and apart (so an agent's churn cannot push a person's change out) of changes dropped.
 EXPLAIN_PATHS = 10_000
-EXPLAIN_DROPPED_PATHS = 2_000
+EXPLAIN_DROPPED_PATHS = 10_000
 
 
 class ExplainRecords:
     """path -> the record of its latest decision, in two stores by the decision's
-    ``commit``, each least recently noted first and capped.  A storm of an agent's dropped
-    changes fills only its own store: ten thousand trails (about 2 KiB each, most of it the
-    writer's command lines) were 20 MiB of the debouncer's memory."""
+    ``commit``, each least recently noted first and capped: a storm of an agent's dropped
+    changes fills only its own store, and the person's changes stay explainable."""
 
     def __init__(self, committing: int = EXPLAIN_PATHS, dropped: int = EXPLAIN_DROPPED_PATHS):
         self._stores: dict[bool, tuple[OrderedDict[str, dict], int]] = {
