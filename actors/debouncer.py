@@ -263,7 +263,7 @@ class Debouncer(Actor):
         for path in paths[:_PENDING_LIST_LIMIT]:
             record = self.trails.get(path)
             if record is None:
-                found[path] = None
+                found[path] = self._forgotten_drop(path)
                 continue
             due_in = self.debounce.due_in(path, now)
             hold = self.debounce.hold(path, now)
@@ -275,6 +275,22 @@ class Debouncer(Actor):
             found[path].setdefault("hold", None)
             found[path].setdefault("held_reason", "")
         return {"paths": found}
+
+    def _forgotten_drop(self, path: str) -> dict | None:
+        """The record of a path whose newest decision, not to commit it, is no longer among
+        those remembered (more than EXPLAIN_DROPPED_PATHS were dropped since): its order
+        is still known, so `flush` counts it as decided.  None when nothing is known."""
+        order = self.debounce.dropped_order(path)
+        if order is None:
+            return None
+        return {"path": path, "kind": None, "epoch": order[0], "seq": order[1],
+                "observed": None, "commit": False, "action": None, "trail": [],
+                "received": None, "quiet": None, "batched": None, "batch_id": None,
+                "stale_dropped": 0, "written": None, "open_since": None, "partners": [],
+                "note": f"not committed by decision; what decided it is forgotten (the "
+                        f"latest {EXPLAIN_DROPPED_PATHS:,} such paths are remembered)",
+                "pending": False, "due_in": None, "hold": None, "held_reason": "",
+                "forgotten": True}
 
     def flush_now(self) -> dict:
         """Make every pending path due at once and batch it (the `actorctl flush` barrier)."""

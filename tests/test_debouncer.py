@@ -8,7 +8,8 @@ import pytest
 import zmq
 
 from conftest import FakeSocket, wait_for
-from gitsieve.actors.debouncer import EXPLAIN_DROPPED_PATHS, MAX_BATCH_PATHS, Debouncer
+from gitsieve.actors.debouncer import (EXPLAIN_DROPPED_PATHS, MAX_BATCH_PATHS, Debouncer,
+                                        ExplainRecords)
 from gitsieve.common import config as config_mod
 from gitsieve.common.actor import control
 from gitsieve.common.judge.debounce import Debounce, Intake
@@ -26,6 +27,7 @@ from gitsieve.common.protocol.states import (
     Writer,
 )
 from gitsieve.common.protocol.trail import ContentStep, PatternStep, ProcessStep
+from gitsieve.common.tools import ctl
 
 CONFIG = """\
 [debounce]
@@ -536,7 +538,7 @@ def test_a_persons_decision_stays_explainable_after_an_agents_storm_of_dropped_p
     newest = f"agent/run-{EXPLAIN_DROPPED_PATHS + 499:05d}.json"
     found = deb.explain_paths(["notes/mine.txt", "agent/run-00000.json", newest])["paths"]
     assert found["notes/mine.txt"]["commit"] is True
-    assert found["agent/run-00000.json"] is None  # the oldest dropped one is forgotten
+    assert found["agent/run-00000.json"]["forgotten"]  # the oldest one's details
     assert found[newest]["commit"] is False
     assert len(deb.trails) == 1 + EXPLAIN_DROPPED_PATHS
 
@@ -548,3 +550,24 @@ def test_a_paths_explain_record_is_its_latest_decision_whichever_store_holds_it(
     deb.on_decision(decision("shared.txt", commit=False))
     assert deb.explain_paths(["shared.txt"])["paths"]["shared.txt"]["commit"] is False
     assert len(deb.trails) == 1
+
+
+def test_a_path_dropped_before_the_remembered_ones_still_counts_as_decided(deb):
+    """Past EXPLAIN_DROPPED_PATHS dropped paths, the oldest one's record is forgotten, and
+    `actorctl flush` listed that dirty path as "not decided yet (still in the pipeline)":
+    a workspace with more untracked agent files than that never flushed.  Its order is
+    still known, so it is reported dropped by decision."""
+    first = decision("agent/run-00000.json", commit=False)
+    deb.on_decision(first)
+    for number in range(1, EXPLAIN_DROPPED_PATHS + 1):
+        deb.on_decision(decision(f"agent/run-{number:05d}.json", commit=False))
+    record = deb.explain_paths(["agent/run-00000.json"])["paths"]["agent/run-00000.json"]
+    assert record["forgotten"] and record["commit"] is False and not record["pending"]
+    assert (record["epoch"], record["seq"]) == (first.epoch, first.seq)
+    reason = ctl.Explain().render({"path": "agent/run-00000.json", "decision": record,
+                                   "differs_from_head": True, "executor": None})
+    assert "not committed by decision" in reason
+    # A newer decision to commit it: nothing dropped is left to report.
+    deb.on_decision(decision("agent/run-00001.json"))
+    deb.trails = ExplainRecords()  # as if that record were forgotten too
+    assert deb.explain_paths(["agent/run-00001.json"])["paths"]["agent/run-00001.json"] is None

@@ -63,6 +63,7 @@ class PathState:
     quiet: float = 0.0
     recheck: bool = False  # every pending commit decision came from content alone
     open_since: float = 0.0  # a process holds it open for writing since (0: not open)
+    dropped: bool = False  # the newest decision was not to commit it
 
     def due(self, max_wait: float, open_max: float) -> float:
         normal = min(self.last_event + self.quiet,
@@ -131,6 +132,7 @@ class Debounce:
             state = self.paths[decision.path] = PathState(newest=order, last_seen=now)
         state.newest, state.last_seen = order, now
         state.open_since = min(decision.open_since, now)
+        state.dropped = not decision.commit
         self._note_partners(decision, now)
         if not decision.commit:
             self._schedule(decision.path)  # its open state may move a pending commit
@@ -230,6 +232,11 @@ class Debounce:
             return False
         self.pending.discard(path)
         return True
+
+    def dropped_order(self, path: str) -> tuple[float, int] | None:
+        """``(epoch, seq)`` of ``path``'s newest decision if it was not to commit it."""
+        state = self.paths.get(path)
+        return state.newest if state is not None and state.dropped else None
 
     def due_in(self, path: str, now: float) -> float | None:
         if path not in self.pending:

@@ -382,6 +382,9 @@ class Explain(Command):
         if decision is None:
             lines.append("  no decision since gitsieve started (or it was forgotten)")
             return "\n".join(lines)
+        if decision.get("forgotten"):
+            lines.append(f"  => seq {decision['seq']}: {decision['note']}")
+            return "\n".join(lines)
         lines.append(f"  change: {decision['kind']} seq {decision['seq']} observed "
                      f"{_clock(decision['observed'])}, decided {_clock(decision['received'])}")
         for step in decision["trail"]:
@@ -585,7 +588,8 @@ class Flush(Command):
             elif not record["commit"]:
                 last = record["trail"][-1] if record["trail"] else {}
                 skipped.append({"path": path, "action": record["action"],
-                                "reason": step_text(last) if last else record["action"]})
+                                "reason": step_text(last) if last
+                                else record.get("note") or record["action"]})
             elif record["pending"]:
                 held.append({"path": path, "hold": None,
                              "reason": record.get("held_reason")
