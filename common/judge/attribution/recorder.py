@@ -40,6 +40,7 @@ from gitsieve.common.judge.attribution.write_history import (
 )
 
 _PRUNE_EVERY = 5.0
+_SHARED_PATHS = 8192  # decoded paths kept for the events that follow (more than a drain's)
 _NOTHING = object()
 # Paths kept as written before their directory was watched; past this, one span for the
 # whole workspace is kept instead (more changes UNKNOWN, none wrongly attributed).
@@ -110,7 +111,7 @@ class WriteRecorder:
         self._next_prune = 0.0
         self._last_lineage: object = _NOTHING
         self._last_evidence = None
-        self._last_path: tuple[bytes, str] = (b"", "")
+        self._decoded_paths: dict[bytes, str] = {}  # the latest paths read, up to _SHARED_PATHS
         self._last_pid = 0
         # directory -> (its resolved path, monotonic time to resolve it again)
         self._resolved: dict[str, tuple[str, float]] = {}
@@ -140,11 +141,14 @@ class WriteRecorder:
         return self._last_evidence
 
     def _decoded(self, path: bytes) -> str:
-        # A file's creation and writes come one after another: their events, the names
-        # table and the write history share one string (70 bytes a file).
-        if path != self._last_path[0]:
-            self._last_path = (path, os.fsdecode(path))
-        return self._last_path[1]
+        # A file's creation and its writes, read in the same drain (from two groups), share
+        # one string in the names table and the write history (70 bytes a file).
+        decoded = self._decoded_paths.get(path)
+        if decoded is None:
+            if len(self._decoded_paths) >= _SHARED_PATHS:
+                self._decoded_paths.clear()
+            decoded = self._decoded_paths[path] = os.fsdecode(path)
+        return decoded
 
     def _pid(self, pid: int) -> int:
         # One writer's events share one int too (a pid over 256 is an object of 32 bytes).
