@@ -40,12 +40,13 @@ MAX_BATCH_PATHS = 5000
 BACKLOG_RETRY = 0.05  # seconds between tries to hand a held batch to the executor
 _FORGET_EVERY = 60.0
 _PENDING_LIST_LIMIT = 10_000  # entries in one `pending` control reply
-# Latest decisions kept for `actorctl explain` and `flush`, least recent forgotten first: of
+# Latest decisions kept for `actorctl explain` and `flush` (which tells a dirty path dropped
+# by decision from one still in the pipeline by them), least recent forgotten first: of
 # changes to commit, and apart (so an agent's churn cannot push a person's change out) of
-# changes dropped, whose records (2 KiB each, most of it the writer's command lines) were 20
-# MiB of a storm's 45.  A path dropped before those is still known as dropped, without them.
+# changes dropped.  A path dropped before those is still known as dropped while the debounce
+# judge keeps its order (an hour of silence), without its details.
 EXPLAIN_PATHS = 10_000
-EXPLAIN_DROPPED_PATHS = 2_000
+EXPLAIN_DROPPED_PATHS = 10_000
 
 
 class ExplainRecords:

@@ -168,7 +168,7 @@ class WriteRecorder:
             self.bad_identities += 1
             return
         # Kept as it came, encoded (what decoding checked is all it says): one bytes
-        # object instead of a FileIdentity, its key and its device number (70 bytes more).
+        # object, 70 bytes less a file than a FileIdentity with its key and device number.
         event = WriteEvent(self._pid(write.pid), write.wall, write.op, self._decoded(write.path),
                            self._evidence(write.lineage))
         self.writes.record(write.identity, event)

@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, TypeVar
 
-
 HISTORY_SECONDS = 30.0
 HISTORY_PER_FILE = 32
 # Files with writes kept at once; at the cap the stalest file is forgotten first, and the
