@@ -60,6 +60,7 @@ _HANDLE_HEADER = struct.Struct("=Ii")
 _HANDLE_TYPE = struct.Struct("=i")
 READ_SIZE = 64 * 1024
 _QUEUED = struct.Struct("=i")  # FIONREAD's answer: an int
+_EVENT_LEN = struct.Struct("=I")  # an event's first field: its length, info records included
 # A classic group's event holds an open fd until its reader closes it: a read of this size
 # brings at most ~340 (24-byte events), well under the usual 1024 open files; 64 KiB brought
 # ~2,700, and a burst's reads failed with EMFILE, the kernel dropping those events unsaid.
@@ -70,14 +71,28 @@ _UNLIMITED = resource.RLIM_INFINITY
 _DELETED_SUFFIX = " (deleted)"
 
 
-def queued_bytes(fd: int) -> int | None:
-    """Bytes of events the kernel holds for the group ``fd`` now (FIONREAD), or None where
-    it cannot say."""
+def queued_events(fd: int) -> int | None:
+    """How many events the kernel holds for the group ``fd`` now, or None where it cannot
+    say.  FIONREAD counts each queued event as its metadata alone (24 bytes), whatever info
+    records (a file handle, a name) a FID group's events carry when read: so events, not
+    bytes (a kernel counting whole events would only make this an overestimate)."""
     try:
         answer = fcntl.ioctl(fd, termios.FIONREAD, _QUEUED.pack(0))
     except OSError:
         return None
-    return _QUEUED.unpack(answer)[0]
+    return _QUEUED.unpack(answer)[0] // _METADATA.size
+
+
+def count_events(data: bytes) -> int:
+    """The events in one read's buffer."""
+    count = offset = 0
+    while offset + _METADATA.size <= len(data):
+        event_len = _EVENT_LEN.unpack_from(data, offset)[0]
+        if event_len < _METADATA.size:
+            break
+        offset += event_len
+        count += 1
+    return count
 
 
 def fd_events_read_size(open_files: int) -> int:

@@ -314,14 +314,14 @@ class WorkspaceWatch:
         return os.fsencode(rel)
 
     def _read(self, fd: int) -> Iterator[bytes | None]:
-        """Each buffer read from ``fd``, one at a time, until what the kernel had queued when
-        the read began is read: the caller handles (and closes the fds of) one buffer
-        before the next is read.  None where the kernel could not open an event's file
-        (EMFILE, ENFILE): it dropped that event.  Read until empty, a drain under an agent
-        writing faster than it reads ran until the agent stopped; every write made before
-        the drain began is read all the same (the queue is first in, first out)."""
+        """Each buffer read from ``fd``, one at a time, until the events the kernel had
+        queued when the read began are read: the caller handles (and closes the fds of) one
+        buffer before the next is read.  None where the kernel could not open an event's
+        file (EMFILE, ENFILE): it dropped that event.  Read until empty, a drain under an
+        agent writing faster than it reads ran until the agent stopped; every event queued
+        before the drain began is read all the same (the queue is first in, first out)."""
         size = self._write_read_size if fd == self.write_fd else fan.READ_SIZE
-        queued = fan.queued_bytes(fd)
+        queued = fan.queued_events(fd)
         while queued is None or queued > 0:
             try:
                 data = os.read(fd, size)
@@ -337,7 +337,7 @@ class WorkspaceWatch:
             if not data:
                 return
             if queued is not None:
-                queued -= len(data)
+                queued -= fan.count_events(data)
             yield data
 
     def _overflow(self, fd: int, wall: float, mono: float, why: str = "overflowed") -> Overflow:
