@@ -380,6 +380,66 @@ def test_the_fork_server_takes_its_free_malloc_chunks_before_forking():
     assert from_top, "a malloc after the fill still reused a free chunk the forks share"
 
 
+# In a fresh interpreter: nothing else looks a name up between the probe and the count.
+_EMPTIED_METHOD_CACHE = textwrap.dedent("""
+    import sys
+    from gitsieve.common.actor.heap import empty_method_cache
+
+    class Probe:
+        pass
+
+    name = sys.intern("gitsieve_probe_" + "attribute")
+    alone = sys.getrefcount(name)
+    getattr(Probe, name, None)  # a lookup the method cache remembers, with its name
+    cached = sys.getrefcount(name)
+    emptied = empty_method_cache()
+    print(alone, cached, sys.getrefcount(name), int(emptied))
+""")
+
+
+def test_the_fork_server_empties_the_method_cache_before_forking():
+    """Each entry of the interpreter's method cache held a reference to an attribute name,
+    so a fork's lookup replacing an entry wrote the count of a string on a page the forks
+    share, copying it (about 60 pages an actor).  Emptied before the fork, the cache holds
+    no name of the fork server's (ImportError before)."""
+    done = subprocess.run([sys.executable, "-c", _EMPTIED_METHOD_CACHE],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    alone, cached, emptied, cleared = map(int, done.stdout.split())
+    assert cached > alone, "the probe's lookup was not cached: the test proves nothing"
+    assert cleared and emptied == alone, (alone, cached, emptied)
+
+
+# Run in a process of its own, like _AFTER_PRELOAD.
+_PRELOAD_EMPTIES_METHOD_CACHE = textwrap.dedent("""
+    import sys
+    from gitsieve.common import config as config_mod
+    from gitsieve.common.tools.runner import Runner
+
+    class Probe:
+        pass
+
+    name = sys.intern("gitsieve_probe_" + "attribute")
+    alone = sys.getrefcount(name)
+    getattr(Probe, name, None)
+    cached = sys.getrefcount(name)
+    Runner(config_mod.load(sys.argv[1])).preload()
+    print(alone, cached, sys.getrefcount(name))
+""")
+
+
+def test_the_preload_ends_with_the_method_cache_empty(workspace):
+    """What the fork server looked up before forking is not held by the method cache the
+    forks inherit."""
+    done = subprocess.run([sys.executable, "-c", _PRELOAD_EMPTIES_METHOD_CACHE,
+                           str(workspace.root)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    alone, cached, after = map(int, done.stdout.split())
+    assert cached > alone, "the probe's lookup was not cached: the test proves nothing"
+    assert after == alone, (alone, cached, after)
+
+
 class _Worker(Actor):
     name = "worker"
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import inotify_simple
 
 from gitsieve.common.actor.base import TITLE_ENV, set_title
-from gitsieve.common.actor.heap import (fill_malloc_free_chunks, fill_small_object_pools,
-                                         trim_heap)
+from gitsieve.common.actor.heap import (empty_method_cache, fill_malloc_free_chunks,
+                                         fill_small_object_pools, trim_heap)
 from gitsieve.common.config import Config, prepare_runtime_dir
 from gitsieve.common.config.runtime import give_to_directory_owner
 from gitsieve.common.git.gateway import ACTOR_ENV_MARK
@@ -215,6 +215,7 @@ class Runner:
         inotify_simple.INotify().close()
         gc.collect()
         gc.freeze()
+        empty_method_cache()
         fill_small_object_pools()
         # What importing freed (about 3 MiB) goes back to the kernel, not into every fork,
         # and then is taken here, so no fork's malloc lands on a page the forks share.
