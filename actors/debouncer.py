@@ -49,26 +49,65 @@ EXPLAIN_PATHS = 10_000
 EXPLAIN_DROPPED_PATHS = 10_000
 
 
+class DecisionRecord:
+    """What ``actorctl explain`` says of a path's latest decision: the decision's facts and
+    what the debouncer did with it.  Slots, not a dict: an agent's storm of new files keeps
+    EXPLAIN_DROPPED_PATHS of them (a dict of these keys took 464 bytes more each)."""
+
+    __slots__ = ("path", "kind", "seq", "epoch", "observed", "commit", "action", "trail",
+                 "received", "quiet", "batched", "batch_id", "stale_dropped", "written",
+                 "open_since", "partners", "note", "hold", "held_reason", "forgotten")
+
+    def __init__(self, path: str, *, kind=None, seq: int = 0, epoch: float = 0.0,
+                 observed: float | None = None, commit: bool = False, action=None,
+                 trail: tuple = (), received: float | None = None,
+                 quiet: float | None = None, written: float | None = None,
+                 open_since: float | None = None, partners: tuple = (), note: str = "",
+                 forgotten: bool = False):
+        self.path, self.kind, self.seq, self.epoch = path, kind, seq, epoch
+        self.observed, self.commit, self.action, self.trail = observed, commit, action, trail
+        self.received, self.quiet, self.batched, self.batch_id = received, quiet, None, None
+        self.stale_dropped, self.written, self.open_since = 0, written, open_since
+        self.partners, self.note, self.hold, self.held_reason = partners, note, None, ""
+        self.forgotten = forgotten
+
+    @classmethod
+    def of(cls, decision: Decision, quiet: float | None) -> DecisionRecord:
+        return cls(decision.path, kind=decision.kind, seq=decision.seq, epoch=decision.epoch,
+                   observed=decision.observed, commit=decision.commit,
+                   action=decision.action, trail=decision.trail, received=time.time(),
+                   quiet=quiet, written=decision.written, open_since=decision.open_since,
+                   partners=decision.partners)
+
+    def view(self) -> dict:
+        """The record as explain reports it (``trail`` still as steps)."""
+        found = {name: getattr(self, name) for name in self.__slots__}
+        found["partners"] = list(self.partners)
+        if not self.forgotten:
+            del found["forgotten"]
+        return found
+
+
 class ExplainRecords:
     """path -> the record of its latest decision, in two stores by the decision's
     ``commit``, each least recently noted first and capped: a storm of an agent's dropped
     changes fills only its own store, and the person's changes stay explainable."""
 
     def __init__(self, committing: int = EXPLAIN_PATHS, dropped: int = EXPLAIN_DROPPED_PATHS):
-        self._stores: dict[bool, tuple[OrderedDict[str, dict], int]] = {
+        self._stores: dict[bool, tuple[OrderedDict[str, DecisionRecord], int]] = {
             True: (OrderedDict(), committing), False: (OrderedDict(), dropped)}
 
     def __len__(self) -> int:
         return sum(len(store) for store, _ in self._stores.values())
 
-    def get(self, path: str) -> dict | None:
+    def get(self, path: str) -> DecisionRecord | None:
         for store, _ in self._stores.values():
             record = store.get(path)
             if record is not None:
                 return record
         return None
 
-    def note(self, path: str, record: dict, commit: bool) -> None:
+    def note(self, path: str, record: DecisionRecord, commit: bool) -> None:
         self._stores[not commit][0].pop(path, None)
         store, cap = self._stores[commit]
         store[path] = record
@@ -232,26 +271,18 @@ class Debouncer(Actor):
         record = self.trails.get(decision.path)
         if stale:
             if record is not None:
-                record["stale_dropped"] = record.get("stale_dropped", 0) + 1
+                record.stale_dropped += 1
             return
-        self.trails.note(decision.path, {
-            "path": decision.path, "kind": decision.kind, "seq": decision.seq,
-            "epoch": decision.epoch, "observed": decision.observed,
-            "commit": decision.commit, "action": decision.action,
-            "trail": decision.trail,  # rendered (as_dict) only when explained
-            "received": time.time(),
-            "quiet": self.config.debounce_for(decision.path, decision.action)
-            if decision.commit else None,
-            "batched": None, "batch_id": None, "stale_dropped": 0,
-            "written": decision.written, "open_since": decision.open_since,
-            "partners": list(decision.partners), "note": ""}, decision.commit)
+        quiet = (self.config.debounce_for(decision.path, decision.action) if decision.commit
+                 else None)
+        self.trails.note(decision.path, DecisionRecord.of(decision, quiet), decision.commit)
 
     def note_batched(self, path: str, batch_id: int, still_open: bool = False) -> None:
         record = self.trails.get(path)
         if record is not None:
-            record["batched"], record["batch_id"] = time.time(), batch_id
+            record.batched, record.batch_id = time.time(), batch_id
             if still_open:
-                record["note"] = (f"open for writing longer than [debounce] open_max "
+                record.note = (f"open for writing longer than [debounce] open_max "
                                   f"({self.config.debounce_open_max:g}s): committed as it "
                                   f"was after its quiet period")
 
@@ -269,13 +300,11 @@ class Debouncer(Actor):
                 continue
             due_in = self.debounce.due_in(path, now)
             hold = self.debounce.hold(path, now)
-            found[path] = {**record, "trail": [as_dict(step) for step in record["trail"]],
+            found[path] = {**record.view(), "trail": [as_dict(step) for step in record.trail],
                            "pending": due_in is not None,
                            "due_in": None if due_in is None else round(due_in, 3)}
             if hold is not None:  # open for writing; a loop hold is in the record itself
                 found[path].update(hold=hold.hold, held_reason=hold.text)
-            found[path].setdefault("hold", None)
-            found[path].setdefault("held_reason", "")
         return {"paths": found}
 
     def _forgotten_drop(self, path: str) -> dict | None:
@@ -285,14 +314,11 @@ class Debouncer(Actor):
         order = self.debounce.dropped_order(path)
         if order is None:
             return None
-        return {"path": path, "kind": None, "epoch": order[0], "seq": order[1],
-                "observed": None, "commit": False, "action": None, "trail": [],
-                "received": None, "quiet": None, "batched": None, "batch_id": None,
-                "stale_dropped": 0, "written": None, "open_since": None, "partners": [],
-                "note": f"not committed by decision; what decided it is forgotten (the "
-                        f"latest {EXPLAIN_DROPPED_PATHS:,} such paths are remembered)",
-                "pending": False, "due_in": None, "hold": None, "held_reason": "",
-                "forgotten": True}
+        record = DecisionRecord(
+            path, epoch=order[0], seq=order[1], forgotten=True,
+            note=f"not committed by decision; what decided it is forgotten (the latest "
+                 f"{EXPLAIN_DROPPED_PATHS:,} such paths are remembered)")
+        return {**record.view(), "trail": [], "pending": False, "due_in": None}
 
     def flush_now(self) -> dict:
         """Make every pending path due at once and batch it (the `actorctl flush` barrier)."""
@@ -367,7 +393,7 @@ class Debouncer(Actor):
         self.debounce.pending.discard(decision.path)  # never batched while held
         record = self.trails.get(decision.path)
         if record is not None:
-            record.update(hold=why.hold, held_reason=why.text)
+            record.hold, record.held_reason = why.hold, why.text
         return True
 
     def watch_head(self, reported: float | None = None, observed: float | None = None) -> None:
@@ -407,8 +433,7 @@ class Debouncer(Actor):
             decision = self.loop_held.pop(held)
             record = self.trails.get(held)
             if record is not None:
-                record.pop("hold", None)
-                record.pop("held_reason", None)
+                record.hold, record.held_reason = None, ""
             self.debounce.add(decision, self.clock())
 
     def loop_holds(self, limit: int = 50) -> list[dict]:

@@ -552,6 +552,17 @@ def test_a_paths_explain_record_is_its_latest_decision_whichever_store_holds_it(
     assert len(deb.trails) == 1
 
 
+def test_a_forgotten_drop_is_explained_with_every_key_of_a_remembered_one(deb):
+    """`explain`, `flush` and the bench read every key of a record, forgotten or not."""
+    for number in range(EXPLAIN_DROPPED_PATHS + 1):
+        deb.on_decision(decision(f"agent/run-{number:05d}.json", commit=False))
+    newest = f"agent/run-{EXPLAIN_DROPPED_PATHS:05d}.json"
+    found = deb.explain_paths(["agent/run-00000.json", newest])["paths"]
+    assert found["agent/run-00000.json"]["forgotten"] and "forgotten" not in found[newest]
+    assert set(found["agent/run-00000.json"]) == set(found[newest]) | {"forgotten"}
+    assert found[newest]["partners"] == [] and found[newest]["hold"] is None
+
+
 def test_a_path_dropped_before_the_remembered_ones_still_counts_as_decided(deb):
     """Past EXPLAIN_DROPPED_PATHS dropped paths, the oldest one's record is forgotten, and
     `actorctl flush` listed that dirty path as "not decided yet (still in the pipeline)":
