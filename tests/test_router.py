@@ -230,6 +230,24 @@ def test_areas_take_turns_within_a_lane_and_keep_their_own_order():
     assert queue.next()[0] == b"docs/x" and (len(queue.urgent), len(queue.cold)) == (1, 1)
 
 
+def test_the_router_remembers_only_the_paths_forwarded_within_the_hot_window():
+    """Which paths were forwarded lately only matters for HOT_WINDOW seconds, but the
+    router kept the last 100,000 of each stage: an agent's storm of new files held about
+    20 MiB a stage there.  Older ones count as cold, as before."""
+    from gitsieve.common.actor.stage import HOT_WINDOW, StageQueue
+    queue = StageQueue("l2")
+    for number in range(1000):  # forwarded over 10 s, a storm of new files
+        path, now = f"storm/f{number:04d}".encode(), number / 100
+        queue.put(path, b"1", False, now, now)
+        queue.taken(path, now)
+    assert len(queue.recent) <= HOT_WINDOW * 100 + 1
+    newest = 999 / 100
+    assert all(newest - forwarded <= HOT_WINDOW for forwarded in queue.recent.values())
+    queue.put(b"storm/f0000", b"2", False, newest, newest)  # forgotten: cold again
+    queue.put(b"storm/f0999", b"2", False, newest, newest)  # just forwarded: hot
+    assert queue.cold.get(b"storm/f0000") and queue.normal.get(b"storm/f0999")
+
+
 def test_the_backlog_cap_drops_and_counts(monkeypatch):
     from gitsieve.common.actor import stage as stage_mod
     monkeypatch.setattr(stage_mod, "MAX_BACKLOG", 2)

@@ -204,10 +204,16 @@ class StageQueue:
         for lane in self.lanes:
             if lane.pop(path, served=True) is not None:
                 break
-        self.recent[path] = now
-        self.recent.move_to_end(path)
-        while len(self.recent) > _RECENT_KEPT:
-            self.recent.popitem(last=False)
+        recent = self.recent
+        recent[path] = now
+        recent.move_to_end(path)
+        # Oldest first: a path forwarded longer than HOT_WINDOW ago counts as cold whether
+        # kept or not, so an agent's storm of new files keeps seconds of them, not 100,000.
+        while True:
+            forwarded = next(iter(recent.values()))
+            if now - forwarded <= HOT_WINDOW and len(recent) <= _RECENT_KEPT:
+                break
+            recent.popitem(last=False)
         self.forwarded += 1
 
     def credit(self, identity: bytes, ready: Ready, now: float) -> Worker | None:
