@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict, deque
+from types import SimpleNamespace
 
 import zmq
 
@@ -50,42 +51,33 @@ EXPLAIN_DROPPED_PATHS = 10_000
 
 
 class DecisionRecord:
-    """What ``actorctl explain`` says of a path's latest decision: the decision's facts and
-    what the debouncer did with it.  Slots, not a dict: an agent's storm of new files keeps
-    EXPLAIN_DROPPED_PATHS of them (a dict of these keys took 464 bytes more each)."""
+    """What ``actorctl explain`` says of a path's latest decision: the decision as it came
+    (its frame, decoded again only when explained) and what the debouncer did with it.  An
+    agent's storm of new files keeps EXPLAIN_DROPPED_PATHS of them: a frame is about 500
+    bytes, the decision decoded about 1,400, and a dict of these keys took 464 more."""
 
-    __slots__ = ("path", "kind", "seq", "epoch", "observed", "commit", "action", "trail",
-                 "received", "quiet", "batched", "batch_id", "stale_dropped", "written",
-                 "open_since", "partners", "note", "hold", "held_reason", "forgotten")
+    __slots__ = ("frame", "received", "quiet", "batched", "batch_id", "stale_dropped",
+                 "note", "hold", "held_reason")
 
-    def __init__(self, path: str, *, kind=None, seq: int = 0, epoch: float = 0.0,
-                 observed: float | None = None, commit: bool = False, action=None,
-                 trail: tuple = (), received: float | None = None,
-                 quiet: float | None = None, written: float | None = None,
-                 open_since: float | None = None, partners: tuple = (), note: str = "",
-                 forgotten: bool = False):
-        self.path, self.kind, self.seq, self.epoch = path, kind, seq, epoch
-        self.observed, self.commit, self.action, self.trail = observed, commit, action, trail
-        self.received, self.quiet, self.batched, self.batch_id = received, quiet, None, None
-        self.stale_dropped, self.written, self.open_since = 0, written, open_since
-        self.partners, self.note, self.hold, self.held_reason = partners, note, None, ""
-        self.forgotten = forgotten
+    def __init__(self, frame: bytes, quiet: float | None = None, note: str = "",
+                 received: float | None = None):
+        self.frame, self.received, self.quiet = frame, received, quiet
+        self.batched, self.batch_id, self.stale_dropped = None, None, 0
+        self.note, self.hold, self.held_reason = note, None, ""
 
-    @classmethod
-    def of(cls, decision: Decision, quiet: float | None) -> DecisionRecord:
-        return cls(decision.path, kind=decision.kind, seq=decision.seq, epoch=decision.epoch,
-                   observed=decision.observed, commit=decision.commit,
-                   action=decision.action, trail=decision.trail, received=time.time(),
-                   quiet=quiet, written=decision.written, open_since=decision.open_since,
-                   partners=decision.partners)
-
-    def view(self) -> dict:
-        """The record as explain reports it (``trail`` still as steps)."""
-        found = {name: getattr(self, name) for name in self.__slots__}
-        found["partners"] = list(self.partners)
-        if not self.forgotten:
-            del found["forgotten"]
-        return found
+    def view(self, decision=None) -> dict:
+        """The record as explain reports it (``trail`` still as steps); ``decision``: what
+        stands for the decision of a record without a frame."""
+        if decision is None:
+            decision = messages.decode(self.frame)
+        return {"path": decision.path, "kind": decision.kind, "seq": decision.seq,
+                "epoch": decision.epoch, "observed": decision.observed,
+                "commit": decision.commit, "action": decision.action,
+                "trail": decision.trail, "received": self.received, "quiet": self.quiet,
+                "batched": self.batched, "batch_id": self.batch_id,
+                "stale_dropped": self.stale_dropped, "written": decision.written,
+                "open_since": decision.open_since, "partners": list(decision.partners),
+                "note": self.note, "hold": self.hold, "held_reason": self.held_reason}
 
 
 class ExplainRecords:
@@ -262,10 +254,10 @@ class Debouncer(Actor):
 
     def note_decision(self, decision: Decision, stale: bool) -> None:
         """Publish the decision on the live feed and remember it as the path's latest."""
+        # the frame as it came when there is one: decoded and checked, not re-encoded
+        frame = self.handling_frame or messages.encode(decision)
         if self.feed is not None:
-            # the frame as it came when there is one: decoded and checked, not re-encoded;
             # published with the others of its topic within BUNDLE_WAIT, or at the round's end
-            frame = self.handling_frame or messages.encode(decision)
             if self._feed_waiting.add(feed_topics.topic_of(decision.trail), frame):
                 self.publish_feed()
         record = self.trails.get(decision.path)
@@ -275,7 +267,8 @@ class Debouncer(Actor):
             return
         quiet = (self.config.debounce_for(decision.path, decision.action) if decision.commit
                  else None)
-        self.trails.note(decision.path, DecisionRecord.of(decision, quiet), decision.commit)
+        self.trails.note(decision.path, DecisionRecord(bytes(frame), quiet, received=time.time()),
+                         decision.commit)
 
     def note_batched(self, path: str, batch_id: int, still_open: bool = False) -> None:
         record = self.trails.get(path)
@@ -300,7 +293,8 @@ class Debouncer(Actor):
                 continue
             due_in = self.debounce.due_in(path, now)
             hold = self.debounce.hold(path, now)
-            found[path] = {**record.view(), "trail": [as_dict(step) for step in record.trail],
+            view = record.view()
+            found[path] = {**view, "trail": [as_dict(step) for step in view["trail"]],
                            "pending": due_in is not None,
                            "due_in": None if due_in is None else round(due_in, 3)}
             if hold is not None:  # open for writing; a loop hold is in the record itself
@@ -314,11 +308,13 @@ class Debouncer(Actor):
         order = self.debounce.dropped_order(path)
         if order is None:
             return None
-        record = DecisionRecord(
-            path, epoch=order[0], seq=order[1], forgotten=True,
-            note=f"not committed by decision; what decided it is forgotten (the latest "
-                 f"{EXPLAIN_DROPPED_PATHS:,} such paths are remembered)")
-        return {**record.view(), "trail": [], "pending": False, "due_in": None}
+        record = DecisionRecord(b"", note=f"not committed by decision; what decided it is "
+                                         f"forgotten (the latest {EXPLAIN_DROPPED_PATHS:,} "
+                                         f"such paths are remembered)")
+        forgotten = SimpleNamespace(path=path, kind=None, seq=order[1], epoch=order[0],
+                                    observed=None, commit=False, action=None, trail=[],
+                                    written=None, open_since=None, partners=())
+        return {**record.view(forgotten), "pending": False, "due_in": None, "forgotten": True}
 
     def flush_now(self) -> dict:
         """Make every pending path due at once and batch it (the `actorctl flush` barrier)."""

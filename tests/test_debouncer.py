@@ -2,6 +2,7 @@
 batch socket and clock, and a real-process test."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -550,6 +551,29 @@ def test_a_paths_explain_record_is_its_latest_decision_whichever_store_holds_it(
     deb.on_decision(decision("shared.txt", commit=False))
     assert deb.explain_paths(["shared.txt"])["paths"]["shared.txt"]["commit"] is False
     assert len(deb.trails) == 1
+
+
+def test_an_explain_record_keeps_the_decision_as_it_came_not_decoded(deb):
+    """An agent's storm of new files keeps EXPLAIN_DROPPED_PATHS records; each kept its
+    decision's trail decoded (about 1,400 bytes of objects, the frame about 500).  The
+    record keeps the frame, and explain decodes it again, trail and all."""
+    import gc
+    import weakref
+    step = ProcessStep(Writer.SYSTEM, L2Reason.IDENTIFIED, Mode.FANOTIFY, pid=4242,
+                       cmdline="claude-autonomous --storm", matched_by="claude-.*")
+    frame = messages.encode(dataclasses.replace(decision("agent/out.json", commit=False),
+                                                trail=(step,)))
+    received = messages.decode(frame)
+    deb.handling_frame = frame  # as the Actor base sets it for the handler
+    deb.on_decision(received)
+    deb.handling_frame = b""
+    decoded_step = weakref.ref(received.trail[0])
+    del received
+    gc.collect()
+    assert decoded_step() is None, "the record still holds the decoded trail"
+    found = deb.explain_paths(["agent/out.json"])["paths"]["agent/out.json"]
+    assert found["commit"] is False and found["trail"][0]["cmdline"] == "claude-autonomous --storm"
+    assert found["trail"][0]["pid"] == 4242
 
 
 def test_a_forgotten_drop_is_explained_with_every_key_of_a_remembered_one(deb):
