@@ -24,7 +24,7 @@ from gitsieve.common.judge.attribution.base import SYSTEM, UNKNOWN, USER
 from gitsieve.common.judge.attribution.events import ARRIVALS, REMOVALS, Op
 from gitsieve.common.judge.attribution.exact import ExactAttributor
 from gitsieve.common.judge.attribution.fanotify import FanotifyUnavailable
-from gitsieve.common.judge.attribution.write_history import Missed
+from gitsieve.common.judge.attribution.write_history import Missed, events_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
 
@@ -93,7 +93,7 @@ def test_git_dir_runtime_dir_and_outside_paths_are_not_kept(workspace, exact, tm
     inside = child_writes(workspace.path("kept.txt"))
     attributor.drain()
     kept = {e.path for newest in attributor.recorder.writes.files.values()
-            for e in newest}
+            for e in events_of(newest)}
     assert kept == {"kept.txt"}
     assert writes(attributor, workspace.path("kept.txt"))[0].pid == inside
 
@@ -499,7 +499,7 @@ for line in sys.stdin:
 
 def written_names(attributor) -> set[str]:
     return {os.path.basename(event.path) for events in attributor.recorder.writes.files.values()
-            for event in events}
+            for event in events_of(events)}
 
 
 def test_a_drain_reads_what_was_queued_when_it_began_not_a_storm_that_goes_on(exact):

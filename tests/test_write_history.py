@@ -70,3 +70,20 @@ def test_prune_drops_stale_files_and_gaps():
     assert set(history.files) == {identity(2)}
     assert history.gap_within(0.0, 5.0) is None
     assert history.gap_within(15.5, 30.0).reason is Missed.HELPER_AWAY
+
+
+def test_a_file_of_one_event_keeps_it_without_a_tuple_and_more_as_one():
+    """An agent's storm of new files leaves one write (and one creation) per file: a tuple
+    around each cost 64 bytes, 6 MiB of L2 for 50,000 files.  Lookups read both shapes."""
+    history = WriteHistory(kind_of=by_writer)
+    history.record(identity(1), Event(1.0, "user"))
+    assert history.files[identity(1)] == Event(1.0, "user")
+    history.record(identity(1), Event(2.0, "system"))
+    assert history.files[identity(1)] == (Event(1.0, "user"), Event(2.0))
+    history.record(identity(1), Event(3.0, "system"))  # the newer system write replaces
+    assert history.writes_to(identity(1), 0.0, 9.0) == [Event(1.0, "user"), Event(3.0)]
+    history.record(identity(2), Event(4.0))
+    history.prune(now=1.0 + 30.5)  # identity(1)'s newest is 3.0: kept; both shapes pruned
+    assert set(history.files) == {identity(1), identity(2)}
+    history.prune(now=4.0 + 30.5)
+    assert history.files == {}

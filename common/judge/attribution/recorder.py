@@ -37,6 +37,8 @@ from gitsieve.common.judge.attribution.write_history import (
     MAX_FILES,
     Missed,
     WriteHistory,
+    events_of,
+    kept_as,
 )
 
 _PRUNE_EVERY = 5.0
@@ -101,7 +103,7 @@ class WriteRecorder:
                                                                      None))
         # path -> its newest name operations (HISTORY_PER_FILE at most, a tuple: a list of
         # one costs 40 bytes more, a deque 600); least recently operated on first, MAX_FILES
-        self.names: dict[str, tuple[NameEvent, ...]] = {}
+        self.names: dict[str, NameEvent | tuple[NameEvent, ...]] = {}  # see events_of
         self.max_files = max_files
         self.unmarked: dict[str, float] = {}  # path -> writes before this time unseen
         self.away_since: tuple[float, Missed] | None = None  # an open span (helper away)
@@ -178,23 +180,26 @@ class WriteRecorder:
         if operation.is_dir or self._excluded(operation.path):
             return
         rel = self._decoded(operation.path)
-        history = self.names.pop(rel, None)  # re-inserted: dict order is recency
-        if history is None:
+        kept = self.names.pop(rel, None)  # re-inserted: dict order is recency
+        if kept is None:
             history = ()
             if len(self.names) >= self.max_files:
                 self._evict_names()
-        elif len(history) >= HISTORY_PER_FILE:
-            history = history[1:]
-        self.names[rel] = (*history, NameEvent(self._pid(operation.pid), operation.wall,
-                                               operation.op, rel,
-                                               self._evidence(operation.lineage)))
+        else:
+            history = events_of(kept)
+            if len(history) >= HISTORY_PER_FILE:
+                history = history[1:]
+        self.names[rel] = kept_as((*history, NameEvent(self._pid(operation.pid),
+                                                       operation.wall, operation.op, rel,
+                                                       self._evidence(operation.lineage))))
         self.kept += 1
 
     def _evict_names(self) -> None:
         """Forget the least recently operated-on path's name operations (a storm of new
         files beyond MAX_FILES within the history); their span becomes a gap."""
-        rel, history = next(iter(self.names.items()))
+        rel, kept = next(iter(self.names.items()))
         del self.names[rel]
+        history = events_of(kept)
         self.writes.note_gap(history[0].stamp, history[-1].stamp, Missed.HISTORY_CAP)
 
     def _record_unmarked(self, unmarked: Unmarked) -> None:
@@ -223,7 +228,8 @@ class WriteRecorder:
         now = self.clock() if now is None else now
         self.writes.prune(now)
         horizon = now - self.history
-        for rel in [rel for rel, history in self.names.items() if history[-1].stamp < horizon]:
+        for rel in [rel for rel, kept in self.names.items()
+                    if events_of(kept)[-1].stamp < horizon]:
             del self.names[rel]
         for rel in [rel for rel, seen in self.unmarked.items() if seen < horizon]:
             del self.unmarked[rel]
@@ -254,7 +260,7 @@ class WriteRecorder:
     def operations_on(self, rel_path: str, ops: frozenset[Op], since: float,
                       until: float) -> list[NameEvent]:
         """Name operations ``ops`` on ``rel_path`` read between ``since`` and ``until``."""
-        return [event for event in self.names.get(rel_path, ())
+        return [event for event in events_of(self.names.get(rel_path, ()))
                 if event.op in ops and since < event.stamp <= until]
 
     def missed(self, rel_path: str, since: float, until: float,

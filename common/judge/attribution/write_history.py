@@ -29,6 +29,19 @@ MAX_GAPS = 256
 Event = TypeVar("Event")
 
 
+def events_of(kept) -> tuple:
+    """A file's kept events as a tuple, newest last: one event is kept as itself, more as a
+    tuple (events are never tuples), so the usual file of one event costs no tuple (64
+    bytes: 6 MiB of L2 in an agent's storm of 50,000 new files, for its writes and its
+    names)."""
+    return kept if type(kept) is tuple else (kept,)
+
+
+def kept_as(events: tuple):
+    """What :func:`events_of` reads back as ``events`` (one or more)."""
+    return events[0] if len(events) == 1 else events
+
+
 class Missed(enum.Enum):
     """Why writes may have been missed: a change then is UNKNOWN, never the user's."""
 
@@ -59,14 +72,14 @@ class WriteHistory(Generic[Event]):
     Per file it keeps the newest event of each kind ``kind_of`` names (the writer's class:
     user, system, gitsieve's own, unknown), not a fixed number of events: a hundred agent
     rewrites after the person's write cannot push the person's out, and a file costs a few
-    entries whatever is written to it.  A file's events are a tuple, newest last (a dict
-    for one event cost 176 bytes more: 17 MiB of L2 at ``MAX_FILES``)."""
+    entries whatever is written to it.  A file's events are kept as :func:`events_of` reads
+    them (a dict for one event cost 176 bytes more: 17 MiB of L2 at ``MAX_FILES``)."""
 
     def __init__(self, history: float = HISTORY_SECONDS, max_files: int = MAX_FILES,
                  clock: Callable[[], float] = time.time,
                  kind_of: Callable[[Event], object] = lambda event: None):
         self.history, self.max_files, self.clock, self.kind_of = history, max_files, clock, kind_of
-        self.files: dict[Hashable, tuple[Event, ...]] = {}
+        self.files: dict[Hashable, Event | tuple[Event, ...]] = {}  # see events_of
         self.gaps: deque[Gap] = deque(maxlen=MAX_GAPS)
         self.evicted = 0
 
@@ -74,20 +87,20 @@ class WriteHistory(Generic[Event]):
         return len(self.files)
 
     def record(self, identity: Hashable, event: Event) -> None:
-        events = self.files.pop(identity, None)  # re-inserted: dict order is recency
-        if events is None:
+        kept = self.files.pop(identity, None)  # re-inserted: dict order is recency
+        if kept is None:
             if len(self.files) >= self.max_files:
                 self._evict()
-            self.files[identity] = (event,)
+            self.files[identity] = event
             return
         kind = self.kind_of(event)
-        self.files[identity] = (*(older for older in events if self.kind_of(older) != kind),
-                                event)
+        self.files[identity] = kept_as((*(older for older in events_of(kept)
+                                          if self.kind_of(older) != kind), event))
 
     def _evict(self) -> None:
         """Forget the least recently written file; its writes' span becomes a gap."""
         identity = next(iter(self.files))
-        stamps = [event.stamp for event in self.files.pop(identity)]
+        stamps = [event.stamp for event in events_of(self.files.pop(identity))]
         self.evicted += 1
         self.note_gap(min(stamps), max(stamps), Missed.HISTORY_CAP)
 
@@ -96,7 +109,7 @@ class WriteHistory(Generic[Event]):
         """The newest event of each kind written within ``(since, until]``."""
         if identity is None:
             return []
-        return sorted((event for event in self.files.get(identity, ())
+        return sorted((event for event in events_of(self.files.get(identity, ()))
                        if since < event.stamp <= until), key=lambda event: event.stamp)
 
     def note_gap(self, since: float, until: float, reason: Missed) -> None:
@@ -109,8 +122,8 @@ class WriteHistory(Generic[Event]):
 
     def prune(self, now: float | None = None) -> None:
         horizon = (self.clock() if now is None else now) - self.history
-        stale = [key for key, events in self.files.items()
-                 if max(event.stamp for event in events) < horizon]
+        stale = [key for key, kept in self.files.items()
+                 if max(event.stamp for event in events_of(kept)) < horizon]
         for key in stale:
             del self.files[key]
         while self.gaps and self.gaps[0].until < horizon:
