@@ -78,6 +78,7 @@ LATE_SECONDS = 30.0
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GIT = ".git"
 _NO_FD_LEFT = "lost events: no file descriptor was left to open their files"
+_NOTHING = object()  # not looked up yet (None: looked up, and gone)
 
 
 class MarkScope(enum.Enum):
@@ -408,7 +409,9 @@ class WorkspaceWatch:
         if self.name_fd < 0:
             return out
         lineages: dict[int, tuple[LineageEntry, ...]] = {}
+        directories: dict[bytes, str | None] = {}  # see _directory
         for data in self._read(self.name_fd):
+            directories.clear()
             if self.on_batch is not None:
                 self.on_batch()
             wall, mono = time.time(), time.monotonic()
@@ -423,15 +426,24 @@ class WorkspaceWatch:
                     out.append(self._overflow(self.name_fd, wall, mono))
                     out.extend(self._arrived(self.root, wall, mono))
                     continue
-                out.extend(self._name_ops(event, wall, mono, lineages))
+                out.extend(self._name_ops(event, wall, mono, lineages, directories))
             self._last_read[self.name_fd] = (wall, mono)
         self.sent += len(out)
         return out
 
+    def _directory(self, handle: bytes, directories: dict[bytes, str | None]) -> str | None:
+        """The path of the directory ``handle`` names now, asked of the kernel once a
+        buffer (``directories``, emptied for each): an agent's storm of new files in one
+        directory asked (open, readlink, close) for every file."""
+        directory = directories.get(handle, _NOTHING)
+        if directory is _NOTHING:
+            directory = directories[handle] = fan.directory_of(self.root_fd, handle)
+        return directory
+
     def _name_ops(self, event: fan.RawEvent, wall: float, mono: float,
-                  lineages: dict) -> list:
+                  lineages: dict, directories: dict[bytes, str | None]) -> list:
         fid = fan.parse_fid_info(event.info)
-        directory = None if fid is None else fan.directory_of(self.root_fd, fid.directory)
+        directory = None if fid is None else self._directory(fid.directory, directories)
         if directory is None:
             self.unresolved += 1
             return []
@@ -463,9 +475,11 @@ class WorkspaceWatch:
         for handle in [h for h, marked in self.late.items() if marked < horizon]:
             del self.late[handle]
         lineages: dict[int, tuple[LineageEntry, ...]] = {}
+        directories: dict[bytes, str | None] = {}  # see _directory
         for data in self._read(self.backstop_fd):
             if not self.late or data is None:
                 continue  # no directory to ask about: the read only empties the queue
+            directories.clear()
             if self.on_batch is not None:
                 self.on_batch()
             wall, mono = time.time(), time.monotonic()
@@ -477,7 +491,7 @@ class WorkspaceWatch:
                 # struct file_handle (bytes, type, handle) -> the identity's (type, handle)
                 if fid is None or fid.directory[4:] not in self.late:
                     continue
-                directory = fan.directory_of(self.root_fd, fid.directory)
+                directory = self._directory(fid.directory, directories)
                 rel = None if directory is None else self._relative(
                     os.path.join(directory, os.fsdecode(fid.name)))
                 if rel is None or event.pid == self._own_pid:
