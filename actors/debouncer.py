@@ -54,7 +54,7 @@ class DecisionRecord:
     """What ``actorctl explain`` says of a path's latest decision: the decision as it came
     (its frame, decoded again only when explained) and what the debouncer did with it.  An
     agent's storm of new files keeps EXPLAIN_DROPPED_PATHS of them: a frame is about 500
-    bytes, the decision decoded about 1,400, and a dict of these keys took 464 more."""
+    bytes, the decision decoded about 2,000, and a dict of these keys took 464 more."""
 
     __slots__ = ("frame", "received", "quiet", "batched", "batch_id", "stale_dropped",
                  "note", "hold", "held_reason")
@@ -276,8 +276,8 @@ class Debouncer(Actor):
             record.batched, record.batch_id = time.time(), batch_id
             if still_open:
                 record.note = (f"open for writing longer than [debounce] open_max "
-                                  f"({self.config.debounce_open_max:g}s): committed as it "
-                                  f"was after its quiet period")
+                               f"({self.config.debounce_open_max:g}s): committed as it "
+                               f"was after its quiet period")
 
     def explain_paths(self, paths: list | None = None) -> dict:
         """The latest decision of each path with its debounce timing (None: never seen

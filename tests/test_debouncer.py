@@ -555,7 +555,7 @@ def test_a_paths_explain_record_is_its_latest_decision_whichever_store_holds_it(
 
 def test_an_explain_record_keeps_the_decision_as_it_came_not_decoded(deb):
     """An agent's storm of new files keeps EXPLAIN_DROPPED_PATHS records; each kept its
-    decision's trail decoded (about 1,400 bytes of objects, the frame about 500).  The
+    decision's trail decoded (about 2,000 bytes of objects, the frame about 500).  The
     record keeps the frame, and explain decodes it again, trail and all."""
     import gc
     import weakref

@@ -156,30 +156,6 @@ def _with_trail(kind, trail):
     return dataclasses.replace(sample, trail=trail)
 
 
-def test_a_text_that_comes_again_in_trails_is_one_object_once_decoded():
-    """An agent's command line is in the trail of every change it makes; each decoded
-    trail held a copy of it, so the debouncer's explain records of a storm of new files
-    (10,000) held 10,000 copies of each of its texts."""
-    frame = messages.encode(_with_trail(Decision, FULL_TRAIL))
-    first, second = messages.decode(frame), messages.decode(frame)
-    for one, other in zip(first.trail, second.trail):
-        assert one == other
-    pattern, process = (first.trail[0], second.trail[0]), (first.trail[1], second.trail[1])
-    assert pattern[0].detail is pattern[1].detail
-    for name in ("cmdline", "ancestor_cmdline", "matched_by"):
-        assert getattr(process[0], name) is getattr(process[1], name), name
-    assert process[0].io_suspects[0].cmdline is process[1].io_suspects[0].cmdline
-
-
-def test_the_shared_texts_are_bounded():
-    for number in range(3 * messages._SHARED_TEXTS_KEPT):
-        step = ProcessStep(Writer.SYSTEM, L2Reason.IDENTIFIED, Mode.FANOTIFY,
-                           cmdline=f"agent --run {number}")
-        decoded = messages.decode(messages.encode(_with_trail(Decision, (step,))))
-        assert decoded.trail[0].cmdline == f"agent --run {number}"
-    assert len(messages._shared_texts) <= messages._SHARED_TEXTS_KEPT
-
-
 @pytest.mark.parametrize("kind", [Change, Decision])
 def test_typed_trail_round_trip(kind):
     message = _with_trail(kind, FULL_TRAIL)

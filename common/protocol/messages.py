@@ -464,23 +464,6 @@ def _build(cls, body, name: str):
 
 _BUILDERS: dict[type, typing.Callable[[object, str], object]] = {}
 
-# Text fields whose values come again and again (an agent's command line is in the trail of
-# every change it makes): decoded, each value is one shared object, so what keeps many
-# decisions (the debouncer's explain records: 10,000 of an agent's storm) holds it once.
-_SHARED_TEXT_FIELDS = {ProcessStep: ("cmdline", "ancestor_cmdline", "matched_by"),
-                       Suspect: ("cmdline",), PatternStep: ("detail",)}
-_SHARED_TEXTS_KEPT = 1024
-_shared_texts: dict[str, str] = {}
-
-
-def _shared_text(text: str) -> str:
-    found = _shared_texts.get(text)
-    if found is None:
-        if len(_shared_texts) >= _SHARED_TEXTS_KEPT:
-            _shared_texts.clear()
-        found = _shared_texts[text] = text
-    return found
-
 
 def _compile_builder(cls):
     """A function ``(body, name) -> cls`` checking and taking each field of ``body`` in
@@ -526,9 +509,6 @@ def _compile_builder(cls):
                       f"{indent}v = m if m is not None else coerce{number}(v, f'{label}')"]
         else:
             lines.append(f"{indent}v = coerce{number}(v, f'{label}')")
-        if field_name in _SHARED_TEXT_FIELDS.get(cls, ()):
-            scope["shared_text"] = _shared_text
-            lines.append("    v = shared_text(v)")
         lines.append(f"    f{number} = v")
     # Frozen dataclasses set each field through object.__setattr__ in __init__: filling
     # the instance's dict at once costs a quarter of it (none of them has __post_init__).

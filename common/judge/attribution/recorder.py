@@ -101,8 +101,9 @@ class WriteRecorder:
         self.writes: WriteHistory[WriteEvent] = WriteHistory(
             history, max_files, clock, kind_of=lambda event: getattr(event.evidence, "writer",
                                                                      None))
-        # path -> its newest name operations (HISTORY_PER_FILE at most, a tuple: a list of
-        # one costs 40 bytes more, a deque 600); least recently operated on first, MAX_FILES
+        # path -> its newest name operations (HISTORY_PER_FILE at most, kept as events_of
+        # reads them: a list costs 40 bytes more, a deque 600); least recently operated on
+        # first, MAX_FILES
         self.names: dict[str, NameEvent | tuple[NameEvent, ...]] = {}  # see events_of
         self.max_files = max_files
         self.unmarked: dict[str, float] = {}  # path -> writes before this time unseen
