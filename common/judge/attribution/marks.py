@@ -78,7 +78,6 @@ LATE_SECONDS = 30.0
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _GIT = ".git"
 _NO_FD_LEFT = "lost events: no file descriptor was left to open their files"
-_NOTHING = object()  # not looked up yet (None: looked up, and gone)
 
 
 class MarkScope(enum.Enum):
@@ -435,10 +434,9 @@ class WorkspaceWatch:
         """The path of the directory ``handle`` names now, asked of the kernel once a
         buffer (``directories``, emptied for each): an agent's storm of new files in one
         directory asked (open, readlink, close) for every file."""
-        directory = directories.get(handle, _NOTHING)
-        if directory is _NOTHING:
-            directory = directories[handle] = fan.directory_of(self.root_fd, handle)
-        return directory
+        if handle not in directories:
+            directories[handle] = fan.directory_of(self.root_fd, handle)
+        return directories[handle]
 
     def _name_ops(self, event: fan.RawEvent, wall: float, mono: float,
                   lineages: dict, directories: dict[bytes, str | None]) -> list:
