@@ -257,24 +257,36 @@ def test_startup_reconcile_reports_changes_made_while_down(workspace, start):
 
 def test_periodic_reconcile_sends_only_paths_not_in_flight(workspace, start):
     """A path sent and not yet seen decided is in flight: a periodic reconcile skips it;
-    once the debouncer's feed shows its decision, the next reconcile sends it again."""
+    once the debouncer's feed shows its decision on the newest change sent, the next
+    reconcile sends it again.  The file is held open so that its creation and its close
+    are two changes, as a loaded machine makes them: the first one's decision is stale."""
     cfg, col = start("[watcher]\nreconcile_interval = 0.3\n")
     context = zmq.Context()
     feed = context.socket(zmq.PUB)
     feed.linger = 0
     feed.bind(cfg.endpoints.feed)
     try:
-        workspace.write("README.md", "x\n")
-        sent = col.wait("README.md")
+        with open(workspace.path("README.md"), "w") as handle:
+            created = col.wait("README.md")
+            handle.write("x\n")
+        wait_for(lambda: [c for c in col.of("README.md") if c.seq > created.seq], 10,
+                 message="the close of README.md")
         wait_for(lambda: status(cfg)["reconcile_in_flight"] >= 2, 10,
                  message="two reconciles skipping the path in flight")
         assert not col.of("README.md", source="reconcile")
         assert status(cfg)["in_flight"] >= 1
 
-        def decided_and_resent():
+        def decide(change):
             feed.send_multipart([b"d", messages.encode(Decision(
-                path="README.md", kind=ChangeKind.WRITE, seq=sent.seq, epoch=sent.epoch,
-                observed=sent.observed, commit=True, action=Action.ANALYZE))])
+                path="README.md", kind=ChangeKind.WRITE, seq=change.seq, epoch=change.epoch,
+                observed=change.observed, commit=True, action=Action.ANALYZE))])
+        for _ in range(5):  # the creation's decision is stale: still in flight
+            decide(created)
+            time.sleep(0.2)
+        assert not col.of("README.md", source="reconcile")
+
+        def decided_and_resent():
+            decide(col.of("README.md")[-1])
             return col.of("README.md", source="reconcile")
         wait_for(decided_and_resent, 10, 0.2, message="sent again once decided")
     finally:
